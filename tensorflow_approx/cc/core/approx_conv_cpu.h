@@ -1,0 +1,99 @@
+// The whole op on the CPU, for any element type T: quantize, accumulate with the chosen integer kernel,
+// dequantize. Header-only because T may be a framework type (Eigen::half, bfloat16) that the core does
+// not name; anything static_cast-able to and from float works.
+#ifndef TENSORFLOW_APPROX_CC_CORE_APPROX_CONV_CPU_H_
+#define TENSORFLOW_APPROX_CC_CORE_APPROX_CONV_CPU_H_
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/quantize.h"
+
+namespace tfapprox {
+
+enum class CpuKernel { kReference, kFast };
+
+// Pixels per pass: bounds the int64 accumulator buffer to about 32 MB whatever the batch size.
+constexpr int64_t kAccumulatorElementsPerPass = int64_t{1} << 22;
+
+template <typename T>
+void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
+                   const QuantParams& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
+                   T* output, CpuKernel kernel = CpuKernel::kFast) {
+  using Real = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+  if (s.output_elements() == 0) return;
+
+  // Input codes in NHWC whatever the data format.
+  std::vector<uint8_t> input_codes(static_cast<size_t>(s.input_elements()));
+  const int64_t hw = s.in_h * s.in_w;
+  parallel_for(s.batch * hw, s.in_depth * 8, [&](int64_t begin, int64_t end) {
+    for (int64_t nhw = begin; nhw < end; ++nhw) {
+      uint8_t* out = &input_codes[nhw * s.in_depth];
+      if (s.data_format == DataFormat::kNHWC) {
+        const T* in = input + nhw * s.in_depth;
+        for (int64_t c = 0; c < s.in_depth; ++c) out[c] = QuantizeToCode(static_cast<float>(in[c]), input_q);
+      } else {
+        const int64_t n = nhw / hw, pos = nhw % hw;
+        const T* in = input + n * s.in_depth * hw + pos;
+        for (int64_t c = 0; c < s.in_depth; ++c) {
+          out[c] = QuantizeToCode(static_cast<float>(in[c * hw]), input_q);
+        }
+      }
+    }
+  });
+
+  // Filter codes as [out_depth][filter_h][filter_w][filter_depth] from HWIO.
+  const int64_t taps = s.taps();
+  std::vector<uint8_t> filter_codes(static_cast<size_t>(s.filter_elements()));
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t co = 0; co < s.out_depth; ++co) {
+      filter_codes[co * taps + t] = QuantizeToCode(static_cast<float>(filter[t * s.out_depth + co]), filter_q);
+    }
+  }
+
+  QuantizedConv conv;
+  conv.shape = s;
+  conv.input = input_codes.data();
+  conv.filter = filter_codes.data();
+  conv.input_zero_code = static_cast<uint8_t>(input_q.zero_point);
+  conv.lut = lut;
+  std::vector<int64_t> filter_sum(static_cast<size_t>(s.out_depth));
+  FilterCodeSums(conv, filter_sum.data());
+  const DequantizeTerms<Real> dequantize(input_q, filter_q, taps);
+
+  const int64_t groups = s.groups();
+  const int64_t pixels = s.out_pixels();
+  const int64_t pass = std::max<int64_t>(1, kAccumulatorElementsPerPass / s.out_depth);
+  std::vector<int64_t> acc(static_cast<size_t>(std::min(pass, pixels) * s.out_depth));
+  std::vector<int64_t> act_sum(static_cast<size_t>(std::min(pass, pixels) * groups));
+  const int64_t out_hw = s.out_h * s.out_w;
+  const int64_t out_per_group = s.out_depth_per_group();
+  for (int64_t begin = 0; begin < pixels; begin += pass) {
+    const int64_t end = std::min(pixels, begin + pass);
+    if (kernel == CpuKernel::kReference) {
+      ReferenceConvAccumulate(conv, begin, end, acc.data(), act_sum.data());
+    } else {
+      CpuConvAccumulate(conv, begin, end, parallel_for, acc.data(), act_sum.data());
+    }
+    parallel_for(end - begin, s.out_depth * 4, [&](int64_t q_begin, int64_t q_end) {
+      for (int64_t q = q_begin; q < q_end; ++q) {
+        const int64_t p = begin + q;
+        for (int64_t co = 0; co < s.out_depth; ++co) {
+          const T value = static_cast<T>(dequantize(acc[q * s.out_depth + co],
+                                                    act_sum[q * groups + co / out_per_group], filter_sum[co]));
+          if (s.data_format == DataFormat::kNHWC) {
+            output[p * s.out_depth + co] = value;
+          } else {
+            output[((p / out_hw) * s.out_depth + co) * out_hw + p % out_hw] = value;
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_APPROX_CONV_CPU_H_

@@ -1,0 +1,68 @@
+// The integer heart of the op: sums of table lookups over each output's taps. Every kernel (reference,
+// CPU, GPU) computes exactly these integers; the float output follows from them by Dequantize().
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_KERNELS_H_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_KERNELS_H_
+
+#include <cstdint>
+#include <functional>
+
+#include "tensorflow_approx/cc/core/conv_shape.h"
+#include "tensorflow_approx/cc/core/quantize.h"
+
+namespace tfapprox {
+
+// One convolution on codes. Layouts are fixed whatever the op's data_format:
+//   input  [batch][in_h][in_w][in_depth]                    (NHWC codes)
+//   filter [out_depth][filter_h][filter_w][filter_depth]    (one contiguous row of K taps per output channel)
+// A kernel computes the output pixels p = (n * out_h + oh) * out_w + ow in [pixel_begin, pixel_end)
+// (so callers can bound their buffers), indexed from pixel_begin (q = p - pixel_begin):
+//   acc[q * out_depth + co]   = sum over taps of lut[(a << 8) | w]
+//   act_sum[q * groups + g]   = sum over taps of a            (the input codes seen by group g)
+// Padded taps read the code input_zero_code.
+struct QuantizedConv {
+  ConvShape shape;
+  const uint8_t* input = nullptr;
+  const uint8_t* filter = nullptr;
+  uint8_t input_zero_code = 0;
+  const uint16_t* lut = nullptr;
+};
+
+// Runs fn(begin, end) over disjoint ranges covering [0, total), possibly in parallel; cost_per_unit is a
+// rough count of cycles per unit, for sharding. The TensorFlow glue passes its intra-op thread pool.
+using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
+                                       const std::function<void(int64_t, int64_t)>& fn)>;
+ParallelFor SerialFor();
+
+// Obviously right: one loop per index of the definition. The yardstick for every fast kernel.
+void ReferenceConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
+                             int64_t* acc, int64_t* act_sum);
+
+// The fast CPU kernel: register-blocked lookups over a gathered patch, parallel over output pixels.
+void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
+                       const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum);
+
+// sum over taps of the filter codes of each output channel (the same for every output pixel).
+void FilterCodeSums(const QuantizedConv& conv, int64_t* filter_sum);
+
+// The output value from the integer sums (semantics.md):
+//   out = s1*s2*acc + s1*m2*act_sum + s2*m1*filter_sum + K*m1*m2
+// evaluated in Real (double for T = double, float otherwise) from the float32 ranges.
+template <typename Real>
+struct DequantizeTerms {
+  Real acc_scale, act_sum_scale, filter_sum_scale, constant;
+
+  DequantizeTerms(const QuantParams& in, const QuantParams& filter, int64_t taps)
+      : acc_scale(Real(in.scale) * Real(filter.scale)),
+        act_sum_scale(Real(in.scale) * Real(filter.nudged_min)),
+        filter_sum_scale(Real(filter.scale) * Real(in.nudged_min)),
+        constant(Real(taps) * Real(in.nudged_min) * Real(filter.nudged_min)) {}
+
+  TFAPPROX_HOST_DEVICE Real operator()(int64_t acc, int64_t act_sum, int64_t filter_sum) const {
+    return acc_scale * Real(acc) + act_sum_scale * Real(act_sum) + filter_sum_scale * Real(filter_sum) +
+           constant;
+  }
+};
+
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_KERNELS_H_
