@@ -109,11 +109,47 @@ def _to_nhwc(values):
     return [values[0], values[2], values[3], values[1]]
 
 
+def _same_padding(size, k, stride, dilation):
+    """(before, after) of TensorFlow's SAME padding for one dimension, as tensors."""
+    out = (size + stride - 1) // stride
+    needed = tf.maximum((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return needed // 2, needed - needed // 2
+
+
+def _patch_conv2d(x, w, strides, padding, explicit, dilations):
+    """The accurate NHWC conv2d as zero padding + patch extraction + einsum.
+
+    Any groups and dilations, on every device. Used to differentiate the configurations whose
+    backprop kernels TensorFlow lacks on the CPU (grouped with dilation or with several
+    channels per group, dilated).
+    """
+    kh, kw, cg, cout = w.shape
+    if padding == "SAME":
+        shape = tf.shape(x)
+        top, bottom = _same_padding(shape[1], kh, strides[1], dilations[1])
+        left, right = _same_padding(shape[2], kw, strides[2], dilations[2])
+        pads = [[0, 0], [top, bottom], [left, right], [0, 0]]
+    elif padding == "EXPLICIT":
+        pads = [[0, 0], explicit[2:4], explicit[4:6], [0, 0]]
+    else:
+        pads = [[0, 0]] * 4
+    patches = tf.image.extract_patches(
+        tf.pad(x, pads), sizes=[1, kh, kw, 1], strides=strides, rates=dilations, padding="VALID"
+    )
+    groups = x.shape[-1] // cg
+    n, ho, wo = tf.shape(patches)[0], tf.shape(patches)[1], tf.shape(patches)[2]
+    patches = tf.reshape(patches, [n, ho, wo, kh, kw, groups, cg])
+    y = tf.einsum("nhwijgc,ijcgo->nhwgo", patches, tf.reshape(w, [kh, kw, cg, groups, cout // groups]))
+    return tf.reshape(y, [n, ho, wo, cout])
+
+
 @tf.RegisterGradient("ApproxConv2DWithMinMaxVars")
 def _approx_conv2d_grad(op, grad):
     """Straight-through: the gradient of the accurate conv2d at (input, filter); none for the ranges.
 
-    Computed in NHWC, which TensorFlow's backprop kernels support on every device.
+    Computed in NHWC. TensorFlow's Conv2DBackprop kernels serve the plain case and its depthwise
+    kernels the depthwise one; on the CPU they support neither dilation nor other groupings, which
+    go through the patch formulation instead.
     """
     x, w = op.inputs[0], op.inputs[1]
     strides = list(op.get_attr("strides"))
@@ -129,16 +165,32 @@ def _approx_conv2d_grad(op, grad):
         strides, dilations = _to_nhwc(strides), _to_nhwc(dilations)
         if explicit:
             explicit = explicit[0:2] + explicit[4:8] + explicit[2:4]
-    kwargs = dict(
-        strides=strides, padding=padding, explicit_paddings=explicit, dilations=dilations,
-        data_format="NHWC",
-    )
-    grad_input = tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=tf.shape(x), filter=w, out_backprop=grad, **kwargs
-    )
-    grad_filter = tf.raw_ops.Conv2DBackpropFilter(
-        input=x, filter_sizes=tf.shape(w), out_backprop=grad, **kwargs
-    )
+    kwargs = dict(strides=strides, padding=padding, explicit_paddings=explicit, data_format="NHWC")
+    groups = x.shape[-1] // w.shape[2]
+    dilated = dilations != [1, 1, 1, 1]
+    if groups == 1 and not dilated:
+        grad_input = tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(x), filter=w, out_backprop=grad, dilations=dilations, **kwargs
+        )
+        grad_filter = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.shape(w), out_backprop=grad, dilations=dilations, **kwargs
+        )
+    elif w.shape[2] == 1 and not dilated:
+        # Depthwise: filter [KH, KW, 1, C * m] is the depthwise filter [KH, KW, C, m].
+        kh, kw, _, cout = w.shape
+        dw = tf.reshape(w, [kh, kw, groups, cout // groups])
+        grad_input = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=tf.shape(x), filter=dw, out_backprop=grad, **kwargs
+        )
+        grad_filter = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=x, filter_sizes=tf.shape(dw), out_backprop=grad, **kwargs
+        )
+        grad_filter = tf.reshape(grad_filter, tf.shape(w))
+    else:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = _patch_conv2d(x, w, strides, padding, explicit, dilations)
+        grad_input, grad_filter = tape.gradient(y, [x, w], output_gradients=grad)
     if data_format == "NCHW":
         grad_input = tf.transpose(grad_input, [0, 3, 1, 2])
     return [grad_input, grad_filter, None, None, None, None]

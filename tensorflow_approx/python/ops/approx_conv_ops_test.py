@@ -1,0 +1,338 @@
+"""Tests of the op through TensorFlow: the contract (semantics.md), gradients and every misuse."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tensorflow_approx as ta
+from tensorflow_approx.testing import reference as ref
+
+op = ta.approx_conv2d_with_min_max_vars
+
+
+def to_nchw(x):
+    return np.transpose(x, (0, 3, 1, 2))
+
+
+def run_op(x, f, ranges, table_path="", num_bits=8, strides=(1, 1), padding="SAME",
+           dilations=(1, 1), explicit=None, data_format="NHWC", dtype=tf.float64):
+    """Calls the op on NHWC x and returns NHWC numpy output, whatever data_format it runs in."""
+    nhwc = data_format == "NHWC"
+    s = [1, *strides, 1] if nhwc else [1, 1, *strides]
+    d = [1, *dilations, 1] if nhwc else [1, 1, *dilations]
+    pads = []
+    if padding == "EXPLICIT":
+        (pt, pb), (pl, pr) = explicit
+        pads = [0, 0, pt, pb, pl, pr, 0, 0] if nhwc else [0, 0, 0, 0, pt, pb, pl, pr]
+    xin = x if nhwc else to_nchw(x)
+    out = op(tf.constant(xin, dtype), tf.constant(f, dtype), *(tf.constant(r, dtype) for r in ranges),
+             strides=s, num_bits=num_bits, mul_map_file=table_path, padding=padding,
+             explicit_paddings=pads, data_format=data_format, dilations=d)
+    out = tf.cast(out, tf.float64).numpy()
+    return out if nhwc else np.transpose(out, (0, 2, 3, 1))
+
+
+def random_config(rng):
+    """A random convolution covering 1x1, 3x3, 5x5 and whole-input filters, groups, all paddings."""
+    h, w = rng.choice([1, 3, 6, 9]), rng.choice([2, 5, 8])
+    cg = int(rng.choice([1, 2, 3, 4]))
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cout = groups * int(rng.choice([1, 2, 4]))
+    kh, kw = rng.choice([1, 3, 5]), rng.choice([1, 3])
+    if rng.random() < 0.2:
+        kh, kw = h, w
+    dil = (int(rng.choice([1, 1, 2])), int(rng.choice([1, 2])))
+    h, w = max(h, (kh - 1) * dil[0] + 1), max(w, (kw - 1) * dil[1] + 1)
+    padding = str(rng.choice(["SAME", "VALID", "EXPLICIT"]))
+    explicit = ((int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+                (int(rng.integers(0, 3)), int(rng.integers(0, 3))))
+    return dict(shape=(int(rng.integers(1, 4)), int(h), int(w), cg * groups),
+                filter_shape=(int(kh), int(kw), cg, cout),
+                strides=(int(rng.integers(1, 4)), int(rng.integers(1, 4))), dilations=dil,
+                padding=padding, explicit=explicit if padding == "EXPLICIT" else None,
+                data_format=str(rng.choice(["NHWC", "NCHW"])), num_bits=int(rng.integers(2, 9)))
+
+
+def random_ranges(rng):
+    lo = float(rng.uniform(-2, 0.5))
+    return (lo, lo + float(rng.uniform(0.1, 3)), float(rng.uniform(-1, 0)), float(rng.uniform(0, 1)))
+
+
+@pytest.mark.parametrize("table_kind", ["exact", "random"])
+def test_matches_reference_model_on_random_configs(table_kind, tmp_path):
+    """T = double: the op equals the NumPy model (same integer sums, same float64 epilogue)."""
+    rng = np.random.default_rng(11 if table_kind == "exact" else 12)
+    table = ref.exact_table() if table_kind == "exact" else rng.integers(0, 65536, 65536)
+    path = "" if table_kind == "exact" else ref.write_table(tmp_path / "t.bin", table)
+    for _ in range(40):
+        cfg = random_config(rng)
+        ranges = random_ranges(rng)
+        x = rng.uniform(ranges[0] - 0.5, ranges[1] + 0.5, cfg["shape"])  # some values get clamped
+        f = rng.normal(0, 0.5, cfg["filter_shape"])
+        want = ref.approx_conv(x, f, ranges, table, cfg["num_bits"], cfg["strides"],
+                               cfg["padding"], cfg["dilations"], cfg["explicit"])
+        got = run_op(x, f, ranges, path, cfg["num_bits"], cfg["strides"], cfg["padding"],
+                     cfg["dilations"], cfg["explicit"], cfg["data_format"])
+        # Same integers and the same float64 expression: equal up to the last bit or two.
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max(),
+                                   err_msg=str(cfg))
+
+
+def test_scale_one_double_gives_the_integer_sum_exactly_for_large_k(tmp_path):
+    """Ranges [0, 255] give scale 1 and zero point 0, so out = acc; K = 3*3*2304 > 20000 taps."""
+    rng = np.random.default_rng(3)
+    table = rng.integers(0, 65536, 65536)
+    path = ref.write_table(tmp_path / "r.bin", table)
+    x = rng.integers(0, 256, (2, 4, 3, 2304)).astype(np.float64)
+    f = rng.integers(0, 256, (3, 3, 2304, 3)).astype(np.float64)
+    acc, _, _, taps = ref.conv_sums(x.astype(np.int64), f.astype(np.int64), table, (1, 1), "VALID",
+                                    (1, 1), 0)
+    assert taps > 20000 and acc.max() > 2**24  # beyond float32's exact integers
+    got = run_op(x, f, (0.0, 255.0, 0.0, 255.0), path, padding="VALID")
+    np.testing.assert_array_equal(got, acc.astype(np.float64))
+
+
+def test_exact_table_equals_conv2d_of_fake_quantized_values():
+    """float32, exact table: matches tf.nn.conv2d on fake-quantized input and filter.
+
+    Both compute sum(x^ * w^) in float32 by different routes. The op's rounding error is a few ulps
+    of the largest of its four terms; conv2d's is at most K ulps of sum|x^ w^|. The bound below is
+    8 * eps * (sum of |terms| + sum |x^ w^|), which both errors stay inside.
+    """
+    rng = np.random.default_rng(5)
+    eps = np.finfo(np.float32).eps
+    for _ in range(15):
+        cfg = random_config(rng)
+        ranges = random_ranges(rng)
+        x = rng.uniform(ranges[0], ranges[1], cfg["shape"]).astype(np.float32)
+        f = rng.normal(0, 0.5, cfg["filter_shape"]).astype(np.float32)
+        nb = cfg["num_bits"]
+        fx = tf.quantization.fake_quant_with_min_max_vars(x, ranges[0], ranges[1], num_bits=nb)
+        ff = tf.quantization.fake_quant_with_min_max_vars(f, ranges[2], ranges[3], num_bits=nb)
+        pad = cfg["padding"]
+        if pad == "EXPLICIT":
+            pad = [[0, 0], list(cfg["explicit"][0]), list(cfg["explicit"][1]), [0, 0]]
+        want = tf.nn.conv2d(fx, ff, [1, *cfg["strides"], 1], pad, dilations=cfg["dilations"]).numpy()
+        got = run_op(x, f, ranges, "", nb, cfg["strides"], cfg["padding"], cfg["dilations"],
+                     cfg["explicit"], cfg["data_format"], dtype=tf.float32)
+        magnitude = tf.nn.conv2d(tf.abs(fx), tf.abs(ff), [1, *cfg["strides"], 1], pad,
+                                 dilations=cfg["dilations"]).numpy()
+        s1, m1, _ = ref.quant_params(ranges[0], ranges[1], nb)
+        s2, m2, _ = ref.quant_params(ranges[2], ranges[3], nb)
+        k = np.prod(cfg["filter_shape"][:3])
+        # Largest possible terms: codes at most 255 per tap.
+        terms = k * 255 * (abs(s1 * s2) * 255 + abs(s1 * m2) + abs(s2 * m1)) + k * abs(m1 * m2)
+        assert np.all(np.abs(got - want) <= 8 * eps * (terms + magnitude)), cfg
+
+
+@pytest.mark.skipif(ref.shared_tables_dir() is None,
+                    reason="../shared/axmul_8x8 (real EvoApprox tables) is not present")
+def test_real_evoapprox_tables():
+    tables = sorted(glob.glob(os.path.join(ref.shared_tables_dir(), "*.bin")))[:6]
+    assert tables
+    rng = np.random.default_rng(8)
+    for path in tables:
+        table = np.fromfile(path, "<u2")
+        cfg = random_config(rng)
+        ranges = random_ranges(rng)
+        x = rng.uniform(ranges[0], ranges[1], cfg["shape"])
+        f = rng.normal(0, 0.5, cfg["filter_shape"])
+        want = ref.approx_conv(x, f, ranges, table, cfg["num_bits"], cfg["strides"],
+                               cfg["padding"], cfg["dilations"], cfg["explicit"])
+        got = run_op(x, f, ranges, path, cfg["num_bits"], cfg["strides"], cfg["padding"],
+                     cfg["dilations"], cfg["explicit"], cfg["data_format"])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        # Scale-1 integer check with the real table.
+        xi = rng.integers(0, 256, (1, 5, 5, 8)).astype(np.float64)
+        fi = rng.integers(0, 256, (3, 3, 8, 4)).astype(np.float64)
+        acc, *_ = ref.conv_sums(xi.astype(np.int64), fi.astype(np.int64), table, (1, 1), "SAME",
+                                (1, 1), 0)
+        np.testing.assert_array_equal(run_op(xi, fi, (0.0, 255.0, 0.0, 255.0), path), acc)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32])
+def test_low_precision_types_follow_the_float32_path(dtype):
+    """Inputs are cast to float32 before quantizing; the float32 result is cast to T."""
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1, 1, (2, 6, 6, 4)).astype(np.float32)
+    f = rng.normal(0, 0.3, (3, 3, 4, 5)).astype(np.float32)
+    x_t, f_t = tf.cast(x, dtype), tf.cast(f, dtype)
+    ranges = (-1.0, 1.0, -1.0, 1.0)
+    args = dict(strides=[1, 1, 1, 1], num_bits=8, mul_map_file="", padding="SAME")
+    got = op(x_t, f_t, *(tf.constant(r, dtype) for r in ranges), **args)
+    assert got.dtype == dtype
+    want = op(tf.cast(x_t, tf.float32), tf.cast(f_t, tf.float32),
+              *(tf.constant(r, tf.float32) for r in ranges), **args)
+    np.testing.assert_array_equal(tf.cast(got, tf.float32).numpy(),
+                                  tf.cast(tf.cast(want, dtype), tf.float32).numpy())
+
+
+def test_empty_batch_returns_empty_output():
+    x = tf.zeros([0, 5, 5, 3])
+    f = tf.ones([3, 3, 3, 2])
+    out = op(x, f, -1.0, 1.0, -1.0, 1.0, [1, 1, 1, 1], 8, "", "SAME")
+    assert out.shape == (0, 5, 5, 2)
+
+
+def test_inputs_outside_the_range_are_clamped():
+    f = tf.ones([1, 1, 1, 1])
+    big = op(tf.fill([1, 1, 1, 1], 100.0), f, 0.0, 1.0, 0.0, 1.0, [1] * 4, 8, "", "VALID")
+    top = op(tf.fill([1, 1, 1, 1], 1.0), f, 0.0, 1.0, 0.0, 1.0, [1] * 4, 8, "", "VALID")
+    assert big.numpy().item() == top.numpy().item() == pytest.approx(1.0, rel=1e-6)
+
+
+def grad_config_cases():
+    return [
+        dict(data_format="NHWC", padding="SAME", groups=1, dilations=(1, 1), strides=(1, 1)),
+        dict(data_format="NCHW", padding="VALID", groups=2, dilations=(2, 1), strides=(2, 1)),
+        dict(data_format="NHWC", padding="EXPLICIT", groups=1, dilations=(1, 2), strides=(1, 2)),
+        dict(data_format="NCHW", padding="EXPLICIT", groups=4, dilations=(1, 1), strides=(2, 2)),
+        dict(data_format="NHWC", padding="SAME", groups=4, dilations=(2, 2), strides=(1, 1)),
+        dict(data_format="NHWC", padding="VALID", groups=2, dilations=(1, 1), strides=(1, 1)),
+    ]
+
+
+def linear_gradients(x, f, conv, upstream):
+    """Gradients of sum(conv(x, f) * upstream) from forward convolutions only.
+
+    conv is linear in each argument, so d/dx_i = sum(conv(e_i, f) * upstream) for the basis
+    image e_i (likewise for f). Independent of TensorFlow's backprop kernels.
+    """
+    def grad_of(arg, make):
+        basis = np.eye(arg.size, dtype=np.float64).reshape(arg.size, *arg.shape)
+        return np.array([np.sum(make(b) * upstream) for b in basis]).reshape(arg.shape)
+
+    gx = grad_of(x, lambda b: conv(b, f))
+    gf = grad_of(f, lambda b: conv(x, b))
+    return gx, gf
+
+
+@pytest.mark.parametrize("cfg", grad_config_cases(),
+                         ids=lambda c: f"{c['data_format']}-{c['padding']}-g{c['groups']}-d{c['dilations'][0]}{c['dilations'][1]}")
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_gradient_is_that_of_conv2d(cfg, graph):
+    rng = np.random.default_rng(2)
+    c, groups = 4, cfg["groups"]
+    x = rng.uniform(-1, 1, (1, 6, 5, c))
+    f = rng.normal(0, 0.4, (3, 3, c // groups, 4))
+    nhwc = cfg["data_format"] == "NHWC"
+    s, d = cfg["strides"], cfg["dilations"]
+    pads, conv_pad = [], cfg["padding"]
+    if cfg["padding"] == "EXPLICIT":
+        pads = [0, 0, 1, 2, 2, 0, 0, 0] if nhwc else [0, 0, 0, 0, 1, 2, 2, 0]
+        conv_pad = [[0, 0], [1, 2], [2, 0], [0, 0]]
+
+    def conv(x, f):  # the accurate layer, forward only
+        return tf.nn.conv2d(x, f, [1, *s, 1], conv_pad, dilations=[1, *d, 1]).numpy()
+
+    upstream = rng.normal(size=conv(x, f).shape)
+    want_x, want_f = linear_gradients(x, f, conv, upstream)
+
+    def grads(x, f):
+        with tf.GradientTape() as tape:
+            tape.watch([x, f])
+            xin = x if nhwc else tf.transpose(x, [0, 3, 1, 2])
+            y = op(xin, f, -1.0, 1.0, -1.0, 1.0, [1, *s, 1] if nhwc else [1, 1, *s], 8, "",
+                   cfg["padding"], pads, cfg["data_format"], [1, *d, 1] if nhwc else [1, 1, *d])
+            y = y if nhwc else tf.transpose(y, [0, 2, 3, 1])
+            loss = tf.reduce_sum(y * upstream)
+        return tape.gradient(loss, [x, f])
+
+    fn = tf.function(grads) if graph else grads
+    gx, gf = fn(tf.constant(x), tf.constant(f))
+    np.testing.assert_allclose(gx.numpy(), want_x, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(gf.numpy(), want_f, rtol=1e-9, atol=1e-9)
+
+
+def test_min_max_get_no_gradient():
+    x, f = tf.ones([1, 3, 3, 1]), tf.ones([1, 1, 1, 1])
+    lo, hi = tf.constant(-1.0), tf.constant(1.0)
+    with tf.GradientTape() as tape:
+        tape.watch([lo, hi])
+        y = op(x, f, lo, hi, lo, hi, [1] * 4, 8, "", "SAME")
+    assert tape.gradient(y, [lo, hi]) == [None, None]
+
+
+# ---- Bad input: every misuse is an InvalidArgumentError naming the argument. ----
+
+GOOD = dict(strides=[1, 1, 1, 1], num_bits=8, mul_map_file="", padding="SAME")
+
+
+def call(x=None, f=None, ranges=(-1.0, 1.0, -1.0, 1.0), **overrides):
+    x = tf.ones([1, 5, 5, 4]) if x is None else x
+    f = tf.ones([3, 3, 4, 2]) if f is None else f
+    return op(x, f, *ranges, **{**GOOD, **overrides})
+
+
+def write_bytes(path, n):
+    path.write_bytes(bytes(range(256)) * (n // 256) + bytes(n % 256))
+    return str(path)
+
+
+@pytest.mark.parametrize("case,message", [
+    (dict(x=tf.ones([5, 5, 4])), "input must be 4-dimensional"),
+    (dict(f=tf.ones([3, 3, 4])), "filter must be 4-dimensional"),
+    (dict(f=tf.ones([3, 3, 3, 2])), "multiple of the filter's input depth"),
+    (dict(f=tf.ones([3, 3, 2, 3])), "multiple of the number of groups"),
+    (dict(strides=[1, 0, 1, 1]), "strides must be positive"),
+    (dict(strides=[1, -2, 1, 1]), "strides must be positive"),
+    (dict(strides=[1, 1, 1]), "strides must have 4 elements"),
+    (dict(strides=[2, 1, 1, 1]), "strides in the batch and depth"),
+    (dict(dilations=[1, 0, 1, 1]), "dilations must be positive"),
+    (dict(padding="EXPLICIT", explicit_paddings=[0, 0, 1, 1]), "explicit_paddings must have 8"),
+    (dict(padding="EXPLICIT", explicit_paddings=[0, 0, -1, 1, 0, 0, 0, 0]), "non-negative"),
+    (dict(explicit_paddings=[0, 0, 1, 1, 1, 1, 0, 0]), "explicit_paddings must be empty"),
+    (dict(num_bits=1), "num_bits must be in [2, 8]"),
+    (dict(num_bits=9), "num_bits must be in [2, 8]"),
+    (dict(ranges=(1.0, -1.0, -1.0, 1.0)), "input_min must not exceed input_max"),
+    (dict(ranges=(-1.0, 1.0, 2.0, 1.0)), "filter_min must not exceed filter_max"),
+    (dict(ranges=(-1.0, float("inf"), -1.0, 1.0)), "must be finite"),
+    (dict(ranges=(-1.0, 1.0, float("nan"), 1.0)), "must be finite"),
+    (dict(ranges=(tf.constant([-1.0]), 1.0, -1.0, 1.0)), "input_min must be a scalar"),
+    (dict(f=tf.ones([7, 7, 4, 2]), padding="VALID"), "larger than the padded input"),
+    (dict(mul_map_file="/nonexistent/table.bin"), "cannot open"),
+    (dict(mul_map_file="/tmp"), "is a directory"),
+    (dict(mul_map_file="/dev/zero"), "not a regular file"),
+])
+def test_bad_input_is_an_invalid_argument_error(case, message):
+    # Shape inference may reject some cases first (ValueError in graph building); eager gives
+    # InvalidArgumentError. Both name the problem.
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=_escape(message)):
+        call(**case)
+
+
+def _escape(text):
+    import re
+    return re.escape(text)
+
+
+@pytest.mark.parametrize("size,message", [(131070, "131070 bytes"), (131073, "131073 bytes"), (0, "0 bytes")])
+def test_table_file_of_the_wrong_size(tmp_path, size, message):
+    path = write_bytes(tmp_path / "bad.bin", size)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        call(mul_map_file=path)
+
+
+def test_table_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "table.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a regular file"):
+        call(mul_map_file=str(fifo))
+
+
+def test_output_too_large_is_an_error():
+    x = tf.zeros([1, 1 << 16, 1 << 15, 1], tf.float16)  # 2^31 elements of input: 4 GB, too large
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="2\\^31 - 1"):
+        op(x, tf.ones([1, 1, 1, 1], tf.float16), *(tf.constant(v, tf.float16) for v in (0, 1, 0, 1)),
+           **GOOD)
+
+
+def test_missing_library_error_names_the_build_command(tmp_path, monkeypatch):
+    from tensorflow_approx.python.ops import approx_conv_ops
+
+    monkeypatch.setattr(approx_conv_ops, "_LIBRARY", str(tmp_path / "missing.so"))
+    with pytest.raises(ImportError, match="bazel build //tensorflow_approx"):
+        approx_conv_ops._load_library()

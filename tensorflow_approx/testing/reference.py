@@ -1,0 +1,118 @@
+"""An independent NumPy model of ApproxConv2DWithMinMaxVars (semantics.md), for tests.
+
+Written from the contract, not from the C++ code: codes come from TensorFlow's own fake-quant op, the
+patch gathering is a plain loop over the output positions, and the integer sums use NumPy int64.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+def exact_table():
+    """The exact 8x8 product table: uint16[65536], entry (a << 8) | w = a * w."""
+    a, w = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    return (a * w).astype(np.uint16).reshape(-1)
+
+
+def write_table(path, table):
+    """Writes a table in the op's file format (65536 little-endian uint16)."""
+    np.asarray(table, dtype="<u2").reshape(-1).tofile(path)
+    return str(path)
+
+
+def shared_tables_dir():
+    """../shared/axmul_8x8 beside the repository (real EvoApprox tables), or None."""
+    env = os.environ.get("TFAPPROX_AXMUL_DIR")
+    if env:
+        return env if os.path.isdir(env) else None
+    here = os.path.realpath(__file__)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(here)))
+    path = os.path.join(os.path.dirname(repo), "shared", "axmul_8x8")
+    return path if os.path.isdir(path) else None
+
+
+def quant_params(lo, hi, num_bits):
+    """(scale, nudged_min, zero_point) as float32 / int, TensorFlow's nudging."""
+    lo, hi = np.float32(lo), np.float32(hi)
+    qmax = np.float32(2**num_bits - 1)
+    scale = np.float32((hi - lo) / qmax)
+    if scale == 0:
+        return np.float32(0), np.float32(0), 0
+    zp_from_min = np.float32(0) - lo / scale
+    zp = 0 if zp_from_min < 0 else int(qmax) if zp_from_min > qmax else int(np.round(zp_from_min))
+    return scale, np.float32(np.float32(-zp) * scale), zp
+
+
+def codes(x, lo, hi, num_bits):
+    """Codes of x (any shape) through tf.quantization.fake_quant_with_min_max_vars."""
+    scale, _, zp = quant_params(lo, hi, num_bits)
+    if scale == 0:
+        return np.zeros(np.shape(x), np.int64)
+    fq = tf.quantization.fake_quant_with_min_max_vars(
+        tf.constant(np.asarray(x, np.float32)), float(lo), float(hi), num_bits=num_bits
+    ).numpy()
+    return (np.round(fq / scale) + zp).astype(np.int64)
+
+
+def conv_sums(qa, qw, table, strides, padding, dilations, zero_code, explicit=None):
+    """Integer sums of the op for NHWC codes qa [N,H,W,C] and HWIO codes qw [KH,KW,Cg,Cout].
+
+    Returns (acc [N,Ho,Wo,Cout], act_sum [N,Ho,Wo,G], filter_sum [Cout], taps K), all int64.
+    padding: "SAME", "VALID" or "EXPLICIT" with explicit = ((top, bottom), (left, right)).
+    """
+    n, h, w, c = qa.shape
+    kh, kw, cg, cout = qw.shape
+    groups = c // cg
+    sh, sw = strides
+    dh, dw = dilations
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if padding == "SAME":
+        ho, wo = -(-h // sh), -(-w // sw)
+        pt = max(0, (ho - 1) * sh + ekh - h) // 2
+        pl = max(0, (wo - 1) * sw + ekw - w) // 2
+        pb, pr = max(0, (ho - 1) * sh + ekh - h) - pt, max(0, (wo - 1) * sw + ekw - w) - pl
+    else:
+        (pt, pb), (pl, pr) = explicit if padding == "EXPLICIT" else ((0, 0), (0, 0))
+        ho = (h + pt + pb - ekh) // sh + 1
+        wo = (w + pl + pr - ekw) // sw + 1
+    padded = np.full((n, h + pt + pb + ekh, w + pl + pr + ekw, c), zero_code, np.int64)
+    padded[:, pt : pt + h, pl : pl + w, :] = qa
+    table = np.asarray(table, np.int64)
+    acc = np.zeros((n, ho, wo, cout), np.int64)
+    act_sum = np.zeros((n, ho, wo, groups), np.int64)
+    per_group = cout // groups
+    for oh in range(ho):
+        for ow in range(wo):
+            rows = oh * sh + dh * np.arange(kh)
+            cols = ow * sw + dw * np.arange(kw)
+            patch = padded[:, rows][:, :, cols]  # [N, KH, KW, C]
+            for g in range(groups):
+                a = patch[..., g * cg : (g + 1) * cg]  # [N, KH, KW, Cg]
+                wg = qw[..., g * per_group : (g + 1) * per_group]  # [KH, KW, Cg, per_group]
+                products = table[(a[..., None] << 8) | wg[None]]  # [N, KH, KW, Cg, per_group]
+                acc[:, oh, ow, g * per_group : (g + 1) * per_group] = products.sum(axis=(1, 2, 3))
+                act_sum[:, oh, ow, g] = a.sum(axis=(1, 2, 3))
+    return acc, act_sum, qw.sum(axis=(0, 1, 2)), kh * kw * cg
+
+
+def approx_conv(x, f, ranges, table, num_bits=8, strides=(1, 1), padding="SAME",
+                dilations=(1, 1), explicit=None, dtype=np.float64):
+    """The op's output for NHWC float input x and HWIO filter f, evaluated from the contract.
+
+    ranges = (input_min, input_max, filter_min, filter_max). Returns an array of dtype in NHWC.
+    """
+    s1, m1, zp1 = quant_params(ranges[0], ranges[1], num_bits)
+    s2, m2, _ = quant_params(ranges[2], ranges[3], num_bits)
+    qa = codes(x, ranges[0], ranges[1], num_bits)
+    qw = codes(f, ranges[2], ranges[3], num_bits)
+    acc, act_sum, filter_sum, taps = conv_sums(qa, qw, table, strides, padding, dilations, zp1,
+                                               explicit)
+    groups = act_sum.shape[-1]
+    act = np.repeat(act_sum, acc.shape[-1] // groups, axis=-1)
+    real = np.float64 if dtype == np.float64 else np.float32
+    s1, m1, s2, m2 = (real(v) for v in (s1, m1, s2, m2))
+    out = (s1 * s2 * acc.astype(real) + s1 * m2 * act.astype(real)
+           + s2 * m1 * filter_sum.astype(real) + real(taps) * m1 * m2)
+    return out.astype(dtype)
