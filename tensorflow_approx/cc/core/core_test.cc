@@ -60,7 +60,7 @@ Case RandomCase(std::mt19937& rng) {
   const bool depthwise = pick({0, 0, 0, 1});
   const int64_t in_depth = depthwise ? filter_depth * pick({4, 6}) : filter_depth * groups;
   const int64_t g = in_depth / filter_depth;
-  const int64_t out_depth = g * pick({1, 2, 3, 5});
+  const int64_t out_depth = g * pick({1, 2, 3, 5, 16, 21});
   int64_t kh = pick({1, 3, 5}), kw = pick({1, 3, 5});
   if (pick({0, 0, 0, 1})) kh = in_h, kw = in_w;  // the filter covers the whole input
   ConvAttrs attrs;

@@ -1,0 +1,80 @@
+"""CPU benchmark of ApproxConv2DWithMinMaxVars against tf.nn.conv2d float32 in the same run.
+
+Prints one row per layer: the op's median time and G LUT-MAC/s with a real non-exact table, the
+accurate float32 conv2d on the same shape, and their ratio. Realistic data: ReLU activations (half
+of them zero, the zero point) and normal weights.
+
+    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5]
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import tensorflow as tf  # noqa: E402
+
+import tensorflow_approx as ta  # noqa: E402
+
+TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from ../shared, else a truncated product)")
+REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
+
+# (name, N, H, W, Cin, Cout, K): performance.md's shapes at N=8 and a LeNet-size layer.
+LAYERS = [
+    ("3x3 56x56 64->64", 8, 56, 56, 64, 64, 3),
+    ("3x3 28x28 128->128", 8, 28, 28, 128, 128, 3),
+    ("3x3 14x14 256->256", 8, 14, 14, 256, 256, 3),
+    ("3x3 7x7 512->512", 8, 7, 7, 512, 512, 3),
+    ("1x1 56x56 64->256", 8, 56, 56, 64, 256, 1),
+    ("LeNet 3x3 28x28 1->6 N=256", 256, 28, 28, 1, 6, 3),
+]
+
+
+def default_table():
+    shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                          "axmul_8x8", "mul8u_L40.bin")
+    if os.path.exists(shared):
+        return os.path.normpath(shared), "mul8u_L40 (EvoApprox)"
+    # Our own approximate table: the product of operands with their 2 low bits dropped.
+    a, w = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    path = os.path.join(tempfile.mkdtemp(), "trunc2.bin")
+    ((a & ~3) * (w & ~3)).astype("<u2").tofile(path)
+    return path, "operand-truncated by 2 bits (generated)"
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up: kernel construction, table load, thread pool start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def main(_):
+    table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
+    rng = np.random.default_rng(0)
+    print(f"table: {table_name}; {os.cpu_count()} CPUs; TensorFlow {tf.__version__}; "
+          f"median of {REPEATS.value} runs")
+    header = f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} {'ratio':>7s}"
+    print(header)
+    print("-" * len(header))
+    for name, n, h, w, cin, cout, k in LAYERS:
+        x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
+        f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))
+        x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
+        macs = n * h * w * cout * k * k * cin
+        op_ms = median_ms(lambda: ta.approx_conv2d_with_min_max_vars(
+            x, f, 0.0, x_max, f_min, f_max, [1, 1, 1, 1], 8, table, "SAME").numpy(), REPEATS.value)
+        conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, 1, "SAME").numpy(), REPEATS.value)
+        print(f"{name:28s} {op_ms:9.2f} {macs / op_ms / 1e6:12.2f} {conv_ms:10.2f} "
+              f"{macs / conv_ms / 1e6:14.2f} {op_ms / conv_ms:6.1f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
