@@ -15,8 +15,9 @@ namespace tfapprox {
 
 enum class CpuKernel { kReference, kFast };
 
-// Pixels per pass: bounds the int64 accumulator buffer to about 32 MB whatever the batch size.
-constexpr int64_t kAccumulatorElementsPerPass = int64_t{1} << 22;
+// Accumulators per pass: 2 MB of int64, so the epilogue reads them back from cache and the buffer
+// stays small whatever the batch size.
+constexpr int64_t kAccumulatorElementsPerPass = int64_t{1} << 18;
 
 template <typename T>
 void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
@@ -80,13 +81,15 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     parallel_for(end - begin, s.out_depth * 4, [&](int64_t q_begin, int64_t q_end) {
       for (int64_t q = q_begin; q < q_end; ++q) {
         const int64_t p = begin + q;
-        for (int64_t co = 0; co < s.out_depth; ++co) {
-          const T value = static_cast<T>(dequantize(acc[q * s.out_depth + co],
-                                                    act_sum[q * groups + co / out_per_group], filter_sum[co]));
-          if (s.data_format == DataFormat::kNHWC) {
-            output[p * s.out_depth + co] = value;
-          } else {
-            output[((p / out_hw) * s.out_depth + co) * out_hw + p % out_hw] = value;
+        // NCHW writes channel planes: element (n, co, p % out_hw).
+        T* out = s.data_format == DataFormat::kNHWC ? output + p * s.out_depth
+                                                     : output + (p / out_hw) * s.out_depth * out_hw + p % out_hw;
+        const int64_t channel_stride = s.data_format == DataFormat::kNHWC ? 1 : out_hw;
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t a = act_sum[q * groups + g];
+          for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {
+            out[co * channel_stride] =
+                static_cast<T>(dequantize(acc[q * s.out_depth + co], a, filter_sum[co]));
           }
         }
       }

@@ -79,58 +79,63 @@ inline void LookupBlock(const uint16_t* const* rows, const uint8_t* const* weigh
 }
 
 constexpr int kPermuteChannels = 64;  // output channels per pass of the permute path
+constexpr int kPermutePixels = 2;     // pixels sharing each tap's weight codes (2 beat 1 and 4)
+static_assert(kPixels % kPermutePixels == 0, "a block splits into permute blocks");
 
 bool HasAvx512Bw() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   return has;
 }
 
-// 32 lookups lut_row[w] for the 32 uint16 weight codes in `codes`, the row held in r[0..7].
-__attribute__((target("avx512f,avx512bw"))) inline __m512i LookupRow32(const __m512i (&r)[8],
-                                                                       __m512i codes) {
-  const __mmask32 bit6 = _mm512_test_epi16_mask(codes, _mm512_set1_epi16(64));
-  const __mmask32 bit7 = _mm512_test_epi16_mask(codes, _mm512_set1_epi16(128));
-  const __m512i q0 = _mm512_permutex2var_epi16(r[0], codes, r[1]);
-  const __m512i q1 = _mm512_permutex2var_epi16(r[2], codes, r[3]);
-  const __m512i q2 = _mm512_permutex2var_epi16(r[4], codes, r[5]);
-  const __m512i q3 = _mm512_permutex2var_epi16(r[6], codes, r[7]);
-  const __m512i low = _mm512_mask_blend_epi16(bit6, q0, q1);
-  const __m512i high = _mm512_mask_blend_epi16(bit6, q2, q3);
-  return _mm512_mask_blend_epi16(bit7, low, high);
-}
-
-// acc[co] = sum_t lut[rows[t] + weights[t][co]] for co < channels, weights laid out [tap][padded]
-// with `padded` a multiple of kPermuteChannels. Requires taps * 65535 < 2^31 (int32 lanes).
-__attribute__((target("avx512f,avx512bw"))) void LookupPixelPermute(
-    const uint16_t* rows, const uint8_t* weights, int64_t taps, int64_t channels, int64_t padded,
-    const uint16_t* lut, int64_t* acc) {
+// acc[i][co] = sum_t lut[rows[i][t] + weights[t][co]] for NP pixels and co < channels, weights
+// laid out [tap][padded] with `padded` a multiple of kPermuteChannels; acc[i] points at pixel i's
+// channels. The pixels share each tap's weight codes and masks, so the weight matrix streams through
+// the cache once per NP pixels. Requires taps * 65535 < 2^31 (int32 lanes).
+template <int NP>
+__attribute__((target("avx512f,avx512bw"))) void LookupPixelsPermute(
+    const uint16_t* const* rows, const uint8_t* weights, int64_t taps, int64_t channels,
+    int64_t padded, const uint16_t* lut, int64_t* const* acc) {
   const __m512i zero = _mm512_setzero_si512();
   for (int64_t c0 = 0; c0 < channels; c0 += kPermuteChannels) {
-    // unpacklo/hi widen words {0-3, 8-11, ...} and {4-7, 12-15, ...} of each half: sums[2b] and
-    // sums[2b + 1] hold the channels of half b in that interleaved order, undone at the store.
-    __m512i sums[4] = {zero, zero, zero, zero};
+    // unpacklo/hi widen words {0-3, 8-11, ...} and {4-7, 12-15, ...} of each 32-channel half:
+    // sums[i][2b] and sums[i][2b + 1] hold half b in that interleaved order, undone at the store.
+    __m512i sums[NP][4];
+    for (int i = 0; i < NP; ++i)
+      for (int k = 0; k < 4; ++k) sums[i][k] = zero;
     const uint8_t* w = weights + c0;
     for (int64_t t = 0; t < taps; ++t, w += padded) {
-      const __m512i* row = reinterpret_cast<const __m512i*>(lut + rows[t]);
-      const __m512i r[8] = {_mm512_loadu_si512(row),     _mm512_loadu_si512(row + 1),
-                            _mm512_loadu_si512(row + 2), _mm512_loadu_si512(row + 3),
-                            _mm512_loadu_si512(row + 4), _mm512_loadu_si512(row + 5),
-                            _mm512_loadu_si512(row + 6), _mm512_loadu_si512(row + 7)};
-      for (int b = 0; b < 2; ++b) {
-        const __m512i codes =
-            _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * b)));
-        const __m512i v = LookupRow32(r, codes);
-        sums[2 * b] = _mm512_add_epi32(sums[2 * b], _mm512_unpacklo_epi16(v, zero));
-        sums[2 * b + 1] = _mm512_add_epi32(sums[2 * b + 1], _mm512_unpackhi_epi16(v, zero));
+      const __m512i codes[2] = {
+          _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w))),
+          _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32)))};
+      const __mmask32 bit6[2] = {_mm512_test_epi16_mask(codes[0], _mm512_set1_epi16(64)),
+                                 _mm512_test_epi16_mask(codes[1], _mm512_set1_epi16(64))};
+      const __mmask32 bit7[2] = {_mm512_test_epi16_mask(codes[0], _mm512_set1_epi16(128)),
+                                 _mm512_test_epi16_mask(codes[1], _mm512_set1_epi16(128))};
+      for (int i = 0; i < NP; ++i) {
+        const __m512i* row = reinterpret_cast<const __m512i*>(lut + rows[i][t]);
+        __m512i r[8];
+        for (int k = 0; k < 8; ++k) r[k] = _mm512_loadu_si512(row + k);
+        for (int b = 0; b < 2; ++b) {
+          const __m512i q0 = _mm512_permutex2var_epi16(r[0], codes[b], r[1]);
+          const __m512i q1 = _mm512_permutex2var_epi16(r[2], codes[b], r[3]);
+          const __m512i q2 = _mm512_permutex2var_epi16(r[4], codes[b], r[5]);
+          const __m512i q3 = _mm512_permutex2var_epi16(r[6], codes[b], r[7]);
+          const __m512i v = _mm512_mask_blend_epi16(bit7[b], _mm512_mask_blend_epi16(bit6[b], q0, q1),
+                                                    _mm512_mask_blend_epi16(bit6[b], q2, q3));
+          sums[i][2 * b] = _mm512_add_epi32(sums[i][2 * b], _mm512_unpacklo_epi16(v, zero));
+          sums[i][2 * b + 1] = _mm512_add_epi32(sums[i][2 * b + 1], _mm512_unpackhi_epi16(v, zero));
+        }
       }
     }
-    alignas(64) int32_t out[4][16];
-    for (int i = 0; i < 4; ++i) _mm512_store_si512(out[i], sums[i]);
-    for (int b = 0; b < 2; ++b) {
-      for (int lane = 0; lane < 4; ++lane) {
-        for (int k = 0; k < 8; ++k) {
-          const int64_t co = c0 + 32 * b + 8 * lane + k;
-          if (co < channels) acc[co] = out[2 * b + k / 4][4 * lane + k % 4];
+    for (int i = 0; i < NP; ++i) {
+      alignas(64) int32_t out[4][16];
+      for (int k = 0; k < 4; ++k) _mm512_store_si512(out[k], sums[i][k]);
+      for (int b = 0; b < 2; ++b) {
+        for (int lane = 0; lane < 4; ++lane) {
+          for (int k = 0; k < 8; ++k) {
+            const int64_t co = c0 + 32 * b + 8 * lane + k;
+            if (co < channels) acc[i][co] = out[2 * b + k / 4][4 * lane + k % 4];
+          }
         }
       }
     }
@@ -188,10 +193,16 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
       }
       if (permute) {
         for (int64_t g = 0; g < groups; ++g) {
-          for (int i = 0; i < valid; ++i) {
-            LookupPixelPermute(&patch[(i * groups + g) * taps], &weights_by_tap[g * taps * padded],
-                               taps, out_per_group, padded, conv.lut,
-                               acc + pixel[i] * s.out_depth + g * out_per_group);
+          const uint16_t* rows[kPixels];
+          int64_t* out[kPixels];
+          for (int i = 0; i < kPixels; ++i) {
+            rows[i] = &patch[(i * groups + g) * taps];
+            // A repeated last pixel (short block) writes the same values twice: harmless.
+            out[i] = acc + pixel[i] * s.out_depth + g * out_per_group;
+          }
+          for (int i = 0; i < kPixels; i += kPermutePixels) {
+            LookupPixelsPermute<kPermutePixels>(rows + i, &weights_by_tap[g * taps * padded], taps,
+                                                out_per_group, padded, conv.lut, out + i);
           }
         }
         continue;
