@@ -155,6 +155,30 @@ void TestLargeKExactSum() {
   EXPECT(sum[0] == int64_t{255} * 3 * 3 * 4096, "got %lld", (long long)sum[0]);
 }
 
+// The whole pipeline (quantize, accumulate, dequantize into NHWC or NCHW) gives identical outputs with
+// the reference and the fast kernel, for both float and double.
+template <typename T>
+void TestPipelineKernelsAgree() {
+  std::mt19937 rng(99);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (int iter = 0; iter < 60; ++iter) {
+    const Case c = RandomCase(rng);
+    const ConvShape& s = c.shape;
+    std::vector<T> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : input) v = static_cast<T>(normal(rng));
+    for (auto& v : filter) v = static_cast<T>(0.3f * normal(rng));
+    QuantParams in_q, f_q;
+    EXPECT(MakeQuantParams(-1.5f, 2.f, 2 + iter % 7, "a", "b", &in_q).empty(), "range");
+    EXPECT(MakeQuantParams(-0.7f, 0.5f, 2 + iter % 7, "a", "b", &f_q).empty(), "range");
+    std::vector<T> ref(s.output_elements(), T(-123)), fast(s.output_elements(), T(-456));
+    ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, ExactLut()->data(), SerialFor(),
+                     ref.data(), CpuKernel::kReference);
+    ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, ExactLut()->data(), ThreadedFor(2),
+                     fast.data(), CpuKernel::kFast);
+    EXPECT(ref == fast, "pipeline outputs differ: %s", c.name.c_str());
+  }
+}
+
 void TestQuantParams() {
   QuantParams q;
   EXPECT(MakeQuantParams(-1.f, 1.f, 1, "a", "b", &q).find("num_bits") == 0, "num_bits 1");
@@ -255,6 +279,8 @@ int main() {
   tfapprox::TestShapeErrors();
   tfapprox::TestLargeKExactSum();
   tfapprox::TestFastKernelMatchesReference();
+  tfapprox::TestPipelineKernelsAgree<float>();
+  tfapprox::TestPipelineKernelsAgree<double>();
   if (tfapprox::failures) {
     std::fprintf(stderr, "%d failures\n", tfapprox::failures);
     return 1;

@@ -336,3 +336,23 @@ def test_missing_library_error_names_the_build_command(tmp_path, monkeypatch):
     monkeypatch.setattr(approx_conv_ops, "_LIBRARY", str(tmp_path / "missing.so"))
     with pytest.raises(ImportError, match="bazel build //tensorflow_approx"):
         approx_conv_ops._load_library()
+
+
+def test_concurrent_calls_share_the_table(tmp_path):
+    """One kernel (one loaded table) serves calls from several threads at once, with the same result."""
+    import concurrent.futures
+
+    rng = np.random.default_rng(4)
+    path = ref.write_table(tmp_path / "t.bin", rng.integers(0, 65536, 65536))
+    x = tf.constant(rng.uniform(-1, 1, (4, 12, 12, 8)).astype(np.float32))
+    f = tf.constant(rng.normal(0, 0.3, (3, 3, 8, 16)).astype(np.float32))
+
+    @tf.function
+    def conv(x):
+        return op(x, f, -1.0, 1.0, -1.0, 1.0, [1, 1, 1, 1], 8, path, "SAME")
+
+    want = conv(x).numpy()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: conv(x).numpy(), range(16)))
+    for got in results:
+        np.testing.assert_array_equal(got, want)
