@@ -13,6 +13,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "approx_conv2d_with_min_max_vars": "tensorflow_approx.python.ops.approx_conv_ops",
+    # Keras 3 layers, calibration and model conversion (tensorflow_approx/python/keras).
+    "layers": "tensorflow_approx.python.keras",
+    "FakeApproxConv2D": "tensorflow_approx.python.keras.layers",
+    "FakeApproxDepthwiseConv2D": "tensorflow_approx.python.keras.layers",
+    "FakeApproxDense": "tensorflow_approx.python.keras.layers",
+    "calibrate": "tensorflow_approx.python.keras.calibration",
+    "approximate_model": "tensorflow_approx.python.keras.convert",
 }
 
 __all__ = sorted(_LAZY)

@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/python" ]; then
   fi
 fi
 export PYTHON="$venv/bin/python"
-if ! "$PYTHON" -c 'import tensorflow, numpy, absl, pytest, setuptools, wheel' 2>/dev/null; then
+if ! "$PYTHON" -c 'import tensorflow, numpy, absl, pytest, setuptools, wheel, sklearn' 2>/dev/null; then
   echo "setup: installing requirements.txt into $venv"
   "$PYTHON" -m pip install -q --disable-pip-version-check -r "$repo/requirements.txt"
 fi

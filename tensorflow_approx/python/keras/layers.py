@@ -1,0 +1,399 @@
+"""Keras 3 layers whose multiplications go through an approximate 8-bit multiplier.
+
+`FakeApproxConv2D`, `FakeApproxDepthwiseConv2D` and `FakeApproxDense` are drop-in replacements of
+keras `Conv2D`, `DepthwiseConv2D` and `Dense` (same arguments, same weights, same outputs shape).
+Each one fake-quantizes its input and its kernel to `num_bits`-bit codes, exactly as
+`tf.quantization.fake_quant_with_min_max_vars` (narrow_range=False), and computes the layer with
+the op ApproxConv2DWithMinMaxVars, which takes every product of codes from the table
+`mul_map_file` ("" = the exact product). Bias and activation are then applied in float, as in the
+accurate layer.
+
+Quantization ranges
+-------------------
+The kernel range is always the kernel's own min/max (it is known, and per-tensor "last value"
+ranges are what quantization-aware training uses for weights). The input range depends on
+`range_mode`:
+
+- "batch" (default, the seed's behaviour): min/max of each batch.
+- "moving_average": an exponential moving average (decay `ema_decay`) of the batch ranges, updated
+  only when the layer is called with training=True, as quantization-aware training does; until the
+  first update (or a `calibrate` pass) the batch range is used.
+- "fixed": ranges frozen by `tensorflow_approx.calibrate(model, data)`; calling the layer before
+  calibration is an error.
+
+Every range is widened to include 0 (min <= 0 <= max). TensorFlow's fake quantization nudges a
+range so that real 0 is a code; for a range that does not contain 0 the nudge slides the whole grid
+(e.g. data in [0.5, 1] would be quantized on [0, 0.5] and collapse to 0.5), so like TF's own
+quantization-aware training we include 0 first. For ranges that already contain 0 (ReLU outputs,
+images in [0, 1], kernels) this is the raw min/max of the data, as in the seed.
+
+Gradients are straight-through: input and kernel pass through
+tf.quantization.fake_quant_with_min_max_vars (gradient 1 inside the range, 0 outside) and the op's
+gradient is the accurate convolution's at the fake-quantized values. Ranges get no gradient.
+
+Dtypes: ranges and codes are float32 whatever the policy (TensorFlow's FakeQuant works in float32
+and the op's contract computes codes in float32). The op runs in float64 under a float64 policy and
+in float32 otherwise (also under mixed_float16 / mixed_bfloat16: half-precision inputs are cast up,
+the op's float32 result is cast back to the compute dtype before bias and activation).
+
+XLA: the op has no XLA kernel, so every layer sets `supports_jit = False`; Keras 3 then compiles
+`fit`/`evaluate`/`predict` without XLA (`jit_compile="auto"` resolves to False and an explicit
+`jit_compile=True` falls back to False with a warning).
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from tensorflow_approx.python.ops.approx_conv_ops import approx_conv2d_with_min_max_vars
+
+RANGE_MODES = ("batch", "moving_average", "fixed")
+TABLE_BYTES = 65536 * 2  # 256 x 256 little-endian uint16 products
+
+__all__ = [
+    "RANGE_MODES",
+    "FakeApproxConv2D",
+    "FakeApproxDense",
+    "FakeApproxDepthwiseConv2D",
+    "approx_layers",
+]
+
+
+def _check_table(mul_map_file):
+    """Fails early, naming the path, instead of at the first call deep inside the op."""
+    if not isinstance(mul_map_file, str):
+        raise TypeError(f"mul_map_file must be a path string or '', got {mul_map_file!r}")
+    if mul_map_file == "":
+        return
+    if not os.path.isfile(mul_map_file):
+        raise ValueError(
+            f"mul_map_file {mul_map_file!r} is not a file (expected a table of {TABLE_BYTES} "
+            "bytes: 65536 little-endian uint16, entry (a << 8) | w), or '' for the exact product"
+        )
+    size = os.path.getsize(mul_map_file)
+    if size != TABLE_BYTES:
+        raise ValueError(
+            f"mul_map_file {mul_map_file!r} has {size} bytes; a table has {TABLE_BYTES} "
+            "(65536 little-endian uint16)"
+        )
+
+
+def _check_approx_args(num_bits, mul_map_file, range_mode, ema_decay):
+    if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
+        raise ValueError(f"num_bits must be an integer in 2..8, got {num_bits!r}")
+    _check_table(mul_map_file)
+    if range_mode not in RANGE_MODES:
+        raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
+    if not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay!r}")
+
+
+def _range_with_zero(x):
+    """(min, max) of x widened to contain 0, float32 scalars, no gradient (see module docstring)."""
+    x = tf.stop_gradient(x)
+    return tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
+
+
+def approx_layers(model):
+    """All approximate layers inside `model` (any depth of nesting), in Keras' traversal order."""
+    # _flatten_layers is Keras' own recursive traversal (the trainer uses it to check supports_jit).
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, _FakeApproxMixin)
+    ]
+
+
+class _FakeApproxMixin:
+    """What the three layers share: arguments, range state, quantization, the op call, saving.
+
+    Placed before the keras layer in the bases, so its methods override the keras ones.
+    """
+
+    def __init__(
+        self, *args, num_bits=8, mul_map_file="", range_mode="batch", ema_decay=0.999, **kwargs
+    ):
+        _check_approx_args(num_bits, mul_map_file, range_mode, ema_decay)
+        # LoRA and Keras' own int8/float8 quantization replace the kernel path we rely on.
+        if kwargs.pop("lora_rank", None) is not None or kwargs.pop("lora_alpha", None) is not None:
+            raise ValueError(f"{type(self).__name__} does not support LoRA (lora_rank)")
+        if kwargs.pop("quantization_config", None) is not None:
+            raise ValueError(f"{type(self).__name__} does not take a Keras quantization_config")
+        super().__init__(*args, **kwargs)  # the keras layer that follows this mixin in the bases
+        self.num_bits = num_bits
+        self.mul_map_file = mul_map_file
+        self.range_mode = range_mode
+        self.ema_decay = float(ema_decay)
+        # Set by calibration.calibrate() around its pass over the data (a Python flag, read when
+        # the call is traced, so calibrate traces its own function).
+        self._calibrating = False
+        self.supports_jit = False  # the op has no XLA kernel
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_ranges()
+
+    def get_config(self):
+        return {**super().get_config(), **self._approx_config()}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _build_ranges(self):
+        """Input range variables for "moving_average" and "fixed" (none for "batch")."""
+        if self.range_mode == "batch":
+            self.input_min = self.input_max = self.range_ready = None
+            return
+
+        def scalar(name):
+            return self.add_weight(
+                name=name,
+                shape=(),
+                initializer="zeros",
+                dtype="float32",
+                trainable=False,
+                autocast=False,  # ranges stay float32 under mixed precision
+            )
+
+        self.input_min = scalar("input_min")
+        self.input_max = scalar("input_max")
+        self.range_ready = scalar("range_ready")  # 1.0 once a range has been recorded
+
+    def _range_variables(self):
+        return [] if self.input_min is None else [self.input_min, self.input_max, self.range_ready]
+
+    def _accurate_variables(self):
+        """The variables of the accurate keras layer, in its saving order: kernel[, bias]."""
+        variables = [self._kernel_variable()]
+        if self.use_bias:
+            variables.append(self.bias)
+        return variables
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, variable in enumerate(self._accurate_variables() + self._range_variables()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return super().load_own_variables(store)  # keras' own "never built" error
+        variables = self._accurate_variables() + self._range_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables (kernel, bias when used, "
+                f"then the input range state), but the file has {len(store.keys())}"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+    def copy_accurate_weights(self, layer):
+        """Assigns kernel and bias of a built accurate keras layer of the same configuration.
+
+        The way to evaluate an accurately trained layer approximately: Keras 3 weight files are
+        keyed by layer class, so the accurate model's file does not load into approximate layers
+        (load it into the accurate model, then copy, or use approximate_model).
+        """
+        source = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+        for target, value in zip(self._accurate_variables(), source, strict=True):
+            target.assign(value)
+
+    def enable_lora(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not support LoRA")
+
+    def quantize(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} is already quantized by its approximate multiplier"
+        )
+
+    # -- the computation -----------------------------------------------------------------------
+
+    def _input_range(self, x, training):
+        """float32 (min, max) of the input for this call, updating the range state when due."""
+        batch_min, batch_max = _range_with_zero(x)
+        if self.range_mode == "batch":
+            return batch_min, batch_max
+        ready = self.range_ready > 0.5
+        if self._calibrating:
+            # The union of all calibration batches; this call itself uses its batch range.
+            self.input_min.assign(tf.where(ready, tf.minimum(self.input_min, batch_min), batch_min))
+            self.input_max.assign(tf.where(ready, tf.maximum(self.input_max, batch_max), batch_max))
+            self.range_ready.assign(1.0)
+            return batch_min, batch_max
+        if self.range_mode == "fixed":
+            check = tf.debugging.assert_greater(
+                self.range_ready,
+                0.5,
+                message=(
+                    f"layer '{self.name}' has range_mode='fixed' but no range: run "
+                    "tensorflow_approx.calibrate(model, data) before using it"
+                ),
+            )
+            with tf.control_dependencies([check]):
+                return tf.identity(self.input_min), tf.identity(self.input_max)
+        # moving_average
+        if training:
+            decay = self.ema_decay
+            new_min = tf.where(ready, decay * self.input_min + (1 - decay) * batch_min, batch_min)
+            new_max = tf.where(ready, decay * self.input_max + (1 - decay) * batch_max, batch_max)
+            self.input_min.assign(new_min)
+            self.input_max.assign(new_max)
+            self.range_ready.assign(1.0)
+            return new_min, new_max
+        return (
+            tf.where(ready, self.input_min, batch_min),
+            tf.where(ready, self.input_max, batch_max),
+        )
+
+    def _op_dtype(self):
+        return tf.float64 if self.compute_dtype == "float64" else tf.float32
+
+    def _fake_quant_operands(self, inputs, kernel, training):
+        """Fake-quantized (input, kernel) in the op's dtype and the 4 ranges, each a scalar."""
+        x = tf.cast(inputs, tf.float32)
+        k = tf.cast(kernel, tf.float32)
+        x_min, x_max = self._input_range(x, training)
+        k_min, k_max = _range_with_zero(k)
+        fq = tf.quantization.fake_quant_with_min_max_vars
+        xq = fq(x, x_min, x_max, num_bits=self.num_bits, narrow_range=False)
+        kq = fq(k, k_min, k_max, num_bits=self.num_bits, narrow_range=False)
+        dtype = self._op_dtype()
+        ranges = [tf.cast(r, dtype) for r in (x_min, x_max, k_min, k_max)]
+        return tf.cast(xq, dtype), tf.cast(kq, dtype), ranges
+
+    def _approx_conv(self, xq, kq, ranges, strides, dilations, data_format, padding):
+        """The op on already fake-quantized operands (it re-quantizes them to the same codes)."""
+        return approx_conv2d_with_min_max_vars(
+            xq,
+            kq,
+            *ranges,
+            strides=strides,
+            num_bits=self.num_bits,
+            mul_map_file=self.mul_map_file,
+            padding=padding,
+            data_format=data_format,
+            dilations=dilations,
+        )
+
+    def _bias_and_activation(self, outputs, channels_first=False):
+        outputs = tf.cast(outputs, self.compute_dtype)
+        if self.use_bias:
+            bias = self.bias
+            if channels_first:
+                bias = tf.reshape(bias, [-1, 1, 1])
+            outputs = outputs + tf.cast(bias, outputs.dtype)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def _approx_config(self):
+        return {
+            "num_bits": self.num_bits,
+            "mul_map_file": self.mul_map_file,
+            "range_mode": self.range_mode,
+            "ema_decay": self.ema_decay,
+        }
+
+
+def _conv_geometry(layer):
+    """(strides, dilations, data_format, padding) of a keras 2-D conv layer, in the op's terms."""
+    if layer.data_format == "channels_first":
+        return ([1, 1, *layer.strides], [1, 1, *layer.dilation_rate], "NCHW", layer.padding.upper())
+    return [1, *layer.strides, 1], [1, *layer.dilation_rate, 1], "NHWC", layer.padding.upper()
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_approx")
+class FakeApproxConv2D(_FakeApproxMixin, keras.layers.Conv2D):
+    """keras.layers.Conv2D computed with an approximate multiplier.
+
+    Takes every argument of keras.layers.Conv2D (filters, kernel_size, strides, padding
+    "valid"/"same", data_format, dilation_rate, groups, activation, use_bias, initializers,
+    regularizers, constraints) plus:
+
+    Args:
+      num_bits: code width of input and kernel, 2..8.
+      mul_map_file: path of a 131072-byte table (65536 little-endian uint16; entry (a << 8) | w is
+        the product of activation code a and weight code w), or "" for the exact product.
+      range_mode: "batch", "moving_average" or "fixed" (module docstring).
+      ema_decay: decay of the "moving_average" ranges.
+
+    Input: [batch, height, width, channels] (channels_last) or [batch, channels, height, width],
+    any float dtype policy. Output: as keras Conv2D, in the layer's compute dtype. Kernel:
+    [kh, kw, channels / groups, filters], the same variable as Conv2D's, so weights of an accurate
+    Conv2D load unchanged.
+
+    Example:
+      >>> layer = FakeApproxConv2D(16, 3, padding="same", activation="relu",
+      ...                          mul_map_file="mul8u_L40.bin")
+      >>> y = layer(tf.random.uniform([8, 28, 28, 1]))   # [8, 28, 28, 16] float32
+    """
+
+    def _kernel_variable(self):
+        return self._kernel
+
+    def call(self, inputs, training=None):
+        xq, kq, ranges = self._fake_quant_operands(inputs, self.kernel, training)
+        outputs = self._approx_conv(xq, kq, ranges, *_conv_geometry(self))
+        return self._bias_and_activation(outputs, self.data_format == "channels_first")
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_approx")
+class FakeApproxDepthwiseConv2D(_FakeApproxMixin, keras.layers.DepthwiseConv2D):
+    """keras.layers.DepthwiseConv2D computed with an approximate multiplier.
+
+    Takes every argument of keras.layers.DepthwiseConv2D (kernel_size, strides, padding,
+    depth_multiplier, data_format, dilation_rate, activation, use_bias, depthwise_initializer /
+    regularizer / constraint, bias_*) plus num_bits, mul_map_file, range_mode and ema_decay as
+    FakeApproxConv2D.
+
+    Input: [batch, height, width, channels] (or channels_first). Output: channels * multiplier
+    channels, output channel c * multiplier + j from input channel c, as keras. Kernel:
+    [kh, kw, channels, multiplier] (keras' variable), given to the op as the grouped filter
+    [kh, kw, 1, channels * multiplier], whose flattening order is that same c * multiplier + j.
+
+    Example:
+      >>> layer = FakeApproxDepthwiseConv2D(3, depth_multiplier=2, mul_map_file="")
+      >>> y = layer(tf.random.uniform([4, 16, 16, 8]))   # [4, 14, 14, 16]
+    """
+
+    def _kernel_variable(self):
+        return self.kernel
+
+    def call(self, inputs, training=None):
+        xq, kq, ranges = self._fake_quant_operands(inputs, self.kernel, training)
+        kh, kw, channels, multiplier = self.kernel.shape
+        kq = tf.reshape(kq, [kh, kw, 1, channels * multiplier])
+        outputs = self._approx_conv(xq, kq, ranges, *_conv_geometry(self))
+        return self._bias_and_activation(outputs, self.data_format == "channels_first")
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_approx")
+class FakeApproxDense(_FakeApproxMixin, keras.layers.Dense):
+    """keras.layers.Dense computed with an approximate multiplier.
+
+    Takes every argument of keras.layers.Dense (units, activation, use_bias, initializers,
+    regularizers, constraints) plus num_bits, mul_map_file, range_mode and ema_decay as
+    FakeApproxConv2D. The product is the op on a 1x1 problem: the input [..., in] is seen as
+    [N, 1, 1, in] images and the kernel [in, units] as a 1x1 filter.
+
+    Input: any rank >= 2, [..., in]. Output: [..., units] in the compute dtype.
+
+    Example:
+      >>> layer = FakeApproxDense(10, activation="softmax", mul_map_file="mul8u_L40.bin")
+      >>> y = layer(tf.random.uniform([32, 84]))   # [32, 10]
+    """
+
+    def _kernel_variable(self):
+        return self._kernel
+
+    def call(self, inputs, training=None):
+        xq, kq, ranges = self._fake_quant_operands(inputs, self.kernel, training)
+        depth = self.kernel.shape[0]
+        images = tf.reshape(xq, [-1, 1, 1, depth])
+        filters = tf.reshape(kq, [1, 1, depth, self.units])
+        outputs = self._approx_conv(
+            images, filters, ranges, [1, 1, 1, 1], [1, 1, 1, 1], "NHWC", "VALID"
+        )
+        outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
+        outputs = tf.ensure_shape(outputs, [*inputs.shape[:-1], self.units])
+        return self._bias_and_activation(outputs)
