@@ -1,0 +1,639 @@
+// GPU harness without TensorFlow: holds the CUDA kernels of tensorflow_approx/cc/core/conv_gpu.cu to the
+// CPU reference of the core (exactly, on the integer sums and on the output bits), then times them on
+// the five layers of shared/design/performance.md against a texture-memory baseline in the same run.
+//
+//   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench]
+//
+// Exit status 0 only when every check passed.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tensorflow_approx/cc/core/approx_conv_cpu.h"
+#include "tensorflow_approx/cc/core/conv_gpu.h"
+#include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/conv_shape.h"
+#include "tensorflow_approx/cc/core/lut.h"
+#include "tensorflow_approx/cc/core/quantize.h"
+
+using namespace tfapprox;
+
+namespace {
+
+#define CUDA_OR_DIE(call)                                                                       \
+  do {                                                                                          \
+    cudaError_t e_ = (call);                                                                    \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+// Device buffer that frees itself.
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t count = 0;
+  explicit DeviceBuffer(size_t n) : count(n) { CUDA_OR_DIE(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T))); }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void Upload(const std::vector<T>& v) { CUDA_OR_DIE(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> Download() const {
+    std::vector<T> v(count);
+    CUDA_OR_DIE(cudaMemcpy(v.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+  void Poison(int byte) { CUDA_OR_DIE(cudaMemset(ptr, byte, std::max<size_t>(count, 1) * sizeof(T))); }
+};
+
+template <typename T>
+T FromDouble(double x) {
+  return static_cast<T>(static_cast<float>(x));
+}
+template <>
+double FromDouble<double>(double x) {
+  return x;
+}
+template <typename T>
+const char* TypeName();
+template <> const char* TypeName<float>() { return "float"; }
+template <> const char* TypeName<double>() { return "double"; }
+template <> const char* TypeName<__half>() { return "half"; }
+template <> const char* TypeName<__nv_bfloat16>() { return "bfloat16"; }
+
+// The codes exactly as ApproxConvCpu lays them out for the reference.
+template <typename T>
+void HostCodes(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter, const QuantParams& qi,
+               const QuantParams& qf, std::vector<uint8_t>* in_codes, std::vector<uint8_t>* flt_codes) {
+  in_codes->resize(s.input_elements());
+  const int64_t hw = s.in_h * s.in_w;
+  for (int64_t nhw = 0; nhw < s.batch * hw; ++nhw) {
+    for (int64_t c = 0; c < s.in_depth; ++c) {
+      const T x = s.data_format == DataFormat::kNHWC ? input[nhw * s.in_depth + c]
+                                                      : input[(nhw / hw * s.in_depth + c) * hw + nhw % hw];
+      (*in_codes)[nhw * s.in_depth + c] = QuantizeToCode(static_cast<float>(x), qi);
+    }
+  }
+  const int64_t taps = s.taps();
+  flt_codes->resize(s.filter_elements());
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t co = 0; co < s.out_depth; ++co)
+      (*flt_codes)[co * taps + t] = QuantizeToCode(static_cast<float>(filter[t * s.out_depth + co]), qf);
+}
+
+struct Counts {
+  int cases = 0, failures = 0;
+  int64_t outputs_checked = 0;
+  int per_kernel[static_cast<int>(GpuKernel::kCount)] = {};
+  int per_type[4] = {};
+  int wide = 0;
+};
+
+// Runs one case on the GPU and the CPU and compares acc, act_sum and output bits. Returns "" or what
+// differs.
+template <typename T>
+std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
+                     const QuantParams& qi, const QuantParams& qf, const Lut& lut, const GpuOptions& base_opts,
+                     GpuKernel* used) {
+  std::vector<uint8_t> in_codes, flt_codes;
+  HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
+  QuantizedConv conv;
+  conv.shape = s;
+  conv.input = in_codes.data();
+  conv.filter = flt_codes.data();
+  conv.input_zero_code = static_cast<uint8_t>(qi.zero_point);
+  conv.lut = lut.data();
+  std::vector<int64_t> ref_acc(s.output_elements()), ref_act(s.out_pixels() * s.groups());
+  ReferenceConvAccumulate(conv, 0, s.out_pixels(), ref_acc.data(), ref_act.data());
+  std::vector<T> ref_out(s.output_elements());
+  ApproxConvCpu<T>(s, input.data(), filter.data(), qi, qf, lut.data(), SerialFor(), ref_out.data(),
+                   CpuKernel::kReference);
+
+  DeviceBuffer<T> d_in(input.size()), d_flt(filter.size()), d_out(s.output_elements());
+  DeviceBuffer<int64_t> d_acc(ref_acc.size()), d_act(ref_act.size());
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_in.Upload(input);
+  d_flt.Upload(filter);
+  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  d_out.Poison(0xFF);  // NaN in every float type: an unwritten element cannot match
+  d_acc.Poison(0xA5);
+  d_act.Poison(0xA5);
+  GpuOptions opts = base_opts;
+  opts.debug_acc = d_acc.ptr;
+  opts.debug_act_sum = d_act.ptr;
+  *used = opts.kernel == GpuKernel::kAuto ? ChooseGpuKernel(s) : opts.kernel;
+  const std::string err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+  if (!err.empty()) return "ApproxConvGpu failed: " + err;
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
+  const std::vector<int64_t> acc = d_acc.Download(), act = d_act.Download();
+  const std::vector<T> out = d_out.Download();
+  for (size_t i = 0; i < acc.size(); ++i) {
+    if (acc[i] != ref_acc[i]) {
+      return "acc[" + std::to_string(i) + "] = " + std::to_string(acc[i]) + ", reference " + std::to_string(ref_acc[i]);
+    }
+  }
+  for (size_t i = 0; i < act.size(); ++i) {
+    if (act[i] != ref_act[i]) {
+      return "act_sum[" + std::to_string(i) + "] = " + std::to_string(act[i]) + ", reference " +
+             std::to_string(ref_act[i]);
+    }
+  }
+  if (std::memcmp(out.data(), ref_out.data(), out.size() * sizeof(T)) != 0) {
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (std::memcmp(&out[i], &ref_out[i], sizeof(T)) != 0) {
+        return "output[" + std::to_string(i) + "] = " + std::to_string(static_cast<double>(out[i])) + ", reference " +
+               std::to_string(static_cast<double>(ref_out[i])) + " (bits differ)";
+      }
+    }
+  }
+  return "";
+}
+
+struct Tables {
+  std::vector<std::string> names;
+  std::vector<std::shared_ptr<const Lut>> luts;
+};
+
+Tables LoadTables(const std::string& dir) {
+  Tables t;
+  t.names.push_back("exact");
+  t.luts.push_back(ExactLut());
+  for (const char* name : {"mul8u_L40", "mul8u_2AC", "mul8u_7C1", "mul8u_CK5", "mul8u_ZFB"}) {
+    std::shared_ptr<const Lut> lut;
+    const std::string path = dir + "/" + name + ".bin";
+    const std::string err = LoadLutFile(path, &lut);
+    if (err.empty()) {
+      t.names.push_back(name);
+      t.luts.push_back(lut);
+    } else {
+      std::printf("table %s not loaded: %s\n", name, err.c_str());
+    }
+  }
+  return t;
+}
+
+std::shared_ptr<const Lut> RandomLut(std::mt19937_64& rng, int lo, int hi) {
+  auto lut = std::make_shared<Lut>();
+  std::uniform_int_distribution<int> d(lo, hi);
+  for (auto& v : *lut) v = static_cast<uint16_t>(d(rng));
+  return lut;
+}
+
+template <typename T>
+bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi, const QuantParams& qf,
+                 const Lut& lut, const GpuOptions& opts, float in_lo, float in_hi, float f_lo, float f_hi,
+                 Counts* counts, const std::string& label) {
+  std::uniform_real_distribution<double> u(0, 1);
+  auto draw = [&](double lo, double hi) -> double {
+    const double r = u(rng);
+    if (r < 0.3) return 0.0;  // real zero: the zero point
+    if (r < 0.31) return r < 0.305 ? -1e30 : 1e30;
+    if (r < 0.312) return std::nan("");
+    const double margin = 0.1 * (hi - lo) + 0.1;
+    return lo - margin + u(rng) * (hi - lo + 2 * margin);
+  };
+  std::vector<T> input(s.input_elements()), filter(s.filter_elements());
+  for (auto& x : input) x = FromDouble<T>(draw(in_lo, in_hi));
+  for (auto& x : filter) x = FromDouble<T>(draw(f_lo, f_hi));
+  GpuKernel used;
+  const std::string err = CheckOne<T>(s, input, filter, qi, qf, lut, opts, &used);
+  ++counts->cases;
+  ++counts->per_kernel[static_cast<int>(used)];
+  counts->outputs_checked += s.output_elements();
+  if (!err.empty()) {
+    ++counts->failures;
+    if (counts->failures <= 10) {
+      std::printf("FAIL %s [%s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used),
+                  opts.force_wide ? ", wide" : "", err.c_str());
+    }
+    return false;
+  }
+  return true;
+}
+
+// One random shape, attributes, type, table and kernel; false when the attributes were invalid.
+bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int forced_type = -1,
+                GpuKernel forced_kernel = GpuKernel::kAuto) {
+  auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const bool nchw = ri(0, 1);
+  int groups, cg, npg;
+  const int gk = ri(0, 9);
+  if (gk < 5) {
+    groups = 1;
+  } else if (gk < 8) {
+    groups = ri(2, 4);
+  } else {
+    groups = ri(2, 40);  // depthwise-like
+  }
+  cg = gk >= 8 ? 1 : ri(1, 40);
+  const int nk = ri(0, 9);
+  npg = nk < 3 ? ri(1, 8) : nk < 8 ? ri(16, 140) : ri(140, 300);
+  ConvAttrs attrs;
+  attrs.data_format = nchw ? DataFormat::kNCHW : DataFormat::kNHWC;
+  const int sh = ri(1, 3), sw = ri(1, 3), dh = ri(1, 2), dw = ri(1, 2);
+  const int batch = ri(1, 3), in_h = ri(1, 14), in_w = ri(1, 14);
+  int fh = ri(1, 4), fw = ri(1, 4);
+  const int pk = ri(0, 9);
+  attrs.padding = pk < 4 ? Padding::kSame : pk < 7 ? Padding::kValid : Padding::kExplicit;
+  if (ri(0, 9) == 0) {  // a filter covering the whole input
+    fh = in_h;
+    fw = in_w;
+    attrs.padding = Padding::kValid;
+  }
+  if (nchw) {
+    attrs.strides = {1, 1, sh, sw};
+    attrs.dilations = {1, 1, dh, dw};
+  } else {
+    attrs.strides = {1, sh, sw, 1};
+    attrs.dilations = {1, dh, dw, 1};
+  }
+  if (attrs.padding == Padding::kExplicit) {
+    const int t = ri(0, 3), b = ri(0, 3), l = ri(0, 3), r = ri(0, 3);
+    attrs.explicit_paddings = nchw ? std::vector<int64_t>{0, 0, 0, 0, t, b, l, r}
+                                   : std::vector<int64_t>{0, 0, t, b, l, r, 0, 0};
+  }
+  const int in_depth = groups * cg;
+  const int64_t in_dims_nhwc[4] = {batch, in_h, in_w, in_depth};
+  const int64_t in_dims_nchw[4] = {batch, in_depth, in_h, in_w};
+  const int64_t f_dims[4] = {fh, fw, cg, groups * npg};
+  ConvShape s;
+  if (!ComputeConvShape(nchw ? in_dims_nchw : in_dims_nhwc, f_dims, attrs, &s).empty()) return false;
+  if (s.output_elements() == 0 || s.lut_macs() > 6000000) return false;
+
+  const int bits = ri(0, 2) == 0 ? ri(2, 7) : 8;
+  // Ranges: asymmetric, one-sided, or zero-width, rounded through T as the op reads them.
+  std::uniform_real_distribution<float> uf(-3.f, 3.f);
+  auto range = [&](float* lo, float* hi) {
+    const int k = ri(0, 9);
+    if (k == 0) {
+      *lo = *hi = 0.f;
+    } else if (k == 1) {
+      *lo = 0.f;
+      *hi = std::fabs(uf(rng)) + 0.01f;
+    } else {
+      float a = uf(rng), b = uf(rng);
+      if (a > b) std::swap(a, b);
+      *lo = a;
+      *hi = b + 0.01f;
+    }
+  };
+  float in_lo, in_hi, f_lo, f_hi;
+  range(&in_lo, &in_hi);
+  range(&f_lo, &f_hi);
+  const int type = forced_type >= 0 ? forced_type : ri(0, 3);
+  auto round_t = [&](float x) -> float {
+    switch (type) {
+      case 2: return static_cast<float>(__half(x));
+      case 3: return static_cast<float>(__nv_bfloat16(x));
+      default: return x;
+    }
+  };
+  in_lo = round_t(in_lo), in_hi = round_t(in_hi), f_lo = round_t(f_lo), f_hi = round_t(f_hi);
+  if (in_lo > in_hi) std::swap(in_lo, in_hi);
+  if (f_lo > f_hi) std::swap(f_lo, f_hi);
+  QuantParams qi, qf;
+  if (!MakeQuantParams(in_lo, in_hi, bits, "input_min", "input_max", &qi).empty()) return false;
+  if (!MakeQuantParams(f_lo, f_hi, bits, "filter_min", "filter_max", &qf).empty()) return false;
+
+  std::shared_ptr<const Lut> lut;
+  std::string table_name;
+  const int tk = ri(0, 9);
+  if (tk < 3) {
+    lut = RandomLut(rng, 0, 65535);
+    table_name = "random";
+  } else {
+    const int i = ri(0, static_cast<int>(tables.luts.size()) - 1);
+    lut = tables.luts[i];
+    table_name = tables.names[i];
+  }
+  GpuOptions opts;
+  opts.kernel = forced_kernel;
+  if (forced_kernel == GpuKernel::kAuto && ri(0, 2) == 0) {
+    opts.kernel = static_cast<GpuKernel>(ri(0, static_cast<int>(GpuKernel::kCount) - 1));
+  }
+  opts.force_wide = ri(0, 4) == 0;
+  if (opts.force_wide) ++counts->wide;
+  char label[256];
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s", nchw ? "NCHW" : "NHWC",
+                batch, in_h, in_w, in_depth, groups, fh, fw, cg, groups * npg, sh, sw, dh, dw,
+                static_cast<int>(attrs.padding), bits, table_name.c_str());
+  ++counts->per_type[type];
+  switch (type) {
+    case 0: return RandomCaseT<float>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    case 1: return RandomCaseT<double>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    case 2: return RandomCaseT<__half>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    default: return RandomCaseT<__nv_bfloat16>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+  }
+}
+
+// K past 65537 with large table entries: 32-bit sums would wrap, so this holds the wide path to the
+// reference on the shapes that need it.
+void WideCases(std::mt19937_64& rng, Counts* counts) {
+  const auto lut = RandomLut(rng, 60000, 65535);
+  struct Case {
+    int64_t in[4], f[4];
+  } cases[] = {{{2, 1, 2, 66000}, {1, 1, 66000, 40}}, {{1, 3, 3, 7400}, {3, 3, 7400, 33}}, {{1, 2, 2, 70000}, {1, 1, 70000, 3}}};
+  for (const Case& c : cases) {
+    ConvAttrs attrs;
+    attrs.strides = {1, 1, 1, 1};
+    attrs.dilations = {1, 1, 1, 1};
+    attrs.padding = Padding::kSame;
+    ConvShape s;
+    const std::string err = ComputeConvShape(c.in, c.f, attrs, &s);
+    if (!err.empty()) {
+      std::printf("FAIL wide case shape: %s\n", err.c_str());
+      ++counts->failures;
+      continue;
+    }
+    QuantParams qi, qf;
+    MakeQuantParams(-1.f, 1.f, 8, "a", "b", &qi);
+    MakeQuantParams(-1.f, 1.f, 8, "a", "b", &qf);
+    ++counts->wide;
+    RandomCaseT<float>(rng, s, qi, qf, *lut, GpuOptions(), -1.f, 1.f, -1.f, 1.f, counts, "wide K=" + std::to_string(s.taps()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Baseline: the earlier tools' approach, written here. A naive 16 x 16 tiled GEMM (one output per
+// thread), quantization fused into the tile loads, the table read through the texture path.
+struct BaselineGeometry {
+  int in_h, in_w, in_depth, filter_h, filter_w, out_depth, stride_h, stride_w, dil_h, dil_w, pad_top,
+      pad_left, out_h, out_w, taps, pixels, zero_point;
+};
+
+__global__ void TextureBaselineKernel(const float* __restrict__ input, const float* __restrict__ filter,
+                                      float* __restrict__ output, cudaTextureObject_t lut, BaselineGeometry g,
+                                      QuantParams qi, QuantParams qf, DequantizeTerms<float> deq) {
+  __shared__ uint8_t a_tile[16][17];
+  __shared__ uint8_t w_tile[16][17];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int p = blockIdx.x * 16 + ty;  // this thread's output pixel and the pixel it loads
+  const int co = blockIdx.y * 16 + tx;
+  const int ow = p % g.out_w, oh = (p / g.out_w) % g.out_h, n = p / g.out_w / g.out_h;
+  int acc = 0, a_sum = 0, w_sum = 0;
+  for (int k0 = 0; k0 < g.taps; k0 += 16) {
+    const int k = k0 + tx;
+    uint8_t a = 0;
+    if (p < g.pixels && k < g.taps) {
+      const int ci = k % g.in_depth, kw = (k / g.in_depth) % g.filter_w, kh = k / g.in_depth / g.filter_w;
+      const int ih = oh * g.stride_h - g.pad_top + kh * g.dil_h, iw = ow * g.stride_w - g.pad_left + kw * g.dil_w;
+      a = (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w)
+              ? QuantizeToCode(input[((n * g.in_h + ih) * g.in_w + iw) * g.in_depth + ci], qi)
+              : static_cast<uint8_t>(g.zero_point);
+    }
+    a_tile[ty][tx] = a;
+    const int kw_row = k0 + ty;
+    w_tile[ty][tx] = (kw_row < g.taps && co < g.out_depth) ? QuantizeToCode(filter[kw_row * g.out_depth + co], qf) : 0;
+    __syncthreads();
+    const int rows = min(16, g.taps - k0);
+    for (int kk = 0; kk < rows; ++kk) {
+      const int av = a_tile[ty][kk], wv = w_tile[kk][tx];
+      acc += tex1Dfetch<unsigned short>(lut, (av << 8) | wv);
+      a_sum += av;
+      w_sum += wv;
+    }
+    __syncthreads();
+  }
+  if (p < g.pixels && co < g.out_depth) output[static_cast<int64_t>(p) * g.out_depth + co] = deq(acc, a_sum, w_sum);
+}
+
+struct Baseline {
+  cudaTextureObject_t tex = 0;
+  explicit Baseline(const uint16_t* d_lut) {
+    cudaResourceDesc res = {};
+    res.resType = cudaResourceTypeLinear;
+    res.res.linear.devPtr = const_cast<uint16_t*>(d_lut);
+    res.res.linear.desc = cudaCreateChannelDesc<unsigned short>();
+    res.res.linear.sizeInBytes = kLutFileBytes;
+    cudaTextureDesc td = {};
+    td.readMode = cudaReadModeElementType;
+    CUDA_OR_DIE(cudaCreateTextureObject(&tex, &res, &td, nullptr));
+  }
+  ~Baseline() { cudaDestroyTextureObject(tex); }
+  void Launch(const ConvShape& s, const float* in, const float* flt, float* out, const QuantParams& qi,
+              const QuantParams& qf) const {
+    BaselineGeometry g{int(s.in_h), int(s.in_w), int(s.in_depth), int(s.filter_h), int(s.filter_w), int(s.out_depth),
+                       int(s.stride_h), int(s.stride_w), int(s.dilation_h), int(s.dilation_w), int(s.pad_top),
+                       int(s.pad_left), int(s.out_h), int(s.out_w), int(s.taps()), int(s.out_pixels()), qi.zero_point};
+    dim3 grid(static_cast<unsigned>((s.out_pixels() + 15) / 16), static_cast<unsigned>((s.out_depth + 15) / 16));
+    TextureBaselineKernel<<<grid, dim3(16, 16), 0, 0>>>(in, flt, out, tex, g, qi, qf,
+                                                        DequantizeTerms<float>(qi, qf, s.taps()));
+    CUDA_OR_DIE(cudaGetLastError());
+  }
+};
+
+double MedianMs(const std::function<void()>& fn, int runs) {
+  for (int i = 0; i < 3; ++i) fn();  // warm-up: module load, caches, clocks
+  CUDA_OR_DIE(cudaDeviceSynchronize());
+  std::vector<cudaEvent_t> ev(2 * runs);
+  for (auto& e : ev) CUDA_OR_DIE(cudaEventCreate(&e));
+  for (int i = 0; i < runs; ++i) {
+    CUDA_OR_DIE(cudaEventRecord(ev[2 * i]));
+    fn();
+    CUDA_OR_DIE(cudaEventRecord(ev[2 * i + 1]));
+  }
+  CUDA_OR_DIE(cudaDeviceSynchronize());
+  std::vector<double> ms(runs);
+  for (int i = 0; i < runs; ++i) {
+    float t = 0;
+    CUDA_OR_DIE(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
+    ms[i] = t;
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return ms[runs / 2];
+}
+
+struct BenchShape {
+  const char* name;
+  int batch, hw, cin, cout, k;
+};
+
+ConvShape MakeBenchShape(const BenchShape& b, int batch) {
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kSame;
+  const int64_t in[4] = {batch, b.hw, b.hw, b.cin}, f[4] = {b.k, b.k, b.cin, b.cout};
+  ConvShape s;
+  const std::string err = ComputeConvShape(in, f, attrs, &s);
+  if (!err.empty()) {
+    std::fprintf(stderr, "bench shape: %s\n", err.c_str());
+    std::exit(2);
+  }
+  return s;
+}
+
+// performance.md's data: half of the activations exactly at real zero (the zero point), the rest
+// normal around it (sd 30 codes); weights normal around code 128 (sd 20). Or uniform over the range.
+void FillData(std::mt19937_64& rng, bool realistic, const QuantParams& qi, const QuantParams& qf,
+              std::vector<float>* in, std::vector<float>* flt) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_real_distribution<float> ud(0.f, 1.f);
+  for (auto& x : *in) {
+    if (realistic) {
+      x = ud(rng) < 0.5f ? 0.f : nd(rng) * 30.f * qi.scale;
+    } else {
+      x = qi.nudged_min + ud(rng) * (qi.nudged_max - qi.nudged_min);
+    }
+  }
+  for (auto& x : *flt) {
+    x = realistic ? nd(rng) * 20.f * qf.scale : qf.nudged_min + ud(rng) * (qf.nudged_max - qf.nudged_min);
+  }
+}
+
+int Bench(std::mt19937_64& rng, const Tables& tables, int runs, Counts* counts) {
+  const BenchShape shapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
+                               {"3x3 28x28 128->128", 64, 28, 128, 128, 3},
+                               {"3x3 14x14 256->256", 64, 14, 256, 256, 3},
+                               {"3x3 7x7 512->512", 64, 7, 512, 512, 3},
+                               {"1x1 56x56 64->256", 64, 56, 64, 256, 1}};
+  std::shared_ptr<const Lut> l40;
+  for (size_t i = 0; i < tables.names.size(); ++i)
+    if (tables.names[i] == "mul8u_L40") l40 = tables.luts[i];
+  const char* table_name = "mul8u_L40";
+  if (!l40) {
+    std::printf("mul8u_L40 not found: timing with a random table instead\n");
+    l40 = RandomLut(rng, 0, 65535);
+    table_name = "random";
+  }
+  QuantParams qi, qf;
+  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", &qi);  // zero point 64
+  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", &qf);  // zero point 128
+
+  // Exactness on the benchmark layers themselves (batch 2, realistic data, the timed table).
+  for (const BenchShape& b : shapes) {
+    const ConvShape s = MakeBenchShape(b, 2);
+    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+    FillData(rng, true, qi, qf, &in, &flt);
+    GpuKernel used;
+    const std::string err = CheckOne<float>(s, in, flt, qi, qf, *l40, GpuOptions(), &used);
+    ++counts->cases;
+    ++counts->per_kernel[static_cast<int>(used)];
+    counts->outputs_checked += s.output_elements();
+    if (!err.empty()) {
+      ++counts->failures;
+      std::printf("FAIL bench shape %s (N=2): %s\n", b.name, err.c_str());
+    }
+  }
+
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_lut.Upload(std::vector<uint16_t>(l40->begin(), l40->end()));
+  Baseline baseline(d_lut.ptr);
+  std::printf("\nTiming: table %s, float32 NHWC, SAME, stride 1, median of %d runs after 3 warm-ups (CUDA events)\n",
+              table_name, runs);
+  std::printf("%-20s %-9s %-11s %9s %10s %11s %10s %6s\n", "shape", "data", "kernel", "ms", "G LUT-MAC/s",
+              "base ms", "base G/s", "ratio");
+  int mismatches = 0;
+  for (const BenchShape& b : shapes) {
+    const ConvShape s = MakeBenchShape(b, b.batch);
+    DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements()),
+        d_base(s.output_elements());
+    for (int realistic = 1; realistic >= 0; --realistic) {
+      std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+      FillData(rng, realistic, qi, qf, &in, &flt);
+      d_in.Upload(in);
+      d_flt.Upload(flt);
+      d_out.Poison(0xFF);
+      d_base.Poison(0xFF);
+      std::string err;
+      const double ms = MedianMs(
+          [&] {
+            const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0);
+            if (!e.empty()) err = e;
+          },
+          runs);
+      const double base_ms = MedianMs([&] { baseline.Launch(s, d_in.ptr, d_flt.ptr, d_base.ptr, qi, qf); }, runs);
+      if (!err.empty()) {
+        std::printf("FAIL %s: %s\n", b.name, err.c_str());
+        ++counts->failures;
+        continue;
+      }
+      // Same integers, same epilogue: the two kernels must agree bit for bit on the full layer.
+      const std::vector<float> out = d_out.Download(), base = d_base.Download();
+      if (std::memcmp(out.data(), base.data(), out.size() * sizeof(float)) != 0) {
+        ++mismatches;
+        ++counts->failures;
+        std::printf("FAIL %s: kernel and baseline outputs differ\n", b.name);
+      }
+      const double macs = static_cast<double>(s.lut_macs());
+      std::printf("%-20s %-9s %-11s %9.3f %10.0f %11.3f %10.0f %6.2f\n", b.name, realistic ? "realistic" : "uniform",
+                  GpuKernelName(ChooseGpuKernel(s)), ms, macs / ms * 1e-6, base_ms, macs / base_ms * 1e-6,
+                  base_ms / ms);
+    }
+  }
+  return mismatches;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string table_dir = std::getenv("GPU_TABLES") ? std::getenv("GPU_TABLES") : ".gpu_tables";
+  int cases = 400, runs = 30;
+  uint64_t seed = 20261128;
+  bool bench = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--tables") table_dir = next();
+    else if (a == "--cases") cases = std::atoi(next());
+    else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
+    else if (a == "--runs") runs = std::max(1, std::atoi(next()));
+    else if (a == "--no-bench") bench = false;
+    else {
+      std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench]\n", argv[0]);
+      return 2;
+    }
+  }
+  cudaDeviceProp prop;
+  CUDA_OR_DIE(cudaGetDeviceProperties(&prop, 0));
+  int clock_khz = 0;
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0);
+  std::printf("device: %s, %d SMs, %d MHz, %zu KB shared memory per block (opt-in)\n", prop.name,
+              prop.multiProcessorCount, clock_khz / 1000, prop.sharedMemPerBlockOptin / 1024);
+  std::mt19937_64 rng(seed);
+  const Tables tables = LoadTables(table_dir);
+  std::printf("tables: %zu (exact + %zu files from %s) + random tables\n", tables.luts.size(), tables.luts.size() - 1,
+              table_dir.c_str());
+
+  Counts counts;
+  // Every kernel on every type at least a few times, then random choices.
+  for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
+    for (int t = 0; t < 4; ++t)
+      for (int done = 0; done < 3;)
+        if (RandomCase(rng, tables, &counts, t, static_cast<GpuKernel>(k))) ++done;
+  for (int done = 0; done < cases;)
+    if (RandomCase(rng, tables, &counts)) ++done;
+  WideCases(rng, &counts);
+  if (bench) Bench(rng, tables, runs, &counts);
+
+  std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",
+              counts.cases, static_cast<long long>(counts.outputs_checked), counts.failures);
+  std::printf("  by kernel:");
+  for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
+    std::printf(" %s %d", GpuKernelName(static_cast<GpuKernel>(k)), counts.per_kernel[k]);
+  std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d\n", counts.per_type[0],
+              counts.per_type[1], counts.per_type[2], counts.per_type[3], counts.wide);
+  std::printf("%s\n", counts.failures == 0 ? "ALL CHECKS PASSED" : "CHECKS FAILED");
+  return counts.failures == 0 ? 0 : 1;
+}

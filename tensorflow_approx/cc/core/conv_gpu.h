@@ -1,0 +1,78 @@
+// The op on an NVIDIA GPU: raw device pointers, a ConvShape and a stream; no TensorFlow header, so the
+// same code is checked and timed by benchmarks/gpu/ on a machine without TensorFlow.
+//
+// One fused launch per call: the input and filter are quantized while the patches are gathered
+// (implicit GEMM, no im2col buffer), the 128 KB table sits in shared memory, the lookups accumulate in
+// 32-bit integers (64-bit when K * 65535 could pass 2^32), the code sums for the correction terms are
+// taken in the same pass, and the output is written once in the op's data format.
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
+
+#include <cuda_runtime_api.h>
+#if defined(__CUDACC__)
+// The 16-bit types are needed only by nvcc-compiled callers of the typed entry point; host-only
+// callers (the TensorFlow glue) use ApproxConvGpuUntyped and need no CUDA math headers.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#include <cstdint>
+#include <string>
+
+#include "tensorflow_approx/cc/core/conv_shape.h"
+#include "tensorflow_approx/cc/core/quantize.h"
+
+namespace tfapprox {
+
+// Kernel selection. kAuto picks by shape; the others exist so that the harness can hold every kernel
+// to the reference on the same shapes.
+enum class GpuKernel : int {
+  kAuto = -1,
+  kTile128x64 = 0,  // pixels x output channels per block
+  kTile64x128 = 1,
+  kTile32x128 = 2,
+  kTile64x64 = 3,
+  kTile32x64 = 4,
+  kDirect = 5,      // one thread per output: depthwise and small groups
+  kCount = 6,
+};
+
+struct GpuOptions {
+  GpuKernel kernel = GpuKernel::kAuto;
+  bool force_wide = false;  // 64-bit accumulation even where 32 bits suffice (tests the wide path)
+  // Device buffers (optional): the integer sums as ReferenceConvAccumulate lays them out over all
+  // pixels, acc[p * out_depth + co] and act_sum[p * groups + g].
+  int64_t* debug_acc = nullptr;
+  int64_t* debug_act_sum = nullptr;
+};
+
+// Runs the op on `stream`. T is float, double, __half or __nv_bfloat16 (Eigen::half and
+// tensorflow::bfloat16 have the same bits). input is NHWC or NCHW as shape.data_format says, filter
+// HWIO, lut_device the 65536-entry table in device memory, output in the input's data format.
+// Returns "" when the work was queued, otherwise what went wrong (a CUDA error, a shape this device
+// cannot run); never aborts. The shape must come from ComputeConvShape.
+template <typename T>
+std::string ApproxConvGpu(const ConvShape& shape, const T* input, const T* filter,
+                          const QuantParams& input_q, const QuantParams& filter_q,
+                          const uint16_t* lut_device, T* output, cudaStream_t stream,
+                          const GpuOptions& options = GpuOptions());
+
+// The same on untyped memory, for callers compiled against other CUDA headers (the TensorFlow glue sees
+// the CUDA headers bundled with TensorFlow): only plain pointers and cudaStream_t cross this boundary.
+enum class GpuDtype { kFloat, kDouble, kHalf, kBfloat16 };
+std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter,
+                                 const QuantParams& input_q, const QuantParams& filter_q,
+                                 const uint16_t* lut_device, void* output, cudaStream_t stream,
+                                 const GpuOptions& options = GpuOptions());
+
+// The kernel kAuto would choose for this shape on the current device (for reports).
+GpuKernel ChooseGpuKernel(const ConvShape& shape);
+const char* GpuKernelName(GpuKernel kernel);
+
+// Copies a host table (kLutEntries uint16) to new device memory; GpuLutFree releases it.
+std::string GpuLutUpload(const uint16_t* host_lut, uint16_t** device_lut);
+std::string GpuLutFree(uint16_t* device_lut);
+
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
