@@ -8,7 +8,10 @@ import os
 
 from setuptools import find_packages, setup
 from setuptools.dist import Distribution
-from wheel.bdist_wheel import bdist_wheel
+try:  # setuptools >= 70.1 has the command; older ones need the wheel package's
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:
+    from wheel.bdist_wheel import bdist_wheel
 
 
 class BinaryDistribution(Distribution):

@@ -2,7 +2,7 @@
 // CPU reference of the core (exactly, on the integer sums and on the output bits), then times them on
 // the five layers of shared/design/performance.md against a texture-memory baseline in the same run.
 //
-//   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench]
+//   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] [--profile LAYER [--kernel K]]
 //
 // Exit status 0 only when every check passed.
 #include <cuda_bf16.h>
@@ -198,9 +198,13 @@ bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi
                  const Lut& lut, const GpuOptions& opts, float in_lo, float in_hi, float f_lo, float f_hi,
                  Counts* counts, const std::string& label) {
   std::uniform_real_distribution<double> u(0, 1);
+  // Real zeros (the zero point) in a share that moves the tiled kernels between their sparse and dense
+  // paths; a few extreme values and NaN on top.
+  const double zeros = std::vector<double>{0.05, 0.3, 0.6, 0.9}[std::uniform_int_distribution<int>(0, 3)(rng)];
   auto draw = [&](double lo, double hi) -> double {
-    const double r = u(rng);
-    if (r < 0.3) return 0.0;  // real zero: the zero point
+    double r = u(rng);
+    if (r < zeros) return 0.0;
+    r = 0.3 + 0.7 * u(rng);
     if (r < 0.31) return r < 0.305 ? -1e30 : 1e30;
     if (r < 0.312) return std::nan("");
     const double margin = 0.1 * (hi - lo) + 0.1;
@@ -217,8 +221,9 @@ bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi
   if (!err.empty()) {
     ++counts->failures;
     if (counts->failures <= 10) {
-      std::printf("FAIL %s [%s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used),
-                  opts.force_wide ? ", wide" : "", err.c_str());
+      static const char* kSkipNames[] = {"skip auto", "skip off", "skip always"};
+      std::printf("FAIL %s [%s, %s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used),
+                  kSkipNames[static_cast<int>(opts.zero_skip)], opts.force_wide ? ", wide" : "", err.c_str());
     }
     return false;
   }
@@ -325,6 +330,7 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   if (forced_kernel == GpuKernel::kAuto && ri(0, 2) == 0) {
     opts.kernel = static_cast<GpuKernel>(ri(0, static_cast<int>(GpuKernel::kCount) - 1));
   }
+  opts.zero_skip = static_cast<ZeroSkip>(ri(0, 2));
   opts.force_wide = ri(0, 4) == 0;
   if (opts.force_wide) ++counts->wide;
   char label[256];
@@ -496,12 +502,74 @@ void FillData(std::mt19937_64& rng, bool realistic, const QuantParams& qi, const
   }
 }
 
-int Bench(std::mt19937_64& rng, const Tables& tables, int runs, Counts* counts) {
-  const BenchShape shapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
-                               {"3x3 28x28 128->128", 64, 28, 128, 128, 3},
-                               {"3x3 14x14 256->256", 64, 14, 256, 256, 3},
-                               {"3x3 7x7 512->512", 64, 7, 512, 512, 3},
-                               {"1x1 56x56 64->256", 64, 56, 64, 256, 1}};
+// performance.md's layers.
+const BenchShape kBenchShapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
+                                   {"3x3 28x28 128->128", 64, 28, 128, 128, 3},
+                                   {"3x3 14x14 256->256", 64, 14, 256, 256, 3},
+                                   {"3x3 7x7 512->512", 64, 7, 512, 512, 3},
+                                   {"1x1 56x56 64->256", 64, 56, 64, 256, 1}};
+
+// Every tiled kernel on every benchmark layer (what ChooseGpuKernel's model is checked against).
+void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
+  QuantParams qi, qf;
+  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", &qi);
+  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", &qf);
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  std::printf("\nSweep: G LUT-MAC/s of each tiled kernel (realistic / uniform data), * = ChooseGpuKernel's pick\n");
+  std::printf("%-20s", "shape");
+  for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) std::printf(" %17s", GpuKernelName(static_cast<GpuKernel>(k)));
+  std::printf("\n");
+  for (const BenchShape& b : kBenchShapes) {
+    const ConvShape s = MakeBenchShape(b, b.batch);
+    DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements());
+    double rate[2][static_cast<int>(GpuKernel::kDirect)];
+    for (int realistic = 1; realistic >= 0; --realistic) {
+      std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+      FillData(rng, realistic, qi, qf, &in, &flt);
+      d_in.Upload(in);
+      d_flt.Upload(flt);
+      for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) {
+        GpuOptions opts;
+        opts.kernel = static_cast<GpuKernel>(k);
+        const double ms = MedianMs(
+            [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
+        rate[realistic][k] = static_cast<double>(s.lut_macs()) / ms * 1e-6;
+      }
+    }
+    std::printf("%-20s", b.name);
+    for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k)
+      std::printf(" %c%7.0f / %7.0f", ChooseGpuKernel(s) == static_cast<GpuKernel>(k) ? '*' : ' ', rate[1][k], rate[0][k]);
+    std::printf("\n");
+  }
+}
+
+// One launch of benchmark layer `index` on realistic data with the chosen kernel, for a profiler.
+int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
+  QuantParams qi, qf;
+  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", &qi);
+  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", &qf);
+  const ConvShape s = MakeBenchShape(kBenchShapes[index], kBenchShapes[index].batch);
+  std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+  FillData(rng, true, qi, qf, &in, &flt);
+  DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
+  d_in.Upload(in);
+  d_flt.Upload(flt);
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  const std::shared_ptr<const Lut> exact = ExactLut();  // the exact product is rebased at any zero point
+  d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
+  GpuOptions opts;
+  opts.kernel = kernel;
+  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+  CUDA_OR_DIE(cudaDeviceSynchronize());
+  std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
+              GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuKernel(s) : kernel), err.empty() ? "" : ": ",
+              err.c_str());
+  return err.empty() ? 0 : 1;
+}
+
+int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Counts* counts) {
+  const auto& shapes = kBenchShapes;
   std::shared_ptr<const Lut> l40;
   for (size_t i = 0; i < tables.names.size(); ++i)
     if (tables.names[i] == "mul8u_L40") l40 = tables.luts[i];
@@ -536,8 +604,8 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, Counts* counts) 
   Baseline baseline(d_lut.ptr);
   std::printf("\nTiming: table %s, float32 NHWC, SAME, stride 1, median of %d runs after 3 warm-ups (CUDA events)\n",
               table_name, runs);
-  std::printf("%-20s %-9s %-11s %9s %10s %11s %10s %6s\n", "shape", "data", "kernel", "ms", "G LUT-MAC/s",
-              "base ms", "base G/s", "ratio");
+  std::printf("%-20s %-9s %-11s %9s %10s %10s %10s %11s %10s %6s\n", "shape", "data", "kernel", "ms", "G LUT-MAC/s",
+              "dense G/s", "sparse G/s", "base ms", "base G/s", "ratio");
   int mismatches = 0;
   for (const BenchShape& b : shapes) {
     const ConvShape s = MakeBenchShape(b, b.batch);
@@ -557,25 +625,48 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, Counts* counts) 
             if (!e.empty()) err = e;
           },
           runs);
+      const std::vector<float> out = d_out.Download();
+      // The dense path alone (no zero-point skipping), for the table's "no-skip" column.
+      GpuOptions dense;
+      dense.zero_skip = ZeroSkip::kOff;
+      d_out.Poison(0xFF);
+      const double dense_ms = MedianMs(
+          [&] {
+            const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, dense);
+            if (!e.empty()) err = e;
+          },
+          runs);
+      const std::vector<float> dense_out = d_out.Download();
+      GpuOptions always;
+      always.zero_skip = ZeroSkip::kAlways;
+      const double always_ms = MedianMs(
+          [&] {
+            const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, always);
+            if (!e.empty()) err = e;
+          },
+          runs);
       const double base_ms = MedianMs([&] { baseline.Launch(s, d_in.ptr, d_flt.ptr, d_base.ptr, qi, qf); }, runs);
       if (!err.empty()) {
         std::printf("FAIL %s: %s\n", b.name, err.c_str());
         ++counts->failures;
         continue;
       }
-      // Same integers, same epilogue: the two kernels must agree bit for bit on the full layer.
-      const std::vector<float> out = d_out.Download(), base = d_base.Download();
-      if (std::memcmp(out.data(), base.data(), out.size() * sizeof(float)) != 0) {
-        ++mismatches;
-        ++counts->failures;
-        std::printf("FAIL %s: kernel and baseline outputs differ\n", b.name);
+      // Same integers, same epilogue: the kernels must agree bit for bit on the full layer.
+      const std::vector<float> base = d_base.Download();
+      for (const std::vector<float>* o : {&out, &dense_out}) {
+        if (std::memcmp(o->data(), base.data(), base.size() * sizeof(float)) != 0) {
+          ++mismatches;
+          ++counts->failures;
+          std::printf("FAIL %s: kernel (%s) and baseline outputs differ\n", b.name, o == &out ? "auto" : "no skip");
+        }
       }
       const double macs = static_cast<double>(s.lut_macs());
-      std::printf("%-20s %-9s %-11s %9.3f %10.0f %11.3f %10.0f %6.2f\n", b.name, realistic ? "realistic" : "uniform",
-                  GpuKernelName(ChooseGpuKernel(s)), ms, macs / ms * 1e-6, base_ms, macs / base_ms * 1e-6,
-                  base_ms / ms);
+      std::printf("%-20s %-9s %-11s %9.3f %10.0f %10.0f %10.0f %11.3f %10.0f %6.2f\n", b.name,
+                  realistic ? "realistic" : "uniform", GpuKernelName(ChooseGpuKernel(s)), ms, macs / ms * 1e-6,
+                  macs / dense_ms * 1e-6, macs / always_ms * 1e-6, base_ms, macs / base_ms * 1e-6, base_ms / ms);
     }
   }
+  if (sweep) Sweep(rng, *l40, runs);
   return mismatches;
 }
 
@@ -585,7 +676,9 @@ int main(int argc, char** argv) {
   std::string table_dir = std::getenv("GPU_TABLES") ? std::getenv("GPU_TABLES") : ".gpu_tables";
   int cases = 400, runs = 30;
   uint64_t seed = 20261128;
-  bool bench = true;
+  bool bench = true, sweep = false;
+  int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
+  GpuKernel kernel = GpuKernel::kAuto;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -600,8 +693,11 @@ int main(int argc, char** argv) {
     else if (a == "--seed") seed = std::strtoull(next(), nullptr, 10);
     else if (a == "--runs") runs = std::max(1, std::atoi(next()));
     else if (a == "--no-bench") bench = false;
+    else if (a == "--sweep") sweep = true;
+    else if (a == "--profile") profile = std::atoi(next());
+    else if (a == "--kernel") kernel = static_cast<GpuKernel>(std::atoi(next()));
     else {
-      std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] [--profile LAYER [--kernel K]]\n", argv[0]);
       return 2;
     }
   }
@@ -612,6 +708,10 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, %d MHz, %zu KB shared memory per block (opt-in)\n", prop.name,
               prop.multiProcessorCount, clock_khz / 1000, prop.sharedMemPerBlockOptin / 1024);
   std::mt19937_64 rng(seed);
+  if (profile >= 0) {
+    if (profile >= static_cast<int>(sizeof(kBenchShapes) / sizeof(kBenchShapes[0]))) return 2;
+    return Profile(rng, profile, kernel);
+  }
   const Tables tables = LoadTables(table_dir);
   std::printf("tables: %zu (exact + %zu files from %s) + random tables\n", tables.luts.size(), tables.luts.size() - 1,
               table_dir.c_str());
@@ -625,7 +725,7 @@ int main(int argc, char** argv) {
   for (int done = 0; done < cases;)
     if (RandomCase(rng, tables, &counts)) ++done;
   WideCases(rng, &counts);
-  if (bench) Bench(rng, tables, runs, &counts);
+  if (bench) Bench(rng, tables, runs, sweep, &counts);
 
   std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",
               counts.cases, static_cast<long long>(counts.outputs_checked), counts.failures);

@@ -14,8 +14,10 @@
 namespace tfapprox {
 namespace {
 
-// K taps per pipeline stage of the tiled kernels.
+// Tiled kernels: K taps per pipeline stage (one per lane of a warp), warps per block.
 constexpr int kBK = 32;
+constexpr int kTiledWarps = 8;
+constexpr int kSparseBatch = 4;  // taps per step of the sparse path
 constexpr int kLutSmemBytes = kLutEntries * 2;
 
 template <typename T>
@@ -78,49 +80,140 @@ __device__ __forceinline__ void CopyLutToShared(const uint16_t* __restrict__ lut
   for (int i = threadIdx.x; i < kLutEntries / 8; i += blockDim.x) dst[i] = __ldg(src + i);
 }
 
-// Implicit GEMM: a block computes tiles of BM = NW * TM output pixels x BN = 32 * TN output channels of
-// one group over all K taps, looping over tiles (a persistent grid: the 128 KB table is copied into
-// shared memory once per block, not once per tile). Each warp owns TM pixels and all BN channels, so at
-// every lookup the 32 lanes share the row operand (activation code) and differ in the column (weight
-// code): the bank of LUT[a][w] depends on w alone, real weights spread over the banks, and the
-// zero-point spike of the activations becomes a broadcast. The tiles hold activation codes as bytes
-// (16 pixels per 16-byte broadcast load) and weights as byte offsets w << 1, so a lookup is one
-// shift-add (LEA) and one 16-bit shared load, and operand loads take few shared-memory cycles.
-template <typename T, int NW, int TM, int TN, bool kWide>
-__global__ void __launch_bounds__(NW * 32, 1)
+// N consecutive 32-bit words of shared memory in one vector load (a k row of a warp's activation codes,
+// TM bytes, or of a lane's weight offsets, TN uint16).
+template <int N>
+__device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
+  static_assert(N == 1 || N == 2 || N == 4, "vector loads");
+  if constexpr (N == 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
+  } else if constexpr (N == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    words[0] = v.x, words[1] = v.y;
+  } else {
+    words[0] = *reinterpret_cast<const uint32_t*>(p);
+  }
+}
+
+// Implicit GEMM: a block computes tiles of BM = 8 * TM output pixels x BN = 32 * TN output channels of
+// one group over all K taps, looping over tiles (a persistent grid: the table is set up in shared memory
+// once per block, not once per tile). Warp w owns pixels w * TM .. w * TM + TM - 1 and lane l channels
+// l * TN .. l * TN + TN - 1. At every lookup the 32 lanes share the row operand (activation code) and
+// differ in the column (weight code): the bank of a table entry then depends on the weight alone, real
+// weights spread over the banks, and equal activations are a broadcast. (Splitting a warp's lanes over
+// taps instead, to narrow the tile, was measured slower: lanes with different rows collide in banks.)
+//
+// Zero-point skipping. The block keeps in shared memory the rebased table
+//   E[a][w] = LUT[a][w] - R[w] + off,  R[w] = LUT[zp][w] (zp: the activation zero point),
+// with off = -min(LUT[a][w] - R[w]), when those differences span at most 65535 (true of the exact product
+// and, at every zero point, of 35 of the seed's 36 EvoApprox tables; when not, R = 0 and off = 0, E is
+// the table and nothing is skipped). Then sum_k LUT[a_k][w_k] = sum_k (E[a_k][w_k] - off) + sum_k R[w_k], the term of a tap whose
+// activation is the zero point is E[zp][w] - off = 0, and the last sum is a per-channel constant taken
+// when the weights are stored. Activations at the zero point (ReLU zeros, padding) are often half of
+// them; per k tile each warp ballots which of its pixels' taps are not at the zero point and, when that
+// is cheaper, walks only those, kSparseBatch at a time so that their loads overlap (the sparse path),
+// else all taps with register tiles (the dense path).
+// Every processed tap adds off, which is taken off per tile; sums are modular in 32 bits (exact: the
+// true sum fits when K <= 65537) or moved to 64 bits every tile (kWide, dense only).
+//
+// The tiles hold activation codes as bytes and weights as byte offsets w << 1, so a lookup is one add
+// and one 16-bit shared load.
+template <typename T, int TM, int TN, bool kWide>
+__global__ void __launch_bounds__(kTiledWarps * 32, 1)
     TiledConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
                     const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi, QuantParams qf,
-                    Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles) {
-  constexpr int NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK;
-  // Bytes per k row of the activation tile: the 16 bytes of padding put the loader's stores (lanes
-  // differ in k) on different banks; it keeps rows 16-byte aligned for the broadcast loads.
+                    Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip) {
+  constexpr int NW = kTiledWarps, NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
+  // Bytes per k row of the activation tile: the padding puts the loader's stores (lanes differ in k) on
+  // different banks and keeps rows aligned for the vector row loads (TM bytes).
   constexpr int AS = BM + 16;
-  constexpr int A_GROUPS = BM * BK / (4 * NT);  // groups of 4 pixels per loader thread
+  constexpr int A_PER = BM * BK / NT;  // activations per loader thread, in groups of 4 pixels
+  constexpr int A_GROUPS = A_PER / 4;
   constexpr int W_PER = BN * BK / NT;
+  static_assert(BK == 32, "one lane per tap of a k tile (the ballots)");
   static_assert(NT % BK == 0 && NT % BN == 0 && A_GROUPS >= 1 && A_GROUPS * 4 * NT == BM * BK &&
-                    (BN * BK) % NT == 0, "tiling");
-  static_assert(A_GROUPS * 4 <= 16 && W_PER <= 32, "kind masks");
-  static_assert(BM + BN <= NT, "one thread per column sum");
-  static_assert((TM == 4 || TM == 8 || TM == 16) && (TN == 2 || TN == 4), "vector loads");
+                    W_PER * NT == BN * BK, "tiling");
+  static_assert(A_PER <= 16 && W_PER <= 32, "kind masks");
+  static_assert(TM == 4 || TM == 8 || TM == 16, "activation row loads");
+  static_assert(TN == 2 || TN == 4 || TN == 8, "weight row loads");
+  using ActSum = typename std::conditional<kWide, unsigned long long, uint32_t>::type;
 
   extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* s_lut = reinterpret_cast<uint16_t*>(smem);
-  uint8_t* s_a = smem + kLutSmemBytes;                                  // [2][BK][AS] activation codes
-  uint16_t* s_w = reinterpret_cast<uint16_t*>(s_a + 2 * BK * AS);       // [2][BK][BN] w << 1
-  int4* s_pix = reinterpret_cast<int4*>(s_w + 2 * BK * BN);             // [BM] base, ih0, iw0, valid
-  long long* s_sum = reinterpret_cast<long long*>(s_pix + BM);          // [BM + BN] code sums
+  uint16_t* s_lut = reinterpret_cast<uint16_t*>(smem);                              // E
+  uint8_t* s_a = smem + kLutSmemBytes;                                               // [2][BK][AS]
+  uint16_t* s_w = reinterpret_cast<uint16_t*>(s_a + 2 * BK * AS);                    // [2][BK][BN]
+  int4* s_pix = reinterpret_cast<int4*>(s_w + 2 * BK * BN);                          // [BM]
+  unsigned long long* s_wsum = reinterpret_cast<unsigned long long*>(s_pix + BM);    // [BN] code sums
+  unsigned long long* s_rsum = s_wsum + BN;                                          // [BN] sums of R[w]
+  uint16_t* s_row = reinterpret_cast<uint16_t*>(s_rsum + BN);                        // [256] R
+  int* s_range = reinterpret_cast<int*>(s_row + 256);                                // min, max of LUT - R
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const uint32_t zp = static_cast<uint32_t>(g.zero_point);
   const int in_hw = g.in_h * g.in_w;
   const int k_tiles = (g.taps + BK - 1) / BK;
-  // Taps past K hold codes (0, 0); their lookups add (k_tiles * BK - K) * LUT[0][0], taken off at the
-  // end (exact in modular arithmetic, since the true sum fits).
-  const uint32_t tail = static_cast<uint32_t>(k_tiles * BK - g.taps);
+  const uint32_t tail = static_cast<uint32_t>(k_tiles * BK - g.taps);  // taps past K: codes (zp, 0)
   const int total_tiles = m_tiles * n_tiles * g.groups;
-  CopyLutToShared(lut, s_lut);
+
+  // The rebased table (see above).
+  const uint4* lut16 = reinterpret_cast<const uint4*>(lut);
+  for (int i = tid; i < 256; i += NT) s_row[i] = lut[zp * 256 + i];
+  if (tid == 0) {
+    s_range[0] = INT_MAX;
+    s_range[1] = INT_MIN;
+  }
+  __syncthreads();
+  {
+    int lo = INT_MAX, hi = INT_MIN;
+    for (int i = tid; i < kLutEntries / 8; i += NT) {
+      const uint4 v = __ldg(lut16 + i);
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+      const int w0 = (i * 8) & 255;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int d = static_cast<int>((words[j / 2] >> (16 * (j % 2))) & 0xFFFFu) - s_row[w0 + j];
+        lo = min(lo, d);
+        hi = max(hi, d);
+      }
+    }
+    lo = __reduce_min_sync(0xFFFFFFFFu, lo);
+    hi = __reduce_max_sync(0xFFFFFFFFu, hi);
+    if (lane == 0) {
+      atomicMin(&s_range[0], lo);
+      atomicMax(&s_range[1], hi);
+    }
+  }
+  __syncthreads();
+  const bool rebased = s_range[1] - s_range[0] <= 65535;  // row zp is in the table: lo <= 0 <= hi
+  const uint32_t off = rebased ? static_cast<uint32_t>(-s_range[0]) : 0u;
+  // With two channels per lane a sparse step has too few lookups per operand load to pay.
+  const bool may_skip = rebased && !kWide && TN >= 4 && zero_skip != ZeroSkip::kOff;
+  __syncthreads();  // everyone has read s_range and s_row as R before R may become 0
+  if (!rebased) {
+    for (int i = tid; i < 256; i += NT) s_row[i] = 0;
+    __syncthreads();
+  }
+  {
+    uint4* dst = reinterpret_cast<uint4*>(s_lut);
+    for (int i = tid; i < kLutEntries / 8; i += NT) {
+      const uint4 v = __ldg(lut16 + i);
+      uint32_t words[4] = {v.x, v.y, v.z, v.w};
+      const int w0 = (i * 8) & 255;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t e0 = (words[j] & 0xFFFFu) - s_row[w0 + 2 * j] + off;
+        const uint32_t e1 = (words[j] >> 16) - s_row[w0 + 2 * j + 1] + off;
+        words[j] = (e0 & 0xFFFFu) | (e1 << 16);
+      }
+      dst[i] = make_uint4(words[0], words[1], words[2], words[3]);
+    }
+  }
+  // (the first tile's barrier publishes the table)
 
   const int a_k = tid % BK, a_g0 = tid / BK;
   const int w_n = tid % BN, w_k0 = tid / BN;
+  const char* lut_bytes = reinterpret_cast<const char*>(s_lut);
 
   for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
     const int mt = tile % m_tiles;
@@ -144,20 +237,25 @@ __global__ void __launch_bounds__(NW * 32, 1)
       }
       s_pix[i] = info;
     }
-    __syncthreads();  // s_pix (and, on the first tile, the table) ready
+    __syncthreads();  // s_pix ready; every warp is past the previous tile's epilogue
+    for (int i = tid; i < BN; i += NT) {
+      s_wsum[i] = 0;
+      s_rsum[i] = 0;
+    }
 
     // Loader state: this thread's tap (kh, kw, ci) of column a_k, advanced by BK per tile without a
     // division in the common case. K-fast lanes read consecutive channels of one NHWC pixel.
     int a_ci = a_k % g.cg, a_kw = (a_k / g.cg) % g.filter_w, a_kh = a_k / g.cg / g.filter_w;
-    float a_val[A_GROUPS * 4], w_val[W_PER];
+    float a_val[A_PER], w_val[W_PER];
     uint32_t a_kind = 0, w_ok = 0;  // 2 bits per activation: 1 padded, 2 none; 1 bit per weight: valid
+    unsigned long long my_wsum = 0, my_rsum = 0;  // this loader thread's weights (column w_n)
 
     auto load_tile = [&](int k0) {
       const bool k_ok = k0 + a_k < g.taps;
       const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
       a_kind = 0;
 #pragma unroll
-      for (int i = 0; i < A_GROUPS * 4; ++i) {
+      for (int i = 0; i < A_PER; ++i) {
         const int4 pix = s_pix[4 * (a_g0 + (i / 4) * (NT / BK)) + i % 4];
         const int ih = pix.y + dh, iw = pix.z + dw;
         const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
@@ -168,9 +266,9 @@ __global__ void __launch_bounds__(NW * 32, 1)
         } else if (!inside) {
           a_kind |= 1u << (2 * i);
         } else {
-          const int off = g.nchw ? pix.x + a_ci * in_hw + ih * g.in_w + iw
-                                 : pix.x + (ih * g.in_w + iw) * g.in_depth + a_ci;
-          a_val[i] = ToFloat(input[off]);
+          const int off_in = g.nchw ? pix.x + a_ci * in_hw + ih * g.in_w + iw
+                                    : pix.x + (ih * g.in_w + iw) * g.in_depth + a_ci;
+          a_val[i] = ToFloat(input[off_in]);
         }
       }
       w_ok = 0;
@@ -195,6 +293,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
         }
       }
     };
+    // Padding and missing taps are stored as the zero point: the sparse path never visits them.
     auto store_tile = [&](int buf) {
       uint8_t* a = s_a + buf * BK * AS + a_k * AS;
 #pragma unroll
@@ -203,9 +302,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = grp4 * 4 + j;
-          const uint32_t kind = (a_kind >> (2 * i)) & 3u;
-          const uint32_t code = kind == 0 ? QuantizeToCode(a_val[i], qi)
-                                          : kind == 1 ? static_cast<uint32_t>(g.zero_point) : 0u;
+          const uint32_t code = ((a_kind >> (2 * i)) & 3u) == 0 ? QuantizeToCode(a_val[i], qi) : zp;
           word |= code << (8 * j);
         }
         *reinterpret_cast<uint32_t*>(a + 4 * (a_g0 + grp4 * (NT / BK))) = word;
@@ -214,86 +311,116 @@ __global__ void __launch_bounds__(NW * 32, 1)
 #pragma unroll
       for (int i = 0; i < W_PER; ++i) {
         const int kl = w_k0 + i * (NT / BN);
-        const uint32_t code = (w_ok >> i) & 1u ? QuantizeToCode(w_val[i], qf) : 0u;
+        uint32_t code = 0;
+        if ((w_ok >> i) & 1u) {
+          code = QuantizeToCode(w_val[i], qf);
+          my_wsum += code;
+          my_rsum += s_row[code];
+        }
         w[kl * BN + w_n] = static_cast<uint16_t>(code << 1);
       }
     };
 
     uint32_t acc[TM][TN];
-    unsigned long long acc64[kWide ? TM : 1][kWide ? TN : 1];
+    long long acc64[kWide ? TM : 1][kWide ? TN : 1];
+    ActSum act_sum[TM];  // code sums of the warp's pixels (the same in every lane)
 #pragma unroll
-    for (int m = 0; m < TM; ++m)
+    for (int m = 0; m < TM; ++m) {
+      act_sum[m] = 0;
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
         acc[m][n] = 0;
         if (kWide) acc64[kWide ? m : 0][kWide ? n : 0] = 0;
       }
-    long long col_sum = 0;  // thread tid < BM: code sum of pixel tid; BM <= tid < BM + BN: of a channel
+    }
 
     load_tile(0);
     store_tile(0);
     __syncthreads();
-    const char* lut_bytes = reinterpret_cast<const char*>(s_lut);
     for (int kt = 0; kt < k_tiles; ++kt) {
       const int cur = kt & 1;
-      const int k0 = kt * BK;
-      if (kt + 1 < k_tiles) load_tile(k0 + BK);  // global loads in flight during the lookups
+      if (kt + 1 < k_tiles) load_tile((kt + 1) * BK);  // global loads in flight during the lookups
 
+      const uint8_t* a_tile = s_a + cur * BK * AS + warp * TM;  // + k * AS + m
+      const uint16_t* w_tile = s_w + cur * BK * BN + lane * TN;  // + k * BN + n
+      // Lane k looks at tap k of the warp's pixels: which are not the zero point, and their code sums.
+      uint32_t masks[TM];
+      int sparse_steps = 0;
       {
-        const int rows = min(BK, g.taps - k0);
-        uint32_t s = 0;
-        if (tid < BM) {
-          for (int k = 0; k < rows; ++k) s += s_a[cur * BK * AS + k * AS + tid];
-        } else if (tid < BM + BN) {
-          for (int k = 0; k < rows; ++k) s += s_w[cur * BK * BN + k * BN + tid - BM] >> 1;
+        uint32_t words[TM / 4];
+        LoadWords<TM / 4>(a_tile + lane * AS, words);
+#pragma unroll
+        for (int m = 0; m < TM; ++m) {
+          const uint32_t code = (words[m / 4] >> (8 * (m % 4))) & 0xFFu;
+          masks[m] = __ballot_sync(0xFFFFFFFFu, code != zp);
+          act_sum[m] += __reduce_add_sync(0xFFFFFFFFu, code);
+          sparse_steps += (__popc(masks[m]) + U - 1) / U * U;
         }
-        col_sum += s;
       }
-
-      const uint8_t* a_tile = s_a + cur * BK * AS + warp * TM;
-      const uint16_t* w_tile = s_w + cur * BK * BN + lane * TN;
+      // Shared loads per lane: a sparse step makes TN lookups and 2 operand loads (plus mask work), a
+      // dense k row TM * TN lookups and 2 operand loads.
+      const bool sparse = may_skip && (zero_skip == ZeroSkip::kAlways ||
+                                       sparse_steps * (TN + 3) < BK * (TM * TN + 2));
+      if (sparse) {
 #pragma unroll
-      for (int k = 0; k < BK; k += 2) {
-        uint32_t r[2][TM], c[2][TN];
+        for (int m = 0; m < TM; ++m) {
+          uint32_t mask = masks[m], steps = 0;
+          while (mask != 0) {  // warp-uniform: U taps per step; missing ones are (zp, w), adding off
+            uint32_t row[U], wv[U][TN / 2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          uint32_t words[TM / 4];
-          const uint8_t* row = a_tile + (k + h) * AS;
-          if (TM == 16) {
-            const uint4 v = *reinterpret_cast<const uint4*>(row);
-            words[0] = v.x, words[1 % (TM / 4)] = v.y, words[2 % (TM / 4)] = v.z, words[3 % (TM / 4)] = v.w;
-          } else if (TM == 8) {
-            const uint2 v = *reinterpret_cast<const uint2*>(row);
-            words[0] = v.x, words[1 % (TM / 4)] = v.y;
-          } else {
-            words[0] = *reinterpret_cast<const uint32_t*>(row);
+            for (int u = 0; u < U; ++u) {
+              const int k = __ffs(mask) - 1;
+              mask &= mask - 1;
+              const int kk = k >= 0 ? k : 0;
+              row[u] = (k >= 0 ? a_tile[kk * AS + m] : zp) << 9;
+              LoadWords<TN / 2>(w_tile + kk * BN, wv[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+              for (int n = 0; n < TN; ++n) {
+                acc[m][n] += *reinterpret_cast<const uint16_t*>(lut_bytes + row[u] + ((wv[u][n / 2] >> (16 * (n % 2))) & 0xFFFFu));
+              }
+            steps += U;
           }
 #pragma unroll
-          for (int m = 0; m < TM; ++m) r[h][m] = (words[m / 4] >> (8 * (m % 4))) & 0xFFu;
-          if (TN == 4) {
-            const uint2 v = *reinterpret_cast<const uint2*>(w_tile + (k + h) * BN);
-            c[h][0] = v.x & 0xFFFFu, c[h][1] = v.x >> 16, c[h][2 % TN] = v.y & 0xFFFFu, c[h][3 % TN] = v.y >> 16;
-          } else {
-            const uint32_t v = *reinterpret_cast<const uint32_t*>(w_tile + (k + h) * BN);
-            c[h][0] = v & 0xFFFFu, c[h][1] = v >> 16;
+          for (int n = 0; n < TN; ++n) acc[m][n] -= steps * off;
+        }
+      } else {
+#pragma unroll 4
+        for (int k = 0; k < BK; k += 2) {
+          uint32_t r[2][TM], c[2][TN];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            uint32_t words[TM / 4], wv[TN / 2];
+            LoadWords<TM / 4>(a_tile + (k + h) * AS, words);
+#pragma unroll
+            for (int m = 0; m < TM; ++m) r[h][m] = ((words[m / 4] >> (8 * (m % 4))) & 0xFFu) << 9;
+            LoadWords<TN / 2>(w_tile + (k + h) * BN, wv);
+#pragma unroll
+            for (int n = 0; n < TN; ++n) c[h][n] = (wv[n / 2] >> (16 * (n % 2))) & 0xFFFFu;
           }
+#pragma unroll
+          for (int m = 0; m < TM; ++m)
+#pragma unroll
+            for (int n = 0; n < TN; ++n) {
+              const uint32_t l0 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[0][m] + c[0][n]));
+              const uint32_t l1 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[1][m] + c[1][n]));
+              acc[m][n] += l0 + l1;
+            }
         }
 #pragma unroll
         for (int m = 0; m < TM; ++m)
 #pragma unroll
-          for (int n = 0; n < TN; ++n) {
-            const uint32_t l0 = *reinterpret_cast<const uint16_t*>(lut_bytes + ((r[0][m] << 9) + c[0][n]));
-            const uint32_t l1 = *reinterpret_cast<const uint16_t*>(lut_bytes + ((r[1][m] << 9) + c[1][n]));
-            acc[m][n] += l0 + l1;
-          }
+          for (int n = 0; n < TN; ++n) acc[m][n] -= BK * off;
       }
       if (kWide) {
-        // A tile adds at most BK * 65535 per output; moving it to 64 bits each tile keeps any K exact.
+        // This tile's part of the sum is below 32 * 65535 in magnitude: move it to 64 bits.
 #pragma unroll
         for (int m = 0; m < TM; ++m)
 #pragma unroll
           for (int n = 0; n < TN; ++n) {
-            acc64[kWide ? m : 0][kWide ? n : 0] += acc[m][n];
+            acc64[kWide ? m : 0][kWide ? n : 0] += static_cast<int32_t>(acc[m][n]);
             acc[m][n] = 0;
           }
       }
@@ -302,31 +429,37 @@ __global__ void __launch_bounds__(NW * 32, 1)
       __syncthreads();
     }
 
-    if (tid < BM + BN) s_sum[tid] = col_sum;
-    if (epi.debug_act_sum != nullptr && nt == 0 && tid < BM && m0 + tid < g.pixels) {
-      epi.debug_act_sum[static_cast<int64_t>(m0 + tid) * g.groups + grp] = col_sum;
-    }
+    // Publish the weight sums.
+    atomicAdd(&s_wsum[w_n], my_wsum);
+    atomicAdd(&s_rsum[w_n], my_rsum);
     __syncthreads();
 
-    const uint32_t tail_sum = tail * s_lut[0];
+    // Taps past K were processed as (zp, 0) by the dense path: E[zp][0] - off each (0 when rebased).
+    const long long tail_term = static_cast<long long>(tail) * (static_cast<long long>(s_lut[zp << 8]) - off);
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
       const int ml = warp * TM + m;
       const int p = m0 + ml;
       if (p >= g.pixels) continue;
+      const long long a_sum = static_cast<long long>(act_sum[m]) - static_cast<long long>(tail) * zp;
+      if (epi.debug_act_sum != nullptr && nt == 0 && lane == 0) {
+        epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;
+      }
 #pragma unroll
       for (int n = 0; n < TN; ++n) {
         const int nl = lane * TN + n;
         if (n0 + nl >= g.npg) continue;
         const int co = grp * g.npg + n0 + nl;
-        const int64_t sum = kWide ? static_cast<int64_t>(acc64[kWide ? m : 0][kWide ? n : 0] - tail_sum)
-                                  : static_cast<int64_t>(acc[m][n] - tail_sum);
-        StoreOutput(g, output, p, co, FromReal<T>(epi.deq(sum, s_sum[ml], s_sum[BM + nl])));
+        const long long rsum = static_cast<long long>(s_rsum[nl]);
+        const int64_t sum =
+            kWide ? acc64[kWide ? m : 0][kWide ? n : 0] + rsum - tail_term
+                  : static_cast<int64_t>(acc[m][n] + static_cast<uint32_t>(rsum) - static_cast<uint32_t>(tail_term));
+        StoreOutput(g, output, p, co, FromReal<T>(epi.deq(sum, a_sum, static_cast<long long>(s_wsum[nl]))));
         if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = sum;
       }
     }
-    // The next tile writes s_pix and tile buffer 0 (read last before the final barrier of the k loop)
-    // and s_sum only after further barriers, so no barrier is needed here.
+    // The next tile writes s_pix and tile buffer 0 (read last before the final barrier of the k loop),
+    // and clears the weight sums only after its first barrier.
   }
 }
 
@@ -386,19 +519,25 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// rate: a block's throughput relative to tile128x64's, from benchmarks/gpu --sweep on an H200 (3x3
+// layers, realistic data; tile128x64 ~2.6 T LUT-MAC/s when every SM is busy). Wider register tiles make
+// more lookups per operand load and longer sparse steps; tile64x256 gains less when K is small (its
+// prologue and epilogue are paid every couple of k tiles).
 struct TileConfig {
   GpuKernel kernel;
   int bm, bn;
+  double rate, rate_small_k;
 };
 constexpr TileConfig kTiles[] = {
-    {GpuKernel::kTile128x64, 128, 64}, {GpuKernel::kTile64x128, 64, 128},
-    {GpuKernel::kTile32x128, 32, 128}, {GpuKernel::kTile64x64, 64, 64},
-    {GpuKernel::kTile32x64, 32, 64},
+    {GpuKernel::kTile128x64, 128, 64, 1.0, 1.0},  {GpuKernel::kTile64x128, 64, 128, 1.15, 1.15},
+    {GpuKernel::kTile64x256, 64, 256, 1.3, 1.1},  {GpuKernel::kTile32x128, 32, 128, 0.92, 0.92},
+    {GpuKernel::kTile64x64, 64, 64, 0.9, 0.9},
 };
 
 constexpr int TiledSmemBytes(int bm, int bn) {
-  return kLutSmemBytes + 2 * kBK * (bm + 16) + 2 * kBK * bn * 2 + bm * 16 + (bm + bn) * 8;
+  return kLutSmemBytes + 2 * kBK * (bm + 16) + 2 * kBK * bn * 2 + bm * 16 + bn * 16 + 256 * 2 + 2 * 4;
 }
+constexpr int kMaxTiledSmemBytes = TiledSmemBytes(64, 256);  // the largest of kTiles
 
 std::string CudaError(const char* what, cudaError_t e) {
   return std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
@@ -421,8 +560,7 @@ std::string GetDeviceInfo(DeviceInfo* info) {
   return "";
 }
 
-// Estimated share of the machine a tile keeps busy: padding waste x the last wave's idle SMs x the
-// cost of small register tiles (fewer lookups per shared load of operands).
+// Estimated speed of a tile on this shape: padding waste x the last wave's idle SMs x the tile's rate.
 double TileScore(const ConvShape& s, const TileConfig& t, int sms) {
   const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
   const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
@@ -431,12 +569,11 @@ double TileScore(const ConvShape& s, const TileConfig& t, int sms) {
                       (static_cast<double>(m_tiles * t.bm) * (n_tiles * t.bn));
   const int64_t waves = (blocks + sms - 1) / sms;
   const double wave_eff = static_cast<double>(blocks) / static_cast<double>(waves * sms);
-  const double tile_eff = (t.bm / 8) * (t.bn / 32) >= 32 ? 1.0 : 0.85;
-  return fill * wave_eff * tile_eff;
+  return fill * wave_eff * (s.taps() >= 256 ? t.rate : t.rate_small_k);
 }
 
 GpuKernel Choose(const ConvShape& s, const DeviceInfo& dev) {
-  if (s.out_depth_per_group() < 32 || dev.smem_optin < TiledSmemBytes(128, 64)) return GpuKernel::kDirect;
+  if (s.out_depth_per_group() < 32 || dev.smem_optin < kMaxTiledSmemBytes) return GpuKernel::kDirect;
   GpuKernel best = GpuKernel::kTile128x64;
   double best_score = -1;
   for (const TileConfig& t : kTiles) {
@@ -449,11 +586,11 @@ GpuKernel Choose(const ConvShape& s, const DeviceInfo& dev) {
   return best;
 }
 
-template <typename T, int NW, int TM, int TN>
-std::string LaunchTiled(bool wide, int sms, const GpuGeometry& g, const T* input, const T* filter, T* output,
-                        const uint16_t* lut, const QuantParams& qi, const QuantParams& qf,
+template <typename T, int TM, int TN>
+std::string LaunchTiled(bool wide, ZeroSkip zero_skip, int sms, const GpuGeometry& g, const T* input,
+                        const T* filter, T* output, const uint16_t* lut, const QuantParams& qi, const QuantParams& qf,
                         const Epilogue<typename RealOf<T>::type>& epi, cudaStream_t stream) {
-  constexpr int BM = NW * TM, BN = 32 * TN;
+  constexpr int BM = kTiledWarps * TM, BN = 32 * TN;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (g.npg + BN - 1) / BN;
   const int64_t blocks = m_tiles * n_tiles * g.groups;
@@ -461,11 +598,11 @@ std::string LaunchTiled(bool wide, int sms, const GpuGeometry& g, const T* input
   // Persistent grid: one block per multiprocessor (the table leaves room for no second one).
   const int64_t grid = std::min<int64_t>(blocks, std::max(sms, 1));
   const int smem = TiledSmemBytes(BM, BN);
-  auto kernel = wide ? TiledConvKernel<T, NW, TM, TN, true> : TiledConvKernel<T, NW, TM, TN, false>;
+  auto kernel = wide ? TiledConvKernel<T, TM, TN, true> : TiledConvKernel<T, TM, TN, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
-  kernel<<<static_cast<unsigned>(grid), NW * 32, smem, stream>>>(
-      input, filter, output, lut, g, qi, qf, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles));
+  kernel<<<static_cast<unsigned>(grid), kTiledWarps * 32, smem, stream>>>(
+      input, filter, output, lut, g, qi, qf, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles), zero_skip);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the tiled convolution launch", e);
   return "";
@@ -502,9 +639,9 @@ const char* GpuKernelName(GpuKernel kernel) {
     case GpuKernel::kAuto: return "auto";
     case GpuKernel::kTile128x64: return "tile128x64";
     case GpuKernel::kTile64x128: return "tile64x128";
+    case GpuKernel::kTile64x256: return "tile64x256";
     case GpuKernel::kTile32x128: return "tile32x128";
     case GpuKernel::kTile64x64: return "tile64x64";
-    case GpuKernel::kTile32x64: return "tile32x64";
     case GpuKernel::kDirect: return "direct";
     default: return "?";
   }
@@ -567,20 +704,20 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
   Epilogue<Real> epi{DequantizeTerms<Real>(input_q, filter_q, s.taps()), options.debug_acc,
                      options.debug_act_sum};
   GpuKernel kernel = options.kernel == GpuKernel::kAuto ? Choose(s, dev) : options.kernel;
-  if (kernel != GpuKernel::kDirect && dev.smem_optin < TiledSmemBytes(128, 64)) kernel = GpuKernel::kDirect;
+  if (kernel != GpuKernel::kDirect && dev.smem_optin < kMaxTiledSmemBytes) kernel = GpuKernel::kDirect;
   // 32-bit sums hold up to 65537 lookups of 65535.
   const bool wide = options.force_wide || s.taps() > 65537;
   switch (kernel) {
     case GpuKernel::kTile128x64:
-      return LaunchTiled<T, 8, 16, 2>(wide, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
+      return LaunchTiled<T, 16, 2>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
     case GpuKernel::kTile64x128:
-      return LaunchTiled<T, 8, 8, 4>(wide, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
+      return LaunchTiled<T, 8, 4>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
+    case GpuKernel::kTile64x256:
+      return LaunchTiled<T, 8, 8>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
     case GpuKernel::kTile32x128:
-      return LaunchTiled<T, 8, 4, 4>(wide, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
+      return LaunchTiled<T, 4, 4>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
     case GpuKernel::kTile64x64:
-      return LaunchTiled<T, 8, 8, 2>(wide, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
-    case GpuKernel::kTile32x64:
-      return LaunchTiled<T, 8, 4, 2>(wide, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
+      return LaunchTiled<T, 8, 2>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
     case GpuKernel::kDirect:
       return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device,
                              input_q, filter_q, epi, stream);

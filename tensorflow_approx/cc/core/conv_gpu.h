@@ -30,15 +30,20 @@ enum class GpuKernel : int {
   kAuto = -1,
   kTile128x64 = 0,  // pixels x output channels per block
   kTile64x128 = 1,
-  kTile32x128 = 2,
-  kTile64x64 = 3,
-  kTile32x64 = 4,
+  kTile64x256 = 2,
+  kTile32x128 = 3,
+  kTile64x64 = 4,
   kDirect = 5,      // one thread per output: depthwise and small groups
   kCount = 6,
 };
 
+// Whether the tiled kernels skip the lookups of activations at the zero point (conv_gpu.cu says how).
+// kAuto decides per warp and k tile by counting them; the others exist for the checks and timings.
+enum class ZeroSkip : int { kAuto, kOff, kAlways };
+
 struct GpuOptions {
   GpuKernel kernel = GpuKernel::kAuto;
+  ZeroSkip zero_skip = ZeroSkip::kAuto;
   bool force_wide = false;  // 64-bit accumulation even where 32 bits suffice (tests the wide path)
   // Device buffers (optional): the integer sums as ReferenceConvAccumulate lays them out over all
   // pixels, acc[p * out_depth + co] and act_sum[p * groups + g].
