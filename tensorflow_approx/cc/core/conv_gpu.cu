@@ -14,9 +14,8 @@
 namespace tfapprox {
 namespace {
 
-// Tiled kernels: K taps per pipeline stage (one per lane of a warp), warps per block.
+// Tiled kernels: K taps per pipeline stage (one per lane of a warp).
 constexpr int kBK = 32;
-constexpr int kTiledWarps = 8;
 constexpr int kSparseBatch = 4;  // taps per step of the sparse path
 constexpr int kLutSmemBytes = kLutEntries * 2;
 
@@ -96,7 +95,7 @@ __device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
   }
 }
 
-// Implicit GEMM: a block computes tiles of BM = 8 * TM output pixels x BN = 32 * TN output channels of
+// Implicit GEMM: a block of NW warps computes tiles of BM = NW * TM output pixels x BN = 32 * TN output channels of
 // one group over all K taps, looping over tiles (a persistent grid: the table is set up in shared memory
 // once per block, not once per tile). Warp w owns pixels w * TM .. w * TM + TM - 1 and lane l channels
 // l * TN .. l * TN + TN - 1. At every lookup the 32 lanes share the row operand (activation code) and
@@ -119,12 +118,12 @@ __device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
 //
 // The tiles hold activation codes as bytes and weights as byte offsets w << 1, so a lookup is one add
 // and one 16-bit shared load.
-template <typename T, int TM, int TN, bool kWide>
-__global__ void __launch_bounds__(kTiledWarps * 32, 1)
+template <typename T, int NW, int TM, int TN, bool kWide>
+__global__ void __launch_bounds__(NW * 32, 1)
     TiledConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
                     const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi, QuantParams qf,
                     Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip) {
-  constexpr int NW = kTiledWarps, NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
+  constexpr int NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
   // Bytes per k row of the activation tile: the padding puts the loader's stores (lanes differ in k) on
   // different banks and keeps rows aligned for the vector row loads (TM bytes).
   constexpr int AS = BM + 16;
@@ -520,18 +519,20 @@ __global__ void __launch_bounds__(256)
 }
 
 // rate: a block's throughput relative to tile128x64's, from benchmarks/gpu --sweep on an H200 (3x3
-// layers, realistic data; tile128x64 ~2.6 T LUT-MAC/s when every SM is busy). Wider register tiles make
-// more lookups per operand load and longer sparse steps; tile64x256 gains less when K is small (its
-// prologue and epilogue are paid every couple of k tiles).
+// layers, realistic data; tile128x64 ~2.6 T LUT-MAC/s when every SM is busy). Sixteen warps hide the
+// shared-memory latency that eight leave exposed (the table allows one block per SM); wider register
+// tiles make more lookups per operand load and longer sparse steps. Wide tiles gain less when K is
+// small (their prologue and epilogue are paid every couple of k tiles).
 struct TileConfig {
   GpuKernel kernel;
   int bm, bn;
   double rate, rate_small_k;
 };
 constexpr TileConfig kTiles[] = {
-    {GpuKernel::kTile128x64, 128, 64, 1.0, 1.0},  {GpuKernel::kTile64x128, 64, 128, 1.15, 1.15},
-    {GpuKernel::kTile64x256, 64, 256, 1.3, 1.1},  {GpuKernel::kTile32x128, 32, 128, 0.92, 0.92},
-    {GpuKernel::kTile64x64, 64, 64, 0.9, 0.9},
+    {GpuKernel::kTile128x64W16, 128, 64, 1.19, 1.01}, {GpuKernel::kTile128x128W16, 128, 128, 1.63, 1.3},
+    {GpuKernel::kTile64x128W16, 64, 128, 1.5, 1.17},  {GpuKernel::kTile128x64, 128, 64, 1.0, 0.83},
+    {GpuKernel::kTile64x128, 64, 128, 1.15, 0.94},    {GpuKernel::kTile64x256, 64, 256, 1.3, 0.91},
+    {GpuKernel::kTile32x128, 32, 128, 0.92, 0.75},    {GpuKernel::kTile64x64, 64, 64, 0.9, 0.74},
 };
 
 constexpr int TiledSmemBytes(int bm, int bn) {
@@ -574,7 +575,7 @@ double TileScore(const ConvShape& s, const TileConfig& t, int sms) {
 
 GpuKernel Choose(const ConvShape& s, const DeviceInfo& dev) {
   if (s.out_depth_per_group() < 32 || dev.smem_optin < kMaxTiledSmemBytes) return GpuKernel::kDirect;
-  GpuKernel best = GpuKernel::kTile128x64;
+  GpuKernel best = GpuKernel::kTile128x64W16;
   double best_score = -1;
   for (const TileConfig& t : kTiles) {
     const double score = TileScore(s, t, std::max(dev.sms, 1));
@@ -586,11 +587,11 @@ GpuKernel Choose(const ConvShape& s, const DeviceInfo& dev) {
   return best;
 }
 
-template <typename T, int TM, int TN>
+template <typename T, int NW, int TM, int TN>
 std::string LaunchTiled(bool wide, ZeroSkip zero_skip, int sms, const GpuGeometry& g, const T* input,
                         const T* filter, T* output, const uint16_t* lut, const QuantParams& qi, const QuantParams& qf,
                         const Epilogue<typename RealOf<T>::type>& epi, cudaStream_t stream) {
-  constexpr int BM = kTiledWarps * TM, BN = 32 * TN;
+  constexpr int BM = NW * TM, BN = 32 * TN;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (g.npg + BN - 1) / BN;
   const int64_t blocks = m_tiles * n_tiles * g.groups;
@@ -598,14 +599,30 @@ std::string LaunchTiled(bool wide, ZeroSkip zero_skip, int sms, const GpuGeometr
   // Persistent grid: one block per multiprocessor (the table leaves room for no second one).
   const int64_t grid = std::min<int64_t>(blocks, std::max(sms, 1));
   const int smem = TiledSmemBytes(BM, BN);
-  auto kernel = wide ? TiledConvKernel<T, TM, TN, true> : TiledConvKernel<T, TM, TN, false>;
+  auto kernel = wide ? TiledConvKernel<T, NW, TM, TN, true> : TiledConvKernel<T, NW, TM, TN, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
-  kernel<<<static_cast<unsigned>(grid), kTiledWarps * 32, smem, stream>>>(
+  kernel<<<static_cast<unsigned>(grid), NW * 32, smem, stream>>>(
       input, filter, output, lut, g, qi, qf, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles), zero_skip);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the tiled convolution launch", e);
   return "";
+}
+
+// The launcher of a tiled kernel: warps per block, pixels and channels per thread of each GpuKernel.
+template <typename T>
+auto TiledLauncher(GpuKernel kernel) -> decltype(&LaunchTiled<T, 8, 16, 2>) {
+  switch (kernel) {
+    case GpuKernel::kTile128x64: return &LaunchTiled<T, 8, 16, 2>;
+    case GpuKernel::kTile64x128: return &LaunchTiled<T, 8, 8, 4>;
+    case GpuKernel::kTile64x256: return &LaunchTiled<T, 8, 8, 8>;
+    case GpuKernel::kTile32x128: return &LaunchTiled<T, 8, 4, 4>;
+    case GpuKernel::kTile64x64: return &LaunchTiled<T, 8, 8, 2>;
+    case GpuKernel::kTile128x64W16: return &LaunchTiled<T, 16, 8, 2>;
+    case GpuKernel::kTile128x128W16: return &LaunchTiled<T, 16, 8, 4>;
+    case GpuKernel::kTile64x128W16: return &LaunchTiled<T, 16, 4, 4>;
+    default: return nullptr;
+  }
 }
 
 template <typename T>
@@ -642,6 +659,9 @@ const char* GpuKernelName(GpuKernel kernel) {
     case GpuKernel::kTile64x256: return "tile64x256";
     case GpuKernel::kTile32x128: return "tile32x128";
     case GpuKernel::kTile64x64: return "tile64x64";
+    case GpuKernel::kTile128x64W16: return "tile128x64w16";
+    case GpuKernel::kTile128x128W16: return "tile128x128w16";
+    case GpuKernel::kTile64x128W16: return "tile64x128w16";
     case GpuKernel::kDirect: return "direct";
     default: return "?";
   }
@@ -707,23 +727,14 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
   if (kernel != GpuKernel::kDirect && dev.smem_optin < kMaxTiledSmemBytes) kernel = GpuKernel::kDirect;
   // 32-bit sums hold up to 65537 lookups of 65535.
   const bool wide = options.force_wide || s.taps() > 65537;
-  switch (kernel) {
-    case GpuKernel::kTile128x64:
-      return LaunchTiled<T, 16, 2>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
-    case GpuKernel::kTile64x128:
-      return LaunchTiled<T, 8, 4>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
-    case GpuKernel::kTile64x256:
-      return LaunchTiled<T, 8, 8>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
-    case GpuKernel::kTile32x128:
-      return LaunchTiled<T, 4, 4>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
-    case GpuKernel::kTile64x64:
-      return LaunchTiled<T, 8, 2>(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
-    case GpuKernel::kDirect:
-      return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device,
-                             input_q, filter_q, epi, stream);
-    default:
-      return "ApproxConvGpu: unknown kernel choice";
+  if (kernel == GpuKernel::kDirect) {
+    return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, input_q,
+                           filter_q, epi, stream);
   }
+  const auto launch = TiledLauncher<T>(kernel);
+  if (launch == nullptr) return "ApproxConvGpu: unknown kernel choice";
+  return launch(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi,
+                stream);
 }
 
 #define TFAPPROX_INSTANTIATE(T)                                                                      \

@@ -33,8 +33,11 @@ enum class GpuKernel : int {
   kTile64x256 = 2,
   kTile32x128 = 3,
   kTile64x64 = 4,
-  kDirect = 5,      // one thread per output: depthwise and small groups
-  kCount = 6,
+  kTile128x64W16 = 5,  // 16 warps per block (the others have 8)
+  kTile128x128W16 = 6,
+  kTile64x128W16 = 7,
+  kDirect = 8,         // one thread per output: depthwise and small groups
+  kCount = 9,
 };
 
 // Whether the tiled kernels skip the lookups of activations at the zero point (conv_gpu.cu says how).
