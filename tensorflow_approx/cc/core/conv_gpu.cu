@@ -523,22 +523,38 @@ __global__ void __launch_bounds__(256)
 // shared-memory latency that eight leave exposed (the table allows one block per SM); wider register
 // tiles make more lookups per operand load and longer sparse steps. Wide tiles gain less when K is
 // small (their prologue and epilogue are paid every couple of k tiles).
+//
+// Every tiled kernel, once: its GpuKernel, warps per block, pixels and channels per thread, rate, rate
+// when K < 256.
+#define TFAPPROX_TILED_KERNELS(X)            \
+  X(kTile128x64W16, 16, 8, 2, 1.19, 1.01)    \
+  X(kTile128x128W16, 16, 8, 4, 1.63, 1.3)    \
+  X(kTile64x128W16, 16, 4, 4, 1.5, 1.17)     \
+  X(kTile128x64, 8, 16, 2, 1.0, 0.83)        \
+  X(kTile64x128, 8, 8, 4, 1.15, 0.94)        \
+  X(kTile64x256, 8, 8, 8, 1.3, 0.91)         \
+  X(kTile32x128, 8, 4, 4, 0.92, 0.75)        \
+  X(kTile64x64, 8, 8, 2, 0.9, 0.74)
+
 struct TileConfig {
   GpuKernel kernel;
   int bm, bn;
   double rate, rate_small_k;
 };
-constexpr TileConfig kTiles[] = {
-    {GpuKernel::kTile128x64W16, 128, 64, 1.19, 1.01}, {GpuKernel::kTile128x128W16, 128, 128, 1.63, 1.3},
-    {GpuKernel::kTile64x128W16, 64, 128, 1.5, 1.17},  {GpuKernel::kTile128x64, 128, 64, 1.0, 0.83},
-    {GpuKernel::kTile64x128, 64, 128, 1.15, 0.94},    {GpuKernel::kTile64x256, 64, 256, 1.3, 0.91},
-    {GpuKernel::kTile32x128, 32, 128, 0.92, 0.75},    {GpuKernel::kTile64x64, 64, 64, 0.9, 0.74},
-};
+#define TFAPPROX_TILE_CONFIG(kernel, nw, tm, tn, rate, rate_small_k) \
+  {GpuKernel::kernel, (nw) * (tm), 32 * (tn), rate, rate_small_k},
+constexpr TileConfig kTiles[] = {TFAPPROX_TILED_KERNELS(TFAPPROX_TILE_CONFIG)};
+#undef TFAPPROX_TILE_CONFIG
 
 constexpr int TiledSmemBytes(int bm, int bn) {
   return kLutSmemBytes + 2 * kBK * (bm + 16) + 2 * kBK * bn * 2 + bm * 16 + bn * 16 + 256 * 2 + 2 * 4;
 }
-constexpr int kMaxTiledSmemBytes = TiledSmemBytes(64, 256);  // the largest of kTiles
+constexpr int MaxTiledSmemBytes() {
+  int most = 0;
+  for (const TileConfig& t : kTiles) most = std::max(most, TiledSmemBytes(t.bm, t.bn));
+  return most;
+}
+constexpr int kMaxTiledSmemBytes = MaxTiledSmemBytes();
 
 std::string CudaError(const char* what, cudaError_t e) {
   return std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
@@ -609,20 +625,18 @@ std::string LaunchTiled(bool wide, ZeroSkip zero_skip, int sms, const GpuGeometr
   return "";
 }
 
-// The launcher of a tiled kernel: warps per block, pixels and channels per thread of each GpuKernel.
+// The launcher of a tiled kernel (nullptr for kDirect and unknown values).
 template <typename T>
 auto TiledLauncher(GpuKernel kernel) -> decltype(&LaunchTiled<T, 8, 16, 2>) {
+#define TFAPPROX_TILE_CASE(name, nw, tm, tn, rate, rate_small_k) \
+  case GpuKernel::name:                                          \
+    return &LaunchTiled<T, nw, tm, tn>;
   switch (kernel) {
-    case GpuKernel::kTile128x64: return &LaunchTiled<T, 8, 16, 2>;
-    case GpuKernel::kTile64x128: return &LaunchTiled<T, 8, 8, 4>;
-    case GpuKernel::kTile64x256: return &LaunchTiled<T, 8, 8, 8>;
-    case GpuKernel::kTile32x128: return &LaunchTiled<T, 8, 4, 4>;
-    case GpuKernel::kTile64x64: return &LaunchTiled<T, 8, 8, 2>;
-    case GpuKernel::kTile128x64W16: return &LaunchTiled<T, 16, 8, 2>;
-    case GpuKernel::kTile128x128W16: return &LaunchTiled<T, 16, 8, 4>;
-    case GpuKernel::kTile64x128W16: return &LaunchTiled<T, 16, 4, 4>;
-    default: return nullptr;
+    TFAPPROX_TILED_KERNELS(TFAPPROX_TILE_CASE)
+    default:
+      return nullptr;
   }
+#undef TFAPPROX_TILE_CASE
 }
 
 template <typename T>
