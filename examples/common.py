@@ -1,4 +1,4 @@
-"""What the LeNet-5 examples share: the data set, the model and a home-made approximate table.
+"""What the LeNet-5 examples share: the data set and the model.
 
 Data: MNIST when Keras has it cached (~/.keras/datasets/mnist.npz; there is no download here), else
 the 8x8 handwritten digits that ship inside scikit-learn (1797 images, no download). Each example
@@ -80,13 +80,3 @@ def compile_for_eval(model):
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
-
-def write_truncated_table(path, bits):
-    """Our own approximate multiplier: both 8-bit operands lose their `bits` low bits first.
-
-    Writes 65536 little-endian uint16 (entry (a << 8) | w = (a & m) * (w & m)) and returns path.
-    """
-    a, w = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
-    mask = 255 & ~((1 << bits) - 1)
-    ((a & mask) * (w & mask)).astype("<u2").tofile(path)
-    return path

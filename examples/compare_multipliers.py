@@ -19,6 +19,7 @@ import common
 from absl import app, flags
 
 import tensorflow_approx as ta
+from tensorflow_approx import multipliers
 
 MTAB_FILES = flags.DEFINE_list("mtab_files", [], "tables to compare (65536 little-endian uint16)")
 MTAB_DIR = flags.DEFINE_string("mtab_dir", None, "also compare every *.bin table in this folder")
@@ -36,7 +37,7 @@ def main(_):
     scratch = tempfile.mkdtemp()
     tables = [("exact 8x8", "")]
     for bits in map(int, TRUNCATIONS.value):
-        path = common.write_truncated_table(os.path.join(scratch, f"trunc{bits}.bin"), bits)
+        path = multipliers.operand_truncated(bits).save(os.path.join(scratch, f"trunc{bits}.bin"))
         tables.append((f"operands truncated by {bits} bit{'s' if bits > 1 else ''}", path))
     given = list(MTAB_FILES.value)
     if MTAB_DIR.value:

@@ -32,7 +32,7 @@ step() {
 compare_extra=()
 if [ -z "$mtab" ]; then
   mtab="$work/trunc2.bin"
-  step examples/make_truncated_table.py --bits 2 --out "$mtab"
+  step -m tensorflow_approx.multipliers convert optrunc2 "$mtab"  # both operands lose 2 low bits
 else
   compare_extra+=(--mtab_files "$mtab")
 fi

@@ -510,11 +510,16 @@ const BenchShape kBenchShapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
                                    {"3x3 7x7 512->512", 64, 7, 512, 512, 3},
                                    {"1x1 56x56 64->256", 64, 56, 64, 256, 1}};
 
+// The ranges of the benchmark layers: input [-2, 6] (zero point 64), filter [-1, 1] (zero point 128).
+void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
+  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", qi);
+  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", qf);
+}
+
 // Every tiled kernel on every benchmark layer (what ChooseGpuKernel's model is checked against).
 void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   QuantParams qi, qf;
-  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", &qi);
-  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", &qf);
+  BenchQuantParams(&qi, &qf);
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
   std::printf("\nSweep: G LUT-MAC/s of each tiled kernel (realistic / uniform data), * = ChooseGpuKernel's pick\n");
@@ -548,8 +553,7 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
 // One launch of benchmark layer `index` on realistic data with the chosen kernel, for a profiler.
 int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
   QuantParams qi, qf;
-  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", &qi);
-  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", &qf);
+  BenchQuantParams(&qi, &qf);
   const ConvShape s = MakeBenchShape(kBenchShapes[index], kBenchShapes[index].batch);
   std::vector<float> in(s.input_elements()), flt(s.filter_elements());
   FillData(rng, true, qi, qf, &in, &flt);
@@ -581,8 +585,7 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
     table_name = "random";
   }
   QuantParams qi, qf;
-  MakeQuantParams(-2.f, 6.f, 8, "input_min", "input_max", &qi);  // zero point 64
-  MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", &qf);  // zero point 128
+  BenchQuantParams(&qi, &qf);
 
   // Exactness on the benchmark layers themselves (batch 2, realistic data, the timed table).
   for (const BenchShape& b : shapes) {
@@ -620,32 +623,24 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
       d_out.Poison(0xFF);
       d_base.Poison(0xFF);
       std::string err;
-      const double ms = MedianMs(
-          [&] {
-            const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0);
-            if (!e.empty()) err = e;
-          },
-          runs);
+      // Median ms of the chosen kernel with zero-point skipping as `skip` says (output in d_out).
+      auto time_skip = [&](ZeroSkip skip) {
+        GpuOptions opts;
+        opts.zero_skip = skip;
+        return MedianMs(
+            [&] {
+              const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+              if (!e.empty()) err = e;
+            },
+            runs);
+      };
+      const double ms = time_skip(ZeroSkip::kAuto);
       const std::vector<float> out = d_out.Download();
-      // The dense path alone (no zero-point skipping), for the table's "no-skip" column.
-      GpuOptions dense;
-      dense.zero_skip = ZeroSkip::kOff;
+      // The dense path alone (no skipping) and the sparse path wherever the table allows it.
       d_out.Poison(0xFF);
-      const double dense_ms = MedianMs(
-          [&] {
-            const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, dense);
-            if (!e.empty()) err = e;
-          },
-          runs);
+      const double dense_ms = time_skip(ZeroSkip::kOff);
       const std::vector<float> dense_out = d_out.Download();
-      GpuOptions always;
-      always.zero_skip = ZeroSkip::kAlways;
-      const double always_ms = MedianMs(
-          [&] {
-            const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, always);
-            if (!e.empty()) err = e;
-          },
-          runs);
+      const double always_ms = time_skip(ZeroSkip::kAlways);
       const double base_ms = MedianMs([&] { baseline.Launch(s, d_in.ptr, d_flt.ptr, d_base.ptr, qi, qf); }, runs);
       if (!err.empty()) {
         std::printf("FAIL %s: %s\n", b.name, err.c_str());

@@ -761,26 +761,29 @@ TFAPPROX_INSTANTIATE(__half)
 TFAPPROX_INSTANTIATE(__nv_bfloat16)
 #undef TFAPPROX_INSTANTIATE
 
+namespace {
+template <typename T>
+std::string ApproxConvGpuAs(const ConvShape& s, const void* input, const void* filter, const QuantParams& input_q,
+                            const QuantParams& filter_q, const uint16_t* lut_device, void* output,
+                            cudaStream_t stream, const GpuOptions& options) {
+  return ApproxConvGpu<T>(s, static_cast<const T*>(input), static_cast<const T*>(filter), input_q, filter_q,
+                          lut_device, static_cast<T*>(output), stream, options);
+}
+}  // namespace
+
 std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter,
                                  const QuantParams& input_q, const QuantParams& filter_q,
                                  const uint16_t* lut_device, void* output, cudaStream_t stream,
                                  const GpuOptions& options) {
+  decltype(&ApproxConvGpuAs<float>) typed = nullptr;
   switch (dtype) {
-    case GpuDtype::kFloat:
-      return ApproxConvGpu<float>(s, static_cast<const float*>(input), static_cast<const float*>(filter), input_q,
-                                  filter_q, lut_device, static_cast<float*>(output), stream, options);
-    case GpuDtype::kDouble:
-      return ApproxConvGpu<double>(s, static_cast<const double*>(input), static_cast<const double*>(filter),
-                                   input_q, filter_q, lut_device, static_cast<double*>(output), stream, options);
-    case GpuDtype::kHalf:
-      return ApproxConvGpu<__half>(s, static_cast<const __half*>(input), static_cast<const __half*>(filter),
-                                   input_q, filter_q, lut_device, static_cast<__half*>(output), stream, options);
-    case GpuDtype::kBfloat16:
-      return ApproxConvGpu<__nv_bfloat16>(s, static_cast<const __nv_bfloat16*>(input),
-                                          static_cast<const __nv_bfloat16*>(filter), input_q, filter_q, lut_device,
-                                          static_cast<__nv_bfloat16*>(output), stream, options);
+    case GpuDtype::kFloat: typed = &ApproxConvGpuAs<float>; break;
+    case GpuDtype::kDouble: typed = &ApproxConvGpuAs<double>; break;
+    case GpuDtype::kHalf: typed = &ApproxConvGpuAs<__half>; break;
+    case GpuDtype::kBfloat16: typed = &ApproxConvGpuAs<__nv_bfloat16>; break;
   }
-  return "ApproxConvGpuUntyped: unknown element type";
+  if (typed == nullptr) return "ApproxConvGpuUntyped: unknown element type";
+  return typed(s, input, filter, input_q, filter_q, lut_device, output, stream, options);
 }
 
 std::string GpuLutUpload(const uint16_t* host_lut, uint16_t** device_lut) {

@@ -46,10 +46,10 @@ import os
 import keras
 import tensorflow as tf
 
+from tensorflow_approx.multipliers.multiplier import TABLE_BYTES
 from tensorflow_approx.python.ops.approx_conv_ops import approx_conv2d_with_min_max_vars
 
 RANGE_MODES = ("batch", "moving_average", "fixed")
-TABLE_BYTES = 65536 * 2  # 256 x 256 little-endian uint16 products
 
 __all__ = [
     "RANGE_MODES",
@@ -135,7 +135,13 @@ class _FakeApproxMixin:
         self._build_ranges()
 
     def get_config(self):
-        return {**super().get_config(), **self._approx_config()}
+        return {
+            **super().get_config(),
+            "num_bits": self.num_bits,
+            "mul_map_file": self.mul_map_file,
+            "range_mode": self.range_mode,
+            "ema_decay": self.ema_decay,
+        }
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -285,14 +291,6 @@ class _FakeApproxMixin:
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
-
-    def _approx_config(self):
-        return {
-            "num_bits": self.num_bits,
-            "mul_map_file": self.mul_map_file,
-            "range_mode": self.range_mode,
-            "ema_decay": self.ema_decay,
-        }
 
 
 def _conv_geometry(layer):
