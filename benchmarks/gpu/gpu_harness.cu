@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <utility>
 #include <memory>
 #include <random>
 #include <string>
@@ -100,6 +101,7 @@ struct Counts {
   int per_kernel[static_cast<int>(GpuKernel::kCount)] = {};
   int per_type[4] = {};
   int wide = 0;
+  int split = 0;  // cases whose K was split between blocks
 };
 
 // Runs one case on the GPU and the CPU and compares acc, act_sum and output bits. Returns "" or what
@@ -107,7 +109,7 @@ struct Counts {
 template <typename T>
 std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
                      const QuantParams& qi, const QuantParams& qf, const Lut& lut, const GpuOptions& base_opts,
-                     GpuKernel* used) {
+                     GpuPlan* used) {
   std::vector<uint8_t> in_codes, flt_codes;
   HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
   QuantizedConv conv;
@@ -134,7 +136,12 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   GpuOptions opts = base_opts;
   opts.debug_acc = d_acc.ptr;
   opts.debug_act_sum = d_act.ptr;
-  *used = opts.kernel == GpuKernel::kAuto ? ChooseGpuKernel(s) : opts.kernel;
+  *used = ChooseGpuPlan(s, opts);
+  // The workspace of split tiles, poisoned: the call must clear what it uses.
+  DeviceBuffer<uint8_t> d_ws(std::max<size_t>(GpuWorkspaceBytes(s, opts), 1));
+  d_ws.Poison(0xA5);
+  opts.workspace = d_ws.ptr;
+  opts.workspace_bytes = d_ws.count;
   const std::string err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
   const cudaError_t e = cudaDeviceSynchronize();
@@ -214,17 +221,19 @@ bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi
   std::vector<T> input(s.input_elements()), filter(s.filter_elements());
   for (auto& x : input) x = FromDouble<T>(draw(in_lo, in_hi));
   for (auto& x : filter) x = FromDouble<T>(draw(f_lo, f_hi));
-  GpuKernel used;
+  GpuPlan used;
   const std::string err = CheckOne<T>(s, input, filter, qi, qf, lut, opts, &used);
   ++counts->cases;
-  ++counts->per_kernel[static_cast<int>(used)];
+  ++counts->per_kernel[static_cast<int>(used.kernel)];
+  counts->split += used.split_k;
   counts->outputs_checked += s.output_elements();
   if (!err.empty()) {
     ++counts->failures;
     if (counts->failures <= 10) {
-      static const char* kSkipNames[] = {"skip auto", "skip off", "skip always"};
-      std::printf("FAIL %s [%s, %s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used),
-                  kSkipNames[static_cast<int>(opts.zero_skip)], opts.force_wide ? ", wide" : "", err.c_str());
+      static const char* kSkipNames[] = {"skip auto", "skip off", "skip sparse", "skip masked"};
+      std::printf("FAIL %s [%s, %s%s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used.kernel),
+                  used.split_k ? " split-k" : "", kSkipNames[static_cast<int>(opts.zero_skip)],
+                  opts.force_wide ? ", wide" : "", err.c_str());
     }
     return false;
   }
@@ -331,7 +340,8 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   if (forced_kernel == GpuKernel::kAuto && ri(0, 2) == 0) {
     opts.kernel = static_cast<GpuKernel>(ri(0, static_cast<int>(GpuKernel::kCount) - 1));
   }
-  opts.zero_skip = static_cast<ZeroSkip>(ri(0, 2));
+  opts.zero_skip = static_cast<ZeroSkip>(ri(0, 3));
+  opts.split_k = static_cast<SplitK>(ri(0, 2));
   opts.force_wide = ri(0, 4) == 0;
   if (opts.force_wide) ++counts->wide;
   char label[256];
@@ -516,13 +526,14 @@ void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
   MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", qf);
 }
 
-// Every tiled kernel on every benchmark layer (what ChooseGpuKernel's model is checked against).
+// Every tiled kernel on every benchmark layer, K split where the choice would split it (what
+// ChooseGpuPlan's model is checked against).
 void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
-  std::printf("\nSweep: G LUT-MAC/s of each tiled kernel (realistic / uniform data), * = ChooseGpuKernel's pick\n");
+  std::printf("\nSweep: G LUT-MAC/s of each tiled kernel (realistic / uniform data), * = ChooseGpuPlan's pick\n");
   std::printf("%-20s", "shape");
   for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) std::printf(" %17s", GpuKernelName(static_cast<GpuKernel>(k)));
   std::printf("\n");
@@ -538,6 +549,9 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
       for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) {
         GpuOptions opts;
         opts.kernel = static_cast<GpuKernel>(k);
+        DeviceBuffer<uint8_t> d_ws(GpuWorkspaceBytes(s, opts));
+        opts.workspace = d_ws.ptr;
+        opts.workspace_bytes = d_ws.count;
         const double ms = MedianMs(
             [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
         rate[realistic][k] = static_cast<double>(s.lut_macs()) / ms * 1e-6;
@@ -545,7 +559,7 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
     }
     std::printf("%-20s", b.name);
     for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k)
-      std::printf(" %c%7.0f / %7.0f", ChooseGpuKernel(s) == static_cast<GpuKernel>(k) ? '*' : ' ', rate[1][k], rate[0][k]);
+      std::printf(" %c%7.0f / %7.0f", ChooseGpuPlan(s).kernel == static_cast<GpuKernel>(k) ? '*' : ' ', rate[1][k], rate[0][k]);
     std::printf("\n");
   }
 }
@@ -565,10 +579,13 @@ int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
   d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
   GpuOptions opts;
   opts.kernel = kernel;
+  DeviceBuffer<uint8_t> d_ws(GpuWorkspaceBytes(s, opts));
+  opts.workspace = d_ws.ptr;
+  opts.workspace_bytes = d_ws.count;
   const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
   CUDA_OR_DIE(cudaDeviceSynchronize());
   std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
-              GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuKernel(s) : kernel), err.empty() ? "" : ": ",
+              GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuPlan(s).kernel : kernel), err.empty() ? "" : ": ",
               err.c_str());
   return err.empty() ? 0 : 1;
 }
@@ -592,10 +609,11 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
     const ConvShape s = MakeBenchShape(b, 2);
     std::vector<float> in(s.input_elements()), flt(s.filter_elements());
     FillData(rng, true, qi, qf, &in, &flt);
-    GpuKernel used;
+    GpuPlan used;
     const std::string err = CheckOne<float>(s, in, flt, qi, qf, *l40, GpuOptions(), &used);
     ++counts->cases;
-    ++counts->per_kernel[static_cast<int>(used)];
+    ++counts->per_kernel[static_cast<int>(used.kernel)];
+    counts->split += used.split_k;
     counts->outputs_checked += s.output_elements();
     if (!err.empty()) {
       ++counts->failures;
@@ -608,13 +626,16 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
   Baseline baseline(d_lut.ptr);
   std::printf("\nTiming: table %s, float32 NHWC, SAME, stride 1, median of %d runs after 3 warm-ups (CUDA events)\n",
               table_name, runs);
-  std::printf("%-20s %-9s %-11s %9s %10s %10s %10s %11s %10s %6s\n", "shape", "data", "kernel", "ms", "G LUT-MAC/s",
-              "dense G/s", "sparse G/s", "base ms", "base G/s", "ratio");
+  std::printf("%-20s %-9s %-19s %9s %10s %10s %10s %10s %11s %10s %6s\n", "shape", "data", "kernel", "ms",
+              "G LUT-MAC/s", "dense G/s", "masked G/s", "sparse G/s", "base ms", "base G/s", "ratio");
   int mismatches = 0;
   for (const BenchShape& b : shapes) {
     const ConvShape s = MakeBenchShape(b, b.batch);
     DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements()),
         d_base(s.output_elements());
+    const GpuPlan plan = ChooseGpuPlan(s);
+    DeviceBuffer<uint8_t> d_ws(GpuWorkspaceBytes(s));
+    const std::string kernel_name = std::string(GpuKernelName(plan.kernel)) + (plan.split_k ? " split-k" : "");
     for (int realistic = 1; realistic >= 0; --realistic) {
       std::vector<float> in(s.input_elements()), flt(s.filter_elements());
       FillData(rng, realistic, qi, qf, &in, &flt);
@@ -627,6 +648,8 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
       auto time_skip = [&](ZeroSkip skip) {
         GpuOptions opts;
         opts.zero_skip = skip;
+        opts.workspace = d_ws.ptr;
+        opts.workspace_bytes = d_ws.count;
         return MedianMs(
             [&] {
               const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
@@ -636,11 +659,16 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
       };
       const double ms = time_skip(ZeroSkip::kAuto);
       const std::vector<float> out = d_out.Download();
-      // The dense path alone (no skipping) and the sparse path wherever the table allows it.
+      // Each path alone: dense (no skipping), masked, and sparse wherever the table allows them.
       d_out.Poison(0xFF);
       const double dense_ms = time_skip(ZeroSkip::kOff);
       const std::vector<float> dense_out = d_out.Download();
-      const double always_ms = time_skip(ZeroSkip::kAlways);
+      d_out.Poison(0xFF);
+      const double masked_ms = time_skip(ZeroSkip::kMasked);
+      const std::vector<float> masked_out = d_out.Download();
+      d_out.Poison(0xFF);
+      const double sparse_ms = time_skip(ZeroSkip::kSparse);
+      const std::vector<float> sparse_out = d_out.Download();
       const double base_ms = MedianMs([&] { baseline.Launch(s, d_in.ptr, d_flt.ptr, d_base.ptr, qi, qf); }, runs);
       if (!err.empty()) {
         std::printf("FAIL %s: %s\n", b.name, err.c_str());
@@ -649,17 +677,20 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
       }
       // Same integers, same epilogue: the kernels must agree bit for bit on the full layer.
       const std::vector<float> base = d_base.Download();
-      for (const std::vector<float>* o : {&out, &dense_out}) {
-        if (std::memcmp(o->data(), base.data(), base.size() * sizeof(float)) != 0) {
+      const std::pair<const char*, const std::vector<float>*> outputs[] = {
+          {"auto", &out}, {"dense", &dense_out}, {"masked", &masked_out}, {"sparse", &sparse_out}};
+      for (const auto& o : outputs) {
+        if (std::memcmp(o.second->data(), base.data(), base.size() * sizeof(float)) != 0) {
           ++mismatches;
           ++counts->failures;
-          std::printf("FAIL %s: kernel (%s) and baseline outputs differ\n", b.name, o == &out ? "auto" : "no skip");
+          std::printf("FAIL %s: kernel (%s) and baseline outputs differ\n", b.name, o.first);
         }
       }
       const double macs = static_cast<double>(s.lut_macs());
-      std::printf("%-20s %-9s %-11s %9.3f %10.0f %10.0f %10.0f %11.3f %10.0f %6.2f\n", b.name,
-                  realistic ? "realistic" : "uniform", GpuKernelName(ChooseGpuKernel(s)), ms, macs / ms * 1e-6,
-                  macs / dense_ms * 1e-6, macs / always_ms * 1e-6, base_ms, macs / base_ms * 1e-6, base_ms / ms);
+      std::printf("%-20s %-9s %-19s %9.3f %10.0f %10.0f %10.0f %10.0f %11.3f %10.0f %6.2f\n", b.name,
+                  realistic ? "realistic" : "uniform", kernel_name.c_str(), ms, macs / ms * 1e-6,
+                  macs / dense_ms * 1e-6, macs / masked_ms * 1e-6, macs / sparse_ms * 1e-6, base_ms,
+                  macs / base_ms * 1e-6, base_ms / ms);
     }
   }
   if (sweep) Sweep(rng, *l40, runs);
@@ -728,8 +759,9 @@ int main(int argc, char** argv) {
   std::printf("  by kernel:");
   for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
     std::printf(" %s %d", GpuKernelName(static_cast<GpuKernel>(k)), counts.per_kernel[k]);
-  std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d\n", counts.per_type[0],
-              counts.per_type[1], counts.per_type[2], counts.per_type[3], counts.wide);
+  std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d; K split %d\n",
+              counts.per_type[0], counts.per_type[1], counts.per_type[2], counts.per_type[3], counts.wide,
+              counts.split);
   std::printf("%s\n", counts.failures == 0 ? "ALL CHECKS PASSED" : "CHECKS FAILED");
   return counts.failures == 0 ? 0 : 1;
 }

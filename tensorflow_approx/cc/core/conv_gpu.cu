@@ -95,6 +95,12 @@ __device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
   }
 }
 
+// A split tile's workspace slot: weight code sums and R sums [BN] (64-bit), the lookup sums [BM][BN] and
+// the activation code sums [BM] (32-bit, 64 with kWide), and the count of blocks that have added theirs.
+__host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
+  return (static_cast<size_t>(bn) * 16 + (static_cast<size_t>(bm) * bn + bm) * (wide ? 8 : 4) + 4 + 15) / 16 * 16;
+}
+
 // Implicit GEMM: a block of NW warps computes tiles of BM = NW * TM output pixels x BN = 32 * TN output channels of
 // one group over all K taps, looping over tiles (a persistent grid: the table is set up in shared memory
 // once per block, not once per tile). Warp w owns pixels w * TM .. w * TM + TM - 1 and lane l channels
@@ -110,11 +116,19 @@ __device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
 // the table and nothing is skipped). Then sum_k LUT[a_k][w_k] = sum_k (E[a_k][w_k] - off) + sum_k R[w_k], the term of a tap whose
 // activation is the zero point is E[zp][w] - off = 0, and the last sum is a per-channel constant taken
 // when the weights are stored. Activations at the zero point (ReLU zeros, padding) are often half of
-// them; per k tile each warp ballots which of its pixels' taps are not at the zero point and, when that
-// is cheaper, walks only those, kSparseBatch at a time so that their loads overlap (the sparse path),
-// else all taps with register tiles (the dense path).
+// them; per k tile each warp ballots which of its pixels' taps are not at the zero point and takes the
+// path with the fewest shared loads for that count: all taps with register tiles (dense), the same
+// register tiles with the lookups of zero-point taps predicated off (masked: operand loads as dense,
+// lookups as nonzero taps), or only the nonzero taps, kSparseBatch at a time so that their loads overlap
+// (sparse: an operand load per tap and pixel, so it pays at low density and with 4+ channels per lane).
 // Every processed tap adds off, which is taken off per tile; sums are modular in 32 bits (exact: the
-// true sum fits when K <= 65537) or moved to 64 bits every tile (kWide, dense only).
+// true sum fits when K <= 65537) or moved to 64 bits every tile (kWide; no sparse path).
+//
+// Split K (stream-K). With split_ws, block b takes the k tiles [b * U / G, (b + 1) * U / G) of the
+// U = tiles * k_tiles units (G blocks), so every block gets the same work however few tiles there are.
+// A tile that several blocks share has the workspace slot of the block holding its first k tile: each
+// adds its integer sums there (the sums are modular, so order does not matter), and the last to count
+// itself in on the slot's counter reads the totals and writes the output.
 //
 // The tiles hold activation codes as bytes and weights as byte offsets w << 1, so a lookup is one add
 // and one 16-bit shared load.
@@ -122,7 +136,8 @@ template <typename T, int NW, int TM, int TN, bool kWide>
 __global__ void __launch_bounds__(NW * 32, 1)
     TiledConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
                     const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi, QuantParams qf,
-                    Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip) {
+                    Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip,
+                    unsigned char* __restrict__ split_ws) {
   constexpr int NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
   // Bytes per k row of the activation tile: the padding puts the loader's stores (lanes differ in k) on
   // different banks and keeps rows aligned for the vector row loads (TM bytes).
@@ -146,7 +161,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
   unsigned long long* s_wsum = reinterpret_cast<unsigned long long*>(s_pix + BM);    // [BN] code sums
   unsigned long long* s_rsum = s_wsum + BN;                                          // [BN] sums of R[w]
   uint16_t* s_row = reinterpret_cast<uint16_t*>(s_rsum + BN);                        // [256] R
-  int* s_range = reinterpret_cast<int*>(s_row + 256);                                // min, max of LUT - R
+  int* s_range = reinterpret_cast<int*>(s_row + 256);                                // min, max of LUT - R;
+                                                                                     // then: last of a split tile
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const uint32_t zp = static_cast<uint32_t>(g.zero_point);
@@ -186,8 +202,9 @@ __global__ void __launch_bounds__(NW * 32, 1)
   __syncthreads();
   const bool rebased = s_range[1] - s_range[0] <= 65535;  // row zp is in the table: lo <= 0 <= hi
   const uint32_t off = rebased ? static_cast<uint32_t>(-s_range[0]) : 0u;
+  const bool may_mask = rebased && zero_skip != ZeroSkip::kOff;
   // With two channels per lane a sparse step has too few lookups per operand load to pay.
-  const bool may_skip = rebased && !kWide && TN >= 4 && zero_skip != ZeroSkip::kOff;
+  const bool may_sparse = may_mask && !kWide && TN >= 4 && zero_skip != ZeroSkip::kMasked;
   __syncthreads();  // everyone has read s_range and s_row as R before R may become 0
   if (!rebased) {
     for (int i = tid; i < 256; i += NT) s_row[i] = 0;
@@ -214,7 +231,27 @@ __global__ void __launch_bounds__(NW * 32, 1)
   const int w_n = tid % BN, w_k0 = tid / BN;
   const char* lut_bytes = reinterpret_cast<const char*>(s_lut);
 
-  for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
+  // The work: whole tiles in turn, or with split_ws this block's share of the units (see above); the
+  // host keeps units * gridDim.x below 2^62.
+  const long long units = static_cast<long long>(total_tiles) * k_tiles;
+  long long pos = split_ws != nullptr ? units * blockIdx.x / gridDim.x : 0;
+  const long long end = split_ws != nullptr ? units * (blockIdx.x + 1) / gridDim.x : 0;
+  int next_tile = blockIdx.x;
+  for (;;) {
+    int tile, kb, ke;  // k tiles [kb, ke) of this tile
+    if (split_ws != nullptr) {
+      if (pos >= end) break;
+      tile = static_cast<int>(pos / k_tiles);
+      kb = static_cast<int>(pos - static_cast<long long>(tile) * k_tiles);
+      ke = static_cast<int>(min(static_cast<long long>(k_tiles), kb + (end - pos)));
+      pos += ke - kb;
+    } else {
+      if (next_tile >= total_tiles) break;
+      tile = next_tile;
+      next_tile += gridDim.x;
+      kb = 0;
+      ke = k_tiles;
+    }
     const int mt = tile % m_tiles;
     const int rest = tile / m_tiles;
     const int nt = rest % n_tiles;
@@ -244,7 +281,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
     // Loader state: this thread's tap (kh, kw, ci) of column a_k, advanced by BK per tile without a
     // division in the common case. K-fast lanes read consecutive channels of one NHWC pixel.
-    int a_ci = a_k % g.cg, a_kw = (a_k / g.cg) % g.filter_w, a_kh = a_k / g.cg / g.filter_w;
+    const int k_first = kb * BK + a_k;
+    int a_ci = k_first % g.cg, a_kw = (k_first / g.cg) % g.filter_w, a_kh = k_first / g.cg / g.filter_w;
     float a_val[A_PER], w_val[W_PER];
     uint32_t a_kind = 0, w_ok = 0;  // 2 bits per activation: 1 padded, 2 none; 1 bit per weight: valid
     unsigned long long my_wsum = 0, my_rsum = 0;  // this loader thread's weights (column w_n)
@@ -333,18 +371,18 @@ __global__ void __launch_bounds__(NW * 32, 1)
       }
     }
 
-    load_tile(0);
+    load_tile(kb * BK);
     store_tile(0);
     __syncthreads();
-    for (int kt = 0; kt < k_tiles; ++kt) {
-      const int cur = kt & 1;
-      if (kt + 1 < k_tiles) load_tile((kt + 1) * BK);  // global loads in flight during the lookups
+    for (int kt = kb; kt < ke; ++kt) {
+      const int cur = (kt - kb) & 1;
+      if (kt + 1 < ke) load_tile((kt + 1) * BK);  // global loads in flight during the lookups
 
       const uint8_t* a_tile = s_a + cur * BK * AS + warp * TM;  // + k * AS + m
       const uint16_t* w_tile = s_w + cur * BK * BN + lane * TN;  // + k * BN + n
       // Lane k looks at tap k of the warp's pixels: which are not the zero point, and their code sums.
       uint32_t masks[TM];
-      int sparse_steps = 0;
+      int sparse_steps = 0, nonzero = 0;
       {
         uint32_t words[TM / 4];
         LoadWords<TM / 4>(a_tile + lane * AS, words);
@@ -354,13 +392,27 @@ __global__ void __launch_bounds__(NW * 32, 1)
           masks[m] = __ballot_sync(0xFFFFFFFFu, code != zp);
           act_sum[m] += __reduce_add_sync(0xFFFFFFFFu, code);
           sparse_steps += (__popc(masks[m]) + U - 1) / U * U;
+          nonzero += __popc(masks[m]);
         }
       }
-      // Shared loads per lane: a sparse step makes TN lookups and 2 operand loads (plus mask work), a
-      // dense k row TM * TN lookups and 2 operand loads.
-      const bool sparse = may_skip && (zero_skip == ZeroSkip::kAlways ||
-                                       sparse_steps * (TN + 3) < BK * (TM * TN + 2));
-      if (sparse) {
+      // The path (warp-uniform): shared loads per lane, plus the masked path's predicates (half a load
+      // per pixel and tap) and the sparse path's mask work (a load per tap).
+      enum { kDensePath, kMaskedPath, kSparsePath } path = kDensePath;
+      if (zero_skip == ZeroSkip::kSparse && may_sparse) {
+        path = kSparsePath;
+      } else if (zero_skip == ZeroSkip::kSparse || zero_skip == ZeroSkip::kMasked) {
+        path = may_mask ? kMaskedPath : kDensePath;
+      } else if (may_mask) {
+        const int dense_cost = BK * (TM * TN + TM / 4 + TN / 2);
+        const int masked_cost = BK * (TM / 4 + TN / 2 + TM / 2) + nonzero * TN;
+        const int sparse_cost = may_sparse ? sparse_steps * (TN + 3) : INT_MAX;
+        if (sparse_cost < masked_cost && sparse_cost < dense_cost) {
+          path = kSparsePath;
+        } else if (masked_cost < dense_cost) {
+          path = kMaskedPath;
+        }
+      }
+      if (path == kSparsePath) {
 #pragma unroll
         for (int m = 0; m < TM; ++m) {
           uint32_t mask = masks[m], steps = 0;
@@ -386,32 +438,56 @@ __global__ void __launch_bounds__(NW * 32, 1)
           for (int n = 0; n < TN; ++n) acc[m][n] -= steps * off;
         }
       } else {
+        // Dense and masked: k rows of TM activation and TN weight operands; the masked path makes only
+        // the lookups of taps not at the zero point (the others add E[zp][w] - off = 0).
+        auto rows = [&](auto masked_tag) {
+          constexpr bool kMasked = decltype(masked_tag)::value;
 #pragma unroll 4
-        for (int k = 0; k < BK; k += 2) {
-          uint32_t r[2][TM], c[2][TN];
+          for (int k = 0; k < BK; k += 2) {
+            uint32_t r[2][TM], c[2][TN];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            uint32_t words[TM / 4], wv[TN / 2];
-            LoadWords<TM / 4>(a_tile + (k + h) * AS, words);
+            for (int h = 0; h < 2; ++h) {
+              uint32_t words[TM / 4], wv[TN / 2];
+              LoadWords<TM / 4>(a_tile + (k + h) * AS, words);
 #pragma unroll
-            for (int m = 0; m < TM; ++m) r[h][m] = ((words[m / 4] >> (8 * (m % 4))) & 0xFFu) << 9;
-            LoadWords<TN / 2>(w_tile + (k + h) * BN, wv);
+              for (int m = 0; m < TM; ++m) r[h][m] = ((words[m / 4] >> (8 * (m % 4))) & 0xFFu) << 9;
+              LoadWords<TN / 2>(w_tile + (k + h) * BN, wv);
 #pragma unroll
-            for (int n = 0; n < TN; ++n) c[h][n] = (wv[n / 2] >> (16 * (n % 2))) & 0xFFFFu;
+              for (int n = 0; n < TN; ++n) c[h][n] = (wv[n / 2] >> (16 * (n % 2))) & 0xFFFFu;
+            }
+#pragma unroll
+            for (int m = 0; m < TM; ++m) {
+              if (kMasked) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  if ((masks[m] >> (k + h)) & 1u) {
+#pragma unroll
+                    for (int n = 0; n < TN; ++n)
+                      acc[m][n] += *reinterpret_cast<const uint16_t*>(lut_bytes + (r[h][m] + c[h][n]));
+                  }
+                }
+              } else {
+#pragma unroll
+                for (int n = 0; n < TN; ++n) {
+                  const uint32_t l0 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[0][m] + c[0][n]));
+                  const uint32_t l1 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[1][m] + c[1][n]));
+                  acc[m][n] += l0 + l1;
+                }
+              }
+            }
           }
 #pragma unroll
-          for (int m = 0; m < TM; ++m)
+          for (int m = 0; m < TM; ++m) {
+            const uint32_t taps = kMasked ? __popc(masks[m]) : BK;
 #pragma unroll
-            for (int n = 0; n < TN; ++n) {
-              const uint32_t l0 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[0][m] + c[0][n]));
-              const uint32_t l1 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[1][m] + c[1][n]));
-              acc[m][n] += l0 + l1;
-            }
+            for (int n = 0; n < TN; ++n) acc[m][n] -= taps * off;
+          }
+        };
+        if (path == kMaskedPath) {
+          rows(std::true_type());
+        } else {
+          rows(std::false_type());
         }
-#pragma unroll
-        for (int m = 0; m < TM; ++m)
-#pragma unroll
-          for (int n = 0; n < TN; ++n) acc[m][n] -= BK * off;
       }
       if (kWide) {
         // This tile's part of the sum is below 32 * 65535 in magnitude: move it to 64 bits.
@@ -424,7 +500,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
           }
       }
 
-      if (kt + 1 < k_tiles) store_tile(cur ^ 1);  // that buffer was last read before the previous barrier
+      if (kt + 1 < ke) store_tile(cur ^ 1);  // that buffer was last read before the previous barrier
       __syncthreads();
     }
 
@@ -432,6 +508,56 @@ __global__ void __launch_bounds__(NW * 32, 1)
     atomicAdd(&s_wsum[w_n], my_wsum);
     atomicAdd(&s_rsum[w_n], my_rsum);
     __syncthreads();
+
+    if (kb > 0 || ke < k_tiles) {
+      // A split tile: add this block's sums to the slot, and go on only if this block is the last.
+      const long long first = static_cast<long long>(tile) * k_tiles;
+      const int b0 = static_cast<int>(((first + 1) * gridDim.x - 1) / units);  // the block of k tile 0
+      const int b1 = static_cast<int>(((first + k_tiles) * gridDim.x - 1) / units);  // of the last
+      unsigned char* slot = split_ws + static_cast<size_t>(b0) * SplitSlotBytes(BM, BN, kWide);
+      unsigned long long* ws_wsum = reinterpret_cast<unsigned long long*>(slot);
+      unsigned long long* ws_rsum = ws_wsum + BN;
+      ActSum* ws_acc = reinterpret_cast<ActSum*>(ws_rsum + BN);  // [BM][BN]
+      ActSum* ws_act = ws_acc + BM * BN;
+      unsigned int* ws_count = reinterpret_cast<unsigned int*>(ws_act + BM);
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+#pragma unroll
+        for (int n = 0; n < TN; ++n) {
+          const ActSum part = kWide ? static_cast<ActSum>(acc64[kWide ? m : 0][kWide ? n : 0]) : acc[m][n];
+          atomicAdd(&ws_acc[(warp * TM + m) * BN + lane * TN + n], part);
+        }
+        if (lane == 0) atomicAdd(&ws_act[warp * TM + m], act_sum[m]);
+      }
+      for (int i = tid; i < BN; i += NT) {
+        atomicAdd(&ws_wsum[i], s_wsum[i]);
+        atomicAdd(&ws_rsum[i], s_rsum[i]);
+      }
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) s_range[0] = atomicAdd(ws_count, 1u) == static_cast<unsigned>(b1 - b0);
+      __syncthreads();
+      if (!s_range[0]) continue;  // block-uniform; the next tile's first barrier orders s_range
+      __threadfence();
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+#pragma unroll
+        for (int n = 0; n < TN; ++n) {
+          const ActSum total = __ldcg(&ws_acc[(warp * TM + m) * BN + lane * TN + n]);
+          if (kWide) {
+            acc64[kWide ? m : 0][kWide ? n : 0] = static_cast<long long>(total);
+          } else {
+            acc[m][n] = static_cast<uint32_t>(total);
+          }
+        }
+        act_sum[m] = __ldcg(&ws_act[warp * TM + m]);
+      }
+      for (int i = tid; i < BN; i += NT) {
+        s_wsum[i] = __ldcg(&ws_wsum[i]);
+        s_rsum[i] = __ldcg(&ws_rsum[i]);
+      }
+      __syncthreads();
+    }
 
     // Taps past K were processed as (zp, 0) by the dense path: E[zp][0] - off each (0 when rebased).
     const long long tail_term = static_cast<long long>(tail) * (static_cast<long long>(s_lut[zp << 8]) - off);
@@ -577,49 +703,85 @@ std::string GetDeviceInfo(DeviceInfo* info) {
   return "";
 }
 
-// Estimated speed of a tile on this shape: padding waste x the last wave's idle SMs x the tile's rate.
-double TileScore(const ConvShape& s, const TileConfig& t, int sms) {
-  const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
-  const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
-  const int64_t blocks = m_tiles * n_tiles * s.groups();
-  const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
-                      (static_cast<double>(m_tiles * t.bm) * (n_tiles * t.bn));
-  const int64_t waves = (blocks + sms - 1) / sms;
-  const double wave_eff = static_cast<double>(blocks) / static_cast<double>(waves * sms);
-  return fill * wave_eff * (s.taps() >= 256 ? t.rate : t.rate_small_k);
+// How a tile covers a shape: blocks, k tiles, and the share of the tiles' outputs that are real.
+struct TileFit {
+  int64_t blocks, k_tiles;
+  double fill;
+};
+TileFit Fit(const ConvShape& s, int bm, int bn) {
+  const int64_t m_tiles = (s.out_pixels() + bm - 1) / bm;
+  const int64_t n_tiles = (s.out_depth_per_group() + bn - 1) / bn;
+  return {m_tiles * n_tiles * s.groups(), (s.taps() + kBK - 1) / kBK,
+          static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
+              (static_cast<double>(m_tiles * bm) * (n_tiles * bn))};
 }
 
-GpuKernel Choose(const ConvShape& s, const DeviceInfo& dev) {
-  if (s.out_depth_per_group() < 32 || dev.smem_optin < kMaxTiledSmemBytes) return GpuKernel::kDirect;
-  GpuKernel best = GpuKernel::kTile128x64W16;
+// A split layer's speed relative to whole tiles in full waves (the fixups' workspace traffic).
+constexpr double kSplitEfficiency = 0.95;
+
+// Whether K can be split for this fit: at least two k tiles, and the kernel's unit arithmetic
+// (units * grid) within 64 bits.
+bool CanSplit(const TileFit& f, int sms) {
+  return f.k_tiles >= 2 && f.blocks * f.k_tiles < (int64_t{1} << 62) / std::max(sms, 1);
+}
+
+// What runs: the kernel, whether K is split, and the grid (persistent: at most one block per
+// multiprocessor, the table leaves room for no second one).
+struct Plan {
+  GpuKernel kernel = GpuKernel::kDirect;
+  bool split = false;
+  int64_t grid = 0;
+  size_t workspace_bytes = 0;
+};
+
+bool NeedsWide(const ConvShape& s, const GpuOptions& o) { return o.force_wide || s.taps() > 65537; }  // 32-bit sums hold 65537 lookups of 65535
+
+Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
+  Plan plan;
+  if (dev.smem_optin < kMaxTiledSmemBytes) return plan;
+  if (o.kernel == GpuKernel::kAuto && s.out_depth_per_group() < 32) return plan;
+  if (o.kernel == GpuKernel::kDirect) return plan;
+  const int sms = std::max(dev.sms, 1);
+  // Estimated speed: padding waste x the last wave's idle multiprocessors (or the split's cost) x rate.
   double best_score = -1;
+  const TileConfig* best = nullptr;
   for (const TileConfig& t : kTiles) {
-    const double score = TileScore(s, t, std::max(dev.sms, 1));
+    if (o.kernel != GpuKernel::kAuto && o.kernel != t.kernel) continue;
+    const TileFit f = Fit(s, t.bm, t.bn);
+    const int64_t waves = (f.blocks + sms - 1) / sms;
+    const double wave_eff = static_cast<double>(f.blocks) / static_cast<double>(waves * sms);
+    const bool can_split = o.split_k != SplitK::kOff && CanSplit(f, sms);
+    const bool split = can_split && (o.split_k == SplitK::kAlways || wave_eff < kSplitEfficiency);
+    const double score = f.fill * (split ? kSplitEfficiency : wave_eff) *
+                         (s.taps() >= 256 ? t.rate : t.rate_small_k);
     if (score > best_score + 1e-9) {
       best_score = score;
-      best = t.kernel;
+      best = &t;
+      plan.kernel = t.kernel;
+      plan.split = split;
+      plan.grid = split ? std::min<int64_t>(f.blocks * f.k_tiles, sms) : std::min<int64_t>(f.blocks, sms);
     }
   }
-  return best;
+  if (best == nullptr) return Plan();  // an unknown kernel value
+  if (plan.split) plan.workspace_bytes = plan.grid * SplitSlotBytes(best->bm, best->bn, NeedsWide(s, o));
+  return plan;
 }
 
 template <typename T, int NW, int TM, int TN>
-std::string LaunchTiled(bool wide, ZeroSkip zero_skip, int sms, const GpuGeometry& g, const T* input,
-                        const T* filter, T* output, const uint16_t* lut, const QuantParams& qi, const QuantParams& qf,
-                        const Epilogue<typename RealOf<T>::type>& epi, cudaStream_t stream) {
+std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigned char* split_ws, const GpuGeometry& g,
+                        const T* input, const T* filter, T* output, const uint16_t* lut, const QuantParams& qi,
+                        const QuantParams& qf, const Epilogue<typename RealOf<T>::type>& epi, cudaStream_t stream) {
   constexpr int BM = NW * TM, BN = 32 * TN;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (g.npg + BN - 1) / BN;
-  const int64_t blocks = m_tiles * n_tiles * g.groups;
-  if (blocks > INT_MAX / 2) return "convolution too large for one GPU launch";
-  // Persistent grid: one block per multiprocessor (the table leaves room for no second one).
-  const int64_t grid = std::min<int64_t>(blocks, std::max(sms, 1));
+  if (m_tiles * n_tiles * g.groups > INT_MAX / 2) return "convolution too large for one GPU launch";
   const int smem = TiledSmemBytes(BM, BN);
   auto kernel = wide ? TiledConvKernel<T, NW, TM, TN, true> : TiledConvKernel<T, NW, TM, TN, false>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
-  kernel<<<static_cast<unsigned>(grid), NW * 32, smem, stream>>>(
-      input, filter, output, lut, g, qi, qf, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles), zero_skip);
+  kernel<<<static_cast<unsigned>(plan.grid), NW * 32, smem, stream>>>(input, filter, output, lut, g, qi, qf, epi,
+                                                                      static_cast<int>(m_tiles),
+                                                                      static_cast<int>(n_tiles), zero_skip, split_ws);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the tiled convolution launch", e);
   return "";
@@ -681,10 +843,17 @@ const char* GpuKernelName(GpuKernel kernel) {
   }
 }
 
-GpuKernel ChooseGpuKernel(const ConvShape& shape) {
+GpuPlan ChooseGpuPlan(const ConvShape& shape, const GpuOptions& options) {
   DeviceInfo dev;
-  if (!GetDeviceInfo(&dev).empty()) return GpuKernel::kDirect;
-  return Choose(shape, dev);
+  if (!GetDeviceInfo(&dev).empty()) return GpuPlan();
+  const Plan plan = MakePlan(shape, options, dev);
+  return {plan.kernel, plan.split};
+}
+
+size_t GpuWorkspaceBytes(const ConvShape& shape, const GpuOptions& options) {
+  DeviceInfo dev;
+  if (!GetDeviceInfo(&dev).empty()) return 0;
+  return MakePlan(shape, options, dev).workspace_bytes;
 }
 
 template <typename T>
@@ -737,18 +906,32 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
   if (!error.empty()) return error;
   Epilogue<Real> epi{DequantizeTerms<Real>(input_q, filter_q, s.taps()), options.debug_acc,
                      options.debug_act_sum};
-  GpuKernel kernel = options.kernel == GpuKernel::kAuto ? Choose(s, dev) : options.kernel;
-  if (kernel != GpuKernel::kDirect && dev.smem_optin < kMaxTiledSmemBytes) kernel = GpuKernel::kDirect;
-  // 32-bit sums hold up to 65537 lookups of 65535.
-  const bool wide = options.force_wide || s.taps() > 65537;
-  if (kernel == GpuKernel::kDirect) {
+  if (options.kernel != GpuKernel::kAuto &&
+      (static_cast<int>(options.kernel) < 0 || static_cast<int>(options.kernel) >= static_cast<int>(GpuKernel::kCount))) {
+    return "ApproxConvGpu: unknown kernel choice";
+  }
+  Plan plan = MakePlan(s, options, dev);
+  if (plan.kernel == GpuKernel::kDirect) {
     return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, input_q,
                            filter_q, epi, stream);
   }
-  const auto launch = TiledLauncher<T>(kernel);
+  unsigned char* split_ws = nullptr;
+  if (plan.split) {
+    if (options.workspace != nullptr && options.workspace_bytes >= plan.workspace_bytes) {
+      split_ws = static_cast<unsigned char*>(options.workspace);
+      const cudaError_t e = cudaMemsetAsync(split_ws, 0, plan.workspace_bytes, stream);
+      if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
+    } else {  // no room to split: whole tiles
+      GpuOptions whole = options;
+      whole.kernel = plan.kernel;
+      whole.split_k = SplitK::kOff;
+      plan = MakePlan(s, whole, dev);
+    }
+  }
+  const auto launch = TiledLauncher<T>(plan.kernel);
   if (launch == nullptr) return "ApproxConvGpu: unknown kernel choice";
-  return launch(wide, options.zero_skip, dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi,
-                stream);
+  return launch(NeedsWide(s, options), options.zero_skip, plan, split_ws, g, input, filter, output, lut_device, input_q,
+                filter_q, epi, stream);
 }
 
 #define TFAPPROX_INSTANTIATE(T)                                                                      \

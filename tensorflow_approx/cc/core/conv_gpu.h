@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #endif
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -41,13 +42,26 @@ enum class GpuKernel : int {
 };
 
 // Whether the tiled kernels skip the lookups of activations at the zero point (conv_gpu.cu says how).
-// kAuto decides per warp and k tile by counting them; the others exist for the checks and timings.
-enum class ZeroSkip : int { kAuto, kOff, kAlways };
+// kAuto decides per warp and k tile by counting them; the others force one path where the table allows
+// skipping (kSparse needs four channels per lane and 32-bit sums, else it takes the masked path), for
+// the checks and timings.
+enum class ZeroSkip : int { kAuto, kOff, kSparse, kMasked };
+
+// Whether a tiled kernel splits the K taps of output tiles between blocks (stream-K: every block takes
+// an equal share of all tiles' k tiles, and the blocks that share a tile add their integer sums in a
+// workspace, the last one writing the output). kAuto splits when whole tiles would leave multiprocessors
+// idle in the last wave (small layers); the others exist for the checks and timings.
+enum class SplitK : int { kAuto, kOff, kAlways };
 
 struct GpuOptions {
   GpuKernel kernel = GpuKernel::kAuto;
   ZeroSkip zero_skip = ZeroSkip::kAuto;
+  SplitK split_k = SplitK::kAuto;
   bool force_wide = false;  // 64-bit accumulation even where 32 bits suffice (tests the wide path)
+  // Scratch device memory for split tiles, GpuWorkspaceBytes(shape, options) bytes (cleared by each call
+  // on its stream). Without it (or with too little) K is not split: the result is the same.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
   // Device buffers (optional): the integer sums as ReferenceConvAccumulate lays them out over all
   // pixels, acc[p * out_depth + co] and act_sum[p * groups + g].
   int64_t* debug_acc = nullptr;
@@ -73,8 +87,15 @@ std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& shape, const v
                                  const uint16_t* lut_device, void* output, cudaStream_t stream,
                                  const GpuOptions& options = GpuOptions());
 
-// The kernel kAuto would choose for this shape on the current device (for reports).
-GpuKernel ChooseGpuKernel(const ConvShape& shape);
+// The workspace a call with these options needs on the current device (0: none).
+size_t GpuWorkspaceBytes(const ConvShape& shape, const GpuOptions& options = GpuOptions());
+
+// What a call with these options runs for this shape on the current device (kernel kAuto resolved).
+struct GpuPlan {
+  GpuKernel kernel = GpuKernel::kDirect;
+  bool split_k = false;
+};
+GpuPlan ChooseGpuPlan(const ConvShape& shape, const GpuOptions& options = GpuOptions());
 const char* GpuKernelName(GpuKernel kernel);
 
 // Copies a host table (kLutEntries uint16) to new device memory; GpuLutFree releases it.

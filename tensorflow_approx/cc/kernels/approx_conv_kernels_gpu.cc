@@ -75,9 +75,19 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       lut = lut_device_;
     }
     cudaStream_t stream = ctx->eigen_gpu_device().stream();
+    // Scratch for layers whose K is split between blocks (small layers; at most a few MB).
+    tfapprox::GpuOptions options;
+    Tensor workspace;
+    const size_t workspace_bytes = tfapprox::GpuWorkspaceBytes(shape, options);
+    if (workspace_bytes > 0) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(workspace_bytes)}),
+                                             &workspace));
+      options.workspace = workspace.flat<uint8_t>().data();
+      options.workspace_bytes = workspace_bytes;
+    }
     const std::string error = tfapprox::ApproxConvGpuUntyped(
         GpuDtypeOf<T>::value, shape, input.flat<T>().data(), filter.flat<T>().data(), input_q, filter_q, lut,
-        out, stream);
+        out, stream, options);
     // CUDA failures are internal; anything else is a shape these kernels cannot take.
     OP_REQUIRES(ctx, error.empty(),
                 error.rfind("CUDA error", 0) == 0 ? absl::InternalError(error) : absl::InvalidArgumentError(error));
