@@ -79,14 +79,17 @@ __device__ __forceinline__ void CopyLutToShared(const uint16_t* __restrict__ lut
   for (int i = threadIdx.x; i < kLutEntries / 8; i += blockDim.x) dst[i] = __ldg(src + i);
 }
 
-// N consecutive 32-bit words of shared memory in one vector load (a k row of a warp's activation codes,
-// TM bytes, or of a lane's weight offsets, TN uint16).
+// N consecutive 32-bit words of shared memory in vector loads (a k row of a warp's activation row
+// offsets, TM words, or of a lane's weight offsets, TN uint16).
 template <int N>
 __device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
-  static_assert(N == 1 || N == 2 || N == 4, "vector loads");
-  if constexpr (N == 4) {
-    const uint4 v = *reinterpret_cast<const uint4*>(p);
-    words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
+  static_assert(N == 1 || N == 2 || N % 4 == 0, "vector loads");
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      words[4 * i] = v.x, words[4 * i + 1] = v.y, words[4 * i + 2] = v.z, words[4 * i + 3] = v.w;
+    }
   } else if constexpr (N == 2) {
     const uint2 v = *reinterpret_cast<const uint2*>(p);
     words[0] = v.x, words[1] = v.y;
@@ -130,8 +133,8 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 // adds its integer sums there (the sums are modular, so order does not matter), and the last to count
 // itself in on the slot's counter reads the totals and writes the output.
 //
-// The tiles hold activation codes as bytes and weights as byte offsets w << 1, so a lookup is one add
-// and one 16-bit shared load.
+// The tiles hold activations as the byte offsets of their table rows (code << 9) and weights as byte
+// offsets w << 1, so a lookup is one add and one 16-bit shared load, with no unpacking.
 template <typename T, int NW, int TM, int TN, bool kWide>
 __global__ void __launch_bounds__(NW * 32, 1)
     TiledConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
@@ -139,9 +142,9 @@ __global__ void __launch_bounds__(NW * 32, 1)
                     Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip,
                     unsigned char* __restrict__ split_ws) {
   constexpr int NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
-  // Bytes per k row of the activation tile: the padding puts the loader's stores (lanes differ in k) on
-  // different banks and keeps rows aligned for the vector row loads (TM bytes).
-  constexpr int AS = BM + 16;
+  // Words per k row of the activation tile: the padding puts the loader's 16-byte stores (lanes differ in
+  // k) on different banks and keeps rows aligned for the vector row loads (TM words).
+  constexpr int AS = BM + 4;
   constexpr int A_PER = BM * BK / NT;  // activations per loader thread, in groups of 4 pixels
   constexpr int A_GROUPS = A_PER / 4;
   constexpr int W_PER = BN * BK / NT;
@@ -155,7 +158,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* s_lut = reinterpret_cast<uint16_t*>(smem);                              // E
-  uint8_t* s_a = smem + kLutSmemBytes;                                               // [2][BK][AS]
+  uint32_t* s_a = reinterpret_cast<uint32_t*>(smem + kLutSmemBytes);                // [2][BK][AS]
   uint16_t* s_w = reinterpret_cast<uint16_t*>(s_a + 2 * BK * AS);                    // [2][BK][BN]
   int4* s_pix = reinterpret_cast<int4*>(s_w + 2 * BK * BN);                          // [BM]
   unsigned long long* s_wsum = reinterpret_cast<unsigned long long*>(s_pix + BM);    // [BN] code sums
@@ -166,6 +169,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const uint32_t zp = static_cast<uint32_t>(g.zero_point);
+  const uint32_t zp_row = zp << 9;
   const int in_hw = g.in_h * g.in_w;
   const int k_tiles = (g.taps + BK - 1) / BK;
   const uint32_t tail = static_cast<uint32_t>(k_tiles * BK - g.taps);  // taps past K: codes (zp, 0)
@@ -332,17 +336,16 @@ __global__ void __launch_bounds__(NW * 32, 1)
     };
     // Padding and missing taps are stored as the zero point: the sparse path never visits them.
     auto store_tile = [&](int buf) {
-      uint8_t* a = s_a + buf * BK * AS + a_k * AS;
+      uint32_t* a = s_a + buf * BK * AS + a_k * AS;
 #pragma unroll
       for (int grp4 = 0; grp4 < A_GROUPS; ++grp4) {
-        uint32_t word = 0;
+        uint32_t rows[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = grp4 * 4 + j;
-          const uint32_t code = ((a_kind >> (2 * i)) & 3u) == 0 ? QuantizeToCode(a_val[i], qi) : zp;
-          word |= code << (8 * j);
+          rows[j] = (((a_kind >> (2 * i)) & 3u) == 0 ? QuantizeToCode(a_val[i], qi) : zp) << 9;
         }
-        *reinterpret_cast<uint32_t*>(a + 4 * (a_g0 + grp4 * (NT / BK))) = word;
+        *reinterpret_cast<uint4*>(a + 4 * (a_g0 + grp4 * (NT / BK))) = make_uint4(rows[0], rows[1], rows[2], rows[3]);
       }
       uint16_t* w = s_w + buf * BK * BN;
 #pragma unroll
@@ -378,19 +381,18 @@ __global__ void __launch_bounds__(NW * 32, 1)
       const int cur = (kt - kb) & 1;
       if (kt + 1 < ke) load_tile((kt + 1) * BK);  // global loads in flight during the lookups
 
-      const uint8_t* a_tile = s_a + cur * BK * AS + warp * TM;  // + k * AS + m
+      const uint32_t* a_tile = s_a + cur * BK * AS + warp * TM;  // + k * AS + m
       const uint16_t* w_tile = s_w + cur * BK * BN + lane * TN;  // + k * BN + n
       // Lane k looks at tap k of the warp's pixels: which are not the zero point, and their code sums.
       uint32_t masks[TM];
       int sparse_steps = 0, nonzero = 0;
       {
-        uint32_t words[TM / 4];
-        LoadWords<TM / 4>(a_tile + lane * AS, words);
+        uint32_t rows[TM];
+        LoadWords<TM>(a_tile + lane * AS, rows);
 #pragma unroll
         for (int m = 0; m < TM; ++m) {
-          const uint32_t code = (words[m / 4] >> (8 * (m % 4))) & 0xFFu;
-          masks[m] = __ballot_sync(0xFFFFFFFFu, code != zp);
-          act_sum[m] += __reduce_add_sync(0xFFFFFFFFu, code);
+          masks[m] = __ballot_sync(0xFFFFFFFFu, rows[m] != zp_row);
+          act_sum[m] += __reduce_add_sync(0xFFFFFFFFu, rows[m] >> 9);
           sparse_steps += (__popc(masks[m]) + U - 1) / U * U;
           nonzero += __popc(masks[m]);
         }
@@ -423,7 +425,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
               const int k = __ffs(mask) - 1;
               mask &= mask - 1;
               const int kk = k >= 0 ? k : 0;
-              row[u] = (k >= 0 ? a_tile[kk * AS + m] : zp) << 9;
+              row[u] = k >= 0 ? a_tile[kk * AS + m] : zp_row;
               LoadWords<TN / 2>(w_tile + kk * BN, wv[u]);
             }
 #pragma unroll
@@ -442,36 +444,41 @@ __global__ void __launch_bounds__(NW * 32, 1)
         // the lookups of taps not at the zero point (the others add E[zp][w] - off = 0).
         auto rows = [&](auto masked_tag) {
           constexpr bool kMasked = decltype(masked_tag)::value;
-#pragma unroll 4
-          for (int k = 0; k < BK; k += 2) {
-            uint32_t r[2][TM], c[2][TN];
+          constexpr int KU = 8;  // taps per unrolled step: the mask tests are constant-bit tests
+#pragma unroll 1
+          for (int k0 = 0; k0 < BK; k0 += KU) {
+            uint32_t live[TM];
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              uint32_t words[TM / 4], wv[TN / 2];
-              LoadWords<TM / 4>(a_tile + (k + h) * AS, words);
+            for (int m = 0; m < TM; ++m) live[m] = kMasked ? masks[m] >> k0 : 0u;
 #pragma unroll
-              for (int m = 0; m < TM; ++m) r[h][m] = ((words[m / 4] >> (8 * (m % 4))) & 0xFFu) << 9;
-              LoadWords<TN / 2>(w_tile + (k + h) * BN, wv);
+            for (int k = k0; k < k0 + KU; k += 2) {
+              uint32_t r[2][TM], c[2][TN];
 #pragma unroll
-              for (int n = 0; n < TN; ++n) c[h][n] = (wv[n / 2] >> (16 * (n % 2))) & 0xFFFFu;
-            }
+              for (int h = 0; h < 2; ++h) {
+                uint32_t wv[TN / 2];
+                LoadWords<TM>(a_tile + (k + h) * AS, r[h]);
+                LoadWords<TN / 2>(w_tile + (k + h) * BN, wv);
 #pragma unroll
-            for (int m = 0; m < TM; ++m) {
-              if (kMasked) {
+                for (int n = 0; n < TN; ++n) c[h][n] = (wv[n / 2] >> (16 * (n % 2))) & 0xFFFFu;
+              }
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                  if ((masks[m] >> (k + h)) & 1u) {
+              for (int m = 0; m < TM; ++m) {
+                if (kMasked) {
 #pragma unroll
-                    for (int n = 0; n < TN; ++n)
-                      acc[m][n] += *reinterpret_cast<const uint16_t*>(lut_bytes + (r[h][m] + c[h][n]));
+                  for (int h = 0; h < 2; ++h) {
+                    if ((live[m] >> (k - k0 + h)) & 1u) {
+#pragma unroll
+                      for (int n = 0; n < TN; ++n)
+                        acc[m][n] += *reinterpret_cast<const uint16_t*>(lut_bytes + (r[h][m] + c[h][n]));
+                    }
                   }
-                }
-              } else {
+                } else {
 #pragma unroll
-                for (int n = 0; n < TN; ++n) {
-                  const uint32_t l0 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[0][m] + c[0][n]));
-                  const uint32_t l1 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[1][m] + c[1][n]));
-                  acc[m][n] += l0 + l1;
+                  for (int n = 0; n < TN; ++n) {
+                    const uint32_t l0 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[0][m] + c[0][n]));
+                    const uint32_t l1 = *reinterpret_cast<const uint16_t*>(lut_bytes + (r[1][m] + c[1][n]));
+                    acc[m][n] += l0 + l1;
+                  }
                 }
               }
             }
@@ -673,7 +680,7 @@ constexpr TileConfig kTiles[] = {TFAPPROX_TILED_KERNELS(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 
 constexpr int TiledSmemBytes(int bm, int bn) {
-  return kLutSmemBytes + 2 * kBK * (bm + 16) + 2 * kBK * bn * 2 + bm * 16 + bn * 16 + 256 * 2 + 2 * 4;
+  return kLutSmemBytes + 2 * kBK * (bm + 4) * 4 + 2 * kBK * bn * 2 + bm * 16 + bn * 16 + 256 * 2 + 2 * 4;
 }
 constexpr int MaxTiledSmemBytes() {
   int most = 0;
