@@ -535,7 +535,7 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
   std::printf("\nSweep: G LUT-MAC/s of each tiled kernel (realistic / uniform data), * = ChooseGpuPlan's pick\n");
   std::printf("%-20s", "shape");
-  for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) std::printf(" %17s", GpuKernelName(static_cast<GpuKernel>(k)));
+  for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) std::printf(" %18s", GpuKernelName(static_cast<GpuKernel>(k)));
   std::printf("\n");
   for (const BenchShape& b : kBenchShapes) {
     const ConvShape s = MakeBenchShape(b, b.batch);

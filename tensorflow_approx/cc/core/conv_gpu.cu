@@ -120,10 +120,11 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 // activation is the zero point is E[zp][w] - off = 0, and the last sum is a per-channel constant taken
 // when the weights are stored. Activations at the zero point (ReLU zeros, padding) are often half of
 // them; per k tile each warp ballots which of its pixels' taps are not at the zero point and takes the
-// path with the fewest shared loads for that count: all taps with register tiles (dense), the same
-// register tiles with the lookups of zero-point taps predicated off (masked: operand loads as dense,
-// lookups as nonzero taps), or only the nonzero taps, kSparseBatch at a time so that their loads overlap
-// (sparse: an operand load per tap and pixel, so it pays at low density and with 4+ channels per lane).
+// path with the fewest shared loads for that count: register tiles over all k rows with the lookups of
+// zero-point taps skipped (masked: operand loads per k row, lookups per nonzero tap), or only the
+// nonzero taps, kSparseBatch at a time so that their loads overlap (sparse: an operand load per tap and
+// pixel, so it pays at low density and with 4+ channels per lane). Tables that cannot be rebased take
+// the dense path: register tiles, every lookup made.
 // Every processed tap adds off, which is taken off per tile; sums are modular in 32 bits (exact: the
 // true sum fits when K <= 65537) or moved to 64 bits every tile (kWide; no sparse path).
 //
@@ -397,22 +398,18 @@ __global__ void __launch_bounds__(NW * 32, 1)
           nonzero += __popc(masks[m]);
         }
       }
-      // The path (warp-uniform): shared loads per lane, plus the masked path's predicates (half a load
-      // per pixel and tap) and the sparse path's mask work (a load per tap).
+      // The path (warp-uniform), by shared loads per lane: the masked path never makes more than the
+      // dense one (and measured as fast even with no zero-point taps), the sparse one adds a load per tap
+      // for its mask work.
       enum { kDensePath, kMaskedPath, kSparsePath } path = kDensePath;
       if (zero_skip == ZeroSkip::kSparse && may_sparse) {
         path = kSparsePath;
       } else if (zero_skip == ZeroSkip::kSparse || zero_skip == ZeroSkip::kMasked) {
         path = may_mask ? kMaskedPath : kDensePath;
       } else if (may_mask) {
-        const int dense_cost = BK * (TM * TN + TM / 4 + TN / 2);
-        const int masked_cost = BK * (TM / 4 + TN / 2 + TM / 2) + nonzero * TN;
+        const int masked_cost = BK * (TM / 4 + TN / 2) + nonzero * TN;
         const int sparse_cost = may_sparse ? sparse_steps * (TN + 3) : INT_MAX;
-        if (sparse_cost < masked_cost && sparse_cost < dense_cost) {
-          path = kSparsePath;
-        } else if (masked_cost < dense_cost) {
-          path = kMaskedPath;
-        }
+        path = sparse_cost < masked_cost ? kSparsePath : kMaskedPath;
       }
       if (path == kSparsePath) {
 #pragma unroll
@@ -652,22 +649,22 @@ __global__ void __launch_bounds__(256)
 }
 
 // rate: a block's throughput relative to tile128x64's, from benchmarks/gpu --sweep on an H200 (3x3
-// layers, realistic data; tile128x64 ~2.6 T LUT-MAC/s when every SM is busy). Sixteen warps hide the
+// layers, realistic data; tile128x64 ~2.0 T LUT-MAC/s when every SM is busy). Sixteen warps hide the
 // shared-memory latency that eight leave exposed (the table allows one block per SM); wider register
-// tiles make more lookups per operand load and longer sparse steps. Wide tiles gain less when K is
-// small (their prologue and epilogue are paid every couple of k tiles).
+// tiles make more lookups per operand load and per mask test. Every tile gains less when K is small
+// (its prologue and epilogue are paid every couple of k tiles).
 //
 // Every tiled kernel, once: its GpuKernel, warps per block, pixels and channels per thread, rate, rate
 // when K < 256.
 #define TFAPPROX_TILED_KERNELS(X)            \
-  X(kTile128x64W16, 16, 8, 2, 1.19, 1.01)    \
-  X(kTile128x128W16, 16, 8, 4, 1.63, 1.3)    \
-  X(kTile64x128W16, 16, 4, 4, 1.5, 1.17)     \
+  X(kTile128x64W16, 16, 8, 2, 1.88, 1.53)    \
+  X(kTile128x128W16, 16, 8, 4, 2.56, 1.89)   \
+  X(kTile64x128W16, 16, 4, 4, 2.16, 1.64)    \
   X(kTile128x64, 8, 16, 2, 1.0, 0.83)        \
-  X(kTile64x128, 8, 8, 4, 1.15, 0.94)        \
-  X(kTile64x256, 8, 8, 8, 1.3, 0.91)         \
-  X(kTile32x128, 8, 4, 4, 0.92, 0.75)        \
-  X(kTile64x64, 8, 8, 2, 0.9, 0.74)
+  X(kTile64x128, 8, 8, 4, 1.45, 1.18)        \
+  X(kTile64x256, 8, 8, 8, 1.75, 1.19)        \
+  X(kTile32x128, 8, 4, 4, 1.12, 0.93)        \
+  X(kTile64x64, 8, 8, 2, 0.9, 0.77)
 
 struct TileConfig {
   GpuKernel kernel;

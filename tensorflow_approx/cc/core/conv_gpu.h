@@ -1,7 +1,7 @@
 // The op on an NVIDIA GPU: raw device pointers, a ConvShape and a stream; no TensorFlow header, so the
 // same code is checked and timed by benchmarks/gpu/ on a machine without TensorFlow.
 //
-// One fused launch per call: the input and filter are quantized while the patches are gathered
+// One fused launch per call (after clearing the workspace when K is split): the input and filter are quantized while the patches are gathered
 // (implicit GEMM, no im2col buffer), the 128 KB table sits in shared memory, the lookups accumulate in
 // 32-bit integers (64-bit when K * 65535 could pass 2^32), the code sums for the correction terms are
 // taken in the same pass, and the output is written once in the op's data format.
