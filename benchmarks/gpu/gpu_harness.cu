@@ -384,6 +384,45 @@ void WideCases(std::mt19937_64& rng, Counts* counts) {
   }
 }
 
+// A tiled call without its workspace (missing, short, misaligned) must return an error naming it and
+// launch nothing.
+void WorkspaceChecks(Counts* counts) {
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kSame;
+  ConvShape s;
+  const int64_t in_dims[4] = {2, 8, 8, 64}, filter_dims[4] = {3, 3, 64, 64};
+  if (!ComputeConvShape(in_dims, filter_dims, attrs, &s).empty()) return;
+  QuantParams q;
+  MakeQuantParams(-1.f, 1.f, 8, "a", "b", &q);
+  DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements());
+  d_in.Poison(0);
+  d_flt.Poison(0);
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_lut.Poison(0);
+  const size_t need = GpuWorkspaceBytes(s);
+  DeviceBuffer<uint8_t> d_ws(need + 16);
+  struct Case {
+    const char* what;
+    void* ptr;
+    size_t bytes;
+  } cases[] = {{"no workspace", nullptr, 0}, {"one byte short", d_ws.ptr, need - 1}, {"misaligned", d_ws.ptr + 8, need}};
+  for (const Case& c : cases) {
+    GpuOptions opts;
+    opts.workspace = c.ptr;
+    opts.workspace_bytes = c.bytes;
+    ++counts->cases;
+    const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, q, q, d_lut.ptr, d_out.ptr, 0, opts);
+    if (need == 0 || err.find("workspace") == std::string::npos) {
+      ++counts->failures;
+      std::printf("FAIL workspace check (%s): expected an error naming the workspace, got \"%s\"\n", c.what,
+                  err.c_str());
+    }
+  }
+  CUDA_OR_DIE(cudaDeviceSynchronize());
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Baseline: the earlier tools' approach, written here. A naive 16 x 16 tiled GEMM (one output per
 // thread), quantization fused into the tile loads, the table read through the texture path.
@@ -752,6 +791,7 @@ int main(int argc, char** argv) {
   for (int done = 0; done < cases;)
     if (RandomCase(rng, tables, &counts)) ++done;
   WideCases(rng, &counts);
+  WorkspaceChecks(&counts);
   if (bench) Bench(rng, tables, runs, sweep, &counts);
 
   std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",

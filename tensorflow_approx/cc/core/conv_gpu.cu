@@ -98,10 +98,37 @@ __device__ __forceinline__ void LoadWords(const void* p, uint32_t (&words)[N]) {
   }
 }
 
-// A split tile's workspace slot: weight code sums and R sums [BN] (64-bit), the lookup sums [BM][BN] and
-// the activation code sums [BM] (32-bit, 64 with kWide), and the count of blocks that have added theirs.
+// A split tile's workspace slot: the lookup sums [BM][BN] and the activation code sums [BM] (32-bit, 64
+// with kWide), and the count of blocks that have added theirs.
 __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
-  return (static_cast<size_t>(bn) * 16 + (static_cast<size_t>(bm) * bn + bm) * (wide ? 8 : 4) + 4 + 15) / 16 * 16;
+  return ((static_cast<size_t>(bm) * bn + bm) * (wide ? 8 : 4) + 4 + 15) / 16 * 16;
+}
+
+// The filter's codes, once per call, for the tiled kernels: table column offsets (code << 1) in the
+// filter's HWIO order, and per output channel the code sum and the sum of LUT[zp][code] (sums[out_depth
+// + co]), added into zeroed sums. Threads of a warp take adjacent channels (coalesced), each a run of taps.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    FilterCodesKernel(const T* __restrict__ filter, int taps, int out_depth, QuantParams qf,
+                      const uint16_t* __restrict__ lut, int zero_point, uint16_t* __restrict__ codes,
+                      unsigned long long* __restrict__ sums) {
+  constexpr int kRun = 32;
+  const int64_t runs = (static_cast<int64_t>(taps) + kRun - 1) / kRun * out_depth;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int co = static_cast<int>(idx % out_depth);
+    const int k0 = static_cast<int>(idx / out_depth) * kRun;
+    unsigned long long code_sum = 0, row_sum = 0;
+    for (int k = k0; k < min(taps, k0 + kRun); ++k) {
+      const int64_t i = static_cast<int64_t>(k) * out_depth + co;
+      const uint32_t code = QuantizeToCode(ToFloat(filter[i]), qf);
+      codes[i] = static_cast<uint16_t>(code << 1);
+      code_sum += code;
+      row_sum += __ldg(lut + zero_point * 256 + code);
+    }
+    atomicAdd(&sums[co], code_sum);
+    atomicAdd(&sums[out_depth + co], row_sum);
+  }
 }
 
 // Implicit GEMM: a block of NW warps computes tiles of BM = NW * TM output pixels x BN = 32 * TN output channels of
@@ -118,7 +145,7 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 // and, at every zero point, of 35 of the seed's 36 EvoApprox tables; when not, R = 0 and off = 0, E is
 // the table and nothing is skipped). Then sum_k LUT[a_k][w_k] = sum_k (E[a_k][w_k] - off) + sum_k R[w_k], the term of a tap whose
 // activation is the zero point is E[zp][w] - off = 0, and the last sum is a per-channel constant taken
-// when the weights are stored. Activations at the zero point (ReLU zeros, padding) are often half of
+// by the filter codes pass. Activations at the zero point (ReLU zeros, padding) are often half of
 // them; per k tile each warp ballots which of its pixels' taps are not at the zero point and takes the
 // path with the fewest shared loads for that count: register tiles over all k rows with the lookups of
 // zero-point taps skipped (masked: operand loads per k row, lookups per nonzero tap), or only the
@@ -138,8 +165,9 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 // offsets w << 1, so a lookup is one add and one 16-bit shared load, with no unpacking.
 template <typename T, int NW, int TM, int TN, bool kWide>
 __global__ void __launch_bounds__(NW * 32, 1)
-    TiledConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
-                    const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi, QuantParams qf,
+    TiledConvKernel(const T* __restrict__ input, const uint16_t* __restrict__ w_codes,
+                    const unsigned long long* __restrict__ w_sums, T* __restrict__ output,
+                    const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi,
                     Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip,
                     unsigned char* __restrict__ split_ws) {
   constexpr int NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
@@ -162,9 +190,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
   uint32_t* s_a = reinterpret_cast<uint32_t*>(smem + kLutSmemBytes);                // [2][BK][AS]
   uint16_t* s_w = reinterpret_cast<uint16_t*>(s_a + 2 * BK * AS);                    // [2][BK][BN]
   int4* s_pix = reinterpret_cast<int4*>(s_w + 2 * BK * BN);                          // [BM]
-  unsigned long long* s_wsum = reinterpret_cast<unsigned long long*>(s_pix + BM);    // [BN] code sums
-  unsigned long long* s_rsum = s_wsum + BN;                                          // [BN] sums of R[w]
-  uint16_t* s_row = reinterpret_cast<uint16_t*>(s_rsum + BN);                        // [256] R
+  uint16_t* s_row = reinterpret_cast<uint16_t*>(s_pix + BM);                         // [256] R
   int* s_range = reinterpret_cast<int*>(s_row + 256);                                // min, max of LUT - R;
                                                                                      // then: last of a split tile
 
@@ -279,18 +305,14 @@ __global__ void __launch_bounds__(NW * 32, 1)
       s_pix[i] = info;
     }
     __syncthreads();  // s_pix ready; every warp is past the previous tile's epilogue
-    for (int i = tid; i < BN; i += NT) {
-      s_wsum[i] = 0;
-      s_rsum[i] = 0;
-    }
 
     // Loader state: this thread's tap (kh, kw, ci) of column a_k, advanced by BK per tile without a
     // division in the common case. K-fast lanes read consecutive channels of one NHWC pixel.
     const int k_first = kb * BK + a_k;
     int a_ci = k_first % g.cg, a_kw = (k_first / g.cg) % g.filter_w, a_kh = k_first / g.cg / g.filter_w;
-    float a_val[A_PER], w_val[W_PER];
-    uint32_t a_kind = 0, w_ok = 0;  // 2 bits per activation: 1 padded, 2 none; 1 bit per weight: valid
-    unsigned long long my_wsum = 0, my_rsum = 0;  // this loader thread's weights (column w_n)
+    float a_val[A_PER];
+    uint32_t a_kind = 0;  // 2 bits per activation: 1 padded, 2 none
+    uint32_t w_code[W_PER];  // offsets of the weights (column w_n); 0 past K or the group's channels
 
     auto load_tile = [&](int k0) {
       const bool k_ok = k0 + a_k < g.taps;
@@ -313,16 +335,11 @@ __global__ void __launch_bounds__(NW * 32, 1)
           a_val[i] = ToFloat(input[off_in]);
         }
       }
-      w_ok = 0;
 #pragma unroll
       for (int i = 0; i < W_PER; ++i) {
         const int k = k0 + w_k0 + i * (NT / BN);
         const int co = n0 + w_n;
-        w_val[i] = 0.f;
-        if (k < g.taps && co < g.npg) {
-          w_val[i] = ToFloat(filter[k * g.out_depth + grp * g.npg + co]);
-          w_ok |= 1u << i;
-        }
+        w_code[i] = k < g.taps && co < g.npg ? __ldg(w_codes + k * g.out_depth + grp * g.npg + co) : 0u;
       }
       a_ci += BK;
       if (a_ci >= g.cg) {
@@ -352,13 +369,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
 #pragma unroll
       for (int i = 0; i < W_PER; ++i) {
         const int kl = w_k0 + i * (NT / BN);
-        uint32_t code = 0;
-        if ((w_ok >> i) & 1u) {
-          code = QuantizeToCode(w_val[i], qf);
-          my_wsum += code;
-          my_rsum += s_row[code];
-        }
-        w[kl * BN + w_n] = static_cast<uint16_t>(code << 1);
+        w[kl * BN + w_n] = static_cast<uint16_t>(w_code[i]);
       }
     };
 
@@ -508,20 +519,13 @@ __global__ void __launch_bounds__(NW * 32, 1)
       __syncthreads();
     }
 
-    // Publish the weight sums.
-    atomicAdd(&s_wsum[w_n], my_wsum);
-    atomicAdd(&s_rsum[w_n], my_rsum);
-    __syncthreads();
-
     if (kb > 0 || ke < k_tiles) {
       // A split tile: add this block's sums to the slot, and go on only if this block is the last.
       const long long first = static_cast<long long>(tile) * k_tiles;
       const int b0 = static_cast<int>(((first + 1) * gridDim.x - 1) / units);  // the block of k tile 0
       const int b1 = static_cast<int>(((first + k_tiles) * gridDim.x - 1) / units);  // of the last
       unsigned char* slot = split_ws + static_cast<size_t>(b0) * SplitSlotBytes(BM, BN, kWide);
-      unsigned long long* ws_wsum = reinterpret_cast<unsigned long long*>(slot);
-      unsigned long long* ws_rsum = ws_wsum + BN;
-      ActSum* ws_acc = reinterpret_cast<ActSum*>(ws_rsum + BN);  // [BM][BN]
+      ActSum* ws_acc = reinterpret_cast<ActSum*>(slot);  // [BM][BN]
       ActSum* ws_act = ws_acc + BM * BN;
       unsigned int* ws_count = reinterpret_cast<unsigned int*>(ws_act + BM);
 #pragma unroll
@@ -532,10 +536,6 @@ __global__ void __launch_bounds__(NW * 32, 1)
           atomicAdd(&ws_acc[(warp * TM + m) * BN + lane * TN + n], part);
         }
         if (lane == 0) atomicAdd(&ws_act[warp * TM + m], act_sum[m]);
-      }
-      for (int i = tid; i < BN; i += NT) {
-        atomicAdd(&ws_wsum[i], s_wsum[i]);
-        atomicAdd(&ws_rsum[i], s_rsum[i]);
       }
       __threadfence();
       __syncthreads();
@@ -556,11 +556,6 @@ __global__ void __launch_bounds__(NW * 32, 1)
         }
         act_sum[m] = __ldcg(&ws_act[warp * TM + m]);
       }
-      for (int i = tid; i < BN; i += NT) {
-        s_wsum[i] = __ldcg(&ws_wsum[i]);
-        s_rsum[i] = __ldcg(&ws_rsum[i]);
-      }
-      __syncthreads();
     }
 
     // Taps past K were processed as (zp, 0) by the dense path: E[zp][0] - off each (0 when rebased).
@@ -579,16 +574,16 @@ __global__ void __launch_bounds__(NW * 32, 1)
         const int nl = lane * TN + n;
         if (n0 + nl >= g.npg) continue;
         const int co = grp * g.npg + n0 + nl;
-        const long long rsum = static_cast<long long>(s_rsum[nl]);
+        // R = 0 when the table is not rebased (see above).
+        const long long rsum = rebased ? static_cast<long long>(__ldg(w_sums + g.out_depth + co)) : 0;
         const int64_t sum =
             kWide ? acc64[kWide ? m : 0][kWide ? n : 0] + rsum - tail_term
                   : static_cast<int64_t>(acc[m][n] + static_cast<uint32_t>(rsum) - static_cast<uint32_t>(tail_term));
-        StoreOutput(g, output, p, co, FromReal<T>(epi.deq(sum, a_sum, static_cast<long long>(s_wsum[nl]))));
+        StoreOutput(g, output, p, co, FromReal<T>(epi.deq(sum, a_sum, static_cast<long long>(__ldg(w_sums + co)))));
         if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = sum;
       }
     }
-    // The next tile writes s_pix and tile buffer 0 (read last before the final barrier of the k loop),
-    // and clears the weight sums only after its first barrier.
+    // The next tile writes s_pix and tile buffer 0 (read last before the final barrier of the k loop).
   }
 }
 
@@ -649,7 +644,7 @@ __global__ void __launch_bounds__(256)
 }
 
 // rate: a block's throughput relative to tile128x64's, from benchmarks/gpu --sweep on an H200 (3x3
-// layers, realistic data; tile128x64 ~2.0 T LUT-MAC/s when every SM is busy). Sixteen warps hide the
+// layers, realistic data; tile128x64 ~2.4 T LUT-MAC/s when every SM is busy). Sixteen warps hide the
 // shared-memory latency that eight leave exposed (the table allows one block per SM); wider register
 // tiles make more lookups per operand load and per mask test. Every tile gains less when K is small
 // (its prologue and epilogue are paid every couple of k tiles).
@@ -657,14 +652,14 @@ __global__ void __launch_bounds__(256)
 // Every tiled kernel, once: its GpuKernel, warps per block, pixels and channels per thread, rate, rate
 // when K < 256.
 #define TFAPPROX_TILED_KERNELS(X)            \
-  X(kTile128x64W16, 16, 8, 2, 1.88, 1.53)    \
-  X(kTile128x128W16, 16, 8, 4, 2.56, 1.89)   \
-  X(kTile64x128W16, 16, 4, 4, 2.16, 1.64)    \
-  X(kTile128x64, 8, 16, 2, 1.0, 0.83)        \
-  X(kTile64x128, 8, 8, 4, 1.45, 1.18)        \
-  X(kTile64x256, 8, 8, 8, 1.75, 1.19)        \
-  X(kTile32x128, 8, 4, 4, 1.12, 0.93)        \
-  X(kTile64x64, 8, 8, 2, 0.9, 0.77)
+  X(kTile128x64W16, 16, 8, 2, 1.68, 1.3)     \
+  X(kTile128x128W16, 16, 8, 4, 2.39, 1.62)   \
+  X(kTile64x128W16, 16, 4, 4, 2.13, 1.51)    \
+  X(kTile128x64, 8, 16, 2, 1.0, 0.79)        \
+  X(kTile64x128, 8, 8, 4, 1.47, 1.09)        \
+  X(kTile64x256, 8, 8, 8, 2.17, 1.07)        \
+  X(kTile32x128, 8, 4, 4, 1.34, 1.01)        \
+  X(kTile64x64, 8, 8, 2, 0.95, 0.75)
 
 struct TileConfig {
   GpuKernel kernel;
@@ -677,7 +672,7 @@ constexpr TileConfig kTiles[] = {TFAPPROX_TILED_KERNELS(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 
 constexpr int TiledSmemBytes(int bm, int bn) {
-  return kLutSmemBytes + 2 * kBK * (bm + 4) * 4 + 2 * kBK * bn * 2 + bm * 16 + bn * 16 + 256 * 2 + 2 * 4;
+  return kLutSmemBytes + 2 * kBK * (bm + 4) * 4 + 2 * kBK * bn * 2 + bm * 16 + 256 * 2 + 2 * 4;
 }
 constexpr int MaxTiledSmemBytes() {
   int most = 0;
@@ -730,12 +725,13 @@ bool CanSplit(const TileFit& f, int sms) {
 }
 
 // What runs: the kernel, whether K is split, and the grid (persistent: at most one block per
-// multiprocessor, the table leaves room for no second one).
+// multiprocessor, the table leaves room for no second one). A tiled kernel's workspace holds the
+// filter's codes, then their per-channel sums, then (split) one slot per block.
 struct Plan {
   GpuKernel kernel = GpuKernel::kDirect;
   bool split = false;
   int64_t grid = 0;
-  size_t workspace_bytes = 0;
+  size_t codes_bytes = 0, sums_bytes = 0, workspace_bytes = 0;
 };
 
 bool NeedsWide(const ConvShape& s, const GpuOptions& o) { return o.force_wide || s.taps() > 65537; }  // 32-bit sums hold 65537 lookups of 65535
@@ -767,25 +763,42 @@ Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
     }
   }
   if (best == nullptr) return Plan();  // an unknown kernel value
-  if (plan.split) plan.workspace_bytes = plan.grid * SplitSlotBytes(best->bm, best->bn, NeedsWide(s, o));
+  plan.codes_bytes = (static_cast<size_t>(s.filter_elements()) * sizeof(uint16_t) + 15) / 16 * 16;
+  plan.sums_bytes = static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long);
+  plan.workspace_bytes = plan.codes_bytes + plan.sums_bytes +
+                         (plan.split ? plan.grid * SplitSlotBytes(best->bm, best->bn, NeedsWide(s, o)) : 0);
   return plan;
 }
 
+// The filter's codes and sums into the workspace (after clearing the sums and split slots), then the
+// tiled kernel.
 template <typename T, int NW, int TM, int TN>
-std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigned char* split_ws, const GpuGeometry& g,
-                        const T* input, const T* filter, T* output, const uint16_t* lut, const QuantParams& qi,
-                        const QuantParams& qf, const Epilogue<typename RealOf<T>::type>& epi, cudaStream_t stream) {
+std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigned char* workspace, int sms,
+                        const GpuGeometry& g, const T* input, const T* filter, T* output, const uint16_t* lut,
+                        const QuantParams& qi, const QuantParams& qf, const Epilogue<typename RealOf<T>::type>& epi,
+                        cudaStream_t stream) {
   constexpr int BM = NW * TM, BN = 32 * TN;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (g.npg + BN - 1) / BN;
   if (m_tiles * n_tiles * g.groups > INT_MAX / 2) return "convolution too large for one GPU launch";
+  uint16_t* codes = reinterpret_cast<uint16_t*>(workspace);
+  unsigned long long* sums = reinterpret_cast<unsigned long long*>(workspace + plan.codes_bytes);
+  unsigned char* split_ws = plan.split ? workspace + plan.codes_bytes + plan.sums_bytes : nullptr;
+  cudaError_t e = cudaMemsetAsync(sums, 0, plan.workspace_bytes - plan.codes_bytes, stream);
+  if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
+  const int64_t runs = (static_cast<int64_t>(g.taps) + 31) / 32 * g.out_depth;
+  const int64_t code_blocks = std::min<int64_t>((runs + 255) / 256, int64_t{8} * std::max(sms, 1));
+  FilterCodesKernel<T><<<static_cast<unsigned>(code_blocks), 256, 0, stream>>>(filter, g.taps, g.out_depth, qf, lut,
+                                                                               g.zero_point, codes, sums);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return CudaError("the filter codes launch", e);
   const int smem = TiledSmemBytes(BM, BN);
   auto kernel = wide ? TiledConvKernel<T, NW, TM, TN, true> : TiledConvKernel<T, NW, TM, TN, false>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
-  kernel<<<static_cast<unsigned>(plan.grid), NW * 32, smem, stream>>>(input, filter, output, lut, g, qi, qf, epi,
-                                                                      static_cast<int>(m_tiles),
-                                                                      static_cast<int>(n_tiles), zero_skip, split_ws);
+  kernel<<<static_cast<unsigned>(plan.grid), NW * 32, smem, stream>>>(
+      input, codes, sums, output, lut, g, qi, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles), zero_skip,
+      split_ws);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the tiled convolution launch", e);
   return "";
@@ -914,28 +927,22 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
       (static_cast<int>(options.kernel) < 0 || static_cast<int>(options.kernel) >= static_cast<int>(GpuKernel::kCount))) {
     return "ApproxConvGpu: unknown kernel choice";
   }
-  Plan plan = MakePlan(s, options, dev);
+  const Plan plan = MakePlan(s, options, dev);
   if (plan.kernel == GpuKernel::kDirect) {
     return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, input_q,
                            filter_q, epi, stream);
   }
-  unsigned char* split_ws = nullptr;
-  if (plan.split) {
-    if (options.workspace != nullptr && options.workspace_bytes >= plan.workspace_bytes) {
-      split_ws = static_cast<unsigned char*>(options.workspace);
-      const cudaError_t e = cudaMemsetAsync(split_ws, 0, plan.workspace_bytes, stream);
-      if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
-    } else {  // no room to split: whole tiles
-      GpuOptions whole = options;
-      whole.kernel = plan.kernel;
-      whole.split_k = SplitK::kOff;
-      plan = MakePlan(s, whole, dev);
-    }
+  if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
+    return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +
+           std::to_string(plan.workspace_bytes) + " bytes of device memory";
+  }
+  if (reinterpret_cast<uintptr_t>(options.workspace) % 16 != 0) {
+    return "ApproxConvGpu: the workspace must be 16-byte aligned";
   }
   const auto launch = TiledLauncher<T>(plan.kernel);
   if (launch == nullptr) return "ApproxConvGpu: unknown kernel choice";
-  return launch(NeedsWide(s, options), options.zero_skip, plan, split_ws, g, input, filter, output, lut_device, input_q,
-                filter_q, epi, stream);
+  return launch(NeedsWide(s, options), options.zero_skip, plan, static_cast<unsigned char*>(options.workspace),
+                dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
 }
 
 #define TFAPPROX_INSTANTIATE(T)                                                                      \

@@ -1,10 +1,12 @@
 // The op on an NVIDIA GPU: raw device pointers, a ConvShape and a stream; no TensorFlow header, so the
 // same code is checked and timed by benchmarks/gpu/ on a machine without TensorFlow.
 //
-// One fused launch per call (after clearing the workspace when K is split): the input and filter are quantized while the patches are gathered
-// (implicit GEMM, no im2col buffer), the 128 KB table sits in shared memory, the lookups accumulate in
-// 32-bit integers (64-bit when K * 65535 could pass 2^32), the code sums for the correction terms are
-// taken in the same pass, and the output is written once in the op's data format.
+// Per call: the filter is quantized once into the workspace (codes and per-channel sums, a small
+// pass), then one fused launch: the input is quantized while the patches are gathered (implicit GEMM,
+// no im2col buffer), the 128 KB table sits in shared memory, the lookups accumulate in 32-bit integers
+// (64-bit when K * 65535 could pass 2^32), the activation code sums for the correction terms are taken
+// in the same pass, and the output is written once in the op's data format. (Depthwise and narrow
+// groups take a direct kernel that quantizes both operands itself and needs no workspace.)
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
 
@@ -58,8 +60,9 @@ struct GpuOptions {
   ZeroSkip zero_skip = ZeroSkip::kAuto;
   SplitK split_k = SplitK::kAuto;
   bool force_wide = false;  // 64-bit accumulation even where 32 bits suffice (tests the wide path)
-  // Scratch device memory for split tiles, GpuWorkspaceBytes(shape, options) bytes (cleared by each call
-  // on its stream). Without it (or with too little) K is not split: the result is the same.
+  // Scratch device memory of GpuWorkspaceBytes(shape, options) bytes, 16-byte aligned, needed when that
+  // is not 0 (the tiled kernels): the filter's codes, quantized once per call, and the sums of split
+  // tiles. Each call writes it on its stream; calls in flight at once need their own.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   // Device buffers (optional): the integer sums as ReferenceConvAccumulate lays them out over all
@@ -87,7 +90,8 @@ std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& shape, const v
                                  const uint16_t* lut_device, void* output, cudaStream_t stream,
                                  const GpuOptions& options = GpuOptions());
 
-// The workspace a call with these options needs on the current device (0: none).
+// The workspace a call with these options needs on the current device (0: none; a few MB at most
+// beyond 2 bytes per filter element).
 size_t GpuWorkspaceBytes(const ConvShape& shape, const GpuOptions& options = GpuOptions());
 
 // What a call with these options runs for this shape on the current device (kernel kAuto resolved).

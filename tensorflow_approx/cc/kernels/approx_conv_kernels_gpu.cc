@@ -75,7 +75,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       lut = lut_device_;
     }
     cudaStream_t stream = ctx->eigen_gpu_device().stream();
-    // Scratch for layers whose K is split between blocks (small layers; at most a few MB).
+    // Scratch of the tiled kernels: the filter quantized once, and the sums of split tiles (a few MB).
     tfapprox::GpuOptions options;
     Tensor workspace;
     const size_t workspace_bytes = tfapprox::GpuWorkspaceBytes(shape, options);
