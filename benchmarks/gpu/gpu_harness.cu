@@ -16,10 +16,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <utility>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensorflow_approx/cc/core/approx_conv_cpu.h"
@@ -102,6 +102,24 @@ struct Counts {
   int per_type[4] = {};
   int wide = 0;
   int split = 0;  // cases whose K was split between blocks
+
+  void Add(const GpuPlan& plan, int64_t outputs) {
+    ++cases;
+    ++per_kernel[static_cast<int>(plan.kernel)];
+    split += plan.split_k;
+    outputs_checked += outputs;
+  }
+};
+
+// The workspace a call with `options` needs on this shape, attached to them.
+struct Workspace : DeviceBuffer<uint8_t> {
+  Workspace(const ConvShape& s, GpuOptions* options) : DeviceBuffer<uint8_t>(GpuWorkspaceBytes(s, *options)) {
+    Attach(options);
+  }
+  void Attach(GpuOptions* options) const {
+    options->workspace = ptr;
+    options->workspace_bytes = count;
+  }
 };
 
 // Runs one case on the GPU and the CPU and compares acc, act_sum and output bits. Returns "" or what
@@ -137,11 +155,9 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   opts.debug_acc = d_acc.ptr;
   opts.debug_act_sum = d_act.ptr;
   *used = ChooseGpuPlan(s, opts);
-  // The workspace of split tiles, poisoned: the call must clear what it uses.
-  DeviceBuffer<uint8_t> d_ws(std::max<size_t>(GpuWorkspaceBytes(s, opts), 1));
+  // The workspace, poisoned: the call must clear what it uses.
+  Workspace d_ws(s, &opts);
   d_ws.Poison(0xA5);
-  opts.workspace = d_ws.ptr;
-  opts.workspace_bytes = d_ws.count;
   const std::string err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
   const cudaError_t e = cudaDeviceSynchronize();
@@ -223,10 +239,7 @@ bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi
   for (auto& x : filter) x = FromDouble<T>(draw(f_lo, f_hi));
   GpuPlan used;
   const std::string err = CheckOne<T>(s, input, filter, qi, qf, lut, opts, &used);
-  ++counts->cases;
-  ++counts->per_kernel[static_cast<int>(used.kernel)];
-  counts->split += used.split_k;
-  counts->outputs_checked += s.output_elements();
+  counts->Add(used, s.output_elements());
   if (!err.empty()) {
     ++counts->failures;
     if (counts->failures <= 10) {
@@ -588,9 +601,7 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
       for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) {
         GpuOptions opts;
         opts.kernel = static_cast<GpuKernel>(k);
-        DeviceBuffer<uint8_t> d_ws(GpuWorkspaceBytes(s, opts));
-        opts.workspace = d_ws.ptr;
-        opts.workspace_bytes = d_ws.count;
+        const Workspace d_ws(s, &opts);
         const double ms = MedianMs(
             [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
         rate[realistic][k] = static_cast<double>(s.lut_macs()) / ms * 1e-6;
@@ -618,9 +629,7 @@ int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
   d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
   GpuOptions opts;
   opts.kernel = kernel;
-  DeviceBuffer<uint8_t> d_ws(GpuWorkspaceBytes(s, opts));
-  opts.workspace = d_ws.ptr;
-  opts.workspace_bytes = d_ws.count;
+  const Workspace d_ws(s, &opts);
   const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
   CUDA_OR_DIE(cudaDeviceSynchronize());
   std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
@@ -650,10 +659,7 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
     FillData(rng, true, qi, qf, &in, &flt);
     GpuPlan used;
     const std::string err = CheckOne<float>(s, in, flt, qi, qf, *l40, GpuOptions(), &used);
-    ++counts->cases;
-    ++counts->per_kernel[static_cast<int>(used.kernel)];
-    counts->split += used.split_k;
-    counts->outputs_checked += s.output_elements();
+    counts->Add(used, s.output_elements());
     if (!err.empty()) {
       ++counts->failures;
       std::printf("FAIL bench shape %s (N=2): %s\n", b.name, err.c_str());
@@ -673,7 +679,8 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
     DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements()),
         d_base(s.output_elements());
     const GpuPlan plan = ChooseGpuPlan(s);
-    DeviceBuffer<uint8_t> d_ws(GpuWorkspaceBytes(s));
+    GpuOptions auto_opts;
+    const Workspace d_ws(s, &auto_opts);  // every path below runs the same plan
     const std::string kernel_name = std::string(GpuKernelName(plan.kernel)) + (plan.split_k ? " split-k" : "");
     for (int realistic = 1; realistic >= 0; --realistic) {
       std::vector<float> in(s.input_elements()), flt(s.filter_elements());
@@ -687,8 +694,7 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
       auto time_skip = [&](ZeroSkip skip) {
         GpuOptions opts;
         opts.zero_skip = skip;
-        opts.workspace = d_ws.ptr;
-        opts.workspace_bytes = d_ws.count;
+        d_ws.Attach(&opts);
         return MedianMs(
             [&] {
               const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);

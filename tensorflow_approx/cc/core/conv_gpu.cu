@@ -106,20 +106,21 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 
 // The filter's codes, once per call, for the tiled kernels: table column offsets (code << 1) in the
 // filter's HWIO order, and per output channel the code sum and the sum of LUT[zp][code] (sums[out_depth
-// + co]), added into zeroed sums. Threads of a warp take adjacent channels (coalesced), each a run of taps.
+// + co]), added into zeroed sums. Threads of a warp take adjacent channels (coalesced), each a run of
+// kFilterRun taps.
+constexpr int kFilterRun = 32;
 template <typename T>
 __global__ void __launch_bounds__(256)
     FilterCodesKernel(const T* __restrict__ filter, int taps, int out_depth, QuantParams qf,
                       const uint16_t* __restrict__ lut, int zero_point, uint16_t* __restrict__ codes,
                       unsigned long long* __restrict__ sums) {
-  constexpr int kRun = 32;
-  const int64_t runs = (static_cast<int64_t>(taps) + kRun - 1) / kRun * out_depth;
+  const int64_t runs = (static_cast<int64_t>(taps) + kFilterRun - 1) / kFilterRun * out_depth;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int co = static_cast<int>(idx % out_depth);
-    const int k0 = static_cast<int>(idx / out_depth) * kRun;
+    const int k0 = static_cast<int>(idx / out_depth) * kFilterRun;
     unsigned long long code_sum = 0, row_sum = 0;
-    for (int k = k0; k < min(taps, k0 + kRun); ++k) {
+    for (int k = k0; k < min(taps, k0 + kFilterRun); ++k) {
       const int64_t i = static_cast<int64_t>(k) * out_depth + co;
       const uint32_t code = QuantizeToCode(ToFloat(filter[i]), qf);
       codes[i] = static_cast<uint16_t>(code << 1);
@@ -757,12 +758,12 @@ Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
     if (score > best_score + 1e-9) {
       best_score = score;
       best = &t;
-      plan.kernel = t.kernel;
       plan.split = split;
       plan.grid = split ? std::min<int64_t>(f.blocks * f.k_tiles, sms) : std::min<int64_t>(f.blocks, sms);
     }
   }
   if (best == nullptr) return Plan();  // an unknown kernel value
+  plan.kernel = best->kernel;
   plan.codes_bytes = (static_cast<size_t>(s.filter_elements()) * sizeof(uint16_t) + 15) / 16 * 16;
   plan.sums_bytes = static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long);
   plan.workspace_bytes = plan.codes_bytes + plan.sums_bytes +
@@ -786,7 +787,7 @@ std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigne
   unsigned char* split_ws = plan.split ? workspace + plan.codes_bytes + plan.sums_bytes : nullptr;
   cudaError_t e = cudaMemsetAsync(sums, 0, plan.workspace_bytes - plan.codes_bytes, stream);
   if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
-  const int64_t runs = (static_cast<int64_t>(g.taps) + 31) / 32 * g.out_depth;
+  const int64_t runs = (static_cast<int64_t>(g.taps) + kFilterRun - 1) / kFilterRun * g.out_depth;
   const int64_t code_blocks = std::min<int64_t>((runs + 255) / 256, int64_t{8} * std::max(sms, 1));
   FilterCodesKernel<T><<<static_cast<unsigned>(code_blocks), 256, 0, stream>>>(filter, g.taps, g.out_depth, qf, lut,
                                                                                g.zero_point, codes, sums);
