@@ -15,12 +15,12 @@ mkdir -p "$build"
 
 core=tensorflow_approx/cc/core
 sources=("$core/quantize.cc" "$core/lut.cc" "$core/conv_shape.cc" "$core/conv_reference.cc" "$core/conv_cpu.cc"
-         "$core/conv_gpu.cu" benchmarks/gpu/gpu_harness.cu)
+         "$core/conv_gpu.cu" "$core/lut_gpu.cu" "$core/nan_gpu.cu" benchmarks/gpu/gpu_harness.cu)
 # -fmad=false and -ffp-contract=off: the codes and outputs must round exactly as the CPU build does.
 flags=(-std=c++17 -O3 -I. -fmad=false -Xcompiler -ffp-contract=off
        -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90)
 bin=$build/gpu_harness
-stamp=$(cat "${sources[@]}" $core/*.h "$0" | sha256sum | cut -c1-16)
+stamp=$(cat "${sources[@]}" $core/*.h $core/*.cuh "$0" | sha256sum | cut -c1-16)
 
 usable() { [ -x "$bin" ] && [ "$(cat "$build/stamp" 2>/dev/null)" = "$stamp" ] && { "$bin" --help >/dev/null 2>&1; [ $? -eq 2 ]; }; }
 if ! usable; then

@@ -5,6 +5,8 @@
 #define TENSORFLOW_APPROX_CC_CORE_APPROX_CONV_CPU_H_
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -19,6 +21,49 @@ enum class CpuKernel { kReference, kFast };
 // stays small whatever the batch size.
 constexpr int64_t kAccumulatorElementsPerPass = int64_t{1} << 18;
 
+// NaN propagates as in fake quantization followed by a float convolution (docs/semantics.md): a NaN in
+// the filter makes its output channel NaN everywhere (every output multiplies every filter tap), a NaN
+// in the input makes NaN the outputs of its group whose window holds it. Runs only when a NaN was seen.
+template <typename T>
+void PropagateNan(const ConvShape& s, const T* input, const std::vector<uint8_t>& filter_nan,
+                  const ParallelFor& parallel_for, T* output) {
+  const T nan = static_cast<T>(std::numeric_limits<float>::quiet_NaN());
+  const int64_t out_hw = s.out_h * s.out_w;
+  const bool nhwc = s.data_format == DataFormat::kNHWC;
+  const int64_t channel_stride = nhwc ? 1 : out_hw;
+  const int64_t in_hw = s.in_h * s.in_w;
+  const int64_t groups = s.groups(), out_per_group = s.out_depth_per_group();
+  parallel_for(s.out_pixels(), s.taps() * groups, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / out_hw;
+      T* out = nhwc ? output + p * s.out_depth : output + n * s.out_depth * out_hw + p % out_hw;
+      for (int64_t g = 0; g < groups; ++g) {
+        bool window_nan = false;
+        for (int64_t kh = 0; kh < s.filter_h && !window_nan; ++kh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
+          if (ih < 0 || ih >= s.in_h) continue;
+          for (int64_t kw = 0; kw < s.filter_w && !window_nan; ++kw) {
+            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
+            if (iw < 0 || iw >= s.in_w) continue;
+            for (int64_t ci = g * s.filter_depth; ci < (g + 1) * s.filter_depth; ++ci) {
+              const float v = static_cast<float>(
+                  nhwc ? input[((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + ci]
+                       : input[(n * s.in_depth + ci) * in_hw + ih * s.in_w + iw]);
+              if (v != v) {
+                window_nan = true;
+                break;
+              }
+            }
+          }
+        }
+        for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {
+          if (window_nan || filter_nan[co]) out[co * channel_stride] = nan;
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
                    const QuantParams& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
@@ -29,28 +74,33 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   // Input codes in NHWC whatever the data format.
   std::vector<uint8_t> input_codes(static_cast<size_t>(s.input_elements()));
   const int64_t hw = s.in_h * s.in_w;
+  std::atomic<bool> input_nan{false};
   parallel_for(s.batch * hw, s.in_depth * 8, [&](int64_t begin, int64_t end) {
+    bool nan = false;
     for (int64_t nhw = begin; nhw < end; ++nhw) {
       uint8_t* out = &input_codes[nhw * s.in_depth];
-      if (s.data_format == DataFormat::kNHWC) {
-        const T* in = input + nhw * s.in_depth;
-        for (int64_t c = 0; c < s.in_depth; ++c) out[c] = QuantizeToCode(static_cast<float>(in[c]), input_q);
-      } else {
-        const int64_t n = nhw / hw, pos = nhw % hw;
-        const T* in = input + n * s.in_depth * hw + pos;
-        for (int64_t c = 0; c < s.in_depth; ++c) {
-          out[c] = QuantizeToCode(static_cast<float>(in[c * hw]), input_q);
-        }
+      const int64_t n = nhw / hw, pos = nhw % hw;
+      const T* in = s.data_format == DataFormat::kNHWC ? input + nhw * s.in_depth : input + n * s.in_depth * hw + pos;
+      const int64_t stride = s.data_format == DataFormat::kNHWC ? 1 : hw;
+      for (int64_t c = 0; c < s.in_depth; ++c) {
+        const float v = static_cast<float>(in[c * stride]);
+        nan |= v != v;
+        out[c] = QuantizeToCode(v, input_q);
       }
     }
+    if (nan) input_nan = true;
   });
 
   // Filter codes as [out_depth][filter_h][filter_w][filter_depth] from HWIO.
   const int64_t taps = s.taps();
   std::vector<uint8_t> filter_codes(static_cast<size_t>(s.filter_elements()));
+  std::vector<uint8_t> filter_nan(static_cast<size_t>(s.out_depth), 0);
+  bool any_filter_nan = false;
   for (int64_t t = 0; t < taps; ++t) {
     for (int64_t co = 0; co < s.out_depth; ++co) {
-      filter_codes[co * taps + t] = QuantizeToCode(static_cast<float>(filter[t * s.out_depth + co]), filter_q);
+      const float v = static_cast<float>(filter[t * s.out_depth + co]);
+      if (v != v) filter_nan[co] = 1, any_filter_nan = true;
+      filter_codes[co * taps + t] = QuantizeToCode(v, filter_q);
     }
   }
 
@@ -95,6 +145,7 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
       }
     });
   }
+  if (input_nan || any_filter_nan) PropagateNan(s, input, filter_nan, parallel_for, output);
 }
 
 }  // namespace tfapprox

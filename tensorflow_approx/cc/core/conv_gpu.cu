@@ -8,70 +8,19 @@
 #include <string>
 #include <type_traits>
 
+#include "tensorflow_approx/cc/core/conv_gpu_common.cuh"
 #include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/lut.h"
 
 namespace tfapprox {
 namespace {
 
+using namespace gpu_internal;  // NOLINT: the shared device pieces, written as if declared here
+
 // Tiled kernels: K taps per pipeline stage (one per lane of a warp).
 constexpr int kBK = 32;
 constexpr int kSparseBatch = 4;  // taps per step of the sparse path
 constexpr int kLutSmemBytes = kLutEntries * 2;
-
-template <typename T>
-struct RealOf {
-  using type = float;
-};
-template <>
-struct RealOf<double> {
-  using type = double;
-};
-
-// Conversions as the CPU pipeline's static_casts do them (round to nearest even).
-__device__ __forceinline__ float ToFloat(float x) { return x; }
-__device__ __forceinline__ float ToFloat(double x) { return __double2float_rn(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T FromReal(typename RealOf<T>::type x);
-template <>
-__device__ __forceinline__ float FromReal<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ double FromReal<double>(double x) { return x; }
-template <>
-__device__ __forceinline__ __half FromReal<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromReal<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-// The geometry in 32-bit integers: every tensor has fewer than 2^31 elements (ComputeConvShape) and
-// the host checks the spatial terms below 2^30, so no index computed from these overflows.
-struct GpuGeometry {
-  int in_h, in_w, in_depth, filter_h, filter_w, cg, out_depth, npg, groups;
-  int stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w;
-  int taps, pixels;
-  bool nchw;
-  int zero_point;
-};
-
-template <typename Real>
-struct Epilogue {
-  DequantizeTerms<Real> deq;
-  int64_t* debug_acc;
-  int64_t* debug_act_sum;
-};
-
-template <typename T>
-__device__ __forceinline__ void StoreOutput(const GpuGeometry& g, T* output, int p, int co, T value) {
-  if (!g.nchw) {
-    output[static_cast<int64_t>(p) * g.out_depth + co] = value;
-  } else {
-    const int hw = g.out_h * g.out_w;
-    const int n = p / hw;
-    output[(static_cast<int64_t>(n) * g.out_depth + co) * hw + (p - n * hw)] = value;
-  }
-}
 
 __device__ __forceinline__ void CopyLutToShared(const uint16_t* __restrict__ lut, uint16_t* s_lut) {
   const uint4* src = reinterpret_cast<const uint4*>(lut);
@@ -682,11 +631,6 @@ constexpr int MaxTiledSmemBytes() {
 }
 constexpr int kMaxTiledSmemBytes = MaxTiledSmemBytes();
 
-std::string CudaError(const char* what, cudaError_t e) {
-  return std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
-         ")";
-}
-
 struct DeviceInfo {
   int sms = 0;
   int smem_optin = 0;
@@ -896,28 +840,7 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
   for (int64_t v : spatial) {
     if (v < 0 || v >= kLimit) return "ApproxConvGpu: a spatial size or padding is too large for the GPU kernels";
   }
-  GpuGeometry g;
-  g.in_h = static_cast<int>(s.in_h);
-  g.in_w = static_cast<int>(s.in_w);
-  g.in_depth = static_cast<int>(s.in_depth);
-  g.filter_h = static_cast<int>(s.filter_h);
-  g.filter_w = static_cast<int>(s.filter_w);
-  g.cg = static_cast<int>(s.filter_depth);
-  g.out_depth = static_cast<int>(s.out_depth);
-  g.npg = static_cast<int>(s.out_depth_per_group());
-  g.groups = static_cast<int>(s.groups());
-  g.stride_h = static_cast<int>(s.stride_h);
-  g.stride_w = static_cast<int>(s.stride_w);
-  g.dil_h = static_cast<int>(s.dilation_h);
-  g.dil_w = static_cast<int>(s.dilation_w);
-  g.pad_top = static_cast<int>(s.pad_top);
-  g.pad_left = static_cast<int>(s.pad_left);
-  g.out_h = static_cast<int>(s.out_h);
-  g.out_w = static_cast<int>(s.out_w);
-  g.taps = static_cast<int>(s.taps());
-  g.pixels = static_cast<int>(s.out_pixels());
-  g.nchw = s.data_format == DataFormat::kNCHW;
-  g.zero_point = input_q.zero_point;
+  const GpuGeometry g = MakeGpuGeometry(s, input_q.zero_point);
 
   DeviceInfo dev;
   std::string error = GetDeviceInfo(&dev);
@@ -979,26 +902,6 @@ std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& s, const void*
   }
   if (typed == nullptr) return "ApproxConvGpuUntyped: unknown element type";
   return typed(s, input, filter, input_q, filter_q, lut_device, output, stream, options);
-}
-
-std::string GpuLutUpload(const uint16_t* host_lut, uint16_t** device_lut) {
-  *device_lut = nullptr;
-  void* ptr = nullptr;
-  cudaError_t e = cudaMalloc(&ptr, kLutFileBytes);
-  if (e != cudaSuccess) return CudaError("cudaMalloc of the table", e);
-  e = cudaMemcpy(ptr, host_lut, kLutFileBytes, cudaMemcpyHostToDevice);
-  if (e != cudaSuccess) {
-    cudaFree(ptr);
-    return CudaError("cudaMemcpy of the table", e);
-  }
-  *device_lut = static_cast<uint16_t*>(ptr);
-  return "";
-}
-
-std::string GpuLutFree(uint16_t* device_lut) {
-  if (device_lut == nullptr) return "";
-  const cudaError_t e = cudaFree(device_lut);
-  return e == cudaSuccess ? "" : CudaError("cudaFree of the table", e);
 }
 
 }  // namespace tfapprox

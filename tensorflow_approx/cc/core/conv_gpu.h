@@ -106,6 +106,22 @@ const char* GpuKernelName(GpuKernel kernel);
 std::string GpuLutUpload(const uint16_t* host_lut, uint16_t** device_lut);
 std::string GpuLutFree(uint16_t* device_lut);
 
+// Special values, handled around ApproxConvGpu without waiting for the device: kGpuFlagCount device
+// ints, zeroed by the caller before the first of these calls of an op call.
+enum : int { kGpuFlagInputNan = 0, kGpuFlagFilterNan = 1, kGpuFlagInvalidTable = 2, kGpuFlagCount = 4 };
+
+// A float32 table (kLutEntries values, device memory) into the uint16 table `lut` (device memory, 16-byte
+// aligned); an entry that is not an integer in [0, 65535] sets flags[kGpuFlagInvalidTable].
+std::string GpuLutFromFloat(const float* table, uint16_t* lut, int* flags, cudaStream_t stream);
+
+// Before the convolution: notes in flags whether input or filter hold a NaN.
+std::string GpuScanNan(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter, int* flags,
+                       cudaStream_t stream);
+// After it: makes NaN the outputs that a NaN reaches (as PropagateNan on the CPU), or every output when the
+// table was invalid. Returns at once on the device when no flag is set.
+std::string GpuPropagateNan(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter,
+                            void* output, const int* flags, cudaStream_t stream);
+
 }  // namespace tfapprox
 
 #endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_

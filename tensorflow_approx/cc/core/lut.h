@@ -26,6 +26,26 @@ std::string LoadLutFile(const std::string& path, std::shared_ptr<const Lut>* lut
 // The table for a mul_map_file attribute: the exact table for "", otherwise LoadLutFile.
 std::string LoadMulMap(const std::string& mul_map_file, std::shared_ptr<const Lut>* lut);
 
+// A table as one call sees it, with an identity: `id` differs whenever the content may differ (0 is the
+// exact table), so device copies can be cached by id.
+struct LutRef {
+  std::shared_ptr<const Lut> lut;
+  uint64_t id = 0;
+};
+
+// The table of a mul_map_file attribute as the file is NOW, for every call of the op: a file rewritten or
+// replaced is seen from the next call on. Tables are cached by (device, inode, size, mtime, ctime) in a
+// process-wide LRU of kLutCacheEntries tables (kLutCacheEntries * 128 KB of memory at most), so a call
+// costs one stat(). A file modified less than kLutTrustSeconds before it was cached may be rewritten
+// again within the file system's timestamp granularity with the same key: such entries are re-read and
+// compared on every call until the file is older. Returns "" or a message as LoadLutFile.
+constexpr int kLutCacheEntries = 32;
+constexpr int kLutTrustSeconds = 2;
+std::string LookupMulMap(const std::string& mul_map_file, LutRef* ref);
+
+// Tables cached by LookupMulMap now (for tests of the bound).
+int CachedLutCount();
+
 }  // namespace tfapprox
 
 #endif  // TENSORFLOW_APPROX_CC_CORE_LUT_H_

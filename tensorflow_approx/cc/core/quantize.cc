@@ -22,6 +22,15 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
     msg << name_min << " must not exceed " << name_max << ", got " << min << " > " << max;
     return msg.str();
   }
+  if (min == max && min != 0.f) {
+    // TensorFlow's fake quantization turns every value into NaN on such a range (its scale is 0 and
+    // zero is not in it); silent zeros would be worse. [0, 0] stays valid: every code 0, output 0.
+    std::ostringstream msg;
+    msg << name_min << " == " << name_max << " == " << min
+        << ": a zero-width range must be [0, 0]; widen it to contain 0 (e.g. [min(" << name_min
+        << ", 0), max(" << name_max << ", 0)])";
+    return msg.str();
+  }
   const int32_t quant_max = (1 << num_bits) - 1;
   const float quant_min_float = 0.f;
   const float quant_max_float = static_cast<float>(quant_max);

@@ -32,7 +32,8 @@ struct QuantParams {
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
                             const char* name_max, QuantParams* q);
 
-// The code of x. Values outside the nudged range are clamped; NaN maps to code 0.
+// The code of x. Values outside the nudged range are clamped; NaN maps to code 0 here, and the kernels
+// make NaN the outputs it reaches (PropagateNan).
 // The float32 steps are those of TensorFlow 2.21's FakeQuantWithMinMaxVarsFunctor (a true division by
 // the scale, the zero code subtracted before rounding), so codes agree with
 // tf.quantization.fake_quant_with_min_max_vars bit for bit. The build passes -ffp-contract=off so that

@@ -30,14 +30,21 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
         [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
           Shard(workers->num_threads, workers->workers, total, cost, fn);
         };
+    tfapprox::LutRef file_table;  // holds the file's table for the duration of the call
+    std::vector<uint16_t> converted;
+    const uint16_t* lut = nullptr;
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &file_table, &converted, &lut));
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
-                               filter_q, this->lut()->data(), parallel_for, output->flat<T>().data());
+                               filter_q, lut, parallel_for, output->flat<T>().data());
   }
 };
 
 #define REGISTER_CPU(T)                                                                       \
   REGISTER_KERNEL_BUILDER(                                                                    \
       Name("ApproxConv2DWithMinMaxVars").Device(DEVICE_CPU).TypeConstraint<T>("T"),           \
+      ApproxConv2DCpuOp<T>);                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                                    \
+      Name("ApproxConv2DWithTable").Device(DEVICE_CPU).TypeConstraint<T>("T"),                \
       ApproxConv2DCpuOp<T>);
 REGISTER_CPU(Eigen::half);
 REGISTER_CPU(bfloat16);

@@ -1,13 +1,19 @@
-// GPU OpKernel: the shared validation of ApproxConv2DOpBase, then one call into the framework-free CUDA
-// core (tensorflow_approx/cc/core/conv_gpu.h) on TensorFlow's stream. Built only when ./configure.sh
+// GPU OpKernels of both ops: the shared validation of ApproxConv2DOpBase, the table on the device, then
+// the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h) on TensorFlow's stream: NaN scan,
+// convolution, NaN propagation, nothing waiting for the host. Built only when ./configure.sh
 // found nvcc (Bazel config :using_cuda); the library still loads in a CPU-only TensorFlow, where this
 // registration simply stays unused.
 #if GOOGLE_CUDA
 
+#include <algorithm>
+#include <iterator>
+#include <list>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/types.h"
 #include "tensorflow_approx/cc/core/conv_gpu.h"
@@ -35,17 +41,71 @@ struct GpuDtypeOf<bfloat16> {  // same bits as __nv_bfloat16
   static constexpr tfapprox::GpuDtype value = tfapprox::GpuDtype::kBfloat16;
 };
 
+// Device copies of file tables, shared by every kernel: kGpuLutCacheEntries per GPU at most (128 KB each),
+// keyed by the table's LutRef id (a rewritten file has a new id). Evicting one waits for the evicting
+// call's stream first, so no queued kernel still reads it (TensorFlow runs a GPU's kernels on one
+// compute stream); uploads and evictions happen only when a new table is first used.
+constexpr int kGpuLutCacheEntries = 16;
+
+class GpuLutCache {
+ public:
+  static GpuLutCache& Get() {
+    static GpuLutCache* cache = new GpuLutCache;  // never destroyed: kernels may run at exit
+    return *cache;
+  }
+
+  absl::Status Lookup(int device, const tfapprox::LutRef& table, cudaStream_t stream, const uint16_t** lut) {
+    std::lock_guard<std::mutex> lock(mu_);
+    int on_device = 0;
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->device != device) continue;
+      if (it->id == table.id) {
+        entries_.splice(entries_.begin(), entries_, it);
+        *lut = it->lut;
+        return absl::OkStatus();
+      }
+      ++on_device;
+    }
+    if (on_device >= kGpuLutCacheEntries) {
+      auto oldest = std::find_if(entries_.rbegin(), entries_.rend(), [&](const Entry& e) { return e.device == device; });
+      const cudaError_t e = cudaStreamSynchronize(stream);
+      if (e != cudaSuccess) return absl::InternalError(std::string("cudaStreamSynchronize: ") + cudaGetErrorString(e));
+      tfapprox::GpuLutFree(oldest->lut);
+      entries_.erase(std::next(oldest).base());
+    }
+    uint16_t* uploaded = nullptr;
+    const std::string error = tfapprox::GpuLutUpload(table.lut->data(), &uploaded);
+    if (!error.empty()) return absl::InternalError(error);
+    entries_.push_front(Entry{device, table.id, uploaded});
+    *lut = uploaded;
+    return absl::OkStatus();
+  }
+
+ private:
+  struct Entry {
+    int device;
+    uint64_t id;
+    uint16_t* lut;
+  };
+  std::mutex mu_;
+  std::list<Entry> entries_;  // most recently used first
+};
+
+absl::Status CudaStatus(const char* what, cudaError_t e) {
+  return e == cudaSuccess ? absl::OkStatus()
+                          : absl::InternalError(absl::StrCat("ApproxConv2D: ", what, ": ", cudaGetErrorString(e)));
+}
+
+absl::Status CoreStatus(const std::string& error) {
+  // CUDA failures are internal; anything else is a shape these kernels cannot take.
+  if (error.empty()) return absl::OkStatus();
+  return error.rfind("CUDA error", 0) == 0 ? absl::InternalError(error) : absl::InvalidArgumentError(error);
+}
+
 template <typename T>
 class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
  public:
-  explicit ApproxConv2DGpuOp(OpKernelConstruction* ctx) : ApproxConv2DOpBase<T>(ctx) {}
-
-  ~ApproxConv2DGpuOp() override {
-    if (lut_device_ != nullptr) {
-      if (device_ >= 0) cudaSetDevice(device_);
-      tfapprox::GpuLutFree(lut_device_);  // nothing to report to at destruction
-    }
-  }
+  using ApproxConv2DOpBase<T>::ApproxConv2DOpBase;
 
  protected:
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
@@ -56,25 +116,42 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     cudaPointerAttributes attributes;
     cudaError_t e = cudaPointerGetAttributes(&attributes, out);
     OP_REQUIRES(ctx, e == cudaSuccess && attributes.type == cudaMemoryTypeDevice,
-                absl::InternalError(std::string("ApproxConv2DWithMinMaxVars: output is not device memory: ") +
+                absl::InternalError(std::string("ApproxConv2D: output is not device memory: ") +
                                     cudaGetErrorString(e)));
-    e = cudaSetDevice(attributes.device);
-    OP_REQUIRES(ctx, e == cudaSuccess, absl::InternalError(std::string("cudaSetDevice: ") + cudaGetErrorString(e)));
+    OP_REQUIRES_OK(ctx, CudaStatus("cudaSetDevice", cudaSetDevice(attributes.device)));
+    cudaStream_t stream = ctx->eigen_gpu_device().stream();
+
+    Tensor flags;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_INT32, TensorShape({tfapprox::kGpuFlagCount}), &flags));
+    int* flag_ptr = flags.flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CudaStatus("cudaMemsetAsync", cudaMemsetAsync(flag_ptr, 0, sizeof(int32_t) * tfapprox::kGpuFlagCount, stream)));
 
     const uint16_t* lut = nullptr;
-    {
-      // The table goes to the device once per kernel, on first use; concurrent Computes wait here.
-      std::lock_guard<std::mutex> lock(mu_);
-      if (lut_device_ == nullptr) {
-        const std::string error = tfapprox::GpuLutUpload(this->lut()->data(), &lut_device_);
-        OP_REQUIRES(ctx, error.empty(), absl::InternalError(error));
-        device_ = attributes.device;
+    Tensor converted;  // the uint16 copy of a float32 or misaligned table input
+    if (this->table_from_file()) {
+      tfapprox::LutRef host;
+      std::vector<uint16_t> unused;
+      const uint16_t* host_lut = nullptr;
+      OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host, &unused, &host_lut));
+      OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host, stream, &lut));
+    } else {
+      const Tensor& table = ctx->input(this->kTableInput);
+      if (table.dtype() == DT_UINT16 && reinterpret_cast<uintptr_t>(table.flat<uint16_t>().data()) % 16 == 0) {
+        lut = table.flat<uint16_t>().data();
+      } else {
+        OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT16, TensorShape({tfapprox::kLutEntries}), &converted));
+        uint16_t* dst = converted.flat<uint16_t>().data();
+        if (table.dtype() == DT_UINT16) {
+          OP_REQUIRES_OK(ctx, CudaStatus("cudaMemcpyAsync of the table",
+                                         cudaMemcpyAsync(dst, table.flat<uint16_t>().data(), tfapprox::kLutFileBytes,
+                                                         cudaMemcpyDeviceToDevice, stream)));
+        } else {
+          OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuLutFromFloat(table.flat<float>().data(), dst, flag_ptr, stream)));
+        }
+        lut = dst;
       }
-      OP_REQUIRES(ctx, device_ == attributes.device,
-                  absl::InternalError("ApproxConv2DWithMinMaxVars: kernel moved between GPUs"));
-      lut = lut_device_;
     }
-    cudaStream_t stream = ctx->eigen_gpu_device().stream();
+
     // Scratch of the tiled kernels: the filter quantized once, and the sums of split tiles (a few MB).
     tfapprox::GpuOptions options;
     Tensor workspace;
@@ -85,22 +162,18 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       options.workspace = workspace.flat<uint8_t>().data();
       options.workspace_bytes = workspace_bytes;
     }
-    const std::string error = tfapprox::ApproxConvGpuUntyped(
-        GpuDtypeOf<T>::value, shape, input.flat<T>().data(), filter.flat<T>().data(), input_q, filter_q, lut,
-        out, stream, options);
-    // CUDA failures are internal; anything else is a shape these kernels cannot take.
-    OP_REQUIRES(ctx, error.empty(),
-                error.rfind("CUDA error", 0) == 0 ? absl::InternalError(error) : absl::InvalidArgumentError(error));
+    constexpr tfapprox::GpuDtype dtype = GpuDtypeOf<T>::value;
+    const void* in = input.flat<T>().data();
+    const void* filt = filter.flat<T>().data();
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flag_ptr, stream)));
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuUntyped(dtype, shape, in, filt, input_q, filter_q, lut,
+                                                                  out, stream, options)));
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
   }
-
- private:
-  std::mutex mu_;
-  uint16_t* lut_device_ = nullptr;
-  int device_ = -1;
 };
 
-#define REGISTER_GPU(T)                                              \
-  REGISTER_KERNEL_BUILDER(Name("ApproxConv2DWithMinMaxVars")         \
+#define REGISTER_GPU_OP(OP, T)                                       \
+  REGISTER_KERNEL_BUILDER(Name(OP)                                   \
                               .Device(DEVICE_GPU)                    \
                               .TypeConstraint<T>("T")                \
                               .HostMemory("input_min")               \
@@ -108,11 +181,15 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
                               .HostMemory("filter_min")              \
                               .HostMemory("filter_max"),             \
                           ApproxConv2DGpuOp<T>);
+#define REGISTER_GPU(T)                                  \
+  REGISTER_GPU_OP("ApproxConv2DWithMinMaxVars", T)       \
+  REGISTER_GPU_OP("ApproxConv2DWithTable", T)
 REGISTER_GPU(Eigen::half);
 REGISTER_GPU(bfloat16);
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU
+#undef REGISTER_GPU_OP
 
 }  // namespace tensorflow
 

@@ -1,5 +1,6 @@
-// What the CPU and GPU OpKernels share: attribute parsing, the table, and validation of the tensors.
-// Every misuse becomes an InvalidArgument error naming the argument; the device kernels only launch.
+// What the CPU and GPU OpKernels of both ops share: attribute parsing, where the table comes from, and
+// validation of the tensors. Every misuse becomes an InvalidArgument error naming the argument; the
+// device kernels only launch.
 #ifndef TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 #define TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 
@@ -23,14 +24,17 @@ class ApproxConv2DOpBase : public OpKernel {
   explicit ApproxConv2DOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     std::vector<int32_t> strides, dilations;
     std::vector<int64_t> explicit_paddings;
-    std::string padding, data_format, mul_map_file;
+    std::string padding, data_format;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dilations", &dilations));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("explicit_paddings", &explicit_paddings));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("padding", &padding));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("data_format", &data_format));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", &num_bits_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mul_map_file", &mul_map_file));
+    // ApproxConv2DWithMinMaxVars names its table by a file attribute; ApproxConv2DWithTable takes it as
+    // its last input.
+    table_from_file_ = ctx->HasAttr("mul_map_file");
+    if (table_from_file_) OP_REQUIRES_OK(ctx, ctx->GetAttr("mul_map_file", &mul_map_file_));
     attrs_.strides.assign(strides.begin(), strides.end());
     attrs_.dilations.assign(dilations.begin(), dilations.end());
     attrs_.explicit_paddings = explicit_paddings;
@@ -44,9 +48,12 @@ class ApproxConv2DOpBase : public OpKernel {
     OP_REQUIRES(ctx, num_bits_ >= tfapprox::kMinNumBits && num_bits_ <= tfapprox::kMaxNumBits,
                 absl::InvalidArgumentError(absl::StrCat("num_bits must be in [", tfapprox::kMinNumBits, ", ",
                                         tfapprox::kMaxNumBits, "], got ", num_bits_)));
-    // Loaded once per kernel; immutable afterwards, so concurrent Compute calls share it freely.
-    const std::string lut_error = tfapprox::LoadMulMap(mul_map_file, &lut_);
-    OP_REQUIRES(ctx, lut_error.empty(), absl::InvalidArgumentError(lut_error));
+    if (table_from_file_) {
+      // A bad path fails when the kernel is made; the file is looked up again at every call.
+      tfapprox::LutRef unused;
+      const std::string lut_error = tfapprox::LookupMulMap(mul_map_file_, &unused);
+      OP_REQUIRES(ctx, lut_error.empty(), absl::InvalidArgumentError(lut_error));
+    }
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -85,6 +92,12 @@ class ApproxConv2DOpBase : public OpKernel {
     tfapprox::ConvShape shape;
     error = tfapprox::ComputeConvShape(input_dims, filter_dims, attrs_, &shape);
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+    if (!table_from_file_) {
+      const Tensor& table = ctx->input(kTableInput);
+      OP_REQUIRES(ctx, table.dims() == 1 && table.dim_size(0) == tfapprox::kLutEntries,
+                  absl::InvalidArgumentError(absl::StrCat("table must have shape [", tfapprox::kLutEntries,
+                                                          "], got ", table.shape().DebugString())));
+    }
 
     TensorShape out_shape;
     if (shape.data_format == tfapprox::DataFormat::kNHWC) {
@@ -102,12 +115,47 @@ class ApproxConv2DOpBase : public OpKernel {
   virtual void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input,
                       const Tensor& filter, const tfapprox::QuantParams& input_q,
                       const tfapprox::QuantParams& filter_q, Tensor* output) = 0;
-  const tfapprox::Lut* lut() const { return lut_.get(); }
+  static constexpr int kTableInput = 6;
+
+  bool table_from_file() const { return table_from_file_; }
+
+  // The table of this call in host memory (CPU kernels; GPU kernels for a file table): the file as it is
+  // now, or the input tensor. A float32 table is converted into *converted after checking that every
+  // entry is an integer in [0, 65535].
+  absl::Status HostTable(OpKernelContext* ctx, tfapprox::LutRef* file_table, std::vector<uint16_t>* converted,
+                         const uint16_t** lut) const {
+    if (table_from_file_) {
+      const std::string error = tfapprox::LookupMulMap(mul_map_file_, file_table);
+      if (!error.empty()) return absl::InvalidArgumentError(error);
+      *lut = file_table->lut->data();
+      return absl::OkStatus();
+    }
+    const Tensor& table = ctx->input(kTableInput);
+    if (table.dtype() == DT_UINT16) {
+      *lut = table.flat<uint16_t>().data();
+      return absl::OkStatus();
+    }
+    const auto values = table.flat<float>();
+    converted->resize(tfapprox::kLutEntries);
+    for (int i = 0; i < tfapprox::kLutEntries; ++i) {
+      const float v = values(i);
+      // Written so that NaN fails the test too.
+      if (!(v >= 0.f && v <= 65535.f && v == static_cast<float>(static_cast<int32_t>(v)))) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "table entry ", i, " (a = ", i >> 8, ", w = ", i & 0xFF, ") is ", v,
+            "; a float32 table must hold integers in [0, 65535]"));
+      }
+      (*converted)[i] = static_cast<uint16_t>(v);
+    }
+    *lut = converted->data();
+    return absl::OkStatus();
+  }
 
  private:
   tfapprox::ConvAttrs attrs_;
   int num_bits_ = 8;
-  std::shared_ptr<const tfapprox::Lut> lut_;
+  bool table_from_file_ = true;
+  std::string mul_map_file_;
 };
 
 }  // namespace tensorflow

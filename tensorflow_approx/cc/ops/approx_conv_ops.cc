@@ -1,9 +1,23 @@
-// Registers ApproxConv2DWithMinMaxVars with the seed's inputs and attributes.
+// Registers the two ops: ApproxConv2DWithMinMaxVars (the seed's interface, the table named by a file
+// attribute) and ApproxConv2DWithTable (the same computation with the table as an input tensor, so a
+// model carries its table and a new table needs no new kernel). docs/semantics.md is the contract.
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tensorflow {
+
+namespace {
+
+constexpr int kLutEntries = 1 << 16;
+
+absl::Status CheckRangeScalars(shape_inference::InferenceContext* c) {
+  shape_inference::ShapeHandle unused;
+  for (int i = 2; i < 6; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 REGISTER_OP("ApproxConv2DWithMinMaxVars")
     .Input("input: T")
@@ -22,8 +36,7 @@ REGISTER_OP("ApproxConv2DWithMinMaxVars")
     .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
     .Attr("dilations: list(int) = [1, 1, 1, 1]")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle unused;
-      for (int i = 2; i < 6; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      TF_RETURN_IF_ERROR(CheckRangeScalars(c));
       return shape_inference::Conv2DShapeWithExplicitPadding(c);
     })
     .Doc(R"doc(
@@ -31,8 +44,43 @@ Conv2D whose products come from an approximate 8-bit multiplier table, after fak
 input and filter with their own [min, max] ranges (FakeQuantWithMinMaxVars, narrow_range = false).
 
 mul_map_file: "" for the exact product, otherwise a file of 65536 little-endian uint16,
-  entry (a << 8) | w being the product of activation code a and weight code w.
+  entry (a << 8) | w being the product of activation code a and weight code w. The file is read
+  as it is at each call (a rewritten file is used from the next call on).
 num_bits: 2..8; codes stay below 2^num_bits and index the same table.
+)doc");
+
+REGISTER_OP("ApproxConv2DWithTable")
+    .Input("input: T")
+    .Input("filter: T")
+    .Input("input_min: T")
+    .Input("input_max: T")
+    .Input("filter_min: T")
+    .Input("filter_max: T")
+    .Input("table: Ttable")
+    .Output("output: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Ttable: {uint16, float} = DT_UINT16")
+    .Attr("strides: list(int)")
+    .Attr("num_bits: int = 8")
+    .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}")
+    .Attr("explicit_paddings: list(int) = []")
+    .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
+    .Attr("dilations: list(int) = [1, 1, 1, 1]")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      TF_RETURN_IF_ERROR(CheckRangeScalars(c));
+      shape_inference::ShapeHandle table;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &table));
+      shape_inference::DimensionHandle entries;
+      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(table, 0), kLutEntries, &entries));
+      return shape_inference::Conv2DShapeWithExplicitPadding(c);
+    })
+    .Doc(R"doc(
+ApproxConv2DWithMinMaxVars with the multiplier given as a tensor instead of a file.
+
+table: 65536 products, entry (a << 8) | w being the product of activation code a and weight code
+  w: uint16, or float32 holding integers in [0, 65535] (the dtype a GPU variable can have). A
+  float32 entry that is not such an integer is an InvalidArgument error on the CPU and makes every
+  output NaN on the GPU (which cannot report it without waiting for the device).
 )doc");
 
 }  // namespace tensorflow

@@ -8,6 +8,7 @@ from tensorflow_approx.python.keras.layers import (
     FakeApproxDepthwiseConv2D,
     _check_approx_args,
 )
+from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
 # Exact types only: subclasses of these (our own layers included) may compute something else.
 LAYER_MAP = {
@@ -58,8 +59,9 @@ def approximate_model(
 
     Args:
       model: a built functional or Sequential keras.Model.
-      mul_map_file: the table for every selected layer ("" = exact product; see FakeApproxConv2D),
-        or a dict {layer name: table}: then exactly the named layers are converted, each with its
+      mul_map_file: the table for every selected layer: "" (exact product), a path, a family name,
+        a Multiplier or an array of 65536 products (see FakeApproxConv2D); or a dict {layer name:
+        table}: then exactly the named layers are converted, each with its
         own table, and the others stay accurate.
       num_bits: code width, 2..8.
       layers: None (all Conv2D / DepthwiseConv2D / Dense) or the names of the layers to convert
@@ -79,9 +81,15 @@ def approximate_model(
       >>> approx.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
       >>> approx.evaluate(x_test, y_test)
     """
+    if not isinstance(mul_map_file, dict) and isinstance(layers, str):
+        raise TypeError(f"approximate_model: layers must be a list of names, got {layers!r}")
     tables = _tables_by_name(model, mul_map_file, layers)
-    for table in set(tables.values()):
-        _check_approx_args(num_bits, table, range_mode, ema_decay)
+    _check_approx_args(num_bits, range_mode, ema_decay)
+    # Each distinct table read and checked once (arrays are not hashable: keyed by identity).
+    checked = {}
+    for table in tables.values():
+        if id(table) not in checked:
+            checked[id(table)] = lut_values(table, "mul_map_file")
     pairs = []
 
     def clone(layer):
@@ -91,7 +99,7 @@ def approximate_model(
                 {
                     **config,
                     "num_bits": num_bits,
-                    "mul_map_file": tables[layer.name],
+                    "mul_map_file": checked[id(tables[layer.name])][0],
                     "range_mode": range_mode,
                     "ema_decay": ema_decay,
                 }
@@ -106,6 +114,7 @@ def approximate_model(
     for old, new in pairs:
         if hasattr(new, "copy_accurate_weights"):
             new.copy_accurate_weights(old)
+            new.mul_map_file = checked[id(tables[old.name])][1]  # provenance: the path or name
         else:
             new.set_weights(old.get_weights())
     return copy

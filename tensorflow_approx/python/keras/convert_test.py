@@ -57,7 +57,7 @@ def test_layers_replaced_weights_copied_original_untouched():
     assert kinds["logits"] is ta.FakeApproxDense
     assert approx.get_layer("conv").num_bits == 7
     assert approx.get_layer("conv").activation is model.get_layer("conv").activation
-    for a, b in zip(model.weights, approx.weights):
+    for a, b in zip(model.trainable_weights, approx.trainable_weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(model.weights, before):
         np.testing.assert_array_equal(a.numpy(), b)

@@ -31,6 +31,11 @@ Gradients are straight-through: input and kernel pass through
 tf.quantization.fake_quant_with_min_max_vars (gradient 1 inside the range, 0 outside) and the op's
 gradient is the accurate convolution's at the fake-quantized values. Ranges get no gradient.
 
+Tables: each layer holds its multiplier's 65536 products as a non-trainable float32 weight `lut`
+(exact integers; float32 because a GPU variable cannot be uint16) and runs the op
+ApproxConv2DWithTable on it. `.keras` files and SavedModels therefore carry their tables, and
+`layer.set_multiplier(m)` changes a built, compiled model's table in place without retracing.
+
 Dtypes: ranges and codes are float32 whatever the policy (TensorFlow's FakeQuant works in float32
 and the op's contract computes codes in float32). The op runs in float64 under a float64 policy and
 in float32 otherwise (also under mixed_float16 / mixed_bfloat16: half-precision inputs are cast up,
@@ -41,13 +46,15 @@ XLA: the op has no XLA kernel, so every layer sets `supports_jit = False`; Keras
 `jit_compile=True` falls back to False with a warning).
 """
 
-import os
-
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tensorflow_approx.multipliers.multiplier import TABLE_BYTES
-from tensorflow_approx.python.ops.approx_conv_ops import approx_conv2d_with_min_max_vars
+from tensorflow_approx.python.ops.approx_conv_ops import (
+    LUT_ENTRIES,
+    approx_conv2d_with_table,
+    lut_values,
+)
 
 RANGE_MODES = ("batch", "moving_average", "fixed")
 
@@ -60,29 +67,9 @@ __all__ = [
 ]
 
 
-def _check_table(mul_map_file):
-    """Fails early, naming the path, instead of at the first call deep inside the op."""
-    if not isinstance(mul_map_file, str):
-        raise TypeError(f"mul_map_file must be a path string or '', got {mul_map_file!r}")
-    if mul_map_file == "":
-        return
-    if not os.path.isfile(mul_map_file):
-        raise ValueError(
-            f"mul_map_file {mul_map_file!r} is not a file (expected a table of {TABLE_BYTES} "
-            "bytes: 65536 little-endian uint16, entry (a << 8) | w), or '' for the exact product"
-        )
-    size = os.path.getsize(mul_map_file)
-    if size != TABLE_BYTES:
-        raise ValueError(
-            f"mul_map_file {mul_map_file!r} has {size} bytes; a table has {TABLE_BYTES} "
-            "(65536 little-endian uint16)"
-        )
-
-
-def _check_approx_args(num_bits, mul_map_file, range_mode, ema_decay):
+def _check_approx_args(num_bits, range_mode, ema_decay):
     if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
         raise ValueError(f"num_bits must be an integer in 2..8, got {num_bits!r}")
-    _check_table(mul_map_file)
     if range_mode not in RANGE_MODES:
         raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
     if not 0.0 < ema_decay < 1.0:
@@ -112,9 +99,23 @@ class _FakeApproxMixin:
     """
 
     def __init__(
-        self, *args, num_bits=8, mul_map_file="", range_mode="batch", ema_decay=0.999, **kwargs
+        self,
+        *args,
+        num_bits=8,
+        mul_map_file="",
+        range_mode="batch",
+        ema_decay=0.999,
+        table_in_weights=False,
+        **kwargs,
     ):
-        _check_approx_args(num_bits, mul_map_file, range_mode, ema_decay)
+        _check_approx_args(num_bits, range_mode, ema_decay)
+        if table_in_weights:
+            # Loading a saved layer: its table comes with its weights (the file may be long gone).
+            if not isinstance(mul_map_file, str):
+                raise TypeError(f"mul_map_file of a saved layer is a label, got {mul_map_file!r}")
+            self._initial_lut, label = None, mul_map_file
+        else:
+            self._initial_lut, label = lut_values(mul_map_file, "mul_map_file")
         # LoRA and Keras' own int8/float8 quantization replace the kernel path we rely on.
         if kwargs.pop("lora_rank", None) is not None or kwargs.pop("lora_alpha", None) is not None:
             raise ValueError(f"{type(self).__name__} does not support LoRA (lora_rank)")
@@ -122,7 +123,9 @@ class _FakeApproxMixin:
             raise ValueError(f"{type(self).__name__} does not take a Keras quantization_config")
         super().__init__(*args, **kwargs)  # the keras layer that follows this mixin in the bases
         self.num_bits = num_bits
-        self.mul_map_file = mul_map_file
+        # Provenance only (a path, a Multiplier's name or "array"): the table itself is the weight
+        # `lut`, saved with the model.
+        self.mul_map_file = label
         self.range_mode = range_mode
         self.ema_decay = float(ema_decay)
         # Set by calibration.calibrate() around its pass over the data (a Python flag, read when
@@ -133,6 +136,35 @@ class _FakeApproxMixin:
     def build(self, input_shape):
         super().build(input_shape)
         self._build_ranges()
+        initial = self._initial_lut if self._initial_lut is not None else lut_values("")[0]
+        # float32: the dtype a variable can have on the GPU (uint16 variables stay on the host, which
+        # would copy the table to the device at every call); its entries are exact integers.
+        self.lut = self.add_weight(
+            name="lut",
+            shape=(LUT_ENTRIES,),
+            initializer=lambda shape, dtype: tf.constant(initial, dtype=tf.float32),
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+        )
+        self._initial_lut = None
+
+    def set_multiplier(self, multiplier):
+        """Replaces the table of this (built) layer in place: the next call uses it.
+
+        Compiled functions (predict, fit, a tf.function) keep working without retracing, since the
+        table is a variable they read at every call.
+
+        Args:
+          multiplier: a tensorflow_approx.multipliers.Multiplier, a path ("" = exact; a .bin, .npy or
+            .c file, or a family name such as "drum6"), or an array of 65536 (or 256 x 256) products.
+        """
+        values, label = lut_values(multiplier, "multiplier")
+        if not self.built:
+            self._initial_lut = values
+        else:
+            self.lut.assign(values.astype(np.float32))
+        self.mul_map_file = label
 
     def get_config(self):
         return {
@@ -141,6 +173,7 @@ class _FakeApproxMixin:
             "mul_map_file": self.mul_map_file,
             "range_mode": self.range_mode,
             "ema_decay": self.ema_decay,
+            "table_in_weights": True,
         }
 
     # -- state ---------------------------------------------------------------------------------
@@ -175,21 +208,31 @@ class _FakeApproxMixin:
             variables.append(self.bias)
         return variables
 
+    def _saved_variables(self):
+        """kernel[, bias] (the accurate layer's order), the input range state, then the table."""
+        return self._accurate_variables() + self._range_variables() + [self.lut]
+
     def save_own_variables(self, store):
         if not self.built:
             return
-        for i, variable in enumerate(self._accurate_variables() + self._range_variables()):
+        for i, variable in enumerate(self._saved_variables()):
             store[str(i)] = variable
 
     def load_own_variables(self, store):
         if not self.built:
             return super().load_own_variables(store)  # keras' own "never built" error
-        variables = self._accurate_variables() + self._range_variables()
-        if len(store.keys()) != len(variables):
+        variables = self._saved_variables()
+        if len(store.keys()) == len(variables) - 1:
+            # Saved before layers held their table: it came from mul_map_file, read at construction.
+            variables = variables[:-1]
+        elif len(store.keys()) != len(variables):
             raise ValueError(
                 f"Layer '{self.name}' expected {len(variables)} variables (kernel, bias when used, "
-                f"then the input range state), but the file has {len(store.keys())}"
+                f"the input range state, the table), but the file has {len(store.keys())}"
             )
+        if variables[-1] is self.lut:
+            lut = np.asarray(store[str(len(variables) - 1)])
+            lut_values(lut, f"the table saved for layer '{self.name}'")  # checks it, names the layer
         for i, variable in enumerate(variables):
             variable.assign(store[str(i)])
 
@@ -269,13 +312,13 @@ class _FakeApproxMixin:
 
     def _approx_conv(self, xq, kq, ranges, strides, dilations, data_format, padding):
         """The op on already fake-quantized operands (it re-quantizes them to the same codes)."""
-        return approx_conv2d_with_min_max_vars(
+        return approx_conv2d_with_table(
             xq,
             kq,
             *ranges,
+            table=self.lut.value,
             strides=strides,
             num_bits=self.num_bits,
-            mul_map_file=self.mul_map_file,
             padding=padding,
             data_format=data_format,
             dilations=dilations,
@@ -310,8 +353,12 @@ class FakeApproxConv2D(_FakeApproxMixin, keras.layers.Conv2D):
 
     Args:
       num_bits: code width of input and kernel, 2..8.
-      mul_map_file: path of a 131072-byte table (65536 little-endian uint16; entry (a << 8) | w is
-        the product of activation code a and weight code w), or "" for the exact product.
+      mul_map_file: the multiplier: "" for the exact product, a path (a 131072-byte table of 65536
+        little-endian uint16, entry (a << 8) | w the product of activation code a and weight code
+        w; or a .npy / EvoApprox .c file), a family name ("drum6"), a
+        tensorflow_approx.multipliers.Multiplier, or an array of 65536 products. The table is read
+        once and kept in the layer (the non-trainable weight `lut`), so saved models need no file;
+        the attribute keeps the path or name for provenance. `set_multiplier` swaps it.
       range_mode: "batch", "moving_average" or "fixed" (module docstring).
       ema_decay: decay of the "moving_average" ranges.
 

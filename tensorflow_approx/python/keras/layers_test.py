@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 import tensorflow_approx as ta
-from tensorflow_approx.python.keras.layers import TABLE_BYTES
+from tensorflow_approx.multipliers.multiplier import TABLE_BYTES
 from tensorflow_approx.testing.reference import exact_table, write_table
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
-APPROX_KEYS = ("num_bits", "mul_map_file", "range_mode", "ema_decay")
+APPROX_KEYS = ("num_bits", "mul_map_file", "range_mode", "ema_decay", "table_in_weights")
 
 
 @pytest.fixture(autouse=True)
@@ -223,11 +223,11 @@ def test_table_file_with_exact_products_equals_empty_table(tmp_path):
         5, 3, mul_map_file=write_table(tmp_path / "exact.bin", exact_table())
     )
     from_file.build(x.shape)
-    from_file.set_weights(exact.get_weights())
+    from_file.copy_accurate_weights(exact)
     np.testing.assert_array_equal(from_file(x).numpy(), y_exact)
     coarse = ta.FakeApproxConv2D(5, 3, mul_map_file=truncated_table(tmp_path / "t4.bin", 4))
     coarse.build(x.shape)
-    coarse.set_weights(exact.get_weights())
+    coarse.copy_accurate_weights(exact)
     assert np.abs(coarse(x).numpy() - y_exact).max() > 0.05
 
 
@@ -294,7 +294,7 @@ def test_moving_average_updates_only_in_training():
     # batch (whose own range is exactly [-1.5, 3]) computes the same thing.
     batch = ta.FakeApproxDense(2, bias_initializer="random_normal")
     batch.build(b.shape)
-    batch.set_weights(layer.get_weights()[:2])
+    batch.copy_accurate_weights(layer)
     np.testing.assert_array_equal(
         layer(b, training=False).numpy(), batch(np.clip(b, -1.5, 3.0)).numpy()
     )
@@ -401,7 +401,8 @@ def test_accurate_weights_copy_into_approximate_layers():
         for source, target in zip(accurate.layers, approx.layers):
             if source.weights:
                 target.copy_accurate_weights(source)
-        assert len(approx.weights) == len(accurate.weights) + (0 if mode == "batch" else 9)
+        # Each of the 3 layers adds its table, and 3 range variables unless in batch mode.
+        assert len(approx.weights) == len(accurate.weights) + (3 if mode == "batch" else 12)
         for a, b in zip(accurate.trainable_weights, approx.trainable_weights):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
 

@@ -1,7 +1,13 @@
-"""The ApproxConv2DWithMinMaxVars op: loading the library, the Python wrapper and its gradient."""
+"""The ops ApproxConv2DWithMinMaxVars and ApproxConv2DWithTable: the library, the wrappers, the gradient.
+
+Both compute the same thing (docs/semantics.md); the first names its table by a file attribute (the
+seed's interface), the second takes it as a tensor, so a model holds its table and a new table is new
+data, not a new kernel.
+"""
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +47,144 @@ def _load_library():
 
 _ops = _load_library()
 
+_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+LUT_ENTRIES = 65536
+
+
+def _float_operand(value, name, dtype=None):
+    """value as a tensor of a dtype the ops take, or a TypeError naming the argument.
+
+    Tensors keep their dtype; other values (numbers, lists, NumPy arrays) take `dtype` (the input's).
+    """
+    if isinstance(value, (tf.Tensor, tf.Variable)) or dtype is None:
+        tensor = tf.convert_to_tensor(value)
+    else:
+        tensor = tf.convert_to_tensor(value, dtype=dtype)
+    if tensor.dtype not in _DTYPES:
+        raise TypeError(
+            f"{name} must be a half, bfloat16, float32 or float64 tensor, got {tensor.dtype.name}"
+        )
+    if dtype is not None and tensor.dtype != dtype:
+        raise TypeError(f"{name} must have the input's dtype {dtype.name}, got {tensor.dtype.name}")
+    return tensor
+
+
+def _operands(input, filter, ranges):
+    x = _float_operand(input, "input")
+    w = _float_operand(filter, "filter", x.dtype)
+    names = ("input_min", "input_max", "filter_min", "filter_max")
+    return x, w, [_float_operand(r, n, x.dtype) for r, n in zip(ranges, names)]
+
+
+def lut_values(table, name="table"):
+    """The 65536 uint16 products of `table`, checked: a Multiplier, a path ("" = exact), or an array.
+
+    Arrays hold products (any integer dtype, values 0..65535; or float holding such integers), shape
+    (65536,) or (256, 256), entry (a << 8) | w. Returns (np.ndarray uint16 of shape (65536,), a label
+    for provenance: the path, the Multiplier's name or "array").
+    """
+    from tensorflow_approx import multipliers as mx
+
+    if isinstance(table, mx.Multiplier):
+        if table.signed:
+            raise ValueError(
+                f"{name}: {table.name!r} is a signed multiplier; the ops take unsigned tables")
+        return np.asarray(table.lut, dtype=np.uint16), table.name
+    if isinstance(table, (str, os.PathLike)):
+        path = os.fspath(table)
+        if path == "":
+            return np.asarray(mx.exact().lut, dtype=np.uint16), ""
+        if os.path.splitext(path)[1].lower() not in (".npy", ".c") and not mx.is_family_name(path):
+            # A raw table file, whatever its extension (the seed's mul_map_file format).
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"{name}: {path!r} is not a file (expected a table of {2 * LUT_ENTRIES} bytes: "
+                    "65536 little-endian uint16, entry (a << 8) | w), '' for the exact product, a "
+                    "family name, a .npy or .c file"
+                )
+            size = os.path.getsize(path)
+            if size != 2 * LUT_ENTRIES:
+                raise ValueError(
+                    f"{name}: {path!r} has {size} bytes; a table has {2 * LUT_ENTRIES} "
+                    "(65536 little-endian uint16)"
+                )
+            return np.fromfile(path, dtype="<u2").astype(np.uint16), path
+        try:
+            multiplier = mx.get(path)
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"{name}: cannot read the table {path!r}: {error}") from error
+        return lut_values(multiplier, name)[0], path
+    values = np.asarray(table.numpy() if hasattr(table, "numpy") else table)
+    if values.shape not in ((LUT_ENTRIES,), (256, 256)):
+        raise ValueError(f"{name}: a table has shape (65536,) or (256, 256), got {values.shape}")
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise ValueError(f"{name}: a float table must hold integers")
+        values = values.astype(np.int64)
+    elif values.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {values.dtype}")
+    values = values.reshape(-1).astype(np.int64)
+    bad = np.flatnonzero((values < 0) | (values > 65535))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name}: entry {i} (a={i >> 8}, w={i & 255}) is {int(values[i])}, outside 0..65535")
+    return values.astype(np.uint16), "array"
+
+
+def approx_conv2d_with_table(
+    input,
+    filter,
+    input_min,
+    input_max,
+    filter_min,
+    filter_max,
+    table,
+    strides,
+    padding,
+    num_bits=8,
+    explicit_paddings=(),
+    data_format="NHWC",
+    dilations=(1, 1, 1, 1),
+    name=None,
+):
+    """approx_conv2d_with_min_max_vars with the multiplier as a tensor (ApproxConv2DWithTable).
+
+    Args:
+      input, filter, input_min, input_max, filter_min, filter_max, strides, padding, num_bits,
+        explicit_paddings, data_format, dilations: as approx_conv2d_with_min_max_vars.
+      table: the 65536 products, entry (a << 8) | w: a uint16 or float32 tensor or variable of shape
+        [65536] (float32 entries must be integers in 0..65535; it is the dtype a GPU variable can
+        have), or anything lut_values() takes (a Multiplier, a path, an array), made a constant.
+
+    Returns:
+      The output tensor, of input's dtype, in data_format.
+
+    Example:
+      >>> lut = tf.Variable(mx.get("drum6").lut.astype("float32"), trainable=False)
+      >>> y = approx_conv2d_with_table(x, w, 0.0, 6.0, -1.0, 1.0, lut, [1, 1, 1, 1], "SAME")
+      >>> lut.assign(mx.get("mitchell").lut.astype("float32"))   # next call: the new table
+    """
+    x, w, ranges = _operands(input, filter, (input_min, input_max, filter_min, filter_max))
+    if not (isinstance(table, (tf.Tensor, tf.Variable)) and table.dtype in (tf.uint16, tf.float32)):
+        table = tf.constant(lut_values(table)[0])
+    return _ops.approx_conv2d_with_table(
+        input=x,
+        filter=w,
+        input_min=ranges[0],
+        input_max=ranges[1],
+        filter_min=ranges[2],
+        filter_max=ranges[3],
+        table=table,
+        strides=list(strides),
+        num_bits=num_bits,
+        padding=padding,
+        explicit_paddings=list(explicit_paddings),
+        data_format=data_format,
+        dilations=list(dilations),
+        name=name,
+    )
+
 
 def approx_conv2d_with_min_max_vars(
     input,
@@ -73,7 +217,8 @@ def approx_conv2d_with_min_max_vars(
       strides: 4 ints in data_format order (1 in the batch and depth dimensions).
       num_bits: code width, 2..8.
       mul_map_file: "" for the exact product, or a path to 65536 little-endian uint16 values, entry
-        (a << 8) | w being the product of activation code a and weight code w.
+        (a << 8) | w being the product of activation code a and weight code w. The file is read as
+        it is at each call (approx_conv2d_with_table takes the table as a tensor instead).
       padding: "SAME", "VALID" or "EXPLICIT".
       explicit_paddings: with "EXPLICIT", 8 ints (before, after) per dimension, data_format order.
       data_format: "NHWC" or "NCHW".
@@ -86,13 +231,16 @@ def approx_conv2d_with_min_max_vars(
       >>> y = approx_conv2d_with_min_max_vars(x, w, 0.0, 6.0, -1.0, 1.0, [1, 1, 1, 1], 8,
       ...                                     "mul8u_L40.bin", "SAME")
     """
+    if not isinstance(mul_map_file, (str, bytes)):
+        raise TypeError(f"mul_map_file must be a path string or '', got {mul_map_file!r}")
+    x, w, ranges = _operands(input, filter, (input_min, input_max, filter_min, filter_max))
     return _ops.approx_conv2d_with_min_max_vars(
-        input=input,
-        filter=filter,
-        input_min=input_min,
-        input_max=input_max,
-        filter_min=filter_min,
-        filter_max=filter_max,
+        input=x,
+        filter=w,
+        input_min=ranges[0],
+        input_max=ranges[1],
+        filter_min=ranges[2],
+        filter_max=ranges[3],
         strides=list(strides),
         num_bits=num_bits,
         mul_map_file=mul_map_file,
@@ -119,9 +267,9 @@ def _same_padding(size, k, stride, dilation):
 def _patch_conv2d(x, w, strides, padding, explicit, dilations):
     """The accurate NHWC conv2d as zero padding + patch extraction + einsum.
 
-    Any groups and dilations, on every device. Used to differentiate the configurations whose
-    backprop kernels TensorFlow lacks on the CPU (grouped with dilation or with several
-    channels per group, dilated).
+    Any groups and dilations, on every device; the filter's shape must be known statically, the
+    input's need not be. Used to differentiate the configurations whose backprop kernels TensorFlow
+    lacks on the CPU (grouped with dilation or with several channels per group, dilated).
     """
     kh, kw, cg, cout = w.shape
     if padding == "SAME":
@@ -136,29 +284,34 @@ def _patch_conv2d(x, w, strides, padding, explicit, dilations):
     patches = tf.image.extract_patches(
         tf.pad(x, pads), sizes=[1, kh, kw, 1], strides=strides, rates=dilations, padding="VALID"
     )
-    groups = x.shape[-1] // cg
+    groups = tf.shape(x)[-1] // cg
     n, ho, wo = tf.shape(patches)[0], tf.shape(patches)[1], tf.shape(patches)[2]
     patches = tf.reshape(patches, [n, ho, wo, kh, kw, groups, cg])
-    y = tf.einsum("nhwijgc,ijcgo->nhwgo", patches, tf.reshape(w, [kh, kw, cg, groups, cout // groups]))
+    filters = tf.reshape(w, [kh, kw, cg, groups, cout // groups])
+    y = tf.einsum("nhwijgc,ijcgo->nhwgo", patches, filters)
     return tf.reshape(y, [n, ho, wo, cout])
 
 
-@tf.RegisterGradient("ApproxConv2DWithMinMaxVars")
-def _approx_conv2d_grad(op, grad):
-    """Straight-through: the gradient of the accurate conv2d at (input, filter); none for the ranges.
+def _attr(op, name):
+    value = op.get_attr(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _straight_through_grad(op, grad):
+    """Straight-through: the gradient of the accurate conv2d at (input, filter); none for the ranges
+    and the table.
 
     Computed in NHWC. TensorFlow's Conv2DBackprop kernels serve the plain case and its depthwise
     kernels the depthwise one; on the CPU they support neither dilation nor other groupings, which
-    go through the patch formulation instead.
+    go through the patch formulation instead. When the channel counts are not known statically
+    (e.g. a tf.function traced with TensorSpec([None] * 4)), the choice is made at run time.
     """
     x, w = op.inputs[0], op.inputs[1]
     strides = list(op.get_attr("strides"))
     dilations = list(op.get_attr("dilations"))
-    padding = op.get_attr("padding")
-    padding = padding.decode() if isinstance(padding, bytes) else padding
+    padding = _attr(op, "padding")
     explicit = list(op.get_attr("explicit_paddings"))
-    data_format = op.get_attr("data_format")
-    data_format = data_format.decode() if isinstance(data_format, bytes) else data_format
+    data_format = _attr(op, "data_format")
     if data_format == "NCHW":
         x = tf.transpose(x, [0, 2, 3, 1])
         grad = tf.transpose(grad, [0, 2, 3, 1])
@@ -166,18 +319,21 @@ def _approx_conv2d_grad(op, grad):
         if explicit:
             explicit = explicit[0:2] + explicit[4:8] + explicit[2:4]
     kwargs = dict(strides=strides, padding=padding, explicit_paddings=explicit, data_format="NHWC")
-    groups = x.shape[-1] // w.shape[2]
     dilated = dilations != [1, 1, 1, 1]
-    if groups == 1 and not dilated:
+
+    def plain():
         grad_input = tf.raw_ops.Conv2DBackpropInput(
             input_sizes=tf.shape(x), filter=w, out_backprop=grad, dilations=dilations, **kwargs
         )
         grad_filter = tf.raw_ops.Conv2DBackpropFilter(
             input=x, filter_sizes=tf.shape(w), out_backprop=grad, dilations=dilations, **kwargs
         )
-    elif w.shape[2] == 1 and not dilated:
-        # Depthwise: filter [KH, KW, 1, C * m] is the depthwise filter [KH, KW, C, m].
+        return grad_input, grad_filter
+
+    def depthwise():
+        # Filter [KH, KW, 1, C * m] is the depthwise filter [KH, KW, C, m].
         kh, kw, _, cout = w.shape
+        groups = x.shape[-1]
         dw = tf.reshape(w, [kh, kw, groups, cout // groups])
         grad_input = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
             input_sizes=tf.shape(x), filter=dw, out_backprop=grad, **kwargs
@@ -185,12 +341,47 @@ def _approx_conv2d_grad(op, grad):
         grad_filter = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
             input=x, filter_sizes=tf.shape(dw), out_backprop=grad, **kwargs
         )
-        grad_filter = tf.reshape(grad_filter, tf.shape(w))
-    else:
+        return grad_input, tf.reshape(grad_filter, tf.shape(w))
+
+    def patches():
         with tf.GradientTape() as tape:
             tape.watch([x, w])
             y = _patch_conv2d(x, w, strides, padding, explicit, dilations)
-        grad_input, grad_filter = tape.gradient(y, [x, w], output_gradients=grad)
+        return tuple(tape.gradient(y, [x, w], output_gradients=grad))
+
+    channels = x.shape[-1] if x.shape.rank is not None else None
+    filter_known = w.shape.rank == 4 and all(d is not None for d in w.shape[:3])
+    if channels is not None and w.shape.rank == 4 and w.shape[2] is not None:
+        groups = channels // w.shape[2]
+        if groups == 1 and not dilated:
+            grad_input, grad_filter = plain()
+        elif w.shape[2] == 1 and not dilated:
+            grad_input, grad_filter = depthwise()
+        else:
+            grad_input, grad_filter = patches()
+    elif filter_known:
+        # Groups known only at run time: the plain kernels when there is one, else the patches.
+        if dilated:
+            grad_input, grad_filter = patches()
+        else:
+            one_group = tf.equal(tf.shape(x)[-1], w.shape[2])
+            grad_input, grad_filter = tf.cond(one_group, plain, patches)
+    else:
+        if dilated:
+            raise ValueError(
+                "the gradient of a dilated ApproxConv2D needs the filter's shape known statically"
+            )
+        check = tf.debugging.assert_equal(
+            tf.shape(x)[-1],
+            tf.shape(w)[2],
+            message="the gradient of a grouped ApproxConv2D needs the filter's shape known statically",
+        )
+        with tf.control_dependencies([check]):
+            grad_input, grad_filter = plain()
     if data_format == "NCHW":
         grad_input = tf.transpose(grad_input, [0, 3, 1, 2])
-    return [grad_input, grad_filter, None, None, None, None]
+    return [grad_input, grad_filter] + [None] * (len(op.inputs) - 2)
+
+
+tf.RegisterGradient("ApproxConv2DWithMinMaxVars")(_straight_through_grad)
+tf.RegisterGradient("ApproxConv2DWithTable")(_straight_through_grad)

@@ -1,0 +1,107 @@
+// Device-side pieces shared by the CUDA files of the core (conv_gpu.cu, nan_gpu.cu, lut_gpu.cu):
+// element conversions that round as the CPU build does, the geometry in 32-bit integers, the output
+// store in either data format, CUDA error messages. Internal: included only by .cu files.
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/conv_shape.h"
+
+namespace tfapprox {
+namespace gpu_internal {
+
+template <typename T>
+struct RealOf {
+  using type = float;
+};
+template <>
+struct RealOf<double> {
+  using type = double;
+};
+
+// Conversions as the CPU pipeline's static_casts do them (round to nearest even).
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(double x) { return __double2float_rn(x); }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromReal(typename RealOf<T>::type x);
+template <>
+__device__ __forceinline__ float FromReal<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ double FromReal<double>(double x) { return x; }
+template <>
+__device__ __forceinline__ __half FromReal<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromReal<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// The geometry in 32-bit integers: every tensor has fewer than 2^31 elements (ComputeConvShape) and
+// the host checks the spatial terms below 2^30, so no index computed from these overflows.
+struct GpuGeometry {
+  int in_h, in_w, in_depth, filter_h, filter_w, cg, out_depth, npg, groups;
+  int stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w;
+  int taps, pixels;
+  bool nchw;
+  int zero_point;
+};
+
+template <typename Real>
+struct Epilogue {
+  DequantizeTerms<Real> deq;
+  int64_t* debug_acc;
+  int64_t* debug_act_sum;
+};
+
+template <typename T>
+__device__ __forceinline__ void StoreOutput(const GpuGeometry& g, T* output, int p, int co, T value) {
+  if (!g.nchw) {
+    output[static_cast<int64_t>(p) * g.out_depth + co] = value;
+  } else {
+    const int hw = g.out_h * g.out_w;
+    const int n = p / hw;
+    output[(static_cast<int64_t>(n) * g.out_depth + co) * hw + (p - n * hw)] = value;
+  }
+}
+
+inline GpuGeometry MakeGpuGeometry(const ConvShape& s, int zero_point) {
+  GpuGeometry g;
+  g.in_h = static_cast<int>(s.in_h);
+  g.in_w = static_cast<int>(s.in_w);
+  g.in_depth = static_cast<int>(s.in_depth);
+  g.filter_h = static_cast<int>(s.filter_h);
+  g.filter_w = static_cast<int>(s.filter_w);
+  g.cg = static_cast<int>(s.filter_depth);
+  g.out_depth = static_cast<int>(s.out_depth);
+  g.npg = static_cast<int>(s.out_depth_per_group());
+  g.groups = static_cast<int>(s.groups());
+  g.stride_h = static_cast<int>(s.stride_h);
+  g.stride_w = static_cast<int>(s.stride_w);
+  g.dil_h = static_cast<int>(s.dilation_h);
+  g.dil_w = static_cast<int>(s.dilation_w);
+  g.pad_top = static_cast<int>(s.pad_top);
+  g.pad_left = static_cast<int>(s.pad_left);
+  g.out_h = static_cast<int>(s.out_h);
+  g.out_w = static_cast<int>(s.out_w);
+  g.taps = static_cast<int>(s.taps());
+  g.pixels = static_cast<int>(s.out_pixels());
+  g.nchw = s.data_format == DataFormat::kNCHW;
+  g.zero_point = zero_point;
+  return g;
+}
+
+inline std::string CudaError(const char* what, cudaError_t e) {
+  return std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+         ")";
+}
+
+}  // namespace gpu_internal
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
