@@ -5,9 +5,11 @@
 #   ./configure.sh [--python PATH] [--cuda | --no-cuda]
 #
 #   --python PATH  the interpreter that has TensorFlow (default: $PYTHON_BIN_PATH, else python3)
-#   --cuda         build the GPU kernels (fails if nvcc is missing)
+#   --cuda         build the GPU kernels (fails if nvcc is missing or TensorFlow has no CUDA)
 #   --no-cuda      never build the GPU kernels
-#   default: build the GPU kernels when nvcc is found
+#   default: build the GPU kernels when nvcc is found and TensorFlow is a CUDA build that ships the
+#   CUDA headers its own headers include (tensorflow-cpu has neither, and no GPU device to use them)
+#   TF_CONFIGURE_OUTPUT=FILE writes FILE instead of .tf_configure.bazelrc (for tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$(pwd)
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     --python) python=$2; shift 2 ;;
     --cuda) cuda=yes; shift ;;
     --no-cuda) cuda=no; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "configure.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,7 +40,7 @@ lib_dir=$(read_tf 'print(tf.sysconfig.get_lib())')
 lib_name=$(read_tf 'print([f[3:] for f in tf.sysconfig.get_link_flags() if f.startswith("-l:")][0])')
 compile_flags=$(read_tf 'print(" ".join(f for f in tf.sysconfig.get_compile_flags() if not f.startswith("-I")))')
 
-out=.tf_configure.bazelrc
+out=${TF_CONFIGURE_OUTPUT:-.tf_configure.bazelrc}
 {
   echo "# Written by configure.sh on $(date -u +%F); rerun it after changing the Python environment."
   echo "build --action_env TF_HEADER_DIR=\"$header_dir\""
@@ -63,6 +65,23 @@ nvcc=$(command -v nvcc || true)
 if [ "$cuda" = yes ] && [ -z "$nvcc" ]; then
   echo "configure.sh: --cuda given but nvcc is not on PATH" >&2
   exit 1
+fi
+# The GPU OpKernel includes TensorFlow's GPU headers, which include the CUDA headers TensorFlow
+# bundles; a TensorFlow without them (tensorflow-cpu) can neither build nor run it.
+tf_cuda=no
+if [ "$(read_tf 'print(tf.test.is_built_with_cuda())')" = True ] &&
+   [ -f "$header_dir/third_party/gpus/cuda/include/cuda_runtime.h" ]; then
+  tf_cuda=yes
+fi
+if [ "$cuda" = yes ] && [ "$tf_cuda" = no ]; then
+  echo "configure.sh: --cuda given but this TensorFlow is not a CUDA build with its CUDA headers" \
+       "(tensorflow-cpu?); install the 'tensorflow' package, or build without --cuda" >&2
+  exit 1
+fi
+if [ "$cuda" = auto ] && [ -n "$nvcc" ] && [ "$tf_cuda" = no ]; then
+  echo "configure.sh: nvcc found, but TensorFlow $(read_tf 'print(tf.__version__)') has no CUDA" \
+       "support (tensorflow-cpu?): building the CPU kernels only"
+  cuda=no
 fi
 if [ "$cuda" != no ] && [ -n "$nvcc" ]; then
   cuda_home=$(cd "$(dirname "$(readlink -f "$nvcc")")/.." && pwd)

@@ -5,6 +5,13 @@ from tensorflow_approx.python.keras.layers import (
     FakeApproxConv2D,
     FakeApproxDense,
     FakeApproxDepthwiseConv2D,
+    approx_layers,
 )
 
-__all__ = ["RANGE_MODES", "FakeApproxConv2D", "FakeApproxDense", "FakeApproxDepthwiseConv2D"]
+__all__ = [
+    "RANGE_MODES",
+    "FakeApproxConv2D",
+    "FakeApproxDense",
+    "FakeApproxDepthwiseConv2D",
+    "approx_layers",
+]

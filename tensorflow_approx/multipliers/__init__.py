@@ -28,7 +28,8 @@ def get(spec, signed=None, function=None):
     """A Multiplier from a family name ("drum6") or a file path (.bin, .npy or .c).
 
     signed: for .bin/.npy files (which do not record it; default unsigned) and .c files (default:
-      inferred from the parameter types). function: the C function to use in a .c file.
+      inferred from the parameter types, checked against the header; see from_c_source).
+    function: the C function to use in a .c file.
     """
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"spec: expected a family name or a path, got {type(spec).__name__}")

@@ -1,5 +1,8 @@
 """Computed metrics of the 36 EvoApprox tables agree with the values printed in their C headers.
 
+Signed EvoApprox C files declared with uint8_t operands, where present beside the tables, are read
+as signed (their headers' metrics say so).
+
 The tables and METRICS.csv live outside the repository (<repo root>/../shared/axmul_8x8, or
 $TFAPPROX_AXMUL_DIR); the tests skip with a reason when they are absent.
 """
@@ -7,10 +10,11 @@ $TFAPPROX_AXMUL_DIR); the tests skip with a reason when they are absent.
 import csv
 import io
 import os
+import shutil
 
 import pytest
 
-from tensorflow_approx.multipliers import Multiplier, cli
+from tensorflow_approx.multipliers import Multiplier, cli, from_c_source
 
 # The METRICS.csv columns that are error metrics, and our labels for them (the same names).
 METRIC_COLUMNS = ("MAE%", "MAE", "WCE%", "WCE", "WCRE%", "EP%", "MRE%", "MSE")
@@ -95,3 +99,19 @@ def test_info_prints_computed_next_to_published():
     assert lines["MAE"][:2] == ["1409", "1409"]
     assert lines["bias"][1] == "-"           # not published by EvoApprox
     assert "PDK45_PWR" in out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["mul8s_1L2H", "mul8s_1L1G", "mul8s_1L2D"])
+def test_signed_c_files_declared_unsigned_are_read_as_signed(name):
+    path = os.path.join(AXMUL, name + ".c")
+    if not os.path.isfile(path):
+        pytest.skip(f"{name}.c is not in {AXMUL}")
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler installed")
+    with pytest.warns(UserWarning, match=f"{name} is declared unsigned but read as signed"):
+        m = from_c_source(path)
+    assert m.signed
+    computed = m.metrics().as_dict()
+    for col in ("MAE", "WCE", "MSE", "EP%", "MRE%", "WCRE%"):
+        # The header's digits are not kept: a percent of slack covers its rounding.
+        assert computed[col] == pytest.approx(m.metadata[col], rel=0.01, abs=0.5), col

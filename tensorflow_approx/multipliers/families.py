@@ -180,20 +180,27 @@ def etm(k):
     multiplication part) and a low part (x mod 2^k, the non-multiplication part):
       - if both high parts are zero, the low parts are multiplied exactly;
       - otherwise the high parts are multiplied exactly (placed at 2^(2k)), the cross terms are
-        not computed, and the low product bits are approximated by scanning the k low bit pairs
-        from the most significant: while both bits are 0 the product bit is 0; at the first pair
-        with a 1, that product bit and all lower ones are set to 1.
-        P = (a_h w_h) 2^(2k) + (2^L - 1),  L = bit length of (a_l | w_l).
-    Here the k product bits set by the scan are product bits k-1..0 (our reading of the paper's
-    bit-by-bit correspondence). k in 0..8; k = 0 and k = 8 are exact.
+        not computed, and the 2k low product bits are set without multiplication by scanning the
+        k low bit pairs from the most significant, pair i standing for product bit k + i: while
+        both bits are 0 the product bit is 0; from the first pair with a 1 on, that product bit
+        and every lower one down to bit 0 are 1:
+        P = (a_h w_h) 2^(2k) + (2^(k+L) - 1),  L = bit length of (a_l | w_l)  (P's low part is 0
+        when a_l = w_l = 0).
+    Why 2k bits: the non-multiplication part stands in for the product of the two k-bit low
+    parts, which has 2k bits, and the multiplication part's product starts at bit 2k; a scan
+    setting only bits k-1..0 would leave bits k..2k-1 with no source at all. The public hardware
+    descriptions we know of (NEURAghe's etm.sv, aproposorg/approx's ETM.scala) read it the same
+    way. k in 0..8; k = 0 and k = 8 are exact.
     """
     k = _check_int("k", k, 0, 8)
     a, w = _grid()
     low = (1 << k) - 1
     ah, wh, al, wl = a >> k, w >> k, a & low, w & low
-    ones = (1 << (_MSB[al | wl] + 1)) - 1                # 2^L - 1 (0 when both low parts are 0)
+    scan_length = _MSB[al | wl] + 1                       # L (0 when both low parts are 0)
+    ones = np.where(scan_length > 0, (1 << (scan_length + k)) - 1, 0)   # 2^(k+L) - 1
     p = np.where((ah == 0) & (wh == 0), al * wl, ((ah * wh) << 2 * k) + ones)
-    doc = "high parts exact, low part by a leading-one scan, exact when high parts are 0 (Kyaw 2010)"
+    doc = ("high parts exact, 2k low product bits by a leading-one scan, exact when high parts "
+           "are 0 (Kyaw 2010)")
     return _make(f"etm{k}", "etm", {"k": k}, p, doc)
 
 

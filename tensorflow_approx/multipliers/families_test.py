@@ -152,12 +152,29 @@ def test_etm(k):
     seen = np.zeros(A.shape, dtype=bool)
     for i in reversed(range(k)):   # scan the low bit pairs from the most significant
         seen |= (((al >> i) | (wl >> i)) & 1).astype(bool)
-        low |= seen.astype(np.int64) << i
+        low |= seen.astype(np.int64) << (k + i)          # pair i drives product bit k + i
+    low |= np.where(seen, lo, 0)                         # and, once a 1 was seen, bits k-1..0
     expected = np.where((ah == 0) & (wh == 0), al * wl, ((ah * wh) << 2 * k) + low)
     m = fam.etm(k)
     assert m.name == f"etm{k}"
     assert_table(m, expected)
     assert m.is_exact() == (k in (0, 8))
+
+
+@pytest.mark.parametrize("k,a,w,product", [
+    # a_h w_h = 0 * 1: no high product; the scan of a_l | w_l = 0001 sets the 2k = 8 low bits
+    # from product bit k + 0 = 4 down: 0001_1111 = 31 (reading only k low bits gave 1).
+    (4, 0, 17, 31),
+    (4, 17, 0, 31),
+    (4, 17, 17, 256 + 31),          # 1 * 1 at 2^8, a_l | w_l = 0001
+    (4, 200, 100, (12 * 6 << 8) + 255),   # 1100_1000 x 0110_0100: a_l | w_l = 1100 -> 1111_1111
+    (4, 16, 16, 256),               # low parts 0: nothing set
+    (4, 15, 15, 225),               # both high parts 0: low parts multiplied exactly
+    (2, 1, 4, 7),                   # k = 2: a_l | w_l = 01 -> 0111
+    (1, 3, 2, 7),                   # k = 1: 1 * 1 at 2^2, a_l | w_l = 1 -> 11
+])
+def test_etm_hand_checked_values(k, a, w, product):
+    assert fam.etm(k).products[a, w] == product
 
 
 ALL_NAMES = ["exact", "coltrunc5", "optrunc3", "bam_h2_v9", "drum4", "mitchell", "kulkarni",

@@ -1,6 +1,6 @@
 """The Multiplier object: a named 256 x 256 table of an approximate 8-bit multiplier.
 
-Table layout (shared/design/semantics.md): entry [a, w] (flat index (a << 8) | w) is the approximate
+Table layout (docs/semantics.md): entry [a, w] (flat index (a << 8) | w) is the approximate
 product of activation code a (row, first operand) and weight code w (column, second operand), stored
 as uint16. For a signed multiplier the codes are two's-complement int8 bit patterns (code 255 is -1)
 and the entry is the int16 product's bit pattern; `products` gives the signed values.
@@ -10,6 +10,7 @@ import csv
 import hashlib
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -134,6 +135,7 @@ class Multiplier:
         path: a ".bin" file (65536 little-endian uint16, the op's mul_map_file format) or a ".npy"
         file (uint16 array of shape (256, 256)). None writes a .bin named after the name and the
         table's hash in the temporary directory (the same table reuses the same file).
+        Raises OSError naming `path` when it cannot be written (nothing is left behind then).
         """
         if path is None:
             digest = hashlib.sha256(self.table.tobytes()).hexdigest()[:16]
@@ -142,13 +144,10 @@ class Multiplier:
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
         if ext == ".bin":
-            # Write to a sibling temporary and rename, so a reader never sees a partial table.
-            tmp = f"{path}.{os.getpid()}.tmp"
-            self.table.astype("<u2").tofile(tmp)
-            os.replace(tmp, path)
+            _write_replacing(path, lambda f: f.write(self.table.astype("<u2").tobytes()))
             self.path = path
         elif ext == ".npy":
-            np.save(path, self.table)
+            _write_replacing(path, lambda f: np.save(f, self.table))
         else:
             raise ValueError(f"path: {path!r} must end in .bin or .npy")
         return path
@@ -195,23 +194,86 @@ class Multiplier:
         return m
 
 
+def _write_replacing(path, write):
+    """Calls write(f) on a sibling temporary file, then renames it over `path`.
+
+    Why: a reader (the op loading a mul_map_file) never sees a partial file. A failure raises an
+    OSError naming `path`, the file the caller asked for, not the temporary, which is removed.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if not isinstance(e, OSError):
+            raise
+        if e.errno is None:
+            raise OSError(f"cannot write {path!r}: {e}") from None
+        raise OSError(e.errno, e.strerror, path) from None  # the errno's subclass, as raised
+
+
 def _metrics_csv_row(folder, stem):
-    """The row named `stem` of folder/METRICS.csv as {column: float}, or {} when absent."""
+    """The row named `stem` of folder/METRICS.csv as {column: float}, or {} when absent.
+
+    An unreadable METRICS.csv (not UTF-8, not CSV) only costs the published figures: it warns,
+    naming the file, and gives {}, since the table beside it is fine.
+    """
     csv_path = os.path.join(folder, "METRICS.csv")
     if not os.path.isfile(csv_path):
         return {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("name") == stem:
-                out = {}
-                for key, value in row.items():
-                    if key and key != "name":
-                        try:
-                            out[key] = float(value)
-                        except (TypeError, ValueError):
-                            out[key] = value
-                return out
+    try:
+        # utf-8-sig: spreadsheet programs often save a byte-order mark, which would hide "name".
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        warnings.warn(f"{csv_path!r} is unreadable ({e}); loading {stem!r} without its published "
+                      "metrics", stacklevel=3)
+        return {}
+    for row in rows:
+        if row.get("name") == stem:
+            out = {}
+            for key, value in row.items():
+                if key and key != "name":
+                    try:
+                        out[key] = float(value)
+                    except (TypeError, ValueError):
+                        out[key] = value
+            return out
     return {}
+
+
+def integer_products(values, what):
+    """`values`, the products of operand pairs, as int64; floats must hold whole numbers.
+
+    Why: functions (NumPy or C) may compute in floating point; whole values are products, while
+    truncating fractions would silently change the multiplier. Raises ValueError for non-integer
+    or non-finite floats and TypeError for non-numeric dtypes, naming the first bad (a, w) entry.
+    what: the source for the message, e.g. "f:" or "path: 'm.c': mul8u_X".
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            fraction = ~np.isfinite(arr) | (arr != np.round(arr))
+        if fraction.any():
+            raise ValueError(f"{what} returned non-integer values (first: {_entry(arr, fraction)})")
+        huge = np.abs(arr) >= 2.0 ** 63   # whole, but would wrap in the int64 conversion
+        if huge.any():
+            raise ValueError(f"{what} returned values beyond any product "
+                             f"(first: {_entry(arr, huge)})")
+    elif arr.dtype.kind not in "ui":
+        raise TypeError(f"{what} returned dtype {arr.dtype}; expected integer products")
+    return arr.astype(np.int64)
+
+
+def _entry(table, mask):
+    """The first entry of a (256, 256) `table` where `mask` holds, as "value at (a=.., w=..)"."""
+    a, w = np.argwhere(mask)[0]
+    return f"{table[a, w].item()!r} at (a={a}, w={w})"
 
 
 def from_function(f, name="function", signed=False, metadata=None):
@@ -231,10 +293,5 @@ def from_function(f, name="function", signed=False, metadata=None):
     except ValueError:
         raise ValueError(f"f: returned shape {out.shape}, not broadcastable to (256, 256); "
                          "f must be vectorized over numpy arrays") from None
-    if out.dtype.kind == "f":
-        if not np.all(np.isfinite(out)) or np.any(out != np.round(out)):
-            raise ValueError("f: returned non-integer values")
-    elif out.dtype.kind not in "ui":
-        raise TypeError(f"f: returned dtype {out.dtype}; expected integer products")
     # As product values (not stored bits), so Multiplier range-checks them.
-    return Multiplier(name, out.astype(np.int64), signed=signed, metadata=metadata)
+    return Multiplier(name, integer_products(out, "f:"), signed=signed, metadata=metadata)

@@ -66,6 +66,37 @@ def test_metrics_csv_beside_a_table_becomes_metadata(tmp_path):
     assert m.metadata["source"] == str(tmp_path / "mine.bin")
 
 
+def test_metrics_csv_that_is_not_utf8_warns_and_the_table_still_loads(tmp_path):
+    drum(6).save(str(tmp_path / "mine.bin"))
+    (tmp_path / "METRICS.csv").write_bytes("name,MAE,note\nmine,233,Dürr\n".encode("latin-1"))
+    with pytest.warns(UserWarning, match=r"METRICS\.csv' is unreadable .*loading 'mine' without "
+                                         r"its published metrics"):
+        m = Multiplier.load(str(tmp_path / "mine.bin"))
+    assert m == drum(6) and "MAE" not in m.metadata
+
+
+def test_metrics_csv_with_a_byte_order_mark(tmp_path):
+    drum(6).save(str(tmp_path / "mine.bin"))
+    (tmp_path / "METRICS.csv").write_bytes("\ufeffname,MAE\nmine,233\n".encode("utf-8"))
+    assert Multiplier.load(str(tmp_path / "mine.bin")).metadata["MAE"] == 233.0
+
+
+@pytest.mark.parametrize("ext", [".bin", ".npy"])
+def test_failed_save_names_the_destination_and_leaves_no_temporary(tmp_path, ext):
+    m = drum(6)
+    missing = str(tmp_path / "no_such_dir" / f"t{ext}")
+    with pytest.raises(FileNotFoundError) as info:
+        m.save(missing)
+    assert info.value.filename == missing and ".tmp" not in str(info.value)
+    directory = tmp_path / f"taken{ext}"          # the rename onto a directory fails
+    directory.mkdir()
+    with pytest.raises(OSError) as info:
+        m.save(str(directory))
+    assert info.value.filename == str(directory) and ".tmp" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == [f"taken{ext}"]   # no temporary left behind
+    assert m.path is None
+
+
 @pytest.mark.parametrize("size", [0, 131070, 131074, 65536])
 def test_wrong_size_bin_is_an_error_naming_the_path(tmp_path, size):
     path = tmp_path / "bad.bin"
@@ -147,8 +178,11 @@ def test_signed_tables_hold_int16_bit_patterns():
 def test_from_function_checks_what_f_returns():
     assert from_function(lambda a, w: np.floor(a * w / 2.0)).products[3, 3] == 4
     assert (from_function(lambda a, w: 7).products == 7).all()  # a constant broadcasts
-    with pytest.raises(ValueError, match="f: returned non-integer values"):
+    with pytest.raises(ValueError, match=r"f: returned non-integer values \(first: 0\.333.* at "
+                                         r"\(a=1, w=1\)\)"):
         from_function(lambda a, w: a * w / 3.0)
+    with pytest.raises(ValueError, match=r"f: returned non-integer values \(first: nan at "):
+        from_function(lambda a, w: np.where(a > 5, np.nan, 1.0))
     with pytest.raises(ValueError, match="not broadcastable to .256, 256."):
         from_function(lambda a, w: (a * w)[:10, :10])
     with pytest.raises(TypeError, match="f: expected a callable"):

@@ -1,0 +1,173 @@
+"""Inside TensorFlow on a GPU machine: the GPU kernels of both ops, bit for bit against the CPU kernels.
+
+Random configurations (dtypes, NHWC/NCHW, paddings, strides, dilations, groups, num_bits, tables as a
+file / uint16 tensor / float32 variable), NaN inputs and filters, an invalid float32 table (all NaN on the
+GPU, an error on the CPU), and the Keras layers: predict on the GPU equal to the CPU, the table variable
+on the GPU, set_multiplier without retracing. Prints a short table; exit status 1 on any mismatch.
+
+    python3 benchmarks/gpu/tf_gpu_check.py [--cases N] [--seed S]
+
+Needs a GPU TensorFlow and the installed tensorflow_approx wheel (see ../shared/tools/tf-gpu). The
+float convolution (cuDNN) is not used: references are the CPU kernels of the same ops.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+import tensorflow_approx as ta
+from tensorflow_approx import multipliers as mx
+
+DTYPES = {"float32": tf.float32, "float64": tf.float64, "float16": tf.float16, "bfloat16": tf.bfloat16}
+
+
+def random_case(rng):
+    dtype = rng.choice(list(DTYPES))
+    nchw = bool(rng.integers(2))
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cg = int(rng.choice([1, 2, 3, 8, 16]))
+    out_per_group = int(rng.choice([1, 4, 16, 32, 64]))
+    k = int(rng.choice([1, 3, 5]))
+    size = int(rng.choice([4, 7, 9, 16]))
+    batch = int(rng.choice([1, 2, 5]))
+    stride = int(rng.choice([1, 1, 2]))
+    dilation = int(rng.choice([1, 1, 2])) if stride == 1 else 1
+    padding = str(rng.choice(["SAME", "VALID", "EXPLICIT"]))
+    if padding == "VALID" and (k - 1) * dilation + 1 > size:
+        padding = "SAME"
+    return dict(dtype=dtype, nchw=nchw, groups=groups, cg=cg, cout=groups * out_per_group, k=k, size=size,
+                batch=batch, stride=stride, dilation=dilation, padding=padding,
+                num_bits=int(rng.choice([8, 8, 6, 4])))
+
+
+def run_case(c, rng, tables, nan):
+    fmt = "NCHW" if c["nchw"] else "NHWC"
+    cin = c["groups"] * c["cg"]
+    x = rng.normal(size=(c["batch"], c["size"], c["size"], cin)).astype(np.float32)
+    x[x < 0] = 0  # ReLU-like: half at the zero point
+    w = rng.normal(scale=0.3, size=(c["k"], c["k"], c["cg"], c["cout"])).astype(np.float32)
+    if nan:
+        x[0, rng.integers(c["size"]), rng.integers(c["size"]), rng.integers(cin)] = np.nan
+        if rng.integers(2):
+            w[rng.integers(c["k"]), rng.integers(c["k"]), rng.integers(c["cg"]), rng.integers(c["cout"])] = np.nan
+    if c["nchw"]:
+        x = x.transpose(0, 3, 1, 2)
+    dtype = DTYPES[c["dtype"]]
+    strides = [1, 1, c["stride"], c["stride"]] if c["nchw"] else [1, c["stride"], c["stride"], 1]
+    dilations = [1, 1, c["dilation"], c["dilation"]] if c["nchw"] else [1, c["dilation"], c["dilation"], 1]
+    explicit = []
+    if c["padding"] == "EXPLICIT":
+        pads = [int(p) for p in rng.integers(0, 3, size=4)]
+        explicit = [0, 0, 0, 0] + pads if c["nchw"] else [0, 0] + pads + [0, 0]
+    name, path, lut = tables[int(rng.integers(len(tables)))]
+    kw = dict(strides=strides, padding=c["padding"], explicit_paddings=explicit, data_format=fmt,
+              dilations=dilations)
+    ranges = (0.0, float(np.nanmax(x)) + 0.1, -1.0, 1.0)
+    results = {}
+    for device in ("/CPU:0", "/GPU:0"):
+        with tf.device(device):
+            xt, wt = tf.cast(x, dtype), tf.cast(w, dtype)
+            r = [tf.constant(v, dtype) for v in ranges]
+            results[device, "file"] = ta.approx_conv2d_with_min_max_vars(
+                xt, wt, *r, num_bits=c["num_bits"], mul_map_file=path, **kw)
+            results[device, "u16"] = ta.approx_conv2d_with_table(
+                xt, wt, *r, table=tf.constant(lut), num_bits=c["num_bits"], **kw)
+            results[device, "f32"] = ta.approx_conv2d_with_table(
+                xt, wt, *r, table=tf.Variable(lut.astype(np.float32)), num_bits=c["num_bits"], **kw)
+    bits = lambda t: tf.bitcast(t, tf.uint16 if t.dtype.size == 2 else tf.uint32 if t.dtype.size == 4 else tf.uint64).numpy()
+    cpu = results["/CPU:0", "file"]
+    ok = all(np.array_equal(bits(cpu), bits(results[key])) for key in results)
+    return ok, name, int(np.prod(cpu.shape)), int(np.isnan(tf.cast(cpu, tf.float32).numpy()).sum())
+
+
+def check_invalid_table():
+    lut = mx.exact().lut.astype(np.float32)
+    lut[7] = 0.5
+    x, w = tf.ones([1, 4, 4, 2]), tf.ones([3, 3, 2, 3])
+    with tf.device("/GPU:0"):
+        y = ta.approx_conv2d_with_table(x, w, 0.0, 1.0, 0.0, 1.0, tf.constant(lut), [1, 1, 1, 1], "SAME")
+    gpu_all_nan = bool(np.isnan(y.numpy()).all())
+    with tf.device("/CPU:0"):
+        try:
+            ta.approx_conv2d_with_table(x, w, 0.0, 1.0, 0.0, 1.0, tf.constant(lut), [1, 1, 1, 1], "SAME")
+            cpu_error = False
+        except tf.errors.InvalidArgumentError as error:
+            cpu_error = "table entry 7" in str(error)
+    return gpu_all_nan and cpu_error
+
+
+def check_keras(tables):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    h = ta.FakeApproxConv2D(16, 3, padding="same", activation="relu", mul_map_file=tables[0][1])(inputs)
+    h = ta.FakeApproxDepthwiseConv2D(3, padding="same", mul_map_file=tables[1][1])(h)
+    h = keras.layers.Flatten()(h)
+    outputs = ta.FakeApproxDense(10, mul_map_file=tables[2][1])(h)
+    x = np.random.default_rng(5).uniform(size=(64, 16, 16, 3)).astype(np.float32)
+    with tf.device("/GPU:0"):
+        model = keras.Model(inputs, outputs)
+    on_gpu = all("GPU" in layer.lut.value.device for layer in model.layers if hasattr(layer, "lut"))
+    traces = []
+
+    @tf.function
+    def forward(v):
+        traces.append(1)
+        return model(v, training=False)
+
+    same = True
+    for name, path, lut in tables[:4]:
+        for layer in model.layers:
+            if hasattr(layer, "set_multiplier"):
+                layer.set_multiplier(lut)
+        with tf.device("/GPU:0"):
+            gpu = forward(x).numpy()
+            gpu_predict = model.predict(x, batch_size=32, verbose=0)
+        with tf.device("/CPU:0"):
+            cpu = model(x, training=False).numpy()
+        same &= np.array_equal(gpu, cpu) and np.array_equal(gpu_predict, cpu)
+    return same, on_gpu, len(traces)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not tf.config.list_physical_devices("GPU"):
+        print("tf_gpu_check: no GPU visible to TensorFlow")
+        return 2
+    rng = np.random.default_rng(args.seed)
+    folder = tempfile.mkdtemp()
+    tables = []
+    for name in ("exact", "drum4", "optrunc3", "mitchell", "etm3", "bam_h1_v6"):
+        m = mx.get(name)
+        tables.append((name, m.save(os.path.join(folder, name + ".bin")), np.asarray(m.lut, np.uint16)))
+    failures, outputs, nans, cases = 0, 0, 0, 0
+    for i in range(args.cases):
+        c = random_case(rng)
+        ok, name, n, n_nan = run_case(c, rng, tables, nan=i % 5 == 4)
+        cases += 1
+        outputs += n
+        nans += n_nan
+        if not ok:
+            failures += 1
+            print("MISMATCH", name, c)
+    invalid_ok = check_invalid_table()
+    keras_same, lut_on_gpu, traces = check_keras(tables)
+    print(f"| check | result |\n| --- | --- |")
+    print(f"| random op cases x 3 table forms (file, uint16, float32) | {cases} cases, {outputs} outputs "
+          f"({nans} NaN), {failures} mismatches |")
+    print(f"| invalid float32 table | GPU all NaN and CPU error: {invalid_ok} |")
+    print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps | {keras_same} |")
+    print(f"| layer tables are GPU variables | {lut_on_gpu} |")
+    print(f"| tf.function traces over 4 swaps | {traces} |")
+    return 0 if failures == 0 and invalid_ok and keras_same and lut_on_gpu and traces == 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
