@@ -1,9 +1,11 @@
 // Thin OpKernel: reads attributes and tensors, validates them into InvalidArgument errors, and calls the
 // framework-free core. No arithmetic here.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/framework/types.h"
@@ -38,6 +40,25 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
                                filter_q, lut, parallel_for, output->flat<T>().data());
   }
 };
+
+class ApproxReadMulMapOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& path = ctx->input(0);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(path.shape()),
+                absl::InvalidArgumentError(absl::StrCat("mul_map_file must be a scalar string, got shape ",
+                                                        path.shape().DebugString())));
+    tfapprox::LutRef table;
+    const std::string error = tfapprox::LookupMulMap(std::string(path.scalar<tstring>()()), &table);
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({tfapprox::kLutEntries}), &output));
+    std::copy(table.lut->begin(), table.lut->end(), output->flat<uint16_t>().data());
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("ApproxReadMulMap").Device(DEVICE_CPU), ApproxReadMulMapOp);
 
 #define REGISTER_CPU(T)                                                                       \
   REGISTER_KERNEL_BUILDER(                                                                    \

@@ -83,4 +83,20 @@ table: 65536 products, entry (a << 8) | w being the product of activation code a
   output NaN on the GPU (which cannot report it without waiting for the device).
 )doc");
 
+REGISTER_OP("ApproxReadMulMap")
+    .Input("mul_map_file: string")
+    .Output("table: uint16")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 0, &unused));
+      c->set_output(0, c->Vector(kLutEntries));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+The table of a mul_map_file as it is now ("" = the exact product), as ApproxConv2DWithMinMaxVars
+reads it (same checks, same bounded cache). The path is an input, not an attribute, so one kernel
+serves every path: eager calls of the file op go through this and ApproxConv2DWithTable, and a
+program using thousands of table files does not keep a kernel per path.
+)doc");
+
 }  // namespace tensorflow

@@ -234,6 +234,16 @@ def approx_conv2d_with_min_max_vars(
     if not isinstance(mul_map_file, (str, bytes)):
         raise TypeError(f"mul_map_file must be a path string or '', got {mul_map_file!r}")
     x, w, ranges = _operands(input, filter, (input_min, input_max, filter_min, filter_max))
+    if tf.executing_eagerly():
+        # The same computation through the table op, the file read by ApproxReadMulMap (same checks,
+        # same cache): eager TensorFlow keeps a kernel for every new attribute value, so a path as an
+        # attribute would cost memory for every table file ever used (a search over thousands).
+        table = _ops.approx_read_mul_map(mul_map_file)
+        return approx_conv2d_with_table(
+            x, w, *ranges, table=table, strides=strides, padding=padding, num_bits=num_bits,
+            explicit_paddings=explicit_paddings, data_format=data_format, dilations=dilations,
+            name=name,
+        )
     return _ops.approx_conv2d_with_min_max_vars(
         input=x,
         filter=w,
