@@ -74,6 +74,12 @@ template <> const char* TypeName<float>() { return "float"; }
 template <> const char* TypeName<double>() { return "double"; }
 template <> const char* TypeName<__half>() { return "half"; }
 template <> const char* TypeName<__nv_bfloat16>() { return "bfloat16"; }
+template <typename T>
+GpuDtype DtypeOf();
+template <> GpuDtype DtypeOf<float>() { return GpuDtype::kFloat; }
+template <> GpuDtype DtypeOf<double>() { return GpuDtype::kDouble; }
+template <> GpuDtype DtypeOf<__half>() { return GpuDtype::kHalf; }
+template <> GpuDtype DtypeOf<__nv_bfloat16>() { return GpuDtype::kBfloat16; }
 
 // The codes exactly as ApproxConvCpu lays them out for the reference.
 template <typename T>
@@ -123,11 +129,11 @@ struct Workspace : DeviceBuffer<uint8_t> {
 };
 
 // Runs one case on the GPU and the CPU and compares acc, act_sum and output bits. Returns "" or what
-// differs.
+// differs; min_acc (if given) receives the smallest reference sum.
 template <typename T>
 std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
                      const QuantParams& qi, const QuantParams& qf, const Lut& lut, const GpuOptions& base_opts,
-                     GpuPlan* used) {
+                     GpuPlan* used, int64_t* min_acc = nullptr) {
   std::vector<uint8_t> in_codes, flt_codes;
   HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
   QuantizedConv conv;
@@ -138,6 +144,7 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   conv.lut = lut.data();
   std::vector<int64_t> ref_acc(s.output_elements()), ref_act(s.out_pixels() * s.groups());
   ReferenceConvAccumulate(conv, 0, s.out_pixels(), ref_acc.data(), ref_act.data());
+  if (min_acc != nullptr) *min_acc = *std::min_element(ref_acc.begin(), ref_acc.end());
   std::vector<T> ref_out(s.output_elements());
   ApproxConvCpu<T>(s, input.data(), filter.data(), qi, qf, lut.data(), SerialFor(), ref_out.data(),
                    CpuKernel::kReference);
@@ -158,8 +165,15 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   // The workspace, poisoned: the call must clear what it uses.
   Workspace d_ws(s, &opts);
   d_ws.Poison(0xA5);
-  const std::string err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+  // NaN as the op's GPU kernel makes it, around the convolution (ApproxConvCpu does it inside).
+  DeviceBuffer<int> d_flags(kGpuFlagCount);
+  d_flags.Poison(0);
+  std::string err = GpuScanNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_flags.ptr, 0);
+  if (!err.empty()) return "GpuScanNan failed: " + err;
+  err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
+  err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_out.ptr, d_flags.ptr, 0);
+  if (!err.empty()) return "GpuPropagateNan failed: " + err;
   const cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
   const std::vector<int64_t> acc = d_acc.Download(), act = d_act.Download();
@@ -217,6 +231,27 @@ std::shared_ptr<const Lut> RandomLut(std::mt19937_64& rng, int lo, int hi) {
   return lut;
 }
 
+// CheckOne, counted, and reported if it fails (the first ten failures). Returns whether it passed.
+template <typename T>
+bool CheckCase(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
+               const QuantParams& qi, const QuantParams& qf, const Lut& lut, const GpuOptions& opts,
+               Counts* counts, const std::string& label, int64_t* min_acc = nullptr) {
+  GpuPlan used;
+  const std::string err = CheckOne<T>(s, input, filter, qi, qf, lut, opts, &used, min_acc);
+  counts->Add(used, s.output_elements());
+  if (!err.empty()) {
+    ++counts->failures;
+    if (counts->failures <= 10) {
+      static const char* kSkipNames[] = {"skip auto", "skip off", "skip sparse", "skip masked"};
+      std::printf("FAIL %s [%s, %s%s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used.kernel),
+                  used.split_k ? " split-k" : "", kSkipNames[static_cast<int>(opts.zero_skip)],
+                  opts.force_wide ? ", wide" : "", err.c_str());
+    }
+    return false;
+  }
+  return true;
+}
+
 template <typename T>
 bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi, const QuantParams& qf,
                  const Lut& lut, const GpuOptions& opts, float in_lo, float in_hi, float f_lo, float f_hi,
@@ -237,20 +272,7 @@ bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi
   std::vector<T> input(s.input_elements()), filter(s.filter_elements());
   for (auto& x : input) x = FromDouble<T>(draw(in_lo, in_hi));
   for (auto& x : filter) x = FromDouble<T>(draw(f_lo, f_hi));
-  GpuPlan used;
-  const std::string err = CheckOne<T>(s, input, filter, qi, qf, lut, opts, &used);
-  counts->Add(used, s.output_elements());
-  if (!err.empty()) {
-    ++counts->failures;
-    if (counts->failures <= 10) {
-      static const char* kSkipNames[] = {"skip auto", "skip off", "skip sparse", "skip masked"};
-      std::printf("FAIL %s [%s, %s%s, %s%s]: %s\n", label.c_str(), TypeName<T>(), GpuKernelName(used.kernel),
-                  used.split_k ? " split-k" : "", kSkipNames[static_cast<int>(opts.zero_skip)],
-                  opts.force_wide ? ", wide" : "", err.c_str());
-    }
-    return false;
-  }
-  return true;
+  return CheckCase<T>(s, input, filter, qi, qf, lut, opts, counts, label);
 }
 
 // One random shape, attributes, type, table and kernel; false when the attributes were invalid.
@@ -395,6 +417,98 @@ void WideCases(std::mt19937_64& rng, Counts* counts) {
     ++counts->wide;
     RandomCaseT<float>(rng, s, qi, qf, *lut, GpuOptions(), -1.f, 1.f, -1.f, 1.f, counts, "wide K=" + std::to_string(s.taps()));
   }
+}
+
+// A table for sums past 2^32 in the kernels' own 64-bit accumulators: every entry near 65535 but
+// row zp (the activation zero point), which is below 100. With `rebased` the kernels' rebased table
+// E = LUT - LUT[zp][w] (conv_gpu.cu) stays near 65535 off row zp, so the lookups themselves carry
+// the sum, not the per-channel sums of row zp (as they do with a table near 65535 everywhere,
+// WideCases). Without, LUT[zp][1] = 65535 too: the differences LUT - LUT[zp][w] span
+// 65535 - (-250) > 65535, so the kernels take the table as it is (R = 0, no skipping).
+std::shared_ptr<const Lut> LargeSumLut(int zp, bool rebased) {
+  auto lut = std::make_shared<Lut>();
+  for (int a = 0; a < 256; ++a)
+    for (int w = 0; w < 256; ++w)
+      (*lut)[(a << 8) | w] =
+          static_cast<uint16_t>(a == zp ? (5 * w) % 100 : 65535 - (7 * a + 13 * w) % 251);
+  if (!rebased) (*lut)[(zp << 8) | 1] = 65535;
+  return lut;
+}
+
+// Sums past 2^32 on every path that takes them: each tiled kernel (64-bit accumulation, as
+// K > 65537), whole tiles and K split, every zero-point skipping mode (the sparse one falls back to
+// masked), the rebased and the plain table, and the direct kernel; float and double. Codes are the
+// values (ranges [0, 255]: scale 1, zero point 0), a 32nd of the activations at the zero point
+// (skipped lookups), so every sum is above 2^32 (checked on the reference).
+void LargeSumCases(std::mt19937_64& rng, Counts* counts) {
+  QuantParams q;
+  MakeQuantParams(0.f, 255.f, 8, "min", "max", &q);
+  const std::shared_ptr<const Lut> tables[2] = {LargeSumLut(q.zero_point, true),
+                                                LargeSumLut(q.zero_point, false)};
+  struct Shape {
+    int64_t in[4], f[4];
+    DataFormat format;
+    Padding padding;
+  } shapes[] = {
+      {{1, 1, 3, 70000}, {1, 1, 70000, 40}, DataFormat::kNHWC, Padding::kSame},   // K = 70000
+      {{1, 7800, 3, 4}, {3, 3, 7800, 40}, DataFormat::kNCHW, Padding::kValid},    // K = 70200, 3 x 3
+      {{1, 1, 2, 140000}, {1, 1, 70000, 72}, DataFormat::kNHWC, Padding::kSame},  // 2 groups of 36
+      {{1, 1, 2, 70000}, {1, 1, 70000, 3}, DataFormat::kNHWC, Padding::kSame},    // direct by choice
+  };
+  auto run = [&](const Shape& sh, bool rebased, const GpuOptions& opts, bool as_double) {
+    const Lut& lut = *tables[rebased ? 0 : 1];
+    ConvAttrs attrs;
+    attrs.data_format = sh.format;
+    attrs.strides = {1, 1, 1, 1};
+    attrs.dilations = {1, 1, 1, 1};
+    attrs.padding = sh.padding;
+    ConvShape s;
+    const std::string err = ComputeConvShape(sh.in, sh.f, attrs, &s);
+    if (!err.empty()) {
+      std::printf("FAIL large-sum case shape: %s\n", err.c_str());
+      ++counts->failures;
+      return;
+    }
+    std::uniform_int_distribution<int> code(0, 255), other(1, 255);
+    std::vector<double> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& x : input) {
+      x = code(rng) % 32 == 0 ? q.zero_point : (q.zero_point + other(rng)) % 256;
+    }
+    for (auto& x : filter) x = code(rng);
+    const std::string label = "sums past 2^32, K=" + std::to_string(s.taps()) +
+                              (rebased ? ", rebased table" : ", plain table");
+    ++counts->wide;
+    ++counts->per_type[as_double ? 1 : 0];
+    int64_t min_acc = 0;
+    if (as_double) {
+      CheckCase<double>(s, input, filter, q, q, lut, opts, counts, label, &min_acc);
+    } else {
+      CheckCase<float>(s, std::vector<float>(input.begin(), input.end()),
+                       std::vector<float>(filter.begin(), filter.end()), q, q, lut, opts, counts, label,
+                       &min_acc);
+    }
+    if (min_acc <= (int64_t{1} << 32)) {
+      ++counts->failures;
+      std::printf("FAIL %s: a reference sum (%lld) is not past 2^32, so the case tests less than it says\n",
+                  label.c_str(), static_cast<long long>(min_acc));
+    }
+  };
+  // Each tiled kernel whole and split; over the first four kernels (rebased table) every pair of
+  // split and skipping mode, the last four take the plain table.
+  for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) {
+    for (int split = 0; split < 2; ++split) {
+      GpuOptions opts;
+      opts.kernel = static_cast<GpuKernel>(k);
+      opts.split_k = split ? SplitK::kAlways : SplitK::kOff;
+      opts.zero_skip = static_cast<ZeroSkip>((k + split) % 4);
+      run(shapes[(2 * k + split) % 3], k < 4, opts, (k + split) % 2);
+    }
+  }
+  GpuOptions direct;
+  direct.kernel = GpuKernel::kDirect;
+  run(shapes[0], true, direct, false);
+  run(shapes[2], false, direct, true);
+  run(shapes[3], true, GpuOptions(), false);
 }
 
 // A tiled call without its workspace (missing, short, misaligned) must return an error naming it and
@@ -797,6 +911,7 @@ int main(int argc, char** argv) {
   for (int done = 0; done < cases;)
     if (RandomCase(rng, tables, &counts)) ++done;
   WideCases(rng, &counts);
+  LargeSumCases(rng, &counts);
   WorkspaceChecks(&counts);
   if (bench) Bench(rng, tables, runs, sweep, &counts);
 

@@ -5,12 +5,26 @@
 namespace tfapprox {
 namespace {
 
-std::string Join(const std::vector<int64_t>& v) {
+std::string Join(const int64_t* v, size_t n) {
   std::ostringstream out;
   out << "[";
-  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  for (size_t i = 0; i < n; ++i) out << (i ? ", " : "") << v[i];
   out << "]";
   return out.str();
+}
+std::string Join(const std::vector<int64_t>& v) { return Join(v.data(), v.size()); }
+
+// Every dimension, stride, dilation and padding is at most this before any arithmetic on them (no
+// tensor this op indexes has a larger extent, so larger values describe nothing it can compute).
+// Then no intermediate of the geometry comes near 2^63 (the largest, a dilated filter extent, is
+// below 2^62), and every error quotes the values as the user gave them, never a wrapped one.
+constexpr int64_t kMaxExtent = kMaxTensorElements;
+
+bool AnyAbove(const int64_t* v, size_t n, int64_t limit) {
+  for (size_t i = 0; i < n; ++i) {
+    if (v[i] > limit) return true;
+  }
+  return false;
 }
 
 // Index of H, W, C in data_format order (N is 0 in both layouts).
@@ -40,8 +54,9 @@ std::string SpatialOutput(const char* dim, int64_t in, int64_t k, int64_t stride
   const int64_t padded = in + pad_before + pad_after;
   if (padded < effective_k) {
     std::ostringstream msg;
-    msg << "filter " << dim << " (" << k << ", dilated to " << effective_k
-        << ") is larger than the padded input " << dim << " (" << padded << ")";
+    msg << "filter " << dim << " (" << k;
+    if (dilation > 1) msg << ", dilated by " << dilation << " to " << effective_k;
+    msg << ") is larger than the padded input " << dim << " (" << padded << ")";
     return msg.str();
   }
   *out = (padded - effective_k) / stride + 1;
@@ -63,11 +78,17 @@ std::string ValidateConvAttrs(const ConvAttrs& attrs) {
   if (attrs.strides[ax.h] < 1 || attrs.strides[ax.w] < 1) {
     return "strides must be positive, got " + Join(attrs.strides);
   }
+  if (AnyAbove(attrs.strides.data(), 4, kMaxExtent)) {
+    return "strides must be at most 2^31 - 1, got " + Join(attrs.strides);
+  }
   if (attrs.dilations[0] != 1 || attrs.dilations[ax.c] != 1) {
     return "dilations in the batch and depth dimensions must be 1, got " + Join(attrs.dilations);
   }
   if (attrs.dilations[ax.h] < 1 || attrs.dilations[ax.w] < 1) {
     return "dilations must be positive, got " + Join(attrs.dilations);
+  }
+  if (AnyAbove(attrs.dilations.data(), 4, kMaxExtent)) {
+    return "dilations must be at most 2^31 - 1, got " + Join(attrs.dilations);
   }
   if (attrs.padding == Padding::kExplicit) {
     const auto& p = attrs.explicit_paddings;
@@ -79,6 +100,9 @@ std::string ValidateConvAttrs(const ConvAttrs& attrs) {
     }
     if (p[0] != 0 || p[1] != 0 || p[2 * ax.c] != 0 || p[2 * ax.c + 1] != 0) {
       return "explicit_paddings in the batch and depth dimensions must be 0, got " + Join(p);
+    }
+    if (AnyAbove(p.data(), 8, kMaxExtent)) {
+      return "explicit_paddings must be at most 2^31 - 1, got " + Join(p);
     }
   } else if (!attrs.explicit_paddings.empty()) {
     return "explicit_paddings must be empty unless padding is EXPLICIT, got " +
@@ -103,12 +127,18 @@ std::string ComputeConvShape(const int64_t input_dims[4], const int64_t filter_d
   s->filter_depth = filter_dims[2];
   s->out_depth = filter_dims[3];
   for (int i = 0; i < 4; ++i) {
-    if (input_dims[i] < 0) return "input has a negative dimension";
+    if (input_dims[i] < 0) return "input has a negative dimension, shape " + Join(input_dims, 4);
+  }
+  // Checked one by one: an empty input (a 0 dimension) passes the element counts below whatever its
+  // other dimensions, which must still be safe to compute with.
+  if (AnyAbove(input_dims, 4, kMaxExtent)) {
+    return "input dimensions must be at most 2^31 - 1, got shape " + Join(input_dims, 4);
   }
   if (s->filter_h < 1 || s->filter_w < 1 || s->filter_depth < 1 || s->out_depth < 1) {
-    return "filter dimensions must be positive, got [" + std::to_string(s->filter_h) + ", " +
-           std::to_string(s->filter_w) + ", " + std::to_string(s->filter_depth) + ", " +
-           std::to_string(s->out_depth) + "]";
+    return "filter dimensions must be positive, got " + Join(filter_dims, 4);
+  }
+  if (AnyAbove(filter_dims, 4, kMaxExtent)) {
+    return "filter dimensions must be at most 2^31 - 1, got shape " + Join(filter_dims, 4);
   }
   if (s->in_depth == 0 || s->in_depth % s->filter_depth != 0) {
     return "input depth (" + std::to_string(s->in_depth) +
@@ -142,13 +172,18 @@ std::string ComputeConvShape(const int64_t input_dims[4], const int64_t filter_d
     return false;
   };
   if (too_large({s->batch, s->in_h, s->in_w, s->in_depth})) {
-    return "input has more than 2^31 - 1 elements, the largest tensor this op indexes";
+    return "input has more than 2^31 - 1 elements, the largest tensor this op indexes, shape " +
+           Join(input_dims, 4);
   }
   if (too_large({s->filter_h, s->filter_w, s->filter_depth, s->out_depth})) {
-    return "filter has more than 2^31 - 1 elements, the largest tensor this op indexes";
+    return "filter has more than 2^31 - 1 elements, the largest tensor this op indexes, shape " +
+           Join(filter_dims, 4);
   }
   if (too_large({s->batch, s->out_h, s->out_w, s->out_depth})) {
-    return "output would have more than 2^31 - 1 elements, the largest tensor this op indexes";
+    const int64_t out_nhwc[4] = {s->batch, s->out_h, s->out_w, s->out_depth};
+    const int64_t out_nchw[4] = {s->batch, s->out_depth, s->out_h, s->out_w};
+    return "output would have more than 2^31 - 1 elements, the largest tensor this op indexes, "
+           "shape " + Join(attrs.data_format == DataFormat::kNHWC ? out_nhwc : out_nchw, 4);
   }
   return "";
 }

@@ -42,7 +42,10 @@ struct ConvShape {
 constexpr int64_t kMaxTensorElements = (int64_t{1} << 31) - 1;
 
 // Validates attributes against the shapes and resolves the geometry. input_dims are in data_format
-// order, filter_dims HWIO. Returns "" on success, otherwise a message naming the offending argument.
+// order, filter_dims HWIO. Every dimension, stride, dilation and explicit padding must be at most
+// kMaxTensorElements (larger ones are rejected before any arithmetic, so nothing overflows).
+// Returns "" on success, otherwise a message naming the offending argument and quoting its values
+// as given.
 std::string ValidateConvAttrs(const ConvAttrs& attrs);
 std::string ComputeConvShape(const int64_t input_dims[4], const int64_t filter_dims[4],
                              const ConvAttrs& attrs, ConvShape* shape);

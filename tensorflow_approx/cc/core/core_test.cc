@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -98,6 +99,25 @@ Case RandomCase(std::mt19937& rng) {
   return c;
 }
 
+// Runs the reference and the fast kernel (both instruction sets) on pixels [begin, end) and expects
+// identical sums. Returns the reference's acc.
+std::vector<int64_t> ExpectKernelsAgree(const QuantizedConv& conv, int64_t begin, int64_t end,
+                                        const ParallelFor& parallel_for, const std::string& name) {
+  const ConvShape& s = conv.shape;
+  const size_t n = end - begin;
+  std::vector<int64_t> ref_acc(n * s.out_depth, -1), ref_sum(n * s.groups(), -1);
+  std::vector<int64_t> fast_acc(n * s.out_depth), fast_sum(n * s.groups());
+  ReferenceConvAccumulate(conv, begin, end, ref_acc.data(), ref_sum.data());
+  for (CpuIsa isa : {CpuIsa::kBest, CpuIsa::kPortable}) {
+    std::fill(fast_acc.begin(), fast_acc.end(), -7);
+    std::fill(fast_sum.begin(), fast_sum.end(), -7);
+    CpuConvAccumulate(conv, begin, end, parallel_for, fast_acc.data(), fast_sum.data(), isa);
+    EXPECT(ref_acc == fast_acc, "acc differs (isa %d): %s", int(isa), name.c_str());
+    EXPECT(ref_sum == fast_sum, "act_sum differs (isa %d): %s", int(isa), name.c_str());
+  }
+  return ref_acc;
+}
+
 void TestFastKernelMatchesReference() {
   std::mt19937 rng(1234);
   Lut random_lut;
@@ -117,23 +137,84 @@ void TestFastKernelMatchesReference() {
     conv.filter = filter.data();
     conv.input_zero_code = static_cast<uint8_t>(code(rng));
     conv.lut = (iter % 2 ? random_lut : exact).data();
-    const int64_t pixels = s.out_pixels(), groups = s.groups();
+    const int64_t pixels = s.out_pixels();
     // A sub-range of pixels, as the pipeline's passes use.
     const int64_t begin = iter % 3 == 0 ? 0 : std::uniform_int_distribution<int64_t>(0, pixels - 1)(rng);
     const int64_t end = iter % 3 == 0 ? pixels : std::uniform_int_distribution<int64_t>(begin + 1, pixels)(rng);
-    const size_t n = end - begin;
-    std::vector<int64_t> ref_acc(n * s.out_depth, -1), ref_sum(n * groups, -1);
-    std::vector<int64_t> fast_acc(n * s.out_depth, -7), fast_sum(n * groups, -7);
-    ReferenceConvAccumulate(conv, begin, end, ref_acc.data(), ref_sum.data());
-    for (CpuIsa isa : {CpuIsa::kBest, CpuIsa::kPortable}) {
-      std::fill(fast_acc.begin(), fast_acc.end(), -7);
-      std::fill(fast_sum.begin(), fast_sum.end(), -7);
-      CpuConvAccumulate(conv, begin, end, ThreadedFor(1 + iter % 3), fast_acc.data(),
-                        fast_sum.data(), isa);
-      EXPECT(ref_acc == fast_acc, "acc differs (isa %d): %s", int(isa), c.name.c_str());
-      EXPECT(ref_sum == fast_sum, "act_sum differs (isa %d): %s", int(isa), c.name.c_str());
-    }
+    ExpectKernelsAgree(conv, begin, end, ThreadedFor(1 + iter % 3), c.name);
   }
+}
+
+// A table of entries drawn from [65535 - below_max, 65535] (below_max 0: the constant table of
+// 65535).
+Lut NearMaxLut(std::mt19937& rng, int below_max) {
+  Lut lut;
+  std::uniform_int_distribution<int> entry(65535 - below_max, 65535);
+  for (auto& v : lut) v = static_cast<uint16_t>(entry(rng));
+  return lut;
+}
+
+// One output pixel of batch 1 (the filter covers the input), random codes, `groups` groups of
+// kh * kw * depth taps and out_per_group channels: every kernel path must give the reference's
+// sums, and with the constant table of 65535 each sum must be taps * 65535, which catches a
+// wrapped accumulator even where the reference and the fast kernel would share it.
+void ExpectLargeSums(int64_t kh, int64_t kw, int64_t depth, int64_t groups, int64_t out_per_group,
+                     const Lut& lut, std::mt19937& rng) {
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kValid;
+  const int64_t input_dims[4] = {1, kh, kw, depth * groups};
+  const int64_t filter_dims[4] = {kh, kw, depth, groups * out_per_group};
+  ConvShape s;
+  const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
+  EXPECT(error.empty(), "%s", error.c_str());
+  std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+  for (auto& v : input) v = static_cast<uint8_t>(rng());
+  for (auto& v : filter) v = static_cast<uint8_t>(rng());
+  const QuantizedConv conv{s, input.data(), filter.data(), 0, lut.data()};
+  char name[128];
+  std::snprintf(name, sizeof(name), "%lldx%lldx%lld taps x %lld groups -> %lld per group",
+                (long long)kh, (long long)kw, (long long)depth, (long long)groups,
+                (long long)out_per_group);
+  const std::vector<int64_t> acc = ExpectKernelsAgree(conv, 0, 1, SerialFor(), name);
+  bool constant = true;
+  for (uint16_t v : lut) constant &= v == 65535;
+  if (!constant) return;
+  for (int64_t v : acc) {
+    EXPECT(v == s.taps() * 65535, "%s: %lld, expected %lld", name, (long long)v,
+           (long long)(s.taps() * 65535));
+  }
+}
+
+// Exact sums past 2^32 (int64 accumulators), and around the permute path's tap limit (int32 lanes:
+// it runs below 32768 taps, and 32769 taps are the fewest whose sums can pass 2^31 - 1).
+void TestLargeSumsEveryCpuPath() {
+  std::mt19937 rng(65537);
+  const Lut max_lut = NearMaxLut(rng, 0);
+  const Lut near_max = NearMaxLut(rng, 500);  // every sum of 70000 taps is above 2^32 too
+  // 70000 taps: sums of up to 4.59e9 > 2^32. Few channels, and >= 32 per group, which the permute
+  // path would take but for its tap limit: both run the scalar loop.
+  for (const Lut* lut : {&max_lut, &near_max}) {
+    ExpectLargeSums(1, 1, 70000, 1, 3, *lut, rng);
+    ExpectLargeSums(2, 2, 17500, 1, 40, *lut, rng);
+  }
+  ExpectLargeSums(2, 1, 35000, 2, 33, max_lut, rng);
+  // With >= 32 channels per group (a partial pass of 64 channels, a whole one, and more): the
+  // permute path (AVX-512BW) at its last tap count, 32767 = 7 * 4681, the scalar loop from
+  // 32768 = 2 * 4 * 4096 (sums of 2^31 - 2^15), and at 32769 = 3 * 3 * 3641 (2^31 + 32767: an
+  // int32 lane would wrap, so a limit moved past it fails here).
+  if (!__builtin_cpu_supports("avx512bw")) {
+    std::fprintf(stderr, "note: no AVX-512BW here, the fast kernel's permute path is not tested\n");
+  }
+  for (int64_t out_per_group : {32, 47, 64}) {
+    ExpectLargeSums(7, 1, 4681, 1, out_per_group, max_lut, rng);
+    ExpectLargeSums(2, 4, 4096, 1, out_per_group, max_lut, rng);
+    ExpectLargeSums(3, 3, 3641, 1, out_per_group, max_lut, rng);
+  }
+  ExpectLargeSums(7, 1, 4681, 1, 130, max_lut, rng);  // three permute passes
+  ExpectLargeSums(7, 1, 4681, 2, 47, max_lut, rng);
+  ExpectLargeSums(7, 1, 4681, 1, 47, near_max, rng);
 }
 
 // The exact table and scale 1 / zero point 0: the integer sum is the ordinary integer convolution,
@@ -177,6 +258,74 @@ void TestPipelineKernelsAgree() {
                      fast.data(), CpuKernel::kFast);
     EXPECT(ref == fast, "pipeline outputs differ: %s", c.name.c_str());
   }
+}
+
+// The whole op in double with both ranges [0, 255] (scale 1, zero point 0): every output is its
+// integer sum (the other dequantization terms are 0), compared exactly with the reference's, for
+// both kernels. Random codes in [0, 255], given as the values themselves in the op's layouts.
+void ExpectWholeOpSums(const int64_t input_dims[4], const int64_t filter_dims[4],
+                       const ConvAttrs& attrs, const Lut& lut, std::mt19937& rng,
+                       const char* name) {
+  ConvShape s;
+  const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
+  EXPECT(error.empty(), "%s: %s", name, error.c_str());
+  QuantParams q;
+  EXPECT(MakeQuantParams(0.f, 255.f, 8, "a", "b", &q).empty() && q.scale == 1.f &&
+             q.zero_point == 0 && q.nudged_min == 0.f,
+         "identity quantization");
+  const bool nhwc = s.data_format == DataFormat::kNHWC;
+  const int64_t in_hw = s.in_h * s.in_w, out_hw = s.out_h * s.out_w, taps = s.taps();
+  std::vector<uint8_t> input_codes(s.input_elements()), filter_codes(s.filter_elements());
+  std::vector<double> input(s.input_elements()), filter(s.filter_elements());
+  for (int64_t i = 0; i < s.input_elements(); ++i) {  // i indexes NHWC
+    input_codes[i] = static_cast<uint8_t>(rng());
+    const int64_t c = i % s.in_depth, nhw = i / s.in_depth;
+    input[nhwc ? i : (nhw / in_hw * s.in_depth + c) * in_hw + nhw % in_hw] = input_codes[i];
+  }
+  for (int64_t i = 0; i < s.filter_elements(); ++i) {  // i indexes [out_depth][taps]
+    filter_codes[i] = static_cast<uint8_t>(rng());
+    filter[i % taps * s.out_depth + i / taps] = filter_codes[i];  // HWIO
+  }
+  const QuantizedConv conv{s, input_codes.data(), filter_codes.data(), 0, lut.data()};
+  std::vector<int64_t> acc(s.output_elements()), act_sum(s.out_pixels() * s.groups());
+  ReferenceConvAccumulate(conv, 0, s.out_pixels(), acc.data(), act_sum.data());
+  for (CpuKernel kernel : {CpuKernel::kReference, CpuKernel::kFast}) {
+    std::vector<double> out(s.output_elements(), -1.0);
+    ApproxConvCpu<double>(s, input.data(), filter.data(), q, q, lut.data(), ThreadedFor(2),
+                          out.data(), kernel);
+    int64_t wrong = 0, first = -1;
+    for (int64_t p = 0; p < s.out_pixels(); ++p) {
+      for (int64_t co = 0; co < s.out_depth; ++co) {
+        const int64_t at = nhwc ? p * s.out_depth + co
+                                : (p / out_hw * s.out_depth + co) * out_hw + p % out_hw;
+        if (out[at] != static_cast<double>(acc[p * s.out_depth + co])) {
+          if (wrong++ == 0) first = p * s.out_depth + co;
+        }
+      }
+    }
+    EXPECT(wrong == 0, "%s (kernel %d): %lld outputs differ from the sums, first of pixel %lld",
+           name, int(kernel), (long long)wrong, (long long)(first < 0 ? -1 : first / s.out_depth));
+  }
+}
+
+void TestWholeOpExactSums() {
+  std::mt19937 rng(4242);
+  const Lut near_max = NearMaxLut(rng, 500);
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kValid;
+  // Sums past 2^32 (70000 taps of at least 65035): exact in the double output.
+  const int64_t wide_in[4] = {1, 1, 2, 70000}, wide_filter[4] = {1, 1, 70000, 5};
+  ExpectWholeOpSums(wide_in, wide_filter, attrs, near_max, rng, "70000 taps");
+  // More pixels than one accumulator pass holds: 47 channels give passes of 5577 pixels (not a
+  // multiple of the fast kernel's 4-pixel blocks), so 2 x 75 x 75 pixels take two full passes and a
+  // short third, and passes cross the batch boundary; NCHW output, SAME padding.
+  static_assert(kAccumulatorElementsPerPass / 47 == 5577, "the passes this case is sized for");
+  attrs.data_format = DataFormat::kNCHW;
+  attrs.padding = Padding::kSame;
+  const int64_t pass_in[4] = {2, 4, 75, 75}, pass_filter[4] = {3, 3, 4, 47};
+  ExpectWholeOpSums(pass_in, pass_filter, attrs, near_max, rng, "three passes");
 }
 
 void TestQuantParams() {
@@ -270,6 +419,110 @@ void TestShapeErrors() {
   EXPECT(Contains(ComputeConvShape(huge_in, f1, attrs, &s), "2^31"), "too large");
 }
 
+// An error for a huge value: it names `argument` and quotes `value` as given, and holds no negative
+// number (what a wrapped int64 would print).
+void ExpectQuotes(const std::string& error, const char* argument, int64_t value, const char* what) {
+  bool negative = false;
+  for (size_t i = 0; i + 1 < error.size(); ++i) {
+    negative |= error[i] == '-' && std::isdigit(static_cast<unsigned char>(error[i + 1]));
+  }
+  EXPECT(Contains(error, argument) && Contains(error, std::to_string(value)) && !negative,
+         "%s: \"%s\"", what, error.c_str());
+}
+
+// Values whose sums or products overflow int64: each is a clear error naming the argument, never a
+// wrapped number or a wrong shape; the largest accepted values still give the right geometry.
+void TestHugeShapeValues() {
+  const int64_t big = int64_t{1} << 62, max = INT64_MAX, limit = kMaxTensorElements;
+  for (DataFormat format : {DataFormat::kNHWC, DataFormat::kNCHW}) {
+    const bool nhwc = format == DataFormat::kNHWC;
+    ConvAttrs attrs;
+    attrs.data_format = format;
+    attrs.strides = {1, 1, 1, 1};
+    attrs.dilations = {1, 1, 1, 1};
+    attrs.padding = Padding::kExplicit;
+    const int64_t in[4] = {1, nhwc ? 4 : 2, 4, nhwc ? 2 : 4}, filter[4] = {3, 3, 2, 2};
+    const int h = nhwc ? 1 : 2, w = nhwc ? 2 : 3;  // spatial axes in data_format order
+    ConvShape s;
+    for (int i = 0; i < 8; ++i) {
+      for (int64_t v : {big, max}) {
+        attrs.explicit_paddings.assign(8, 0);
+        attrs.explicit_paddings[i] = v;
+        ExpectQuotes(ComputeConvShape(in, filter, attrs, &s), "explicit_paddings", v,
+                     "one padding");
+      }
+    }
+    attrs.explicit_paddings = {0, 0, 0, 0, 0, 0, 0, 0};
+    attrs.explicit_paddings[2 * h] = attrs.explicit_paddings[2 * h + 1] = big;  // the sum wraps
+    ExpectQuotes(ComputeConvShape(in, filter, attrs, &s), "explicit_paddings", big, "two paddings");
+    attrs.explicit_paddings[2 * h] = attrs.explicit_paddings[2 * h + 1] = 0;
+    for (Padding padding : {Padding::kSame, Padding::kValid}) {
+      ConvAttrs a = attrs;
+      a.padding = padding;
+      a.explicit_paddings.clear();
+      for (int axis : {h, w}) {
+        a.strides[axis] = max;  // SAME: in + stride - 1 wraps
+        ExpectQuotes(ComputeConvShape(in, filter, a, &s), "strides", max, "stride");
+        a.strides[axis] = 1;
+        a.dilations[axis] = big;  // (k - 1) * dilation wraps
+        ExpectQuotes(ComputeConvShape(in, filter, a, &s), "dilations", big, "dilation");
+        a.dilations[axis] = 1;
+      }
+    }
+    attrs.padding = Padding::kSame;
+    attrs.explicit_paddings.clear();
+    for (int i = 0; i < 4; ++i) {
+      for (int64_t v : {big, max}) {
+        int64_t huge_in[4] = {in[0], in[1], in[2], in[3]}, huge_filter[4] = {3, 3, 2, 2};
+        huge_in[i] = v;
+        ExpectQuotes(ComputeConvShape(huge_in, filter, attrs, &s), "input dimensions", v,
+                     "input dimension");
+        huge_in[0] = 0;  // empty, but its other dimensions are still computed with
+        if (i != 0) {
+          ExpectQuotes(ComputeConvShape(huge_in, filter, attrs, &s), "input dimensions", v,
+                       "empty input");
+        }
+        huge_filter[i] = v;
+        ExpectQuotes(ComputeConvShape(in, huge_filter, attrs, &s), "filter dimensions", v,
+                     "filter dimension");
+        ConvAttrs dilated = attrs;  // (k - 1) * dilation wraps, to 2^62 - 4 for k = 2^62
+        dilated.dilations[h] = dilated.dilations[w] = 5;
+        dilated.padding = Padding::kValid;
+        ExpectQuotes(ComputeConvShape(in, huge_filter, dilated, &s), "filter dimensions", v,
+                     "dilated filter dimension");
+      }
+    }
+    // Products past int64 of dimensions each within the limit.
+    const int64_t in_limit[4] = {limit, nhwc ? limit : 2, limit, nhwc ? 2 : limit};
+    ExpectQuotes(ComputeConvShape(in_limit, filter, attrs, &s), "input has more than", limit,
+                 "input elements");
+    const int64_t filter_limit[4] = {limit, limit, 2, limit};
+    ExpectQuotes(ComputeConvShape(in, filter_limit, attrs, &s), "filter has more than", limit,
+                 "filter elements");
+
+    // The limits themselves: a stride of 2^31 - 1 gives one output (SAME), a dilation of 2^31 - 1
+    // on a 1-tap filter changes nothing, and on a 3-tap one the error quotes it.
+    attrs.strides[h] = limit;
+    EXPECT(ComputeConvShape(in, filter, attrs, &s).empty() && s.out_h == 1 && s.out_w == 4,
+           "stride limit");
+    attrs.strides[h] = 1;
+    attrs.dilations[w] = limit;
+    const int64_t filter_3x1[4] = {3, 1, 2, 2};
+    EXPECT(ComputeConvShape(in, filter_3x1, attrs, &s).empty() && s.out_w == 4, "dilation limit");
+    attrs.padding = Padding::kValid;
+    ExpectQuotes(ComputeConvShape(in, filter, attrs, &s), "dilated by", limit, "dilated filter");
+    attrs.dilations[w] = 1;
+    // Padding at the limit: the output is too large, said with its shape.
+    attrs.padding = Padding::kExplicit;
+    attrs.explicit_paddings.assign(8, 0);
+    attrs.explicit_paddings[2 * h] = limit;
+    ExpectQuotes(ComputeConvShape(in, filter, attrs, &s), "output", limit + 2, "padding limit");
+    attrs.strides[h] = limit;  // ... unless the stride brings it down
+    EXPECT(ComputeConvShape(in, filter, attrs, &s).empty() && s.out_h == 2 && s.pad_top == limit,
+           "padding and stride limits");
+  }
+}
+
 }  // namespace
 }  // namespace tfapprox
 
@@ -277,7 +530,10 @@ int main() {
   tfapprox::TestQuantParams();
   tfapprox::TestLutFiles();
   tfapprox::TestShapeErrors();
+  tfapprox::TestHugeShapeValues();
   tfapprox::TestLargeKExactSum();
+  tfapprox::TestLargeSumsEveryCpuPath();
+  tfapprox::TestWholeOpExactSums();
   tfapprox::TestFastKernelMatchesReference();
   tfapprox::TestPipelineKernelsAgree<float>();
   tfapprox::TestPipelineKernelsAgree<double>();
