@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import tensorflow_approx as ta
 from tensorflow_approx.multipliers.multiplier import TABLE_BYTES
+from tensorflow_approx import multipliers as mx
+from tensorflow_approx.testing import reference as ref
 from tensorflow_approx.testing.reference import exact_table, write_table
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -182,24 +184,49 @@ def test_float64_policy_runs_the_op_in_float64():
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_policies(policy):
+    """Under a mixed policy the layer is the float32 layer on half-precision operands, rounded.
+
+    Keras hands the layer its input and kernel cast to the half type; from there the layer works in
+    float32 (ranges, codes, op) and casts the op's result back before adding the bias in half
+    precision. So the float32 layer, given the same half-rounded input and kernel, computes the same
+    codes and the same float32 op result `a`; the mixed layer returns fl(fl(a) + fl(b)) for the
+    float32 bias b. Each rounding to the half type errs by at most u = half an ulp (2^-11 float16,
+    2^-8 bfloat16) relative, plus 2^-25 absolute in float16's subnormal range, so
+    |y - (a + b)| <= u * (|fl(a) + fl(b)|) + u * (|a| + |b|) <= u * (|a + b| + 2 (|a| + |b|))
+    (+ 3 subnormal half-steps). No code-step term: the quantization sees the same operands.
+    """
+    half = tf.float16 if policy == "mixed_float16" else tf.bfloat16
+    u = 2.0**-11 if half == tf.float16 else 2.0**-8
+    tiny = 3 * 2.0**-25 if half == tf.float16 else 0.0
     x = np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype(np.float32)
-    exact32 = ta.FakeApproxConv2D(4, 3)
+    exact32 = ta.FakeApproxConv2D(4, 3, bias_initializer="random_normal")
     y32 = exact32(x).numpy()
+    kernel, bias = exact32.get_weights()[:2]
     keras.config.set_dtype_policy(policy)
-    layer = ta.FakeApproxConv2D(4, 3)
+    layer = ta.FakeApproxConv2D(4, 3, bias_initializer="random_normal")
     layer.build(x.shape)
     layer.set_weights(exact32.get_weights())
     y = layer(x)
     assert y.dtype == policy.split("_")[1]
-    # Input and kernel reach the layer rounded to half precision, which can move a value across a
-    # code boundary: at most one code step (Rx/255 or Rk/255) per operand of each of the K taps.
-    # The float32 result is then rounded once more to the half type.
-    K = taps(exact32)
-    rx = np.ptp(range_with_zero(x))
-    rk = np.ptp(range_with_zero(exact32.kernel.numpy()))
-    half_eps = 2.0**-8 if policy == "mixed_bfloat16" else 2.0**-11
-    bound = 2 * K * rx * rk / 255 + half_eps * np.abs(y32)
-    assert np.all(np.abs(y.numpy().astype(np.float32) - y32) <= bound)
+    y = y.numpy().astype(np.float64)
+
+    def rounded(v):
+        return tf.cast(tf.cast(v, half), tf.float32).numpy()
+
+    keras.config.set_dtype_policy("float32")
+    no_bias = ta.FakeApproxConv2D(4, 3, use_bias=False)
+    no_bias.build(x.shape)
+    no_bias.kernel.assign(rounded(kernel))
+    a = no_bias(rounded(x)).numpy().astype(np.float64)
+    b = bias.astype(np.float64)
+    bound = u * (np.abs(a + b) + 2 * (np.abs(a) + np.abs(b))) + tiny
+    assert np.all(np.abs(y - (a + b)) <= bound)
+    # A real bound: a few half-type ulps of the largest output (0.4% for float16), where a bound of
+    # one code step per operand per tap (2 K Rx Rk / 255) would be as large as the outputs.
+    assert bound.max() < 8 * u * np.abs(y32).max()
+    # And the half-rounded operands do matter: some codes moved, so the unrounded float32 layer is
+    # not within that bound (the comparison above is against the right reference).
+    assert np.any(np.abs(y - y32) > bound)
 
 
 def test_range_that_excludes_zero_is_widened_not_collapsed():
@@ -319,6 +346,141 @@ def test_fixed_mode_needs_calibration_then_uses_the_union_of_batches():
     np.testing.assert_allclose(
         frozen, model.predict(np.clip(big, *range_with_zero(x)), verbose=0), atol=1e-5
     )
+
+
+LAYER_KINDS = {
+    "conv2d": (lambda **kw: ta.FakeApproxConv2D(4, 3, padding="same", **kw), (2, 6, 6, 3)),
+    "depthwise": (lambda **kw: ta.FakeApproxDepthwiseConv2D(3, depth_multiplier=2, **kw),
+                  (2, 6, 6, 3)),
+    "dense": (lambda **kw: ta.FakeApproxDense(5, **kw), (4, 6)),
+}
+
+
+def layer_with_state(kind, range_mode, x):
+    """A layer of `kind` in `range_mode`, inside a model, its range state set from x when it has one
+    (a training call for "moving_average", calibrate for "fixed")."""
+    make, shape = LAYER_KINDS[kind]
+    layer = make(range_mode=range_mode, ema_decay=0.75, bias_initializer="random_normal")
+    model = keras.Sequential([keras.Input(shape[1:]), layer])
+    if range_mode == "moving_average":
+        layer(x, training=True)
+    elif range_mode == "fixed":
+        ta.calibrate(model, x)
+    if range_mode != "batch":
+        assert layer.range_ready.numpy() == 1
+        assert (layer.input_min.numpy(), layer.input_max.numpy()) == pytest.approx(
+            range_with_zero(x))
+    return layer, model
+
+
+@pytest.mark.parametrize("range_mode", ta.layers.RANGE_MODES)
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_calls_without_training_argument_leave_the_ranges_alone(kind, range_mode):
+    """training=None (a plain call, a model call, a tf.function, predict) is inference: no range
+    variable moves, and the output is that of training=False."""
+    shape = LAYER_KINDS[kind][1]
+    rng = np.random.default_rng(20)
+    a = rng.normal(size=shape).astype(np.float32)
+    b = 3 * a + 1  # another range: an update would move the state
+    layer, model = layer_with_state(kind, range_mode, a)
+    before = [v.numpy().copy() for v in layer.weights]
+    inference = layer(b, training=False).numpy()
+    outputs = [layer(b), model(b), tf.function(lambda v: layer(v))(b), tf.function(model)(b),
+               model.predict(b, verbose=0)]
+    for variable, value in zip(layer.weights, before, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    for out in outputs:
+        np.testing.assert_array_equal(np.asarray(out), inference)
+    if range_mode == "batch":
+        assert layer._range_variables() == []
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_moving_average_layer_never_trained_stays_unready_without_training(kind):
+    make, shape = LAYER_KINDS[kind]
+    layer = make(range_mode="moving_average")
+    x = np.random.default_rng(21).normal(size=shape).astype(np.float32)
+    layer(x)
+    tf.function(lambda v: layer(v))(x)
+    assert (layer.range_ready.numpy(), layer.input_min.numpy(), layer.input_max.numpy()) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("range_mode", ta.layers.RANGE_MODES)
+def test_training_calls_update_only_moving_averages(range_mode):
+    """training=True moves a moving average (decay 0.75 toward the batch range); a fixed range stays
+    frozen; batch mode has no state."""
+    shape = LAYER_KINDS["conv2d"][1]
+    rng = np.random.default_rng(22)
+    a = rng.normal(size=shape).astype(np.float32)
+    b = 3 * a + 1
+    layer, _ = layer_with_state("conv2d", range_mode, a)
+    before = [v.numpy().copy() for v in layer.weights]
+    layer(b, training=True)
+    if range_mode == "moving_average":
+        lo, hi = (np.float32(v) for v in range_with_zero(a))
+        b_lo, b_hi = (np.float32(v) for v in range_with_zero(b))
+        want = (np.float32(0.75) * lo + np.float32(0.25) * b_lo,
+                np.float32(0.75) * hi + np.float32(0.25) * b_hi)
+        got = (layer.input_min.numpy(), layer.input_max.numpy())
+        assert got == pytest.approx(want, rel=1e-6) and got[1] > hi
+    else:
+        for variable, value in zip(layer.weights, before, strict=True):
+            np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+
+
+def weight_truncating_multiplier():
+    """a * (w with its 2 low bits cleared): truncates the weight operand only, so not symmetric."""
+    return mx.from_function(lambda a, w: a * (w >> 2 << 2), name="wtrunc2")
+
+
+def op_reference(layer, x, table):
+    """The layer's output from the NumPy model of the op (tensorflow_approx.testing.reference), with
+    the layer's ranges (batch range of x, kernel range, both widened to 0), in float64."""
+    kernel = layer.kernel.numpy()
+    ranges = (*range_with_zero(x), *range_with_zero(kernel))
+    if isinstance(layer, ta.FakeApproxDense):
+        images = x.reshape(-1, 1, 1, x.shape[-1])
+        out = ref.approx_conv(images, kernel.reshape(1, 1, *kernel.shape), ranges, table,
+                              padding="VALID")
+        out = out.reshape(*x.shape[:-1], kernel.shape[-1])
+    else:
+        if isinstance(layer, ta.FakeApproxDepthwiseConv2D):
+            kh, kw, c, m = kernel.shape
+            kernel = kernel.reshape(kh, kw, 1, c * m)
+        out = ref.approx_conv(x, kernel, ranges, table, padding=layer.padding.upper())
+    return out, ranges
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_asymmetric_table_takes_activation_code_as_row(kind):
+    """A table that is not symmetric tells LUT[(a << 8) | w] from LUT[(w << 8) | a]: the layer must
+    equal the NumPy model with the table as given, not with its transpose.
+
+    float64 policy: the layer and the model compute the same integer sums and then the same float64
+    expression s1*s2*acc + s1*m2*sa + s2*m1*sw + K*m1*m2 (semantics.md), each term at most
+    K * max|term per tap|; rounding (at most 5 roundings per term, however associated) stays within
+    8 * eps64 * K * (|s1 s2| 65535 + (|s1 m2| + |s2 m1|) 255 + |m1 m2|).
+    """
+    multiplier = weight_truncating_multiplier()
+    table = np.asarray(multiplier.lut, np.int64)
+    square = table.reshape(256, 256)
+    assert np.count_nonzero(square != square.T) > 40000  # truly asymmetric
+    keras.config.set_dtype_policy("float64")
+    make, shape = LAYER_KINDS[kind]
+    layer = make(mul_map_file=multiplier, use_bias=False)
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=shape)
+    y = layer(x).numpy()
+    assert y.dtype == np.float64
+    want, ranges = op_reference(layer, x, table)
+    swapped, _ = op_reference(layer, x, square.T.reshape(-1))
+    s1, m1, _ = ref.quant_params(*ranges[:2], 8)
+    s2, m2, _ = ref.quant_params(*ranges[2:], 8)
+    s1, m1, s2, m2 = (abs(float(v)) for v in (s1, m1, s2, m2))
+    bound = 8 * EPS64 * taps(layer) * (s1 * s2 * 65535 + (s1 * m2 + s2 * m1) * 255 + m1 * m2)
+    np.testing.assert_allclose(y, want, rtol=0, atol=bound)
+    # The test discriminates: the swapped operand order is far outside the bound.
+    assert np.abs(swapped - want).max() > 1e6 * bound
 
 
 def test_calibrate_rejects_models_without_range_state():

@@ -356,3 +356,187 @@ def test_concurrent_calls_share_the_table(tmp_path):
         results = list(pool.map(lambda _: conv(x).numpy(), range(16)))
     for got in results:
         np.testing.assert_array_equal(got, want)
+
+
+# ---- Rounding of half codes, integer sums past 2^31 / 2^32, wide layers and several passes. ----
+
+table_op = ta.approx_conv2d_with_table
+
+
+def run_either(which, x, f, ranges, table, **kwargs):
+    """The op `which` ("min_max_vars": exact table only, or "table") in float64 on NHWC x."""
+    args = [tf.constant(v, tf.float64) for v in (x, f, *ranges)]
+    kwargs = {"strides": [1, 1, 1, 1], "padding": "VALID", **kwargs}
+    if which == "min_max_vars":
+        assert np.array_equal(table, ref.exact_table())
+        return op(*args, num_bits=kwargs.pop("num_bits", 8), mul_map_file="", **kwargs).numpy()
+    return table_op(*args, table=tf.constant(np.asarray(table, np.uint16)), **kwargs).numpy()
+
+
+# (lo, hi, num_bits): scale a power of two, so nudged_min + (k + 0.5) * scale is exact in float32.
+TIE_RANGES = [
+    (0.0, 255.0, 8),            # scale 1, zero point 0
+    (-128.0, 127.0, 8),         # scale 1, zero point 128: ties below and above zero
+    (0.0, 255.0 / 64, 8),       # scale 1/64
+    (-2.0, 1.984375, 8),        # scale 1/64, zero point 128
+    (-5.0, 10.0, 4),            # num_bits 4: scale 1, zero point 5
+]
+
+
+@pytest.mark.parametrize("which", ["min_max_vars", "table"])
+@pytest.mark.parametrize("lo,hi,num_bits", TIE_RANGES)
+def test_half_code_ties_round_up_as_fake_quant(which, lo, hi, num_bits):
+    """Values exactly halfway between two codes take the upper code, as TensorFlow's
+    floor(v + 0.5): not the even one (np.round, rint) nor the one away from zero.
+
+    With a 1x1 filter of ones whose range [0, 2^b - 1] has scale 1 and zero point 0 (code 1, value
+    1), out = s1*q + m1 is the dequantized input, which must equal
+    tf.quantization.fake_quant_with_min_max_vars bit for bit; likewise for filter ties with an input
+    of ones. The halfway points nudged_min + (k + 0.5) * scale are exact in float32 here.
+    """
+    qmax = 2**num_bits - 1
+    scale, nudged_min, zp = ref.quant_params(lo, hi, num_bits)
+    assert scale == (hi - lo) / qmax and float(scale) == 2.0 ** np.round(np.log2(scale))
+    k = np.arange(qmax)  # ties between codes k and k + 1
+    ties = nudged_min + (k + 0.5) * np.float64(scale)
+    assert np.array_equal(ties.astype(np.float32), ties)  # exactly representable
+    want_codes = k + 1
+    # The test discriminates: ties-to-even gives code k for every even k (rounding v - zp half away
+    # from zero gives k for every k below the zero point).
+    assert np.sum(np.round(ties / scale - nudged_min / scale) != want_codes) >= qmax // 2
+    fake_quant = tf.quantization.fake_quant_with_min_max_vars(
+        tf.constant(ties, tf.float32), lo, hi, num_bits=num_bits).numpy()
+    np.testing.assert_array_equal(fake_quant, nudged_min + want_codes * scale)
+    table = ref.exact_table()
+    unit = (0.0, float(qmax))  # scale 1, zero point 0: 1.0 has code 1
+    # Input ties along the width, a 1x1 filter of ones: out = s1 * q + m1.
+    got = run_either(which, ties.reshape(1, 1, -1, 1), np.ones((1, 1, 1, 1)), (lo, hi, *unit),
+                     table, num_bits=num_bits).reshape(-1)
+    np.testing.assert_array_equal(got, fake_quant)
+    np.testing.assert_array_equal((got - nudged_min) / scale, want_codes)
+    # Filter ties along the output channels, an input of ones: out = s2 * q + m2.
+    got = run_either(which, np.ones((1, 1, 1, 1)), ties.reshape(1, 1, 1, -1), (*unit, lo, hi),
+                     table, num_bits=num_bits).reshape(-1)
+    np.testing.assert_array_equal(got, fake_quant)
+
+
+def high_table(rng):
+    """A table whose every entry is in [65100, 65535]: any 65976 taps or more sum past 2^32."""
+    return rng.integers(65100, 65536, 65536)
+
+
+# (name, input shape, filter shape, table): ranges [0, 255] for input and filter in float64, so
+# the output is the integer sum itself (semantics.md), exact in float64 below 2^53. The fast CPU
+# kernel takes its scalar loop (64-bit registers) below 32 output channels per group, and, on a
+# processor with AVX-512BW, its permute path (32-bit lanes, safe while taps * 65535 < 2^31) from
+# 32 channels per group when taps < 32768.
+LARGE_SUM_CASES = [
+    # Scalar loop, sums past 2^32: a 32-bit accumulator (signed or not) wraps.
+    ("scalar_1x1_past_2^32", (1, 1, 3, 66000), (1, 1, 66000, 3), "high"),
+    ("scalar_3x3_past_2^32", (2, 3, 3, 7400), (3, 3, 7400, 2), "high"),
+    # Between 2^31 and 2^32: a signed 32-bit accumulator wraps.
+    ("scalar_past_2^31", (1, 1, 2, 40000), (1, 1, 40000, 2), "max"),
+    # Permute path at its limit: 32767 taps of 65535 sum to 2^31 - 98302, still exact in int32
+    # lanes; two groups of 32 channels.
+    ("permute_32767_taps", (1, 1, 3, 2 * 32767), (1, 1, 32767, 64), "max"),
+    # 32768 taps: the scalar loop (the permute path would still be exact: 2^31 - 32768).
+    ("channels64_32768_taps", (1, 1, 3, 32768), (1, 1, 32768, 64), "max"),
+    # 32769 taps of 65535 pass 2^31: int32 lanes would wrap if the permute path took them.
+    ("channels64_32769_taps_past_2^31", (1, 1, 3, 32769), (1, 1, 32769, 64), "max"),
+    # 64 channels past 2^32: wraps 32-bit lanes even read as unsigned, and a 32-bit accumulator.
+    ("channels64_past_2^32", (1, 1, 3, 66000), (1, 1, 66000, 64), "high"),
+]
+
+
+@pytest.mark.parametrize("name,shape,filter_shape,kind", LARGE_SUM_CASES,
+                         ids=[c[0] for c in LARGE_SUM_CASES])
+def test_integer_sums_past_2_31_and_2_32_are_exact(name, shape, filter_shape, kind, tmp_path):
+    rng = np.random.default_rng(sum(map(ord, name)))
+    table = high_table(rng) if kind == "high" else np.full(65536, 65535)
+    # Codes near the top, so that the products differ per channel.
+    x = rng.integers(192, 256, shape).astype(np.float64)
+    f = rng.integers(192, 256, filter_shape).astype(np.float64)
+    kh, kw, cg, cout = filter_shape
+    taps = kh * kw * cg
+    groups = shape[-1] // cg
+    per_group = cout // groups
+    # The reference sums in int64: one output pixel at a time (1x1 filters, or VALID 3x3 on 3x3).
+    xi, fi = x.astype(np.int64), f.astype(np.int64)
+    lut = table.astype(np.int64)
+    want = np.zeros(shape[:1] + (1 if kh > 1 else shape[1], 1 if kw > 1 else shape[2], cout),
+                    np.int64)
+    for n, oh, ow in np.ndindex(*want.shape[:3]):
+        patch = xi[n, oh:oh + kh, ow:ow + kw].reshape(kh * kw, groups, cg)
+        for g in range(groups):
+            a = patch[:, g].reshape(-1)
+            w = fi[..., g * per_group:(g + 1) * per_group].reshape(taps, per_group)
+            want[n, oh, ow, g * per_group:(g + 1) * per_group] = lut[(a[:, None] << 8) | w].sum(0)
+    if kind == "max":
+        assert np.all(want == 65535 * taps)  # the closed form
+    if "2^32" in name:
+        assert want.min() > 2**32
+    elif "2^31" in name:
+        assert 2**31 < want.min() and want.max() < 2**32
+    else:
+        assert want.max() < 2**31
+    ranges = (0.0, 255.0, 0.0, 255.0)
+    if name.startswith("scalar"):
+        path = ref.write_table(tmp_path / "t.bin", table)
+        got = run_op(x, f, ranges, path, padding="VALID")
+    else:
+        got = run_either("table", x, f, ranges, table)
+    np.testing.assert_array_equal(got, want.astype(np.float64))
+
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+# kAccumulatorElementsPerPass (approx_conv_cpu.h): the CPU op sums and dequantizes the output in
+# passes of 2^18 / out_depth pixels.
+ACCUMULATORS_PER_PASS = 2**18
+
+# (input shape NHWC, filter shape, padding, data_format): out_depth 64 and 128 with >= 32 channels
+# per group (the AVX-512 permute path), one with 16 per group (scalar loop); 2 to 4 passes, the last
+# one short in two cases.
+WIDE_CASES = [
+    ((2, 64, 64, 3), (3, 3, 3, 64), "SAME", "NHWC"),         # 8192 pixels, passes of 4096
+    ((2, 66, 66, 4), (3, 3, 2, 128), "VALID", "NCHW"),       # 2 groups of 64, passes of 2048
+    ((3, 37, 41, 5), (1, 3, 5, 128), "SAME", "NHWC"),        # 4551 pixels: 3 passes, last short
+    ((3, 30, 47, 8), (3, 3, 2, 64), "SAME", "NCHW"),         # 4 groups of 16: scalar loop
+]
+
+
+@pytest.mark.parametrize("shape,filter_shape,padding,data_format", WIDE_CASES,
+                         ids=[f"cout{c[1][3]}-{c[3]}-{c[0][0]}x{c[0][1]}x{c[0][2]}" for c in WIDE_CASES])
+def test_many_output_channels_over_several_passes_match_the_reference(
+        shape, filter_shape, padding, data_format, tmp_path):
+    """Every output of a wide layer whose output takes several accumulator passes.
+
+    float64 with random ranges (nonzero nudged minimums, so all four terms of the epilogue count):
+    the op and the model compute the same integers and then out = s1*s2*acc + s1*m2*sa + s2*m1*sw
+    + K*m1*m2 from the same float64 values. Evaluated in any order, each product rounds at most
+    twice and the sum three times, so the two agree within 5 * eps64 * (sum of |terms|); the bound
+    below is 8 * eps64 * that sum (in practice they are bit-identical). A pass that wrote its
+    outputs at the wrong pixels, or dropped a term, is off by a whole output value.
+    """
+    rng = np.random.default_rng(filter_shape[3] + shape[1])
+    table = rng.integers(0, 65536, 65536)
+    path = ref.write_table(tmp_path / "t.bin", table)
+    ranges = (-0.75, 1.5, -0.5, 0.25)
+    x = rng.uniform(-1, 2, shape)
+    f = rng.normal(0, 0.3, filter_shape)
+    got = run_op(x, f, ranges, path, padding=padding, data_format=data_format)
+    cout = filter_shape[3]
+    pixels = got.shape[0] * got.shape[1] * got.shape[2]
+    assert got.shape[-1] == cout and pixels > ACCUMULATORS_PER_PASS // cout  # 2 passes or more
+    s1, m1, zp1 = ref.quant_params(*ranges[:2], 8)
+    s2, m2, _ = ref.quant_params(*ranges[2:], 8)
+    assert m1 != 0 and m2 != 0
+    acc, sa, sw, taps = ref.conv_sums(ref.codes(x, *ranges[:2], 8), ref.codes(f, *ranges[2:], 8),
+                                      table, (1, 1), padding, (1, 1), zp1)
+    sa = np.repeat(sa, cout // sa.shape[-1], axis=-1)
+    s1, m1, s2, m2 = (np.float64(v) for v in (s1, m1, s2, m2))
+    terms = (s1 * s2 * acc, s1 * m2 * sa, s2 * m1 * sw, np.float64(taps) * m1 * m2)
+    want = terms[0] + terms[1] + terms[2] + terms[3]
+    bound = 8 * EPS64 * sum(np.abs(t) for t in terms)
+    np.testing.assert_array_less(np.abs(got - want), bound + np.finfo(np.float64).tiny)
+    assert np.ptp(want) > 1  # the outputs vary: a misplaced pass cannot go unnoticed
