@@ -25,6 +25,10 @@ from tensorflow_approx import multipliers as mx
 DTYPES = {"float32": tf.float32, "float64": tf.float64, "float16": tf.float16, "bfloat16": tf.bfloat16}
 
 
+def bits(t):
+    return tf.bitcast(t, {2: tf.uint16, 4: tf.uint32, 8: tf.uint64}[t.dtype.size]).numpy()
+
+
 def random_case(rng):
     dtype = rng.choice(list(DTYPES))
     nchw = bool(rng.integers(2))
@@ -37,8 +41,8 @@ def random_case(rng):
     stride = int(rng.choice([1, 1, 2]))
     dilation = int(rng.choice([1, 1, 2])) if stride == 1 else 1
     padding = str(rng.choice(["SAME", "VALID", "EXPLICIT"]))
-    if padding == "VALID" and (k - 1) * dilation + 1 > size:
-        padding = "SAME"
+    if padding != "SAME" and (k - 1) * dilation + 1 > size:
+        padding = "SAME"  # the dilated filter must fit the unpadded input
     return dict(dtype=dtype, nchw=nchw, groups=groups, cg=cg, cout=groups * out_per_group, k=k, size=size,
                 batch=batch, stride=stride, dilation=dilation, padding=padding,
                 num_bits=int(rng.choice([8, 8, 6, 4])))
@@ -74,13 +78,23 @@ def run_case(c, rng, tables, nan):
             r = [tf.constant(v, dtype) for v in ranges]
             results[device, "file"] = ta.approx_conv2d_with_min_max_vars(
                 xt, wt, *r, num_bits=c["num_bits"], mul_map_file=path, **kw)
+            # In a graph the file op runs its own kernel (eager calls go through the table op).
+            results[device, "file-graph"] = tf.function(lambda: ta.approx_conv2d_with_min_max_vars(
+                xt, wt, *r, num_bits=c["num_bits"], mul_map_file=path, **kw))()
             results[device, "u16"] = ta.approx_conv2d_with_table(
                 xt, wt, *r, table=tf.constant(lut), num_bits=c["num_bits"], **kw)
             results[device, "f32"] = ta.approx_conv2d_with_table(
                 xt, wt, *r, table=tf.Variable(lut.astype(np.float32)), num_bits=c["num_bits"], **kw)
-    bits = lambda t: tf.bitcast(t, tf.uint16 if t.dtype.size == 2 else tf.uint32 if t.dtype.size == 4 else tf.uint64).numpy()
     cpu = results["/CPU:0", "file"]
     ok = all(np.array_equal(bits(cpu), bits(results[key])) for key in results)
+    if not ok:
+        for key in results:
+            a, b = bits(cpu), bits(results[key])
+            nan_a = np.isnan(tf.cast(cpu, tf.float32).numpy())
+            nan_b = np.isnan(tf.cast(results[key], tf.float32).numpy())
+            print("  ", key, "differing:", int((a != b).sum()), "NaN masks equal:", np.array_equal(nan_a, nan_b),
+                  "non-NaN differing:", int(((a != b) & ~nan_a).sum()), "bits", hex(a[a != b][0]) if (a != b).any() else "",
+                  hex(b[a != b][0]) if (a != b).any() else "")
     return ok, name, int(np.prod(cpu.shape)), int(np.isnan(tf.cast(cpu, tf.float32).numpy()).sum())
 
 
@@ -126,10 +140,26 @@ def check_keras(tables):
                 layer.set_multiplier(lut)
         with tf.device("/GPU:0"):
             gpu = forward(x).numpy()
-            gpu_predict = model.predict(x, batch_size=32, verbose=0)
+            gpu_predict = model.predict(x, batch_size=len(x), verbose=0)  # one batch: same batch ranges
         with tf.device("/CPU:0"):
             cpu = model(x, training=False).numpy()
         same &= np.array_equal(gpu, cpu) and np.array_equal(gpu_predict, cpu)
+        if not np.array_equal(gpu, cpu):
+            print("  keras", name, "max |gpu - cpu|", float(np.abs(gpu - cpu).max()), "differing",
+                  int((gpu != cpu).sum()), "of", gpu.size, "predict==call", np.array_equal(gpu, gpu_predict))
+            probe = x[:4]
+            for layer in model.layers[1:]:
+                outs = {}
+                for device in ("/CPU:0", "/GPU:0"):
+                    with tf.device(device):
+                        outs[device] = layer(probe, training=False).numpy()
+                        if hasattr(layer, "lut"):
+                            lo, hi = float(min(probe.min(), 0)), float(max(probe.max(), 0))
+                            fq = tf.quantization.fake_quant_with_min_max_vars(tf.constant(probe), lo, hi).numpy()
+                            outs[device + "fq"] = fq
+                print("   ", layer.name, "layer equal:", np.array_equal(outs["/CPU:0"], outs["/GPU:0"]),
+                      "fake-quant equal:", np.array_equal(outs.get("/CPU:0fq"), outs.get("/GPU:0fq")))
+                probe = outs["/CPU:0"]
     return same, on_gpu, len(traces)
 
 
@@ -160,7 +190,7 @@ def main():
     invalid_ok = check_invalid_table()
     keras_same, lut_on_gpu, traces = check_keras(tables)
     print(f"| check | result |\n| --- | --- |")
-    print(f"| random op cases x 3 table forms (file, uint16, float32) | {cases} cases, {outputs} outputs "
+    print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32) | {cases} cases, {outputs} outputs "
           f"({nans} NaN), {failures} mismatches |")
     print(f"| invalid float32 table | GPU all NaN and CPU error: {invalid_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps | {keras_same} |")

@@ -20,6 +20,21 @@ __device__ __forceinline__ bool IsNan(T x) {
   return v != v;
 }
 
+// The NaN the CPU kernels write, static_cast<T>(a float quiet NaN), bit for bit: CUDA's float-to-half
+// conversions would give another payload (0x7fff) where Eigen's keep the float's (0x7e00, 0x7fc0).
+template <typename T>
+__device__ __forceinline__ T CpuNan() {
+  return FromReal<T>(static_cast<typename RealOf<T>::type>(__int_as_float(0x7fc00000)));
+}
+template <>
+__device__ __forceinline__ __half CpuNan<__half>() {
+  return __ushort_as_half(0x7e00);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 CpuNan<__nv_bfloat16>() {
+  return __ushort_as_bfloat16(0x7fc0);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) ScanNanKernel(const T* __restrict__ input, int64_t input_size,
                                                            const T* __restrict__ filter, int64_t filter_size,
@@ -41,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) PropagateNanKernel(GpuGeometry g, co
   const bool input_nan = flags[kGpuFlagInputNan] != 0, filter_nan = flags[kGpuFlagFilterNan] != 0;
   const bool all_nan = flags[kGpuFlagInvalidTable] != 0;
   if (!input_nan && !filter_nan && !all_nan) return;
-  const T nan = FromReal<T>(static_cast<typename RealOf<T>::type>(__int_as_float(0x7fc00000)));
+  const T nan = CpuNan<T>();
   const int64_t total = static_cast<int64_t>(g.pixels) * g.out_depth;
   const int hw = g.out_h * g.out_w;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
