@@ -23,14 +23,22 @@ import tensorflow_approx as ta  # noqa: E402
 TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from ../shared, else a truncated product)")
 REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
 
-# (name, N, H, W, Cin, Cout, K): performance.md's shapes at N=8 and a LeNet-size layer.
+# (name, N, H, W, Cin, Cout, K, stride): performance.md's shapes at N=8, the layer shapes of a CIFAR
+# ResNet-20 at N=64, and a LeNet-size layer.
 LAYERS = [
-    ("3x3 56x56 64->64", 8, 56, 56, 64, 64, 3),
-    ("3x3 28x28 128->128", 8, 28, 28, 128, 128, 3),
-    ("3x3 14x14 256->256", 8, 14, 14, 256, 256, 3),
-    ("3x3 7x7 512->512", 8, 7, 7, 512, 512, 3),
-    ("1x1 56x56 64->256", 8, 56, 56, 64, 256, 1),
-    ("LeNet 3x3 28x28 1->6 N=256", 256, 28, 28, 1, 6, 3),
+    ("3x3 56x56 64->64", 8, 56, 56, 64, 64, 3, 1),
+    ("3x3 28x28 128->128", 8, 28, 28, 128, 128, 3, 1),
+    ("3x3 14x14 256->256", 8, 14, 14, 256, 256, 3, 1),
+    ("3x3 7x7 512->512", 8, 7, 7, 512, 512, 3, 1),
+    ("1x1 56x56 64->256", 8, 56, 56, 64, 256, 1, 1),
+    ("R20 stem 3x3 32x32 3->16", 64, 32, 32, 3, 16, 3, 1),
+    ("R20 3x3 32x32 16->16", 64, 32, 32, 16, 16, 3, 1),
+    ("R20 3x3 s2 32x32 16->32", 64, 32, 32, 16, 32, 3, 2),
+    ("R20 1x1 s2 32x32 16->32", 64, 32, 32, 16, 32, 1, 2),
+    ("R20 3x3 16x16 32->32", 64, 16, 16, 32, 32, 3, 1),
+    ("R20 3x3 8x8 64->64", 64, 8, 8, 64, 64, 3, 1),
+    ("1x1 16x16 16->16 N=8", 8, 16, 16, 16, 16, 1, 1),
+    ("LeNet 3x3 28x28 1->6 N=256", 256, 28, 28, 1, 6, 3, 1),
 ]
 
 
@@ -64,14 +72,15 @@ def main(_):
     header = f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} {'ratio':>7s}"
     print(header)
     print("-" * len(header))
-    for name, n, h, w, cin, cout, k in LAYERS:
+    for name, n, h, w, cin, cout, k, stride in LAYERS:
         x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
         f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))
         x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
-        macs = n * h * w * cout * k * k * cin
+        macs = n * (-(-h // stride)) * (-(-w // stride)) * cout * k * k * cin
+        strides = [1, stride, stride, 1]
         op_ms = median_ms(lambda: ta.approx_conv2d_with_min_max_vars(
-            x, f, 0.0, x_max, f_min, f_max, [1, 1, 1, 1], 8, table, "SAME").numpy(), REPEATS.value)
-        conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, 1, "SAME").numpy(), REPEATS.value)
+            x, f, 0.0, x_max, f_min, f_max, strides, 8, table, "SAME").numpy(), REPEATS.value)
+        conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
         print(f"{name:28s} {op_ms:9.2f} {macs / op_ms / 1e6:12.2f} {conv_ms:10.2f} "
               f"{macs / conv_ms / 1e6:14.2f} {op_ms / conv_ms:6.1f}x")
 

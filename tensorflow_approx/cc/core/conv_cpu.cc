@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/lut.h"
 
 namespace tfapprox {
 namespace {
@@ -142,6 +143,134 @@ __attribute__((target("avx512f,avx512bw"))) void LookupPixelsPermute(
   }
 }
 
+// The column path, for groups with few output channels (the 16-channel layers of small networks),
+// where a table row's 256 products would feed too few lookups. It turns the permute around: the
+// column of one weight code (the products of every activation code with it) sits in eight registers
+// and vpermi2w looks it up for 32 pixels at once. A column serves all kColumnBlocks * 32 pixels of a
+// chunk before the next tap, so a lookup costs well under one instruction whatever the channel count.
+constexpr int kColumnLanes = 32;   // pixels per vpermi2w
+constexpr int kColumnBlocks = 4;   // lane groups sharing each column load
+constexpr int kColumnPixels = kColumnLanes * kColumnBlocks;
+
+// The chunk's activation codes of one group, by tap: codes[t][i] (uint16, 0..255) for pixel i of the
+// chunk, and bits 6 and 7 of them as masks per lane group, computed once and used by every channel.
+struct ColumnOperands {
+  std::vector<uint16_t> codes;   // [taps][kColumnPixels]
+  std::vector<uint32_t> bit6;    // [taps][kColumnBlocks]
+  std::vector<uint32_t> bit7;
+};
+
+__attribute__((target("avx512f,avx512bw"))) void ColumnMasks(ColumnOperands* ops, int64_t taps) {
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int b = 0; b < kColumnBlocks; ++b) {
+      const __m512i c = _mm512_loadu_si512(&ops->codes[t * kColumnPixels + b * kColumnLanes]);
+      ops->bit6[t * kColumnBlocks + b] = _mm512_test_epi16_mask(c, _mm512_set1_epi16(64));
+      ops->bit7[t * kColumnBlocks + b] = _mm512_test_epi16_mask(c, _mm512_set1_epi16(128));
+    }
+  }
+}
+
+// sums[i] = sum_t by_weight[(w[t] << 8) | codes[t][i]] for the chunk's pixels i (int32 lanes: taps *
+// 65535 < 2^31), written to out[i * stride] for i < valid.
+__attribute__((target("avx512f,avx512bw"))) void LookupColumns(const ColumnOperands& ops, const uint8_t* w,
+                                                               int64_t taps, const uint16_t* by_weight,
+                                                               int valid, int64_t* out, int64_t stride) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i sums[kColumnBlocks][2];
+  for (auto& block : sums) block[0] = block[1] = zero;
+  for (int64_t t = 0; t < taps; ++t) {
+    const __m512i* column = reinterpret_cast<const __m512i*>(by_weight + (static_cast<int>(w[t]) << 8));
+    __m512i r[8];
+    for (int k = 0; k < 8; ++k) r[k] = _mm512_loadu_si512(column + k);
+    const uint16_t* codes = &ops.codes[t * kColumnPixels];
+    for (int b = 0; b < kColumnBlocks; ++b) {
+      const __m512i c = _mm512_loadu_si512(codes + b * kColumnLanes);
+      const __mmask32 b6 = ops.bit6[t * kColumnBlocks + b], b7 = ops.bit7[t * kColumnBlocks + b];
+      const __m512i q0 = _mm512_permutex2var_epi16(r[0], c, r[1]);
+      const __m512i q1 = _mm512_permutex2var_epi16(r[2], c, r[3]);
+      const __m512i q2 = _mm512_permutex2var_epi16(r[4], c, r[5]);
+      const __m512i q3 = _mm512_permutex2var_epi16(r[6], c, r[7]);
+      const __m512i v = _mm512_mask_blend_epi16(b7, _mm512_mask_blend_epi16(b6, q0, q1),
+                                                _mm512_mask_blend_epi16(b6, q2, q3));
+      sums[b][0] = _mm512_add_epi32(sums[b][0], _mm512_unpacklo_epi16(v, zero));
+      sums[b][1] = _mm512_add_epi32(sums[b][1], _mm512_unpackhi_epi16(v, zero));
+    }
+  }
+  for (int b = 0; b < kColumnBlocks; ++b) {
+    alignas(64) int32_t lo[16], hi[16];
+    _mm512_store_si512(lo, sums[b][0]);
+    _mm512_store_si512(hi, sums[b][1]);
+    // unpacklo/hi took words {0-3, 8-11, ...} and {4-7, 12-15, ...}: word 8 * lane + k.
+    for (int lane = 0; lane < 4; ++lane) {
+      for (int k = 0; k < 8; ++k) {
+        const int i = b * kColumnLanes + 8 * lane + k;
+        if (i < valid) out[i * stride] = k < 4 ? lo[4 * lane + k] : hi[4 * lane + k - 4];
+      }
+    }
+  }
+}
+
+// The chunk's codes of group g by tap, straight from the input codes (padded taps read the zero code),
+// and each valid pixel's code sum of the group. Lanes past `valid` repeat the last pixel.
+void GatherColumns(const QuantizedConv& conv, int64_t g, int64_t first, int valid, ColumnOperands* ops,
+                   int64_t* act_sum) {
+  const ConvShape& s = conv.shape;
+  const int64_t groups = s.groups();
+  for (int i = 0; i < kColumnPixels; ++i) {
+    const int64_t p = first + std::min(i, valid - 1);
+    const int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
+    uint16_t* out = &ops->codes[i];
+    int64_t sum = 0;
+    for (int64_t kh = 0; kh < s.filter_h; ++kh) {
+      const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
+      for (int64_t kw = 0; kw < s.filter_w; ++kw) {
+        const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
+        if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) {
+          const uint8_t* in = conv.input + ((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + g * s.filter_depth;
+          for (int64_t ci = 0; ci < s.filter_depth; ++ci, out += kColumnPixels) {
+            *out = in[ci];
+            sum += in[ci];
+          }
+        } else {
+          for (int64_t ci = 0; ci < s.filter_depth; ++ci, out += kColumnPixels) *out = conv.input_zero_code;
+          sum += int64_t{conv.input_zero_code} * s.filter_depth;
+        }
+      }
+    }
+    if (i < valid) act_sum[i * groups + g] = sum;
+  }
+}
+
+void ColumnPathAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixels,
+                          const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum) {
+  const ConvShape& s = conv.shape;
+  const int64_t taps = s.taps(), groups = s.groups(), out_per_group = s.out_depth_per_group();
+  // The table by weight code: by_weight[(w << 8) | a] = lut[(a << 8) | w].
+  std::vector<uint16_t> by_weight(kLutEntries);
+  for (int a = 0; a < 256; ++a)
+    for (int w = 0; w < 256; ++w) by_weight[(w << 8) | a] = conv.lut[(a << 8) | w];
+  const int64_t chunks = (pixels + kColumnPixels - 1) / kColumnPixels;
+  const int64_t cost = kColumnPixels * taps * (s.out_depth + groups);
+  parallel_for(chunks, cost, [&](int64_t begin, int64_t end) {
+    ColumnOperands ops;
+    ops.codes.resize(static_cast<size_t>(taps * kColumnPixels));
+    ops.bit6.resize(static_cast<size_t>(taps * kColumnBlocks));
+    ops.bit7.resize(ops.bit6.size());
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first = chunk * kColumnPixels;
+      const int valid = static_cast<int>(std::min<int64_t>(kColumnPixels, pixels - first));
+      for (int64_t g = 0; g < groups; ++g) {
+        GatherColumns(conv, g, pixel_begin + first, valid, &ops, act_sum + first * groups);
+        ColumnMasks(&ops, taps);
+        for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {
+          LookupColumns(ops, conv.filter + co * taps, taps, by_weight.data(), valid, acc + first * s.out_depth + co,
+                        s.out_depth);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
@@ -155,9 +284,14 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
   const int64_t blocks = (pixels + kPixels - 1) / kPixels;
   const int64_t cost_per_block = kPixels * taps * s.out_depth + kPixels * taps * groups;
 
-  // The permute path needs at least half a pass of channels to beat the scalar loop.
-  const bool permute = isa == CpuIsa::kBest && HasAvx512Bw() &&
-                       out_per_group >= kPermuteChannels / 2 && taps < 32768;
+  // The row permute path needs at least half a pass of channels to beat the scalar loop; with fewer
+  // channels the column path takes over. Both sum in 32-bit lanes: taps * 65535 < 2^31.
+  const bool avx512 = isa == CpuIsa::kBest && HasAvx512Bw() && taps < 32768;
+  if (avx512 && out_per_group < kPermuteChannels / 2) {
+    ColumnPathAccumulate(conv, pixel_begin, pixels, parallel_for, acc, act_sum);
+    return;
+  }
+  const bool permute = avx512;
   const int64_t padded = (out_per_group + kPermuteChannels - 1) / kPermuteChannels * kPermuteChannels;
   std::vector<uint8_t> weights_by_tap;  // [group][tap][padded], zero beyond out_per_group
   if (permute) {

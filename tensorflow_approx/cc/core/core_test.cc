@@ -212,6 +212,13 @@ void TestLargeSumsEveryCpuPath() {
     ExpectLargeSums(2, 4, 4096, 1, out_per_group, max_lut, rng);
     ExpectLargeSums(3, 3, 3641, 1, out_per_group, max_lut, rng);
   }
+  // Fewer than 32 channels per group: the column path (AVX-512BW, int32 lanes too) on both sides of
+  // the same tap limit, with channel counts below, at and between its lane groups.
+  for (int64_t out_per_group : {1, 3, 16, 31}) {
+    ExpectLargeSums(7, 1, 4681, 1, out_per_group, max_lut, rng);
+    ExpectLargeSums(3, 3, 3641, 1, out_per_group, max_lut, rng);
+  }
+  ExpectLargeSums(7, 1, 4681, 2, 16, near_max, rng);
   ExpectLargeSums(7, 1, 4681, 1, 130, max_lut, rng);  // three permute passes
   ExpectLargeSums(7, 1, 4681, 2, 47, max_lut, rng);
   ExpectLargeSums(7, 1, 4681, 1, 47, near_max, rng);

@@ -27,9 +27,12 @@ range so that real 0 is a code; for a range that does not contain 0 the nudge sl
 quantization-aware training we include 0 first. For ranges that already contain 0 (ReLU outputs,
 images in [0, 1], kernels) this is the raw min/max of the data, as in the seed.
 
-Gradients are straight-through: input and kernel pass through
-tf.quantization.fake_quant_with_min_max_vars (gradient 1 inside the range, 0 outside) and the op's
-gradient is the accurate convolution's at the fake-quantized values. Ranges get no gradient.
+Gradients are straight-through: in training calls (training=True, as Keras' fit makes them) input
+and kernel pass through tf.quantization.fake_quant_with_min_max_vars (gradient 1 inside the range,
+0 outside) and the op's gradient is the accurate convolution's at the fake-quantized values. Ranges
+get no gradient. Other calls are inference: the op gets the raw operands and quantizes them itself
+(same codes, no second pass), so a custom training loop must pass training=True to get the
+clipping of fake quantization in its gradients.
 
 Tables: each layer holds its multiplier's 65536 products as a non-trainable float32 weight `lut`
 (exact integers; float32 because a GPU variable cannot be uint16) and runs the op
@@ -298,20 +301,27 @@ class _FakeApproxMixin:
         return tf.float64 if self.compute_dtype == "float64" else tf.float32
 
     def _fake_quant_operands(self, inputs, kernel, training):
-        """Fake-quantized (input, kernel) in the op's dtype and the 4 ranges, each a scalar."""
+        """(input, kernel) for the op in its dtype, and the 4 ranges, each a scalar.
+
+        Training calls fake-quantize both first: the op's gradient is straight-through, and fake
+        quantization's own gradient is what zeroes it outside the range. Other calls (inference:
+        predict, evaluate, training=None or False) pass the raw operands: the op quantizes them to
+        the very codes fake quantization would give, so a second quantization pass would be wasted.
+        """
         x = tf.cast(inputs, tf.float32)
         k = tf.cast(kernel, tf.float32)
         x_min, x_max = self._input_range(x, training)
         k_min, k_max = _range_with_zero(k)
-        fq = tf.quantization.fake_quant_with_min_max_vars
-        xq = fq(x, x_min, x_max, num_bits=self.num_bits, narrow_range=False)
-        kq = fq(k, k_min, k_max, num_bits=self.num_bits, narrow_range=False)
+        if training:
+            fq = tf.quantization.fake_quant_with_min_max_vars
+            x = fq(x, x_min, x_max, num_bits=self.num_bits, narrow_range=False)
+            k = fq(k, k_min, k_max, num_bits=self.num_bits, narrow_range=False)
         dtype = self._op_dtype()
         ranges = [tf.cast(r, dtype) for r in (x_min, x_max, k_min, k_max)]
-        return tf.cast(xq, dtype), tf.cast(kq, dtype), ranges
+        return tf.cast(x, dtype), tf.cast(k, dtype), ranges
 
     def _approx_conv(self, xq, kq, ranges, strides, dilations, data_format, padding):
-        """The op on already fake-quantized operands (it re-quantizes them to the same codes)."""
+        """The op on the operands (fake-quantized or raw: it quantizes them to the same codes)."""
         return approx_conv2d_with_table(
             xq,
             kq,
