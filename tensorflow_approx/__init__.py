@@ -11,6 +11,7 @@ is importable, so saved models (SavedModel, .keras) load after this one import.
 
 import importlib
 import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,9 @@ def _register():
     global _load_error
     if importlib.util.find_spec("tensorflow") is None:
         return
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" in argv and argv[argv.index("-m") + 1 :][:1] == [f"{__name__}.multipliers"]:
+        return  # `python -m tensorflow_approx.multipliers`: NumPy only, no seconds spent loading TF
     try:
         for module in sorted(set(_EXPORTS.values())):
             importlib.import_module(module)

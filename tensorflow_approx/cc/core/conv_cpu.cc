@@ -28,36 +28,44 @@ namespace {
 constexpr int kPixels = 4;
 constexpr int kChannels = 2;
 
-// Gathers the patch of output pixel p as row offsets, laid out [group][kh][kw][ci], and the
-// per-group sums of its codes.
-void GatherPatch(const QuantizedConv& conv, int64_t p, uint16_t* rows, int64_t* act_sum) {
+// Walks the taps of output pixel p's patch in group g, in the filter's [kh][kw][ci] order: emit(codes)
+// with the filter_depth input codes of each tap inside the input, emit(nullptr) for a padded tap.
+template <typename Emit>
+inline void WalkPatch(const QuantizedConv& conv, int64_t p, int64_t g, Emit&& emit) {
   const ConvShape& s = conv.shape;
   const int64_t ow = p % s.out_w;
   const int64_t oh = (p / s.out_w) % s.out_h;
   const int64_t n = p / (s.out_w * s.out_h);
-  const int64_t groups = s.groups();
+  for (int64_t kh = 0; kh < s.filter_h; ++kh) {
+    const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
+    for (int64_t kw = 0; kw < s.filter_w; ++kw) {
+      const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
+      const bool inside = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
+      emit(inside ? conv.input + ((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + g * s.filter_depth : nullptr);
+    }
+  }
+}
+
+// Gathers the patch of output pixel p as row offsets, laid out [group][kh][kw][ci] (padded taps read
+// the zero code), and the per-group sums of its codes.
+void GatherPatch(const QuantizedConv& conv, int64_t p, uint16_t* rows, int64_t* act_sum) {
+  const ConvShape& s = conv.shape;
   const uint16_t zero_row = static_cast<uint16_t>(conv.input_zero_code << 8);
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < s.groups(); ++g) {
     uint16_t* out = rows + g * s.taps();
     int64_t sum = 0;
-    for (int64_t kh = 0; kh < s.filter_h; ++kh) {
-      const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
-      for (int64_t kw = 0; kw < s.filter_w; ++kw) {
-        const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
-        if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) {
-          const uint8_t* in =
-              conv.input + ((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + g * s.filter_depth;
-          for (int64_t ci = 0; ci < s.filter_depth; ++ci) {
-            out[ci] = static_cast<uint16_t>(in[ci] << 8);
-            sum += in[ci];
-          }
-        } else {
-          std::fill(out, out + s.filter_depth, zero_row);
-          sum += int64_t{conv.input_zero_code} * s.filter_depth;
+    WalkPatch(conv, p, g, [&](const uint8_t* in) {
+      if (in != nullptr) {
+        for (int64_t ci = 0; ci < s.filter_depth; ++ci) {
+          out[ci] = static_cast<uint16_t>(in[ci] << 8);
+          sum += in[ci];
         }
-        out += s.filter_depth;
+      } else {
+        std::fill(out, out + s.filter_depth, zero_row);
+        sum += int64_t{conv.input_zero_code} * s.filter_depth;
       }
-    }
+      out += s.filter_depth;
+    });
     act_sum[g] = sum;
   }
 }
@@ -215,29 +223,17 @@ __attribute__((target("avx512f,avx512bw"))) void LookupColumns(const ColumnOpera
 void GatherColumns(const QuantizedConv& conv, int64_t g, int64_t first, int valid, ColumnOperands* ops,
                    int64_t* act_sum) {
   const ConvShape& s = conv.shape;
-  const int64_t groups = s.groups();
   for (int i = 0; i < kColumnPixels; ++i) {
-    const int64_t p = first + std::min(i, valid - 1);
-    const int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
     uint16_t* out = &ops->codes[i];
     int64_t sum = 0;
-    for (int64_t kh = 0; kh < s.filter_h; ++kh) {
-      const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
-      for (int64_t kw = 0; kw < s.filter_w; ++kw) {
-        const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
-        if (ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w) {
-          const uint8_t* in = conv.input + ((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + g * s.filter_depth;
-          for (int64_t ci = 0; ci < s.filter_depth; ++ci, out += kColumnPixels) {
-            *out = in[ci];
-            sum += in[ci];
-          }
-        } else {
-          for (int64_t ci = 0; ci < s.filter_depth; ++ci, out += kColumnPixels) *out = conv.input_zero_code;
-          sum += int64_t{conv.input_zero_code} * s.filter_depth;
-        }
+    WalkPatch(conv, first + std::min(i, valid - 1), g, [&](const uint8_t* in) {
+      for (int64_t ci = 0; ci < s.filter_depth; ++ci, out += kColumnPixels) {
+        const uint8_t code = in != nullptr ? in[ci] : conv.input_zero_code;
+        *out = code;
+        sum += code;
       }
-    }
-    if (i < valid) act_sum[i * groups + g] = sum;
+    });
+    if (i < valid) act_sum[i * s.groups() + g] = sum;
   }
 }
 

@@ -17,29 +17,35 @@ absl::Status CheckRangeScalars(shape_inference::InferenceContext* c) {
   return absl::OkStatus();
 }
 
-}  // namespace
+// What both convolution ops declare: the operands, their ranges, the output, the geometry attributes.
+register_op::OpDefBuilderWrapper ConvOp(const char* name) {
+  register_op::OpDefBuilderWrapper op(name);
+  op.Input("input: T")
+      .Input("filter: T")
+      .Input("input_min: T")
+      .Input("input_max: T")
+      .Input("filter_min: T")
+      .Input("filter_max: T")
+      .Output("output: T")
+      .Attr("T: {half, bfloat16, float, double}")
+      .Attr("strides: list(int)")
+      .Attr("num_bits: int = 8")
+      .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}")
+      .Attr("explicit_paddings: list(int) = []")
+      .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
+      .Attr("dilations: list(int) = [1, 1, 1, 1]");
+  return op;
+}
 
-REGISTER_OP("ApproxConv2DWithMinMaxVars")
-    .Input("input: T")
-    .Input("filter: T")
-    .Input("input_min: T")
-    .Input("input_max: T")
-    .Input("filter_min: T")
-    .Input("filter_max: T")
-    .Output("output: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("strides: list(int)")
-    .Attr("num_bits: int = 8")
-    .Attr("mul_map_file: string = ''")
-    .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}")
-    .Attr("explicit_paddings: list(int) = []")
-    .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
-    .Attr("dilations: list(int) = [1, 1, 1, 1]")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      TF_RETURN_IF_ERROR(CheckRangeScalars(c));
-      return shape_inference::Conv2DShapeWithExplicitPadding(c);
-    })
-    .Doc(R"doc(
+// REGISTER_OP's own form, the common part built by ConvOp.
+const InitOnStartupMarker register_file_op TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} <<
+    ConvOp("ApproxConv2DWithMinMaxVars")
+        .Attr("mul_map_file: string = ''")
+        .SetShapeFn([](shape_inference::InferenceContext* c) {
+          TF_RETURN_IF_ERROR(CheckRangeScalars(c));
+          return shape_inference::Conv2DShapeWithExplicitPadding(c);
+        })
+        .Doc(R"doc(
 Conv2D whose products come from an approximate 8-bit multiplier table, after fake quantization of
 input and filter with their own [min, max] ranges (FakeQuantWithMinMaxVars, narrow_range = false).
 
@@ -49,32 +55,19 @@ mul_map_file: "" for the exact product, otherwise a file of 65536 little-endian 
 num_bits: 2..8; codes stay below 2^num_bits and index the same table.
 )doc");
 
-REGISTER_OP("ApproxConv2DWithTable")
-    .Input("input: T")
-    .Input("filter: T")
-    .Input("input_min: T")
-    .Input("input_max: T")
-    .Input("filter_min: T")
-    .Input("filter_max: T")
-    .Input("table: Ttable")
-    .Output("output: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Ttable: {uint16, float} = DT_UINT16")
-    .Attr("strides: list(int)")
-    .Attr("num_bits: int = 8")
-    .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}")
-    .Attr("explicit_paddings: list(int) = []")
-    .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
-    .Attr("dilations: list(int) = [1, 1, 1, 1]")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      TF_RETURN_IF_ERROR(CheckRangeScalars(c));
-      shape_inference::ShapeHandle table;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &table));
-      shape_inference::DimensionHandle entries;
-      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(table, 0), kLutEntries, &entries));
-      return shape_inference::Conv2DShapeWithExplicitPadding(c);
-    })
-    .Doc(R"doc(
+const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} <<
+    ConvOp("ApproxConv2DWithTable")
+        .Input("table: Ttable")
+        .Attr("Ttable: {uint16, float} = DT_UINT16")
+        .SetShapeFn([](shape_inference::InferenceContext* c) {
+          TF_RETURN_IF_ERROR(CheckRangeScalars(c));
+          shape_inference::ShapeHandle table;
+          TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &table));
+          shape_inference::DimensionHandle entries;
+          TF_RETURN_IF_ERROR(c->WithValue(c->Dim(table, 0), kLutEntries, &entries));
+          return shape_inference::Conv2DShapeWithExplicitPadding(c);
+        })
+        .Doc(R"doc(
 ApproxConv2DWithMinMaxVars with the multiplier given as a tensor instead of a file.
 
 table: 65536 products, entry (a << 8) | w being the product of activation code a and weight code
@@ -82,6 +75,8 @@ table: 65536 products, entry (a << 8) | w being the product of activation code a
   float32 entry that is not such an integer is an InvalidArgument error on the CPU and makes every
   output NaN on the GPU (which cannot report it without waiting for the device).
 )doc");
+
+}  // namespace
 
 REGISTER_OP("ApproxReadMulMap")
     .Input("mul_map_file: string")

@@ -69,11 +69,18 @@ def _float_operand(value, name, dtype=None):
     return tensor
 
 
-def _operands(input, filter, ranges):
+def _op_arguments(input, filter, ranges, strides, num_bits, padding, explicit_paddings, data_format,
+                  dilations, name):
+    """The keyword arguments both ops share, operands checked and converted."""
     x = _float_operand(input, "input")
-    w = _float_operand(filter, "filter", x.dtype)
     names = ("input_min", "input_max", "filter_min", "filter_max")
-    return x, w, [_float_operand(r, n, x.dtype) for r, n in zip(ranges, names)]
+    r = [_float_operand(v, n, x.dtype) for v, n in zip(ranges, names)]
+    return dict(
+        input=x, filter=_float_operand(filter, "filter", x.dtype), input_min=r[0], input_max=r[1],
+        filter_min=r[2], filter_max=r[3], strides=list(strides), num_bits=num_bits, padding=padding,
+        explicit_paddings=list(explicit_paddings), data_format=data_format,
+        dilations=list(dilations), name=name,
+    )
 
 
 def lut_values(table, name="table"):
@@ -165,25 +172,11 @@ def approx_conv2d_with_table(
       >>> y = approx_conv2d_with_table(x, w, 0.0, 6.0, -1.0, 1.0, lut, [1, 1, 1, 1], "SAME")
       >>> lut.assign(mx.get("mitchell").lut.astype("float32"))   # next call: the new table
     """
-    x, w, ranges = _operands(input, filter, (input_min, input_max, filter_min, filter_max))
+    args = _op_arguments(input, filter, (input_min, input_max, filter_min, filter_max), strides,
+                         num_bits, padding, explicit_paddings, data_format, dilations, name)
     if not (isinstance(table, (tf.Tensor, tf.Variable)) and table.dtype in (tf.uint16, tf.float32)):
         table = tf.constant(lut_values(table)[0])
-    return _ops.approx_conv2d_with_table(
-        input=x,
-        filter=w,
-        input_min=ranges[0],
-        input_max=ranges[1],
-        filter_min=ranges[2],
-        filter_max=ranges[3],
-        table=table,
-        strides=list(strides),
-        num_bits=num_bits,
-        padding=padding,
-        explicit_paddings=list(explicit_paddings),
-        data_format=data_format,
-        dilations=list(dilations),
-        name=name,
-    )
+    return _ops.approx_conv2d_with_table(table=table, **args)
 
 
 def approx_conv2d_with_min_max_vars(
@@ -233,33 +226,14 @@ def approx_conv2d_with_min_max_vars(
     """
     if not isinstance(mul_map_file, (str, bytes)):
         raise TypeError(f"mul_map_file must be a path string or '', got {mul_map_file!r}")
-    x, w, ranges = _operands(input, filter, (input_min, input_max, filter_min, filter_max))
+    args = _op_arguments(input, filter, (input_min, input_max, filter_min, filter_max), strides,
+                         num_bits, padding, explicit_paddings, data_format, dilations, name)
     if tf.executing_eagerly():
         # The same computation through the table op, the file read by ApproxReadMulMap (same checks,
         # same cache): eager TensorFlow keeps a kernel for every new attribute value, so a path as an
         # attribute would cost memory for every table file ever used (a search over thousands).
-        table = _ops.approx_read_mul_map(mul_map_file)
-        return approx_conv2d_with_table(
-            x, w, *ranges, table=table, strides=strides, padding=padding, num_bits=num_bits,
-            explicit_paddings=explicit_paddings, data_format=data_format, dilations=dilations,
-            name=name,
-        )
-    return _ops.approx_conv2d_with_min_max_vars(
-        input=x,
-        filter=w,
-        input_min=ranges[0],
-        input_max=ranges[1],
-        filter_min=ranges[2],
-        filter_max=ranges[3],
-        strides=list(strides),
-        num_bits=num_bits,
-        mul_map_file=mul_map_file,
-        padding=padding,
-        explicit_paddings=list(explicit_paddings),
-        data_format=data_format,
-        dilations=list(dilations),
-        name=name,
-    )
+        return _ops.approx_conv2d_with_table(table=_ops.approx_read_mul_map(mul_map_file), **args)
+    return _ops.approx_conv2d_with_min_max_vars(mul_map_file=mul_map_file, **args)
 
 
 def _to_nhwc(values):
