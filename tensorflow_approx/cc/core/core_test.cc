@@ -189,6 +189,38 @@ void ExpectLargeSums(int64_t kh, int64_t kw, int64_t depth, int64_t groups, int6
 
 // Exact sums past 2^32 (int64 accumulators), and around the permute path's tap limit (int32 lanes:
 // it runs below 32768 taps, and 32769 taps are the fewest whose sums can pass 2^31 - 1).
+// The vectorized quantization gives QuantizeToCode's codes bit for bit: random values, exact ties
+// (code + 0.5 steps), the range ends and beyond, zeros of both signs, infinities, NaN, subnormals.
+void TestQuantizeCodesVectorized() {
+  std::mt19937 rng(11);
+  const float ranges[][2] = {{0.f, 6.f}, {-1.f, 1.f}, {-3.7f, 0.2f}, {0.f, 255.f}, {-1e-3f, 5e-4f}, {0.f, 0.f}};
+  for (const auto& r : ranges) {
+    for (int bits : {8, 4, 2}) {
+      QuantParams q;
+      EXPECT(MakeQuantParams(r[0], r[1], bits, "a", "b", &q).empty(), "range");
+      // Special values first: they must reach the vector lanes, not only the scalar tail.
+      std::vector<float> v = {0.f, -0.f, INFINITY, -INFINITY, NAN, 1e-40f, -1e-40f, q.nudged_min, q.nudged_max};
+      std::uniform_real_distribution<float> wide(r[0] - 1.f, r[1] + 1.f);
+      for (int i = 0; i < 997; ++i) v.push_back(wide(rng));
+      for (int c = -2; c <= q.quant_max + 2; ++c) {
+        v.push_back(q.nudged_min + q.scale * (c + 0.5f));
+        v.push_back(q.nudged_min + q.scale * c);
+      }
+      v.push_back(NAN);  // and in the tail
+      std::vector<uint8_t> fast(v.size()), slow(v.size());
+      const bool nan_fast = QuantizeCodes(v.data(), static_cast<int64_t>(v.size()), q, fast.data());
+      const bool nan_slow = QuantizeCodes(v.data(), static_cast<int64_t>(v.size()), q, slow.data(), true);
+      EXPECT(nan_fast && nan_slow, "NaN seen");
+      for (size_t i = 0; i < v.size(); ++i) {
+        EXPECT(fast[i] == slow[i] && slow[i] == QuantizeToCode(v[i], q), "value %.9g: %d vs %d", v[i], fast[i],
+               slow[i]);
+      }
+      std::vector<float> finite(40, 0.25f);
+      EXPECT(!QuantizeCodes(finite.data(), 40, q, fast.data()), "no NaN");
+    }
+  }
+}
+
 void TestLargeSumsEveryCpuPath() {
   std::mt19937 rng(65537);
   const Lut max_lut = NearMaxLut(rng, 0);
@@ -539,6 +571,7 @@ int main() {
   tfapprox::TestShapeErrors();
   tfapprox::TestHugeShapeValues();
   tfapprox::TestLargeKExactSum();
+  tfapprox::TestQuantizeCodesVectorized();
   tfapprox::TestLargeSumsEveryCpuPath();
   tfapprox::TestWholeOpExactSums();
   tfapprox::TestFastKernelMatchesReference();

@@ -1,5 +1,7 @@
 #include "tensorflow_approx/cc/core/quantize.h"
 
+#include <immintrin.h>
+
 #include <cmath>
 #include <sstream>
 
@@ -55,6 +57,47 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
   q->nudged_max = (quant_max_float - static_cast<float>(zero_point)) * scale;
   q->quant_zero = std::floor(-q->nudged_min * inv_scale + 0.5f);
   return "";
+}
+
+namespace {
+
+bool QuantizeCodesScalar(const float* values, int64_t n, const QuantParams& q, uint8_t* codes) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan |= values[i] != values[i];
+    codes[i] = QuantizeToCode(values[i], q);
+  }
+  return nan;
+}
+
+// QuantizeToCode's steps on 16 lanes. max_ps(x, lo) is x > lo ? x : lo (NaN gives lo, as the scalar
+// test does) and min_ps(c, hi) is c < hi ? c : hi: the same selections, the same roundings.
+__attribute__((target("avx512f"))) bool QuantizeCodesAvx512(const float* values, int64_t n,
+                                                            const QuantParams& q, uint8_t* codes) {
+  const __m512 lo = _mm512_set1_ps(q.nudged_min), hi = _mm512_set1_ps(q.nudged_max);
+  const __m512 scale = _mm512_set1_ps(q.scale), zero = _mm512_set1_ps(q.quant_zero);
+  const __m512 half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(static_cast<float>(q.quant_max));
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_loadu_ps(values + i);
+    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    __m512 code = _mm512_add_ps(_mm512_sub_ps(_mm512_div_ps(_mm512_sub_ps(clamped, lo), scale), zero), half);
+    code = _mm512_add_ps(_mm512_roundscale_ps(code, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zero);
+    code = _mm512_min_ps(_mm512_max_ps(code, _mm512_setzero_ps()), top);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(code)));
+  }
+  return QuantizeCodesScalar(values + i, n - i, q, codes + i) || nan != 0;
+}
+
+}  // namespace
+
+bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes, bool portable) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  // A zero-width range has no division to vectorize: every code is 0.
+  if (portable || !avx512 || q.scale == 0.f) return QuantizeCodesScalar(values, n, q, codes);
+  return QuantizeCodesAvx512(values, n, q, codes);
 }
 
 }  // namespace tfapprox

@@ -54,6 +54,12 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
   return static_cast<uint8_t>(code);
 }
 
+// codes[i] = QuantizeToCode(values[i], q) for i < n, bit for bit, 16 at a time where the processor
+// has AVX-512F (the same float32 operations in the same order, so the same codes; `portable` forces the
+// scalar loop, for the tests). Returns whether any value was NaN.
+bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes,
+                   bool portable = false);
+
 }  // namespace tfapprox
 
 #endif  // TENSORFLOW_APPROX_CC_CORE_QUANTIZE_H_
