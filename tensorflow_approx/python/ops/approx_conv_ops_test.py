@@ -540,3 +540,23 @@ def test_many_output_channels_over_several_passes_match_the_reference(
     bound = 8 * EPS64 * sum(np.abs(t) for t in terms)
     np.testing.assert_array_less(np.abs(got - want), bound + np.finfo(np.float64).tiny)
     assert np.ptp(want) > 1  # the outputs vary: a misplaced pass cannot go unnoticed
+
+
+@pytest.mark.parametrize("op", ["file", "table"])
+def test_wrong_dtypes_are_type_errors_naming_the_argument(op):
+    """An int32 input (a Python list of ints, say) used to fail deep in TensorFlow's op machinery."""
+    call = {
+        "file": lambda x, w, lo: ta.approx_conv2d_with_min_max_vars(
+            x, w, lo, 1.0, 0.0, 1.0, [1, 1, 1, 1], 8, "", "VALID"),
+        "table": lambda x, w, lo: ta.approx_conv2d_with_table(
+            x, w, lo, 1.0, 0.0, 1.0, "", [1, 1, 1, 1], "VALID"),
+    }[op]
+    ones = tf.ones([1, 1, 1, 1])
+    with pytest.raises(TypeError, match="input must be a half, bfloat16, float32 or float64 tensor, got int32"):
+        call([[[[1]]]], ones, 0.0)
+    with pytest.raises(TypeError, match="filter must have the input's dtype float32, got float64"):
+        call(ones, tf.ones([1, 1, 1, 1], tf.float64), 0.0)
+    with pytest.raises(TypeError, match="input_min must be a half, bfloat16, float32 or float64 tensor, got int32"):
+        call(ones, ones, tf.constant(0))
+    # Python numbers and NumPy values take the input's dtype.
+    assert call(ones, np.ones([1, 1, 1, 1]), np.float64(0.0)).dtype == tf.float32
