@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "tensorflow_approx/cc/core/conv_gpu_columns.cuh"
 #include "tensorflow_approx/cc/core/conv_gpu_common.cuh"
 #include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/lut.h"
@@ -683,8 +684,16 @@ bool NeedsWide(const ConvShape& s, const GpuOptions& o) { return o.force_wide ||
 
 Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
   Plan plan;
+  if ((o.kernel == GpuKernel::kAuto && s.out_depth_per_group() < 32) || o.kernel == GpuKernel::kColumns) {
+    // Groups too narrow for a tile: the columns kernel where its table and filter fit in shared memory.
+    const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
+    if (layout.SharedBytes() <= static_cast<size_t>(dev.smem_optin) && s.taps() < (int64_t{1} << 23)) {
+      plan.kernel = GpuKernel::kColumns;
+      plan.workspace_bytes = layout.bytes;
+    }
+    return plan;
+  }
   if (dev.smem_optin < kMaxTiledSmemBytes) return plan;
-  if (o.kernel == GpuKernel::kAuto && s.out_depth_per_group() < 32) return plan;
   if (o.kernel == GpuKernel::kDirect) return plan;
   const int sms = std::max(dev.sms, 1);
   // Estimated speed: padding waste x the last wave's idle multiprocessors (or the split's cost) x rate.
@@ -787,6 +796,29 @@ std::string LaunchDirect(bool shared_lut, int sms, const GpuGeometry& g, const T
   return "";
 }
 
+template <typename T>
+std::string LaunchColumns(bool wide, int sms, const ConvShape& s, const GpuGeometry& g, const T* input,
+                          const T* filter, T* output, const uint16_t* lut, const QuantParams& qf,
+                          const QuantParams& qi, const Epilogue<typename RealOf<T>::type>& epi,
+                          unsigned char* workspace, cudaStream_t stream) {
+  const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
+  ColumnsPrologueKernel<T><<<64, 256, 0, stream>>>(
+      lut, filter, g, qf, reinterpret_cast<uint16_t*>(workspace),
+      reinterpret_cast<uint16_t*>(workspace + layout.codes_offset), reinterpret_cast<int32_t*>(workspace + layout.sums_offset));
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return CudaError("the columns prologue launch", e);
+  const int64_t chunks = (g.npg + kColumnChannels - 1) / kColumnChannels;
+  const int64_t items = static_cast<int64_t>(g.groups) * chunks * g.pixels;
+  const int64_t blocks = std::min<int64_t>((items + kColumnThreads - 1) / kColumnThreads, std::max(sms, 1));
+  const auto kernel = wide ? ColumnsConvKernel<T, true> : ColumnsConvKernel<T, false>;
+  const int smem = static_cast<int>(layout.SharedBytes());
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
+  kernel<<<static_cast<unsigned>(blocks), kColumnThreads, smem, stream>>>(input, output, workspace, layout, g, qi, epi);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? "" : CudaError("the columns convolution launch", e);
+}
+
 }  // namespace
 
 const char* GpuKernelName(GpuKernel kernel) {
@@ -801,6 +833,7 @@ const char* GpuKernelName(GpuKernel kernel) {
     case GpuKernel::kTile128x128W16: return "tile128x128w16";
     case GpuKernel::kTile64x128W16: return "tile64x128w16";
     case GpuKernel::kDirect: return "direct";
+    case GpuKernel::kColumns: return "columns";
     default: return "?";
   }
 }
@@ -855,6 +888,17 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
   if (plan.kernel == GpuKernel::kDirect) {
     return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, input_q,
                            filter_q, epi, stream);
+  }
+  if (plan.kernel == GpuKernel::kColumns) {
+    if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
+      return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +
+             std::to_string(plan.workspace_bytes) + " bytes of device memory";
+    }
+    if (reinterpret_cast<uintptr_t>(options.workspace) % 16 != 0) {
+      return "ApproxConvGpu: the workspace must be 16-byte aligned";
+    }
+    return LaunchColumns<T>(NeedsWide(s, options), dev.sms, s, g, input, filter, output, lut_device, filter_q,
+                            input_q, epi, static_cast<unsigned char*>(options.workspace), stream);
   }
   if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
     return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +

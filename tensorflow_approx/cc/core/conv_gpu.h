@@ -39,8 +39,9 @@ enum class GpuKernel : int {
   kTile128x64W16 = 5,  // 16 warps per block (the others have 8)
   kTile128x128W16 = 6,
   kTile64x128W16 = 7,
-  kDirect = 8,         // one thread per output: depthwise and small groups
-  kCount = 9,
+  kDirect = 8,         // one thread per output: where nothing else fits
+  kColumns = 9,        // one thread per pixel and 16 channels of a group: groups of < 32 channels
+  kCount = 10,
 };
 
 // Whether the tiled kernels skip the lookups of activations at the zero point (conv_gpu.cu says how).

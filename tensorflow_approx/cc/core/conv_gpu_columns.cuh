@@ -1,0 +1,125 @@
+// The columns kernel: groups with fewer than 32 output channels (the 3-, 16- and 32-channel layers of
+// small networks), which leave most lanes of a tile of 64+ channels idle and, in the direct kernel,
+// quantize both operands for every lookup. Internal: included by conv_gpu.cu only.
+//
+// One thread per output pixel and up to kColumnChannels channels of its group, accumulated in
+// registers: the input code of each tap is quantized once and serves every channel. The block holds
+// the table by weight code (cols[(w << 8) | a] = LUT[(a << 8) | w]) and the filter's codes (times 256,
+// the offset of their column) in shared memory: adjacent lanes take adjacent pixels of one group, so a
+// lookup's weight is the same in every lane (its codes are broadcast) and the banks follow the
+// activation codes, which ReLU zeros and padding make often equal (a broadcast too). A prologue pass
+// writes the transposed table, the filter codes and the per-channel code sums to the workspace once per
+// call; every block copies the first two into shared memory.
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COLUMNS_CUH_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COLUMNS_CUH_
+
+#include "tensorflow_approx/cc/core/conv_gpu_common.cuh"
+#include "tensorflow_approx/cc/core/lut.h"
+#include "tensorflow_approx/cc/core/quantize.h"
+
+namespace tfapprox {
+namespace gpu_internal {
+
+constexpr int kColumnChannels = 16;  // output channels per thread
+constexpr int kColumnThreads = 512;  // 16 warps: one block per multiprocessor, latency hidden by warps
+
+// Workspace layout: the transposed table, the filter codes << 8 (HWIO order), per-channel code sums.
+struct ColumnsWorkspace {
+  size_t codes_offset, sums_offset, bytes;
+  explicit ColumnsWorkspace(int64_t filter_elements, int64_t out_depth) {
+    codes_offset = static_cast<size_t>(kLutEntries) * 2;
+    sums_offset = codes_offset + (static_cast<size_t>(filter_elements) * 2 + 15) / 16 * 16;
+    bytes = sums_offset + static_cast<size_t>(out_depth) * sizeof(int32_t);
+  }
+  // Shared memory of a block: the table and the filter codes.
+  __host__ __device__ size_t SharedBytes() const { return sums_offset; }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __restrict__ lut, const T* __restrict__ filter,
+                                                             GpuGeometry g, QuantParams qf, uint16_t* cols,
+                                                             uint16_t* codes, int32_t* sums) {
+  const int step = gridDim.x * blockDim.x;
+  const int first = blockIdx.x * blockDim.x + threadIdx.x;
+  for (int i = first; i < kLutEntries; i += step) cols[i] = __ldg(lut + (((i & 255) << 8) | (i >> 8)));
+  const int filter_elements = g.taps * g.out_depth;
+  for (int i = first; i < filter_elements; i += step) {
+    codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
+  }
+  for (int co = first; co < g.out_depth; co += step) {
+    int32_t sum = 0;  // taps * 255 < 2^31 (taps < 2^30 / 2^8... checked by the plan: taps <= 65537 or wide)
+    for (int t = 0; t < g.taps; ++t) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
+    sums[co] = sum;
+  }
+}
+
+template <typename T, bool kWide>
+__global__ void __launch_bounds__(kColumnThreads, 1)
+    ColumnsConvKernel(const T* __restrict__ input, T* __restrict__ output, const unsigned char* __restrict__ workspace,
+                      ColumnsWorkspace layout, GpuGeometry g, QuantParams qi, Epilogue<typename RealOf<T>::type> epi) {
+  using Acc = typename std::conditional<kWide, unsigned long long, uint32_t>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  {
+    const uint4* src = reinterpret_cast<const uint4*>(workspace);
+    uint4* dst = reinterpret_cast<uint4*>(smem);
+    for (size_t i = threadIdx.x; i < layout.SharedBytes() / 16; i += blockDim.x) dst[i] = __ldg(src + i);
+  }
+  __syncthreads();
+  const uint16_t* cols = reinterpret_cast<const uint16_t*>(smem);
+  const uint16_t* codes = reinterpret_cast<const uint16_t*>(smem + layout.codes_offset);
+  const int32_t* sums = reinterpret_cast<const int32_t*>(workspace + layout.sums_offset);
+  const int chunks = (g.npg + kColumnChannels - 1) / kColumnChannels;
+  const int64_t items = static_cast<int64_t>(g.groups) * chunks * g.pixels;
+  const int in_hw = g.in_h * g.in_w;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int p = static_cast<int>(item % g.pixels);
+    const int slice = static_cast<int>(item / g.pixels);  // grp * chunks + chunk
+    const int grp = slice / chunks;
+    const int c0 = (slice % chunks) * kColumnChannels;
+    const int nc = min(kColumnChannels, g.npg - c0);
+    const int co0 = grp * g.npg + c0;
+    const int ow = p % g.out_w, oh = (p / g.out_w) % g.out_h, n = p / g.out_w / g.out_h;
+    Acc acc[kColumnChannels];
+#pragma unroll
+    for (int j = 0; j < kColumnChannels; ++j) acc[j] = 0;
+    long long a_sum = 0;
+    int t = 0;
+    for (int kh = 0; kh < g.filter_h; ++kh) {
+      const int ih = oh * g.stride_h - g.pad_top + kh * g.dil_h;
+      for (int kw = 0; kw < g.filter_w; ++kw) {
+        const int iw = ow * g.stride_w - g.pad_left + kw * g.dil_w;
+        const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+        for (int ci = 0; ci < g.cg; ++ci, ++t) {
+          const int c = grp * g.cg + ci;
+          uint32_t a = g.zero_point;
+          if (inside) {
+            const int64_t off = g.nchw ? (static_cast<int64_t>(n) * g.in_depth + c) * in_hw + ih * g.in_w + iw
+                                       : ((static_cast<int64_t>(n) * g.in_h + ih) * g.in_w + iw) * g.in_depth + c;
+            a = QuantizeToCode(ToFloat(input[off]), qi);
+          }
+          a_sum += a;
+          const uint16_t* w = codes + static_cast<int64_t>(t) * g.out_depth + co0;
+#pragma unroll
+          for (int j = 0; j < kColumnChannels; ++j) {
+            if (j < nc) acc[j] += cols[w[j] + a];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kColumnChannels; ++j) {
+      if (j >= nc) continue;
+      const int co = co0 + j;
+      StoreOutput(g, output, p, co,
+                  FromReal<T>(epi.deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co]))));
+      if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = static_cast<int64_t>(acc[j]);
+    }
+    if (epi.debug_act_sum != nullptr && c0 == 0) epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;
+  }
+}
+
+}  // namespace gpu_internal
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COLUMNS_CUH_
