@@ -699,3 +699,36 @@ def test_approximate_model_takes_multipliers_arrays_and_paths(tmp_path):
     assert {layer.name: layer.mul_map_file for layer in approx_layers(mixed_paths)} == {
         "conv": drum4_path, "fc": etm3_path}
     assert type(mixed.get_layer("dw")) is keras.layers.DepthwiseConv2D
+
+
+def test_keras_files_saved_before_layers_held_tables_still_load(tmp_path):
+    """A .keras file of the earlier format: no table weight, no table_in_weights, the table at its path.
+
+    Made from a current file by removing both, as the earlier code wrote it; it loads with the table
+    read from mul_map_file, and computes what the current model computes.
+    """
+    import h5py
+    import io
+    import json
+    import zipfile
+
+    path = mx.get("drum4").save(str(tmp_path / "drum4.bin"))
+    inputs = keras.Input((6, 6, 2))
+    model = keras.Model(inputs, ta.FakeApproxConv2D(3, 3, mul_map_file=path)(inputs))
+    model.save(str(tmp_path / "new.keras"))
+    x = np.random.default_rng(41).uniform(-1, 1, (2, 6, 6, 2)).astype(np.float32)
+    with zipfile.ZipFile(tmp_path / "new.keras") as new, zipfile.ZipFile(tmp_path / "old.keras", "w") as old:
+        config = json.loads(new.read("config.json"))
+        for layer in config["config"]["layers"]:
+            layer["config"].pop("table_in_weights", None)
+        old.writestr("config.json", json.dumps(config))
+        old.writestr("metadata.json", new.read("metadata.json"))
+        weights = io.BytesIO(new.read("model.weights.h5"))
+        with h5py.File(weights, "a") as h5:
+            group = h5["layers/fake_approx_conv2d/vars"]
+            assert group["2"].shape == (65536,)  # kernel, bias, then the table
+            del group["2"]
+        old.writestr("model.weights.h5", weights.getvalue())
+    loaded = keras.models.load_model(str(tmp_path / "old.keras"))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_array_equal(loaded.layers[1].lut.numpy(), np.asarray(mx.get("drum4").lut, np.float32))
