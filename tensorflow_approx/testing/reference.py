@@ -1,7 +1,12 @@
-"""An independent NumPy model of ApproxConv2DWithMinMaxVars (semantics.md), for tests.
+"""An independent NumPy model of the ops (docs/semantics.md), for tests.
 
-Written from the contract, not from the C++ code: codes come from TensorFlow's own fake-quant op, the
+Written from the contract, not from the C++ code: codes come from TensorFlow's own fake-quant ops, the
 patch gathering is a plain loop over the output positions, and the integer sums use NumPy int64.
+
+`approx_conv` is the ops' contract as they stand. `approx_conv_scheme` is the executable form of the
+quantization schemes the signed/per-channel issue adds (docs/semantics.md, "Quantization schemes"):
+signed codes, symmetric ranges, per-output-channel weight ranges and a code width per operand. It is
+written first, so that the kernels have a yardstick; with the default scheme it is `approx_conv`.
 """
 
 import os
@@ -59,7 +64,8 @@ def codes(x, lo, hi, num_bits):
 def conv_sums(qa, qw, table, strides, padding, dilations, zero_code, explicit=None):
     """Integer sums of the op for NHWC codes qa [N,H,W,C] and HWIO codes qw [KH,KW,Cg,Cout].
 
-    Returns (acc [N,Ho,Wo,Cout], act_sum [N,Ho,Wo,G], filter_sum [Cout], taps K), all int64.
+    Returns (acc [N,Ho,Wo,Cout], act_sum [N,Ho,Wo,G], filter_sum [Cout], taps K), all int64. Codes may
+    be signed (then the table is indexed by their two's-complement bytes and the sums are of values).
     padding: "SAME", "VALID" or "EXPLICIT" with explicit = ((top, bottom), (left, right)).
     """
     n, h, w, c = qa.shape
@@ -91,7 +97,8 @@ def conv_sums(qa, qw, table, strides, padding, dilations, zero_code, explicit=No
             for g in range(groups):
                 a = patch[..., g * cg : (g + 1) * cg]  # [N, KH, KW, Cg]
                 wg = qw[..., g * per_group : (g + 1) * per_group]  # [KH, KW, Cg, per_group]
-                products = table[(a[..., None] << 8) | wg[None]]  # [N, KH, KW, Cg, per_group]
+                # Table index: the codes' bytes (two's complement for signed codes), row = activation.
+                products = table[((a[..., None] & 0xFF) << 8) | (wg[None] & 0xFF)]
                 acc[:, oh, ow, g * per_group : (g + 1) * per_group] = products.sum(axis=(1, 2, 3))
                 act_sum[:, oh, ow, g] = a.sum(axis=(1, 2, 3))
     return acc, act_sum, qw.sum(axis=(0, 1, 2)), kh * kw * cg
@@ -116,3 +123,71 @@ def approx_conv(x, f, ranges, table, num_bits=8, strides=(1, 1), padding="SAME",
     out = (s1 * s2 * acc.astype(real) + s1 * m2 * act.astype(real)
            + s2 * m1 * filter_sum.astype(real) + real(taps) * m1 * m2)
     return out.astype(dtype)
+
+
+def scheme_codes(x, lo, hi, num_bits, symmetric=False, narrow_range=False):
+    """Integer code values of x and their (scale, zero_point), per tensor or per last-axis channel.
+
+    lo, hi: scalars, or arrays over x's last axis (per channel). Asymmetric (TensorFlow's fake
+    quantization): codes 0..2^b - 1 (1.. with narrow_range), zero point nudged onto a code. Symmetric:
+    signed codes -2^(b-1)..2^(b-1) - 1 (narrow: from -(2^(b-1) - 1)), zero point 0, scale
+    max(|lo|, |hi|) / (2^(b-1) - 1); it is TensorFlow's fake quantization on the range
+    [-(2^(b-1) - 1 + (0 if narrow else 1)) * scale, (2^(b-1) - 1) * scale], codes shifted by 2^(b-1).
+    Returns (codes int64 like x, scale float32 array, zero_point int64 array), the last two of shape
+    () or [channels]; the dequantized value of code q is scale * (q - zero_point).
+    """
+    x = np.asarray(x, np.float32)
+    lo = np.asarray(lo, np.float32)
+    hi = np.asarray(hi, np.float32)
+    per_channel = lo.ndim == 1
+    shift = 0
+    if symmetric:
+        q = np.float32(2 ** (num_bits - 1) - 1)
+        bound = np.maximum(np.abs(lo), np.abs(hi))
+        step = bound / q
+        lo = -(q + (0 if narrow_range else 1)) * step
+        hi = q * step
+        shift = 2 ** (num_bits - 1)
+    qmin = 1 if narrow_range else 0
+    qmax = np.float32(2**num_bits - 1)
+    scale = ((hi - lo) / np.float32(qmax - qmin)).astype(np.float32)
+    safe = np.where(scale == 0, np.float32(1), scale)
+    zp_from_min = np.float32(qmin) - lo / safe
+    zp = np.where(zp_from_min < qmin, qmin, np.where(zp_from_min > qmax, qmax, np.round(zp_from_min)))
+    zp = zp.astype(np.int64)
+    if per_channel:
+        fq = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            tf.constant(x), lo, hi, num_bits=num_bits, narrow_range=narrow_range).numpy()
+    else:
+        fq = tf.quantization.fake_quant_with_min_max_vars(
+            tf.constant(x), float(lo), float(hi), num_bits=num_bits, narrow_range=narrow_range).numpy()
+    codes = np.where(scale == 0, 0, np.round(fq / safe) + zp).astype(np.int64)
+    return codes - shift, scale, np.where(scale == 0, 0, zp - shift).astype(np.int64)
+
+
+def signed_products(table):
+    """The int64 products of a signed or mixed table held as uint16 bit patterns (int16 values)."""
+    t = np.asarray(table).astype(np.int64).reshape(-1)
+    return t - 65536 * (t >= 32768)
+
+
+def approx_conv_scheme(x, f, input_range, filter_range, products, num_bits=(8, 8),
+                       symmetric=(False, False), narrow_range=(False, False), strides=(1, 1),
+                       padding="SAME", dilations=(1, 1), explicit=None):
+    """The output (float64, NHWC) under a quantization scheme per operand.
+
+    input_range: (lo, hi); filter_range: (lo, hi) scalars or arrays of [Cout] (per output channel).
+    products: int64[65536], entry ((a & 0xFF) << 8) | (w & 0xFF) the product of activation code a and
+    weight code w (signed codes by their two's-complement bytes; signed_products() reads int16
+    tables). num_bits, symmetric, narrow_range: (input, filter).
+    out[co] = s1 * s2[co] * (acc - z2[co] * sum(a) - z1 * sum(w[co]) + K * z1 * z2[co]), which is
+    sum((a - z1) * s1 * (w - z2) * s2) when products are the exact ones; padded taps hold code z1.
+    """
+    qa, s1, z1 = scheme_codes(x, *input_range, num_bits[0], symmetric[0], narrow_range[0])
+    qw, s2, z2 = scheme_codes(f, *filter_range, num_bits[1], symmetric[1], narrow_range[1])
+    acc, act_sum, filter_sum, taps = conv_sums(qa, qw, products, strides, padding, dilations,
+                                               int(z1), explicit)
+    act = np.repeat(act_sum, acc.shape[-1] // act_sum.shape[-1], axis=-1)
+    s1, s2 = np.float64(s1), s2.astype(np.float64)
+    z1 = int(z1)
+    return s1 * s2 * (acc - z2 * act - z1 * filter_sum + taps * z1 * z2).astype(np.float64)
