@@ -1,17 +1,6 @@
 """`tensorflow_approx.layers`: the approximate Keras layers (from python/keras/layers)."""
 
-from tensorflow_approx.python.keras.layers import (
-    RANGE_MODES,
-    FakeApproxConv2D,
-    FakeApproxDense,
-    FakeApproxDepthwiseConv2D,
-    approx_layers,
-)
+from tensorflow_approx.python.keras import layers as _layers
+from tensorflow_approx.python.keras.layers import *  # noqa: F401,F403 (the names of __all__)
 
-__all__ = [
-    "RANGE_MODES",
-    "FakeApproxConv2D",
-    "FakeApproxDense",
-    "FakeApproxDepthwiseConv2D",
-    "approx_layers",
-]
+__all__ = list(_layers.__all__)
