@@ -67,7 +67,7 @@ void PropagateNan(const ConvShape& s, const T* input, const std::vector<uint8_t>
 template <typename T>
 void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
                    const QuantParams& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
-                   T* output, CpuKernel kernel = CpuKernel::kFast) {
+                   T* output, CpuKernel kernel = CpuKernel::kFast, int64_t lut_offset = 0) {
   using Real = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   if (s.output_elements() == 0) return;
 
@@ -120,7 +120,8 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   conv.lut = lut;
   std::vector<int64_t> filter_sum(static_cast<size_t>(s.out_depth));
   FilterCodeSums(conv, filter_sum.data());
-  const DequantizeTerms<Real> dequantize(input_q, filter_q, taps);
+  DequantizeTerms<Real> dequantize(input_q, filter_q, taps);
+  dequantize.acc_offset = lut_offset * taps;  // every entry of an offset table carries lut_offset
 
   const int64_t groups = s.groups();
   const int64_t pixels = s.out_pixels();

@@ -49,22 +49,32 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
 // sum over taps of the filter codes of each output channel (the same for every output pixel).
 void FilterCodeSums(const QuantizedConv& conv, int64_t* filter_sum);
 
-// The output value from the integer sums (semantics.md):
+// The output value from the integer sums (docs/semantics.md):
 //   out = s1*s2*acc + s1*m2*act_sum + s2*m1*filter_sum + K*m1*m2
-// evaluated in Real (double for T = double, float otherwise) from the float32 ranges.
+// evaluated in Real (double for T = double, float otherwise) from the float32 ranges; with the offsets
+// below for signed tables and symmetric operands (0 otherwise, the same numbers as that formula).
 template <typename Real>
 struct DequantizeTerms {
   Real acc_scale, act_sum_scale, filter_sum_scale, constant;
+  // Taken off the integer sums, exactly, before they are scaled. acc: a table of signed products is
+  // stored as uint16 with 32768 added to every entry. act_sum / filter_sum: a symmetric operand's sums
+  // are of its codes, which are the signed codes plus code_shift.
+  int64_t acc_offset = 0, act_sum_offset = 0, filter_sum_offset = 0;
 
+  // m1, m2: the value of code shift (0 unless symmetric), scaled: -(zero_point - code_shift) * scale.
   DequantizeTerms(const QuantParams& in, const QuantParams& filter, int64_t taps)
       : acc_scale(Real(in.scale) * Real(filter.scale)),
-        act_sum_scale(Real(in.scale) * Real(filter.nudged_min)),
-        filter_sum_scale(Real(filter.scale) * Real(in.nudged_min)),
-        constant(Real(taps) * Real(in.nudged_min) * Real(filter.nudged_min)) {}
+        act_sum_scale(Real(in.scale) * ShiftedMin(filter)),
+        filter_sum_scale(Real(filter.scale) * ShiftedMin(in)),
+        constant(Real(taps) * ShiftedMin(in) * ShiftedMin(filter)),
+        act_sum_offset(taps * in.code_shift),
+        filter_sum_offset(taps * filter.code_shift) {}
+
+  static Real ShiftedMin(const QuantParams& q) { return Real(q.nudged_min) + Real(q.code_shift) * Real(q.scale); }
 
   TFAPPROX_HOST_DEVICE Real operator()(int64_t acc, int64_t act_sum, int64_t filter_sum) const {
-    return acc_scale * Real(acc) + act_sum_scale * Real(act_sum) + filter_sum_scale * Real(filter_sum) +
-           constant;
+    return acc_scale * Real(acc - acc_offset) + act_sum_scale * Real(act_sum - act_sum_offset) +
+           filter_sum_scale * Real(filter_sum - filter_sum_offset) + constant;
   }
 };
 

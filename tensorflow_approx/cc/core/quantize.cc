@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -57,6 +58,20 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
   q->nudged_max = (quant_max_float - static_cast<float>(zero_point)) * scale;
   q->quant_zero = std::floor(-q->nudged_min * inv_scale + 0.5f);
   return "";
+}
+
+std::string MakeSymmetricQuantParams(float min, float max, int num_bits, const char* name_min,
+                                     const char* name_max, QuantParams* q) {
+  if (num_bits < kMinNumBits || num_bits > kMaxNumBits || !std::isfinite(min) || !std::isfinite(max) ||
+      min > max) {
+    return MakeQuantParams(min, max, num_bits, name_min, name_max, q);  // its messages
+  }
+  // The float32 steps of tensorflow_approx/testing/reference.py's scheme_codes, in the same order.
+  const float top = static_cast<float>((1 << (num_bits - 1)) - 1);
+  const float step = std::max(std::fabs(min), std::fabs(max)) / top;
+  const std::string error = MakeQuantParams(-(top + 1.f) * step, top * step, num_bits, name_min, name_max, q);
+  if (error.empty()) q->code_shift = 1 << (num_bits - 1);
+  return error;
 }
 
 namespace {

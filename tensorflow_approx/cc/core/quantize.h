@@ -25,12 +25,22 @@ struct QuantParams {
   float nudged_max = 0.f;  // dequantized value of the top code
   int32_t zero_point = 0;  // code of real zero (padded taps hold this code)
   int32_t quant_max = 0;   // 2^b - 1
+  // Symmetric scheme: the codes above are the signed codes plus code_shift = 2^(b-1) (0 otherwise), so
+  // the signed code of c is c - code_shift and its byte ((c - code_shift) & 0xFF) indexes the table.
+  int32_t code_shift = 0;
 };
 
 // Computes the nudged range of [min, max] for num_bits. Returns "" on success, otherwise what is
 // wrong with the arguments (named `name_min` / `name_max` / num_bits) and leaves *q unspecified.
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
                             const char* name_max, QuantParams* q);
+
+// The symmetric scheme for [min, max] and num_bits: signed codes -2^(b-1)..2^(b-1) - 1, scale
+// max(|min|, |max|) / (2^(b-1) - 1), zero point 0. They are TensorFlow's (asymmetric) codes on the range
+// [-2^(b-1) * scale, (2^(b-1) - 1) * scale], whose zero point is 2^(b-1), less 2^(b-1): so *q is
+// MakeQuantParams of that range with code_shift = 2^(b-1). Errors as MakeQuantParams.
+std::string MakeSymmetricQuantParams(float min, float max, int num_bits, const char* name_min,
+                                     const char* name_max, QuantParams* q);
 
 // The code of x. Values outside the nudged range are clamped; NaN maps to code 0 here, and the kernels
 // make NaN the outputs it reaches (PropagateNan).

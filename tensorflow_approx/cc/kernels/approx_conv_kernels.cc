@@ -35,9 +35,11 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
     tfapprox::LutRef file_table;  // holds the file's table for the duration of the call
     std::vector<uint16_t> converted;
     const uint16_t* lut = nullptr;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &file_table, &converted, &lut));
+    int64_t lut_offset = 0;
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &file_table, &converted, &lut, &lut_offset));
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
-                               filter_q, lut, parallel_for, output->flat<T>().data());
+                               filter_q, lut, parallel_for, output->flat<T>().data(),
+                               tfapprox::CpuKernel::kFast, lut_offset);
   }
 };
 

@@ -111,6 +111,9 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
               const tfapprox::QuantParams& input_q, const tfapprox::QuantParams& filter_q,
               Tensor* output) override {
+    OP_REQUIRES(ctx, !this->symmetric(),
+                absl::UnimplementedError("ApproxConv2DWithTable: symmetric schemes have CPU kernels only for "
+                                         "now; place the op on the CPU (tf.device('/CPU:0'))"));
     void* out = output->flat<T>().data();
     // The thread running Compute need not have this kernel's GPU current: take it from the output.
     cudaPointerAttributes attributes;
@@ -132,7 +135,8 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       tfapprox::LutRef host;
       std::vector<uint16_t> unused;
       const uint16_t* host_lut = nullptr;
-      OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host, &unused, &host_lut));
+      int64_t no_offset = 0;  // file tables are unsigned
+      OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &host, &unused, &host_lut, &no_offset));
       OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host, stream, &lut));
     } else {
       const Tensor& table = ctx->input(this->kTableInput);
@@ -172,8 +176,8 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
   }
 };
 
-#define REGISTER_GPU_OP(OP, T)                                       \
-  REGISTER_KERNEL_BUILDER(Name(OP)                                   \
+#define REGISTER_GPU_OP(NAME, T)                                     \
+  REGISTER_KERNEL_BUILDER(NAME                                       \
                               .Device(DEVICE_GPU)                    \
                               .TypeConstraint<T>("T")                \
                               .HostMemory("input_min")               \
@@ -181,9 +185,10 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
                               .HostMemory("filter_min")              \
                               .HostMemory("filter_max"),             \
                           ApproxConv2DGpuOp<T>);
-#define REGISTER_GPU(T)                                  \
-  REGISTER_GPU_OP("ApproxConv2DWithMinMaxVars", T)       \
-  REGISTER_GPU_OP("ApproxConv2DWithTable", T)
+// int16 tables (signed products) are not registered here: TensorFlow places those calls on the CPU.
+#define REGISTER_GPU(T)                                                                           \
+  REGISTER_GPU_OP(Name("ApproxConv2DWithMinMaxVars"), T)                                          \
+  REGISTER_GPU_OP(Name("ApproxConv2DWithTable").TypeConstraint("Ttable", {DT_UINT16, DT_FLOAT}), T)
 REGISTER_GPU(Eigen::half);
 REGISTER_GPU(bfloat16);
 REGISTER_GPU(float);

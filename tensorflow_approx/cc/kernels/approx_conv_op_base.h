@@ -35,6 +35,13 @@ class ApproxConv2DOpBase : public OpKernel {
     // its last input.
     table_from_file_ = ctx->HasAttr("mul_map_file");
     if (table_from_file_) OP_REQUIRES_OK(ctx, ctx->GetAttr("mul_map_file", &mul_map_file_));
+    filter_num_bits_ = -1;
+    if (ctx->HasAttr("filter_num_bits")) OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_num_bits", &filter_num_bits_));
+    for (const char* name : {"input_scheme", "filter_scheme"}) {
+      std::string scheme = "asymmetric";
+      if (ctx->HasAttr(name)) OP_REQUIRES_OK(ctx, ctx->GetAttr(name, &scheme));
+      (name[0] == 'i' ? input_symmetric_ : filter_symmetric_) = scheme == "symmetric";
+    }
     attrs_.strides.assign(strides.begin(), strides.end());
     attrs_.dilations.assign(dilations.begin(), dilations.end());
     attrs_.explicit_paddings = explicit_paddings;
@@ -48,6 +55,10 @@ class ApproxConv2DOpBase : public OpKernel {
     OP_REQUIRES(ctx, num_bits_ >= tfapprox::kMinNumBits && num_bits_ <= tfapprox::kMaxNumBits,
                 absl::InvalidArgumentError(absl::StrCat("num_bits must be in [", tfapprox::kMinNumBits, ", ",
                                         tfapprox::kMaxNumBits, "], got ", num_bits_)));
+    if (filter_num_bits_ == -1) filter_num_bits_ = num_bits_;
+    OP_REQUIRES(ctx, filter_num_bits_ >= tfapprox::kMinNumBits && filter_num_bits_ <= tfapprox::kMaxNumBits,
+                absl::InvalidArgumentError(absl::StrCat("filter_num_bits must be -1 or in [", tfapprox::kMinNumBits,
+                                                        ", ", tfapprox::kMaxNumBits, "], got ", filter_num_bits_)));
     if (table_from_file_) {
       // A bad path fails when the kernel is made; the file is looked up again at every call.
       tfapprox::LutRef unused;
@@ -77,11 +88,14 @@ class ApproxConv2DOpBase : public OpKernel {
       bounds[i] = static_cast<float>(bound.scalar<T>()());
     }
     tfapprox::QuantParams input_q, filter_q;
-    std::string error = tfapprox::MakeQuantParams(bounds[0], bounds[1], num_bits_, kBoundNames[0],
-                                                  kBoundNames[1], &input_q);
+    const auto make_params = [](bool symmetric) {
+      return symmetric ? tfapprox::MakeSymmetricQuantParams : tfapprox::MakeQuantParams;
+    };
+    std::string error = make_params(input_symmetric_)(bounds[0], bounds[1], num_bits_, kBoundNames[0],
+                                                      kBoundNames[1], &input_q);
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
-    error = tfapprox::MakeQuantParams(bounds[2], bounds[3], num_bits_, kBoundNames[2],
-                                      kBoundNames[3], &filter_q);
+    error = make_params(filter_symmetric_)(bounds[2], bounds[3], filter_num_bits_, kBoundNames[2],
+                                           kBoundNames[3], &filter_q);
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
 
     int64_t input_dims[4], filter_dims[4];
@@ -119,11 +133,33 @@ class ApproxConv2DOpBase : public OpKernel {
 
   bool table_from_file() const { return table_from_file_; }
 
+  bool symmetric() const { return input_symmetric_ || filter_symmetric_; }
+
   // The table of this call in host memory (CPU kernels; GPU kernels for a file table): the file as it is
   // now, or the input tensor. A float32 table is converted into *converted after checking that every
-  // entry is an integer in [0, 65535].
-  absl::Status HostTable(OpKernelContext* ctx, tfapprox::LutRef* file_table, std::vector<uint16_t>* converted,
-                         const uint16_t** lut) const {
+  // entry is an integer in [0, 65535]; an int16 table (signed products) is stored there with 32768
+  // added to every entry, *offset = 32768, which the sums take off again exactly. With a symmetric
+  // operand the table, indexed by the signed codes' bytes, is rearranged to be indexed by the kernels'
+  // codes (signed code + code_shift).
+  absl::Status HostTable(OpKernelContext* ctx, const tfapprox::QuantParams& input_q,
+                         const tfapprox::QuantParams& filter_q, tfapprox::LutRef* file_table,
+                         std::vector<uint16_t>* converted, const uint16_t** lut, int64_t* offset) const {
+    TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, file_table, converted, lut, offset));
+    if (input_q.code_shift == 0 && filter_q.code_shift == 0) return absl::OkStatus();
+    std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
+    for (int a = 0; a < 256; ++a) {
+      const int row = ((a - input_q.code_shift) & 0xFF) << 8;
+      for (int w = 0; w < 256; ++w) by_codes[(a << 8) | w] = (*lut)[row | ((w - filter_q.code_shift) & 0xFF)];
+    }
+    *converted = std::move(by_codes);
+    *lut = converted->data();
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status UnpermutedHostTable(OpKernelContext* ctx, tfapprox::LutRef* file_table,
+                                   std::vector<uint16_t>* converted, const uint16_t** lut, int64_t* offset) const {
+    *offset = 0;
     if (table_from_file_) {
       const std::string error = tfapprox::LookupMulMap(mul_map_file_, file_table);
       if (!error.empty()) return absl::InvalidArgumentError(error);
@@ -135,8 +171,15 @@ class ApproxConv2DOpBase : public OpKernel {
       *lut = table.flat<uint16_t>().data();
       return absl::OkStatus();
     }
-    const auto values = table.flat<float>();
     converted->resize(tfapprox::kLutEntries);
+    if (table.dtype() == DT_INT16) {
+      const auto values = table.flat<int16_t>();
+      for (int i = 0; i < tfapprox::kLutEntries; ++i) (*converted)[i] = static_cast<uint16_t>(values(i) + 32768);
+      *lut = converted->data();
+      *offset = 32768;
+      return absl::OkStatus();
+    }
+    const auto values = table.flat<float>();
     for (int i = 0; i < tfapprox::kLutEntries; ++i) {
       const float v = values(i);
       // Written so that NaN fails the test too.
@@ -151,9 +194,10 @@ class ApproxConv2DOpBase : public OpKernel {
     return absl::OkStatus();
   }
 
- private:
   tfapprox::ConvAttrs attrs_;
   int num_bits_ = 8;
+  int filter_num_bits_ = 8;
+  bool input_symmetric_ = false, filter_symmetric_ = false;
   bool table_from_file_ = true;
   std::string mul_map_file_;
 };

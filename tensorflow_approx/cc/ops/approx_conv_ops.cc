@@ -58,7 +58,10 @@ num_bits: 2..8; codes stay below 2^num_bits and index the same table.
 const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} <<
     ConvOp("ApproxConv2DWithTable")
         .Input("table: Ttable")
-        .Attr("Ttable: {uint16, float} = DT_UINT16")
+        .Attr("Ttable: {uint16, int16, float} = DT_UINT16")
+        .Attr("filter_num_bits: int = -1")
+        .Attr("input_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
+        .Attr("filter_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
         .SetShapeFn([](shape_inference::InferenceContext* c) {
           TF_RETURN_IF_ERROR(CheckRangeScalars(c));
           shape_inference::ShapeHandle table;
@@ -71,9 +74,14 @@ const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupM
 ApproxConv2DWithMinMaxVars with the multiplier given as a tensor instead of a file.
 
 table: 65536 products, entry (a << 8) | w being the product of activation code a and weight code
-  w: uint16, or float32 holding integers in [0, 65535] (the dtype a GPU variable can have). A
-  float32 entry that is not such an integer is an InvalidArgument error on the CPU and makes every
-  output NaN on the GPU (which cannot report it without waiting for the device).
+  w: uint16, int16 (signed products; CPU kernels), or float32 holding integers in [0, 65535] (the
+  dtype a GPU variable can have). A float32 entry that is not such an integer is an InvalidArgument
+  error on the CPU and makes every output NaN on the GPU (which cannot report it without waiting for
+  the device).
+filter_num_bits: the filter's code width (2..8); -1: num_bits.
+input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization) or "symmetric" (signed
+  codes, zero point 0, scale max(|min|, |max|) / (2^(b-1) - 1)); a signed code indexes the table by
+  its two's-complement byte. Symmetric schemes have CPU kernels only, for now.
 )doc");
 
 }  // namespace

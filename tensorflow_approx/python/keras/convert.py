@@ -8,7 +8,7 @@ from tensorflow_approx.python.keras.layers import (
     FakeApproxDepthwiseConv2D,
     _check_approx_args,
 )
-from tensorflow_approx.python.ops.approx_conv_ops import lut_values
+from tensorflow_approx.python.keras.layers import _unsigned_lut
 
 # Exact types only: subclasses of these (our own layers included) may compute something else.
 LAYER_MAP = {
@@ -89,7 +89,7 @@ def approximate_model(
     checked = {}
     for table in tables.values():
         if id(table) not in checked:
-            checked[id(table)] = lut_values(table, "mul_map_file")
+            checked[id(table)] = _unsigned_lut(table, "mul_map_file")
     pairs = []
 
     def clone(layer):

@@ -85,6 +85,16 @@ def _range_with_zero(x):
     return tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
 
 
+def _unsigned_lut(table, name):
+    """lut_values of an unsigned table: the layers quantize asymmetrically, codes 0..255."""
+    values, label = lut_values(table, name)
+    if values.dtype != np.uint16:
+        raise ValueError(
+            f"{name}: {label!r} holds signed products; the layers take unsigned tables for now "
+            "(signed codes: ta.approx_conv2d_with_table with input_scheme/filter_scheme='symmetric')")
+    return values, label
+
+
 def approx_layers(model):
     """All approximate layers inside `model` (any depth of nesting), in Keras' traversal order."""
     # _flatten_layers is Keras' own recursive traversal (the trainer uses it to check supports_jit).
@@ -118,7 +128,7 @@ class _FakeApproxMixin:
                 raise TypeError(f"mul_map_file of a saved layer is a label, got {mul_map_file!r}")
             self._initial_lut, label = None, mul_map_file
         else:
-            self._initial_lut, label = lut_values(mul_map_file, "mul_map_file")
+            self._initial_lut, label = _unsigned_lut(mul_map_file, "mul_map_file")
         # LoRA and Keras' own int8/float8 quantization replace the kernel path we rely on.
         if kwargs.pop("lora_rank", None) is not None or kwargs.pop("lora_alpha", None) is not None:
             raise ValueError(f"{type(self).__name__} does not support LoRA (lora_rank)")
@@ -162,7 +172,7 @@ class _FakeApproxMixin:
           multiplier: a tensorflow_approx.multipliers.Multiplier, a path ("" = exact; a .bin, .npy or
             .c file, or a family name such as "drum6"), or an array of 65536 (or 256 x 256) products.
         """
-        values, label = lut_values(multiplier, "multiplier")
+        values, label = _unsigned_lut(multiplier, "multiplier")
         if not self.built:
             self._initial_lut = values
         else:
@@ -235,7 +245,7 @@ class _FakeApproxMixin:
             )
         if variables[-1] is self.lut:
             lut = np.asarray(store[str(len(variables) - 1)])
-            lut_values(lut, f"the table saved for layer '{self.name}'")  # checks it, names the layer
+            _unsigned_lut(lut, f"the table saved for layer '{self.name}'")  # checks it, names the layer
         for i, variable in enumerate(variables):
             variable.assign(store[str(i)])
 

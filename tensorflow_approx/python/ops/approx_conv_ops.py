@@ -84,19 +84,19 @@ def _op_arguments(input, filter, ranges, strides, num_bits, padding, explicit_pa
 
 
 def lut_values(table, name="table"):
-    """The 65536 uint16 products of `table`, checked: a Multiplier, a path ("" = exact), or an array.
+    """The 65536 products of `table`, checked: a Multiplier, a path ("" = exact), or an array.
 
-    Arrays hold products (any integer dtype, values 0..65535; or float holding such integers), shape
-    (65536,) or (256, 256), entry (a << 8) | w. Returns (np.ndarray uint16 of shape (65536,), a label
-    for provenance: the path, the Multiplier's name or "array").
+    Arrays hold products (any integer dtype, or float holding integers), shape (65536,) or (256, 256),
+    entry (a << 8) | w: values 0..65535 (unsigned products), or, when any is negative, -32768..32767
+    (signed products, as a signed Multiplier holds them). Returns (np.ndarray of shape (65536,), uint16
+    for unsigned products and int16 for signed ones, a label for provenance: the path, the
+    Multiplier's name or "array").
     """
     from tensorflow_approx import multipliers as mx
 
     if isinstance(table, mx.Multiplier):
-        if table.signed:
-            raise ValueError(
-                f"{name}: {table.name!r} is a signed multiplier; the ops take unsigned tables")
-        return np.asarray(table.lut, dtype=np.uint16), table.name
+        bits = np.asarray(table.lut, dtype=np.uint16)
+        return (bits.view(np.int16) if table.signed else bits), table.name
     if isinstance(table, (str, os.PathLike)):
         path = os.fspath(table)
         if path == "":
@@ -131,12 +131,18 @@ def lut_values(table, name="table"):
     elif values.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {values.dtype}")
     values = values.reshape(-1).astype(np.int64)
-    bad = np.flatnonzero((values < 0) | (values > 65535))
+    signed = bool(values.min() < 0)
+    lo, hi = (-32768, 32767) if signed else (0, 65535)
+    bad = np.flatnonzero((values < lo) | (values > hi))
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"{name}: entry {i} (a={i >> 8}, w={i & 255}) is {int(values[i])}, outside 0..65535")
-    return values.astype(np.uint16), "array"
+            f"{name}: entry {i} (a={i >> 8}, w={i & 255}) is {int(values[i])}, outside {lo}..{hi} "
+            f"({'signed' if signed else 'unsigned'} products fit 16 bits)")
+    return values.astype(np.int16 if signed else np.uint16), "array"
+
+
+SCHEMES = ("asymmetric", "symmetric")
 
 
 def approx_conv2d_with_table(
@@ -154,6 +160,9 @@ def approx_conv2d_with_table(
     data_format="NHWC",
     dilations=(1, 1, 1, 1),
     name=None,
+    filter_num_bits=None,
+    input_scheme="asymmetric",
+    filter_scheme="asymmetric",
 ):
     """approx_conv2d_with_min_max_vars with the multiplier as a tensor (ApproxConv2DWithTable).
 
@@ -162,7 +171,14 @@ def approx_conv2d_with_table(
         explicit_paddings, data_format, dilations: as approx_conv2d_with_min_max_vars.
       table: the 65536 products, entry (a << 8) | w: a uint16 or float32 tensor or variable of shape
         [65536] (float32 entries must be integers in 0..65535; it is the dtype a GPU variable can
-        have), or anything lut_values() takes (a Multiplier, a path, an array), made a constant.
+        have), an int16 tensor of signed products (runs on the CPU), or anything lut_values() takes
+        (a Multiplier, a path, an array), made a constant. With a symmetric operand the table is
+        indexed by the codes' bytes, ((a & 0xFF) << 8) | (w & 0xFF), two's complement for signed codes.
+      filter_num_bits: the filter's code width, 2..8 (None: num_bits).
+      input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization, the default) or
+        "symmetric" (signed codes -2^(b-1)..2^(b-1) - 1, zero point 0, scale max(|min|, |max|) /
+        (2^(b-1) - 1); docs/semantics.md, "Quantization schemes"). Symmetric schemes run on the CPU
+        for now (the GPU kernel refuses them with an error).
 
     Returns:
       The output tensor, of input's dtype, in data_format.
@@ -174,9 +190,14 @@ def approx_conv2d_with_table(
     """
     args = _op_arguments(input, filter, (input_min, input_max, filter_min, filter_max), strides,
                          num_bits, padding, explicit_paddings, data_format, dilations, name)
-    if not (isinstance(table, (tf.Tensor, tf.Variable)) and table.dtype in (tf.uint16, tf.float32)):
+    if not (isinstance(table, (tf.Tensor, tf.Variable)) and table.dtype in (tf.uint16, tf.int16, tf.float32)):
         table = tf.constant(lut_values(table)[0])
-    return _ops.approx_conv2d_with_table(table=table, **args)
+    for arg, scheme in (("input_scheme", input_scheme), ("filter_scheme", filter_scheme)):
+        if scheme not in SCHEMES:
+            raise ValueError(f"{arg} must be one of {SCHEMES}, got {scheme!r}")
+    return _ops.approx_conv2d_with_table(
+        table=table, filter_num_bits=-1 if filter_num_bits is None else filter_num_bits,
+        input_scheme=input_scheme, filter_scheme=filter_scheme, **args)
 
 
 def approx_conv2d_with_min_max_vars(
