@@ -23,39 +23,27 @@ constexpr int64_t kAccumulatorElementsPerPass = int64_t{1} << 18;
 
 // NaN propagates as in fake quantization followed by a float convolution (docs/semantics.md): a NaN in
 // the filter makes its output channel NaN everywhere (every output multiplies every filter tap), a NaN
-// in the input makes NaN the outputs of its group whose window holds it. Runs only when a NaN was seen.
+// in the input makes NaN the outputs of its group whose window holds it. Runs only when a NaN was seen:
+// input_nan marks the NaN inputs in the codes' NHWC layout, so the kernels' patch walk finds them.
 template <typename T>
-void PropagateNan(const ConvShape& s, const T* input, const std::vector<uint8_t>& filter_nan,
+void PropagateNan(const ConvShape& s, const std::vector<uint8_t>& input_nan, const std::vector<uint8_t>& filter_nan,
                   const ParallelFor& parallel_for, T* output) {
   const T nan = static_cast<T>(std::numeric_limits<float>::quiet_NaN());
   const int64_t out_hw = s.out_h * s.out_w;
   const bool nhwc = s.data_format == DataFormat::kNHWC;
   const int64_t channel_stride = nhwc ? 1 : out_hw;
-  const int64_t in_hw = s.in_h * s.in_w;
-  const int64_t groups = s.groups(), out_per_group = s.out_depth_per_group();
-  parallel_for(s.out_pixels(), s.taps() * groups, [&](int64_t begin, int64_t end) {
+  const int64_t out_per_group = s.out_depth_per_group();
+  QuantizedConv marks;
+  marks.shape = s;
+  marks.input = input_nan.data();
+  parallel_for(s.out_pixels(), s.taps() * s.groups(), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / out_hw;
-      T* out = nhwc ? output + p * s.out_depth : output + n * s.out_depth * out_hw + p % out_hw;
-      for (int64_t g = 0; g < groups; ++g) {
+      T* out = nhwc ? output + p * s.out_depth : output + (p / out_hw) * s.out_depth * out_hw + p % out_hw;
+      for (int64_t g = 0; g < s.groups(); ++g) {
         bool window_nan = false;
-        for (int64_t kh = 0; kh < s.filter_h && !window_nan; ++kh) {
-          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
-          if (ih < 0 || ih >= s.in_h) continue;
-          for (int64_t kw = 0; kw < s.filter_w && !window_nan; ++kw) {
-            const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
-            if (iw < 0 || iw >= s.in_w) continue;
-            for (int64_t ci = g * s.filter_depth; ci < (g + 1) * s.filter_depth; ++ci) {
-              const float v = static_cast<float>(
-                  nhwc ? input[((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + ci]
-                       : input[(n * s.in_depth + ci) * in_hw + ih * s.in_w + iw]);
-              if (v != v) {
-                window_nan = true;
-                break;
-              }
-            }
-          }
-        }
+        WalkPatch(marks, p, g, [&](const uint8_t* in) {
+          for (int64_t ci = 0; in != nullptr && ci < s.filter_depth; ++ci) window_nan |= in[ci] != 0;
+        });
         for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {
           if (window_nan || filter_nan[co]) out[co * channel_stride] = nan;
         }
@@ -154,7 +142,20 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
       }
     });
   }
-  if (input_nan || any_filter_nan) PropagateNan(s, input, filter_nan, parallel_for, output);
+  if (input_nan || any_filter_nan) {
+    std::vector<uint8_t> input_nan_marks(static_cast<size_t>(s.input_elements()), 0);
+    if (input_nan) {
+      for (int64_t i = 0; i < s.input_elements(); ++i) {
+        // Element i of the NHWC codes: the same element of an NHWC input, a transposed one of NCHW.
+        const int64_t c = i % s.in_depth, nhw = i / s.in_depth;
+        const float v = static_cast<float>(s.data_format == DataFormat::kNHWC
+                                               ? input[i]
+                                               : input[(nhw / hw * s.in_depth + c) * hw + nhw % hw]);
+        input_nan_marks[i] = v != v;
+      }
+    }
+    PropagateNan(s, input_nan_marks, filter_nan, parallel_for, output);
+  }
 }
 
 }  // namespace tfapprox

@@ -889,23 +889,16 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
     return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, input_q,
                            filter_q, epi, stream);
   }
-  if (plan.kernel == GpuKernel::kColumns) {
-    if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
-      return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +
-             std::to_string(plan.workspace_bytes) + " bytes of device memory";
-    }
-    if (reinterpret_cast<uintptr_t>(options.workspace) % 16 != 0) {
-      return "ApproxConvGpu: the workspace must be 16-byte aligned";
-    }
-    return LaunchColumns<T>(NeedsWide(s, options), dev.sms, s, g, input, filter, output, lut_device, filter_q,
-                            input_q, epi, static_cast<unsigned char*>(options.workspace), stream);
-  }
   if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
     return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +
            std::to_string(plan.workspace_bytes) + " bytes of device memory";
   }
   if (reinterpret_cast<uintptr_t>(options.workspace) % 16 != 0) {
     return "ApproxConvGpu: the workspace must be 16-byte aligned";
+  }
+  if (plan.kernel == GpuKernel::kColumns) {
+    return LaunchColumns<T>(NeedsWide(s, options), dev.sms, s, g, input, filter, output, lut_device, filter_q,
+                            input_q, epi, static_cast<unsigned char*>(options.workspace), stream);
   }
   const auto launch = TiledLauncher<T>(plan.kernel);
   if (launch == nullptr) return "ApproxConvGpu: unknown kernel choice";

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __r
     codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
   }
   for (int co = first; co < g.out_depth; co += step) {
-    int32_t sum = 0;  // taps * 255 < 2^31 (taps < 2^30 / 2^8... checked by the plan: taps <= 65537 or wide)
+    int32_t sum = 0;  // taps * 255 < 2^31: the plan takes this kernel only for taps < 2^23
     for (int t = 0; t < g.taps; ++t) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
     sums[co] = sum;
   }

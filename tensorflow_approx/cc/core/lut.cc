@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <list>
@@ -119,14 +118,6 @@ bool OldEnough(const struct stat& st) {
 }
 
 }  // namespace
-
-std::string LoadMulMap(const std::string& mul_map_file, std::shared_ptr<const Lut>* lut) {
-  if (mul_map_file.empty()) {
-    *lut = ExactLut();
-    return "";
-  }
-  return LoadLutFile(mul_map_file, lut);
-}
 
 std::string LookupMulMap(const std::string& mul_map_file, LutRef* ref) {
   if (mul_map_file.empty()) {

@@ -23,9 +23,6 @@ std::shared_ptr<const Lut> ExactLut();
 // Never blocks on FIFOs or devices and never reads more than kLutFileBytes + 1 bytes.
 std::string LoadLutFile(const std::string& path, std::shared_ptr<const Lut>* lut);
 
-// The table for a mul_map_file attribute: the exact table for "", otherwise LoadLutFile.
-std::string LoadMulMap(const std::string& mul_map_file, std::shared_ptr<const Lut>* lut);
-
 // A table as one call sees it, with an identity: `id` differs whenever the content may differ (0 is the
 // exact table), so device copies can be cached by id.
 struct LutRef {

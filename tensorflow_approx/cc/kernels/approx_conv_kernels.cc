@@ -32,14 +32,11 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
         [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
           Shard(workers->num_threads, workers->workers, total, cost, fn);
         };
-    tfapprox::LutRef file_table;  // holds the file's table for the duration of the call
-    std::vector<uint16_t> converted;
-    const uint16_t* lut = nullptr;
-    int64_t lut_offset = 0;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &file_table, &converted, &lut, &lut_offset));
+    typename ApproxConv2DOpBase<T>::HostLut table;
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &table));
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
-                               filter_q, lut, parallel_for, output->flat<T>().data(),
-                               tfapprox::CpuKernel::kFast, lut_offset);
+                               filter_q, table.lut, parallel_for, output->flat<T>().data(),
+                               tfapprox::CpuKernel::kFast, table.offset);
   }
 };
 

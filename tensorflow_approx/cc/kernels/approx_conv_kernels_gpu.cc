@@ -132,12 +132,9 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     const uint16_t* lut = nullptr;
     Tensor converted;  // the uint16 copy of a float32 or misaligned table input
     if (this->table_from_file()) {
-      tfapprox::LutRef host;
-      std::vector<uint16_t> unused;
-      const uint16_t* host_lut = nullptr;
-      int64_t no_offset = 0;  // file tables are unsigned
-      OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &host, &unused, &host_lut, &no_offset));
-      OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host, stream, &lut));
+      typename ApproxConv2DOpBase<T>::HostLut host;  // a file table: unsigned, the file op has no schemes
+      OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &host));
+      OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host.file, stream, &lut));
     } else {
       const Tensor& table = ctx->input(this->kTableInput);
       if (table.dtype() == DT_UINT16 && reinterpret_cast<uintptr_t>(table.flat<uint16_t>().data()) % 16 == 0) {

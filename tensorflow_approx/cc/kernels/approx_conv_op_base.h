@@ -135,48 +135,54 @@ class ApproxConv2DOpBase : public OpKernel {
 
   bool symmetric() const { return input_symmetric_ || filter_symmetric_; }
 
-  // The table of this call in host memory (CPU kernels; GPU kernels for a file table): the file as it is
-  // now, or the input tensor. A float32 table is converted into *converted after checking that every
-  // entry is an integer in [0, 65535]; an int16 table (signed products) is stored there with 32768
-  // added to every entry, *offset = 32768, which the sums take off again exactly. With a symmetric
-  // operand the table, indexed by the signed codes' bytes, is rearranged to be indexed by the kernels'
-  // codes (signed code + code_shift).
+  // The table of one call in host memory, as the kernels index it. `lut` points into the file's cached
+  // table, the input tensor or `converted`, which the struct keeps alive for the call.
+  struct HostLut {
+    const uint16_t* lut = nullptr;
+    int64_t offset = 0;          // added to every entry (32768 for a table of signed products)
+    tfapprox::LutRef file;       // a file table
+    std::vector<uint16_t> converted;
+  };
+
+  // The table of this call (CPU kernels; GPU kernels for a file table): the file as it is now, or the
+  // input tensor. A float32 table is converted after checking that every entry is an integer in
+  // [0, 65535]; an int16 table (signed products) is stored with 32768 added to every entry, which the
+  // sums take off again exactly. With a symmetric operand the table, indexed by the signed codes'
+  // bytes, is rearranged to be indexed by the kernels' codes (signed code + code_shift).
   absl::Status HostTable(OpKernelContext* ctx, const tfapprox::QuantParams& input_q,
-                         const tfapprox::QuantParams& filter_q, tfapprox::LutRef* file_table,
-                         std::vector<uint16_t>* converted, const uint16_t** lut, int64_t* offset) const {
-    TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, file_table, converted, lut, offset));
+                         const tfapprox::QuantParams& filter_q, HostLut* host) const {
+    TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, host));
     if (input_q.code_shift == 0 && filter_q.code_shift == 0) return absl::OkStatus();
     std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
     for (int a = 0; a < 256; ++a) {
       const int row = ((a - input_q.code_shift) & 0xFF) << 8;
-      for (int w = 0; w < 256; ++w) by_codes[(a << 8) | w] = (*lut)[row | ((w - filter_q.code_shift) & 0xFF)];
+      for (int w = 0; w < 256; ++w) by_codes[(a << 8) | w] = host->lut[row | ((w - filter_q.code_shift) & 0xFF)];
     }
-    *converted = std::move(by_codes);
-    *lut = converted->data();
+    host->converted = std::move(by_codes);
+    host->lut = host->converted.data();
     return absl::OkStatus();
   }
 
  private:
-  absl::Status UnpermutedHostTable(OpKernelContext* ctx, tfapprox::LutRef* file_table,
-                                   std::vector<uint16_t>* converted, const uint16_t** lut, int64_t* offset) const {
-    *offset = 0;
+  absl::Status UnpermutedHostTable(OpKernelContext* ctx, HostLut* host) const {
     if (table_from_file_) {
-      const std::string error = tfapprox::LookupMulMap(mul_map_file_, file_table);
+      const std::string error = tfapprox::LookupMulMap(mul_map_file_, &host->file);
       if (!error.empty()) return absl::InvalidArgumentError(error);
-      *lut = file_table->lut->data();
+      host->lut = host->file.lut->data();
       return absl::OkStatus();
     }
     const Tensor& table = ctx->input(kTableInput);
     if (table.dtype() == DT_UINT16) {
-      *lut = table.flat<uint16_t>().data();
+      host->lut = table.flat<uint16_t>().data();
       return absl::OkStatus();
     }
-    converted->resize(tfapprox::kLutEntries);
+    std::vector<uint16_t>& converted = host->converted;
+    converted.resize(tfapprox::kLutEntries);
+    host->lut = converted.data();
     if (table.dtype() == DT_INT16) {
       const auto values = table.flat<int16_t>();
-      for (int i = 0; i < tfapprox::kLutEntries; ++i) (*converted)[i] = static_cast<uint16_t>(values(i) + 32768);
-      *lut = converted->data();
-      *offset = 32768;
+      for (int i = 0; i < tfapprox::kLutEntries; ++i) converted[i] = static_cast<uint16_t>(values(i) + 32768);
+      host->offset = 32768;
       return absl::OkStatus();
     }
     const auto values = table.flat<float>();
@@ -188,9 +194,8 @@ class ApproxConv2DOpBase : public OpKernel {
             "table entry ", i, " (a = ", i >> 8, ", w = ", i & 0xFF, ") is ", v,
             "; a float32 table must hold integers in [0, 65535]"));
       }
-      (*converted)[i] = static_cast<uint16_t>(v);
+      converted[i] = static_cast<uint16_t>(v);
     }
-    *lut = converted->data();
     return absl::OkStatus();
   }
 

@@ -4,12 +4,11 @@
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow_approx/cc/core/lut.h"
 
 namespace tensorflow {
 
 namespace {
-
-constexpr int kLutEntries = 1 << 16;
 
 absl::Status CheckRangeScalars(shape_inference::InferenceContext* c) {
   shape_inference::ShapeHandle unused;
@@ -67,7 +66,7 @@ const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupM
           shape_inference::ShapeHandle table;
           TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &table));
           shape_inference::DimensionHandle entries;
-          TF_RETURN_IF_ERROR(c->WithValue(c->Dim(table, 0), kLutEntries, &entries));
+          TF_RETURN_IF_ERROR(c->WithValue(c->Dim(table, 0), tfapprox::kLutEntries, &entries));
           return shape_inference::Conv2DShapeWithExplicitPadding(c);
         })
         .Doc(R"doc(
@@ -92,7 +91,7 @@ REGISTER_OP("ApproxReadMulMap")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 0, &unused));
-      c->set_output(0, c->Vector(kLutEntries));
+      c->set_output(0, c->Vector(tfapprox::kLutEntries));
       return absl::OkStatus();
     })
     .Doc(R"doc(

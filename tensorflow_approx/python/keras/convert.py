@@ -7,8 +7,8 @@ from tensorflow_approx.python.keras.layers import (
     FakeApproxDense,
     FakeApproxDepthwiseConv2D,
     _check_approx_args,
+    _unsigned_lut,
 )
-from tensorflow_approx.python.keras.layers import _unsigned_lut
 
 # Exact types only: subclasses of these (our own layers included) may compute something else.
 LAYER_MAP = {
