@@ -1,21 +1,28 @@
 """Whole networks: a CIFAR ResNet-20 and a ResNet-50-shaped network, every Conv2D/Dense approximate.
 
 Prints, per network: predict at each batch size and one epoch of fit (images/s, effective G LUT-MAC/s)
-for the approximate model beside the same plain Keras float32 model in the same run, then a per-layer
-table (each approximate layer alone on its input shape: time, G LUT-MAC/s, the float layer's time).
+for the approximate model beside the same plain Keras float32 model in the same run; then a per-layer
+table (each approximate layer alone on its input shape: time per call, G LUT-MAC/s, the kernel the op
+chose, the float layer's time); then how close the whole network comes to its layers' summed rate.
 
     python benchmarks/models.py [--nets resnet20,resnet50] [--images 2000] [--batches 128,1000]
                                 [--fit] [--table PATH] [--device /CPU:0] [--torch_baseline]
+                                [--layer_batch 1000] [--layer_repeats 20]
 
 On a GPU machine with the tf-gpu stand-ins (no cuDNN), the float Keras model cannot run on the GPU:
---torch_baseline times the same float32 network in PyTorch instead (benchmark-only baseline, TF32
-off), and --nofloat_keras skips the Keras float model there.
+--nofloat_keras skips it, and --torch_baseline times the same float32 network in PyTorch instead
+(benchmarks/torch_baseline.py, TF32 off). That PyTorch time is a benchmark-only baseline, measured in
+a separate process without the stand-ins on PYTHONPATH / LD_LIBRARY_PATH (they break torch's CUDA).
+
+The kernel column comes from the op library's trace: TFAPPROX_TRACE names a file (a temporary one
+unless set) to which the op appends one line per distinct call configuration; '-' where none matches.
 """
 
+import json
 import os
+import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 from absl import app, flags
@@ -25,6 +32,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tensorflow_approx as ta  # noqa: E402
+from tensorflow_approx.python.ops.approx_conv_ops import lut_values  # noqa: E402
+from benchmarks.torch_baseline import seconds  # noqa: E402 (standard library only)
 
 NETS = flags.DEFINE_list("nets", ["resnet20"], "networks: resnet20 (32x32x3), resnet50 (224x224x3)")
 IMAGES = flags.DEFINE_integer("images", 2000, "images per predict (the issue's figures: 10000 / 1000)")
@@ -33,8 +42,12 @@ FIT = flags.DEFINE_boolean("fit", True, "also time one epoch of fit (batch 128)"
 TABLE = flags.DEFINE_string("table", None, "table (default: mul8u_L40 from ../shared, else drum6)")
 DEVICE = flags.DEFINE_string("device", "/CPU:0", "TensorFlow device for the models")
 FLOAT_KERAS = flags.DEFINE_boolean("float_keras", True, "time the plain Keras float32 model too")
-TORCH = flags.DEFINE_boolean("torch_baseline", False, "time the float32 network in PyTorch (CUDA)")
-LAYER_BATCH = flags.DEFINE_integer("layer_batch", 128, "batch of the per-layer table")
+TORCH = flags.DEFINE_boolean("torch_baseline", False,
+                             "without the Keras float model: time the float32 network in PyTorch (CUDA)")
+OVERHEAD_REPEATS = flags.DEFINE_integer("overhead_repeats", 200,
+                                        "calls per graph of the per-call cost table (0: no table)")
+LAYER_BATCH = flags.DEFINE_integer("layer_batch", 1000, "per-layer table batch (the issue's goal: 1000)")
+LAYER_REPEATS = flags.DEFINE_integer("layer_repeats", 20, "layer calls inside one graph per per-layer timing")
 
 
 def resnet20():
@@ -98,75 +111,160 @@ def default_table():
     return "drum6", "drum6 (built-in family)"
 
 
-def seconds(fn, repeats=2):
-    fn()  # warm-up: tracing, kernel construction
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def fmt(value, spec):
+    """value formatted, or '-' for a figure not measured."""
+    return "-" if value is None else format(value, spec)
 
 
-def torch_float_seconds(name, images, batch):
-    """The same float32 network in PyTorch on CUDA (TF32 off), inference at `batch`; None without it."""
+class TorchBaseline:
+    """The float column from benchmarks/torch_baseline.py, run in its own process per measurement."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
+
+    def __init__(self):
+        self.error = None
+        self.device = None
+        self._notes = []  # lines for under the next table, each printed once
+
+    def seconds(self, net, images, batch):
+        """Seconds of float32 inference over `images` images at `batch`; None after an error."""
+        if self.error is not None:
+            return None  # no torch or no CUDA: every further run would fail the same way
+        # The TensorFlow GPU stand-ins on these paths break torch's CUDA (torch.cuda was unavailable
+        # with them set), and the script needs neither.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+        proc = subprocess.run([sys.executable, self.SCRIPT, "--net", net, "--images", str(images),
+                               "--batch", str(batch)], env=env, capture_output=True, text=True)
+        try:
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            result = {"error": f"exit status {proc.returncode}: {proc.stderr.strip()[-1000:]}"}
+        if "error" in result:
+            self.error = result["error"]
+            self._notes.append(f"PyTorch baseline: {self.error}")
+            return None
+        if self.device is None:
+            self.device = result["device"]
+            self._notes.append(f"float s: PyTorch float32 on {self.device}, TF32 off "
+                               "(benchmark-only baseline, separate process)")
+        return result["seconds"]
+
+    def notes(self):
+        notes, self._notes = self._notes, []
+        return notes
+
+
+def layer_seconds(layer, data, repeats):
+    """Seconds of one inference call of `layer` on `data`, without the per-call dispatch floor.
+
+    A single tf.function call costs ~0.6-1 ms of Python and dispatch on the GPU, more than many
+    layers take, so the layer runs n times inside one graph (a tf.while_loop) and the per-call time
+    is (t(repeats + 1) - t(1)) / repeats: the floor and the one-off copy of the result cancel.
+    """
+
+    @tf.function
+    def calls(x, n):
+        def body(i, x, acc):
+            y = layer(x, training=False)
+            # One element of each output into the result, so that no call is pruned as unused.
+            return i + 1, x, acc + tf.cast(tf.reshape(y, [-1])[0], tf.float32)
+
+        # parallel_iterations=1: the calls are independent, and overlapping them would time
+        # throughput of concurrent calls rather than one call.
+        return tf.while_loop(lambda i, x, acc: i < n, body, (tf.constant(0), x, tf.constant(0.0)),
+                             parallel_iterations=1)[2]
+
+    # .numpy() waits for the result, so work queued on the GPU is inside the timing.
+    once = seconds(lambda: calls(data, tf.constant(1)).numpy(), repeats=3)
+    many = seconds(lambda: calls(data, tf.constant(repeats + 1)).numpy(), repeats=3)
+    return (many - once) / repeats  # noise can make a tiny layer's <= 0: raise --layer_repeats
+
+
+def overhead_table(table):
+    """Per-call cost of the op on a tiny 3x3 16->16 convolution (1x8x8x16): given constant ranges, with
+    its ranges reduced on the device first (what the layers do in "batch" range mode), the Keras layer,
+    and relu + add as the floor of any two ops; the issue's goal is at most 10 us for the reductions."""
+    rng = np.random.default_rng(1)
+    with tf.device(DEVICE.value):
+        x = tf.constant(np.maximum(rng.normal(size=(1, 8, 8, 16)), 0).astype(np.float32))
+        w = tf.constant(rng.normal(scale=0.3, size=(3, 3, 16, 16)).astype(np.float32))
+        # float32, as the layers hold it (a GPU variable cannot be uint16)
+        lut = tf.constant(lut_values(table)[0].astype(np.float32))
+        layer = ta.FakeApproxConv2D(16, 3, padding="same", mul_map_file=table)
+        layer.build(x.shape)
+    conv = dict(table=lut, strides=[1, 1, 1, 1], padding="SAME")
+
+    def reduced(v, training=False):
+        r = [tf.minimum(tf.reduce_min(v), 0.0), tf.maximum(tf.reduce_max(v), 0.0), tf.reduce_min(w), tf.reduce_max(w)]
+        return ta.approx_conv2d_with_table(v, w, *r, **conv)
+
+    rows = [("op, constant ranges", lambda v, training=False: ta.approx_conv2d_with_table(v, w, 0.0, 4.0, -1.0, 1.0,
+                                                                                           **conv)),
+            ("op, ranges reduced on the device", reduced),
+            ("FakeApproxConv2D (inference)", layer),
+            ("relu + add (floor of two ops)", lambda v, training=False: tf.nn.relu(v) + v)]
+    print(f"\nper-call cost on {DEVICE.value}, 1x8x8x16 input, 3x3 16->16 ({OVERHEAD_REPEATS.value} calls in one graph):")
+    print("| call | us |")
+    print("| --- | ---: |")
+    times = {}
+    for name, fn in rows:
+        with tf.device(DEVICE.value):
+            times[name] = layer_seconds(fn, x, OVERHEAD_REPEATS.value)
+        print(f"| {name} | {1e6 * times[name]:.1f} |")
+    extra = times["op, ranges reduced on the device"] - times["op, constant ranges"]
+    print(f"reducing the ranges on the device: {1e6 * extra:.1f} us per call over the op alone")
+
+
+def trace_file():
+    """The op library's trace file: TFAPPROX_TRACE, set to a new temporary file unless already set.
+
+    The library reads the variable on its first op call, so this runs before any op does.
+    """
+    if "TFAPPROX_TRACE" not in os.environ:
+        fd, os.environ["TFAPPROX_TRACE"] = tempfile.mkstemp(prefix="tfapprox-trace-", suffix=".tsv")
+        os.close(fd)
+    return os.environ["TFAPPROX_TRACE"]
+
+
+def read_trace(path):
+    """The trace's lines as dicts of their tab-separated key=value fields; [] without a trace."""
     try:
-        import torch
-        import torch.nn as nn
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    return [dict(field.split("=", 1) for field in line.split("\t") if "=" in field)
+            for line in lines if line.strip()]
 
-    def conv(cin, cout, k, stride=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
 
-    class Basic(nn.Module):
-        def __init__(self, cin, cout, stride, bottleneck):
-            super().__init__()
-            if bottleneck:
-                self.body = nn.Sequential(conv(cin, cout, 1), nn.ReLU(), conv(cout, cout, 3, stride), nn.ReLU(),
-                                          conv(cout, 4 * cout, 1))
-                cout *= 4
-            else:
-                self.body = nn.Sequential(conv(cin, cout, 3, stride), nn.ReLU(), conv(cout, cout, 3))
-            self.short = conv(cin, cout, 1, stride) if (stride != 1 or cin != cout) else nn.Identity()
-
-        def forward(self, x):
-            return torch.relu(self.body(x) + self.short(x))
-
-    if name == "resnet20":
-        layers, cin, size = [conv(3, 16, 3), nn.ReLU()], 16, 32
-        for stage, width in enumerate((16, 32, 64)):
-            for block in range(3):
-                layers.append(Basic(cin, width, 2 if stage and not block else 1, False))
-                cin = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+def traced_kernel(trace, layer, in_shape, device_type):
+    """The kernel the op chose for `layer` on `in_shape` ('+split-k' when split), '-' if not traced."""
+    dims = lambda shape: "x".join(map(str, shape))  # noqa: E731 (the trace's shape notation)
+    if isinstance(layer, keras.layers.Dense):
+        # The Dense runs the op on [N, 1, 1, in] images with a 1x1 filter (FakeApproxDense.call).
+        depth = layer.kernel.shape[0]
+        op_input, op_filter = (int(np.prod(in_shape[:-1])), 1, 1, depth), (1, 1, depth, layer.units)
     else:
-        layers, cin, size = [conv(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64, 224
-        for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
-            for block in range(blocks):
-                layers.append(Basic(cin, width, 2 if stage and not block else 1, True))
-                cin = 4 * width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000)]
-    net = nn.Sequential(*layers).cuda().eval().to(memory_format=torch.channels_last)
-    x = torch.rand(images, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
-
-    def run():
-        with torch.no_grad():
-            for i in range(0, images, batch):
-                net(x[i:i + batch])
-        torch.cuda.synchronize()
-
-    return seconds(run)
+        op_input, op_filter = in_shape, tuple(layer.kernel.shape)
+    same = [line for line in trace if line.get("filter") == dims(op_filter)
+            and device_type in (None, line.get("device"))]
+    exact = [line for line in same if line.get("input") == dims(op_input)]
+    # A Dense's filter alone identifies it in these networks, should its input be traced otherwise.
+    found = exact or (same if isinstance(layer, keras.layers.Dense) else [])
+    if not found:
+        return "-"
+    line = found[-1]  # the latest: a TFAPPROX_TRACE set by the caller may hold earlier runs' lines
+    return line.get("kernel", "?") + ("+split-k" if line.get("split_k") == "1" else "")
 
 
 def main(_):
+    trace_path = trace_file()
     table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
+    device_type = tf.DeviceSpec.from_string(DEVICE.value).device_type
+    torch = TorchBaseline()
     rng = np.random.default_rng(0)
-    print(f"table: {table_name}; device {DEVICE.value}; {os.cpu_count()} CPUs; TensorFlow {tf.__version__}")
+    print(f"table: {table_name}; device {DEVICE.value}; {os.cpu_count()} CPUs; TensorFlow {tf.__version__}; "
+          f"kernel trace {trace_path}")
     for net in NETS.value:
         with tf.device(DEVICE.value):
             model = {"resnet20": resnet20, "resnet50": resnet50}[net]()
@@ -180,17 +278,17 @@ def main(_):
               f"{IMAGES.value} images")
         print(f"| step | approximate s | images/s | G LUT-MAC/s | float s | ratio |")
         print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
-        steps = [(f"predict batch {b}", int(b)) for b in BATCHES.value]
-        for label, batch in steps:
+        predict_s = {}
+        for batch in map(int, BATCHES.value):
             with tf.device(DEVICE.value):
-                t_approx = seconds(lambda: approx.predict(x, batch_size=batch, verbose=0))
+                t_approx = predict_s[batch] = seconds(lambda: approx.predict(x, batch_size=batch, verbose=0))
                 t_float = (seconds(lambda: model.predict(x, batch_size=batch, verbose=0))
                            if FLOAT_KERAS.value else None)
             if t_float is None and TORCH.value:
-                t_float = torch_float_seconds(net, IMAGES.value, batch)
+                t_float = torch.seconds(net, IMAGES.value, batch)
             ratio = f"{t_approx / t_float:.1f}x" if t_float else "-"
-            print(f"| {label} | {t_approx:.3f} | {IMAGES.value / t_approx:.0f} | "
-                  f"{macs * IMAGES.value / t_approx / 1e9:.0f} | {t_float or float('nan'):.3f} | {ratio} |")
+            print(f"| predict batch {batch} | {t_approx:.3f} | {IMAGES.value / t_approx:.0f} | "
+                  f"{macs * IMAGES.value / t_approx / 1e9:.0f} | {fmt(t_float, '.3f')} | {ratio} |")
         if FIT.value:
             with tf.device(DEVICE.value):
                 for m in (approx, model):
@@ -201,22 +299,41 @@ def main(_):
             ratio = f"{t_approx / t_float:.1f}x" if t_float else "-"
             print(f"| fit 1 epoch batch 128 | {t_approx:.3f} | {IMAGES.value / t_approx:.0f} | "
                   f"{3 * macs * IMAGES.value / t_approx / 1e9:.0f} (x3: forward + 2 backward) | "
-                  f"{t_float or float('nan'):.3f} | {ratio} |")
-        print(f"\nper layer, batch {LAYER_BATCH.value} (each layer alone, inference):")
-        print("| layer | input | LUT-MACs/image | approximate ms | G LUT-MAC/s | float ms | ratio |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+                  f"{fmt(t_float, '.3f')} | {ratio} |")
+        for note in torch.notes():
+            print(note)
+
+        print(f"\nper layer, batch {LAYER_BATCH.value} (each layer alone, inference; time per call from "
+              f"{LAYER_REPEATS.value} calls in one graph):")
+        print("| layer | input | LUT-MACs/image | approximate ms | G LUT-MAC/s | kernel | float ms | ratio |")
+        print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |")
         accurate = {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=True)}
+        summed = 0.0
         for layer in approx_layers:
             in_shape = (LAYER_BATCH.value, *layer.input.shape[1:])
-            data = tf.constant(np.maximum(rng.normal(size=in_shape), 0).astype(np.float32))
             with tf.device(DEVICE.value):
-                t_layer = seconds(tf.function(lambda: layer(data, training=False)), repeats=3)
-                twin = accurate[layer.name]
-                t_twin = (seconds(tf.function(lambda: twin(data, training=False)), repeats=3)
-                          if FLOAT_KERAS.value else float("nan"))
+                data = tf.constant(np.maximum(rng.normal(size=in_shape), 0).astype(np.float32))
+                t_layer = layer_seconds(layer, data, LAYER_REPEATS.value)
+                t_twin = (layer_seconds(accurate[layer.name], data, LAYER_REPEATS.value)
+                          if FLOAT_KERAS.value else None)
+            summed += t_layer
+            kernel = traced_kernel(read_trace(trace_path), layer, in_shape, device_type)
             n = lut_macs(layer) * LAYER_BATCH.value
+            ratio = f"{t_layer / t_twin:.1f}x" if t_twin else "-"
             print(f"| {layer.name} | {'x'.join(map(str, in_shape[1:]))} | {lut_macs(layer)} | "
-                  f"{1e3 * t_layer:.2f} | {n / t_layer / 1e9:.1f} | {1e3 * t_twin:.2f} | {t_layer / t_twin:.1f}x |")
+                  f"{1e3 * t_layer:.2f} | {n / t_layer / 1e9:.1f} | {kernel} | "
+                  f"{fmt(None if t_twin is None else 1e3 * t_twin, '.2f')} | {ratio} |")
+
+        # The issue's ResNet-50 goal: the whole network at >= 60% of its layers' summed kernel rate.
+        summed *= IMAGES.value / LAYER_BATCH.value
+        print(f"\nsummed layer time for the {IMAGES.value} images: {summed:.3f} s (layers at batch "
+              f"{LAYER_BATCH.value})")
+        if predict_s:
+            batch = 1000 if 1000 in predict_s else max(predict_s)  # the goal's batch when it was timed
+            print(f"predict batch {batch}: {predict_s[batch]:.3f} s: whole network at "
+                  f"{100 * summed / predict_s[batch]:.0f}% of its layers' summed kernel rate")
+    if OVERHEAD_REPEATS.value > 0:
+        overhead_table(table)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,14 @@ struct Counts {
   }
 };
 
+// A call's quantization in device memory, made on the host (GpuQuantFromRanges, which the op uses, is
+// held to this by QuantFromRangesChecks).
+struct DeviceQuant : DeviceBuffer<GpuQuant> {
+  DeviceQuant(const QuantParams& qi, const QuantParams& qf, int64_t taps) : DeviceBuffer<GpuQuant>(1) {
+    Upload({MakeGpuQuant(qi, qf, taps, 0)});
+  }
+};
+
 // The workspace a call with `options` needs on this shape, attached to them.
 struct Workspace : DeviceBuffer<uint8_t> {
   Workspace(const ConvShape& s, GpuOptions* options) : DeviceBuffer<uint8_t>(GpuWorkspaceBytes(s, *options)) {
@@ -184,7 +192,8 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   d_flags.Poison(0);
   std::string err = GpuScanNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_flags.ptr, 0);
   if (!err.empty()) return "GpuScanNan failed: " + err;
-  err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+  const DeviceQuant d_q(qi, qf, s.taps());
+  err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
   err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_out.ptr, d_flags.ptr, 0);
   if (!err.empty()) return "GpuPropagateNan failed: " + err;
@@ -527,6 +536,78 @@ void LargeSumCases(std::mt19937_64& rng, Counts* counts) {
 
 // A tiled call without its workspace (missing, short, misaligned) must return an error naming it and
 // launch nothing.
+// GpuQuantFromRanges (what the op runs) against MakeGpuQuant of the host's NudgeRange, bit for bit, on
+// random ranges of every element type: ordinary, reversed, zero-width, non-finite, tiny and huge, both
+// schemes, every code width; a range the host refuses must set the flag.
+template <typename T>
+int QuantFromRangesCase(std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  auto value = [&]() -> float {
+    switch (rng() % 8) {
+      case 0: return 0.f;
+      case 1: return std::ldexp(u(rng), static_cast<int>(rng() % 60) - 30);
+      case 2: return rng() % 2 ? INFINITY : NAN;
+      default: return 8.f * u(rng);
+    }
+  };
+  float r[4];
+  for (float& x : r) x = static_cast<float>(static_cast<T>(value()));  // as the element type holds it
+  if (rng() % 4 != 0) {  // mostly ordered
+    if (r[0] > r[1]) std::swap(r[0], r[1]);
+    if (r[2] > r[3]) std::swap(r[2], r[3]);
+  }
+  if (rng() % 8 == 0) r[1] = r[0];
+  GpuRanges ranges;
+  ranges.input_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
+  ranges.filter_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
+  ranges.input_symmetric = rng() % 2;
+  ranges.filter_symmetric = rng() % 2;
+  const int64_t taps = 1 + static_cast<int64_t>(rng() % 5000), offset = rng() % 2 ? 32768 : 0;
+  QuantParams qi, qf;
+  const bool valid = NudgeRange(r[0], r[1], ranges.input_bits, ranges.input_symmetric, &qi) == kRangeOk &&
+                     NudgeRange(r[2], r[3], ranges.filter_bits, ranges.filter_symmetric, &qf) == kRangeOk;
+  std::vector<T> values(4);
+  for (int i = 0; i < 4; ++i) values[i] = static_cast<T>(r[i]);
+  DeviceBuffer<T> d_r(4);
+  d_r.Upload(values);
+  ranges.input_min = d_r.ptr, ranges.input_max = d_r.ptr + 1, ranges.filter_min = d_r.ptr + 2, ranges.filter_max = d_r.ptr + 3;
+  DeviceBuffer<GpuQuant> d_q(1);
+  DeviceBuffer<int> d_flags(kGpuFlagCount);
+  d_flags.Poison(0);
+  if (!GpuQuantFromRanges(DtypeOf<T>(), ranges, taps, offset, d_q.ptr, d_flags.ptr, 0).empty()) return 1;
+  const GpuQuant got = d_q.Download()[0];
+  const bool flagged = d_flags.Download()[kGpuFlagInvalidRange] != 0;
+  if (flagged != !valid) return 1;
+  if (!valid) return 0;
+  const GpuQuant want = MakeGpuQuant(qi, qf, taps, offset);
+  auto same = [](const auto& a, const auto& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; };
+  auto same_params = [&](const QuantParams& x, const QuantParams& y) {
+    return same(x.scale, y.scale) && same(x.quant_zero, y.quant_zero) && same(x.nudged_min, y.nudged_min) &&
+           same(x.nudged_max, y.nudged_max) && x.zero_point == y.zero_point && x.quant_max == y.quant_max &&
+           x.code_shift == y.code_shift;
+  };
+  auto same_terms = [&](const auto& x, const auto& y) {
+    return same(x.acc_scale, y.acc_scale) && same(x.act_sum_scale, y.act_sum_scale) &&
+           same(x.filter_sum_scale, y.filter_sum_scale) && same(x.constant, y.constant) &&
+           x.acc_offset == y.acc_offset && x.act_sum_offset == y.act_sum_offset &&
+           x.filter_sum_offset == y.filter_sum_offset;
+  };
+  const bool ok = same_params(got.input, want.input) && same_params(got.filter, want.filter) &&
+                  same_terms(got.terms_float, want.terms_float) && same_terms(got.terms_double, want.terms_double);
+  return ok ? 0 : 1;
+}
+
+void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
+  int failures = 0;
+  for (int i = 0; i < 500; ++i) {
+    failures += QuantFromRangesCase<float>(rng) + QuantFromRangesCase<double>(rng) +
+                QuantFromRangesCase<__half>(rng) + QuantFromRangesCase<__nv_bfloat16>(rng);
+  }
+  counts->cases += 2000;
+  counts->failures += failures;
+  if (failures > 0) std::printf("FAIL GpuQuantFromRanges: %d of 2000 random ranges differ from the host\n", failures);
+}
+
 void WorkspaceChecks(Counts* counts) {
   ConvAttrs attrs;
   attrs.strides = {1, 1, 1, 1};
@@ -542,6 +623,7 @@ void WorkspaceChecks(Counts* counts) {
   d_flt.Poison(0);
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   d_lut.Poison(0);
+  const DeviceQuant d_q(q, q, s.taps());
   const size_t need = GpuWorkspaceBytes(s);
   DeviceBuffer<uint8_t> d_ws(need + 16);
   struct Case {
@@ -554,7 +636,7 @@ void WorkspaceChecks(Counts* counts) {
     opts.workspace = c.ptr;
     opts.workspace_bytes = c.bytes;
     ++counts->cases;
-    const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, q, q, d_lut.ptr, d_out.ptr, 0, opts);
+    const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
     if (need == 0 || err.find("workspace") == std::string::npos) {
       ++counts->failures;
       std::printf("FAIL workspace check (%s): expected an error naming the workspace, got \"%s\"\n", c.what,
@@ -725,6 +807,7 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   for (const BenchShape& b : kBenchShapes) {
     const ConvShape s = MakeBenchShape(b, b.batch);
     DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements());
+    const DeviceQuant d_q(qi, qf, s.taps());
     double rate[2][static_cast<int>(GpuKernel::kDirect)];
     for (int realistic = 1; realistic >= 0; --realistic) {
       std::vector<float> in(s.input_elements()), flt(s.filter_elements());
@@ -736,7 +819,7 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
         opts.kernel = static_cast<GpuKernel>(k);
         const Workspace d_ws(s, &opts);
         const double ms = MedianMs(
-            [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
+            [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
         rate[realistic][k] = static_cast<double>(s.lut_macs()) / ms * 1e-6;
       }
     }
@@ -757,13 +840,14 @@ int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
   DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
   d_in.Upload(in);
   d_flt.Upload(flt);
+  const DeviceQuant d_q(qi, qf, s.taps());
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   const std::shared_ptr<const Lut> exact = ExactLut();  // the exact product is rebased at any zero point
   d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
   GpuOptions opts;
   opts.kernel = kernel;
   const Workspace d_ws(s, &opts);
-  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
   CUDA_OR_DIE(cudaDeviceSynchronize());
   std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
               GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuPlan(s).kernel : kernel), err.empty() ? "" : ": ",
@@ -811,6 +895,7 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
     const ConvShape s = MakeBenchShape(b, b.batch);
     DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements()),
         d_base(s.output_elements());
+    const DeviceQuant d_q(qi, qf, s.taps());
     const GpuPlan plan = ChooseGpuPlan(s);
     GpuOptions auto_opts;
     const Workspace d_ws(s, &auto_opts);  // every path below runs the same plan
@@ -830,7 +915,7 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
         d_ws.Attach(&opts);
         return MedianMs(
             [&] {
-              const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, qi, qf, d_lut.ptr, d_out.ptr, 0, opts);
+              const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
               if (!e.empty()) err = e;
             },
             runs);
@@ -932,6 +1017,7 @@ int main(int argc, char** argv) {
   WideCases(rng, &counts);
   LargeSumCases(rng, &counts);
   WorkspaceChecks(&counts);
+  QuantFromRangesChecks(rng, &counts);
   if (bench) Bench(rng, tables, runs, sweep, &counts);
 
   std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",

@@ -1,8 +1,9 @@
 """Inside TensorFlow on a GPU machine: the GPU kernels of both ops, bit for bit against the CPU kernels.
 
 Random configurations (dtypes, NHWC/NCHW, paddings, strides, dilations, groups, num_bits, tables as a
-file / uint16 tensor / float32 variable), NaN inputs and filters, an invalid float32 table (all NaN on the
-GPU, an error on the CPU), and the Keras layers: predict on the GPU equal to the CPU, the table variable
+file / uint16 tensor / float32 variable; symmetric schemes, 4-bit weights and int16 tables with ranges
+reduced on the device), NaN inputs and filters, an invalid float32 table and refused ranges (all NaN on
+the GPU, an error on the CPU), and the Keras layers: predict on the GPU equal to the CPU, the table variable
 on the GPU, set_multiplier without retracing. Prints a short table; exit status 1 on any mismatch.
 
     python3 benchmarks/gpu/tf_gpu_check.py [--cases N] [--seed S]
@@ -87,6 +88,26 @@ def run_case(c, rng, tables, nan):
                 xt, wt, *r, table=tf.Variable(lut.astype(np.float32)), num_bits=c["num_bits"], **kw)
     cpu = results["/CPU:0", "file"]
     ok = all(np.array_equal(bits(cpu), bits(results[key])) for key in results)
+    # Quantization schemes (symmetric operands, a code width per operand) and int16 tables of signed
+    # products: the GPU against the CPU on the same call, with the ranges reduced on each device.
+    scheme = dict(input_scheme=str(rng.choice(["asymmetric", "symmetric"])),
+                  filter_scheme=str(rng.choice(["asymmetric", "symmetric"])),
+                  filter_num_bits=int(rng.choice([-1, 8, 4])), num_bits=c["num_bits"])
+    table = (rng.integers(-32768, 32768, size=65536).astype(np.int16) if rng.integers(2)
+             else rng.integers(0, 65536, size=65536).astype(np.uint16))
+    scheme_out = {}
+    for device in ("/CPU:0", "/GPU:0"):
+        with tf.device(device):
+            xt, wt = tf.cast(x, dtype), tf.cast(w, dtype)
+            r = [tf.minimum(tf.reduce_min(xt), 0), tf.maximum(tf.reduce_max(xt), 0), tf.reduce_min(wt),
+                 tf.reduce_max(wt)]
+            if nan:  # NaN ranges are refused; keep the NaN in the operands only
+                r = [tf.constant(v, dtype) for v in ranges]
+            scheme_out[device] = ta.approx_conv2d_with_table(xt, wt, *r, table=tf.constant(table), **scheme, **kw)
+    same_scheme = np.array_equal(bits(scheme_out["/CPU:0"]), bits(scheme_out["/GPU:0"]))
+    if not same_scheme:
+        print("  scheme case differs:", scheme, table.dtype)
+    ok = ok and same_scheme
     if not ok:
         for key in results:
             a, b = bits(cpu), bits(results[key])
@@ -112,6 +133,30 @@ def check_invalid_table():
         except tf.errors.InvalidArgumentError as error:
             cpu_error = "table entry 7" in str(error)
     return gpu_all_nan and cpu_error
+
+
+def check_invalid_ranges():
+    """Ranges the CPU refuses (InvalidArgument naming them) make every GPU output NaN."""
+    lut = mx.exact().lut
+    x, w = tf.ones([1, 4, 4, 2]), tf.ones([3, 3, 2, 3])
+    ok = True
+    for bounds in [(1.0, 0.0, 0.0, 1.0), (0.0, 1.0, 0.5, 0.5), (0.0, float("inf"), 0.0, 1.0),
+                   (0.0, 1.0, float("nan"), 1.0)]:
+        with tf.device("/GPU:0"):
+            y = ta.approx_conv2d_with_table(x, w, *bounds, table=tf.constant(lut), strides=[1, 1, 1, 1],
+                                            padding="SAME")
+        gpu_all_nan = bool(np.isnan(y.numpy()).all())
+        with tf.device("/CPU:0"):
+            try:
+                ta.approx_conv2d_with_table(x, w, *bounds, table=tf.constant(lut), strides=[1, 1, 1, 1],
+                                            padding="SAME")
+                cpu_error = False
+            except tf.errors.InvalidArgumentError as error:
+                cpu_error = "input_m" in str(error) or "filter_m" in str(error)
+        if not (gpu_all_nan and cpu_error):
+            print("  invalid ranges", bounds, "GPU all NaN:", gpu_all_nan, "CPU error:", cpu_error)
+        ok = ok and gpu_all_nan and cpu_error
+    return ok
 
 
 def check_keras(tables):
@@ -188,15 +233,18 @@ def main():
             failures += 1
             print("MISMATCH", name, c)
     invalid_ok = check_invalid_table()
+    ranges_ok = check_invalid_ranges()
     keras_same, lut_on_gpu, traces = check_keras(tables)
     print(f"| check | result |\n| --- | --- |")
-    print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32) | {cases} cases, {outputs} outputs "
+    print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme and "
+          f"int16/uint16 table with ranges reduced on each device | {cases} cases, {outputs} outputs "
           f"({nans} NaN), {failures} mismatches |")
     print(f"| invalid float32 table | GPU all NaN and CPU error: {invalid_ok} |")
+    print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps | {keras_same} |")
     print(f"| layer tables are GPU variables | {lut_on_gpu} |")
     print(f"| tf.function traces over 4 swaps | {traces} |")
-    return 0 if failures == 0 and invalid_ok and keras_same and lut_on_gpu and traces == 1 else 1
+    return 0 if failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_gpu and traces == 1 else 1
 
 
 if __name__ == "__main__":

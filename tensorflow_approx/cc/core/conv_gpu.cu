@@ -61,9 +61,11 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 constexpr int kFilterRun = 32;
 template <typename T>
 __global__ void __launch_bounds__(256)
-    FilterCodesKernel(const T* __restrict__ filter, int taps, int out_depth, QuantParams qf,
-                      const uint16_t* __restrict__ lut, int zero_point, uint16_t* __restrict__ codes,
+    FilterCodesKernel(const T* __restrict__ filter, int taps, int out_depth, const GpuQuant* __restrict__ quant,
+                      const uint16_t* __restrict__ lut, uint16_t* __restrict__ codes,
                       unsigned long long* __restrict__ sums) {
+  const QuantParams qf = quant->filter;
+  const int zero_point = quant->input.zero_point;
   const int64_t runs = (static_cast<int64_t>(taps) + kFilterRun - 1) / kFilterRun * out_depth;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -118,8 +120,8 @@ template <typename T, int NW, int TM, int TN, bool kWide>
 __global__ void __launch_bounds__(NW * 32, 1)
     TiledConvKernel(const T* __restrict__ input, const uint16_t* __restrict__ w_codes,
                     const unsigned long long* __restrict__ w_sums, T* __restrict__ output,
-                    const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi,
-                    Epilogue<typename RealOf<T>::type> epi, int m_tiles, int n_tiles, ZeroSkip zero_skip,
+                    const uint16_t* __restrict__ lut, GpuGeometry g, Epilogue epi, int m_tiles, int n_tiles,
+                    ZeroSkip zero_skip,
                     unsigned char* __restrict__ split_ws) {
   constexpr int NT = NW * 32, BM = NW * TM, BN = 32 * TN, BK = kBK, U = kSparseBatch;
   // Words per k row of the activation tile: the padding puts the loader's 16-byte stores (lanes differ in
@@ -146,7 +148,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
                                                                                      // then: last of a split tile
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const uint32_t zp = static_cast<uint32_t>(g.zero_point);
+  const QuantParams qi = epi.quant->input;
+  const uint32_t zp = static_cast<uint32_t>(qi.zero_point);
   const uint32_t zp_row = zp << 9;
   const int in_hw = g.in_h * g.in_w;
   const int k_tiles = (g.taps + BK - 1) / BK;
@@ -511,6 +514,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
     // Taps past K were processed as (zp, 0) by the dense path: E[zp][0] - off each (0 when rebased).
     const long long tail_term = static_cast<long long>(tail) * (static_cast<long long>(s_lut[zp << 8]) - off);
+    const DequantizeTerms<typename RealOf<T>::type> deq = TermsOf<typename RealOf<T>::type>(epi.quant);
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
       const int ml = warp * TM + m;
@@ -530,7 +534,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
         const int64_t sum =
             kWide ? acc64[kWide ? m : 0][kWide ? n : 0] + rsum - tail_term
                   : static_cast<int64_t>(acc[m][n] + static_cast<uint32_t>(rsum) - static_cast<uint32_t>(tail_term));
-        StoreOutput(g, output, p, co, FromReal<T>(epi.deq(sum, a_sum, static_cast<long long>(__ldg(w_sums + co)))));
+        StoreOutput(g, output, p, co, FromReal<T>(deq(sum, a_sum, static_cast<long long>(__ldg(w_sums + co)))));
         if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = sum;
       }
     }
@@ -543,8 +547,9 @@ __global__ void __launch_bounds__(NW * 32, 1)
 template <typename T, bool kSharedLut>
 __global__ void __launch_bounds__(256)
     DirectConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
-                     const uint16_t* __restrict__ lut, GpuGeometry g, QuantParams qi, QuantParams qf,
-                     Epilogue<typename RealOf<T>::type> epi) {
+                     const uint16_t* __restrict__ lut, GpuGeometry g, Epilogue epi) {
+  const QuantParams qi = epi.quant->input, qf = epi.quant->filter;
+  const DequantizeTerms<typename RealOf<T>::type> deq = TermsOf<typename RealOf<T>::type>(epi.quant);
   extern __shared__ __align__(16) unsigned char smem[];
   const uint16_t* table = lut;
   if (kSharedLut) {
@@ -572,7 +577,7 @@ __global__ void __launch_bounds__(256)
         const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
         for (int ci = 0; ci < g.cg; ++ci) {
           const int c = grp * g.cg + ci;
-          uint32_t a = g.zero_point;
+          uint32_t a = qi.zero_point;
           if (inside) {
             const int off = g.nchw ? (n * g.in_depth + c) * in_hw + ih * g.in_w + iw
                                    : ((n * g.in_h + ih) * g.in_w + iw) * g.in_depth + c;
@@ -586,7 +591,7 @@ __global__ void __launch_bounds__(256)
         }
       }
     }
-    StoreOutput(g, output, p, co, FromReal<T>(epi.deq(static_cast<int64_t>(acc), a_sum, w_sum)));
+    StoreOutput(g, output, p, co, FromReal<T>(deq(static_cast<int64_t>(acc), a_sum, w_sum)));
     if (epi.debug_acc != nullptr) epi.debug_acc[idx] = static_cast<int64_t>(acc);
     if (epi.debug_act_sum != nullptr && co % g.npg == 0) {
       epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;
@@ -729,8 +734,7 @@ Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
 template <typename T, int NW, int TM, int TN>
 std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigned char* workspace, int sms,
                         const GpuGeometry& g, const T* input, const T* filter, T* output, const uint16_t* lut,
-                        const QuantParams& qi, const QuantParams& qf, const Epilogue<typename RealOf<T>::type>& epi,
-                        cudaStream_t stream) {
+                        const Epilogue& epi, cudaStream_t stream) {
   constexpr int BM = NW * TM, BN = 32 * TN;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (g.npg + BN - 1) / BN;
@@ -742,8 +746,8 @@ std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigne
   if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
   const int64_t runs = (static_cast<int64_t>(g.taps) + kFilterRun - 1) / kFilterRun * g.out_depth;
   const int64_t code_blocks = std::min<int64_t>((runs + 255) / 256, int64_t{8} * std::max(sms, 1));
-  FilterCodesKernel<T><<<static_cast<unsigned>(code_blocks), 256, 0, stream>>>(filter, g.taps, g.out_depth, qf, lut,
-                                                                               g.zero_point, codes, sums);
+  FilterCodesKernel<T><<<static_cast<unsigned>(code_blocks), 256, 0, stream>>>(filter, g.taps, g.out_depth, epi.quant,
+                                                                               lut, codes, sums);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the filter codes launch", e);
   const int smem = TiledSmemBytes(BM, BN);
@@ -751,7 +755,7 @@ std::string LaunchTiled(bool wide, ZeroSkip zero_skip, const Plan& plan, unsigne
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
   kernel<<<static_cast<unsigned>(plan.grid), NW * 32, smem, stream>>>(
-      input, codes, sums, output, lut, g, qi, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles), zero_skip,
+      input, codes, sums, output, lut, g, epi, static_cast<int>(m_tiles), static_cast<int>(n_tiles), zero_skip,
       split_ws);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the tiled convolution launch", e);
@@ -774,8 +778,7 @@ auto TiledLauncher(GpuKernel kernel) -> decltype(&LaunchTiled<T, 8, 16, 2>) {
 
 template <typename T>
 std::string LaunchDirect(bool shared_lut, int sms, const GpuGeometry& g, const T* input, const T* filter,
-                         T* output, const uint16_t* lut, const QuantParams& qi, const QuantParams& qf,
-                         const Epilogue<typename RealOf<T>::type>& epi, cudaStream_t stream) {
+                         T* output, const uint16_t* lut, const Epilogue& epi, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(g.pixels) * g.out_depth;
   const int threads = 256;
   // A grid-stride loop over a few waves: each block pays the 128 KB table copy once.
@@ -786,10 +789,10 @@ std::string LaunchDirect(bool shared_lut, int sms, const GpuGeometry& g, const T
                              kLutSmemBytes);
     if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
     DirectConvKernel<T, true><<<static_cast<unsigned>(blocks), threads, kLutSmemBytes, stream>>>(
-        input, filter, output, lut, g, qi, qf, epi);
+        input, filter, output, lut, g, epi);
   } else {
     DirectConvKernel<T, false><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(input, filter, output,
-                                                                                      lut, g, qi, qf, epi);
+                                                                                      lut, g, epi);
   }
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the direct convolution launch", e);
@@ -798,12 +801,11 @@ std::string LaunchDirect(bool shared_lut, int sms, const GpuGeometry& g, const T
 
 template <typename T>
 std::string LaunchColumns(bool wide, int sms, const ConvShape& s, const GpuGeometry& g, const T* input,
-                          const T* filter, T* output, const uint16_t* lut, const QuantParams& qf,
-                          const QuantParams& qi, const Epilogue<typename RealOf<T>::type>& epi,
+                          const T* filter, T* output, const uint16_t* lut, const Epilogue& epi,
                           unsigned char* workspace, cudaStream_t stream) {
   const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
   ColumnsPrologueKernel<T><<<64, 256, 0, stream>>>(
-      lut, filter, g, qf, reinterpret_cast<uint16_t*>(workspace),
+      lut, filter, g, epi.quant, reinterpret_cast<uint16_t*>(workspace),
       reinterpret_cast<uint16_t*>(workspace + layout.codes_offset), reinterpret_cast<int32_t*>(workspace + layout.sums_offset));
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the columns prologue launch", e);
@@ -814,7 +816,7 @@ std::string LaunchColumns(bool wide, int sms, const ConvShape& s, const GpuGeome
   const int smem = static_cast<int>(layout.SharedBytes());
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
-  kernel<<<static_cast<unsigned>(blocks), kColumnThreads, smem, stream>>>(input, output, workspace, layout, g, qi, epi);
+  kernel<<<static_cast<unsigned>(blocks), kColumnThreads, smem, stream>>>(input, output, workspace, layout, g, epi);
   e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the columns convolution launch", e);
 }
@@ -852,12 +854,10 @@ size_t GpuWorkspaceBytes(const ConvShape& shape, const GpuOptions& options) {
 }
 
 template <typename T>
-std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
-                          const QuantParams& filter_q, const uint16_t* lut_device, T* output,
-                          cudaStream_t stream, const GpuOptions& options) {
-  using Real = typename RealOf<T>::type;
+std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, const GpuQuant* quant,
+                          const uint16_t* lut_device, T* output, cudaStream_t stream, const GpuOptions& options) {
   if (s.output_elements() == 0) return "";
-  if (lut_device == nullptr || output == nullptr || filter == nullptr ||
+  if (quant == nullptr || lut_device == nullptr || output == nullptr || filter == nullptr ||
       (input == nullptr && s.input_elements() > 0)) {
     return "ApproxConvGpu: null device pointer";
   }
@@ -873,21 +873,20 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
   for (int64_t v : spatial) {
     if (v < 0 || v >= kLimit) return "ApproxConvGpu: a spatial size or padding is too large for the GPU kernels";
   }
-  const GpuGeometry g = MakeGpuGeometry(s, input_q.zero_point);
+  const GpuGeometry g = MakeGpuGeometry(s);
 
   DeviceInfo dev;
   std::string error = GetDeviceInfo(&dev);
   if (!error.empty()) return error;
-  Epilogue<Real> epi{DequantizeTerms<Real>(input_q, filter_q, s.taps()), options.debug_acc,
-                     options.debug_act_sum};
+  const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
   if (options.kernel != GpuKernel::kAuto &&
       (static_cast<int>(options.kernel) < 0 || static_cast<int>(options.kernel) >= static_cast<int>(GpuKernel::kCount))) {
     return "ApproxConvGpu: unknown kernel choice";
   }
   const Plan plan = MakePlan(s, options, dev);
   if (plan.kernel == GpuKernel::kDirect) {
-    return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, input_q,
-                           filter_q, epi, stream);
+    return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, epi,
+                           stream);
   }
   if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
     return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +
@@ -897,19 +896,18 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
     return "ApproxConvGpu: the workspace must be 16-byte aligned";
   }
   if (plan.kernel == GpuKernel::kColumns) {
-    return LaunchColumns<T>(NeedsWide(s, options), dev.sms, s, g, input, filter, output, lut_device, filter_q,
-                            input_q, epi, static_cast<unsigned char*>(options.workspace), stream);
+    return LaunchColumns<T>(NeedsWide(s, options), dev.sms, s, g, input, filter, output, lut_device, epi,
+                            static_cast<unsigned char*>(options.workspace), stream);
   }
   const auto launch = TiledLauncher<T>(plan.kernel);
   if (launch == nullptr) return "ApproxConvGpu: unknown kernel choice";
   return launch(NeedsWide(s, options), options.zero_skip, plan, static_cast<unsigned char*>(options.workspace),
-                dev.sms, g, input, filter, output, lut_device, input_q, filter_q, epi, stream);
+                dev.sms, g, input, filter, output, lut_device, epi, stream);
 }
 
 #define TFAPPROX_INSTANTIATE(T)                                                                      \
-  template std::string ApproxConvGpu<T>(const ConvShape&, const T*, const T*, const QuantParams&,  \
-                                        const QuantParams&, const uint16_t*, T*, cudaStream_t,     \
-                                        const GpuOptions&);
+  template std::string ApproxConvGpu<T>(const ConvShape&, const T*, const T*, const GpuQuant*,      \
+                                        const uint16_t*, T*, cudaStream_t, const GpuOptions&);
 TFAPPROX_INSTANTIATE(float)
 TFAPPROX_INSTANTIATE(double)
 TFAPPROX_INSTANTIATE(__half)
@@ -918,18 +916,16 @@ TFAPPROX_INSTANTIATE(__nv_bfloat16)
 
 namespace {
 template <typename T>
-std::string ApproxConvGpuAs(const ConvShape& s, const void* input, const void* filter, const QuantParams& input_q,
-                            const QuantParams& filter_q, const uint16_t* lut_device, void* output,
-                            cudaStream_t stream, const GpuOptions& options) {
-  return ApproxConvGpu<T>(s, static_cast<const T*>(input), static_cast<const T*>(filter), input_q, filter_q,
-                          lut_device, static_cast<T*>(output), stream, options);
+std::string ApproxConvGpuAs(const ConvShape& s, const void* input, const void* filter, const GpuQuant* quant,
+                            const uint16_t* lut_device, void* output, cudaStream_t stream, const GpuOptions& options) {
+  return ApproxConvGpu<T>(s, static_cast<const T*>(input), static_cast<const T*>(filter), quant, lut_device,
+                          static_cast<T*>(output), stream, options);
 }
 }  // namespace
 
 std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter,
-                                 const QuantParams& input_q, const QuantParams& filter_q,
-                                 const uint16_t* lut_device, void* output, cudaStream_t stream,
-                                 const GpuOptions& options) {
+                                 const GpuQuant* quant, const uint16_t* lut_device, void* output,
+                                 cudaStream_t stream, const GpuOptions& options) {
   decltype(&ApproxConvGpuAs<float>) typed = nullptr;
   switch (dtype) {
     case GpuDtype::kFloat: typed = &ApproxConvGpuAs<float>; break;
@@ -938,7 +934,7 @@ std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& s, const void*
     case GpuDtype::kBfloat16: typed = &ApproxConvGpuAs<__nv_bfloat16>; break;
   }
   if (typed == nullptr) return "ApproxConvGpuUntyped: unknown element type";
-  return typed(s, input, filter, input_q, filter_q, lut_device, output, stream, options);
+  return typed(s, input, filter, quant, lut_device, output, stream, options);
 }
 
 }  // namespace tfapprox

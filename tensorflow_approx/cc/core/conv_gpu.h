@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/conv_shape.h"
 #include "tensorflow_approx/cc/core/quantize.h"
 
@@ -72,23 +73,59 @@ struct GpuOptions {
   int64_t* debug_act_sum = nullptr;
 };
 
+// The quantization of one call as every kernel reads it, in device memory: made there from the range
+// tensors by GpuQuantFromRanges, so that no range travels to the host and the stream never waits for
+// one (or made on the host by MakeGpuQuant and copied, as the harness does).
+struct GpuQuant {
+  QuantParams input, filter;
+  DequantizeTerms<float> terms_float;    // outputs of float, half and bfloat16 calls
+  DequantizeTerms<double> terms_double;  // of double calls
+};
+
+// lut_offset: added to every table entry (32768 for a table of signed products, else 0).
+TFAPPROX_HOST_DEVICE inline GpuQuant MakeGpuQuant(const QuantParams& input_q, const QuantParams& filter_q,
+                                                  int64_t taps, int64_t lut_offset) {
+  GpuQuant quant;
+  quant.input = input_q;
+  quant.filter = filter_q;
+  quant.terms_float = DequantizeTerms<float>(input_q, filter_q, taps);
+  quant.terms_double = DequantizeTerms<double>(input_q, filter_q, taps);
+  quant.terms_float.acc_offset = quant.terms_double.acc_offset = lut_offset * taps;
+  return quant;
+}
+
+// The four range scalars of a call (device memory, of the call's element type) and its scheme.
+struct GpuRanges {
+  const void* input_min = nullptr;
+  const void* input_max = nullptr;
+  const void* filter_min = nullptr;
+  const void* filter_max = nullptr;
+  int input_bits = 8, filter_bits = 8;  // in [kMinNumBits, kMaxNumBits]
+  bool input_symmetric = false, filter_symmetric = false;
+};
+
+enum class GpuDtype { kFloat, kDouble, kHalf, kBfloat16 };
+
+// Writes MakeGpuQuant of NudgeRange's parameters for `ranges` into *quant (device memory) on the stream.
+// A range NudgeRange refuses sets flags[kGpuFlagInvalidRange] (GpuPropagateNan then makes every output
+// NaN) and quantizes with the zero-width range.
+std::string GpuQuantFromRanges(GpuDtype dtype, const GpuRanges& ranges, int64_t taps, int64_t lut_offset,
+                               GpuQuant* quant, int* flags, cudaStream_t stream);
+
 // Runs the op on `stream`. T is float, double, __half or __nv_bfloat16 (Eigen::half and
 // tensorflow::bfloat16 have the same bits). input is NHWC or NCHW as shape.data_format says, filter
-// HWIO, lut_device the 65536-entry table in device memory, output in the input's data format.
-// Returns "" when the work was queued, otherwise what went wrong (a CUDA error, a shape this device
-// cannot run); never aborts. The shape must come from ComputeConvShape.
+// HWIO, quant the call's quantization and lut_device the 65536-entry table, both in device memory,
+// output in the input's data format. Returns "" when the work was queued, otherwise what went wrong (a
+// CUDA error, a shape this device cannot run); never aborts. The shape must come from ComputeConvShape.
 template <typename T>
-std::string ApproxConvGpu(const ConvShape& shape, const T* input, const T* filter,
-                          const QuantParams& input_q, const QuantParams& filter_q,
+std::string ApproxConvGpu(const ConvShape& shape, const T* input, const T* filter, const GpuQuant* quant,
                           const uint16_t* lut_device, T* output, cudaStream_t stream,
                           const GpuOptions& options = GpuOptions());
 
 // The same on untyped memory, for callers compiled against other CUDA headers (the TensorFlow glue sees
 // the CUDA headers bundled with TensorFlow): only plain pointers and cudaStream_t cross this boundary.
-enum class GpuDtype { kFloat, kDouble, kHalf, kBfloat16 };
 std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter,
-                                 const QuantParams& input_q, const QuantParams& filter_q,
-                                 const uint16_t* lut_device, void* output, cudaStream_t stream,
+                                 const GpuQuant* quant, const uint16_t* lut_device, void* output, cudaStream_t stream,
                                  const GpuOptions& options = GpuOptions());
 
 // The workspace a call with these options needs on the current device (0: none; a few MB at most
@@ -109,17 +146,28 @@ std::string GpuLutFree(uint16_t* device_lut);
 
 // Special values, handled around ApproxConvGpu without waiting for the device: kGpuFlagCount device
 // ints, zeroed by the caller before the first of these calls of an op call.
-enum : int { kGpuFlagInputNan = 0, kGpuFlagFilterNan = 1, kGpuFlagInvalidTable = 2, kGpuFlagCount = 4 };
+enum : int {
+  kGpuFlagInputNan = 0,
+  kGpuFlagFilterNan = 1,
+  kGpuFlagInvalidTable = 2,
+  kGpuFlagInvalidRange = 3,
+  kGpuFlagCount = 4
+};
 
-// A float32 table (kLutEntries values, device memory) into the uint16 table `lut` (device memory, 16-byte
-// aligned); an entry that is not an integer in [0, 65535] sets flags[kGpuFlagInvalidTable].
-std::string GpuLutFromFloat(const float* table, uint16_t* lut, int* flags, cudaStream_t stream);
+// A table tensor as the kernels read it: `table` (kLutEntries values in device memory, of `type`) into
+// the uint16 table `lut` (device memory, 16-byte aligned), indexed by the kernels' codes: entry (a, w) is
+// the table's entry for the bytes (a - input_shift, w - filter_shift) (the signed codes of symmetric
+// operands; shifts 0 otherwise). int16 entries (signed products) get 32768 added; a float32 entry that is
+// not an integer in [0, 65535] sets flags[kGpuFlagInvalidTable].
+enum class GpuTableType { kUint16, kInt16, kFloat };
+std::string GpuPrepareTable(const void* table, GpuTableType type, int input_shift, int filter_shift, uint16_t* lut,
+                            int* flags, cudaStream_t stream);
 
 // Before the convolution: notes in flags whether input or filter hold a NaN.
 std::string GpuScanNan(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter, int* flags,
                        cudaStream_t stream);
 // After it: makes NaN the outputs that a NaN reaches (as PropagateNan on the CPU), or every output when the
-// table was invalid. Returns at once on the device when no flag is set.
+// table or a range was invalid. Returns at once on the device when no flag is set.
 std::string GpuPropagateNan(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter,
                             void* output, const int* flags, cudaStream_t stream);
 

@@ -37,8 +37,9 @@ struct ColumnsWorkspace {
 
 template <typename T>
 __global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __restrict__ lut, const T* __restrict__ filter,
-                                                             GpuGeometry g, QuantParams qf, uint16_t* cols,
+                                                             GpuGeometry g, const GpuQuant* quant, uint16_t* cols,
                                                              uint16_t* codes, int32_t* sums) {
+  const QuantParams qf = quant->filter;
   const int step = gridDim.x * blockDim.x;
   const int first = blockIdx.x * blockDim.x + threadIdx.x;
   for (int i = first; i < kLutEntries; i += step) cols[i] = __ldg(lut + (((i & 255) << 8) | (i >> 8)));
@@ -56,7 +57,9 @@ __global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __r
 template <typename T, bool kWide>
 __global__ void __launch_bounds__(kColumnThreads, 1)
     ColumnsConvKernel(const T* __restrict__ input, T* __restrict__ output, const unsigned char* __restrict__ workspace,
-                      ColumnsWorkspace layout, GpuGeometry g, QuantParams qi, Epilogue<typename RealOf<T>::type> epi) {
+                      ColumnsWorkspace layout, GpuGeometry g, Epilogue epi) {
+  const QuantParams qi = epi.quant->input;
+  const DequantizeTerms<typename RealOf<T>::type> deq = TermsOf<typename RealOf<T>::type>(epi.quant);
   using Acc = typename std::conditional<kWide, unsigned long long, uint32_t>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   {
@@ -92,7 +95,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
         const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
         for (int ci = 0; ci < g.cg; ++ci, ++t) {
           const int c = grp * g.cg + ci;
-          uint32_t a = g.zero_point;
+          uint32_t a = qi.zero_point;
           if (inside) {
             const int64_t off = g.nchw ? (static_cast<int64_t>(n) * g.in_depth + c) * in_hw + ih * g.in_w + iw
                                        : ((static_cast<int64_t>(n) * g.in_h + ih) * g.in_w + iw) * g.in_depth + c;
@@ -112,7 +115,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
       if (j >= nc) continue;
       const int co = co0 + j;
       StoreOutput(g, output, p, co,
-                  FromReal<T>(epi.deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co]))));
+                  FromReal<T>(deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co]))));
       if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = static_cast<int64_t>(acc[j]);
     }
     if (epi.debug_act_sum != nullptr && c0 == 0) epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;

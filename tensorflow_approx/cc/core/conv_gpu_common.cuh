@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "tensorflow_approx/cc/core/conv_gpu.h"
 #include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/conv_shape.h"
 
@@ -49,15 +50,22 @@ struct GpuGeometry {
   int stride_h, stride_w, dil_h, dil_w, pad_top, pad_left, out_h, out_w;
   int taps, pixels;
   bool nchw;
-  int zero_point;
 };
 
-template <typename Real>
+// What the convolution kernels need beyond the geometry: the call's quantization in device memory (read
+// once per block or tile) and the optional debug outputs.
 struct Epilogue {
-  DequantizeTerms<Real> deq;
+  const GpuQuant* quant;
   int64_t* debug_acc;
   int64_t* debug_act_sum;
 };
+
+template <typename Real>
+__device__ __forceinline__ DequantizeTerms<Real> TermsOf(const GpuQuant* q);
+template <>
+__device__ __forceinline__ DequantizeTerms<float> TermsOf<float>(const GpuQuant* q) { return q->terms_float; }
+template <>
+__device__ __forceinline__ DequantizeTerms<double> TermsOf<double>(const GpuQuant* q) { return q->terms_double; }
 
 template <typename T>
 __device__ __forceinline__ void StoreOutput(const GpuGeometry& g, T* output, int p, int co, T value) {
@@ -70,7 +78,7 @@ __device__ __forceinline__ void StoreOutput(const GpuGeometry& g, T* output, int
   }
 }
 
-inline GpuGeometry MakeGpuGeometry(const ConvShape& s, int zero_point) {
+inline GpuGeometry MakeGpuGeometry(const ConvShape& s) {
   GpuGeometry g;
   g.in_h = static_cast<int>(s.in_h);
   g.in_w = static_cast<int>(s.in_w);
@@ -92,7 +100,6 @@ inline GpuGeometry MakeGpuGeometry(const ConvShape& s, int zero_point) {
   g.taps = static_cast<int>(s.taps());
   g.pixels = static_cast<int>(s.out_pixels());
   g.nchw = s.data_format == DataFormat::kNCHW;
-  g.zero_point = zero_point;
   return g;
 }
 

@@ -64,6 +64,9 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
                        const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                        CpuIsa isa = CpuIsa::kBest);
 
+// What CpuConvAccumulate runs for this shape: "avx512-columns", "avx512-rows" or "portable".
+const char* CpuKernelName(const ConvShape& shape, CpuIsa isa = CpuIsa::kBest);
+
 // sum over taps of the filter codes of each output channel (the same for every output pixel).
 void FilterCodeSums(const QuantizedConv& conv, int64_t* filter_sum);
 
@@ -73,14 +76,15 @@ void FilterCodeSums(const QuantizedConv& conv, int64_t* filter_sum);
 // below for signed tables and symmetric operands (0 otherwise, the same numbers as that formula).
 template <typename Real>
 struct DequantizeTerms {
-  Real acc_scale, act_sum_scale, filter_sum_scale, constant;
+  Real acc_scale = 0, act_sum_scale = 0, filter_sum_scale = 0, constant = 0;
   // Taken off the integer sums, exactly, before they are scaled. acc: a table of signed products is
   // stored as uint16 with 32768 added to every entry. act_sum / filter_sum: a symmetric operand's sums
   // are of its codes, which are the signed codes plus code_shift.
   int64_t acc_offset = 0, act_sum_offset = 0, filter_sum_offset = 0;
 
+  DequantizeTerms() = default;
   // m1, m2: the value of code shift (0 unless symmetric), scaled: -(zero_point - code_shift) * scale.
-  DequantizeTerms(const QuantParams& in, const QuantParams& filter, int64_t taps)
+  TFAPPROX_HOST_DEVICE DequantizeTerms(const QuantParams& in, const QuantParams& filter, int64_t taps)
       : acc_scale(Real(in.scale) * Real(filter.scale)),
         act_sum_scale(Real(in.scale) * ShiftedMin(filter)),
         filter_sum_scale(Real(filter.scale) * ShiftedMin(in)),
@@ -88,7 +92,7 @@ struct DequantizeTerms {
         act_sum_offset(taps * in.code_shift),
         filter_sum_offset(taps * filter.code_shift) {}
 
-  static Real ShiftedMin(const QuantParams& q) { return Real(q.nudged_min) + Real(q.code_shift) * Real(q.scale); }
+  TFAPPROX_HOST_DEVICE static Real ShiftedMin(const QuantParams& q) { return Real(q.nudged_min) + Real(q.code_shift) * Real(q.scale); }
 
   TFAPPROX_HOST_DEVICE Real operator()(int64_t acc, int64_t act_sum, int64_t filter_sum) const {
     return acc_scale * Real(acc - acc_offset) + act_sum_scale * Real(act_sum - act_sum_offset) +

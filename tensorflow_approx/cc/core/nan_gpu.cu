@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) PropagateNanKernel(GpuGeometry g, co
                                                                 const T* __restrict__ filter, T* output,
                                                                 const int* flags) {
   const bool input_nan = flags[kGpuFlagInputNan] != 0, filter_nan = flags[kGpuFlagFilterNan] != 0;
-  const bool all_nan = flags[kGpuFlagInvalidTable] != 0;
+  const bool all_nan = flags[kGpuFlagInvalidTable] != 0 || flags[kGpuFlagInvalidRange] != 0;
   if (!input_nan && !filter_nan && !all_nan) return;
   const T nan = CpuNan<T>();
   const int64_t total = static_cast<int64_t>(g.pixels) * g.out_depth;
@@ -95,7 +95,7 @@ std::string ScanNan(const ConvShape& s, const void* input, const void* filter, i
 template <typename T>
 std::string PropagateNan(const ConvShape& s, const void* input, const void* filter, void* output, const int* flags,
                          cudaStream_t stream) {
-  PropagateNanKernel<T><<<kBlocks, kThreads, 0, stream>>>(MakeGpuGeometry(s, 0), static_cast<const T*>(input),
+  PropagateNanKernel<T><<<kBlocks, kThreads, 0, stream>>>(MakeGpuGeometry(s), static_cast<const T*>(input),
                                                           static_cast<const T*>(filter), static_cast<T*>(output),
                                                           flags);
   const cudaError_t e = cudaGetLastError();

@@ -30,17 +30,93 @@ struct QuantParams {
   int32_t code_shift = 0;
 };
 
-// Computes the nudged range of [min, max] for num_bits. Returns "" on success, otherwise what is
-// wrong with the arguments (named `name_min` / `name_max` / num_bits) and leaves *q unspecified.
-std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
-                            const char* name_max, QuantParams* q);
+// Why a range is refused (kRangeOk: it is not). MakeQuantParams words these as errors; GPU kernels,
+// which read the ranges on the device, make every output NaN instead.
+enum RangeError : int { kRangeOk = 0, kRangeNotFinite, kRangeReversed, kRangeZeroWidth };
 
-// The symmetric scheme for [min, max] and num_bits: signed codes -2^(b-1)..2^(b-1) - 1, scale
-// max(|min|, |max|) / (2^(b-1) - 1), zero point 0. They are TensorFlow's (asymmetric) codes on the range
-// [-2^(b-1) * scale, (2^(b-1) - 1) * scale], whose zero point is 2^(b-1), less 2^(b-1): so *q is
-// MakeQuantParams of that range with code_shift = 2^(b-1). Errors as MakeQuantParams.
-std::string MakeSymmetricQuantParams(float min, float max, int num_bits, const char* name_min,
-                                     const char* name_max, QuantParams* q);
+// The float32 helpers of NudgeRange, the same roundings on the host and the device.
+TFAPPROX_HOST_DEVICE inline float FloorF(float x) {
+#if defined(__CUDA_ARCH__)
+  return floorf(x);
+#else
+  return __builtin_floorf(x);
+#endif
+}
+TFAPPROX_HOST_DEVICE inline float RoundF(float x) {  // halfway cases away from zero, as std::round
+#if defined(__CUDA_ARCH__)
+  return roundf(x);
+#else
+  return __builtin_roundf(x);
+#endif
+}
+TFAPPROX_HOST_DEVICE inline bool IsFiniteF(float x) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(x);
+#else
+  return __builtin_isfinite(x);
+#endif
+}
+
+// The nudged range of [min, max] for num_bits (in [kMinNumBits, kMaxNumBits]), TensorFlow's Nudge() step
+// for step, in float32. Symmetric: signed codes -2^(b-1)..2^(b-1) - 1, scale max(|min|, |max|) /
+// (2^(b-1) - 1), zero point 0; those are TensorFlow's (asymmetric) codes on the range
+// [-2^(b-1) * scale, (2^(b-1) - 1) * scale], whose zero point is 2^(b-1), less code_shift = 2^(b-1).
+// On an error *q is the zero-width range (every code 0).
+TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_bits, bool symmetric,
+                                                  QuantParams* q) {
+  *q = QuantParams();
+  if (!IsFiniteF(min) || !IsFiniteF(max)) return kRangeNotFinite;
+  if (min > max) return kRangeReversed;
+  if (symmetric) {
+    // The float32 steps of tensorflow_approx/testing/reference.py's scheme_codes, in the same order.
+    const float top = static_cast<float>((1 << (num_bits - 1)) - 1);
+    const float abs_min = min < 0.f ? -min : min, abs_max = max < 0.f ? -max : max;
+    const float step = (abs_min > abs_max ? abs_min : abs_max) / top;
+    min = -(top + 1.f) * step;
+    max = top * step;
+  }
+  // TensorFlow's fake quantization turns every value into NaN on [m, m] with m != 0 (its scale is 0 and
+  // zero is not in it); silent zeros would be worse. [0, 0] stays valid: every code 0, output 0.
+  if (min == max && min != 0.f) return kRangeZeroWidth;
+  const int32_t quant_max = (1 << num_bits) - 1;
+  const float quant_min_float = 0.f;
+  const float quant_max_float = static_cast<float>(quant_max);
+  q->quant_max = quant_max;
+  if (symmetric) q->code_shift = 1 << (num_bits - 1);
+  const float scale = (max - min) / (quant_max_float - quant_min_float);
+  if (scale == 0.f) return kRangeOk;  // zero-width range: every value has code 0, which dequantizes to 0
+  // The same float32 steps, in the same order, as TensorFlow's Nudge().
+  const float zero_point_from_min = quant_min_float - min / scale;
+  int32_t zero_point;
+  if (zero_point_from_min < quant_min_float) {
+    zero_point = 0;
+  } else if (zero_point_from_min > quant_max_float) {
+    zero_point = quant_max;
+  } else {
+    zero_point = static_cast<int32_t>(RoundF(zero_point_from_min));
+  }
+  const float inv_scale = (quant_max_float - quant_min_float) / (max - min);
+  q->scale = scale;
+  q->zero_point = zero_point;
+  // TensorFlow writes (quant_min_float - zero_point) * scale; gcc folds 0 - x into -x, which gives -0 for
+  // zero point 0 where nvcc keeps +0. Written as gcc computes it (the same value, exactly, otherwise), so
+  // that the host and the device agree bit for bit.
+  q->nudged_min = -(static_cast<float>(zero_point) * scale);
+  q->nudged_max = (quant_max_float - static_cast<float>(zero_point)) * scale;
+  q->quant_zero = FloorF(-q->nudged_min * inv_scale + 0.5f);
+  return kRangeOk;
+}
+
+// NudgeRange with its refusals worded: "" on success, otherwise what is wrong with the arguments (named
+// `name_min` / `name_max` / num_bits), *q then unspecified.
+std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
+                            const char* name_max, QuantParams* q, bool symmetric = false);
+
+// The symmetric scheme (NudgeRange), errors as MakeQuantParams.
+inline std::string MakeSymmetricQuantParams(float min, float max, int num_bits, const char* name_min,
+                                            const char* name_max, QuantParams* q) {
+  return MakeQuantParams(min, max, num_bits, name_min, name_max, q, /*symmetric=*/true);
+}
 
 // The code of x. Values outside the nudged range are clamped; NaN maps to code 0 here, and the kernels
 // make NaN the outputs it reaches (PropagateNan).

@@ -32,8 +32,9 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
         [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
           Shard(workers->num_threads, workers->workers, total, cost, fn);
         };
+    if (this->Tracing()) this->Trace(shape, "CPU", tfapprox::CpuKernelName(shape), false);
     typename ApproxConv2DOpBase<T>::HostLut table;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &table));
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table));
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
                                filter_q, table.lut, parallel_for, output->flat<T>().data(),
                                tfapprox::CpuKernel::kFast, table.offset);

@@ -1,6 +1,7 @@
-// GPU OpKernels of both ops: the shared validation of ApproxConv2DOpBase, the table on the device, then
-// the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h) on TensorFlow's stream: NaN scan,
-// convolution, NaN propagation, nothing waiting for the host. Built only when ./configure.sh
+// GPU OpKernels of both ops: the shared validation of ApproxConv2DOpBase, the table and the quantization
+// made on the device, then the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h) on
+// TensorFlow's stream: NaN scan, convolution, NaN propagation, nothing waiting for the host. A range the
+// host would refuse makes every output NaN here (the device cannot raise an error without a wait). Built only when ./configure.sh
 // found nvcc (Bazel config :using_cuda); the library still loads in a CPU-only TensorFlow, where this
 // registration simply stays unused.
 #if GOOGLE_CUDA
@@ -108,12 +109,11 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
   using ApproxConv2DOpBase<T>::ApproxConv2DOpBase;
 
  protected:
+  bool RangesOnDevice() const override { return true; }
+
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
-              const tfapprox::QuantParams& input_q, const tfapprox::QuantParams& filter_q,
-              Tensor* output) override {
-    OP_REQUIRES(ctx, !this->symmetric(),
-                absl::UnimplementedError("ApproxConv2DWithTable: symmetric schemes have CPU kernels only for "
-                                         "now; place the op on the CPU (tf.device('/CPU:0'))"));
+              const tfapprox::QuantParams& /*unused: ranges on the device*/,
+              const tfapprox::QuantParams& /*unused*/, Tensor* output) override {
     void* out = output->flat<T>().data();
     // The thread running Compute need not have this kernel's GPU current: take it from the output.
     cudaPointerAttributes attributes;
@@ -130,28 +130,49 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     OP_REQUIRES_OK(ctx, CudaStatus("cudaMemsetAsync", cudaMemsetAsync(flag_ptr, 0, sizeof(int32_t) * tfapprox::kGpuFlagCount, stream)));
 
     const uint16_t* lut = nullptr;
-    Tensor converted;  // the uint16 copy of a float32 or misaligned table input
+    int64_t lut_offset = 0;  // 32768 for a table of signed products
+    Tensor prepared;  // the table tensor as the kernels index it, where it is not that already
     if (this->table_from_file()) {
       typename ApproxConv2DOpBase<T>::HostLut host;  // a file table: unsigned, the file op has no schemes
-      OP_REQUIRES_OK(ctx, this->HostTable(ctx, input_q, filter_q, &host));
+      OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host));
       OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host.file, stream, &lut));
     } else {
       const Tensor& table = ctx->input(this->kTableInput);
-      if (table.dtype() == DT_UINT16 && reinterpret_cast<uintptr_t>(table.flat<uint16_t>().data()) % 16 == 0) {
-        lut = table.flat<uint16_t>().data();
+      const int input_shift = this->input_code_shift(), filter_shift = this->filter_code_shift();
+      const void* data = table.data();
+      if (table.dtype() == DT_UINT16 && input_shift == 0 && filter_shift == 0 &&
+          reinterpret_cast<uintptr_t>(data) % 16 == 0) {
+        lut = static_cast<const uint16_t*>(data);
       } else {
-        OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT16, TensorShape({tfapprox::kLutEntries}), &converted));
-        uint16_t* dst = converted.flat<uint16_t>().data();
-        if (table.dtype() == DT_UINT16) {
-          OP_REQUIRES_OK(ctx, CudaStatus("cudaMemcpyAsync of the table",
-                                         cudaMemcpyAsync(dst, table.flat<uint16_t>().data(), tfapprox::kLutFileBytes,
-                                                         cudaMemcpyDeviceToDevice, stream)));
-        } else {
-          OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuLutFromFloat(table.flat<float>().data(), dst, flag_ptr, stream)));
-        }
+        OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT16, TensorShape({tfapprox::kLutEntries}), &prepared));
+        uint16_t* dst = prepared.flat<uint16_t>().data();
+        const tfapprox::GpuTableType type = table.dtype() == DT_UINT16  ? tfapprox::GpuTableType::kUint16
+                                            : table.dtype() == DT_INT16 ? tfapprox::GpuTableType::kInt16
+                                                                        : tfapprox::GpuTableType::kFloat;
+        OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPrepareTable(data, type, input_shift, filter_shift, dst,
+                                                                 flag_ptr, stream)));
         lut = dst;
       }
+      if (table.dtype() == DT_INT16) lut_offset = 32768;
     }
+
+    // The quantization, made on the device from the range tensors: the stream never waits for the host.
+    constexpr tfapprox::GpuDtype dtype = GpuDtypeOf<T>::value;
+    Tensor quant;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(sizeof(tfapprox::GpuQuant))}),
+                                           &quant));
+    tfapprox::GpuQuant* quant_ptr = reinterpret_cast<tfapprox::GpuQuant*>(quant.flat<uint8_t>().data());
+    tfapprox::GpuRanges ranges;
+    ranges.input_min = ctx->input(this->kRangeInputs).data();
+    ranges.input_max = ctx->input(this->kRangeInputs + 1).data();
+    ranges.filter_min = ctx->input(this->kRangeInputs + 2).data();
+    ranges.filter_max = ctx->input(this->kRangeInputs + 3).data();
+    ranges.input_bits = this->num_bits();
+    ranges.filter_bits = this->filter_num_bits();
+    ranges.input_symmetric = this->input_symmetric();
+    ranges.filter_symmetric = this->filter_symmetric();
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuQuantFromRanges(dtype, ranges, shape.taps(), lut_offset, quant_ptr,
+                                                                flag_ptr, stream)));
 
     // Scratch of the tiled kernels: the filter quantized once, and the sums of split tiles (a few MB).
     tfapprox::GpuOptions options;
@@ -163,29 +184,25 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       options.workspace = workspace.flat<uint8_t>().data();
       options.workspace_bytes = workspace_bytes;
     }
-    constexpr tfapprox::GpuDtype dtype = GpuDtypeOf<T>::value;
+    if (this->Tracing()) {
+      const tfapprox::GpuPlan plan = tfapprox::ChooseGpuPlan(shape, options);
+      this->Trace(shape, "GPU", tfapprox::GpuKernelName(plan.kernel), plan.split_k);
+    }
     const void* in = input.flat<T>().data();
     const void* filt = filter.flat<T>().data();
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flag_ptr, stream)));
-    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuUntyped(dtype, shape, in, filt, input_q, filter_q, lut,
-                                                                  out, stream, options)));
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuUntyped(dtype, shape, in, filt, quant_ptr, lut, out, stream,
+                                                                  options)));
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
   }
 };
 
-#define REGISTER_GPU_OP(NAME, T)                                     \
-  REGISTER_KERNEL_BUILDER(NAME                                       \
-                              .Device(DEVICE_GPU)                    \
-                              .TypeConstraint<T>("T")                \
-                              .HostMemory("input_min")               \
-                              .HostMemory("input_max")               \
-                              .HostMemory("filter_min")              \
-                              .HostMemory("filter_max"),             \
-                          ApproxConv2DGpuOp<T>);
-// int16 tables (signed products) are not registered here: TensorFlow places those calls on the CPU.
-#define REGISTER_GPU(T)                                                                           \
-  REGISTER_GPU_OP(Name("ApproxConv2DWithMinMaxVars"), T)                                          \
-  REGISTER_GPU_OP(Name("ApproxConv2DWithTable").TypeConstraint("Ttable", {DT_UINT16, DT_FLOAT}), T)
+// Every input in device memory: the ranges too (GpuQuantFromRanges reads them there).
+#define REGISTER_GPU_OP(NAME, T) \
+  REGISTER_KERNEL_BUILDER(NAME.Device(DEVICE_GPU).TypeConstraint<T>("T"), ApproxConv2DGpuOp<T>);
+#define REGISTER_GPU(T)                                  \
+  REGISTER_GPU_OP(Name("ApproxConv2DWithMinMaxVars"), T) \
+  REGISTER_GPU_OP(Name("ApproxConv2DWithTable"), T)
 REGISTER_GPU(Eigen::half);
 REGISTER_GPU(bfloat16);
 REGISTER_GPU(float);

@@ -4,12 +4,17 @@
 #ifndef TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 #define TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow_approx/cc/core/conv_shape.h"
@@ -77,26 +82,25 @@ class ApproxConv2DOpBase : public OpKernel {
                 absl::InvalidArgumentError(absl::StrCat("filter must be 4-dimensional [height, width, in_depth, "
                                         "out_depth], got shape ",
                                         filter.shape().DebugString())));
-    float bounds[4];
     static const char* const kBoundNames[4] = {"input_min", "input_max", "filter_min",
                                                "filter_max"};
     for (int i = 0; i < 4; ++i) {
-      const Tensor& bound = ctx->input(2 + i);
+      const Tensor& bound = ctx->input(kRangeInputs + i);
       OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(bound.shape()),
                   absl::InvalidArgumentError(absl::StrCat(kBoundNames[i], " must be a scalar, got shape ",
                                           bound.shape().DebugString())));
-      bounds[i] = static_cast<float>(bound.scalar<T>()());
     }
     tfapprox::QuantParams input_q, filter_q;
-    const auto make_params = [](bool symmetric) {
-      return symmetric ? tfapprox::MakeSymmetricQuantParams : tfapprox::MakeQuantParams;
-    };
-    std::string error = make_params(input_symmetric_)(bounds[0], bounds[1], num_bits_, kBoundNames[0],
-                                                      kBoundNames[1], &input_q);
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
-    error = make_params(filter_symmetric_)(bounds[2], bounds[3], filter_num_bits_, kBoundNames[2],
-                                           kBoundNames[3], &filter_q);
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+    if (!RangesOnDevice()) {
+      float bounds[4];
+      for (int i = 0; i < 4; ++i) bounds[i] = static_cast<float>(ctx->input(kRangeInputs + i).scalar<T>()());
+      std::string error = tfapprox::MakeQuantParams(bounds[0], bounds[1], num_bits_, kBoundNames[0],
+                                                    kBoundNames[1], &input_q, input_symmetric_);
+      OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+      error = tfapprox::MakeQuantParams(bounds[2], bounds[3], filter_num_bits_, kBoundNames[2], kBoundNames[3],
+                                        &filter_q, filter_symmetric_);
+      OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+    }
 
     int64_t input_dims[4], filter_dims[4];
     for (int i = 0; i < 4; ++i) {
@@ -104,7 +108,7 @@ class ApproxConv2DOpBase : public OpKernel {
       filter_dims[i] = filter.dim_size(i);
     }
     tfapprox::ConvShape shape;
-    error = tfapprox::ComputeConvShape(input_dims, filter_dims, attrs_, &shape);
+    std::string error = tfapprox::ComputeConvShape(input_dims, filter_dims, attrs_, &shape);
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
     if (!table_from_file_) {
       const Tensor& table = ctx->input(kTableInput);
@@ -126,14 +130,55 @@ class ApproxConv2DOpBase : public OpKernel {
   }
 
  protected:
+  // input_q and filter_q: the ranges' quantization, made on the host unless RangesOnDevice().
   virtual void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input,
                       const Tensor& filter, const tfapprox::QuantParams& input_q,
                       const tfapprox::QuantParams& filter_q, Tensor* output) = 0;
+  // GPU kernels read the range inputs on the device (no host round trip per call), so Compute does not.
+  virtual bool RangesOnDevice() const { return false; }
+  static constexpr int kRangeInputs = 2;  // input_min, input_max, filter_min, filter_max
   static constexpr int kTableInput = 6;
 
   bool table_from_file() const { return table_from_file_; }
 
-  bool symmetric() const { return input_symmetric_ || filter_symmetric_; }
+  // With TFAPPROX_TRACE=FILE in the environment, appends to FILE one line per distinct call configuration
+  // in this process: tab-separated key=value fields (op, device, input and filter shapes, strides,
+  // padding, data format, the kernel that runs and whether it splits K), for benchmarks and users who
+  // want to see what ran. Off (one cached getenv) otherwise.
+  static const char* TracePath() {
+    static const char* const path = std::getenv("TFAPPROX_TRACE");
+    return path != nullptr && path[0] != '\0' ? path : nullptr;
+  }
+  static bool Tracing() { return TracePath() != nullptr; }
+  void Trace(const tfapprox::ConvShape& shape, const char* device, const char* kernel, bool split_k) const {
+    const auto dims = [](const std::vector<int64_t>& d) { return absl::StrJoin(d, "x"); };
+    const std::string line = absl::StrCat(
+        "op=", type_string(), "\tdevice=", device, "\tinput=",
+        dims(shape.data_format == tfapprox::DataFormat::kNHWC
+                 ? std::vector<int64_t>{shape.batch, shape.in_h, shape.in_w, shape.in_depth}
+                 : std::vector<int64_t>{shape.batch, shape.in_depth, shape.in_h, shape.in_w}),
+        "\tfilter=", dims({shape.filter_h, shape.filter_w, shape.filter_depth, shape.out_depth}),
+        "\tstrides=", shape.stride_h, "x", shape.stride_w, "\tpadding=",
+        attrs_.padding == tfapprox::Padding::kSame ? "SAME" : attrs_.padding == tfapprox::Padding::kValid ? "VALID" : "EXPLICIT",
+        "\tdata_format=", shape.data_format == tfapprox::DataFormat::kNHWC ? "NHWC" : "NCHW", "\tkernel=", kernel,
+        "\tsplit_k=", split_k ? 1 : 0, "\n");
+    static std::mutex mu;
+    static std::set<std::string>* seen = new std::set<std::string>;  // never destroyed: kernels may run at exit
+    std::lock_guard<std::mutex> lock(mu);
+    if (!seen->insert(line).second) return;
+    if (FILE* f = std::fopen(TracePath(), "a")) {
+      std::fputs(line.c_str(), f);
+      std::fclose(f);
+    }
+  }
+
+  int num_bits() const { return num_bits_; }
+  int filter_num_bits() const { return filter_num_bits_; }
+  bool input_symmetric() const { return input_symmetric_; }
+  bool filter_symmetric() const { return filter_symmetric_; }
+  // A symmetric operand's kernel codes are its signed codes plus 2^(b-1) (QuantParams::code_shift).
+  int input_code_shift() const { return input_symmetric_ ? 1 << (num_bits_ - 1) : 0; }
+  int filter_code_shift() const { return filter_symmetric_ ? 1 << (filter_num_bits_ - 1) : 0; }
 
   // The table of one call in host memory, as the kernels index it. `lut` points into the file's cached
   // table, the input tensor or `converted`, which the struct keeps alive for the call.
@@ -149,14 +194,14 @@ class ApproxConv2DOpBase : public OpKernel {
   // [0, 65535]; an int16 table (signed products) is stored with 32768 added to every entry, which the
   // sums take off again exactly. With a symmetric operand the table, indexed by the signed codes'
   // bytes, is rearranged to be indexed by the kernels' codes (signed code + code_shift).
-  absl::Status HostTable(OpKernelContext* ctx, const tfapprox::QuantParams& input_q,
-                         const tfapprox::QuantParams& filter_q, HostLut* host) const {
+  absl::Status HostTable(OpKernelContext* ctx, HostLut* host) const {
     TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, host));
-    if (input_q.code_shift == 0 && filter_q.code_shift == 0) return absl::OkStatus();
+    const int input_shift = input_code_shift(), filter_shift = filter_code_shift();
+    if (input_shift == 0 && filter_shift == 0) return absl::OkStatus();
     std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
     for (int a = 0; a < 256; ++a) {
-      const int row = ((a - input_q.code_shift) & 0xFF) << 8;
-      for (int w = 0; w < 256; ++w) by_codes[(a << 8) | w] = host->lut[row | ((w - filter_q.code_shift) & 0xFF)];
+      const int row = ((a - input_shift) & 0xFF) << 8;
+      for (int w = 0; w < 256; ++w) by_codes[(a << 8) | w] = host->lut[row | ((w - filter_shift) & 0xFF)];
     }
     host->converted = std::move(by_codes);
     host->lut = host->converted.data();
