@@ -1,13 +1,15 @@
 """Whole networks: a CIFAR ResNet-20 and a ResNet-50-shaped network, every Conv2D/Dense approximate.
 
-Prints, per network: predict at each batch size and one epoch of fit (images/s, effective G LUT-MAC/s)
-for the approximate model beside the same plain Keras float32 model in the same run; then a per-layer
+Prints, per network: predict at each batch size, the same forward passes on batches already on the
+device (the network without Keras' input pipeline, as the PyTorch baseline runs), and one epoch of fit
+(images/s, effective G LUT-MAC/s) for the approximate model beside the same plain Keras float32 model
+in the same run; then a per-layer
 table (each approximate layer alone on its input shape: time per call, G LUT-MAC/s, the kernel the op
 chose, the float layer's time); then how close the whole network comes to its layers' summed rate.
 
     python benchmarks/models.py [--nets resnet20,resnet50] [--images 2000] [--batches 128,1000]
                                 [--fit] [--table PATH] [--device /CPU:0] [--torch_baseline]
-                                [--layer_batch 1000] [--layer_repeats 20]
+                                [--layer_batch 1000] [--layer_repeats 20] [--overhead_repeats 200]
 
 On a GPU machine with the tf-gpu stand-ins (no cuDNN), the float Keras model cannot run on the GPU:
 --nofloat_keras skips it, and --torch_baseline times the same float32 network in PyTorch instead
@@ -71,12 +73,21 @@ def resnet20():
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="resnet20")
 
 
+@keras.saving.register_keras_serializable(package="benchmarks")
+class MaxPool2x2(keras.layers.Layer):
+    """2x2 max pooling, stride 2, from strided slices: TensorFlow's MaxPool needs cuDNN on the GPU, which
+    the H200's tf-gpu stand-ins lack (ResNet-50 pools 3x3; the shape, 56x56 after the stem, is the same)."""
+
+    def call(self, x):
+        return tf.maximum(tf.maximum(x[:, ::2, ::2], x[:, 1::2, ::2]), tf.maximum(x[:, ::2, 1::2], x[:, 1::2, 1::2]))
+
+
 def resnet50():
-    """The ResNet-50 shape: stem 7x7/2 + max pool, bottleneck stages [3, 4, 6, 3], 1000 classes."""
+    """The ResNet-50 shape: stem 7x7/2 + 2x2 max pool, bottleneck stages [3, 4, 6, 3], 1000 classes."""
     inputs = keras.Input((224, 224, 3))
     x = keras.layers.Conv2D(64, 7, strides=2, padding="same", use_bias=False)(inputs)
     x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    x = MaxPool2x2()(x)
     for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1
@@ -162,22 +173,45 @@ def layer_seconds(layer, data, repeats):
     is (t(repeats + 1) - t(1)) / repeats: the floor and the one-off copy of the result cancel.
     """
 
-    @tf.function
-    def calls(x, n):
-        def body(i, x, acc):
-            y = layer(x, training=False)
-            # One element of each output into the result, so that no call is pruned as unused.
-            return i + 1, x, acc + tf.cast(tf.reshape(y, [-1])[0], tf.float32)
+    def loop(fn):
+        @tf.function
+        def calls(x, n):
+            def body(i, x, acc):
+                y = fn(x, training=False)
+                # One element of each output into the result, so that no call is pruned as unused.
+                return i + 1, x, acc + tf.cast(tf.reshape(y, [-1])[0], tf.float32)
 
-        # parallel_iterations=1: the calls are independent, and overlapping them would time
-        # throughput of concurrent calls rather than one call.
-        return tf.while_loop(lambda i, x, acc: i < n, body, (tf.constant(0), x, tf.constant(0.0)),
-                             parallel_iterations=1)[2]
+            # parallel_iterations=1: the calls are independent, and overlapping them would time
+            # throughput of concurrent calls rather than one call.
+            return tf.while_loop(lambda i, x, acc: i < n, body, (tf.constant(0), x, tf.constant(0.0)),
+                                 parallel_iterations=1)[2]
 
-    # .numpy() waits for the result, so work queued on the GPU is inside the timing.
-    once = seconds(lambda: calls(data, tf.constant(1)).numpy(), repeats=3)
-    many = seconds(lambda: calls(data, tf.constant(repeats + 1)).numpy(), repeats=3)
-    return (many - once) / repeats  # noise can make a tiny layer's <= 0: raise --layer_repeats
+        return calls
+
+    def per_call(fn):
+        calls = loop(fn)
+        # .numpy() waits for the result, so work queued on the GPU is inside the timing.
+        once = seconds(lambda: calls(data, tf.constant(1)).numpy(), repeats=3)
+        many = seconds(lambda: calls(data, tf.constant(repeats + 1)).numpy(), repeats=3)
+        return (many - once) / repeats
+
+    # An iteration costs ~0.1 ms on the GPU by itself (the loop condition goes through the host): the
+    # same loop around the identity is taken off. Noise can make a tiny layer's <= 0: raise the repeats.
+    return per_call(layer) - per_call(lambda x, training=False: tf.identity(x))
+
+
+def forward_seconds(model, x, batch):
+    """Seconds of the network alone over x: batches already on the device, one compiled inference call
+    each, one wait at the end (as the PyTorch baseline runs). Keras' predict adds its input pipeline
+    over a NumPy array (slicing, host-to-device copies, a wait per batch), the same for any model."""
+    with tf.device(DEVICE.value):
+        batches = [tf.constant(x[i:i + batch]) for i in range(0, len(x), batch)]
+        forward = tf.function(lambda v: model(v, training=False))
+
+        def run():
+            return tf.add_n([tf.reduce_sum(forward(v)) for v in batches]).numpy()
+
+        return seconds(run)
 
 
 def overhead_table(table):
@@ -286,9 +320,11 @@ def main(_):
                            if FLOAT_KERAS.value else None)
             if t_float is None and TORCH.value:
                 t_float = torch.seconds(net, IMAGES.value, batch)
-            ratio = f"{t_approx / t_float:.1f}x" if t_float else "-"
-            print(f"| predict batch {batch} | {t_approx:.3f} | {IMAGES.value / t_approx:.0f} | "
-                  f"{macs * IMAGES.value / t_approx / 1e9:.0f} | {fmt(t_float, '.3f')} | {ratio} |")
+            t_forward = forward_seconds(approx, x, batch)
+            for label, t in ((f"predict batch {batch}", t_approx), (f"forward batch {batch}, on the device", t_forward)):
+                ratio = f"{t / t_float:.1f}x" if t_float else "-"
+                print(f"| {label} | {t:.3f} | {IMAGES.value / t:.0f} | {macs * IMAGES.value / t / 1e9:.0f} | "
+                      f"{fmt(t_float, '.3f')} | {ratio} |")
         if FIT.value:
             with tf.device(DEVICE.value):
                 for m in (approx, model):

@@ -57,7 +57,8 @@ def network(name, torch):
                 cin = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
     else:
-        layers, cin, size = [conv(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64, 224
+        # 2x2 pooling, as benchmarks/models.py's MaxPool2x2
+        layers, cin, size = [conv(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(2, 2)], 64, 224
         for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
             for block in range(blocks):
                 layers.append(Block(cin, width, 2 if stage and not block else 1, True))

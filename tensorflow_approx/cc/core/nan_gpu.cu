@@ -1,6 +1,7 @@
 // NaN on the GPU, as PropagateNan does it on the CPU (docs/semantics.md): a scan notes whether input or
 // filter hold a NaN, and a pass after the convolution makes NaN the outputs they reach. Both read the
 // flags on the device, so nothing waits for the host; with no NaN the second pass ends at once.
+#include <algorithm>
 #include <string>
 
 #include "tensorflow_approx/cc/core/conv_gpu.h"
@@ -13,6 +14,12 @@ using namespace gpu_internal;  // NOLINT
 
 constexpr int kThreads = 256;
 constexpr int kBlocks = 1024;  // grid-stride loops: enough to fill any current GPU
+
+// No more blocks than elements need: both passes run at every call, and small calls should not pay
+// for a full grid.
+inline int Blocks(int64_t elements) {
+  return static_cast<int>(std::min<int64_t>(kBlocks, std::max<int64_t>(1, (elements + kThreads - 1) / kThreads)));
+}
 
 template <typename T>
 __device__ __forceinline__ bool IsNan(T x) {
@@ -86,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) PropagateNanKernel(GpuGeometry g, co
 
 template <typename T>
 std::string ScanNan(const ConvShape& s, const void* input, const void* filter, int* flags, cudaStream_t stream) {
-  ScanNanKernel<T><<<kBlocks, kThreads, 0, stream>>>(static_cast<const T*>(input), s.input_elements(),
+  ScanNanKernel<T><<<Blocks(std::max(s.input_elements(), s.filter_elements())), kThreads, 0, stream>>>(static_cast<const T*>(input), s.input_elements(),
                                                      static_cast<const T*>(filter), s.filter_elements(), flags);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the NaN scan launch", e);
@@ -95,7 +102,7 @@ std::string ScanNan(const ConvShape& s, const void* input, const void* filter, i
 template <typename T>
 std::string PropagateNan(const ConvShape& s, const void* input, const void* filter, void* output, const int* flags,
                          cudaStream_t stream) {
-  PropagateNanKernel<T><<<kBlocks, kThreads, 0, stream>>>(MakeGpuGeometry(s), static_cast<const T*>(input),
+  PropagateNanKernel<T><<<Blocks(s.output_elements()), kThreads, 0, stream>>>(MakeGpuGeometry(s), static_cast<const T*>(input),
                                                           static_cast<const T*>(filter), static_cast<T*>(output),
                                                           flags);
   const cudaError_t e = cudaGetLastError();
