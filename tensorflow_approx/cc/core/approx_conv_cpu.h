@@ -52,9 +52,20 @@ void PropagateNan(const ConvShape& s, const std::vector<uint8_t>& input_nan, con
   });
 }
 
+// The filter's quantization: one QuantParams for the whole tensor (what a QuantParams converts to), or
+// one per output channel (count == out_depth). Every channel has the same scheme and code width, so the
+// same code_shift; scales and zero points differ.
+struct FilterQuant {
+  FilterQuant(const QuantParams& q) : params(&q), count(1) {}  // NOLINT: per tensor, implicitly
+  FilterQuant(const QuantParams* channels, int64_t n) : params(channels), count(n) {}
+  const QuantParams& of(int64_t co) const { return params[count == 1 ? 0 : co]; }
+  const QuantParams* params;
+  int64_t count;
+};
+
 template <typename T>
 void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
-                   const QuantParams& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
+                   const FilterQuant& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
                    T* output, CpuKernel kernel = CpuKernel::kFast, int64_t lut_offset = 0) {
   using Real = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   if (s.output_elements() == 0) return;
@@ -96,7 +107,7 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     for (int64_t co = 0; co < s.out_depth; ++co) {
       const float v = static_cast<float>(filter[t * s.out_depth + co]);
       if (v != v) filter_nan[co] = 1, any_filter_nan = true;
-      filter_codes[co * taps + t] = QuantizeToCode(v, filter_q);
+      filter_codes[co * taps + t] = QuantizeToCode(v, filter_q.of(co));
     }
   }
 
@@ -108,8 +119,11 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   conv.lut = lut;
   std::vector<int64_t> filter_sum(static_cast<size_t>(s.out_depth));
   FilterCodeSums(conv, filter_sum.data());
-  DequantizeTerms<Real> dequantize(input_q, filter_q, taps);
-  dequantize.acc_offset = lut_offset * taps;  // every entry of an offset table carries lut_offset
+  std::vector<DequantizeTerms<Real>> dequantize;  // per filter_q entry
+  for (int64_t i = 0; i < filter_q.count; ++i) {
+    dequantize.emplace_back(input_q, filter_q.params[i], taps);
+    dequantize.back().acc_offset = lut_offset * taps;  // every entry of an offset table carries lut_offset
+  }
 
   const int64_t groups = s.groups();
   const int64_t pixels = s.out_pixels();
@@ -135,8 +149,8 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t a = act_sum[q * groups + g];
           for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {
-            out[co * channel_stride] =
-                static_cast<T>(dequantize(acc[q * s.out_depth + co], a, filter_sum[co]));
+            const DequantizeTerms<Real>& terms = dequantize[filter_q.count == 1 ? 0 : co];
+            out[co * channel_stride] = static_cast<T>(terms(acc[q * s.out_depth + co], a, filter_sum[co]));
           }
         }
       }

@@ -26,7 +26,7 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
  protected:
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input,
               const Tensor& filter, const tfapprox::QuantParams& input_q,
-              const tfapprox::QuantParams& filter_q, Tensor* output) override {
+              const std::vector<tfapprox::QuantParams>& filter_q, Tensor* output) override {
     const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
     tfapprox::ParallelFor parallel_for =
         [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
@@ -36,7 +36,7 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
     typename ApproxConv2DOpBase<T>::HostLut table;
     OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table));
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
-                               filter_q, table.lut, parallel_for, output->flat<T>().data(),
+                               tfapprox::FilterQuant(filter_q.data(), static_cast<int64_t>(filter_q.size())), table.lut, parallel_for, output->flat<T>().data(),
                                tfapprox::CpuKernel::kFast, table.offset);
   }
 };

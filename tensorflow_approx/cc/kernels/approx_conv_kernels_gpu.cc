@@ -113,7 +113,10 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
 
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
               const tfapprox::QuantParams& /*unused: ranges on the device*/,
-              const tfapprox::QuantParams& /*unused*/, Tensor* output) override {
+              const std::vector<tfapprox::QuantParams>& filter_q /*its size only*/, Tensor* output) override {
+    OP_REQUIRES(ctx, filter_q.size() == 1,
+                absl::UnimplementedError("ApproxConv2DWithTable: per-channel filter ranges have CPU kernels only "
+                                         "for now; place the op on the CPU (tf.device('/CPU:0'))"));
     void* out = output->flat<T>().data();
     // The thread running Compute need not have this kernel's GPU current: take it from the output.
     cudaPointerAttributes attributes;

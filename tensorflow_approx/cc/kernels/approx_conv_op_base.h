@@ -84,22 +84,41 @@ class ApproxConv2DOpBase : public OpKernel {
                                         filter.shape().DebugString())));
     static const char* const kBoundNames[4] = {"input_min", "input_max", "filter_min",
                                                "filter_max"};
+    // The table op takes per-channel filter ranges: vectors of the filter's out_depth values.
+    const int64_t out_depth = filter.dim_size(3);
     for (int i = 0; i < 4; ++i) {
-      const Tensor& bound = ctx->input(kRangeInputs + i);
-      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(bound.shape()),
-                  absl::InvalidArgumentError(absl::StrCat(kBoundNames[i], " must be a scalar, got shape ",
-                                          bound.shape().DebugString())));
+      const TensorShape& shape = ctx->input(kRangeInputs + i).shape();
+      const bool per_channel = i >= 2 && !table_from_file_ && shape.dims() == 1 && shape.dim_size(0) == out_depth;
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(shape) || per_channel,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kBoundNames[i], " must be a scalar",
+                      i >= 2 && !table_from_file_ ? absl::StrCat(" or a vector of the filter's ", out_depth,
+                                                                 " output channels")
+                                                  : "",
+                      ", got shape ", shape.DebugString())));
     }
-    tfapprox::QuantParams input_q, filter_q;
+    OP_REQUIRES(ctx, ctx->input(kRangeInputs + 2).shape() == ctx->input(kRangeInputs + 3).shape(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "filter_min and filter_max must have the same shape, got ",
+                    ctx->input(kRangeInputs + 2).shape().DebugString(), " and ",
+                    ctx->input(kRangeInputs + 3).shape().DebugString())));
+    const int64_t filter_ranges = ctx->input(kRangeInputs + 2).NumElements();
+    tfapprox::QuantParams input_q;
+    std::vector<tfapprox::QuantParams> filter_q(filter_ranges);
     if (!RangesOnDevice()) {
-      float bounds[4];
-      for (int i = 0; i < 4; ++i) bounds[i] = static_cast<float>(ctx->input(kRangeInputs + i).scalar<T>()());
-      std::string error = tfapprox::MakeQuantParams(bounds[0], bounds[1], num_bits_, kBoundNames[0],
+      const auto bound = [&](int i, int64_t k) {
+        return static_cast<float>(ctx->input(kRangeInputs + i).flat<T>()(k));
+      };
+      std::string error = tfapprox::MakeQuantParams(bound(0, 0), bound(1, 0), num_bits_, kBoundNames[0],
                                                     kBoundNames[1], &input_q, input_symmetric_);
       OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
-      error = tfapprox::MakeQuantParams(bounds[2], bounds[3], filter_num_bits_, kBoundNames[2], kBoundNames[3],
-                                        &filter_q, filter_symmetric_);
-      OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
+      for (int64_t k = 0; k < filter_ranges; ++k) {
+        error = tfapprox::MakeQuantParams(bound(2, k), bound(3, k), filter_num_bits_, kBoundNames[2],
+                                          kBoundNames[3], &filter_q[k], filter_symmetric_);
+        OP_REQUIRES(ctx, error.empty(),
+                    absl::InvalidArgumentError(filter_ranges == 1 ? error
+                                                                  : absl::StrCat("output channel ", k, ": ", error)));
+      }
     }
 
     int64_t input_dims[4], filter_dims[4];
@@ -130,10 +149,11 @@ class ApproxConv2DOpBase : public OpKernel {
   }
 
  protected:
-  // input_q and filter_q: the ranges' quantization, made on the host unless RangesOnDevice().
+  // input_q and filter_q: the ranges' quantization, made on the host unless RangesOnDevice(); filter_q
+  // holds one entry per tensor or one per output channel (its size is set either way).
   virtual void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input,
                       const Tensor& filter, const tfapprox::QuantParams& input_q,
-                      const tfapprox::QuantParams& filter_q, Tensor* output) = 0;
+                      const std::vector<tfapprox::QuantParams>& filter_q, Tensor* output) = 0;
   // GPU kernels read the range inputs on the device (no host round trip per call), so Compute does not.
   virtual bool RangesOnDevice() const { return false; }
   static constexpr int kRangeInputs = 2;  // input_min, input_max, filter_min, filter_max

@@ -10,9 +10,21 @@ namespace tensorflow {
 
 namespace {
 
-absl::Status CheckRangeScalars(shape_inference::InferenceContext* c) {
+// Scalars; with per_channel_filter, filter_min and filter_max may instead be vectors of out_depth values.
+absl::Status CheckRanges(shape_inference::InferenceContext* c, bool per_channel_filter) {
   shape_inference::ShapeHandle unused;
-  for (int i = 2; i < 6; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+  for (int i = 2; i < 4; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+  for (int i = 4; i < 6; ++i) {
+    if (!per_channel_filter) {
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      continue;
+    }
+    TF_RETURN_IF_ERROR(c->WithRankAtMost(c->input(i), 1, &unused));
+    if (c->RankKnown(c->input(i)) && c->Rank(c->input(i)) == 1 && c->RankKnown(c->input(1))) {
+      shape_inference::DimensionHandle merged;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(c->input(i), 0), c->Dim(c->input(1), 3), &merged));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -41,7 +53,7 @@ const InitOnStartupMarker register_file_op TF_ATTRIBUTE_UNUSED = InitOnStartupMa
     ConvOp("ApproxConv2DWithMinMaxVars")
         .Attr("mul_map_file: string = ''")
         .SetShapeFn([](shape_inference::InferenceContext* c) {
-          TF_RETURN_IF_ERROR(CheckRangeScalars(c));
+          TF_RETURN_IF_ERROR(CheckRanges(c, /*per_channel_filter=*/false));
           return shape_inference::Conv2DShapeWithExplicitPadding(c);
         })
         .Doc(R"doc(
@@ -62,7 +74,7 @@ const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupM
         .Attr("input_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
         .Attr("filter_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
         .SetShapeFn([](shape_inference::InferenceContext* c) {
-          TF_RETURN_IF_ERROR(CheckRangeScalars(c));
+          TF_RETURN_IF_ERROR(CheckRanges(c, /*per_channel_filter=*/true));
           shape_inference::ShapeHandle table;
           TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &table));
           shape_inference::DimensionHandle entries;
@@ -73,14 +85,16 @@ const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupM
 ApproxConv2DWithMinMaxVars with the multiplier given as a tensor instead of a file.
 
 table: 65536 products, entry (a << 8) | w being the product of activation code a and weight code
-  w: uint16, int16 (signed products; CPU kernels), or float32 holding integers in [0, 65535] (the
+  w: uint16, int16 (signed products), or float32 holding integers in [0, 65535] (the
   dtype a GPU variable can have). A float32 entry that is not such an integer is an InvalidArgument
   error on the CPU and makes every output NaN on the GPU (which cannot report it without waiting for
   the device).
 filter_num_bits: the filter's code width (2..8); -1: num_bits.
 input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization) or "symmetric" (signed
   codes, zero point 0, scale max(|min|, |max|) / (2^(b-1) - 1)); a signed code indexes the table by
-  its two's-complement byte. Symmetric schemes have CPU kernels only, for now.
+  its two's-complement byte.
+filter_min, filter_max: scalars, or vectors of the filter's out_depth values (a range per output
+  channel, as fake_quant_with_min_max_vars_per_channel; CPU kernels only, for now).
 )doc");
 
 }  // namespace

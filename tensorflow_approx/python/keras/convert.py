@@ -7,7 +7,7 @@ from tensorflow_approx.python.keras.layers import (
     FakeApproxDense,
     FakeApproxDepthwiseConv2D,
     _check_approx_args,
-    _unsigned_lut,
+    _layer_lut,
 )
 
 # Exact types only: subclasses of these (our own layers included) may compute something else.
@@ -48,7 +48,8 @@ def _tables_by_name(model, mul_map_file, layers):
 
 
 def approximate_model(
-    model, mul_map_file="", num_bits=8, layers=None, range_mode="batch", ema_decay=0.999
+    model, mul_map_file="", num_bits=8, layers=None, range_mode="batch", ema_decay=0.999, weight_bits=None,
+    weight_quantization="per_tensor", input_scheme=None, weight_scheme=None
 ):
     """Copies a functional or Sequential model with approximate layers, weights included.
 
@@ -67,6 +68,8 @@ def approximate_model(
       layers: None (all Conv2D / DepthwiseConv2D / Dense) or the names of the layers to convert
         (only with a string mul_map_file).
       range_mode, ema_decay: as the layers; with "fixed", run calibrate() on the copy before use.
+      weight_bits, weight_quantization, input_scheme, weight_scheme: as the layers (schemes follow each
+        table's signedness unless given).
 
     Returns:
       The new keras.Model.
@@ -84,12 +87,14 @@ def approximate_model(
     if not isinstance(mul_map_file, dict) and isinstance(layers, str):
         raise TypeError(f"approximate_model: layers must be a list of names, got {layers!r}")
     tables = _tables_by_name(model, mul_map_file, layers)
-    _check_approx_args(num_bits, range_mode, ema_decay)
+    scheme_args = dict(weight_bits=weight_bits, weight_quantization=weight_quantization,
+                       input_scheme=input_scheme, weight_scheme=weight_scheme)
+    _check_approx_args(num_bits, range_mode, ema_decay, **scheme_args)
     # Each distinct table read and checked once (arrays are not hashable: keyed by identity).
     checked = {}
     for table in tables.values():
         if id(table) not in checked:
-            checked[id(table)] = _unsigned_lut(table, "mul_map_file")
+            checked[id(table)] = _layer_lut(table, "mul_map_file")
     pairs = []
 
     def clone(layer):
@@ -102,6 +107,7 @@ def approximate_model(
                     "mul_map_file": checked[id(tables[layer.name])][0],
                     "range_mode": range_mode,
                     "ema_decay": ema_decay,
+                    **scheme_args,
                 }
             )
         else:

@@ -10,9 +10,9 @@ accurate layer.
 
 Quantization ranges
 -------------------
-The kernel range is always the kernel's own min/max (it is known, and per-tensor "last value"
-ranges are what quantization-aware training uses for weights). The input range depends on
-`range_mode`:
+The kernel range is always the kernel's own min/max (it is known, and "last value" ranges are what
+quantization-aware training uses for weights), for the whole kernel or, with
+weight_quantization="per_channel", per output channel. The input range depends on `range_mode`:
 
 - "batch" (default, the seed's behaviour): min/max of each batch.
 - "moving_average": an exponential moving average (decay `ema_decay`) of the batch ranges, updated
@@ -33,6 +33,12 @@ and kernel pass through tf.quantization.fake_quant_with_min_max_vars (gradient 1
 get no gradient. Other calls are inference: the op gets the raw operands and quantizes them itself
 (same codes, no second pass), so a custom training loop must pass training=True to get the
 clipping of fake quantization in its gradients.
+
+Schemes: a layer's codes follow its table's signedness unless told otherwise. Unsigned products
+(uint16): TensorFlow's asymmetric codes 0..2^b - 1. Signed products (int16, e.g. a signed Multiplier):
+symmetric codes -2^(b-1)..2^(b-1) - 1 with zero point 0, the table indexed by their bytes.
+`input_scheme` / `weight_scheme` choose per operand (e.g. unsigned activations x signed weights), and
+`weight_bits` gives the kernel its own code width (docs/semantics.md, "Quantization schemes").
 
 Tables: each layer holds its multiplier's 65536 products as a non-trainable float32 weight `lut`
 (exact integers; float32 because a GPU variable cannot be uint16) and runs the op
@@ -55,14 +61,17 @@ import tensorflow as tf
 
 from tensorflow_approx.python.ops.approx_conv_ops import (
     LUT_ENTRIES,
+    SCHEMES,
     approx_conv2d_with_table,
     lut_values,
 )
 
 RANGE_MODES = ("batch", "moving_average", "fixed")
+WEIGHT_QUANTIZATIONS = ("per_tensor", "per_channel")
 
 __all__ = [
     "RANGE_MODES",
+    "WEIGHT_QUANTIZATIONS",
     "FakeApproxConv2D",
     "FakeApproxDense",
     "FakeApproxDepthwiseConv2D",
@@ -70,29 +79,43 @@ __all__ = [
 ]
 
 
-def _check_approx_args(num_bits, range_mode, ema_decay):
-    if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
-        raise ValueError(f"num_bits must be an integer in 2..8, got {num_bits!r}")
+def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight_quantization="per_tensor",
+                       input_scheme=None, weight_scheme=None):
+    for name, bits in (("num_bits", num_bits), ("weight_bits", weight_bits)):
+        if bits is None and name == "weight_bits":
+            continue
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"{name} must be an integer in 2..8, got {bits!r}")
     if range_mode not in RANGE_MODES:
         raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
     if not 0.0 < ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay!r}")
+    if weight_quantization not in WEIGHT_QUANTIZATIONS:
+        raise ValueError(f"weight_quantization must be one of {WEIGHT_QUANTIZATIONS}, got {weight_quantization!r}")
+    for name, scheme in (("input_scheme", input_scheme), ("weight_scheme", weight_scheme)):
+        if scheme is not None and scheme not in SCHEMES:
+            raise ValueError(f"{name} must be None (from the table's signedness) or one of {SCHEMES}, got {scheme!r}")
 
 
-def _range_with_zero(x):
-    """(min, max) of x widened to contain 0, float32 scalars, no gradient (see module docstring)."""
+def _range_with_zero(x, axis=None):
+    """(min, max) of x widened to contain 0, float32, no gradient (see module docstring); scalars, or
+    per index of the axes not reduced (axis=[0, 1, 2] of a filter: per output channel)."""
     x = tf.stop_gradient(x)
-    return tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
+    return tf.minimum(tf.reduce_min(x, axis=axis), 0.0), tf.maximum(tf.reduce_max(x, axis=axis), 0.0)
 
 
-def _unsigned_lut(table, name):
-    """lut_values of an unsigned table: the layers quantize asymmetrically, codes 0..255."""
+def _symmetric_range(lo, hi, bits):
+    """The range whose TensorFlow fake quantization gives the symmetric codes of [lo, hi]: scale
+    max(|lo|, |hi|) / (2^(b-1) - 1), codes -2^(b-1)..2^(b-1) - 1 (the op's NudgeRange, same float32 steps)."""
+    top = float(2 ** (bits - 1) - 1)
+    step = tf.maximum(tf.abs(lo), tf.abs(hi)) / top
+    return -((top + 1.0) * step), top * step
+
+
+def _layer_lut(table, name):
+    """(values, label, signed) of a layer's table: lut_values, uint16 or int16 (signed products)."""
     values, label = lut_values(table, name)
-    if values.dtype != np.uint16:
-        raise ValueError(
-            f"{name}: {label!r} holds signed products; the layers take unsigned tables for now "
-            "(signed codes: ta.approx_conv2d_with_table with input_scheme/filter_scheme='symmetric')")
-    return values, label
+    return values, label, values.dtype == np.int16
 
 
 def approx_layers(model):
@@ -118,17 +141,23 @@ class _FakeApproxMixin:
         mul_map_file="",
         range_mode="batch",
         ema_decay=0.999,
+        weight_bits=None,
+        weight_quantization="per_tensor",
+        input_scheme=None,
+        weight_scheme=None,
         table_in_weights=False,
+        signed_products=False,
         **kwargs,
     ):
-        _check_approx_args(num_bits, range_mode, ema_decay)
+        _check_approx_args(num_bits, range_mode, ema_decay, weight_bits, weight_quantization, input_scheme,
+                           weight_scheme)
         if table_in_weights:
             # Loading a saved layer: its table comes with its weights (the file may be long gone).
             if not isinstance(mul_map_file, str):
                 raise TypeError(f"mul_map_file of a saved layer is a label, got {mul_map_file!r}")
-            self._initial_lut, label = None, mul_map_file
+            self._initial_lut, label, signed = None, mul_map_file, bool(signed_products)
         else:
-            self._initial_lut, label = _unsigned_lut(mul_map_file, "mul_map_file")
+            self._initial_lut, label, signed = _layer_lut(mul_map_file, "mul_map_file")
         # LoRA and Keras' own int8/float8 quantization replace the kernel path we rely on.
         if kwargs.pop("lora_rank", None) is not None or kwargs.pop("lora_alpha", None) is not None:
             raise ValueError(f"{type(self).__name__} does not support LoRA (lora_rank)")
@@ -136,6 +165,14 @@ class _FakeApproxMixin:
             raise ValueError(f"{type(self).__name__} does not take a Keras quantization_config")
         super().__init__(*args, **kwargs)  # the keras layer that follows this mixin in the bases
         self.num_bits = num_bits
+        self.weight_bits = num_bits if weight_bits is None else weight_bits
+        self.weight_quantization = weight_quantization
+        # A signed multiplier (int16 products of signed codes) quantizes symmetrically by default:
+        # codes -2^(b-1)..2^(b-1) - 1 with zero point 0, indexing the table by their bytes.
+        self.signed_products = signed
+        default_scheme = "symmetric" if signed else "asymmetric"
+        self.input_scheme = input_scheme or default_scheme
+        self.weight_scheme = weight_scheme or default_scheme
         # Provenance only (a path, a Multiplier's name or "array"): the table itself is the weight
         # `lut`, saved with the model.
         self.mul_map_file = label
@@ -151,7 +188,8 @@ class _FakeApproxMixin:
         self._build_ranges()
         initial = self._initial_lut if self._initial_lut is not None else lut_values("")[0]
         # float32: the dtype a variable can have on the GPU (uint16 variables stay on the host, which
-        # would copy the table to the device at every call); its entries are exact integers.
+        # would copy the table to the device at every call); its entries are exact integers (signed
+        # products too, -32768..32767, made int16 at each call).
         self.lut = self.add_weight(
             name="lut",
             shape=(LUT_ENTRIES,),
@@ -172,7 +210,13 @@ class _FakeApproxMixin:
           multiplier: a tensorflow_approx.multipliers.Multiplier, a path ("" = exact; a .bin, .npy or
             .c file, or a family name such as "drum6"), or an array of 65536 (or 256 x 256) products.
         """
-        values, label = _unsigned_lut(multiplier, "multiplier")
+        values, label, signed = _layer_lut(multiplier, "multiplier")
+        if signed != self.signed_products:
+            kinds = {True: "signed", False: "unsigned"}
+            raise ValueError(
+                f"layer '{self.name}' computes with {kinds[self.signed_products]} products and its quantization "
+                f"schemes follow; {label!r} holds {kinds[signed]} ones: make a layer for it (the constructor "
+                "or approximate_model)")
         if not self.built:
             self._initial_lut = values
         else:
@@ -186,6 +230,11 @@ class _FakeApproxMixin:
             "mul_map_file": self.mul_map_file,
             "range_mode": self.range_mode,
             "ema_decay": self.ema_decay,
+            "weight_bits": self.weight_bits,
+            "weight_quantization": self.weight_quantization,
+            "input_scheme": self.input_scheme,
+            "weight_scheme": self.weight_scheme,
+            "signed_products": self.signed_products,
             "table_in_weights": True,
         }
 
@@ -245,7 +294,10 @@ class _FakeApproxMixin:
             )
         if variables[-1] is self.lut:
             lut = np.asarray(store[str(len(variables) - 1)])
-            _unsigned_lut(lut, f"the table saved for layer '{self.name}'")  # checks it, names the layer
+            name = f"the table saved for layer '{self.name}'"
+            values, _ = lut_values(lut, name)  # checks it, names the layer
+            if self.signed_products != (values.dtype == np.int16) and values.min() < 0:
+                raise ValueError(f"{name} holds signed products, but the layer's config says unsigned")
         for i, variable in enumerate(variables):
             variable.assign(store[str(i)])
 
@@ -311,34 +363,48 @@ class _FakeApproxMixin:
         return tf.float64 if self.compute_dtype == "float64" else tf.float32
 
     def _fake_quant_operands(self, inputs, kernel, training):
-        """(input, kernel) for the op in its dtype, and the 4 ranges, each a scalar.
+        """(input, kernel) for the op in its dtype, and the 4 ranges: scalars, the kernel's per output
+        channel with weight_quantization="per_channel". `kernel` is the op's filter, [h, w, in, out].
 
         Training calls fake-quantize both first: the op's gradient is straight-through, and fake
         quantization's own gradient is what zeroes it outside the range. Other calls (inference:
         predict, evaluate, training=None or False) pass the raw operands: the op quantizes them to
         the very codes fake quantization would give, so a second quantization pass would be wasted.
+        A symmetric operand is fake-quantized on the range whose codes are its signed codes shifted.
         """
         x = tf.cast(inputs, tf.float32)
         k = tf.cast(kernel, tf.float32)
         x_min, x_max = self._input_range(x, training)
-        k_min, k_max = _range_with_zero(k)
+        per_channel = self.weight_quantization == "per_channel"
+        k_min, k_max = _range_with_zero(k, axis=[0, 1, 2] if per_channel else None)
         if training:
-            fq = tf.quantization.fake_quant_with_min_max_vars
-            x = fq(x, x_min, x_max, num_bits=self.num_bits, narrow_range=False)
-            k = fq(k, k_min, k_max, num_bits=self.num_bits, narrow_range=False)
+            x_lo, x_hi = (x_min, x_max) if self.input_scheme == "asymmetric" else _symmetric_range(
+                x_min, x_max, self.num_bits)
+            k_lo, k_hi = (k_min, k_max) if self.weight_scheme == "asymmetric" else _symmetric_range(
+                k_min, k_max, self.weight_bits)
+            x = tf.quantization.fake_quant_with_min_max_vars(x, x_lo, x_hi, num_bits=self.num_bits)
+            fq_kernel = (tf.quantization.fake_quant_with_min_max_vars_per_channel if per_channel
+                         else tf.quantization.fake_quant_with_min_max_vars)
+            k = fq_kernel(k, k_lo, k_hi, num_bits=self.weight_bits)
         dtype = self._op_dtype()
         ranges = [tf.cast(r, dtype) for r in (x_min, x_max, k_min, k_max)]
         return tf.cast(x, dtype), tf.cast(k, dtype), ranges
 
     def _approx_conv(self, xq, kq, ranges, strides, dilations, data_format, padding):
         """The op on the operands (fake-quantized or raw: it quantizes them to the same codes)."""
+        table = self.lut.value
+        if self.signed_products:
+            table = tf.cast(table, tf.int16)  # the op reads an int16 table as signed products
         return approx_conv2d_with_table(
             xq,
             kq,
             *ranges,
-            table=self.lut.value,
+            table=table,
             strides=strides,
             num_bits=self.num_bits,
+            filter_num_bits=self.weight_bits,
+            input_scheme=self.input_scheme,
+            filter_scheme=self.weight_scheme,
             padding=padding,
             data_format=data_format,
             dilations=dilations,
@@ -381,6 +447,12 @@ class FakeApproxConv2D(_FakeApproxMixin, keras.layers.Conv2D):
         the attribute keeps the path or name for provenance. `set_multiplier` swaps it.
       range_mode: "batch", "moving_average" or "fixed" (module docstring).
       ema_decay: decay of the "moving_average" ranges.
+      weight_bits: the kernel's code width, 2..8 (None: num_bits), e.g. 8x4 multipliers.
+      weight_quantization: "per_tensor" (one kernel range) or "per_channel" (a range per output
+        channel, as fake_quant_with_min_max_vars_per_channel; CPU kernels only, for now).
+      input_scheme, weight_scheme: None (from the table: "symmetric" for signed products, signed codes
+        with zero point 0; "asymmetric" for unsigned ones, TensorFlow's codes) or either explicitly,
+        e.g. unsigned activations with signed weights.
 
     Input: [batch, height, width, channels] (channels_last) or [batch, channels, height, width],
     any float dtype policy. Output: as keras Conv2D, in the layer's compute dtype. Kernel:
@@ -408,7 +480,7 @@ class FakeApproxDepthwiseConv2D(_FakeApproxMixin, keras.layers.DepthwiseConv2D):
 
     Takes every argument of keras.layers.DepthwiseConv2D (kernel_size, strides, padding,
     depth_multiplier, data_format, dilation_rate, activation, use_bias, depthwise_initializer /
-    regularizer / constraint, bias_*) plus num_bits, mul_map_file, range_mode and ema_decay as
+    regularizer / constraint, bias_*) plus num_bits, mul_map_file, range_mode, ema_decay and the quantization scheme arguments as
     FakeApproxConv2D.
 
     Input: [batch, height, width, channels] (or channels_first). Output: channels * multiplier
@@ -425,9 +497,9 @@ class FakeApproxDepthwiseConv2D(_FakeApproxMixin, keras.layers.DepthwiseConv2D):
         return self.kernel
 
     def call(self, inputs, training=None):
-        xq, kq, ranges = self._fake_quant_operands(inputs, self.kernel, training)
         kh, kw, channels, multiplier = self.kernel.shape
-        kq = tf.reshape(kq, [kh, kw, 1, channels * multiplier])
+        filters = tf.reshape(self.kernel, [kh, kw, 1, channels * multiplier])
+        xq, kq, ranges = self._fake_quant_operands(inputs, filters, training)
         outputs = self._approx_conv(xq, kq, ranges, *_conv_geometry(self))
         return self._bias_and_activation(outputs, self.data_format == "channels_first")
 
@@ -437,7 +509,7 @@ class FakeApproxDense(_FakeApproxMixin, keras.layers.Dense):
     """keras.layers.Dense computed with an approximate multiplier.
 
     Takes every argument of keras.layers.Dense (units, activation, use_bias, initializers,
-    regularizers, constraints) plus num_bits, mul_map_file, range_mode and ema_decay as
+    regularizers, constraints) plus num_bits, mul_map_file, range_mode, ema_decay and the quantization scheme arguments as
     FakeApproxConv2D. The product is the op on a 1x1 problem: the input [..., in] is seen as
     [N, 1, 1, in] images and the kernel [in, units] as a 1x1 filter.
 
@@ -452,12 +524,12 @@ class FakeApproxDense(_FakeApproxMixin, keras.layers.Dense):
         return self._kernel
 
     def call(self, inputs, training=None):
-        xq, kq, ranges = self._fake_quant_operands(inputs, self.kernel, training)
         depth = self.kernel.shape[0]
+        filters = tf.reshape(self.kernel, [1, 1, depth, self.units])
+        xq, kq, ranges = self._fake_quant_operands(inputs, filters, training)
         images = tf.reshape(xq, [-1, 1, 1, depth])
-        filters = tf.reshape(kq, [1, 1, depth, self.units])
         outputs = self._approx_conv(
-            images, filters, ranges, [1, 1, 1, 1], [1, 1, 1, 1], "NHWC", "VALID"
+            images, kq, ranges, [1, 1, 1, 1], [1, 1, 1, 1], "NHWC", "VALID"
         )
         outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
         outputs = tf.ensure_shape(outputs, [*inputs.shape[:-1], self.units])

@@ -177,8 +177,10 @@ def approx_conv2d_with_table(
       filter_num_bits: the filter's code width, 2..8 (None: num_bits).
       input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization, the default) or
         "symmetric" (signed codes -2^(b-1)..2^(b-1) - 1, zero point 0, scale max(|min|, |max|) /
-        (2^(b-1) - 1); docs/semantics.md, "Quantization schemes"). Symmetric schemes run on the CPU
-        for now (the GPU kernel refuses them with an error).
+        (2^(b-1) - 1); docs/semantics.md, "Quantization schemes").
+      filter_min, filter_max: scalars, or vectors of the filter's out_depth values: a range per output
+        channel (as tf.quantization.fake_quant_with_min_max_vars_per_channel, in the filter's scheme).
+        Per-channel ranges run on the CPU for now (the GPU kernel refuses them with an error).
 
     Returns:
       The output tensor, of input's dtype, in data_format.
@@ -249,6 +251,12 @@ def approx_conv2d_with_min_max_vars(
         raise TypeError(f"mul_map_file must be a path string or '', got {mul_map_file!r}")
     args = _op_arguments(input, filter, (input_min, input_max, filter_min, filter_max), strides,
                          num_bits, padding, explicit_paddings, data_format, dilations, name)
+    for arg in ("input_min", "input_max", "filter_min", "filter_max"):
+        # The seed's op takes scalar ranges only (the table op also takes per-channel filter ranges);
+        # eager calls run through the table op, so say it here as the graph's shape check does.
+        if args[arg].shape.rank not in (None, 0):
+            raise ValueError(f"{arg} must be a scalar, got shape {args[arg].shape}; per-channel filter "
+                             "ranges need approx_conv2d_with_table")
     if tf.executing_eagerly():
         # The same computation through the table op, the file read by ApproxReadMulMap (same checks,
         # same cache): eager TensorFlow keeps a kernel for every new attribute value, so a path as an

@@ -88,5 +88,64 @@ def test_bad_schemes_and_dtypes_fail_clearly():
     with pytest.raises(ValueError, match="outside -32768..32767"):
         ta.approx_conv2d_with_table(x, f, 0.0, 1.0, 0.0, 1.0, np.full(65536, -1) * np.arange(65536), [1] * 4,
                                     "SAME")
-    with pytest.raises(ValueError, match="layers take unsigned tables"):
-        ta.FakeApproxConv2D(2, 1, mul_map_file=-np.ones(65536, np.int64))
+    with pytest.raises(ValueError, match="weight_quantization must be one of"):
+        ta.FakeApproxConv2D(2, 1, weight_quantization="per_row")
+    with pytest.raises(ValueError, match="weight_scheme must be None"):
+        ta.FakeApproxConv2D(2, 1, weight_scheme="signed")
+    with pytest.raises(ValueError, match="weight_bits must be an integer in 2..8"):
+        ta.FakeApproxConv2D(2, 1, weight_bits=9)
+
+
+@pytest.mark.parametrize("symmetric_filter, kind", [(False, "random"), (True, "exact"), (True, "random")])
+def test_per_channel_filter_ranges_match_the_numpy_model(symmetric_filter, kind):
+    """filter_min/filter_max of shape [out_channels]: each channel its own scale (and zero point)."""
+    rng = np.random.default_rng(7 + symmetric_filter)
+    x = np.maximum(rng.normal(0.2, 1.0, (2, 6, 5, 3)), 0).astype(np.float32)
+    # Channels of very different magnitudes: what per-tensor ranges quantize badly.
+    f = (rng.normal(0, 1, (3, 3, 3, 4)) * np.array([0.01, 0.1, 1.0, 10.0])).astype(np.float32)
+    lo, hi = f.min(axis=(0, 1, 2)), f.max(axis=(0, 1, 2))
+    schemes = ("asymmetric", "symmetric" if symmetric_filter else "asymmetric")
+    products = (byte_products(np.multiply, False, symmetric_filter) if kind == "exact"
+                else rng.integers(-32768 if symmetric_filter else 0, 32768 if symmetric_filter else 65536,
+                                  65536).astype(np.int64))
+    got = run_op(x, f, (0.0, float(x.max())), (lo, hi), products, (8, 8), schemes)
+    want = ref.approx_conv_scheme(x, f, (0.0, float(x.max())), (lo, hi), products, (8, 8),
+                                  (False, symmetric_filter))
+    terms = np.abs(want).max() + 1.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * terms * 2**16)
+    # The same channel ranges given one at a time agree with the per-channel call, channel by channel.
+    for co in range(4):
+        one = run_op(x, f[..., co:co + 1], (0.0, float(x.max())), (float(lo[co]), float(hi[co])), products,
+                     (8, 8), schemes)
+        np.testing.assert_array_equal(got[..., co:co + 1], one)
+
+
+def test_per_channel_ranges_beat_per_tensor_on_unequal_channels():
+    """The exact product with per-channel ranges stays close to the float conv where per-tensor loses
+    the small channel entirely."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (1, 6, 6, 2)).astype(np.float32)
+    f = (rng.normal(0, 1, (3, 3, 2, 2)) * np.array([0.001, 1.0])).astype(np.float32)
+    exact = byte_products(np.multiply, False, False)
+    conv = tf.nn.conv2d(x, f, 1, "SAME").numpy()
+    per_tensor = run_op(x, f, (0.0, 1.0), (float(f.min()), float(f.max())), exact, (8, 8), ("asymmetric",) * 2)
+    per_channel = run_op(x, f, (0.0, 1.0), (f.min(axis=(0, 1, 2)), f.max(axis=(0, 1, 2))), exact, (8, 8),
+                         ("asymmetric",) * 2)
+    small = np.abs(conv[..., 0]).max()
+    assert np.abs(per_channel[..., 0] - conv[..., 0]).max() < 0.05 * small
+    assert np.abs(per_tensor[..., 0] - conv[..., 0]).max() > 0.5 * small
+
+
+def test_per_channel_range_errors_name_the_argument():
+    x, f = tf.ones([1, 3, 3, 2]), tf.ones([1, 1, 2, 3])
+    conv = dict(table="", strides=[1] * 4, padding="SAME")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="filter_min must be a scalar or a vector of the filter's 3"):
+        ta.approx_conv2d_with_table(x, f, 0.0, 1.0, tf.zeros([2]), tf.ones([2]), **conv)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="filter_min and filter_max must have the same shape"):
+        ta.approx_conv2d_with_table(x, f, 0.0, 1.0, tf.zeros([3]), 1.0, **conv)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="output channel 1: filter_min must not exceed"):
+        ta.approx_conv2d_with_table(x, f, 0.0, 1.0, tf.constant([0.0, 2.0, 0.0]), tf.ones([3]), **conv)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input_min must be a scalar, got"):
+        ta.approx_conv2d_with_table(x, f, tf.zeros([3]), tf.ones([3]), 0.0, 1.0, **conv)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="filter_min must be a scalar|rank 0"):
+        ta.approx_conv2d_with_min_max_vars(x, f, 0.0, 1.0, tf.zeros([3]), tf.ones([3]), [1] * 4, 8, "", "SAME")
