@@ -191,3 +191,64 @@ def approx_conv_scheme(x, f, input_range, filter_range, products, num_bits=(8, 8
     s1, s2 = np.float64(s1), s2.astype(np.float64)
     z1 = int(z1)
     return s1 * s2 * (acc - z2 * act - z1 * filter_sum + taps * z1 * z2).astype(np.float64)
+
+
+def table_derivatives(products, num_bits, symmetric, half_window=2):
+    """(Da, Dw), float64 [256, 256] over the kernels' codes (signed codes + 2^(b-1) when symmetric):
+    the "table" gradient's rule (tensorflow_approx/python/ops/table_gradient.py), written out."""
+    products = np.asarray(products, np.int64)
+    shifts = [2 ** (b - 1) if s else 0 for b, s in zip(num_bits, symmetric)]
+    t = np.empty((256, 256), np.float64)
+    for a in range(256):
+        for w in range(256):
+            t[a, w] = products[(((a - shifts[0]) & 0xFF) << 8) | ((w - shifts[1]) & 0xFF)]
+    da, dw = np.empty_like(t), np.empty_like(t)
+    for c in range(256):
+        for axis, (out, bits) in enumerate(((da, num_bits[0]), (dw, num_bits[1]))):
+            top = 2 ** bits - 1
+            code = min(c, top)
+            lo, hi = max(code - half_window, 0), min(code + half_window, top)
+            if axis == 0:
+                out[c, :] = (t[hi, :] - t[lo, :]) / max(hi - lo, 1)
+            else:
+                out[:, c] = (t[:, hi] - t[:, lo]) / max(hi - lo, 1)
+    return da, dw
+
+
+def table_gradient_model(x, f, input_range, filter_range, products, dy, num_bits=(8, 8),
+                         symmetric=(False, False), strides=(1, 1), padding="SAME", half_window=2):
+    """(d/dx, d/df) of sum(dy * out) under the table gradient rule, by loops (NHWC, one group, no
+    dilation): d out/d x_k = s2 (Da[a_k, w_k] - z2), d out/d f_k = s1 (Dw[a_k, w_k] - z1), with padded
+    taps holding the activation zero point (they enter d/df only)."""
+    qa, s1, z1 = scheme_codes(x, *input_range, num_bits[0], symmetric[0])
+    qw, s2, z2 = scheme_codes(f, *filter_range, num_bits[1], symmetric[1])
+    shifts = [2 ** (b - 1) if s else 0 for b, s in zip(num_bits, symmetric)]
+    ca, cw = qa + shifts[0], qw + shifts[1]  # the kernels' codes
+    da, dw = table_derivatives(products, num_bits, symmetric, half_window)
+    n, h, w, c = x.shape
+    kh, kw, _, cout = f.shape
+    sh, sw = strides
+    if padding == "SAME":
+        ho, wo = -(-h // sh), -(-w // sw)
+        pt = max(0, (ho - 1) * sh + kh - h) // 2
+        pl = max(0, (wo - 1) * sw + kw - w) // 2
+    else:
+        ho, wo, pt, pl = (h - kh) // sh + 1, (w - kw) // sw + 1, 0, 0
+    s2 = np.broadcast_to(np.float64(s2), (cout,))
+    z2 = np.broadcast_to(z2, (cout,))
+    zero_code = int(z1) + shifts[0]
+    gx, gf = np.zeros(x.shape), np.zeros(f.shape)
+    for b in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                g = dy[b, oh, ow]  # [cout]
+                for i in range(kh):
+                    for j in range(kw):
+                        ih, iw = oh * sh - pt + i, ow * sw - pl + j
+                        inside = 0 <= ih < h and 0 <= iw < w
+                        for ci in range(c):
+                            code = ca[b, ih, iw, ci] if inside else zero_code
+                            if inside:
+                                gx[b, ih, iw, ci] += np.sum(g * s2 * (da[code, cw[i, j, ci]] - z2))
+                            gf[i, j, ci] += g * np.float64(s1) * (dw[code, cw[i, j, ci]] - z1)
+    return gx, gf

@@ -73,6 +73,7 @@ const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupM
         .Attr("filter_num_bits: int = -1")
         .Attr("input_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
         .Attr("filter_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
+        .Attr("gradient: {'ste', 'table'} = 'ste'")
         .SetShapeFn([](shape_inference::InferenceContext* c) {
           TF_RETURN_IF_ERROR(CheckRanges(c, /*per_channel_filter=*/true));
           shape_inference::ShapeHandle table;
@@ -93,6 +94,9 @@ filter_num_bits: the filter's code width (2..8); -1: num_bits.
 input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization) or "symmetric" (signed
   codes, zero point 0, scale max(|min|, |max|) / (2^(b-1) - 1)); a signed code indexes the table by
   its two's-complement byte.
+gradient: what the registered gradient computes (the forward pass ignores it): "ste", the accurate
+  convolution's at the operands (straight-through), or "table", the derivatives of the table itself
+  (tensorflow_approx/python/ops/table_gradient.py).
 filter_min, filter_max: scalars, or vectors of the filter's out_depth values (a range per output
   channel, as fake_quant_with_min_max_vars_per_channel; CPU kernels only, for now).
 )doc");

@@ -49,7 +49,7 @@ def _tables_by_name(model, mul_map_file, layers):
 
 def approximate_model(
     model, mul_map_file="", num_bits=8, layers=None, range_mode="batch", ema_decay=0.999, weight_bits=None,
-    weight_quantization="per_tensor", input_scheme=None, weight_scheme=None
+    weight_quantization="per_tensor", input_scheme=None, weight_scheme=None, gradient="ste"
 ):
     """Copies a functional or Sequential model with approximate layers, weights included.
 
@@ -68,8 +68,8 @@ def approximate_model(
       layers: None (all Conv2D / DepthwiseConv2D / Dense) or the names of the layers to convert
         (only with a string mul_map_file).
       range_mode, ema_decay: as the layers; with "fixed", run calibrate() on the copy before use.
-      weight_bits, weight_quantization, input_scheme, weight_scheme: as the layers (schemes follow each
-        table's signedness unless given).
+      weight_bits, weight_quantization, input_scheme, weight_scheme, gradient: as the layers (schemes
+        follow each table's signedness unless given).
 
     Returns:
       The new keras.Model.
@@ -88,7 +88,7 @@ def approximate_model(
         raise TypeError(f"approximate_model: layers must be a list of names, got {layers!r}")
     tables = _tables_by_name(model, mul_map_file, layers)
     scheme_args = dict(weight_bits=weight_bits, weight_quantization=weight_quantization,
-                       input_scheme=input_scheme, weight_scheme=weight_scheme)
+                       input_scheme=input_scheme, weight_scheme=weight_scheme, gradient=gradient)
     _check_approx_args(num_bits, range_mode, ema_decay, **scheme_args)
     # Each distinct table read and checked once (arrays are not hashable: keyed by identity).
     checked = {}

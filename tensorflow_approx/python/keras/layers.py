@@ -60,11 +60,13 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow_approx.python.ops.approx_conv_ops import (
+    GRADIENTS,
     LUT_ENTRIES,
     SCHEMES,
     approx_conv2d_with_table,
     lut_values,
 )
+from tensorflow_approx.python.ops.table_gradient import symmetric_range
 
 RANGE_MODES = ("batch", "moving_average", "fixed")
 WEIGHT_QUANTIZATIONS = ("per_tensor", "per_channel")
@@ -80,7 +82,7 @@ __all__ = [
 
 
 def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight_quantization="per_tensor",
-                       input_scheme=None, weight_scheme=None):
+                       input_scheme=None, weight_scheme=None, gradient="ste"):
     for name, bits in (("num_bits", num_bits), ("weight_bits", weight_bits)):
         if bits is None and name == "weight_bits":
             continue
@@ -92,6 +94,8 @@ def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight
         raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay!r}")
     if weight_quantization not in WEIGHT_QUANTIZATIONS:
         raise ValueError(f"weight_quantization must be one of {WEIGHT_QUANTIZATIONS}, got {weight_quantization!r}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     for name, scheme in (("input_scheme", input_scheme), ("weight_scheme", weight_scheme)):
         if scheme is not None and scheme not in SCHEMES:
             raise ValueError(f"{name} must be None (from the table's signedness) or one of {SCHEMES}, got {scheme!r}")
@@ -102,14 +106,6 @@ def _range_with_zero(x, axis=None):
     per index of the axes not reduced (axis=[0, 1, 2] of a filter: per output channel)."""
     x = tf.stop_gradient(x)
     return tf.minimum(tf.reduce_min(x, axis=axis), 0.0), tf.maximum(tf.reduce_max(x, axis=axis), 0.0)
-
-
-def _symmetric_range(lo, hi, bits):
-    """The range whose TensorFlow fake quantization gives the symmetric codes of [lo, hi]: scale
-    max(|lo|, |hi|) / (2^(b-1) - 1), codes -2^(b-1)..2^(b-1) - 1 (the op's NudgeRange, same float32 steps)."""
-    top = float(2 ** (bits - 1) - 1)
-    step = tf.maximum(tf.abs(lo), tf.abs(hi)) / top
-    return -((top + 1.0) * step), top * step
 
 
 def _layer_lut(table, name):
@@ -145,12 +141,13 @@ class _FakeApproxMixin:
         weight_quantization="per_tensor",
         input_scheme=None,
         weight_scheme=None,
+        gradient="ste",
         table_in_weights=False,
         signed_products=False,
         **kwargs,
     ):
         _check_approx_args(num_bits, range_mode, ema_decay, weight_bits, weight_quantization, input_scheme,
-                           weight_scheme)
+                           weight_scheme, gradient)
         if table_in_weights:
             # Loading a saved layer: its table comes with its weights (the file may be long gone).
             if not isinstance(mul_map_file, str):
@@ -167,6 +164,7 @@ class _FakeApproxMixin:
         self.num_bits = num_bits
         self.weight_bits = num_bits if weight_bits is None else weight_bits
         self.weight_quantization = weight_quantization
+        self.gradient = gradient
         # A signed multiplier (int16 products of signed codes) quantizes symmetrically by default:
         # codes -2^(b-1)..2^(b-1) - 1 with zero point 0, indexing the table by their bytes.
         self.signed_products = signed
@@ -234,6 +232,7 @@ class _FakeApproxMixin:
             "weight_quantization": self.weight_quantization,
             "input_scheme": self.input_scheme,
             "weight_scheme": self.weight_scheme,
+            "gradient": self.gradient,
             "signed_products": self.signed_products,
             "table_in_weights": True,
         }
@@ -378,9 +377,9 @@ class _FakeApproxMixin:
         per_channel = self.weight_quantization == "per_channel"
         k_min, k_max = _range_with_zero(k, axis=[0, 1, 2] if per_channel else None)
         if training:
-            x_lo, x_hi = (x_min, x_max) if self.input_scheme == "asymmetric" else _symmetric_range(
+            x_lo, x_hi = (x_min, x_max) if self.input_scheme == "asymmetric" else symmetric_range(
                 x_min, x_max, self.num_bits)
-            k_lo, k_hi = (k_min, k_max) if self.weight_scheme == "asymmetric" else _symmetric_range(
+            k_lo, k_hi = (k_min, k_max) if self.weight_scheme == "asymmetric" else symmetric_range(
                 k_min, k_max, self.weight_bits)
             x = tf.quantization.fake_quant_with_min_max_vars(x, x_lo, x_hi, num_bits=self.num_bits)
             fq_kernel = (tf.quantization.fake_quant_with_min_max_vars_per_channel if per_channel
@@ -405,6 +404,7 @@ class _FakeApproxMixin:
             filter_num_bits=self.weight_bits,
             input_scheme=self.input_scheme,
             filter_scheme=self.weight_scheme,
+            gradient=self.gradient,
             padding=padding,
             data_format=data_format,
             dilations=dilations,
@@ -453,6 +453,9 @@ class FakeApproxConv2D(_FakeApproxMixin, keras.layers.Conv2D):
       input_scheme, weight_scheme: None (from the table: "symmetric" for signed products, signed codes
         with zero point 0; "asymmetric" for unsigned ones, TensorFlow's codes) or either explicitly,
         e.g. unsigned activations with signed weights.
+      gradient: "ste" (straight-through: the accurate layer's gradient at the fake-quantized values)
+        or "table" (the derivatives of the multiplier's table; tensorflow_approx/python/ops/
+        table_gradient.py says how, and what it costs).
 
     Input: [batch, height, width, channels] (channels_last) or [batch, channels, height, width],
     any float dtype policy. Output: as keras Conv2D, in the layer's compute dtype. Kernel:

@@ -18,7 +18,7 @@ from tensorflow_approx.testing.reference import exact_table, write_table
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
 APPROX_KEYS = ("num_bits", "mul_map_file", "range_mode", "ema_decay", "table_in_weights", "weight_bits",
-               "weight_quantization", "input_scheme", "weight_scheme", "signed_products")
+               "weight_quantization", "input_scheme", "weight_scheme", "gradient", "signed_products")
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tensorflow_approx.python.ops.table_gradient import table_gradient
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIBRARY_NAME = "_approx_conv_ops.so"
 
@@ -143,6 +145,7 @@ def lut_values(table, name="table"):
 
 
 SCHEMES = ("asymmetric", "symmetric")
+GRADIENTS = ("ste", "table")
 
 
 def approx_conv2d_with_table(
@@ -163,6 +166,7 @@ def approx_conv2d_with_table(
     filter_num_bits=None,
     input_scheme="asymmetric",
     filter_scheme="asymmetric",
+    gradient="ste",
 ):
     """approx_conv2d_with_min_max_vars with the multiplier as a tensor (ApproxConv2DWithTable).
 
@@ -181,6 +185,8 @@ def approx_conv2d_with_table(
       filter_min, filter_max: scalars, or vectors of the filter's out_depth values: a range per output
         channel (as tf.quantization.fake_quant_with_min_max_vars_per_channel, in the filter's scheme).
         Per-channel ranges run on the CPU for now (the GPU kernel refuses them with an error).
+      gradient: "ste" (the accurate convolution's gradient at the operands, straight-through) or
+        "table" (the derivatives of the table itself; tensorflow_approx/python/ops/table_gradient.py).
 
     Returns:
       The output tensor, of input's dtype, in data_format.
@@ -197,9 +203,11 @@ def approx_conv2d_with_table(
     for arg, scheme in (("input_scheme", input_scheme), ("filter_scheme", filter_scheme)):
         if scheme not in SCHEMES:
             raise ValueError(f"{arg} must be one of {SCHEMES}, got {scheme!r}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     return _ops.approx_conv2d_with_table(
         table=table, filter_num_bits=-1 if filter_num_bits is None else filter_num_bits,
-        input_scheme=input_scheme, filter_scheme=filter_scheme, **args)
+        input_scheme=input_scheme, filter_scheme=filter_scheme, gradient=gradient, **args)
 
 
 def approx_conv2d_with_min_max_vars(
@@ -277,14 +285,10 @@ def _same_padding(size, k, stride, dilation):
     return needed // 2, needed - needed // 2
 
 
-def _patch_conv2d(x, w, strides, padding, explicit, dilations):
-    """The accurate NHWC conv2d as zero padding + patch extraction + einsum.
-
-    Any groups and dilations, on every device; the filter's shape must be known statically, the
-    input's need not be. Used to differentiate the configurations whose backprop kernels TensorFlow
-    lacks on the CPU (grouped with dilation or with several channels per group, dilated).
-    """
-    kh, kw, cg, cout = w.shape
+def _patches(x, filter_shape, strides, padding, explicit, dilations, pad_value=0):
+    """The NHWC convolution's input patches, [n, ho, wo, kh, kw, groups, cg], the padding holding
+    pad_value; the filter's shape [kh, kw, cg, cout] must be known statically."""
+    kh, kw, cg, _ = filter_shape
     if padding == "SAME":
         shape = tf.shape(x)
         top, bottom = _same_padding(shape[1], kh, strides[1], dilations[1])
@@ -295,11 +299,25 @@ def _patch_conv2d(x, w, strides, padding, explicit, dilations):
     else:
         pads = [[0, 0]] * 4
     patches = tf.image.extract_patches(
-        tf.pad(x, pads), sizes=[1, kh, kw, 1], strides=strides, rates=dilations, padding="VALID"
+        tf.pad(x, pads, constant_values=pad_value), sizes=[1, kh, kw, 1], strides=strides, rates=dilations,
+        padding="VALID"
     )
     groups = tf.shape(x)[-1] // cg
     n, ho, wo = tf.shape(patches)[0], tf.shape(patches)[1], tf.shape(patches)[2]
-    patches = tf.reshape(patches, [n, ho, wo, kh, kw, groups, cg])
+    return tf.reshape(patches, [n, ho, wo, kh, kw, groups, cg])
+
+
+def _patch_conv2d(x, w, strides, padding, explicit, dilations):
+    """The accurate NHWC conv2d as zero padding + patch extraction + einsum.
+
+    Any groups and dilations, on every device; the filter's shape must be known statically, the
+    input's need not be. Used to differentiate the configurations whose backprop kernels TensorFlow
+    lacks on the CPU (grouped with dilation or with several channels per group, dilated).
+    """
+    kh, kw, cg, cout = w.shape
+    patches = _patches(x, w.shape, strides, padding, explicit, dilations)
+    groups = tf.shape(patches)[5]
+    n, ho, wo = tf.shape(patches)[0], tf.shape(patches)[1], tf.shape(patches)[2]
     filters = tf.reshape(w, [kh, kw, cg, groups, cout // groups])
     y = tf.einsum("nhwijgc,ijcgo->nhwgo", patches, filters)
     return tf.reshape(y, [n, ho, wo, cout])
@@ -308,6 +326,37 @@ def _patch_conv2d(x, w, strides, padding, explicit, dilations):
 def _attr(op, name):
     value = op.get_attr(name)
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _nhwc_geometry(op):
+    """(strides, dilations, padding, explicit_paddings) of the op in NHWC terms."""
+    strides = list(op.get_attr("strides"))
+    dilations = list(op.get_attr("dilations"))
+    explicit = list(op.get_attr("explicit_paddings"))
+    if _attr(op, "data_format") == "NCHW":
+        strides, dilations = _to_nhwc(strides), _to_nhwc(dilations)
+        if explicit:
+            explicit = explicit[0:2] + explicit[4:8] + explicit[2:4]
+    return strides, dilations, _attr(op, "padding"), explicit
+
+
+def _to_nhwc_tensors(op, *tensors):
+    """The op's 4-D tensors (input, output gradient) in NHWC."""
+    if _attr(op, "data_format") == "NCHW":
+        return tuple(tf.transpose(t, [0, 2, 3, 1]) for t in tensors)
+    return tensors
+
+
+def _conv_grad(op, grad):
+    """The registered gradient: straight-through, or the table's own for gradient="table"."""
+    if op.type == "ApproxConv2DWithTable" and _attr(op, "gradient") == "table":
+        strides, dilations, padding, explicit = _nhwc_geometry(op)
+        return table_gradient(
+            op, grad,
+            patches_of=lambda t, pad_value: _patches(t, op.inputs[1].shape, strides, padding, explicit, dilations,
+                                                     pad_value),
+            to_nhwc=lambda *tensors: _to_nhwc_tensors(op, *tensors))
+    return _straight_through_grad(op, grad)
 
 
 def _straight_through_grad(op, grad):
@@ -319,18 +368,10 @@ def _straight_through_grad(op, grad):
     go through the patch formulation instead. When the channel counts are not known statically
     (e.g. a tf.function traced with TensorSpec([None] * 4)), the choice is made at run time.
     """
-    x, w = op.inputs[0], op.inputs[1]
-    strides = list(op.get_attr("strides"))
-    dilations = list(op.get_attr("dilations"))
-    padding = _attr(op, "padding")
-    explicit = list(op.get_attr("explicit_paddings"))
+    w = op.inputs[1]
+    x, grad = _to_nhwc_tensors(op, op.inputs[0], grad)
+    strides, dilations, padding, explicit = _nhwc_geometry(op)
     data_format = _attr(op, "data_format")
-    if data_format == "NCHW":
-        x = tf.transpose(x, [0, 2, 3, 1])
-        grad = tf.transpose(grad, [0, 2, 3, 1])
-        strides, dilations = _to_nhwc(strides), _to_nhwc(dilations)
-        if explicit:
-            explicit = explicit[0:2] + explicit[4:8] + explicit[2:4]
     kwargs = dict(strides=strides, padding=padding, explicit_paddings=explicit, data_format="NHWC")
     dilated = dilations != [1, 1, 1, 1]
 
@@ -396,5 +437,5 @@ def _straight_through_grad(op, grad):
     return [grad_input, grad_filter] + [None] * (len(op.inputs) - 2)
 
 
-tf.RegisterGradient("ApproxConv2DWithMinMaxVars")(_straight_through_grad)
-tf.RegisterGradient("ApproxConv2DWithTable")(_straight_through_grad)
+tf.RegisterGradient("ApproxConv2DWithMinMaxVars")(_conv_grad)
+tf.RegisterGradient("ApproxConv2DWithTable")(_conv_grad)
