@@ -55,16 +55,18 @@ ParallelFor SerialFor();
 void ReferenceConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
                              int64_t* acc, int64_t* act_sum);
 
-// Which instructions the fast CPU kernel may use: kBest takes AVX-512BW table-row permutes when the
-// processor has them (checked at run time), kPortable keeps to plain C++ (the tests run both).
-enum class CpuIsa { kBest, kPortable };
+// Which instructions the fast CPU kernel may use: kBest the best the processor has (checked at run time:
+// AVX-512BW table permutes, the column path's byte-plane kernel with VBMI), kAvx512Bw no VBMI (the
+// column path's word kernel, for processors without it), kPortable plain C++ (the tests run all three).
+enum class CpuIsa { kBest, kAvx512Bw, kPortable };
 
 // The fast CPU kernel: lookups over a gathered patch, parallel over output pixels.
 void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
                        const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                        CpuIsa isa = CpuIsa::kBest);
 
-// What CpuConvAccumulate runs for this shape: "avx512-columns", "avx512-rows" or "portable".
+// What CpuConvAccumulate runs for this shape: "avx512vbmi-columns", "avx512-columns", "avx512-rows" or
+// "portable".
 const char* CpuKernelName(const ConvShape& shape, CpuIsa isa = CpuIsa::kBest);
 
 // sum over taps of the filter codes of each output channel (the same for every output pixel).

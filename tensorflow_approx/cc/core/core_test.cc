@@ -99,7 +99,7 @@ Case RandomCase(std::mt19937& rng) {
   return c;
 }
 
-// Runs the reference and the fast kernel (both instruction sets) on pixels [begin, end) and expects
+// Runs the reference and the fast kernel (every instruction set choice) on pixels [begin, end) and expects
 // identical sums. Returns the reference's acc.
 std::vector<int64_t> ExpectKernelsAgree(const QuantizedConv& conv, int64_t begin, int64_t end,
                                         const ParallelFor& parallel_for, const std::string& name) {
@@ -108,7 +108,7 @@ std::vector<int64_t> ExpectKernelsAgree(const QuantizedConv& conv, int64_t begin
   std::vector<int64_t> ref_acc(n * s.out_depth, -1), ref_sum(n * s.groups(), -1);
   std::vector<int64_t> fast_acc(n * s.out_depth), fast_sum(n * s.groups());
   ReferenceConvAccumulate(conv, begin, end, ref_acc.data(), ref_sum.data());
-  for (CpuIsa isa : {CpuIsa::kBest, CpuIsa::kPortable}) {
+  for (CpuIsa isa : {CpuIsa::kBest, CpuIsa::kAvx512Bw, CpuIsa::kPortable}) {
     std::fill(fast_acc.begin(), fast_acc.end(), -7);
     std::fill(fast_sum.begin(), fast_sum.end(), -7);
     CpuConvAccumulate(conv, begin, end, parallel_for, fast_acc.data(), fast_sum.data(), isa);
@@ -254,6 +254,69 @@ void TestLargeSumsEveryCpuPath() {
   ExpectLargeSums(7, 1, 4681, 1, 130, max_lut, rng);  // three permute passes
   ExpectLargeSums(7, 1, 4681, 2, 47, max_lut, rng);
   ExpectLargeSums(7, 1, 4681, 1, 47, near_max, rng);
+}
+
+// The column path (at most 32 output channels per group) on layers of many pixels: several chunks of
+// its 256 pixels and a short last one, sub-ranges that start and end mid-chunk, tap counts around
+// the 257 whose sums of bytes fill its 16-bit lanes (1, 27, 144, 257, 258, 288, 600), groups,
+// strides, dilations and padding (with a zero code of 0 and of 200, bit 7 set). Codes spread over
+// 0..255 with half of them the zero code, or all at least 128; tables random, of 65535 only (every
+// partial sum at its largest) and within 500 of it.
+void TestColumnPathMatchesReference() {
+  struct Layer {
+    int64_t batch, h, w, kh, kw, depth, groups, out_per_group, stride, dilation;
+    Padding padding;
+  };
+  const Layer layers[] = {
+      {2, 19, 23, 3, 3, 16, 1, 16, 1, 1, Padding::kSame},    // 874 pixels, 144 taps
+      {1, 11, 13, 3, 3, 32, 1, 32, 1, 1, Padding::kSame},    // 288 taps: two spans of 16-bit sums
+      {3, 9, 10, 1, 1, 257, 1, 5, 1, 1, Padding::kValid},    // 257 taps: the 16-bit lanes full
+      {2, 8, 9, 1, 2, 129, 1, 3, 1, 1, Padding::kSame},      // 258 taps
+      {2, 17, 15, 3, 3, 3, 1, 16, 2, 1, Padding::kSame},     // 27 taps, stride 2
+      {2, 12, 12, 3, 3, 8, 2, 16, 1, 2, Padding::kSame},     // 2 groups, dilation 2
+      {1, 20, 21, 5, 5, 24, 1, 31, 1, 1, Padding::kValid},   // 600 taps
+      {2, 14, 14, 3, 3, 1, 24, 1, 1, 1, Padding::kSame},     // depthwise
+      {1, 31, 30, 2, 3, 4, 3, 9, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
+      {1, 1, 300, 1, 1, 1, 1, 7, 1, 1, Padding::kValid},     // 1 tap
+  };
+  std::mt19937 rng(321);
+  Lut random_lut;
+  for (auto& v : random_lut) v = static_cast<uint16_t>(rng());
+  const Lut max_lut = NearMaxLut(rng, 0), near_max = NearMaxLut(rng, 500);
+  for (const Layer& l : layers) {
+    ConvAttrs attrs;
+    attrs.strides = {1, l.stride, l.stride, 1};
+    attrs.dilations = {1, l.dilation, l.dilation, 1};
+    attrs.padding = l.padding;
+    if (l.padding == Padding::kExplicit) attrs.explicit_paddings = {0, 0, 2, 1, 0, 3, 0, 0};
+    const int64_t input_dims[4] = {l.batch, l.h, l.w, l.depth * l.groups};
+    const int64_t filter_dims[4] = {l.kh, l.kw, l.depth, l.groups * l.out_per_group};
+    ConvShape s;
+    const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
+    EXPECT(error.empty(), "%s", error.c_str());
+    if (__builtin_cpu_supports("avx512bw")) {
+      EXPECT(Contains(CpuKernelName(s), "columns"), "%s", CpuKernelName(s));
+    }
+    std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : filter) v = static_cast<uint8_t>(rng());
+    for (int variant = 0; variant < 6; ++variant) {
+      const bool high = variant % 2;
+      const uint8_t zero_code = variant / 2 % 2 ? 200 : 0;
+      for (auto& v : input) {
+        const uint8_t code = static_cast<uint8_t>(rng());
+        v = high ? code | 128 : rng() % 2 ? zero_code : code;
+      }
+      const Lut* luts[] = {&random_lut, &max_lut, &near_max};
+      const QuantizedConv conv{s, input.data(), filter.data(), zero_code, luts[variant % 3]->data()};
+      const int64_t pixels = s.out_pixels();
+      char name[160];
+      std::snprintf(name, sizeof(name), "columns: %lldx%lldx%lld taps, %lld groups x %lld, variant %d",
+                    (long long)l.kh, (long long)l.kw, (long long)l.depth, (long long)l.groups,
+                    (long long)l.out_per_group, variant);
+      ExpectKernelsAgree(conv, 0, pixels, ThreadedFor(2), name);
+      ExpectKernelsAgree(conv, pixels / 3 + 1, pixels - pixels / 5, ThreadedFor(3), name);
+    }
+  }
 }
 
 // The exact table and scale 1 / zero point 0: the integer sum is the ordinary integer convolution,
@@ -574,6 +637,7 @@ int main() {
   tfapprox::TestLargeKExactSum();
   tfapprox::TestQuantizeCodesVectorized();
   tfapprox::TestLargeSumsEveryCpuPath();
+  tfapprox::TestColumnPathMatchesReference();
   tfapprox::TestWholeOpExactSums();
   tfapprox::TestFastKernelMatchesReference();
   tfapprox::TestPipelineKernelsAgree<float>();
