@@ -165,6 +165,15 @@ def scheme_codes(x, lo, hi, num_bits, symmetric=False, narrow_range=False):
     return codes - shift, scale, np.where(scale == 0, 0, zp - shift).astype(np.int64)
 
 
+def byte_products(fn, signed_a, signed_w):
+    """fn(a, w) over every (activation byte, weight byte) as a table, entry (a << 8) | w: int64[65536],
+    the bytes read as two's-complement int8 values where signed."""
+    codes = np.arange(256)
+    a = codes - 256 * (codes >= 128) if signed_a else codes
+    w = codes - 256 * (codes >= 128) if signed_w else codes
+    return fn(a[:, None], w[None, :]).reshape(-1).astype(np.int64)
+
+
 def signed_products(table):
     """The int64 products of a signed or mixed table held as uint16 bit patterns (int16 values)."""
     t = np.asarray(table).astype(np.int64).reshape(-1)

@@ -34,28 +34,17 @@ struct QuantParams {
 // which read the ranges on the device, make every output NaN instead.
 enum RangeError : int { kRangeOk = 0, kRangeNotFinite, kRangeReversed, kRangeZeroWidth };
 
-// The float32 helpers of NudgeRange, the same roundings on the host and the device.
-TFAPPROX_HOST_DEVICE inline float FloorF(float x) {
+// Float32 helpers with the same roundings on the host and the device (nvcc compiles each branch for its
+// own side).
 #if defined(__CUDA_ARCH__)
-  return floorf(x);
+TFAPPROX_HOST_DEVICE inline float FloorF(float x) { return floorf(x); }
+TFAPPROX_HOST_DEVICE inline float RoundF(float x) { return roundf(x); }  // halfway cases away from zero
+TFAPPROX_HOST_DEVICE inline bool IsFiniteF(float x) { return isfinite(x); }
 #else
-  return __builtin_floorf(x);
+TFAPPROX_HOST_DEVICE inline float FloorF(float x) { return __builtin_floorf(x); }
+TFAPPROX_HOST_DEVICE inline float RoundF(float x) { return __builtin_roundf(x); }  // as std::round
+TFAPPROX_HOST_DEVICE inline bool IsFiniteF(float x) { return __builtin_isfinite(x); }
 #endif
-}
-TFAPPROX_HOST_DEVICE inline float RoundF(float x) {  // halfway cases away from zero, as std::round
-#if defined(__CUDA_ARCH__)
-  return roundf(x);
-#else
-  return __builtin_roundf(x);
-#endif
-}
-TFAPPROX_HOST_DEVICE inline bool IsFiniteF(float x) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(x);
-#else
-  return __builtin_isfinite(x);
-#endif
-}
 
 // The nudged range of [min, max] for num_bits (in [kMinNumBits, kMaxNumBits]), TensorFlow's Nudge() step
 // for step, in float32. Symmetric: signed codes -2^(b-1)..2^(b-1) - 1, scale max(|min|, |max|) /
@@ -130,11 +119,7 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
   clamped = clamped < q.nudged_max ? clamped : q.nudged_max;
   const float shifted = clamped - q.nudged_min;
   float code = shifted / q.scale - q.quant_zero + 0.5f;
-#if defined(__CUDA_ARCH__)
-  code = floorf(code) + q.quant_zero;
-#else
-  code = __builtin_floorf(code) + q.quant_zero;
-#endif
+  code = FloorF(code) + q.quant_zero;
   code = code < 0.f ? 0.f : code;
   code = code > static_cast<float>(q.quant_max) ? static_cast<float>(q.quant_max) : code;
   return static_cast<uint8_t>(code);

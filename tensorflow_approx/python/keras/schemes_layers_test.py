@@ -20,12 +20,6 @@ def _seed():
     keras.utils.set_random_seed(99)
 
 
-def byte_products(fn, signed_a, signed_w):
-    """fn(a, w) over every (activation byte, weight byte), values read as signed where asked: int64."""
-    codes = np.arange(256)
-    a = codes - 256 * (codes >= 128) if signed_a else codes
-    w = codes - 256 * (codes >= 128) if signed_w else codes
-    return fn(a[:, None], w[None, :]).reshape(-1).astype(np.int64)
 
 
 def truncating(a, w):
@@ -62,14 +56,14 @@ def test_signed_multiplier_layer_is_symmetric_and_matches_the_model(per_channel)
     assert layer.signed_products and layer.input_scheme == layer.weight_scheme == "symmetric"
     x = inputs()
     got = layer(x, training=False).numpy()
-    want = model_output(layer, x, (True, True), per_channel, products=byte_products(truncating, True, True))
+    want = model_output(layer, x, (True, True), per_channel, products=ref.byte_products(truncating, True, True))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_mixed_signedness_and_code_widths(per_channel):
     """Unsigned activations x signed 4-bit weights: a table indexed by (unsigned byte, signed byte)."""
-    products = byte_products(np.multiply, False, True)
+    products = ref.byte_products(np.multiply, False, True)
     layer = conv_layer(products.astype(np.int16), input_scheme="asymmetric", weight_scheme="symmetric",
                        weight_bits=4, weight_quantization="per_channel" if per_channel else "per_tensor")
     x = np.maximum(inputs(), 0)
@@ -132,7 +126,7 @@ def test_set_multiplier_keeps_signedness():
     signed = conv_layer(mx.from_function(truncating, name="trunc_s", signed=True))
     signed.set_multiplier(mx.from_function(np.multiply, name="exact_s", signed=True))  # same signedness: fine
     x = inputs()
-    want = model_output(signed, x, (True, True), False, products=byte_products(np.multiply, True, True))
+    want = model_output(signed, x, (True, True), False, products=ref.byte_products(np.multiply, True, True))
     np.testing.assert_allclose(signed(x, training=False).numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
@@ -146,7 +140,7 @@ def test_approximate_model_takes_the_scheme():
                 layer.input_scheme) == (True, "per_channel", 7, "symmetric")
     x = inputs()
     c = approx.get_layer("c")
-    want = model_output(c, x, (True, True), True, bits=(8, 7), products=byte_products(truncating, True, True))
+    want = model_output(c, x, (True, True), True, bits=(8, 7), products=ref.byte_products(truncating, True, True))
     got = c(x, training=False).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
@@ -163,5 +157,5 @@ def test_a_signed_c_multiplier_runs_through_the_layers(tmp_path):
     assert m.signed
     layer = conv_layer(m, weight_quantization="per_channel")
     x = inputs()
-    want = model_output(layer, x, (True, True), True, products=byte_products(truncating, True, True))
+    want = model_output(layer, x, (True, True), True, products=ref.byte_products(truncating, True, True))
     np.testing.assert_allclose(layer(x, training=False).numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -13,12 +13,6 @@ import tensorflow_approx as ta
 from tensorflow_approx.testing import reference as ref
 
 
-def byte_products(fn, signed_a, signed_w):
-    """fn(a, w) over every (activation byte, weight byte), values read as signed where asked: int64."""
-    codes = np.arange(256)
-    a = codes - 256 * (codes >= 128) if signed_a else codes
-    w = codes - 256 * (codes >= 128) if signed_w else codes
-    return fn(a[:, None], w[None, :]).reshape(-1).astype(np.int64)
 
 
 def run_op(x, f, in_range, f_range, products, bits, schemes, **kwargs):
@@ -49,7 +43,7 @@ def test_schemes_match_the_numpy_model(symmetric, bits, kind):
     in_range, f_range = (-1.7, 2.9), (float(f.min()), float(f.max()))
     signed_products = any(symmetric)
     if kind == "exact":
-        products = byte_products(np.multiply, *symmetric)
+        products = ref.byte_products(np.multiply, *symmetric)
     else:
         lo, hi = (-32768, 32768) if signed_products else (0, 65536)
         products = rng.integers(lo, hi, 65536).astype(np.int64)
@@ -70,7 +64,7 @@ def test_symmetric_codes_really_are_signed_and_index_by_bytes():
     """A table whose entry is its own activation byte: the output exposes the codes' bytes."""
     x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], np.float32).reshape(1, 1, 5, 1)
     f = np.ones((1, 1, 1, 1), np.float32)
-    products = byte_products(lambda a, w: (a & 0xFF) + 0 * w, True, True)  # = the activation byte
+    products = ref.byte_products(lambda a, w: (a & 0xFF) + 0 * w, True, True)  # = the activation byte
     out = run_op(x, f, (-1.0, 1.0), (-1.0, 1.0), products, (8, 8), ("symmetric", "symmetric"))
     # Codes -127, -63, 0, 64, 127 (scale 1/127; halves round up, as TensorFlow's): bytes 129, 193, 0,
     # 64, 127; the filter's code is 127 (value 1), the output byte * (1/127)^2.
@@ -105,7 +99,7 @@ def test_per_channel_filter_ranges_match_the_numpy_model(symmetric_filter, kind)
     f = (rng.normal(0, 1, (3, 3, 3, 4)) * np.array([0.01, 0.1, 1.0, 10.0])).astype(np.float32)
     lo, hi = f.min(axis=(0, 1, 2)), f.max(axis=(0, 1, 2))
     schemes = ("asymmetric", "symmetric" if symmetric_filter else "asymmetric")
-    products = (byte_products(np.multiply, False, symmetric_filter) if kind == "exact"
+    products = (ref.byte_products(np.multiply, False, symmetric_filter) if kind == "exact"
                 else rng.integers(-32768 if symmetric_filter else 0, 32768 if symmetric_filter else 65536,
                                   65536).astype(np.int64))
     got = run_op(x, f, (0.0, float(x.max())), (lo, hi), products, (8, 8), schemes)
@@ -126,7 +120,7 @@ def test_per_channel_ranges_beat_per_tensor_on_unequal_channels():
     rng = np.random.default_rng(3)
     x = rng.uniform(0, 1, (1, 6, 6, 2)).astype(np.float32)
     f = (rng.normal(0, 1, (3, 3, 2, 2)) * np.array([0.001, 1.0])).astype(np.float32)
-    exact = byte_products(np.multiply, False, False)
+    exact = ref.byte_products(np.multiply, False, False)
     conv = tf.nn.conv2d(x, f, 1, "SAME").numpy()
     per_tensor = run_op(x, f, (0.0, 1.0), (float(f.min()), float(f.max())), exact, (8, 8), ("asymmetric",) * 2)
     per_channel = run_op(x, f, (0.0, 1.0), (f.min(axis=(0, 1, 2)), f.max(axis=(0, 1, 2))), exact, (8, 8),

@@ -11,11 +11,6 @@ from tensorflow_approx.python.ops.table_gradient import HALF_WINDOW
 from tensorflow_approx.testing import reference as ref
 
 
-def byte_products(fn, signed_a, signed_w):
-    codes = np.arange(256)
-    a = codes - 256 * (codes >= 128) if signed_a else codes
-    w = codes - 256 * (codes >= 128) if signed_w else codes
-    return fn(a[:, None], w[None, :]).reshape(-1).astype(np.int64)
 
 
 def grads(x, f, in_range, f_range, table, dy, gradient, **kwargs):
@@ -41,7 +36,7 @@ def test_table_gradient_matches_the_numpy_model(symmetric, bits, per_channel, st
     f = rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32)
     # An approximate table that underestimates by a quarter, in steps, plus noise: its derivatives are
     # not the exact product's.
-    products = byte_products(lambda a, w: (3 * a * w) // 4 // 3 * 3, *symmetric) + rng.integers(0, 40, 65536)
+    products = ref.byte_products(lambda a, w: (3 * a * w) // 4 // 3 * 3, *symmetric) + rng.integers(0, 40, 65536)
     products = np.clip(products, -32768, 32767) if signed else np.clip(products, 0, 65535)
     table = products.astype(np.int16 if signed else np.uint16)
     in_range = (-1.0, 2.5)
