@@ -27,9 +27,11 @@ range so that real 0 is a code; for a range that does not contain 0 the nudge sl
 quantization-aware training we include 0 first. For ranges that already contain 0 (ReLU outputs,
 images in [0, 1], kernels) this is the raw min/max of the data, as in the seed.
 
-Gradients are straight-through: in training calls (training=True, as Keras' fit makes them) input
-and kernel pass through tf.quantization.fake_quant_with_min_max_vars (gradient 1 inside the range,
-0 outside) and the op's gradient is the accurate convolution's at the fake-quantized values. Ranges
+Gradients are straight-through by default: in training calls (training=True, as Keras' fit makes
+them) input and kernel pass through tf.quantization.fake_quant_with_min_max_vars (gradient 1 inside
+the range, 0 outside) and the op's gradient is the accurate convolution's at the fake-quantized
+values; gradient="table" takes the derivatives of the multiplier's table there instead
+(tensorflow_approx/python/ops/table_gradient.py). Ranges
 get no gradient. Other calls are inference: the op gets the raw operands and quantizes them itself
 (same codes, no second pass), so a custom training loop must pass training=True to get the
 clipping of fake quantization in its gradients.
