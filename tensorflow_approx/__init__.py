@@ -16,7 +16,7 @@ import sys
 __version__ = "0.1.0"
 
 # Submodules reachable as attributes without an import statement.
-_SUBMODULES = ("layers", "multipliers")
+_SUBMODULES = ("explore", "layers", "multipliers")
 
 _EXPORTS = {
     "approx_conv2d_with_min_max_vars": "tensorflow_approx.python.ops.approx_conv_ops",

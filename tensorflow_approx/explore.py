@@ -1,0 +1,180 @@
+"""Design-space exploration, first pieces: which multiplier in which layer, and what it costs.
+
+    store = explore.ResultStore("results.sqlite")
+    evaluator = explore.Evaluator(model, x_val, y_val, store=store)
+    rows = explore.sensitivity(evaluator, {"drum4": mx.get("drum4"), "mul8u_L40": "mul8u_L40.bin"})
+
+- `Evaluator` copies the trained model once with every Conv2D / DepthwiseConv2D / Dense approximate
+  (the exact product in each), compiles it once, and evaluates an assignment {layer name: table} by
+  swapping tables in place (`set_multiplier`): no rebuild and no retrace per candidate. Layers left out
+  of an assignment compute with the exact product (8-bit quantization alone), the baseline of the
+  search.
+- `ResultStore` writes every evaluated assignment to SQLite, keyed by the model (its configuration
+  and weights), the data and the assignment, so an interrupted run resumes where it stopped and a
+  candidate seen before is never evaluated again.
+- `sensitivity` evaluates each layer with each multiplier alone, beside the layer's MACs per image.
+"""
+
+import hashlib
+import json
+import sqlite3
+import time
+
+import keras
+import numpy as np
+
+from tensorflow_approx.python.keras.convert import approximate_model
+from tensorflow_approx.python.keras.layers import approx_layers
+from tensorflow_approx.python.ops.approx_conv_ops import lut_values
+
+__all__ = ["Evaluator", "ResultStore", "layer_macs", "sensitivity"]
+
+
+def layer_macs(layer):
+    """Multiplications of one image through a built Conv2D / DepthwiseConv2D / Dense (or approximate)
+    layer: one per output element and kernel tap of its group."""
+    outputs = int(np.prod(layer.output.shape[1:]))
+    kernel = layer.kernel.shape
+    if isinstance(layer, keras.layers.Dense):
+        return outputs * int(kernel[0])
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return outputs * int(kernel[0]) * int(kernel[1])
+    return outputs * int(kernel[0]) * int(kernel[1]) * int(kernel[2])
+
+
+def _digest(*parts):
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _table_digest(values):
+    """Identity of a table's contents (values as lut_values returns them)."""
+    return _digest(values.dtype.str, values.tobytes())[:20]
+
+
+_EXACT_DIGEST = _table_digest(lut_values("")[0])  # a layer with the exact product is the baseline
+
+
+def model_key(model):
+    """A digest of the model's architecture and weights: a retrained model is another model."""
+    return _digest(json.dumps(model.get_config(), sort_keys=True, default=str),
+                   *(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))
+
+
+def data_key(x, y):
+    return _digest(np.ascontiguousarray(x).tobytes(), np.ascontiguousarray(y).tobytes(), x.shape, y.shape)
+
+
+class ResultStore:
+    """Evaluated assignments in a SQLite file (":memory:" for none), one row per (model, data,
+    assignment). Writes are committed one by one, so a killed run loses at most the candidate it was
+    evaluating."""
+
+    def __init__(self, path):
+        self.path = path
+        self._db = sqlite3.connect(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS results (model TEXT NOT NULL, data TEXT NOT NULL, "
+            "assignment TEXT NOT NULL, accuracy REAL NOT NULL, seconds REAL NOT NULL, "
+            "PRIMARY KEY (model, data, assignment))")
+        self._db.commit()
+
+    def get(self, model, data, assignment):
+        row = self._db.execute("SELECT accuracy FROM results WHERE model = ? AND data = ? AND assignment = ?",
+                               (model, data, assignment)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, model, data, assignment, accuracy, seconds):
+        self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                         (model, data, assignment, float(accuracy), float(seconds)))
+        self._db.commit()
+
+    def count(self, model=None, data=None):
+        query, args = "SELECT COUNT(*) FROM results", []
+        if model is not None:
+            query, args = query + " WHERE model = ? AND data = ?", [model, data]
+        return self._db.execute(query, args).fetchone()[0]
+
+    def close(self):
+        self._db.close()
+
+
+class Evaluator:
+    """Accuracy of assignments {layer name: table} on (x, y), one compiled approximate model.
+
+    model: a trained functional or Sequential keras model with a classification output (sparse labels
+    y); tables: anything `set_multiplier` takes (a Multiplier, a path or family name, an array);
+    store: a ResultStore or None; layer_kwargs: approximate_model's (num_bits, range_mode, schemes).
+    """
+
+    def __init__(self, model, x, y, store=None, batch_size=256, **layer_kwargs):
+        self.approx = approximate_model(model, "", **layer_kwargs)
+        self.layers = {layer.name: layer for layer in approx_layers(self.approx)}
+        self.macs = {name: layer_macs(layer) for name, layer in self.layers.items()}
+        self.approx.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.store = store
+        self.keys = (model_key(model), data_key(x, y))
+        self.evaluations = 0  # candidates evaluated by this object (not found in the store)
+        self._current = {}  # layer -> digest of its table now (absent: the exact product)
+
+    def accuracy(self, assignment):
+        """assignment: {layer name: table} (anything set_multiplier takes); the other layers take the
+        exact product. Candidates are keyed by their tables' contents, so the same tables under other
+        names, or a layer given the exact product, are the same candidate."""
+        unknown = sorted(set(assignment) - set(self.layers))
+        if unknown:
+            raise ValueError(f"assignment names layers that are not approximate layers of the model: {unknown}; "
+                             f"they are {sorted(self.layers)}")
+        tables = {}
+        for name, table in assignment.items():
+            values = lut_values(table, f"the table of layer {name!r}")[0]
+            digest = _table_digest(values)
+            if digest != _EXACT_DIGEST:
+                tables[name] = (digest, values)
+        key = json.dumps({name: tables[name][0] for name in sorted(tables)})
+        if self.store is not None:
+            stored = self.store.get(*self.keys, key)
+            if stored is not None:
+                return stored
+        start = time.perf_counter()
+        for name, layer in self.layers.items():
+            digest, values = tables.get(name, (_EXACT_DIGEST, ""))
+            if self._current.get(name, _EXACT_DIGEST) != digest:
+                layer.set_multiplier(values)
+                self._current[name] = digest
+        accuracy = self.approx.evaluate(self.x, self.y, batch_size=self.batch_size, verbose=0)[1]
+        self.evaluations += 1
+        if self.store is not None:
+            self.store.put(*self.keys, key, accuracy, time.perf_counter() - start)
+        return accuracy
+
+
+def _library(library):
+    """{label: table}: a dict as given, or a list of paths / family names labelled by themselves."""
+    if isinstance(library, dict):
+        return dict(library)
+    return {str(entry): entry for entry in library}
+
+
+def sensitivity(evaluator, library, progress=True):
+    """Each layer with each multiplier of `library` alone (the others exact): a list of dicts
+    {layer, multiplier, macs, accuracy, loss} (loss: the exact 8-bit model's accuracy minus this one),
+    layers in the model's order. library: {label: table} or a list of paths / family names."""
+    library = _library(library)
+    for label, table in library.items():
+        lut_values(table, f"library entry {label!r}")  # every table checked before any evaluation
+    baseline = evaluator.accuracy({})
+    bar = keras.utils.Progbar(len(evaluator.layers) * len(library), unit_name="candidate") if progress else None
+    rows = []
+    for name in evaluator.layers:
+        for label, table in library.items():
+            accuracy = evaluator.accuracy({name: table})
+            rows.append(dict(layer=name, multiplier=label, macs=evaluator.macs[name], accuracy=accuracy,
+                             loss=baseline - accuracy))
+            if bar is not None:
+                bar.add(1)
+    return rows

@@ -1,0 +1,99 @@
+"""The exploration's evaluator, results store and per-layer sensitivity."""
+
+import keras
+import numpy as np
+import pytest
+
+import tensorflow_approx as ta
+from tensorflow_approx import explore
+from tensorflow_approx import multipliers as mx
+
+ZEROS = np.zeros(65536, np.uint16)  # a "multiplier" that always answers 0
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (256, 8, 8, 1)).astype(np.float32)
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype(np.int64)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                              keras.layers.DepthwiseConv2D(3, activation="relu", name="dw"),
+                              keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax", name="fc")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=30, verbose=0)
+    return model, x, y
+
+
+def test_layer_macs(trained):
+    model, _, _ = trained
+    macs = {layer.name: explore.layer_macs(layer) for layer in model.layers if hasattr(layer, "kernel")}
+    assert macs == {"conv": 6 * 6 * 4 * 3 * 3 * 1, "dw": 4 * 4 * 4 * 3 * 3, "fc": 2 * 64}
+
+
+def test_swapped_tables_give_what_a_fresh_model_gives(trained):
+    model, x, y = trained
+    evaluator = explore.Evaluator(model, x, y)
+    fresh = ta.approximate_model(model, {"conv": "", "dw": "", "fc": ""})
+    fresh.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert evaluator.accuracy({}) == fresh.evaluate(x, y, verbose=0)[1]
+    fresh = ta.approximate_model(model, {"conv": "", "dw": ZEROS, "fc": mx.get("drum4")})
+    fresh.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    got = evaluator.accuracy({"dw": ZEROS, "fc": mx.get("drum4")})
+    assert got == fresh.evaluate(x, y, verbose=0)[1]
+    assert evaluator.accuracy({}) > got  # the layers really swapped back to the exact product
+    with pytest.raises(ValueError, match=r"not approximate layers of the model: \['nope'\]"):
+        evaluator.accuracy({"nope": "drum4"})
+
+
+def test_sensitivity_rows_and_resume(trained, tmp_path):
+    model, x, y = trained
+    path = str(tmp_path / "results.sqlite")
+    library = {"exact": "", "zeros": ZEROS, "drum4": mx.get("drum4")}
+    evaluator = explore.Evaluator(model, x, y, store=explore.ResultStore(path))
+    rows = explore.sensitivity(evaluator, library, progress=False)
+    assert [(r["layer"], r["multiplier"]) for r in rows] == [(l, m) for l in ("conv", "dw", "fc") for m in library]
+    by = {(r["layer"], r["multiplier"]): r for r in rows}
+    assert all(by[(l, "exact")]["loss"] == 0 for l in ("conv", "dw", "fc"))
+    assert all(by[(l, "zeros")]["loss"] > 0 for l in ("conv", "dw", "fc"))
+    assert evaluator.evaluations == 1 + 3 * 2  # a layer given the exact product is the baseline itself
+    assert evaluator.accuracy({"fc": "drum4"}) == by[("fc", "drum4")]["accuracy"]  # the same table by name
+    assert evaluator.evaluations == 1 + 3 * 2
+    # A new process on the same store evaluates nothing and returns the same rows.
+    again = explore.Evaluator(model, x, y, store=explore.ResultStore(path))
+    assert explore.sensitivity(again, library, progress=False) == rows and again.evaluations == 0
+    # Other data: other keys.
+    other = explore.Evaluator(model, x[:100], y[:100], store=explore.ResultStore(path))
+    explore.sensitivity(other, {"zeros": ZEROS}, progress=False)
+    assert other.evaluations == 1 + 3
+
+
+def test_a_killed_run_resumes_without_repeating(trained, tmp_path, monkeypatch):
+    model, x, y = trained
+    path = str(tmp_path / "results.sqlite")
+    library = {"zeros": ZEROS, "drum4": mx.get("drum4"), "mitchell": mx.get("mitchell")}
+    evaluator = explore.Evaluator(model, x, y, store=explore.ResultStore(path))
+    real_evaluate, calls = evaluator.approx.evaluate, []
+
+    def dies_on_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluator.approx, "evaluate", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        explore.sensitivity(evaluator, library, progress=False)
+    resumed = explore.Evaluator(model, x, y, store=explore.ResultStore(path))
+    rows = explore.sensitivity(resumed, library, progress=False)
+    assert resumed.evaluations == (1 + 9) - 4  # the four finished before the kill are not repeated
+    fresh = explore.Evaluator(model, x, y)
+    assert rows == explore.sensitivity(fresh, library, progress=False)
+
+
+def test_library_entries_are_checked_first(trained):
+    model, x, y = trained
+    evaluator = explore.Evaluator(model, x, y)
+    with pytest.raises(ValueError, match="library entry 'bad'"):
+        explore.sensitivity(evaluator, {"drum4": "drum4", "bad": np.zeros(10)}, progress=False)
+    assert evaluator.evaluations == 0
