@@ -13,6 +13,11 @@
   and weights), the data and the assignment, so an interrupted run resumes where it stopped and a
   candidate seen before is never evaluated again.
 - `sensitivity` evaluates each layer with each multiplier alone, beside the layer's MACs per image.
+- `relative_energy` is the search's cost: sum over layers of MACs x the power of the layer's
+  multiplier, over the same with the exact multiplier's power (published PDK45 power from a
+  METRICS.csv beside EvoApprox tables, or any costs you give).
+- `greedy` (sensitivity-guided) and `nsga2` (pymoo's NSGA-II over per-layer choices) search
+  assignments for accuracy against energy; `pareto_front` keeps the non-dominated points.
 """
 
 import hashlib
@@ -27,7 +32,8 @@ from tensorflow_approx.python.keras.convert import approximate_model
 from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
-__all__ = ["Evaluator", "ResultStore", "layer_macs", "sensitivity"]
+__all__ = ["Evaluator", "ResultStore", "greedy", "layer_macs", "nsga2", "pareto_front", "relative_energy",
+           "sensitivity"]
 
 
 def layer_macs(layer):
@@ -178,3 +184,92 @@ def sensitivity(evaluator, library, progress=True):
             if bar is not None:
                 bar.add(1)
     return rows
+
+
+def relative_energy(assignment, macs, costs, exact_cost):
+    """Multiplication energy of an assignment {layer: label} relative to every layer exact: sum of
+    macs[layer] * costs[label] (exact_cost for layers left out), over sum of macs * exact_cost."""
+    total = sum(macs.values()) * exact_cost
+    return sum(m * costs[assignment[name]] if name in assignment else m * exact_cost
+               for name, m in macs.items()) / total
+
+
+def pareto_front(points):
+    """The points (dicts with "accuracy" and "energy") that no other point beats on both (higher
+    accuracy, lower energy), by energy; duplicates of a point kept once."""
+    front = []
+    for p in sorted(points, key=lambda p: (p["energy"], -p["accuracy"])):
+        if not front or p["accuracy"] > front[-1]["accuracy"]:
+            front.append(p)
+    return front
+
+
+def _point(evaluator, library, costs, exact_cost, assignment):
+    accuracy = evaluator.accuracy({name: library[label] for name, label in assignment.items()})
+    return dict(assignment=dict(sorted(assignment.items())), accuracy=accuracy,
+                energy=relative_energy(assignment, evaluator.macs, costs, exact_cost))
+
+
+def greedy(evaluator, library, costs, exact_cost, sensitivity_rows, max_loss=0.005):
+    """The sensitivity-guided baseline: from the exact model, take (layer, multiplier) moves in order
+    of energy saved per accuracy lost alone (free moves first), keeping a move when the combined model
+    loses at most max_loss against the exact one. Returns every evaluated point (the path)."""
+    library = _library(library)
+    baseline = evaluator.accuracy({})
+    total = sum(evaluator.macs.values()) * exact_cost
+
+    def gain(row):
+        saved = evaluator.macs[row["layer"]] * (exact_cost - costs[row["multiplier"]]) / total
+        return saved / max(row["loss"], 1e-4)
+
+    moves = sorted((r for r in sensitivity_rows if costs[r["multiplier"]] < exact_cost and r["loss"] <= max_loss),
+                   key=gain, reverse=True)
+    assignment, points = {}, [_point(evaluator, library, costs, exact_cost, {})]
+    for row in moves:
+        current = assignment.get(row["layer"])
+        if current is not None and costs[current] <= costs[row["multiplier"]]:
+            continue  # the layer already has a cheaper multiplier
+        trial = {**assignment, row["layer"]: row["multiplier"]}
+        point = _point(evaluator, library, costs, exact_cost, trial)
+        points.append(point)
+        if baseline - point["accuracy"] <= max_loss:
+            assignment = trial
+    return points
+
+
+def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, seed=0, progress=True):
+    """NSGA-II (pymoo) over one choice per layer among `library` (include the exact product to let a
+    layer stay exact), objectives: accuracy lost and relative energy. Every candidate goes through the
+    evaluator (and its store: repeats and a resumed search cost nothing). Returns every evaluated
+    point; pareto_front() of them is the front."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.problem import ElementwiseProblem
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.operators.sampling.rnd import IntegerRandomSampling
+    from pymoo.optimize import minimize
+
+    library = _library(library)
+    labels, names = list(library), list(evaluator.layers)
+    points = []
+    bar = keras.utils.Progbar(population * generations, unit_name="candidate") if progress else None
+
+    class Assignments(ElementwiseProblem):
+        def __init__(self):
+            super().__init__(n_var=len(names), n_obj=2, xl=0, xu=len(labels) - 1, vtype=int)
+
+        def _evaluate(self, x, out, *args, **kwargs):
+            point = _point(evaluator, library, costs, exact_cost,
+                           {name: labels[int(round(i))] for name, i in zip(names, x)})
+            points.append(point)
+            out["F"] = [1.0 - point["accuracy"], point["energy"]]
+            if bar is not None:
+                bar.add(1)
+
+    algorithm = NSGA2(pop_size=population, sampling=IntegerRandomSampling(),
+                      crossover=SBX(prob=0.9, eta=3.0, vtype=float, repair=RoundingRepair()),
+                      mutation=PM(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair()),
+                      eliminate_duplicates=True)
+    minimize(Assignments(), algorithm, ("n_gen", generations), seed=seed, verbose=False)
+    return points

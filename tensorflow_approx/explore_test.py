@@ -97,3 +97,40 @@ def test_library_entries_are_checked_first(trained):
     with pytest.raises(ValueError, match="library entry 'bad'"):
         explore.sensitivity(evaluator, {"drum4": "drum4", "bad": np.zeros(10)}, progress=False)
     assert evaluator.evaluations == 0
+
+
+def test_relative_energy_and_pareto_front():
+    macs = {"a": 100, "b": 300}
+    costs = {"half": 0.5, "exact": 1.0}
+    assert explore.relative_energy({}, macs, costs, 1.0) == 1.0
+    assert explore.relative_energy({"b": "half"}, macs, costs, 1.0) == (100 + 150) / 400
+    points = [dict(accuracy=0.9, energy=1.0), dict(accuracy=0.8, energy=0.5), dict(accuracy=0.7, energy=0.6),
+              dict(accuracy=0.85, energy=0.5), dict(accuracy=0.6, energy=0.2)]
+    assert [(p["accuracy"], p["energy"]) for p in explore.pareto_front(points)] == [(0.6, 0.2), (0.85, 0.5),
+                                                                                    (0.9, 1.0)]
+
+
+def test_greedy_and_nsga2_search_with_a_store(trained, tmp_path):
+    model, x, y = trained
+    library = {"exact": "", "zeros": ZEROS, "drum4": mx.get("drum4"), "drum6": mx.get("drum6")}
+    costs = {"exact": 1.0, "zeros": 0.0, "drum4": 0.4, "drum6": 0.6}
+    store = explore.ResultStore(str(tmp_path / "r.sqlite"))
+    evaluator = explore.Evaluator(model, x, y, store=store)
+    rows = explore.sensitivity(evaluator, library, progress=False)
+    path = explore.greedy(evaluator, library, costs, 1.0, rows, max_loss=0.02)
+    baseline = evaluator.accuracy({})
+    kept = [p for p in path if baseline - p["accuracy"] <= 0.02]
+    assert path[0]["energy"] == 1.0 and min(p["energy"] for p in kept) < 1.0  # it found savings
+    points = explore.nsga2(evaluator, library, costs, 1.0, population=8, generations=3, seed=1, progress=False)
+    assert len(points) >= 8
+    front = explore.pareto_front(points + path)
+    energies = [p["energy"] for p in front]
+    accuracies = [p["accuracy"] for p in front]
+    assert energies == sorted(energies) and accuracies == sorted(accuracies)
+    for p in front:  # nobody dominates a front point
+        assert not any(q["accuracy"] > p["accuracy"] and q["energy"] < p["energy"] for q in points + path)
+    # Every distinct candidate was evaluated once: the store holds no more rows than evaluations made.
+    assert store.count(*evaluator.keys) == evaluator.evaluations
+    again = explore.Evaluator(model, x, y, store=store)
+    assert explore.nsga2(again, library, costs, 1.0, population=8, generations=3, seed=1, progress=False) == points
+    assert again.evaluations == 0  # the same search, resumed from the store, evaluates nothing
