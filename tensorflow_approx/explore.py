@@ -20,6 +20,7 @@
   assignments for accuracy against energy; `pareto_front` keeps the non-dominated points.
 """
 
+import csv
 import hashlib
 import json
 import sqlite3
@@ -32,8 +33,8 @@ from tensorflow_approx.python.keras.convert import approximate_model
 from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
-__all__ = ["Evaluator", "ResultStore", "greedy", "layer_macs", "nsga2", "pareto_front", "relative_energy",
-           "sensitivity"]
+__all__ = ["Evaluator", "ResultStore", "greedy", "layer_macs", "nsga2", "pareto_front", "plot_points",
+           "relative_energy", "sensitivity", "write_points"]
 
 
 def layer_macs(layer):
@@ -273,3 +274,38 @@ def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, 
                       eliminate_duplicates=True)
     minimize(Assignments(), algorithm, ("n_gen", generations), seed=seed, verbose=False)
     return points
+
+
+def write_points(points, path):
+    """Writes points (dicts with "accuracy", "energy" and "assignment") to `path`: JSON for a .json
+    path, else CSV with one column per layer (empty: the exact product)."""
+    if path.endswith(".json"):
+        with open(path, "w") as f:
+            json.dump(points, f, indent=1)
+        return
+    layers = sorted({name for p in points for name in p["assignment"]})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["accuracy", "energy", *layers])
+        for p in points:
+            writer.writerow([p["accuracy"], p["energy"], *(p["assignment"].get(name, "") for name in layers)])
+
+
+def plot_points(points, path, front=None, title="accuracy against multiplication energy"):
+    """Saves a scatter of the points (accuracy against relative energy) with the front as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(points) if front is None else front
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([p["energy"] for p in points], [p["accuracy"] for p in points], s=10, alpha=0.4, label="evaluated")
+    ax.plot([p["energy"] for p in front], [p["accuracy"] for p in front], "o-", color="C3", label="Pareto front")
+    ax.set_xlabel("multiplication energy, relative to the exact multiplier")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -134,3 +134,18 @@ def test_greedy_and_nsga2_search_with_a_store(trained, tmp_path):
     again = explore.Evaluator(model, x, y, store=store)
     assert explore.nsga2(again, library, costs, 1.0, population=8, generations=3, seed=1, progress=False) == points
     assert again.evaluations == 0  # the same search, resumed from the store, evaluates nothing
+
+
+def test_points_are_written_as_csv_json_and_a_plot(tmp_path):
+    import csv
+    import json
+
+    points = [dict(assignment={"conv": "drum4"}, accuracy=0.9, energy=0.8),
+              dict(assignment={"fc": "zeros", "conv": "drum6"}, accuracy=0.7, energy=0.3)]
+    explore.write_points(points, str(tmp_path / "p.json"))
+    assert json.load(open(tmp_path / "p.json")) == points
+    explore.write_points(points, str(tmp_path / "p.csv"))
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert rows == [["accuracy", "energy", "conv", "fc"], ["0.9", "0.8", "drum4", ""], ["0.7", "0.3", "drum6", "zeros"]]
+    explore.plot_points(points, str(tmp_path / "p.png"))
+    assert open(tmp_path / "p.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
