@@ -18,11 +18,17 @@
   METRICS.csv beside EvoApprox tables, or any costs you give).
 - `greedy` (sensitivity-guided) and `nsga2` (pymoo's NSGA-II over per-layer choices) search
   assignments for accuracy against energy; `pareto_front` keeps the non-dominated points.
+
+Command line (a saved model, validation data as .npz with x and y, a folder of tables with METRICS.csv):
+
+    python -m tensorflow_approx.explore --model m.keras --data val.npz --library ../shared/axmul_8x8 \
+        [--store explore.sqlite] [--out front.csv] [--plot front.png] [--generations 10] [--population 24]
 """
 
 import csv
 import hashlib
 import json
+import os
 import sqlite3
 import time
 
@@ -33,8 +39,8 @@ from tensorflow_approx.python.keras.convert import approximate_model
 from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
-__all__ = ["Evaluator", "ResultStore", "greedy", "layer_macs", "nsga2", "pareto_front", "plot_points",
-           "relative_energy", "sensitivity", "write_points"]
+__all__ = ["Evaluator", "ResultStore", "greedy", "layer_macs", "load_library", "nsga2", "pareto_front",
+           "plot_points", "relative_energy", "sensitivity", "write_points"]
 
 
 def layer_macs(layer):
@@ -309,3 +315,72 @@ def plot_points(points, path, front=None, title="accuracy against multiplication
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def load_library(folder, cost_key="PDK45_PWR"):
+    """{name: Multiplier} of the .bin/.npy/.c tables in `folder`, their costs {name: metadata[cost_key]}
+    (EvoApprox's published power, from a METRICS.csv beside the tables), and the exact one's name.
+    Tables without a cost are left out with a warning; the folder must hold the exact multiplier."""
+    import glob
+    import warnings
+
+    from tensorflow_approx import multipliers as mx
+
+    library, costs = {}, {}
+    for path in sorted(glob.glob(os.path.join(folder, "*"))):
+        if os.path.splitext(path)[1].lower() not in (".bin", ".npy", ".c"):
+            continue
+        multiplier = mx.get(path)
+        if cost_key not in multiplier.metadata:
+            warnings.warn(f"{path}: no {cost_key} (METRICS.csv row or C header): left out of the library")
+            continue
+        library[multiplier.name] = multiplier
+        costs[multiplier.name] = float(multiplier.metadata[cost_key])
+    exact = [name for name, m in library.items() if m.is_exact()]
+    if not exact:
+        raise ValueError(f"{folder}: no exact multiplier with a {cost_key} among {sorted(library)}: the "
+                         "energies are relative to it")
+    return library, costs, exact[0]
+
+
+def main(argv=None):
+    """The command line: sensitivity, greedy and NSGA-II of a saved model on saved data."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tensorflow_approx.explore", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="a trained .keras model (classification, sparse labels)")
+    parser.add_argument("--data", required=True, help="a .npz file with arrays x and y (validation data)")
+    parser.add_argument("--library", required=True, help="a folder of tables with METRICS.csv (power per table)")
+    parser.add_argument("--store", default="explore.sqlite", help="the results store (resumes; never repeats)")
+    parser.add_argument("--out", default="front.csv", help="the Pareto front, .csv or .json")
+    parser.add_argument("--plot", default=None, help="a PNG of every evaluated point and the front")
+    parser.add_argument("--population", type=int, default=24)
+    parser.add_argument("--generations", type=int, default=10)
+    parser.add_argument("--max_loss", type=float, default=0.005, help="the greedy baseline's accuracy budget")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    model = keras.models.load_model(args.model)
+    with np.load(args.data) as data:
+        x, y = data["x"], data["y"]
+    library, costs, exact = load_library(args.library)
+    evaluator = Evaluator(model, x, y, store=ResultStore(args.store))
+    print(f"{len(evaluator.layers)} approximate layers, {len(library)} multipliers (exact: {exact}); "
+          f"store {args.store} holds {evaluator.store.count(*evaluator.keys)} results for this model and data")
+    rows = sensitivity(evaluator, library)
+    points = greedy(evaluator, library, costs, costs[exact], rows, args.max_loss)
+    points += nsga2(evaluator, library, costs, costs[exact], args.population, args.generations, args.seed)
+    front = pareto_front(points)
+    write_points(front, args.out)
+    if args.plot:
+        plot_points(points, args.plot, front)
+    baseline = evaluator.accuracy({})
+    print(f"exact 8-bit accuracy {baseline:.4f}; {evaluator.evaluations} candidates evaluated now; front of "
+          f"{len(front)} points written to {args.out}")
+    for p in front:
+        print(f"  energy {p['energy']:.3f}  accuracy {p['accuracy']:.4f}  ({baseline - p['accuracy']:+.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -149,3 +149,30 @@ def test_points_are_written_as_csv_json_and_a_plot(tmp_path):
     assert rows == [["accuracy", "energy", "conv", "fc"], ["0.9", "0.8", "drum4", ""], ["0.7", "0.3", "drum6", "zeros"]]
     explore.plot_points(points, str(tmp_path / "p.png"))
     assert open(tmp_path / "p.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_line(trained, tmp_path, capsys):
+    model, x, y = trained
+    model.save(str(tmp_path / "m.keras"))
+    np.savez(tmp_path / "val.npz", x=x, y=y)
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    tables = {"mul_exact": mx.exact(), "mul_d4": mx.get("drum4"), "mul_d6": mx.get("drum6"), "mul_nocost": mx.get("roba")}
+    for name, m in tables.items():
+        m.save(str(folder / f"{name}.bin"))
+    (folder / "METRICS.csv").write_text("name,PDK45_PWR\nmul_exact,0.4\nmul_d4,0.1\nmul_d6,0.2\n")
+    argv = ["--model", str(tmp_path / "m.keras"), "--data", str(tmp_path / "val.npz"), "--library", str(folder),
+            "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "front.json"),
+            "--plot", str(tmp_path / "front.png"), "--population", "6", "--generations", "2"]
+    with pytest.warns(UserWarning, match="mul_nocost.bin: no PDK45_PWR"):
+        assert explore.main(argv) == 0
+    import json
+
+    front = json.load(open(tmp_path / "front.json"))
+    assert front and all(0.0 < p["energy"] <= 1.0 for p in front)
+    assert all(set(p["assignment"].values()) <= {"mul_exact", "mul_d4", "mul_d6"} for p in front)
+    assert (tmp_path / "front.png").exists()
+    first = capsys.readouterr().out
+    with pytest.warns(UserWarning):
+        explore.main(argv)  # resumed: everything from the store
+    assert "0 candidates evaluated now" in capsys.readouterr().out and "candidates evaluated now" in first
