@@ -9,6 +9,8 @@
   swapping tables in place (`set_multiplier`): no rebuild and no retrace per candidate. Layers left out
   of an assignment compute with the exact product (8-bit quantization alone), the baseline of the
   search.
+- `ParallelEvaluator` runs an Evaluator per device (every GPU of a machine, or logical CPU devices)
+  and spreads each batch of candidates (a generation, a layer's sensitivity) over them.
 - `ResultStore` writes every evaluated assignment to SQLite, keyed by the model (its configuration
   and weights), the data and the assignment, so an interrupted run resumes where it stopped and a
   candidate seen before is never evaluated again.
@@ -29,17 +31,20 @@ import csv
 import hashlib
 import json
 import os
+import queue
 import sqlite3
+import threading
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tensorflow_approx.python.keras.convert import approximate_model
 from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
-__all__ = ["Evaluator", "ResultStore", "greedy", "layer_macs", "load_library", "nsga2", "pareto_front",
+__all__ = ["Evaluator", "ParallelEvaluator", "ResultStore", "greedy", "layer_macs", "load_library", "nsga2", "pareto_front",
            "plot_points", "relative_energy", "sensitivity", "write_points"]
 
 
@@ -88,7 +93,9 @@ class ResultStore:
 
     def __init__(self, path):
         self.path = path
-        self._db = sqlite3.connect(path)
+        # One connection shared by the threads of a ParallelEvaluator, behind a lock.
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS results (model TEXT NOT NULL, data TEXT NOT NULL, "
             "assignment TEXT NOT NULL, accuracy REAL NOT NULL, seconds REAL NOT NULL, "
@@ -96,20 +103,23 @@ class ResultStore:
         self._db.commit()
 
     def get(self, model, data, assignment):
-        row = self._db.execute("SELECT accuracy FROM results WHERE model = ? AND data = ? AND assignment = ?",
-                               (model, data, assignment)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT accuracy FROM results WHERE model = ? AND data = ? AND assignment = ?",
+                                   (model, data, assignment)).fetchone()
         return None if row is None else row[0]
 
     def put(self, model, data, assignment, accuracy, seconds):
-        self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
-                         (model, data, assignment, float(accuracy), float(seconds)))
-        self._db.commit()
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                             (model, data, assignment, float(accuracy), float(seconds)))
+            self._db.commit()
 
     def count(self, model=None, data=None):
         query, args = "SELECT COUNT(*) FROM results", []
         if model is not None:
             query, args = query + " WHERE model = ? AND data = ?", [model, data]
-        return self._db.execute(query, args).fetchone()[0]
+        with self._lock:
+            return self._db.execute(query, args).fetchone()[0]
 
     def close(self):
         self._db.close()
@@ -123,8 +133,10 @@ class Evaluator:
     store: a ResultStore or None; layer_kwargs: approximate_model's (num_bits, range_mode, schemes).
     """
 
-    def __init__(self, model, x, y, store=None, batch_size=256, **layer_kwargs):
-        self.approx = approximate_model(model, "", **layer_kwargs)
+    def __init__(self, model, x, y, store=None, batch_size=256, device=None, **layer_kwargs):
+        self.device = device  # e.g. "/GPU:1": the copy's variables live there and its evaluations run there
+        with tf.device(device):
+            self.approx = approximate_model(model, "", **layer_kwargs)
         self.layers = {layer.name: layer for layer in approx_layers(self.approx)}
         self.macs = {name: layer_macs(layer) for name, layer in self.layers.items()}
         self.approx.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -142,13 +154,7 @@ class Evaluator:
         if unknown:
             raise ValueError(f"assignment names layers that are not approximate layers of the model: {unknown}; "
                              f"they are {sorted(self.layers)}")
-        tables = {}
-        for name, table in assignment.items():
-            values = lut_values(table, f"the table of layer {name!r}")[0]
-            digest = _table_digest(values)
-            if digest != _EXACT_DIGEST:
-                tables[name] = (digest, values)
-        key = json.dumps({name: tables[name][0] for name in sorted(tables)})
+        tables, key = self._tables(assignment)
         if self.store is not None:
             stored = self.store.get(*self.keys, key)
             if stored is not None:
@@ -159,11 +165,77 @@ class Evaluator:
             if self._current.get(name, _EXACT_DIGEST) != digest:
                 layer.set_multiplier(values)
                 self._current[name] = digest
-        accuracy = self.approx.evaluate(self.x, self.y, batch_size=self.batch_size, verbose=0)[1]
+        with tf.device(self.device):
+            accuracy = self.approx.evaluate(self.x, self.y, batch_size=self.batch_size, verbose=0)[1]
         self.evaluations += 1
         if self.store is not None:
             self.store.put(*self.keys, key, accuracy, time.perf_counter() - start)
         return accuracy
+
+    def _tables(self, assignment):
+        """({layer: (digest, values)} without exact layers, the store key) of an assignment."""
+        tables = {}
+        for name, table in assignment.items():
+            values = lut_values(table, f"the table of layer {name!r}")[0]
+            digest = _table_digest(values)
+            if digest != _EXACT_DIGEST:
+                tables[name] = (digest, values)
+        return tables, json.dumps({name: tables[name][0] for name in sorted(tables)})
+
+    def accuracies(self, assignments):
+        """accuracy() of each assignment, in order."""
+        return [self.accuracy(a) for a in assignments]
+
+
+class ParallelEvaluator:
+    """Evaluators on several devices (all the GPUs of a machine, or logical CPU devices), sharing one
+    store: accuracies() spreads the distinct new candidates of a batch over them, one thread per device
+    (TensorFlow runs each device's work outside the GIL). Same results as one Evaluator."""
+
+    def __init__(self, model, x, y, devices, store=None, **kwargs):
+        if not devices:
+            raise ValueError("devices: give at least one, e.g. [d.name for d in tf.config.list_logical_devices('GPU')]")
+        self.workers = [Evaluator(model, x, y, store=store, device=d, **kwargs) for d in devices]
+        first = self.workers[0]
+        self.layers, self.macs, self.keys, self.store = first.layers, first.macs, first.keys, store
+
+    @property
+    def evaluations(self):
+        return sum(w.evaluations for w in self.workers)
+
+    def accuracy(self, assignment):
+        return self.accuracies([assignment])[0]
+
+    def accuracies(self, assignments):
+        keys = [self.workers[0]._tables(a)[1] for a in assignments]
+        todo = queue.Queue()
+        first_of_key = {}
+        for key, assignment in zip(keys, assignments):
+            if key not in first_of_key:  # a candidate twice in a batch is evaluated once
+                first_of_key[key] = assignment
+                todo.put((key, assignment))
+        results, errors = {}, []
+
+        def work(evaluator):
+            while True:
+                try:
+                    key, assignment = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[key] = evaluator.accuracy(assignment)
+                except BaseException as error:  # re-raised in the caller's thread
+                    errors.append(error)
+                    return
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in self.workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return [results[key] for key in keys]
 
 
 def _library(library):
@@ -183,13 +255,13 @@ def sensitivity(evaluator, library, progress=True):
     baseline = evaluator.accuracy({})
     bar = keras.utils.Progbar(len(evaluator.layers) * len(library), unit_name="candidate") if progress else None
     rows = []
-    for name in evaluator.layers:
-        for label, table in library.items():
-            accuracy = evaluator.accuracy({name: table})
+    for name in evaluator.layers:  # a layer's candidates in one batch (spread over a ParallelEvaluator's devices)
+        accuracies = evaluator.accuracies([{name: table} for table in library.values()])
+        for label, accuracy in zip(library, accuracies):
             rows.append(dict(layer=name, multiplier=label, macs=evaluator.macs[name], accuracy=accuracy,
                              loss=baseline - accuracy))
-            if bar is not None:
-                bar.add(1)
+        if bar is not None:
+            bar.add(len(library))
     return rows
 
 
@@ -211,10 +283,16 @@ def pareto_front(points):
     return front
 
 
+def _points(evaluator, library, costs, exact_cost, assignments):
+    """Evaluated points of assignments {layer: label}, in one batch (spread over devices by a
+    ParallelEvaluator)."""
+    accuracies = evaluator.accuracies([{name: library[label] for name, label in a.items()} for a in assignments])
+    return [dict(assignment=dict(sorted(a.items())), accuracy=acc,
+                 energy=relative_energy(a, evaluator.macs, costs, exact_cost)) for a, acc in zip(assignments, accuracies)]
+
+
 def _point(evaluator, library, costs, exact_cost, assignment):
-    accuracy = evaluator.accuracy({name: library[label] for name, label in assignment.items()})
-    return dict(assignment=dict(sorted(assignment.items())), accuracy=accuracy,
-                energy=relative_energy(assignment, evaluator.macs, costs, exact_cost))
+    return _points(evaluator, library, costs, exact_cost, [assignment])[0]
 
 
 def greedy(evaluator, library, costs, exact_cost, sensitivity_rows, max_loss=0.005):
@@ -250,7 +328,7 @@ def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, 
     evaluator (and its store: repeats and a resumed search cost nothing). Returns every evaluated
     point; pareto_front() of them is the front."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.core.problem import ElementwiseProblem
+    from pymoo.core.problem import Problem
     from pymoo.operators.crossover.sbx import SBX
     from pymoo.operators.mutation.pm import PM
     from pymoo.operators.repair.rounding import RoundingRepair
@@ -262,17 +340,18 @@ def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, 
     points = []
     bar = keras.utils.Progbar(population * generations, unit_name="candidate") if progress else None
 
-    class Assignments(ElementwiseProblem):
+    class Assignments(Problem):
         def __init__(self):
             super().__init__(n_var=len(names), n_obj=2, xl=0, xu=len(labels) - 1, vtype=int)
 
-        def _evaluate(self, x, out, *args, **kwargs):
-            point = _point(evaluator, library, costs, exact_cost,
-                           {name: labels[int(round(i))] for name, i in zip(names, x)})
-            points.append(point)
-            out["F"] = [1.0 - point["accuracy"], point["energy"]]
+        def _evaluate(self, population_x, out, *args, **kwargs):
+            # A generation at once, so that a ParallelEvaluator spreads it over its devices.
+            assignments = [{name: labels[int(round(i))] for name, i in zip(names, x)} for x in population_x]
+            batch = _points(evaluator, library, costs, exact_cost, assignments)
+            points.extend(batch)
+            out["F"] = [[1.0 - p["accuracy"], p["energy"]] for p in batch]
             if bar is not None:
-                bar.add(1)
+                bar.add(len(batch))
 
     algorithm = NSGA2(pop_size=population, sampling=IntegerRandomSampling(),
                       crossover=SBX(prob=0.9, eta=3.0, vtype=float, repair=RoundingRepair()),

@@ -1,5 +1,7 @@
 """The exploration's evaluator, results store and per-layer sensitivity."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -176,3 +178,49 @@ def test_command_line(trained, tmp_path, capsys):
     with pytest.warns(UserWarning):
         explore.main(argv)  # resumed: everything from the store
     assert "0 candidates evaluated now" in capsys.readouterr().out and "candidates evaluated now" in first
+
+
+PARALLEL_SCRIPT = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from tensorflow_approx import explore, multipliers as mx
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 1, (128, 8, 8, 1)).astype(np.float32)
+y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype(np.int64)
+model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                          keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax", name="fc")])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(x, y, epochs=10, verbose=0)
+library = {"exact": "", "drum4": mx.get("drum4"), "zeros": np.zeros(65536, np.uint16)}
+costs = {"exact": 1.0, "drum4": 0.4, "zeros": 0.0}
+devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+parallel = explore.ParallelEvaluator(model, x, y, devices, store=explore.ResultStore(sys.argv[1]))
+points = explore.nsga2(parallel, library, costs, 1.0, population=8, generations=3, seed=2, progress=False)
+single = explore.nsga2(explore.Evaluator(model, x, y), library, costs, 1.0, population=8, generations=3, seed=2,
+                       progress=False)
+print(json.dumps(dict(devices=devices, per_device=[w.evaluations for w in parallel.workers],
+                      rows=parallel.store.count(*parallel.keys), same=points == single)))
+"""
+
+
+def test_parallel_evaluator_spreads_candidates_over_logical_devices(tmp_path):
+    """Two logical CPU devices (set before TensorFlow starts, hence a child process): the same front as
+    one evaluator, work on both devices, every candidate once in the shared store."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "parallel.py"
+    script.write_text(PARALLEL_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "s.sqlite")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(result["devices"]) == 2 and result["same"]
+    assert all(n > 0 for n in result["per_device"])
+    assert result["rows"] == sum(result["per_device"])  # no candidate evaluated twice
