@@ -25,6 +25,7 @@ Command line (a saved model, validation data as .npz with x and y, a folder of t
 
     python -m tensorflow_approx.explore --model m.keras --data val.npz --library ../shared/axmul_8x8 \
         [--store explore.sqlite] [--out front.csv] [--plot front.png] [--generations 10] [--population 24]
+        [--tiles K]
 """
 
 import csv
@@ -322,11 +323,16 @@ def greedy(evaluator, library, costs, exact_cost, sensitivity_rows, max_loss=0.0
     return points
 
 
-def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, seed=0, progress=True):
+def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, seed=0, progress=True,
+          tiles=None):
     """NSGA-II (pymoo) over one choice per layer among `library` (include the exact product to let a
     layer stay exact), objectives: accuracy lost and relative energy. Every candidate goes through the
     evaluator (and its store: repeats and a resumed search cost nothing). Returns every evaluated
-    point; pareto_front() of them is the front."""
+    point; pareto_front() of them is the front.
+
+    tiles: None (each layer its own multiplier), or k: ALWANN's accelerator of k hardware tiles, each
+    with one multiplier, every layer mapped to a tile; the search chooses the tiles' multipliers and the
+    mapping (a point's "tiles" lists the tiles' multipliers)."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import Problem
     from pymoo.operators.crossover.sbx import SBX
@@ -337,17 +343,32 @@ def nsga2(evaluator, library, costs, exact_cost, population=24, generations=10, 
 
     library = _library(library)
     labels, names = list(library), list(evaluator.layers)
+    if tiles is not None and not 1 <= tiles:
+        raise ValueError(f"tiles must be None or a positive number of tiles, got {tiles!r}")
     points = []
     bar = keras.utils.Progbar(population * generations, unit_name="candidate") if progress else None
+    # Variables: a library index per layer, or with tiles a library index per tile then a tile per layer.
+    n_tiles = tiles or 0
+    upper = [len(labels) - 1] * (n_tiles or len(names)) + [n_tiles - 1] * (len(names) if n_tiles else 0)
+
+    def decode(x):
+        x = [int(round(v)) for v in x]
+        if not n_tiles:
+            return {name: labels[i] for name, i in zip(names, x)}, None
+        tile_labels = [labels[i] for i in x[:n_tiles]]
+        return {name: tile_labels[t] for name, t in zip(names, x[n_tiles:])}, tile_labels
 
     class Assignments(Problem):
         def __init__(self):
-            super().__init__(n_var=len(names), n_obj=2, xl=0, xu=len(labels) - 1, vtype=int)
+            super().__init__(n_var=len(upper), n_obj=2, xl=0, xu=np.array(upper), vtype=int)
 
         def _evaluate(self, population_x, out, *args, **kwargs):
             # A generation at once, so that a ParallelEvaluator spreads it over its devices.
-            assignments = [{name: labels[int(round(i))] for name, i in zip(names, x)} for x in population_x]
-            batch = _points(evaluator, library, costs, exact_cost, assignments)
+            decoded = [decode(x) for x in population_x]
+            batch = _points(evaluator, library, costs, exact_cost, [a for a, _ in decoded])
+            if n_tiles:
+                for point, (_, tile_labels) in zip(batch, decoded):
+                    point["tiles"] = tile_labels
             points.extend(batch)
             out["F"] = [[1.0 - p["accuracy"], p["energy"]] for p in batch]
             if bar is not None:
@@ -437,6 +458,8 @@ def main(argv=None):
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--max_loss", type=float, default=0.005, help="the greedy baseline's accuracy budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiles", type=int, default=None,
+                        help="ALWANN's accelerator: this many hardware tiles, each layer mapped to one")
     args = parser.parse_args(argv)
 
     model = keras.models.load_model(args.model)
@@ -448,7 +471,8 @@ def main(argv=None):
           f"store {args.store} holds {evaluator.store.count(*evaluator.keys)} results for this model and data")
     rows = sensitivity(evaluator, library)
     points = greedy(evaluator, library, costs, costs[exact], rows, args.max_loss)
-    points += nsga2(evaluator, library, costs, costs[exact], args.population, args.generations, args.seed)
+    points += nsga2(evaluator, library, costs, costs[exact], args.population, args.generations, args.seed,
+                    tiles=args.tiles)
     front = pareto_front(points)
     write_points(front, args.out)
     if args.plot:

@@ -224,3 +224,18 @@ def test_parallel_evaluator_spreads_candidates_over_logical_devices(tmp_path):
     assert len(result["devices"]) == 2 and result["same"]
     assert all(n > 0 for n in result["per_device"])
     assert result["rows"] == sum(result["per_device"])  # no candidate evaluated twice
+
+
+def test_nsga2_with_shared_tiles(trained):
+    model, x, y = trained
+    library = {"exact": "", "zeros": ZEROS, "drum4": mx.get("drum4"), "drum6": mx.get("drum6")}
+    costs = {"exact": 1.0, "zeros": 0.0, "drum4": 0.4, "drum6": 0.6}
+    evaluator = explore.Evaluator(model, x, y)
+    points = explore.nsga2(evaluator, library, costs, 1.0, population=8, generations=3, seed=3, progress=False,
+                           tiles=2)
+    assert points and all(len(p["tiles"]) == 2 for p in points)
+    for p in points:  # every layer's multiplier is one of its accelerator's tiles
+        assert set(p["assignment"].values()) <= set(p["tiles"])
+    assert any(len(set(p["assignment"].values())) == 2 for p in points)
+    with pytest.raises(ValueError, match="tiles must be None or a positive"):
+        explore.nsga2(evaluator, library, costs, 1.0, tiles=0, progress=False)

@@ -13,7 +13,8 @@
 // 512-bit registers, and vpermi2w looks up 32 weight codes in 64 entries of it at once; three masked
 // blends on bits 6 and 7 of the codes pick among the four 64-entry quarters. Loads leave the
 // critical path (8 per row, shared by 64 channels) and one pixel x 64 channels costs about 36
-// instructions per tap instead of about 280. Measured 4x the scalar loop on one Zen 4 core. Groups
+// instructions per tap instead of about 280. Measured 4x the scalar loop on one Zen 4 core (with
+// AVX-512 VBMI, byte planes of the row do better still: see LookupPixelsVbmi). Groups
 // with few output channels take the column path instead (see there), which turns the permute around.
 #include <immintrin.h>
 
@@ -56,29 +57,6 @@ void GatherPatch(const QuantizedConv& conv, int64_t p, uint16_t* rows, int64_t* 
   }
 }
 
-// GatherPatch with AVX-512BW, 32 codes at a time (the scalar loop took about a third of the time of
-// a 3x3 64-channel layer on the VBMI row path).
-TFAPPROX_AVX512BW void GatherPatchBw(const QuantizedConv& conv, int64_t p, uint16_t* rows, int64_t* act_sum) {
-  const ConvShape& s = conv.shape;
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i zero_code = _mm512_set1_epi8(static_cast<char>(conv.input_zero_code));
-  for (int64_t g = 0; g < s.groups(); ++g) {
-    uint16_t* out = rows + g * s.taps();
-    __m512i sum = zero;
-    WalkPatch(conv, p, g, [&](const uint8_t* in) {
-      for (int64_t ci = 0; ci < s.filter_depth; ci += 32) {
-        const int64_t n = s.filter_depth - ci;
-        const __mmask32 m = n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1;
-        const __m512i codes = in != nullptr ? _mm512_maskz_loadu_epi8(m, in + ci) : _mm512_maskz_mov_epi8(m, zero_code);
-        sum = _mm512_add_epi64(sum, _mm512_sad_epu8(codes, zero));
-        _mm512_mask_storeu_epi16(out + ci, m, _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(codes)), 8));
-      }
-      out += s.filter_depth;
-    });
-    act_sum[g] = _mm512_reduce_add_epi64(sum);
-  }
-}
-
 // acc[i][j] = sum_t lut[rows[i][t] + weights[j][t]] for P pixels and C channels.
 template <int P, int C>
 inline void LookupBlock(const uint16_t* const* rows, const uint8_t* const* weights, int64_t taps,
@@ -118,7 +96,9 @@ TFAPPROX_AVX512BW void LookupPixelsPermute(
     // unpacklo/hi widen words {0-3, 8-11, ...} and {4-7, 12-15, ...} of each 32-channel half:
     // sums[i][2b] and sums[i][2b + 1] hold half b in that interleaved order, undone at the store.
     __m512i sums[NP][4];
+#pragma GCC unroll 4
     for (int i = 0; i < NP; ++i)
+#pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) sums[i][k] = zero;
     const uint8_t* w = weights + c0;
     for (int64_t t = 0; t < taps; ++t, w += padded) {
@@ -129,10 +109,13 @@ TFAPPROX_AVX512BW void LookupPixelsPermute(
                                  _mm512_test_epi16_mask(codes[1], _mm512_set1_epi16(64))};
       const __mmask32 bit7[2] = {_mm512_test_epi16_mask(codes[0], _mm512_set1_epi16(128)),
                                  _mm512_test_epi16_mask(codes[1], _mm512_set1_epi16(128))};
+#pragma GCC unroll 4
       for (int i = 0; i < NP; ++i) {
         const __m512i* row = reinterpret_cast<const __m512i*>(lut + rows[i][t]);
         __m512i r[8];
+#pragma GCC unroll 8
         for (int k = 0; k < 8; ++k) r[k] = _mm512_loadu_si512(row + k);
+#pragma GCC unroll 2
         for (int b = 0; b < 2; ++b) {
           const __m512i q0 = _mm512_permutex2var_epi16(r[0], codes[b], r[1]);
           const __m512i q1 = _mm512_permutex2var_epi16(r[2], codes[b], r[3]);
@@ -629,19 +612,49 @@ void ColumnPathAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_
   });
 }
 
+// GatherPatch with AVX-512BW for the row paths, 32 codes at a time (the scalar loop took over a tenth
+// of the time of a 3x3 64-channel layer on the VBMI row path). CopyTap keeps the intrinsics out of
+// WalkPatch's lambda, which does not take the function's target.
+TFAPPROX_AVX512BW int64_t CopyTap(const uint8_t* in, int64_t depth, uint8_t zero_code, uint16_t* out) {
+  const __m512i zero = _mm512_setzero_si512(), padding = _mm512_set1_epi8(static_cast<char>(zero_code));
+  __m512i sum = zero;
+  for (int64_t ci = 0; ci < depth; ci += 32) {
+    const int64_t n = depth - ci;
+    const __mmask32 m = n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1;
+    const __m512i codes = in != nullptr ? _mm512_maskz_loadu_epi8(m, in + ci) : _mm512_maskz_mov_epi8(m, padding);
+    sum = _mm512_add_epi64(sum, _mm512_sad_epu8(codes, zero));
+    const __m512i row = _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(codes)), 8);
+    _mm512_mask_storeu_epi16(out + ci, m, row);
+  }
+  return _mm512_reduce_add_epi64(sum);
+}
 
-// The row path with AVX-512 VBMI: each table row split into byte planes, the low and the high byte of
-// its 256 products (a 512-byte row: planes + a * 512, the low plane first), so that vpermi2b looks up
-// 64 weight codes at once: per pixel, tap and 64 channels, 2 permutes per plane (a second masked
-// permute for codes from 128, as the column path does) against 8 vpermi2w and 6 blends. The sums of
-// bytes go two per 16-bit lane (channel 2j low, 2j + 1 high) as the column path's do, emptied into
-// int32 every kPlaneTaps taps. The planes are the table's bytes deinterleaved, row by row: no
-// transpose, some microseconds per call.
-constexpr int64_t kRowPlaneTaps = 65535 / 255;
-#ifndef VBMI_ROW_PIXELS
-#define VBMI_ROW_PIXELS 2
-#endif
-constexpr int kVbmiRowPixels = VBMI_ROW_PIXELS;  // pixels sharing each tap's weight codes
+void GatherPatchBw(const QuantizedConv& conv, int64_t p, uint16_t* rows, int64_t* act_sum) {
+  const ConvShape& s = conv.shape;
+  for (int64_t g = 0; g < s.groups(); ++g) {
+    uint16_t* out = rows + g * s.taps();
+    int64_t sum = 0;
+    WalkPatch(conv, p, g, [&](const uint8_t* in) {
+      sum += CopyTap(in, s.filter_depth, conv.input_zero_code, out);
+      out += s.filter_depth;
+    });
+    act_sum[g] = sum;
+  }
+}
+
+// The row path with AVX-512 VBMI (groups of more than 32 output channels): each table row split into
+// byte planes, the low and the high byte of its 256 products (row a at planes + a * 512, the low
+// plane first), so that vpermi2b looks up 64 weight codes at once: per pixel, tap and 64 channels, 2
+// permutes per plane (the second, masked, for codes from 128, as in the column path: no blend)
+// against 8 vpermi2w, 6 blends and 4 unpacks in words. The weight codes are the bytes of
+// weights_by_tap as they are, and bit 7's mask is shared by the pixels of a pass. The sums of bytes go
+// two per 16-bit lane (channel 2j low, 2j + 1 high), emptied into int32 every kPlaneTaps taps, as the
+// column path's. Rows need no transpose (only the table's bytes deinterleaved, some microseconds per
+// call). Two pixels x 128 channels per pass (25 vector registers) measured best: 1.5-2.5x the word
+// kernel on Zen 4 (3x3 layers of 64 and 128 channels, 1x1 of 256), exact for any table.
+constexpr int kVbmiRowPixels = 2;    // pixels sharing each tap's weight codes (2 beat 1 and 4)
+constexpr int kVbmiRowVectors = 2;   // vectors of 64 channels sharing each row's loads (2 beat 1 and 4)
+static_assert(kPixels % kVbmiRowPixels == 0, "a block splits into VBMI row blocks");
 
 TFAPPROX_AVX512VBMI std::vector<Line> RowPlanes(const uint16_t* lut) {
   std::vector<Line> planes(kLutEntries * 2 / sizeof(Line));
@@ -661,7 +674,7 @@ TFAPPROX_AVX512VBMI std::vector<Line> RowPlanes(const uint16_t* lut) {
   return planes;
 }
 
-// As LookupPixelsPermute, from the byte planes; CV vectors of 64 channels per pass.
+// One pass of LookupPixelsVbmi: channels c0 .. c0 + 64 CV - 1 (those below `channels` stored).
 template <int NP, int CV>
 TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, const uint8_t* w,
                                                    int64_t taps, int64_t c0, int64_t channels,
@@ -671,16 +684,16 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
   __m512i tot[NP][CV][4];
 #pragma GCC unroll 4
   for (int i = 0; i < NP; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < CV; ++v)
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) tot[i][v][k] = _mm512_setzero_si512();
-  for (int64_t t0 = 0; t0 < taps; t0 += kRowPlaneTaps) {
-    const int64_t t1 = std::min(taps, t0 + kRowPlaneTaps);
+  for (int64_t t0 = 0; t0 < taps; t0 += kPlaneTaps) {
+    const int64_t t1 = std::min(taps, t0 + kPlaneTaps);
     __m512i sum[NP][CV][4];  // per plane: words as they are, and shifted right by 8
 #pragma GCC unroll 4
     for (int i = 0; i < NP; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < CV; ++v)
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) sum[i][v][k] = _mm512_setzero_si512();
@@ -688,7 +701,7 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
     for (int64_t t = t0; t < t1; ++t, wt += padded) {
       __m512i c[CV];
       __mmask64 high[CV];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < CV; ++v) {
         c[v] = _mm512_loadu_si512(wt + 64 * v);
         high[v] = _mm512_movepi8_mask(c[v]);
@@ -702,7 +715,7 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
           lo[q] = _mm512_load_si512(row + q);
           hi[q] = _mm512_load_si512(row + 4 + q);
         }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int v = 0; v < CV; ++v) {
           __m512i l = _mm512_mask2_permutex2var_epi8(lo[0], c[v], ~high[v], lo[1]);
           __m512i h = _mm512_mask2_permutex2var_epi8(hi[0], c[v], ~high[v], hi[1]);
@@ -717,19 +730,22 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
     }
 #pragma GCC unroll 4
     for (int i = 0; i < NP; ++i) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < CV; ++v) {
         const __m512i* s = sum[i][v];
-        const __m512i plane[2][2] = {  // [parity][plane]
-            {_mm512_sub_epi16(s[0], _mm512_slli_epi16(s[1], 8)), _mm512_sub_epi16(s[2], _mm512_slli_epi16(s[3], 8))},
+        const __m512i plane[2][2] = {  // [parity][plane]: channels 2j, then 2j + 1
+            {_mm512_sub_epi16(s[0], _mm512_slli_epi16(s[1], 8)),
+             _mm512_sub_epi16(s[2], _mm512_slli_epi16(s[3], 8))},
             {s[1], s[3]}};
 #pragma GCC unroll 2
         for (int parity = 0; parity < 2; ++parity) {
 #pragma GCC unroll 2
           for (int half = 0; half < 2; ++half) {
-            const __m256i l = half ? _mm512_extracti64x4_epi64(plane[parity][0], 1) : _mm512_castsi512_si256(plane[parity][0]);
-            const __m256i h = half ? _mm512_extracti64x4_epi64(plane[parity][1], 1) : _mm512_castsi512_si256(plane[parity][1]);
-            const __m512i x = _mm512_add_epi32(_mm512_cvtepu16_epi32(l), _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 8));
+            const __m512i lo = plane[parity][0], hi = plane[parity][1];
+            const __m256i l = half ? _mm512_extracti64x4_epi64(lo, 1) : _mm512_castsi512_si256(lo);
+            const __m256i h = half ? _mm512_extracti64x4_epi64(hi, 1) : _mm512_castsi512_si256(hi);
+            const __m512i x =
+                _mm512_add_epi32(_mm512_cvtepu16_epi32(l), _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 8));
             tot[i][v][2 * parity + half] = _mm512_add_epi32(tot[i][v][2 * parity + half], x);
           }
         }
@@ -750,7 +766,8 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
         const __m512i x = _mm512_permutex2var_epi32(tot[i][v][k / 2], index[k % 2], tot[i][v][2 + k / 2]);
         const int64_t n = std::min<int64_t>(16, channels - co);
         const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-        _mm512_mask_storeu_epi64(acc[i] + co, static_cast<__mmask8>(m), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x)));
+        _mm512_mask_storeu_epi64(acc[i] + co, static_cast<__mmask8>(m),
+                                 _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x)));
         _mm512_mask_storeu_epi64(acc[i] + co + 8, static_cast<__mmask8>(m >> 8),
                                  _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(x, 1)));
       }
@@ -758,18 +775,18 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
   }
 }
 
+// As LookupPixelsPermute (the same operands), from the byte planes.
 template <int NP>
-TFAPPROX_AVX512VBMI void LookupPixelsVbmi(const uint16_t* const* rows, const uint8_t* weights, int64_t taps,
-                                          int64_t channels, int64_t padded, const uint8_t* planes,
-                                          int64_t* const* acc) {
+TFAPPROX_AVX512VBMI void LookupPixelsVbmi(const uint16_t* const* rows, const uint8_t* weights,
+                                          int64_t taps, int64_t channels, int64_t padded,
+                                          const uint8_t* planes, int64_t* const* acc) {
   int64_t c0 = 0;
-#ifndef VBMI_ROW_CV
-#define VBMI_ROW_CV 2
-#endif
-  for (; VBMI_ROW_CV == 2 && c0 + 2 * kPermuteChannels <= padded; c0 += 2 * kPermuteChannels) {
-    LookupRowsVbmiPass<NP, 2>(rows, weights, taps, c0, channels, padded, planes, acc);
+  for (; c0 + kVbmiRowVectors * kPermuteChannels <= padded; c0 += kVbmiRowVectors * kPermuteChannels) {
+    LookupRowsVbmiPass<NP, kVbmiRowVectors>(rows, weights, taps, c0, channels, padded, planes, acc);
   }
-  if (c0 < padded) LookupRowsVbmiPass<NP, 1>(rows, weights, taps, c0, channels, padded, planes, acc);
+  for (; c0 < padded; c0 += kPermuteChannels) {
+    LookupRowsVbmiPass<NP, 1>(rows, weights, taps, c0, channels, padded, planes, acc);
+  }
 }
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -780,7 +797,8 @@ enum class CpuPath { kColumnsVbmi, kColumns, kRowsVbmi, kRows, kPortable };
 
 // The row permute path makes 64 channels' lookups per row: with half of that or fewer, the column
 // path wastes less (measured: 32 channels 1.4x faster). Both sum in 32-bit lanes: taps * 65535 < 2^31.
-// The column path's byte-plane kernel needs VBMI; without it, the word kernel (measured 1.5-2x slower).
+// The byte-plane kernels of both paths need VBMI; without it, the word kernels (measured 1.5-2x slower
+// on columns, 1.5-2.5x on rows).
 CpuPath ChooseCpuPath(const ConvShape& s, CpuIsa isa) {
   if (isa == CpuIsa::kPortable || !HasAvx512Bw() || s.taps() >= 32768) return CpuPath::kPortable;
   const bool vbmi = isa == CpuIsa::kBest && HasAvx512Vbmi();
@@ -846,7 +864,7 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
         valid += p < pixels;
         if (i == 0 || pixel[i] != pixel[i - 1]) {
           (permute ? GatherPatchBw : GatherPatch)(conv, pixel_begin + pixel[i], &patch[i * groups * taps],
-                      &patch_sums[i * groups]);
+                                                  &patch_sums[i * groups]);
         } else {
           std::copy_n(&patch[(i - 1) * groups * taps], groups * taps, &patch[i * groups * taps]);
         }
@@ -866,8 +884,8 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
           if (vbmi_rows) {
             const uint8_t* bytes = reinterpret_cast<const uint8_t*>(planes.data());
             for (int i = 0; i < kPixels; i += kVbmiRowPixels) {
-              LookupPixelsVbmi<kVbmiRowPixels>(rows + i, &weights_by_tap[g * taps * padded], taps, out_per_group,
-                                               padded, bytes, out + i);
+              LookupPixelsVbmi<kVbmiRowPixels>(rows + i, &weights_by_tap[g * taps * padded], taps,
+                                               out_per_group, padded, bytes, out + i);
             }
             continue;
           }

@@ -65,8 +65,8 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
                        const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                        CpuIsa isa = CpuIsa::kBest);
 
-// What CpuConvAccumulate runs for this shape: "avx512vbmi-columns", "avx512-columns", "avx512-rows" or
-// "portable".
+// What CpuConvAccumulate runs for this shape: "avx512vbmi-columns", "avx512-columns", "avx512vbmi-rows",
+// "avx512-rows" or "portable".
 const char* CpuKernelName(const ConvShape& shape, CpuIsa isa = CpuIsa::kBest);
 
 // sum over taps of the filter codes of each output channel (the same for every output pixel).

@@ -319,6 +319,77 @@ void TestColumnPathMatchesReference() {
   }
 }
 
+// The row path (more than 32 output channels per group; with VBMI its byte-plane kernel, which passes
+// over 128 channels, then 64) on layers of many pixels: channel counts of one pass, of several and
+// not multiples of 64 (33, 47, 65, 96, 100, 130, 200, 256), groups, pixel counts and sub-ranges that
+// do not fill its blocks of 4 pixels, tap counts around the 257 whose sums of bytes fill its 16-bit
+// lanes (1, 72, 144, 257, 258, 360, 576, 600), strides, dilations and padding (zero code 0 and 200).
+// Codes and tables as in TestColumnPathMatchesReference.
+void TestRowPathMatchesReference() {
+  struct Layer {
+    int64_t batch, h, w, kh, kw, depth, groups, out_per_group, stride, dilation;
+    Padding padding;
+  };
+  const Layer layers[] = {
+      {2, 9, 10, 3, 3, 16, 1, 64, 1, 1, Padding::kSame},      // 144 taps, one whole pass of 64
+      {1, 7, 9, 3, 3, 40, 1, 130, 1, 1, Padding::kSame},      // 360 taps, 128 + 2 channels, 63 pixels
+      {3, 5, 7, 1, 1, 257, 1, 65, 1, 1, Padding::kValid},     // 257 taps: the 16-bit lanes full
+      {2, 6, 5, 1, 2, 129, 1, 100, 1, 1, Padding::kSame},     // 258 taps
+      {1, 20, 21, 5, 5, 24, 1, 47, 1, 1, Padding::kValid},    // 600 taps
+      {2, 8, 8, 3, 3, 8, 2, 96, 1, 2, Padding::kSame},        // 2 groups, dilation 2
+      {1, 1, 37, 1, 1, 1, 1, 200, 1, 1, Padding::kValid},     // 1 tap, 128 + 64 + 8 channels
+      {1, 13, 11, 2, 3, 4, 3, 33, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
+      {1, 9, 9, 3, 3, 64, 1, 256, 2, 1, Padding::kSame},      // 576 taps, 256 channels, stride 2
+  };
+  std::mt19937 rng(4321);
+  Lut random_lut;
+  for (auto& v : random_lut) v = static_cast<uint16_t>(rng());
+  const Lut max_lut = NearMaxLut(rng, 0), near_max = NearMaxLut(rng, 500);
+  for (const Layer& l : layers) {
+    ConvAttrs attrs;
+    // Vectors moved in, not assigned from braces: GCC 12 -O3 warns (-Wnonnull, falsely) on a second copy
+    // of TestColumnPathMatchesReference's assignments.
+    attrs.strides = std::vector<int64_t>{1, l.stride, l.stride, 1};
+    attrs.dilations = std::vector<int64_t>{1, l.dilation, l.dilation, 1};
+    attrs.padding = l.padding;
+    if (l.padding == Padding::kExplicit) {
+      attrs.explicit_paddings = std::vector<int64_t>{0, 0, 2, 1, 0, 3, 0, 0};
+    }
+    const int64_t input_dims[4] = {l.batch, l.h, l.w, l.depth * l.groups};
+    const int64_t filter_dims[4] = {l.kh, l.kw, l.depth, l.groups * l.out_per_group};
+    ConvShape s;
+    const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
+    EXPECT(error.empty(), "%s", error.c_str());
+    if (__builtin_cpu_supports("avx512bw")) {
+      EXPECT(Contains(CpuKernelName(s), "rows"), "%s", CpuKernelName(s));
+      EXPECT(Contains(CpuKernelName(s, CpuIsa::kAvx512Bw), "avx512-rows"), "%s",
+             CpuKernelName(s, CpuIsa::kAvx512Bw));
+    }
+    std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : filter) v = static_cast<uint8_t>(rng());
+    for (int variant = 0; variant < 6; ++variant) {
+      const bool high = variant % 2;
+      const uint8_t zero_code = variant / 2 % 2 ? 200 : 0;
+      for (auto& v : input) {
+        const uint8_t code = static_cast<uint8_t>(rng());
+        v = high ? code | 128 : rng() % 2 ? zero_code : code;
+      }
+      const Lut* luts[] = {&random_lut, &max_lut, &near_max};
+      const QuantizedConv conv{s, input.data(), filter.data(), zero_code, luts[variant % 3]->data()};
+      const int64_t pixels = s.out_pixels();
+      char name[160];
+      std::snprintf(name, sizeof(name), "rows: %lldx%lldx%lld taps, %lld groups x %lld, variant %d",
+                    (long long)l.kh, (long long)l.kw, (long long)l.depth, (long long)l.groups,
+                    (long long)l.out_per_group, variant);
+      const std::vector<int64_t> acc = ExpectKernelsAgree(conv, 0, pixels, ThreadedFor(2), name);
+      ExpectKernelsAgree(conv, pixels / 3 + 1, pixels - pixels / 5, ThreadedFor(3), name);
+      if (variant % 3 == 1) {  // the table of 65535: every partial sum at its largest
+        for (int64_t v : acc) EXPECT(v == s.taps() * 65535, "%s: %lld", name, (long long)v);
+      }
+    }
+  }
+}
+
 // The exact table and scale 1 / zero point 0: the integer sum is the ordinary integer convolution,
 // here checked independently of both kernels on a layer with K = 3*3*4096 > 32768 taps.
 void TestLargeKExactSum() {
@@ -638,6 +709,7 @@ int main() {
   tfapprox::TestQuantizeCodesVectorized();
   tfapprox::TestLargeSumsEveryCpuPath();
   tfapprox::TestColumnPathMatchesReference();
+  tfapprox::TestRowPathMatchesReference();
   tfapprox::TestWholeOpExactSums();
   tfapprox::TestFastKernelMatchesReference();
   tfapprox::TestPipelineKernelsAgree<float>();
