@@ -256,99 +256,24 @@ void TestLargeSumsEveryCpuPath() {
   ExpectLargeSums(7, 1, 4681, 1, 47, near_max, rng);
 }
 
-// The column path (at most 32 output channels per group) on layers of many pixels: several chunks of
-// its 256 pixels and a short last one, sub-ranges that start and end mid-chunk, tap counts around
-// the 257 whose sums of bytes fill its 16-bit lanes (1, 27, 144, 257, 258, 288, 600), groups,
-// strides, dilations and padding (with a zero code of 0 and of 200, bit 7 set). Codes spread over
-// 0..255 with half of them the zero code, or all at least 128; tables random, of 65535 only (every
-// partial sum at its largest) and within 500 of it.
-void TestColumnPathMatchesReference() {
-  struct Layer {
-    int64_t batch, h, w, kh, kw, depth, groups, out_per_group, stride, dilation;
-    Padding padding;
-  };
-  const Layer layers[] = {
-      {2, 19, 23, 3, 3, 16, 1, 16, 1, 1, Padding::kSame},    // 874 pixels, 144 taps
-      {1, 11, 13, 3, 3, 32, 1, 32, 1, 1, Padding::kSame},    // 288 taps: two spans of 16-bit sums
-      {3, 9, 10, 1, 1, 257, 1, 5, 1, 1, Padding::kValid},    // 257 taps: the 16-bit lanes full
-      {2, 8, 9, 1, 2, 129, 1, 3, 1, 1, Padding::kSame},      // 258 taps
-      {2, 17, 15, 3, 3, 3, 1, 16, 2, 1, Padding::kSame},     // 27 taps, stride 2
-      {2, 12, 12, 3, 3, 8, 2, 16, 1, 2, Padding::kSame},     // 2 groups, dilation 2
-      {1, 20, 21, 5, 5, 24, 1, 31, 1, 1, Padding::kValid},   // 600 taps
-      {2, 14, 14, 3, 3, 1, 24, 1, 1, 1, Padding::kSame},     // depthwise
-      {1, 31, 30, 2, 3, 4, 3, 9, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
-      {1, 1, 300, 1, 1, 1, 1, 7, 1, 1, Padding::kValid},     // 1 tap
-  };
-  std::mt19937 rng(321);
-  Lut random_lut;
-  for (auto& v : random_lut) v = static_cast<uint16_t>(rng());
-  const Lut max_lut = NearMaxLut(rng, 0), near_max = NearMaxLut(rng, 500);
-  for (const Layer& l : layers) {
-    ConvAttrs attrs;
-    attrs.strides = {1, l.stride, l.stride, 1};
-    attrs.dilations = {1, l.dilation, l.dilation, 1};
-    attrs.padding = l.padding;
-    if (l.padding == Padding::kExplicit) attrs.explicit_paddings = {0, 0, 2, 1, 0, 3, 0, 0};
-    const int64_t input_dims[4] = {l.batch, l.h, l.w, l.depth * l.groups};
-    const int64_t filter_dims[4] = {l.kh, l.kw, l.depth, l.groups * l.out_per_group};
-    ConvShape s;
-    const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
-    EXPECT(error.empty(), "%s", error.c_str());
-    if (__builtin_cpu_supports("avx512bw")) {
-      EXPECT(Contains(CpuKernelName(s), "columns"), "%s", CpuKernelName(s));
-    }
-    std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
-    for (auto& v : filter) v = static_cast<uint8_t>(rng());
-    for (int variant = 0; variant < 6; ++variant) {
-      const bool high = variant % 2;
-      const uint8_t zero_code = variant / 2 % 2 ? 200 : 0;
-      for (auto& v : input) {
-        const uint8_t code = static_cast<uint8_t>(rng());
-        v = high ? code | 128 : rng() % 2 ? zero_code : code;
-      }
-      const Lut* luts[] = {&random_lut, &max_lut, &near_max};
-      const QuantizedConv conv{s, input.data(), filter.data(), zero_code, luts[variant % 3]->data()};
-      const int64_t pixels = s.out_pixels();
-      char name[160];
-      std::snprintf(name, sizeof(name), "columns: %lldx%lldx%lld taps, %lld groups x %lld, variant %d",
-                    (long long)l.kh, (long long)l.kw, (long long)l.depth, (long long)l.groups,
-                    (long long)l.out_per_group, variant);
-      ExpectKernelsAgree(conv, 0, pixels, ThreadedFor(2), name);
-      ExpectKernelsAgree(conv, pixels / 3 + 1, pixels - pixels / 5, ThreadedFor(3), name);
-    }
-  }
-}
+// A layer of the path tests below.
+struct PathLayer {
+  int64_t batch, h, w, kh, kw, depth, groups, out_per_group, stride, dilation;
+  Padding padding;
+};
 
-// The row path (more than 32 output channels per group; with VBMI its byte-plane kernel, which passes
-// over 128 channels, then 64) on layers of many pixels: channel counts of one pass, of several and
-// not multiples of 64 (33, 47, 65, 96, 100, 130, 200, 256), groups, pixel counts and sub-ranges that
-// do not fill its blocks of 4 pixels, tap counts around the 257 whose sums of bytes fill its 16-bit
-// lanes (1, 72, 144, 257, 258, 360, 576, 600), strides, dilations and padding (zero code 0 and 200).
-// Codes and tables as in TestColumnPathMatchesReference.
-void TestRowPathMatchesReference() {
-  struct Layer {
-    int64_t batch, h, w, kh, kw, depth, groups, out_per_group, stride, dilation;
-    Padding padding;
-  };
-  const Layer layers[] = {
-      {2, 9, 10, 3, 3, 16, 1, 64, 1, 1, Padding::kSame},      // 144 taps, one whole pass of 64
-      {1, 7, 9, 3, 3, 40, 1, 130, 1, 1, Padding::kSame},      // 360 taps, 128 + 2 channels, 63 pixels
-      {3, 5, 7, 1, 1, 257, 1, 65, 1, 1, Padding::kValid},     // 257 taps: the 16-bit lanes full
-      {2, 6, 5, 1, 2, 129, 1, 100, 1, 1, Padding::kSame},     // 258 taps
-      {1, 20, 21, 5, 5, 24, 1, 47, 1, 1, Padding::kValid},    // 600 taps
-      {2, 8, 8, 3, 3, 8, 2, 96, 1, 2, Padding::kSame},        // 2 groups, dilation 2
-      {1, 1, 37, 1, 1, 1, 1, 200, 1, 1, Padding::kValid},     // 1 tap, 128 + 64 + 8 channels
-      {1, 13, 11, 2, 3, 4, 3, 33, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
-      {1, 9, 9, 3, 3, 64, 1, 256, 2, 1, Padding::kSame},      // 576 taps, 256 channels, stride 2
-  };
-  std::mt19937 rng(4321);
+// Every kernel choice against the reference on `layers`, each with codes spread over 0..255 (half of
+// them the zero code, 0 or 200) or all at least 128, and tables random, of 65535 only (every partial
+// sum at its largest, checked to be taps * 65535) and within 500 of it; over all pixels and over a
+// sub-range that starts and ends mid-block. `path` must appear in the kernel's name where AVX-512BW is.
+void ExpectPathMatchesReference(const std::vector<PathLayer>& layers, const char* path, uint32_t seed) {
+  std::mt19937 rng(seed);
   Lut random_lut;
   for (auto& v : random_lut) v = static_cast<uint16_t>(rng());
   const Lut max_lut = NearMaxLut(rng, 0), near_max = NearMaxLut(rng, 500);
-  for (const Layer& l : layers) {
+  for (const PathLayer& l : layers) {
     ConvAttrs attrs;
-    // Vectors moved in, not assigned from braces: GCC 12 -O3 warns (-Wnonnull, falsely) on a second copy
-    // of TestColumnPathMatchesReference's assignments.
+    // Vectors moved in, not assigned from braces: GCC 12 -O3 warns (-Wnonnull, falsely) on the latter.
     attrs.strides = std::vector<int64_t>{1, l.stride, l.stride, 1};
     attrs.dilations = std::vector<int64_t>{1, l.dilation, l.dilation, 1};
     attrs.padding = l.padding;
@@ -361,9 +286,9 @@ void TestRowPathMatchesReference() {
     const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
     EXPECT(error.empty(), "%s", error.c_str());
     if (__builtin_cpu_supports("avx512bw")) {
-      EXPECT(Contains(CpuKernelName(s), "rows"), "%s", CpuKernelName(s));
-      EXPECT(Contains(CpuKernelName(s, CpuIsa::kAvx512Bw), "avx512-rows"), "%s",
-             CpuKernelName(s, CpuIsa::kAvx512Bw));
+      EXPECT(Contains(CpuKernelName(s), path), "%s", CpuKernelName(s));
+      const std::string word_kernel = std::string("avx512-") + path;
+      EXPECT(CpuKernelName(s, CpuIsa::kAvx512Bw) == word_kernel, "%s", CpuKernelName(s, CpuIsa::kAvx512Bw));
     }
     std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
     for (auto& v : filter) v = static_cast<uint8_t>(rng());
@@ -378,16 +303,55 @@ void TestRowPathMatchesReference() {
       const QuantizedConv conv{s, input.data(), filter.data(), zero_code, luts[variant % 3]->data()};
       const int64_t pixels = s.out_pixels();
       char name[160];
-      std::snprintf(name, sizeof(name), "rows: %lldx%lldx%lld taps, %lld groups x %lld, variant %d",
+      std::snprintf(name, sizeof(name), "%s: %lldx%lldx%lld taps, %lld groups x %lld, variant %d", path,
                     (long long)l.kh, (long long)l.kw, (long long)l.depth, (long long)l.groups,
                     (long long)l.out_per_group, variant);
       const std::vector<int64_t> acc = ExpectKernelsAgree(conv, 0, pixels, ThreadedFor(2), name);
       ExpectKernelsAgree(conv, pixels / 3 + 1, pixels - pixels / 5, ThreadedFor(3), name);
-      if (variant % 3 == 1) {  // the table of 65535: every partial sum at its largest
+      if (variant % 3 == 1) {  // the table of 65535
         for (int64_t v : acc) EXPECT(v == s.taps() * 65535, "%s: %lld", name, (long long)v);
       }
     }
   }
+}
+
+// The column path (at most 32 output channels per group): several chunks of its 256 pixels and a short
+// last one, tap counts around the 257 whose sums of bytes fill its 16-bit lanes (1, 27, 144, 257, 258,
+// 288, 600), groups, depthwise, strides, dilations and padding.
+void TestColumnPathMatchesReference() {
+  ExpectPathMatchesReference(
+      {
+          {2, 19, 23, 3, 3, 16, 1, 16, 1, 1, Padding::kSame},    // 874 pixels, 144 taps
+          {1, 11, 13, 3, 3, 32, 1, 32, 1, 1, Padding::kSame},    // 288 taps: two spans of 16-bit sums
+          {3, 9, 10, 1, 1, 257, 1, 5, 1, 1, Padding::kValid},    // 257 taps: the 16-bit lanes full
+          {2, 8, 9, 1, 2, 129, 1, 3, 1, 1, Padding::kSame},      // 258 taps
+          {2, 17, 15, 3, 3, 3, 1, 16, 2, 1, Padding::kSame},     // 27 taps, stride 2
+          {2, 12, 12, 3, 3, 8, 2, 16, 1, 2, Padding::kSame},     // 2 groups, dilation 2
+          {1, 20, 21, 5, 5, 24, 1, 31, 1, 1, Padding::kValid},   // 600 taps
+          {2, 14, 14, 3, 3, 1, 24, 1, 1, 1, Padding::kSame},     // depthwise
+          {1, 31, 30, 2, 3, 4, 3, 9, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
+          {1, 1, 300, 1, 1, 1, 1, 7, 1, 1, Padding::kValid},     // 1 tap
+      },
+      "columns", 321);
+}
+
+// The row path (more than 32 output channels per group; with VBMI its byte-plane kernel, which passes
+// over 128 channels, then 64): channel counts of one pass, of several and not multiples of 64, groups,
+// pixel counts and sub-ranges that do not fill its blocks of 4 pixels, tap counts around 257.
+void TestRowPathMatchesReference() {
+  ExpectPathMatchesReference(
+      {
+          {2, 9, 10, 3, 3, 16, 1, 64, 1, 1, Padding::kSame},      // 144 taps, one whole pass of 64
+          {1, 7, 9, 3, 3, 40, 1, 130, 1, 1, Padding::kSame},      // 360 taps, 128 + 2 channels, 63 pixels
+          {3, 5, 7, 1, 1, 257, 1, 65, 1, 1, Padding::kValid},     // 257 taps: the 16-bit lanes full
+          {2, 6, 5, 1, 2, 129, 1, 100, 1, 1, Padding::kSame},     // 258 taps
+          {1, 20, 21, 5, 5, 24, 1, 47, 1, 1, Padding::kValid},    // 600 taps
+          {2, 8, 8, 3, 3, 8, 2, 96, 1, 2, Padding::kSame},        // 2 groups, dilation 2
+          {1, 1, 37, 1, 1, 1, 1, 200, 1, 1, Padding::kValid},     // 1 tap, 128 + 64 + 8 channels
+          {1, 13, 11, 2, 3, 4, 3, 33, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
+          {1, 9, 9, 3, 3, 64, 1, 256, 2, 1, Padding::kSame},      // 576 taps, 256 channels, stride 2
+      },
+      "rows", 4321);
 }
 
 // The exact table and scale 1 / zero point 0: the integer sum is the ordinary integer convolution,
