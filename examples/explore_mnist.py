@@ -1,11 +1,11 @@
 """Which EvoApprox multiplier in which layer: accuracy against multiplication energy, on MNIST.
 
-    python examples/explore_mnist.py [--net resnet|lenet5] [--library ../shared/axmul_8x8]
+    python examples/explore_mnist.py --library DIR [--net resnet|lenet5]
                                      [--generations 10] [--population 24] [--store explore_mnist.sqlite]
 
 Trains the network in float32 on the examples' data (common.load_dataset), then runs
 tensorflow_approx.explore on the test images: per-layer sensitivity to every table of --library (a
-folder of tables with METRICS.csv, e.g. the 36 EvoApprox 8x8 tables with their PDK45 power), the
+folder of tables, each with its power, the exact one included: docs/multiplier_libraries.md), the
 sensitivity-guided greedy baseline and NSGA-II; prints the Pareto front (accuracy against the
 multiplication energy relative to the exact multiplier) and writes it, with a plot, beside the store.
 The store makes a rerun (or an interrupted run) resume without evaluating anything twice.
@@ -23,8 +23,8 @@ from tensorflow_approx import explore
 
 NET = flags.DEFINE_enum("net", "resnet", ["resnet", "lenet5"], "the network")
 LIBRARY = flags.DEFINE_string(
-    "library", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "axmul_8x8"),
-    "a folder of tables with METRICS.csv (power per table, the exact one included)")
+    "library", None, "a folder of tables, each with its power, the exact one included "
+    "(docs/multiplier_libraries.md)", required=True)
 GENERATIONS = flags.DEFINE_integer("generations", 10, "NSGA-II generations")
 POPULATION = flags.DEFINE_integer("population", 24, "NSGA-II population")
 STORE = flags.DEFINE_string("store", "explore_mnist.sqlite", "the results store")
@@ -48,8 +48,8 @@ def small_resnet(input_shape):
 
 def main(_):
     if not os.path.isdir(LIBRARY.value):
-        sys.exit(f"--library {LIBRARY.value} is not a folder: give a folder of tables with a METRICS.csv of their "
-                 "power (the EvoApprox tables of ../shared/axmul_8x8, say)")
+        sys.exit(f"--library {LIBRARY.value} is not a folder: give a folder of tables, each with its power "
+                 "(docs/multiplier_libraries.md says what it must hold)")
     start = time.time()
     keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test), description = common.load_dataset()

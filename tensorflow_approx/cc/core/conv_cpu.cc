@@ -681,22 +681,10 @@ TFAPPROX_AVX512VBMI inline void LookupRowsVbmiPass(const uint16_t* const* rows, 
                                                    int64_t padded, const uint8_t* planes,
                                                    int64_t* const* acc) {
   // tot[i][v]: channels 2j (0, 1: j < 16, j >= 16) and 2j + 1 (2, 3) of vector v.
-  __m512i tot[NP][CV][4];
-#pragma GCC unroll 4
-  for (int i = 0; i < NP; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < CV; ++v)
-#pragma GCC unroll 4
-      for (int k = 0; k < 4; ++k) tot[i][v][k] = _mm512_setzero_si512();
+  __m512i tot[NP][CV][4] = {};
   for (int64_t t0 = 0; t0 < taps; t0 += kPlaneTaps) {
     const int64_t t1 = std::min(taps, t0 + kPlaneTaps);
-    __m512i sum[NP][CV][4];  // per plane: words as they are, and shifted right by 8
-#pragma GCC unroll 4
-    for (int i = 0; i < NP; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < CV; ++v)
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) sum[i][v][k] = _mm512_setzero_si512();
+    __m512i sum[NP][CV][4] = {};  // per plane: words as they are, and shifted right by 8
     const uint8_t* wt = w + t0 * padded + c0;
     for (int64_t t = t0; t < t1; ++t, wt += padded) {
       __m512i c[CV];

@@ -101,12 +101,6 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
                             const char* name_max, QuantParams* q, bool symmetric = false);
 
-// The symmetric scheme (NudgeRange), errors as MakeQuantParams.
-inline std::string MakeSymmetricQuantParams(float min, float max, int num_bits, const char* name_min,
-                                            const char* name_max, QuantParams* q) {
-  return MakeQuantParams(min, max, num_bits, name_min, name_max, q, /*symmetric=*/true);
-}
-
 // The code of x. Values outside the nudged range are clamped; NaN maps to code 0 here, and the kernels
 // make NaN the outputs it reaches (PropagateNan).
 // The float32 steps are those of TensorFlow 2.21's FakeQuantWithMinMaxVarsFunctor (a true division by

@@ -85,9 +85,7 @@ __all__ = [
 
 def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight_quantization="per_tensor",
                        input_scheme=None, weight_scheme=None, gradient="ste"):
-    for name, bits in (("num_bits", num_bits), ("weight_bits", weight_bits)):
-        if bits is None and name == "weight_bits":
-            continue
+    for name, bits in (("num_bits", num_bits), ("weight_bits", num_bits if weight_bits is None else weight_bits)):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"{name} must be an integer in 2..8, got {bits!r}")
     if range_mode not in RANGE_MODES:

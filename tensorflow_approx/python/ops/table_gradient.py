@@ -113,7 +113,7 @@ def table_gradient(op, grad, patches_of, to_nhwc):
     tap_codes = patches_of(codes_x - zero_code, 0) + zero_code  # padded taps hold the zero point
     groups = tf.shape(tap_codes)[5]
     n, ho, wo = tf.shape(tap_codes)[0], tf.shape(tap_codes)[1], tf.shape(tap_codes)[2]
-    npg = cout // (x_nhwc.shape[-1] // cg) if x_nhwc.shape[-1] is not None else tf.shape(dy)[-1] // groups
+    npg = cout // groups
     w_codes = tf.transpose(tf.reshape(codes_w, [kh, kw, cg, groups, npg]), [0, 1, 3, 2, 4])  # [i, j, g, c, o]
     index = tap_codes[..., None] * 256 + w_codes[None, None, None]  # [n, ho, wo, i, j, g, c, o]
     dy_g = tf.reshape(tf.cast(dy, tf.float32), [n, ho, wo, groups, npg])
