@@ -2,9 +2,11 @@
 
 Prints one row per layer: the op's median time and G LUT-MAC/s with a real non-exact table, the
 accurate float32 conv2d on the same shape, and their ratio. Realistic data: ReLU activations (half
-of them zero, the zero point) and normal weights.
+of them zero, the zero point) and normal weights. Then (--schemes) the table op with per-channel
+filter ranges and with signed products (both operands symmetric, an int16 table) beside the
+per-tensor unsigned call on the same layers.
 
-    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5]
+    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--noschemes]
 """
 
 import os
@@ -22,6 +24,7 @@ import tensorflow_approx as ta  # noqa: E402
 
 TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from ../shared, else a truncated product)")
 REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
+SCHEMES = flags.DEFINE_boolean("schemes", True, "also time per-channel ranges and signed products")
 
 # (name, N, H, W, Cin, Cout, K, stride): performance.md's shapes at N=8, the layer shapes of a CIFAR
 # ResNet-20 at N=64, and a LeNet-size layer.
@@ -64,6 +67,35 @@ def median_ms(fn, repeats):
     return 1e3 * float(np.median(times))
 
 
+def scheme_table(table, rng):
+    """The table op per tensor (unsigned), per output channel, and signed (symmetric operands, int16
+    table) on the same data: the issue's goal is within 10% of the first."""
+    from tensorflow_approx.python.ops.approx_conv_ops import lut_values
+
+    unsigned = tf.constant(lut_values(table)[0])
+    # A signed table of the same size and spread (values only matter for the kernel's data paths).
+    signed = tf.constant((lut_values(table)[0].astype(np.int32) - 32768).astype(np.int16))
+    print(f"\nschemes (ApproxConv2DWithTable, median of {REPEATS.value} runs):")
+    header = f"{'layer':28s} {'per-tensor ms':>14s} {'per-channel ms':>15s} {'ratio':>7s} {'signed ms':>10s} {'ratio':>7s}"
+    print(header)
+    print("-" * len(header))
+    for name, n, h, w, cin, cout, k, stride in LAYERS:
+        x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
+        f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32) * rng.uniform(0.5, 2, cout))
+        x_max = float(tf.reduce_max(x))
+        conv = dict(strides=[1, stride, stride, 1], padding="SAME")
+        tensor_ms = median_ms(lambda: ta.approx_conv2d_with_table(
+            x, f, 0.0, x_max, tf.reduce_min(f), tf.reduce_max(f), table=unsigned, **conv).numpy(), REPEATS.value)
+        channel_ms = median_ms(lambda: ta.approx_conv2d_with_table(
+            x, f, 0.0, x_max, tf.reduce_min(f, axis=[0, 1, 2]), tf.reduce_max(f, axis=[0, 1, 2]), table=unsigned,
+            **conv).numpy(), REPEATS.value)
+        signed_ms = median_ms(lambda: ta.approx_conv2d_with_table(
+            x, f, 0.0, x_max, tf.reduce_min(f), tf.reduce_max(f), table=signed, input_scheme="symmetric",
+            filter_scheme="symmetric", **conv).numpy(), REPEATS.value)
+        print(f"{name:28s} {tensor_ms:14.2f} {channel_ms:15.2f} {channel_ms / tensor_ms:7.2f} "
+              f"{signed_ms:10.2f} {signed_ms / tensor_ms:7.2f}")
+
+
 def main(_):
     table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
     rng = np.random.default_rng(0)
@@ -83,6 +115,8 @@ def main(_):
         conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
         print(f"{name:28s} {op_ms:9.2f} {macs / op_ms / 1e6:12.2f} {conv_ms:10.2f} "
               f"{macs / conv_ms / 1e6:14.2f} {op_ms / conv_ms:6.1f}x")
+    if SCHEMES.value:
+        scheme_table(table, rng)
 
 
 if __name__ == "__main__":

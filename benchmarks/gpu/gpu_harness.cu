@@ -85,7 +85,7 @@ template <> GpuDtype DtypeOf<__nv_bfloat16>() { return GpuDtype::kBfloat16; }
 // The codes exactly as ApproxConvCpu lays them out for the reference.
 template <typename T>
 void HostCodes(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter, const QuantParams& qi,
-               const QuantParams& qf, std::vector<uint8_t>* in_codes, std::vector<uint8_t>* flt_codes) {
+               const FilterQuant& qf, std::vector<uint8_t>* in_codes, std::vector<uint8_t>* flt_codes) {
   in_codes->resize(s.input_elements());
   const int64_t hw = s.in_h * s.in_w;
   for (int64_t nhw = 0; nhw < s.batch * hw; ++nhw) {
@@ -99,7 +99,7 @@ void HostCodes(const ConvShape& s, const std::vector<T>& input, const std::vecto
   flt_codes->resize(s.filter_elements());
   for (int64_t t = 0; t < taps; ++t)
     for (int64_t co = 0; co < s.out_depth; ++co)
-      (*flt_codes)[co * taps + t] = QuantizeToCode(static_cast<float>(filter[t * s.out_depth + co]), qf);
+      (*flt_codes)[co * taps + t] = QuantizeToCode(static_cast<float>(filter[t * s.out_depth + co]), qf.of(co));
 }
 
 struct Counts {
@@ -108,7 +108,8 @@ struct Counts {
   int per_kernel[static_cast<int>(GpuKernel::kCount)] = {};
   int per_type[4] = {};
   int wide = 0;
-  int split = 0;  // cases whose K was split between blocks
+  int split = 0;        // cases whose K was split between blocks
+  int per_channel = 0;  // cases with a filter range per output channel
 
   void Add(const GpuPlan& plan, int64_t outputs) {
     ++cases;
@@ -119,10 +120,15 @@ struct Counts {
 };
 
 // A call's quantization in device memory, made on the host (GpuQuantFromRanges, which the op uses, is
-// held to this by QuantFromRangesChecks).
+// held to this by QuantFromRangesChecks): one entry per tensor, or one per output channel.
 struct DeviceQuant : DeviceBuffer<GpuQuant> {
-  DeviceQuant(const QuantParams& qi, const QuantParams& qf, int64_t taps) : DeviceBuffer<GpuQuant>(1) {
-    Upload({MakeGpuQuant(qi, qf, taps, 0)});
+  DeviceQuant(const QuantParams& qi, const FilterQuant& qf, int64_t taps, int64_t lut_offset = 0)
+      : DeviceBuffer<GpuQuant>(static_cast<size_t>(qf.count)) {
+    std::vector<GpuQuant> entries;
+    for (int64_t c = 0; c < qf.count; ++c) {
+      entries.push_back(MakeGpuQuant(qi, qf.params[c], taps, lut_offset, static_cast<int32_t>(qf.count)));
+    }
+    Upload(entries);
   }
 };
 
@@ -154,7 +160,7 @@ bool SameOutputBits(const T& gpu, const T& ref) {
 
 template <typename T>
 std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
-                     const QuantParams& qi, const QuantParams& qf, const Lut& lut, const GpuOptions& base_opts,
+                     const QuantParams& qi, const FilterQuant& qf, const Lut& lut, const GpuOptions& base_opts,
                      GpuPlan* used, int64_t* min_acc = nullptr) {
   std::vector<uint8_t> in_codes, flt_codes;
   HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
@@ -257,7 +263,7 @@ std::shared_ptr<const Lut> RandomLut(std::mt19937_64& rng, int lo, int hi) {
 // CheckOne, counted, and reported if it fails (the first ten failures). Returns whether it passed.
 template <typename T>
 bool CheckCase(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
-               const QuantParams& qi, const QuantParams& qf, const Lut& lut, const GpuOptions& opts,
+               const QuantParams& qi, const FilterQuant& qf, const Lut& lut, const GpuOptions& opts,
                Counts* counts, const std::string& label, int64_t* min_acc = nullptr) {
   GpuPlan used;
   const std::string err = CheckOne<T>(s, input, filter, qi, qf, lut, opts, &used, min_acc);
@@ -276,7 +282,7 @@ bool CheckCase(const ConvShape& s, const std::vector<T>& input, const std::vecto
 }
 
 template <typename T>
-bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi, const QuantParams& qf,
+bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi, const FilterQuant& qf,
                  const Lut& lut, const GpuOptions& opts, float in_lo, float in_hi, float f_lo, float f_hi,
                  Counts* counts, const std::string& label) {
   std::uniform_real_distribution<double> u(0, 1);
@@ -381,6 +387,20 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   QuantParams qi, qf;
   if (!MakeQuantParams(in_lo, in_hi, bits, "input_min", "input_max", &qi).empty()) return false;
   if (!MakeQuantParams(f_lo, f_hi, bits, "filter_min", "filter_max", &qf).empty()) return false;
+  // A quarter of the cases: a filter range per output channel, each drawn as the tensor's was.
+  std::vector<QuantParams> channel_q;
+  if (ri(0, 3) == 0) {
+    channel_q.resize(static_cast<size_t>(s.out_depth));
+    for (QuantParams& q : channel_q) {
+      float lo, hi;
+      range(&lo, &hi);
+      lo = round_t(lo), hi = round_t(hi);
+      if (lo > hi) std::swap(lo, hi);
+      if (!MakeQuantParams(lo, hi, bits, "filter_min", "filter_max", &q).empty()) return false;
+    }
+    ++counts->per_channel;
+  }
+  const FilterQuant filter_q = channel_q.empty() ? FilterQuant(qf) : FilterQuant(channel_q.data(), s.out_depth);
 
   std::shared_ptr<const Lut> lut;
   std::string table_name;
@@ -403,15 +423,15 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   opts.force_wide = ri(0, 4) == 0;
   if (opts.force_wide) ++counts->wide;
   char label[256];
-  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s", nchw ? "NCHW" : "NHWC",
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s%s", nchw ? "NCHW" : "NHWC",
                 batch, in_h, in_w, in_depth, groups, fh, fw, cg, groups * npg, sh, sw, dh, dw,
-                static_cast<int>(attrs.padding), bits, table_name.c_str());
+                static_cast<int>(attrs.padding), bits, table_name.c_str(), channel_q.empty() ? "" : " per-channel");
   ++counts->per_type[type];
   switch (type) {
-    case 0: return RandomCaseT<float>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
-    case 1: return RandomCaseT<double>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
-    case 2: return RandomCaseT<__half>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
-    default: return RandomCaseT<__nv_bfloat16>(rng, s, qi, qf, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    case 0: return RandomCaseT<float>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    case 1: return RandomCaseT<double>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    case 2: return RandomCaseT<__half>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    default: return RandomCaseT<__nv_bfloat16>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
   }
 }
 
@@ -534,52 +554,8 @@ void LargeSumCases(std::mt19937_64& rng, Counts* counts) {
   run(shapes[3], true, GpuOptions(), false);
 }
 
-// A tiled call without its workspace (missing, short, misaligned) must return an error naming it and
-// launch nothing.
-// GpuQuantFromRanges (what the op runs) against MakeGpuQuant of the host's NudgeRange, bit for bit, on
-// random ranges of every element type: ordinary, reversed, zero-width, non-finite, tiny and huge, both
-// schemes, every code width; a range the host refuses must set the flag.
-template <typename T>
-int QuantFromRangesCase(std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  auto value = [&]() -> float {
-    switch (rng() % 8) {
-      case 0: return 0.f;
-      case 1: return std::ldexp(u(rng), static_cast<int>(rng() % 60) - 30);
-      case 2: return rng() % 2 ? INFINITY : NAN;
-      default: return 8.f * u(rng);
-    }
-  };
-  float r[4];
-  for (float& x : r) x = static_cast<float>(static_cast<T>(value()));  // as the element type holds it
-  if (rng() % 4 != 0) {  // mostly ordered
-    if (r[0] > r[1]) std::swap(r[0], r[1]);
-    if (r[2] > r[3]) std::swap(r[2], r[3]);
-  }
-  if (rng() % 8 == 0) r[1] = r[0];
-  GpuRanges ranges;
-  ranges.input_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
-  ranges.filter_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
-  ranges.input_symmetric = rng() % 2;
-  ranges.filter_symmetric = rng() % 2;
-  const int64_t taps = 1 + static_cast<int64_t>(rng() % 5000), offset = rng() % 2 ? 32768 : 0;
-  QuantParams qi, qf;
-  const bool valid = NudgeRange(r[0], r[1], ranges.input_bits, ranges.input_symmetric, &qi) == kRangeOk &&
-                     NudgeRange(r[2], r[3], ranges.filter_bits, ranges.filter_symmetric, &qf) == kRangeOk;
-  std::vector<T> values(4);
-  for (int i = 0; i < 4; ++i) values[i] = static_cast<T>(r[i]);
-  DeviceBuffer<T> d_r(4);
-  d_r.Upload(values);
-  ranges.input_min = d_r.ptr, ranges.input_max = d_r.ptr + 1, ranges.filter_min = d_r.ptr + 2, ranges.filter_max = d_r.ptr + 3;
-  DeviceBuffer<GpuQuant> d_q(1);
-  DeviceBuffer<int> d_flags(kGpuFlagCount);
-  d_flags.Poison(0);
-  if (!GpuQuantFromRanges(DtypeOf<T>(), ranges, taps, offset, d_q.ptr, d_flags.ptr, 0).empty()) return 1;
-  const GpuQuant got = d_q.Download()[0];
-  const bool flagged = d_flags.Download()[kGpuFlagInvalidRange] != 0;
-  if (flagged != !valid) return 1;
-  if (!valid) return 0;
-  const GpuQuant want = MakeGpuQuant(qi, qf, taps, offset);
+// Two GpuQuant entries bit for bit (floats compared as bits: -0 and +0 differ, as they would in codes).
+bool SameGpuQuant(const GpuQuant& got, const GpuQuant& want) {
   auto same = [](const auto& a, const auto& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; };
   auto same_params = [&](const QuantParams& x, const QuantParams& y) {
     return same(x.scale, y.scale) && same(x.quant_zero, y.quant_zero) && same(x.nudged_min, y.nudged_min) &&
@@ -592,10 +568,77 @@ int QuantFromRangesCase(std::mt19937_64& rng) {
            x.acc_offset == y.acc_offset && x.act_sum_offset == y.act_sum_offset &&
            x.filter_sum_offset == y.filter_sum_offset;
   };
-  const bool ok = same_params(got.input, want.input) && same_params(got.filter, want.filter) &&
-                  same_terms(got.terms_float, want.terms_float) && same_terms(got.terms_double, want.terms_double);
-  return ok ? 0 : 1;
+  return same_params(got.input, want.input) && same_params(got.filter, want.filter) &&
+         same_terms(got.terms_float, want.terms_float) && same_terms(got.terms_double, want.terms_double) &&
+         got.channels == want.channels;
 }
+
+// GpuQuantFromRanges (what the op runs) against MakeGpuQuant of the host's NudgeRange, bit for bit, on
+// random ranges of every element type: ordinary, reversed, zero-width, non-finite, tiny and huge, both
+// schemes, every code width, per tensor or per output channel; a range the host refuses must set the flag.
+template <typename T>
+int QuantFromRangesCase(std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  auto value = [&]() -> float {
+    switch (rng() % 8) {
+      case 0: return 0.f;
+      case 1: return std::ldexp(u(rng), static_cast<int>(rng() % 60) - 30);
+      case 2: return rng() % 2 ? INFINITY : NAN;
+      default: return 8.f * u(rng);
+    }
+  };
+  // r: input_min, input_max, then the filter's (min, max) pair of each channel.
+  const int channels = rng() % 3 == 0 ? 1 + static_cast<int>(rng() % 300) : 1;
+  std::vector<float> r(2 + 2 * static_cast<size_t>(channels));
+  for (float& x : r) x = static_cast<float>(static_cast<T>(value()));  // as the element type holds it
+  for (size_t i = 0; i < r.size(); i += 2) {
+    if (rng() % 4 != 0 && r[i] > r[i + 1]) std::swap(r[i], r[i + 1]);  // mostly ordered
+    if (rng() % 8 == 0) r[i + 1] = r[i];
+  }
+  if (channels > 1 && rng() % 2 == 0) {  // mostly valid channels, so that valid calls are compared too
+    for (size_t i = 2; i < r.size(); i += 2) {
+      r[i] = static_cast<float>(static_cast<T>(-std::fabs(8.f * u(rng)) - 0.01f));
+      r[i + 1] = static_cast<float>(static_cast<T>(std::fabs(8.f * u(rng))));
+    }
+  }
+  GpuRanges ranges;
+  ranges.filter_channels = channels;
+  ranges.input_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
+  ranges.filter_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
+  ranges.input_symmetric = rng() % 2;
+  ranges.filter_symmetric = rng() % 2;
+  const int64_t taps = 1 + static_cast<int64_t>(rng() % 5000), offset = rng() % 2 ? 32768 : 0;
+  QuantParams qi;
+  std::vector<QuantParams> qf(static_cast<size_t>(channels));
+  bool valid = NudgeRange(r[0], r[1], ranges.input_bits, ranges.input_symmetric, &qi) == kRangeOk;
+  for (int c = 0; c < channels; ++c) {
+    valid &= NudgeRange(r[2 + 2 * c], r[3 + 2 * c], ranges.filter_bits, ranges.filter_symmetric, &qf[c]) == kRangeOk;
+  }
+  // Device layout: input_min, input_max, filter_min[channels], filter_max[channels].
+  std::vector<T> values(r.size());
+  values[0] = static_cast<T>(r[0]), values[1] = static_cast<T>(r[1]);
+  for (int c = 0; c < channels; ++c) {
+    values[2 + c] = static_cast<T>(r[2 + 2 * c]);
+    values[2 + channels + c] = static_cast<T>(r[3 + 2 * c]);
+  }
+  DeviceBuffer<T> d_r(values.size());
+  d_r.Upload(values);
+  ranges.input_min = d_r.ptr, ranges.input_max = d_r.ptr + 1;
+  ranges.filter_min = d_r.ptr + 2, ranges.filter_max = d_r.ptr + 2 + channels;
+  DeviceBuffer<GpuQuant> d_q(static_cast<size_t>(channels));
+  DeviceBuffer<int> d_flags(kGpuFlagCount);
+  d_flags.Poison(0);
+  if (!GpuQuantFromRanges(DtypeOf<T>(), ranges, taps, offset, d_q.ptr, d_flags.ptr, 0).empty()) return 1;
+  const std::vector<GpuQuant> got_all = d_q.Download();
+  const bool flagged = d_flags.Download()[kGpuFlagInvalidRange] != 0;
+  if (flagged != !valid) return 1;
+  if (!valid) return 0;
+  for (int c = 0; c < channels; ++c) {
+    if (!SameGpuQuant(got_all[c], MakeGpuQuant(qi, qf[c], taps, offset, channels))) return 1;
+  }
+  return 0;
+}
+
 
 void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
   int failures = 0;
@@ -608,6 +651,8 @@ void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
   if (failures > 0) std::printf("FAIL GpuQuantFromRanges: %d of 2000 random ranges differ from the host\n", failures);
 }
 
+// A tiled call without its workspace (missing, short, misaligned) must return an error naming it and
+// launch nothing.
 void WorkspaceChecks(Counts* counts) {
   ConvAttrs attrs;
   attrs.strides = {1, 1, 1, 1};
@@ -830,6 +875,55 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   }
 }
 
+// Per-channel filter ranges and symmetric (signed) schemes against the per-tensor asymmetric call on the
+// benchmark layers: the chosen kernel, realistic data, each variant first checked against the reference
+// at batch 2. Signed products are timed with the int16 tables' offset of 32768 in the terms.
+void SchemeTiming(std::mt19937_64& rng, const Lut& lut, int runs, Counts* counts) {
+  QuantParams qi, qf, qi_sym, qf_sym;
+  BenchQuantParams(&qi, &qf);
+  NudgeRange(-2.f, 6.f, 8, true, &qi_sym);
+  NudgeRange(-1.f, 1.f, 8, true, &qf_sym);
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  std::printf("\nSchemes: ms of the chosen kernel, realistic data (median of %d runs)\n", runs);
+  std::printf("%-20s %14s %15s %7s %17s %7s\n", "shape", "per-tensor ms", "per-channel ms", "ratio",
+              "symmetric s8 ms", "ratio");
+  for (const BenchShape& b : kBenchShapes) {
+    std::vector<QuantParams> channel_q(static_cast<size_t>(b.cout));
+    std::uniform_real_distribution<float> spread(0.8f, 1.25f);
+    for (QuantParams& q : channel_q) {
+      const float a = spread(rng);
+      MakeQuantParams(-a, a, 8, "filter_min", "filter_max", &q);
+    }
+    const FilterQuant per_channel(channel_q.data(), b.cout);
+    {
+      const ConvShape small = MakeBenchShape(b, 2);
+      std::vector<float> in(small.input_elements()), flt(small.filter_elements());
+      FillData(rng, true, qi, qf, &in, &flt);
+      CheckCase<float>(small, in, flt, qi, per_channel, lut, GpuOptions(), counts, std::string(b.name) + " per-channel");
+      CheckCase<float>(small, in, flt, qi_sym, qf_sym, lut, GpuOptions(), counts, std::string(b.name) + " symmetric");
+      ++counts->per_channel;
+    }
+    const ConvShape s = MakeBenchShape(b, b.batch);
+    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+    FillData(rng, true, qi, qf, &in, &flt);
+    DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
+    d_in.Upload(in);
+    d_flt.Upload(flt);
+    GpuOptions opts;
+    const Workspace d_ws(s, &opts);
+    auto time = [&](const DeviceQuant& d_q) {
+      return MedianMs([&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts); },
+                      runs);
+    };
+    const double tensor_ms = time(DeviceQuant(qi, qf, s.taps()));
+    const double channel_ms = time(DeviceQuant(qi, per_channel, s.taps()));
+    const double symmetric_ms = time(DeviceQuant(qi_sym, qf_sym, s.taps(), 32768));
+    std::printf("%-20s %14.3f %15.3f %7.3f %17.3f %7.3f\n", b.name, tensor_ms, channel_ms, channel_ms / tensor_ms,
+                symmetric_ms, symmetric_ms / tensor_ms);
+  }
+}
+
 // One launch of benchmark layer `index` on realistic data with the chosen kernel, for a profiler.
 int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
   QuantParams qi, qf;
@@ -956,6 +1050,7 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
                   macs / base_ms * 1e-6, base_ms / ms);
     }
   }
+  SchemeTiming(rng, *l40, runs, counts);
   if (sweep) Sweep(rng, *l40, runs);
   return mismatches;
 }
@@ -1025,9 +1120,9 @@ int main(int argc, char** argv) {
   std::printf("  by kernel:");
   for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
     std::printf(" %s %d", GpuKernelName(static_cast<GpuKernel>(k)), counts.per_kernel[k]);
-  std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d; K split %d\n",
+  std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d; K split %d; per-channel %d\n",
               counts.per_type[0], counts.per_type[1], counts.per_type[2], counts.per_type[3], counts.wide,
-              counts.split);
+              counts.split, counts.per_channel);
   std::printf("%s\n", counts.failures == 0 ? "ALL CHECKS PASSED" : "CHECKS FAILED");
   return counts.failures == 0 ? 0 : 1;
 }

@@ -1,8 +1,8 @@
 """Inside TensorFlow on a GPU machine: the GPU kernels of both ops, bit for bit against the CPU kernels.
 
 Random configurations (dtypes, NHWC/NCHW, paddings, strides, dilations, groups, num_bits, tables as a
-file / uint16 tensor / float32 variable; symmetric schemes, 4-bit weights and int16 tables with ranges
-reduced on the device), NaN inputs and filters, an invalid float32 table and refused ranges (all NaN on
+file / uint16 tensor / float32 variable; symmetric schemes, 4-bit weights, int16 tables and per-channel
+filter ranges, with ranges reduced on the device), NaN inputs and filters, an invalid float32 table and refused ranges (all NaN on
 the GPU, an error on the CPU), and the Keras layers: predict on the GPU equal to the CPU, the table variable
 on the GPU, set_multiplier without retracing. Prints a short table; exit status 1 on any mismatch.
 
@@ -95,18 +95,25 @@ def run_case(c, rng, tables, nan):
                   filter_num_bits=int(rng.choice([-1, 8, 4])), num_bits=c["num_bits"])
     table = (rng.integers(-32768, 32768, size=65536).astype(np.int16) if rng.integers(2)
              else rng.integers(0, 65536, size=65536).astype(np.uint16))
+    # Per-channel filter ranges in half the cases, over channels of unequal scale (ranges that hold 0,
+    # so that a channel of one repeated value is not a refused zero-width range).
+    per_channel = bool(rng.integers(2))
+    w_scheme = w * rng.uniform(0.1, 3.0, size=c["cout"]).astype(np.float32) if per_channel else w
     scheme_out = {}
     for device in ("/CPU:0", "/GPU:0"):
         with tf.device(device):
-            xt, wt = tf.cast(x, dtype), tf.cast(w, dtype)
-            r = [tf.minimum(tf.reduce_min(xt), 0), tf.maximum(tf.reduce_max(xt), 0), tf.reduce_min(wt),
-                 tf.reduce_max(wt)]
+            xt, wt = tf.cast(x, dtype), tf.cast(w_scheme, dtype)
+            axis = [0, 1, 2] if per_channel else None
+            r = [tf.minimum(tf.reduce_min(xt), 0), tf.maximum(tf.reduce_max(xt), 0),
+                 tf.minimum(tf.reduce_min(wt, axis=axis), 0), tf.maximum(tf.reduce_max(wt, axis=axis), 0)]
             if nan:  # NaN ranges are refused; keep the NaN in the operands only
                 r = [tf.constant(v, dtype) for v in ranges]
+                if per_channel:
+                    r[2:] = [tf.fill([c["cout"]], tf.constant(v, dtype)) for v in ranges[2:]]
             scheme_out[device] = ta.approx_conv2d_with_table(xt, wt, *r, table=tf.constant(table), **scheme, **kw)
     same_scheme = np.array_equal(bits(scheme_out["/CPU:0"]), bits(scheme_out["/GPU:0"]))
     if not same_scheme:
-        print("  scheme case differs:", scheme, table.dtype)
+        print("  scheme case differs:", scheme, table.dtype, "per-channel" if per_channel else "per-tensor")
     ok = ok and same_scheme
     if not ok:
         for key in results:
@@ -163,7 +170,8 @@ def check_keras(tables):
     import keras
 
     inputs = keras.Input((16, 16, 3))
-    h = ta.FakeApproxConv2D(16, 3, padding="same", activation="relu", mul_map_file=tables[0][1])(inputs)
+    h = ta.FakeApproxConv2D(16, 3, padding="same", activation="relu", mul_map_file=tables[0][1],
+                            weight_quantization="per_channel")(inputs)
     h = ta.FakeApproxDepthwiseConv2D(3, padding="same", mul_map_file=tables[1][1])(h)
     h = keras.layers.Flatten()(h)
     outputs = ta.FakeApproxDense(10, mul_map_file=tables[2][1])(h)
@@ -236,12 +244,12 @@ def main():
     ranges_ok = check_invalid_ranges()
     keras_same, lut_on_gpu, traces = check_keras(tables)
     print(f"| check | result |\n| --- | --- |")
-    print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme and "
-          f"int16/uint16 table with ranges reduced on each device | {cases} cases, {outputs} outputs "
+    print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme, "
+          f"int16/uint16 table and per-tensor/per-channel filter ranges reduced on each device | {cases} cases, {outputs} outputs "
           f"({nans} NaN), {failures} mismatches |")
     print(f"| invalid float32 table | GPU all NaN and CPU error: {invalid_ok} |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
-    print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps | {keras_same} |")
+    print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are GPU variables | {lut_on_gpu} |")
     print(f"| tf.function traces over 4 swaps | {traces} |")
     return 0 if failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_gpu and traces == 1 else 1

@@ -57,20 +57,20 @@ __host__ __device__ constexpr size_t SplitSlotBytes(int bm, int bn, bool wide) {
 // The filter's codes, once per call, for the tiled kernels: table column offsets (code << 1) in the
 // filter's HWIO order, and per output channel the code sum and the sum of LUT[zp][code] (sums[out_depth
 // + co]), added into zeroed sums. Threads of a warp take adjacent channels (coalesced), each a run of
-// kFilterRun taps.
+// kFilterRun taps, each quantized with its channel's parameters.
 constexpr int kFilterRun = 32;
 template <typename T>
 __global__ void __launch_bounds__(256)
     FilterCodesKernel(const T* __restrict__ filter, int taps, int out_depth, const GpuQuant* __restrict__ quant,
                       const uint16_t* __restrict__ lut, uint16_t* __restrict__ codes,
                       unsigned long long* __restrict__ sums) {
-  const QuantParams qf = quant->filter;
   const int zero_point = quant->input.zero_point;
   const int64_t runs = (static_cast<int64_t>(taps) + kFilterRun - 1) / kFilterRun * out_depth;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int co = static_cast<int>(idx % out_depth);
     const int k0 = static_cast<int>(idx / out_depth) * kFilterRun;
+    const QuantParams qf = quant->ChannelQuant(co).filter;
     unsigned long long code_sum = 0, row_sum = 0;
     for (int k = k0; k < min(taps, k0 + kFilterRun); ++k) {
       const int64_t i = static_cast<int64_t>(k) * out_depth + co;
@@ -514,7 +514,9 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
     // Taps past K were processed as (zp, 0) by the dense path: E[zp][0] - off each (0 when rebased).
     const long long tail_term = static_cast<long long>(tail) * (static_cast<long long>(s_lut[zp << 8]) - off);
-    const DequantizeTerms<typename RealOf<T>::type> deq = TermsOf<typename RealOf<T>::type>(epi.quant);
+    using Real = typename RealOf<T>::type;
+    const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
+    const bool per_channel = epi.quant->channels != 1;
 #pragma unroll
     for (int m = 0; m < TM; ++m) {
       const int ml = warp * TM + m;
@@ -534,7 +536,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
         const int64_t sum =
             kWide ? acc64[kWide ? m : 0][kWide ? n : 0] + rsum - tail_term
                   : static_cast<int64_t>(acc[m][n] + static_cast<uint32_t>(rsum) - static_cast<uint32_t>(tail_term));
-        StoreOutput(g, output, p, co, FromReal<T>(deq(sum, a_sum, static_cast<long long>(__ldg(w_sums + co)))));
+        const DequantizeTerms<Real> terms = per_channel ? TermsOf<Real>(epi.quant + co) : deq;
+        StoreOutput(g, output, p, co, FromReal<T>(terms(sum, a_sum, static_cast<long long>(__ldg(w_sums + co)))));
         if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = sum;
       }
     }
@@ -548,8 +551,10 @@ template <typename T, bool kSharedLut>
 __global__ void __launch_bounds__(256)
     DirectConvKernel(const T* __restrict__ input, const T* __restrict__ filter, T* __restrict__ output,
                      const uint16_t* __restrict__ lut, GpuGeometry g, Epilogue epi) {
-  const QuantParams qi = epi.quant->input, qf = epi.quant->filter;
-  const DequantizeTerms<typename RealOf<T>::type> deq = TermsOf<typename RealOf<T>::type>(epi.quant);
+  using Real = typename RealOf<T>::type;
+  const QuantParams qi = epi.quant->input, qf_tensor = epi.quant->filter;
+  const DequantizeTerms<Real> deq_tensor = TermsOf<Real>(epi.quant);
+  const bool per_channel = epi.quant->channels != 1;
   extern __shared__ __align__(16) unsigned char smem[];
   const uint16_t* table = lut;
   if (kSharedLut) {
@@ -568,6 +573,7 @@ __global__ void __launch_bounds__(256)
     const int ow = p % g.out_w;
     const int oh = (p / g.out_w) % g.out_h;
     const int n = p / g.out_w / g.out_h;
+    const QuantParams qf = per_channel ? epi.quant[co].filter : qf_tensor;
     unsigned long long acc = 0;
     long long a_sum = 0, w_sum = 0;
     for (int kh = 0; kh < g.filter_h; ++kh) {
@@ -591,6 +597,7 @@ __global__ void __launch_bounds__(256)
         }
       }
     }
+    const DequantizeTerms<Real> deq = per_channel ? TermsOf<Real>(epi.quant + co) : deq_tensor;
     StoreOutput(g, output, p, co, FromReal<T>(deq(static_cast<int64_t>(acc), a_sum, w_sum)));
     if (epi.debug_acc != nullptr) epi.debug_acc[idx] = static_cast<int64_t>(acc);
     if (epi.debug_act_sum != nullptr && co % g.npg == 0) {

@@ -76,45 +76,56 @@ struct GpuOptions {
 // The quantization of one call as every kernel reads it, in device memory: made there from the range
 // tensors by GpuQuantFromRanges, so that no range travels to the host and the stream never waits for
 // one (or made on the host by MakeGpuQuant and copied, as the harness does).
+//
+// Per-tensor filter ranges: one GpuQuant, channels = 1. Per-output-channel ranges: out_depth of them,
+// entry co with channel co's filter parameters and terms and channels = out_depth (the input
+// parameters are the same in every entry); kernels read entry ChannelQuant(co).
 struct GpuQuant {
   QuantParams input, filter;
   DequantizeTerms<float> terms_float;    // outputs of float, half and bfloat16 calls
   DequantizeTerms<double> terms_double;  // of double calls
+  int32_t channels = 1;                  // entries of the call: 1, or out_depth
+
+  // The entry of output channel co (this one, per tensor).
+  TFAPPROX_HOST_DEVICE const GpuQuant& ChannelQuant(int64_t co) const { return channels == 1 ? *this : this[co]; }
 };
 
-// lut_offset: added to every table entry (32768 for a table of signed products, else 0).
+// lut_offset: added to every table entry (32768 for a table of signed products, else 0); channels: the
+// entries of the call (1 per tensor).
 TFAPPROX_HOST_DEVICE inline GpuQuant MakeGpuQuant(const QuantParams& input_q, const QuantParams& filter_q,
-                                                  int64_t taps, int64_t lut_offset) {
+                                                  int64_t taps, int64_t lut_offset, int32_t channels = 1) {
   GpuQuant quant;
   quant.input = input_q;
   quant.filter = filter_q;
   quant.terms_float = DequantizeTerms<float>(input_q, filter_q, taps);
   quant.terms_double = DequantizeTerms<double>(input_q, filter_q, taps);
   quant.terms_float.acc_offset = quant.terms_double.acc_offset = lut_offset * taps;
+  quant.channels = channels;
   return quant;
 }
 
-// The four range scalars of a call (device memory, of the call's element type) and its scheme.
+// The four range tensors of a call (device memory, of the call's element type) and its scheme.
 struct GpuRanges {
   const void* input_min = nullptr;
   const void* input_max = nullptr;
-  const void* filter_min = nullptr;
+  const void* filter_min = nullptr;  // filter_channels elements each: 1, or out_depth (per output channel)
   const void* filter_max = nullptr;
+  int filter_channels = 1;
   int input_bits = 8, filter_bits = 8;  // in [kMinNumBits, kMaxNumBits]
   bool input_symmetric = false, filter_symmetric = false;
 };
 
 enum class GpuDtype { kFloat, kDouble, kHalf, kBfloat16 };
 
-// Writes MakeGpuQuant of NudgeRange's parameters for `ranges` into *quant (device memory) on the stream.
-// A range NudgeRange refuses sets flags[kGpuFlagInvalidRange] (GpuPropagateNan then makes every output
-// NaN) and quantizes with the zero-width range.
+// Writes MakeGpuQuant of NudgeRange's parameters for `ranges` into quant[0 .. filter_channels - 1]
+// (device memory) on the stream. A range NudgeRange refuses sets flags[kGpuFlagInvalidRange]
+// (GpuPropagateNan then makes every output NaN) and quantizes with the zero-width range.
 std::string GpuQuantFromRanges(GpuDtype dtype, const GpuRanges& ranges, int64_t taps, int64_t lut_offset,
                                GpuQuant* quant, int* flags, cudaStream_t stream);
 
 // Runs the op on `stream`. T is float, double, __half or __nv_bfloat16 (Eigen::half and
 // tensorflow::bfloat16 have the same bits). input is NHWC or NCHW as shape.data_format says, filter
-// HWIO, quant the call's quantization and lut_device the 65536-entry table, both in device memory,
+// HWIO, quant the call's quantization (its quant->channels entries) and lut_device the 65536-entry table, both in device memory,
 // output in the input's data format. Returns "" when the work was queued, otherwise what went wrong (a
 // CUDA error, a shape this device cannot run); never aborts. The shape must come from ComputeConvShape.
 template <typename T>

@@ -39,15 +39,15 @@ template <typename T>
 __global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __restrict__ lut, const T* __restrict__ filter,
                                                              GpuGeometry g, const GpuQuant* quant, uint16_t* cols,
                                                              uint16_t* codes, int32_t* sums) {
-  const QuantParams qf = quant->filter;
   const int step = gridDim.x * blockDim.x;
   const int first = blockIdx.x * blockDim.x + threadIdx.x;
   for (int i = first; i < kLutEntries; i += step) cols[i] = __ldg(lut + (((i & 255) << 8) | (i >> 8)));
   const int filter_elements = g.taps * g.out_depth;
   for (int i = first; i < filter_elements; i += step) {
-    codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
+    codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), quant->ChannelQuant(i % g.out_depth).filter) << 8);
   }
   for (int co = first; co < g.out_depth; co += step) {
+    const QuantParams qf = quant->ChannelQuant(co).filter;
     int32_t sum = 0;  // taps * 255 < 2^31: the plan takes this kernel only for taps < 2^23
     for (int t = 0; t < g.taps; ++t) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
     sums[co] = sum;
@@ -58,8 +58,10 @@ template <typename T, bool kWide>
 __global__ void __launch_bounds__(kColumnThreads, 1)
     ColumnsConvKernel(const T* __restrict__ input, T* __restrict__ output, const unsigned char* __restrict__ workspace,
                       ColumnsWorkspace layout, GpuGeometry g, Epilogue epi) {
+  using Real = typename RealOf<T>::type;
   const QuantParams qi = epi.quant->input;
-  const DequantizeTerms<typename RealOf<T>::type> deq = TermsOf<typename RealOf<T>::type>(epi.quant);
+  const DequantizeTerms<Real> deq_tensor = TermsOf<Real>(epi.quant);
+  const bool per_channel = epi.quant->channels != 1;
   using Acc = typename std::conditional<kWide, unsigned long long, uint32_t>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   {
@@ -114,6 +116,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
     for (int j = 0; j < kColumnChannels; ++j) {
       if (j >= nc) continue;
       const int co = co0 + j;
+      const DequantizeTerms<Real> deq = per_channel ? TermsOf<Real>(epi.quant + co) : deq_tensor;
       StoreOutput(g, output, p, co,
                   FromReal<T>(deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co]))));
       if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = static_cast<int64_t>(acc[j]);

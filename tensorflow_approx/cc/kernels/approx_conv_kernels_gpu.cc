@@ -114,9 +114,6 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
               const tfapprox::QuantParams& /*unused: ranges on the device*/,
               const std::vector<tfapprox::QuantParams>& filter_q /*its size only*/, Tensor* output) override {
-    OP_REQUIRES(ctx, filter_q.size() == 1,
-                absl::UnimplementedError("ApproxConv2DWithTable: per-channel filter ranges have CPU kernels only "
-                                         "for now; place the op on the CPU (tf.device('/CPU:0'))"));
     void* out = output->flat<T>().data();
     // The thread running Compute need not have this kernel's GPU current: take it from the output.
     cudaPointerAttributes attributes;
@@ -160,9 +157,12 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     }
 
     // The quantization, made on the device from the range tensors: the stream never waits for the host.
+    // One GpuQuant per filter range: one per tensor, or one per output channel.
     constexpr tfapprox::GpuDtype dtype = GpuDtypeOf<T>::value;
+    const int64_t channels = static_cast<int64_t>(filter_q.size());
     Tensor quant;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(sizeof(tfapprox::GpuQuant))}),
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8,
+                                           TensorShape({channels * static_cast<int64_t>(sizeof(tfapprox::GpuQuant))}),
                                            &quant));
     tfapprox::GpuQuant* quant_ptr = reinterpret_cast<tfapprox::GpuQuant*>(quant.flat<uint8_t>().data());
     tfapprox::GpuRanges ranges;
@@ -170,6 +170,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     ranges.input_max = ctx->input(this->kRangeInputs + 1).data();
     ranges.filter_min = ctx->input(this->kRangeInputs + 2).data();
     ranges.filter_max = ctx->input(this->kRangeInputs + 3).data();
+    ranges.filter_channels = static_cast<int>(channels);
     ranges.input_bits = this->num_bits();
     ranges.filter_bits = this->filter_num_bits();
     ranges.input_symmetric = this->input_symmetric();

@@ -98,7 +98,7 @@ gradient: what the registered gradient computes (the forward pass ignores it): "
   convolution's at the operands (straight-through), or "table", the derivatives of the table itself
   (tensorflow_approx/python/ops/table_gradient.py).
 filter_min, filter_max: scalars, or vectors of the filter's out_depth values (a range per output
-  channel, as fake_quant_with_min_max_vars_per_channel; CPU kernels only, for now).
+  channel, as fake_quant_with_min_max_vars_per_channel).
 )doc");
 
 }  // namespace

@@ -449,7 +449,7 @@ class FakeApproxConv2D(_FakeApproxMixin, keras.layers.Conv2D):
       ema_decay: decay of the "moving_average" ranges.
       weight_bits: the kernel's code width, 2..8 (None: num_bits), e.g. 8x4 multipliers.
       weight_quantization: "per_tensor" (one kernel range) or "per_channel" (a range per output
-        channel, as fake_quant_with_min_max_vars_per_channel; CPU kernels only, for now).
+        channel, as fake_quant_with_min_max_vars_per_channel).
       input_scheme, weight_scheme: None (from the table: "symmetric" for signed products, signed codes
         with zero point 0; "asymmetric" for unsigned ones, TensorFlow's codes) or either explicitly,
         e.g. unsigned activations with signed weights.

@@ -184,7 +184,6 @@ def approx_conv2d_with_table(
         (2^(b-1) - 1); docs/semantics.md, "Quantization schemes").
       filter_min, filter_max: scalars, or vectors of the filter's out_depth values: a range per output
         channel (as tf.quantization.fake_quant_with_min_max_vars_per_channel, in the filter's scheme).
-        Per-channel ranges run on the CPU for now (the GPU kernel refuses them with an error).
       gradient: "ste" (the accurate convolution's gradient at the operands, straight-through) or
         "table" (the derivatives of the table itself; tensorflow_approx/python/ops/table_gradient.py).
 
