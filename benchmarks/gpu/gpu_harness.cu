@@ -384,9 +384,18 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   in_lo = round_t(in_lo), in_hi = round_t(in_hi), f_lo = round_t(f_lo), f_hi = round_t(f_hi);
   if (in_lo > in_hi) std::swap(in_lo, in_hi);
   if (f_lo > f_hi) std::swap(f_lo, f_hi);
+  // Schemes per operand: asymmetric mostly, else symmetric or symmetric with a narrow range.
+  auto scheme = [&](bool* symmetric, bool* narrow) {
+    const int k = ri(0, 5);
+    *symmetric = k >= 4;
+    *narrow = k == 5;
+  };
+  bool in_sym, in_narrow, f_sym, f_narrow;
+  scheme(&in_sym, &in_narrow);
+  scheme(&f_sym, &f_narrow);
   QuantParams qi, qf;
-  if (!MakeQuantParams(in_lo, in_hi, bits, "input_min", "input_max", &qi).empty()) return false;
-  if (!MakeQuantParams(f_lo, f_hi, bits, "filter_min", "filter_max", &qf).empty()) return false;
+  if (!MakeQuantParams(in_lo, in_hi, bits, "input_min", "input_max", &qi, in_sym, in_narrow).empty()) return false;
+  if (!MakeQuantParams(f_lo, f_hi, bits, "filter_min", "filter_max", &qf, f_sym, f_narrow).empty()) return false;
   // A quarter of the cases: a filter range per output channel, each drawn as the tensor's was.
   std::vector<QuantParams> channel_q;
   if (ri(0, 3) == 0) {
@@ -396,7 +405,7 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
       range(&lo, &hi);
       lo = round_t(lo), hi = round_t(hi);
       if (lo > hi) std::swap(lo, hi);
-      if (!MakeQuantParams(lo, hi, bits, "filter_min", "filter_max", &q).empty()) return false;
+      if (!MakeQuantParams(lo, hi, bits, "filter_min", "filter_max", &q, f_sym, f_narrow).empty()) return false;
     }
     ++counts->per_channel;
   }
@@ -423,9 +432,11 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   opts.force_wide = ri(0, 4) == 0;
   if (opts.force_wide) ++counts->wide;
   char label[256];
-  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s%s", nchw ? "NCHW" : "NHWC",
-                batch, in_h, in_w, in_depth, groups, fh, fw, cg, groups * npg, sh, sw, dh, dw,
-                static_cast<int>(attrs.padding), bits, table_name.c_str(), channel_q.empty() ? "" : " per-channel");
+  const char* kSchemeNames[] = {"asym", "sym", "sym-narrow"};
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s%s %s/%s",
+                nchw ? "NCHW" : "NHWC", batch, in_h, in_w, in_depth, groups, fh, fw, cg, groups * npg, sh, sw, dh,
+                dw, static_cast<int>(attrs.padding), bits, table_name.c_str(), channel_q.empty() ? "" : " per-channel",
+                kSchemeNames[in_sym + in_narrow], kSchemeNames[f_sym + f_narrow]);
   ++counts->per_type[type];
   switch (type) {
     case 0: return RandomCaseT<float>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
@@ -560,7 +571,7 @@ bool SameGpuQuant(const GpuQuant& got, const GpuQuant& want) {
   auto same_params = [&](const QuantParams& x, const QuantParams& y) {
     return same(x.scale, y.scale) && same(x.quant_zero, y.quant_zero) && same(x.nudged_min, y.nudged_min) &&
            same(x.nudged_max, y.nudged_max) && x.zero_point == y.zero_point && x.quant_max == y.quant_max &&
-           x.code_shift == y.code_shift;
+           x.code_shift == y.code_shift && x.quant_min == y.quant_min;
   };
   auto same_terms = [&](const auto& x, const auto& y) {
     return same(x.acc_scale, y.acc_scale) && same(x.act_sum_scale, y.act_sum_scale) &&
@@ -607,12 +618,15 @@ int QuantFromRangesCase(std::mt19937_64& rng) {
   ranges.filter_bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
   ranges.input_symmetric = rng() % 2;
   ranges.filter_symmetric = rng() % 2;
+  ranges.input_narrow = ranges.input_symmetric && rng() % 2;
+  ranges.filter_narrow = ranges.filter_symmetric && rng() % 2;
   const int64_t taps = 1 + static_cast<int64_t>(rng() % 5000), offset = rng() % 2 ? 32768 : 0;
   QuantParams qi;
   std::vector<QuantParams> qf(static_cast<size_t>(channels));
-  bool valid = NudgeRange(r[0], r[1], ranges.input_bits, ranges.input_symmetric, &qi) == kRangeOk;
+  bool valid = NudgeRange(r[0], r[1], ranges.input_bits, ranges.input_symmetric, &qi, ranges.input_narrow) == kRangeOk;
   for (int c = 0; c < channels; ++c) {
-    valid &= NudgeRange(r[2 + 2 * c], r[3 + 2 * c], ranges.filter_bits, ranges.filter_symmetric, &qf[c]) == kRangeOk;
+    valid &= NudgeRange(r[2 + 2 * c], r[3 + 2 * c], ranges.filter_bits, ranges.filter_symmetric, &qf[c],
+                        ranges.filter_narrow) == kRangeOk;
   }
   // Device layout: input_min, input_max, filter_min[channels], filter_max[channels].
   std::vector<T> values(r.size());

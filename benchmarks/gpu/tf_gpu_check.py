@@ -90,8 +90,8 @@ def run_case(c, rng, tables, nan):
     ok = all(np.array_equal(bits(cpu), bits(results[key])) for key in results)
     # Quantization schemes (symmetric operands, a code width per operand) and int16 tables of signed
     # products: the GPU against the CPU on the same call, with the ranges reduced on each device.
-    scheme = dict(input_scheme=str(rng.choice(["asymmetric", "symmetric"])),
-                  filter_scheme=str(rng.choice(["asymmetric", "symmetric"])),
+    scheme = dict(input_scheme=str(rng.choice(["asymmetric", "symmetric", "symmetric_narrow"])),
+                  filter_scheme=str(rng.choice(["asymmetric", "symmetric", "symmetric_narrow"])),
                   filter_num_bits=int(rng.choice([-1, 8, 4])), num_bits=c["num_bits"])
     table = (rng.integers(-32768, 32768, size=65536).astype(np.int16) if rng.integers(2)
              else rng.integers(0, 65536, size=65536).astype(np.uint16))

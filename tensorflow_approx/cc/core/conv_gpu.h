@@ -113,6 +113,7 @@ struct GpuRanges {
   int filter_channels = 1;
   int input_bits = 8, filter_bits = 8;  // in [kMinNumBits, kMaxNumBits]
   bool input_symmetric = false, filter_symmetric = false;
+  bool input_narrow = false, filter_narrow = false;  // symmetric without the lowest code
 };
 
 enum class GpuDtype { kFloat, kDouble, kHalf, kBfloat16 };

@@ -85,7 +85,11 @@ struct DequantizeTerms {
   int64_t acc_offset = 0, act_sum_offset = 0, filter_sum_offset = 0;
 
   DequantizeTerms() = default;
-  // m1, m2: the value of code shift (0 unless symmetric), scaled: -(zero_point - code_shift) * scale.
+  // ShiftedMin: the value of kernel code code_shift (the kernels' sums are of codes, the table's of
+  // signed codes: code - code_shift). With codes from 0: nudged_min, the value of code 0, plus
+  // code_shift steps (exact for a symmetric range, whose nudged_min is -2^(b-1) steps). With a narrow
+  // range's codes from 1, nudged_min is -(2^(b-1) - 1) steps, rounded: the steps from the zero point
+  // instead, so that a symmetric narrow range's is exactly 0 too.
   TFAPPROX_HOST_DEVICE DequantizeTerms(const QuantParams& in, const QuantParams& filter, int64_t taps)
       : acc_scale(Real(in.scale) * Real(filter.scale)),
         act_sum_scale(Real(in.scale) * ShiftedMin(filter)),
@@ -94,7 +98,10 @@ struct DequantizeTerms {
         act_sum_offset(taps * in.code_shift),
         filter_sum_offset(taps * filter.code_shift) {}
 
-  TFAPPROX_HOST_DEVICE static Real ShiftedMin(const QuantParams& q) { return Real(q.nudged_min) + Real(q.code_shift) * Real(q.scale); }
+  TFAPPROX_HOST_DEVICE static Real ShiftedMin(const QuantParams& q) {
+    if (q.quant_min != 0) return Real(q.code_shift - q.zero_point) * Real(q.scale);
+    return Real(q.nudged_min) + Real(q.code_shift) * Real(q.scale);
+  }
 
   TFAPPROX_HOST_DEVICE Real operator()(int64_t acc, int64_t act_sum, int64_t filter_sum) const {
     return acc_scale * Real(acc - acc_offset) + act_sum_scale * Real(act_sum - act_sum_offset) +

@@ -195,9 +195,15 @@ void TestQuantizeCodesVectorized() {
   std::mt19937 rng(11);
   const float ranges[][2] = {{0.f, 6.f}, {-1.f, 1.f}, {-3.7f, 0.2f}, {0.f, 255.f}, {-1e-3f, 5e-4f}, {0.f, 0.f}};
   for (const auto& r : ranges) {
-    for (int bits : {8, 4, 2}) {
+    for (int scheme = 0; scheme < 6; ++scheme) {  // bits 8, 4, 2; asymmetric, then symmetric narrow
+      const int bits = std::vector<int>{8, 4, 2}[scheme % 3];
+      const bool narrow = scheme >= 3;
       QuantParams q;
-      EXPECT(MakeQuantParams(r[0], r[1], bits, "a", "b", &q).empty(), "range");
+      EXPECT(MakeQuantParams(r[0], r[1], bits, "a", "b", &q, narrow, narrow).empty(), "range");
+      if (narrow && q.scale != 0.f) {  // the lowest signed code is never produced
+        EXPECT(q.quant_min == 1 && QuantizeToCode(-1e30f, q) == 1 && QuantizeToCode(0.f, q) == q.zero_point,
+               "narrow range codes");
+      }
       // Special values first: they must reach the vector lanes, not only the scalar tail.
       std::vector<float> v = {0.f, -0.f, INFINITY, -INFINITY, NAN, 1e-40f, -1e-40f, q.nudged_min, q.nudged_max};
       std::uniform_real_distribution<float> wide(r[0] - 1.f, r[1] + 1.f);

@@ -22,9 +22,10 @@ __global__ void QuantFromRangesKernel(const T* input_min, const T* input_max, co
   if (c >= r.filter_channels) return;
   QuantParams input_q, filter_q;
   const RangeError input_error =
-      NudgeRange(ToFloat(*input_min), ToFloat(*input_max), r.input_bits, r.input_symmetric, &input_q);
+      NudgeRange(ToFloat(*input_min), ToFloat(*input_max), r.input_bits, r.input_symmetric, &input_q, r.input_narrow);
   const RangeError filter_error =
-      NudgeRange(ToFloat(filter_min[c]), ToFloat(filter_max[c]), r.filter_bits, r.filter_symmetric, &filter_q);
+      NudgeRange(ToFloat(filter_min[c]), ToFloat(filter_max[c]), r.filter_bits, r.filter_symmetric, &filter_q,
+                 r.filter_narrow);
   if (input_error != kRangeOk || filter_error != kRangeOk) *invalid = 1;
   quant[c] = MakeGpuQuant(input_q, filter_q, taps, lut_offset, r.filter_channels);
 }

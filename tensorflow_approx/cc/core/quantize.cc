@@ -9,13 +9,13 @@
 namespace tfapprox {
 
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
-                            const char* name_max, QuantParams* q, bool symmetric) {
+                            const char* name_max, QuantParams* q, bool symmetric, bool narrow) {
   std::ostringstream msg;
   if (num_bits < kMinNumBits || num_bits > kMaxNumBits) {
     msg << "num_bits must be in [" << kMinNumBits << ", " << kMaxNumBits << "], got " << num_bits;
     return msg.str();
   }
-  switch (NudgeRange(min, max, num_bits, symmetric, q)) {
+  switch (NudgeRange(min, max, num_bits, symmetric, q, narrow)) {
     case kRangeOk:
       return "";
     case kRangeNotFinite:
@@ -50,7 +50,8 @@ __attribute__((target("avx512f"))) bool QuantizeCodesAvx512(const float* values,
                                                             const QuantParams& q, uint8_t* codes) {
   const __m512 lo = _mm512_set1_ps(q.nudged_min), hi = _mm512_set1_ps(q.nudged_max);
   const __m512 scale = _mm512_set1_ps(q.scale), zero = _mm512_set1_ps(q.quant_zero);
-  const __m512 half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(static_cast<float>(q.quant_max));
+  const __m512 half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(static_cast<float>(q.quant_max - q.quant_min));
+  const __m512i quant_min = _mm512_set1_epi32(q.quant_min);
   __mmask16 nan = 0;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -60,7 +61,8 @@ __attribute__((target("avx512f"))) bool QuantizeCodesAvx512(const float* values,
     __m512 code = _mm512_add_ps(_mm512_sub_ps(_mm512_div_ps(_mm512_sub_ps(clamped, lo), scale), zero), half);
     code = _mm512_add_ps(_mm512_roundscale_ps(code, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zero);
     code = _mm512_min_ps(_mm512_max_ps(code, _mm512_setzero_ps()), top);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(code)));
+    const __m512i absolute = _mm512_add_epi32(_mm512_cvttps_epi32(code), quant_min);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(absolute));
   }
   return QuantizeCodesScalar(values + i, n - i, q, codes + i) || nan != 0;
 }

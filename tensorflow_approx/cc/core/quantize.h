@@ -25,6 +25,7 @@ struct QuantParams {
   float nudged_max = 0.f;  // dequantized value of the top code
   int32_t zero_point = 0;  // code of real zero (padded taps hold this code)
   int32_t quant_max = 0;   // 2^b - 1
+  int32_t quant_min = 0;   // the lowest code: 1 with a narrow range (nudged_min is its value), else 0
   // Symmetric scheme: the codes above are the signed codes plus code_shift = 2^(b-1) (0 otherwise), so
   // the signed code of c is c - code_shift and its byte ((c - code_shift) & 0xFF) indexes the table.
   int32_t code_shift = 0;
@@ -50,9 +51,11 @@ TFAPPROX_HOST_DEVICE inline bool IsFiniteF(float x) { return __builtin_isfinite(
 // for step, in float32. Symmetric: signed codes -2^(b-1)..2^(b-1) - 1, scale max(|min|, |max|) /
 // (2^(b-1) - 1), zero point 0; those are TensorFlow's (asymmetric) codes on the range
 // [-2^(b-1) * scale, (2^(b-1) - 1) * scale], whose zero point is 2^(b-1), less code_shift = 2^(b-1).
+// narrow: TensorFlow's narrow_range, codes from 1 (quant_min) instead of 0; symmetric and narrow, the
+// signed codes -(2^(b-1) - 1)..2^(b-1) - 1 on the range [-(2^(b-1) - 1) * scale, (2^(b-1) - 1) * scale].
 // On an error *q is the zero-width range (every code 0).
 TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_bits, bool symmetric,
-                                                  QuantParams* q) {
+                                                  QuantParams* q, bool narrow = false) {
   *q = QuantParams();
   if (!IsFiniteF(min) || !IsFiniteF(max)) return kRangeNotFinite;
   if (min > max) return kRangeReversed;
@@ -61,16 +64,17 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
     const float top = static_cast<float>((1 << (num_bits - 1)) - 1);
     const float abs_min = min < 0.f ? -min : min, abs_max = max < 0.f ? -max : max;
     const float step = (abs_min > abs_max ? abs_min : abs_max) / top;
-    min = -(top + 1.f) * step;
+    min = narrow ? -top * step : -(top + 1.f) * step;
     max = top * step;
   }
   // TensorFlow's fake quantization turns every value into NaN on [m, m] with m != 0 (its scale is 0 and
   // zero is not in it); silent zeros would be worse. [0, 0] stays valid: every code 0, output 0.
   if (min == max && min != 0.f) return kRangeZeroWidth;
-  const int32_t quant_max = (1 << num_bits) - 1;
-  const float quant_min_float = 0.f;
+  const int32_t quant_max = (1 << num_bits) - 1, quant_min = narrow ? 1 : 0;
+  const float quant_min_float = static_cast<float>(quant_min);
   const float quant_max_float = static_cast<float>(quant_max);
   q->quant_max = quant_max;
+  q->quant_min = quant_min;
   if (symmetric) q->code_shift = 1 << (num_bits - 1);
   const float scale = (max - min) / (quant_max_float - quant_min_float);
   if (scale == 0.f) return kRangeOk;  // zero-width range: every value has code 0, which dequantizes to 0
@@ -78,7 +82,7 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
   const float zero_point_from_min = quant_min_float - min / scale;
   int32_t zero_point;
   if (zero_point_from_min < quant_min_float) {
-    zero_point = 0;
+    zero_point = quant_min;
   } else if (zero_point_from_min > quant_max_float) {
     zero_point = quant_max;
   } else {
@@ -89,8 +93,9 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
   q->zero_point = zero_point;
   // TensorFlow writes (quant_min_float - zero_point) * scale; gcc folds 0 - x into -x, which gives -0 for
   // zero point 0 where nvcc keeps +0. Written as gcc computes it (the same value, exactly, otherwise), so
-  // that the host and the device agree bit for bit.
-  q->nudged_min = -(static_cast<float>(zero_point) * scale);
+  // that the host and the device agree bit for bit. (1 - zero_point is exact either way.)
+  q->nudged_min = narrow ? (quant_min_float - static_cast<float>(zero_point)) * scale
+                         : -(static_cast<float>(zero_point) * scale);
   q->nudged_max = (quant_max_float - static_cast<float>(zero_point)) * scale;
   q->quant_zero = FloorF(-q->nudged_min * inv_scale + 0.5f);
   return kRangeOk;
@@ -99,7 +104,7 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
 // NudgeRange with its refusals worded: "" on success, otherwise what is wrong with the arguments (named
 // `name_min` / `name_max` / num_bits), *q then unspecified.
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
-                            const char* name_max, QuantParams* q, bool symmetric = false);
+                            const char* name_max, QuantParams* q, bool symmetric = false, bool narrow = false);
 
 // The code of x. Values outside the nudged range are clamped; NaN maps to code 0 here, and the kernels
 // make NaN the outputs it reaches (PropagateNan).
@@ -114,9 +119,11 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
   const float shifted = clamped - q.nudged_min;
   float code = shifted / q.scale - q.quant_zero + 0.5f;
   code = FloorF(code) + q.quant_zero;
+  // The code counted from quant_min (TensorFlow's steps count from nudged_min), then made absolute.
+  const float top = static_cast<float>(q.quant_max - q.quant_min);
   code = code < 0.f ? 0.f : code;
-  code = code > static_cast<float>(q.quant_max) ? static_cast<float>(q.quant_max) : code;
-  return static_cast<uint8_t>(code);
+  code = code > top ? top : code;
+  return static_cast<uint8_t>(static_cast<int32_t>(code) + q.quant_min);
 }
 
 // codes[i] = QuantizeToCode(values[i], q) for i < n, bit for bit, 16 at a time where the processor

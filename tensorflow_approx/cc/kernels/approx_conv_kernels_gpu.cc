@@ -175,6 +175,8 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     ranges.filter_bits = this->filter_num_bits();
     ranges.input_symmetric = this->input_symmetric();
     ranges.filter_symmetric = this->filter_symmetric();
+    ranges.input_narrow = this->input_narrow();
+    ranges.filter_narrow = this->filter_narrow();
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuQuantFromRanges(dtype, ranges, shape.taps(), lut_offset, quant_ptr,
                                                                 flag_ptr, stream)));
 

@@ -45,7 +45,9 @@ class ApproxConv2DOpBase : public OpKernel {
     for (const char* name : {"input_scheme", "filter_scheme"}) {
       std::string scheme = "asymmetric";
       if (ctx->HasAttr(name)) OP_REQUIRES_OK(ctx, ctx->GetAttr(name, &scheme));
-      (name[0] == 'i' ? input_symmetric_ : filter_symmetric_) = scheme == "symmetric";
+      // "symmetric_narrow": symmetric without the lowest signed code (TensorFlow's narrow_range).
+      (name[0] == 'i' ? input_symmetric_ : filter_symmetric_) = scheme.rfind("symmetric", 0) == 0;
+      (name[0] == 'i' ? input_narrow_ : filter_narrow_) = scheme == "symmetric_narrow";
     }
     attrs_.strides.assign(strides.begin(), strides.end());
     attrs_.dilations.assign(dilations.begin(), dilations.end());
@@ -110,11 +112,11 @@ class ApproxConv2DOpBase : public OpKernel {
         return static_cast<float>(ctx->input(kRangeInputs + i).flat<T>()(k));
       };
       std::string error = tfapprox::MakeQuantParams(bound(0, 0), bound(1, 0), num_bits_, kBoundNames[0],
-                                                    kBoundNames[1], &input_q, input_symmetric_);
+                                                    kBoundNames[1], &input_q, input_symmetric_, input_narrow_);
       OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
       for (int64_t k = 0; k < filter_ranges; ++k) {
         error = tfapprox::MakeQuantParams(bound(2, k), bound(3, k), filter_num_bits_, kBoundNames[2],
-                                          kBoundNames[3], &filter_q[k], filter_symmetric_);
+                                          kBoundNames[3], &filter_q[k], filter_symmetric_, filter_narrow_);
         OP_REQUIRES(ctx, error.empty(),
                     absl::InvalidArgumentError(filter_ranges == 1 ? error
                                                                   : absl::StrCat("output channel ", k, ": ", error)));
@@ -196,6 +198,8 @@ class ApproxConv2DOpBase : public OpKernel {
   int filter_num_bits() const { return filter_num_bits_; }
   bool input_symmetric() const { return input_symmetric_; }
   bool filter_symmetric() const { return filter_symmetric_; }
+  bool input_narrow() const { return input_narrow_; }
+  bool filter_narrow() const { return filter_narrow_; }
   // A symmetric operand's kernel codes are its signed codes plus 2^(b-1) (QuantParams::code_shift).
   int input_code_shift() const { return input_symmetric_ ? 1 << (num_bits_ - 1) : 0; }
   int filter_code_shift() const { return filter_symmetric_ ? 1 << (filter_num_bits_ - 1) : 0; }
@@ -268,6 +272,7 @@ class ApproxConv2DOpBase : public OpKernel {
   int num_bits_ = 8;
   int filter_num_bits_ = 8;
   bool input_symmetric_ = false, filter_symmetric_ = false;
+  bool input_narrow_ = false, filter_narrow_ = false;
   bool table_from_file_ = true;
   std::string mul_map_file_;
 };

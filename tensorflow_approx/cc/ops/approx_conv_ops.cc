@@ -71,8 +71,8 @@ const InitOnStartupMarker register_table_op TF_ATTRIBUTE_UNUSED = InitOnStartupM
         .Input("table: Ttable")
         .Attr("Ttable: {uint16, int16, float} = DT_UINT16")
         .Attr("filter_num_bits: int = -1")
-        .Attr("input_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
-        .Attr("filter_scheme: {'asymmetric', 'symmetric'} = 'asymmetric'")
+        .Attr("input_scheme: {'asymmetric', 'symmetric', 'symmetric_narrow'} = 'asymmetric'")
+        .Attr("filter_scheme: {'asymmetric', 'symmetric', 'symmetric_narrow'} = 'asymmetric'")
         .Attr("gradient: {'ste', 'table'} = 'ste'")
         .SetShapeFn([](shape_inference::InferenceContext* c) {
           TF_RETURN_IF_ERROR(CheckRanges(c, /*per_channel_filter=*/true));
@@ -92,7 +92,8 @@ table: 65536 products, entry (a << 8) | w being the product of activation code a
   the device).
 filter_num_bits: the filter's code width (2..8); -1: num_bits.
 input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization) or "symmetric" (signed
-  codes, zero point 0, scale max(|min|, |max|) / (2^(b-1) - 1)); a signed code indexes the table by
+  codes, zero point 0, scale max(|min|, |max|) / (2^(b-1) - 1)), or "symmetric_narrow" (the same
+  without the lowest code -2^(b-1), as TensorFlow's narrow_range); a signed code indexes the table by
   its two's-complement byte.
 gradient: what the registered gradient computes (the forward pass ignores it): "ste", the accurate
   convolution's at the operands (straight-through), or "table", the derivatives of the table itself

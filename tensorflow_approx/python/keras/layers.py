@@ -68,7 +68,7 @@ from tensorflow_approx.python.ops.approx_conv_ops import (
     approx_conv2d_with_table,
     lut_values,
 )
-from tensorflow_approx.python.ops.table_gradient import symmetric_range
+from tensorflow_approx.python.ops.table_gradient import scheme_range
 
 RANGE_MODES = ("batch", "moving_average", "fixed")
 WEIGHT_QUANTIZATIONS = ("per_tensor", "per_channel")
@@ -377,14 +377,13 @@ class _FakeApproxMixin:
         per_channel = self.weight_quantization == "per_channel"
         k_min, k_max = _range_with_zero(k, axis=[0, 1, 2] if per_channel else None)
         if training:
-            x_lo, x_hi = (x_min, x_max) if self.input_scheme == "asymmetric" else symmetric_range(
-                x_min, x_max, self.num_bits)
-            k_lo, k_hi = (k_min, k_max) if self.weight_scheme == "asymmetric" else symmetric_range(
-                k_min, k_max, self.weight_bits)
-            x = tf.quantization.fake_quant_with_min_max_vars(x, x_lo, x_hi, num_bits=self.num_bits)
+            x_lo, x_hi, x_narrow = scheme_range(x_min, x_max, self.num_bits, self.input_scheme)
+            k_lo, k_hi, k_narrow = scheme_range(k_min, k_max, self.weight_bits, self.weight_scheme)
+            x = tf.quantization.fake_quant_with_min_max_vars(x, x_lo, x_hi, num_bits=self.num_bits,
+                                                             narrow_range=x_narrow)
             fq_kernel = (tf.quantization.fake_quant_with_min_max_vars_per_channel if per_channel
                          else tf.quantization.fake_quant_with_min_max_vars)
-            k = fq_kernel(k, k_lo, k_hi, num_bits=self.weight_bits)
+            k = fq_kernel(k, k_lo, k_hi, num_bits=self.weight_bits, narrow_range=k_narrow)
         dtype = self._op_dtype()
         ranges = [tf.cast(r, dtype) for r in (x_min, x_max, k_min, k_max)]
         return tf.cast(x, dtype), tf.cast(k, dtype), ranges
@@ -451,7 +450,8 @@ class FakeApproxConv2D(_FakeApproxMixin, keras.layers.Conv2D):
       weight_quantization: "per_tensor" (one kernel range) or "per_channel" (a range per output
         channel, as fake_quant_with_min_max_vars_per_channel).
       input_scheme, weight_scheme: None (from the table: "symmetric" for signed products, signed codes
-        with zero point 0; "asymmetric" for unsigned ones, TensorFlow's codes) or either explicitly,
+        with zero point 0; "asymmetric" for unsigned ones, TensorFlow's codes) or one explicitly
+        ("symmetric_narrow": symmetric without the lowest code, as TensorFlow's narrow_range),
         e.g. unsigned activations with signed weights.
       gradient: "ste" (straight-through: the accurate layer's gradient at the fake-quantized values)
         or "table" (the derivatives of the multiplier's table; tensorflow_approx/python/ops/

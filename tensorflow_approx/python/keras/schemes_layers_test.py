@@ -83,7 +83,9 @@ def test_per_channel_unsigned_layer_matches_the_model():
 
 @pytest.mark.parametrize("kwargs", [dict(weight_quantization="per_channel"),
                                     dict(weight_quantization="per_channel", weight_bits=5),
-                                    dict(input_scheme="symmetric", weight_scheme="symmetric")])
+                                    dict(input_scheme="symmetric", weight_scheme="symmetric"),
+                                    dict(input_scheme="symmetric_narrow", weight_scheme="symmetric_narrow",
+                                         weight_quantization="per_channel")])
 def test_training_calls_fake_quantize_to_the_same_codes(kwargs):
     """A training call fake-quantizes the operands on the scheme's range first; the op must then find
     the very codes an inference call quantizes, so both calls agree bit for bit."""

@@ -144,7 +144,7 @@ def lut_values(table, name="table"):
     return values.astype(np.int16 if signed else np.uint16), "array"
 
 
-SCHEMES = ("asymmetric", "symmetric")
+SCHEMES = ("asymmetric", "symmetric", "symmetric_narrow")
 GRADIENTS = ("ste", "table")
 
 
@@ -181,7 +181,8 @@ def approx_conv2d_with_table(
       filter_num_bits: the filter's code width, 2..8 (None: num_bits).
       input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization, the default) or
         "symmetric" (signed codes -2^(b-1)..2^(b-1) - 1, zero point 0, scale max(|min|, |max|) /
-        (2^(b-1) - 1); docs/semantics.md, "Quantization schemes").
+        (2^(b-1) - 1); docs/semantics.md, "Quantization schemes") or "symmetric_narrow" (the same
+        without the code -2^(b-1), as TensorFlow's narrow_range).
       filter_min, filter_max: scalars, or vectors of the filter's out_depth values: a range per output
         channel (as tf.quantization.fake_quant_with_min_max_vars_per_channel, in the filter's scheme).
       gradient: "ste" (the accurate convolution's gradient at the operands, straight-through) or

@@ -60,6 +60,60 @@ def test_schemes_match_the_numpy_model(symmetric, bits, kind):
         np.testing.assert_allclose(got, conv, rtol=0, atol=1e-12 * terms * 2**16)
 
 
+@pytest.mark.parametrize("schemes, bits, per_channel", [
+    (("asymmetric", "symmetric_narrow"), (8, 8), False),
+    (("symmetric_narrow", "symmetric_narrow"), (8, 4), True),
+    (("symmetric_narrow", "symmetric"), (6, 8), False),
+])
+def test_narrow_range_matches_the_numpy_model(schemes, bits, per_channel):
+    rng = np.random.default_rng(bits[0] * 10 + bits[1])
+    x = rng.normal(0.3, 1.0, (2, 7, 6, 3)).astype(np.float32)
+    f = rng.normal(0, 0.4, (3, 3, 3, 4)).astype(np.float32)
+    # Ranges narrower than the data, so that values fall below the lowest code and are clamped there.
+    in_range = (-1.0, 1.5)
+    f_range = (f.min(axis=(0, 1, 2)) * 0.7, f.max(axis=(0, 1, 2)) * 0.7) if per_channel else (-0.5, 0.5)
+    products = rng.integers(-32768, 32768, 65536).astype(np.int64)
+    symmetric = tuple(s != "asymmetric" for s in schemes)
+    narrow = tuple(s == "symmetric_narrow" for s in schemes)
+    got = run_op(x, f, in_range, f_range, products, bits, schemes)
+    want = ref.approx_conv_scheme(x, f, in_range, f_range, products, bits, symmetric, narrow)
+    terms = np.abs(want).max() + 1.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * terms * 2**16)
+
+
+def test_narrow_range_drops_only_the_lowest_code():
+    """A table whose entry is its own activation byte: below the range, "symmetric" gives the code -128
+    (byte 128) and "symmetric_narrow" -127 (byte 129); inside it, both give the same codes."""
+    x = np.array([-5.0, -1.0, -0.5, 0.0, 0.5, 1.0], np.float32).reshape(1, 1, 6, 1)
+    f = np.ones((1, 1, 1, 1), np.float32)
+    products = ref.byte_products(lambda a, w: (a & 0xFF) + 0 * w, True, True)
+    s = 1.0 / 127
+    scaled = {scheme: run_op(x, f, (-1.0, 1.0), (-1.0, 1.0), products, (8, 8), (scheme, "symmetric")).reshape(-1)
+              / (s * np.float32(1 / 127)) for scheme in ("symmetric", "symmetric_narrow")}
+    np.testing.assert_allclose(scaled["symmetric"], [128, 129, 193, 0, 64, 127], rtol=1e-6)
+    np.testing.assert_allclose(scaled["symmetric_narrow"], [129, 129, 193, 0, 64, 127], rtol=1e-6)
+
+
+def test_narrow_range_table_gradient_equals_symmetric_inside_the_range():
+    """Inside the range the two schemes give the same codes, scale and zero point: outputs and table
+    gradients equal (a wrong zero point or scale of the narrow quantizer would differ)."""
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.uniform(-0.9, 0.9, (1, 5, 5, 2)).astype(np.float32))
+    f = tf.constant(rng.uniform(-0.9, 0.9, (3, 3, 2, 3)).astype(np.float32))
+    table = tf.constant(rng.integers(-20000, 20000, 65536).astype(np.int16))
+    results = {}
+    for scheme in ("symmetric", "symmetric_narrow"):
+        with tf.GradientTape() as tape:
+            tape.watch([x, f])
+            y = ta.approx_conv2d_with_table(x, f, -1.0, 1.0, -1.0, 1.0, table, [1, 1, 1, 1], "SAME",
+                                            input_scheme=scheme, filter_scheme=scheme, gradient="table")
+            loss = tf.reduce_sum(y * y)
+        results[scheme] = (y.numpy(), *[g.numpy() for g in tape.gradient(loss, [x, f])])
+    for a, b in zip(results["symmetric"], results["symmetric_narrow"]):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(results["symmetric"][1]).max() > 0
+
+
 def test_symmetric_codes_really_are_signed_and_index_by_bytes():
     """A table whose entry is its own activation byte: the output exposes the codes' bytes."""
     x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], np.float32).reshape(1, 1, 5, 1)

@@ -34,31 +34,39 @@ import tensorflow as tf
 HALF_WINDOW = 8
 
 
-def symmetric_range(lo, hi, bits):
-    """The range whose TensorFlow fake quantization gives the symmetric codes of [lo, hi] shifted by
-    2^(b-1): scale max(|lo|, |hi|) / (2^(b-1) - 1), the op's NudgeRange in the same float32 steps."""
+def scheme_range(lo, hi, bits, scheme):
+    """(lo, hi, narrow_range) of the TensorFlow fake quantization that gives the op's codes of [lo, hi]
+    under `scheme` (the op's input_scheme / filter_scheme): asymmetric, [lo, hi] itself; symmetric, the
+    range whose codes are the signed codes shifted by 2^(b-1), scale max(|lo|, |hi|) / (2^(b-1) - 1),
+    in the op's NudgeRange's float32 steps; symmetric_narrow, the same without the lowest code."""
+    if scheme in ("asymmetric", b"asymmetric"):
+        return lo, hi, False
+    narrow = scheme in ("symmetric_narrow", b"symmetric_narrow")
     top = float(2 ** (bits - 1) - 1)
     step = tf.maximum(tf.abs(lo), tf.abs(hi)) / top
-    return -((top + 1.0) * step), top * step
+    return -((top + (0.0 if narrow else 1.0)) * step), top * step, narrow
 
 
-def _quantizer(values, lo, hi, bits, symmetric, per_channel):
+def _quantizer(values, lo, hi, bits, scheme, per_channel):
     """(codes int32, scale, zero point in the table's operand values) of values under TensorFlow's
     fake quantization on [lo, hi] (per last-axis channel when per_channel), as the op quantizes."""
-    lo, hi = tf.cast(lo, tf.float32), tf.cast(hi, tf.float32)
-    if symmetric:
-        lo, hi = symmetric_range(lo, hi, bits)
-    top = float(2 ** bits - 1)
-    scale = (hi - lo) / top
+    lo, hi, narrow = scheme_range(tf.cast(lo, tf.float32), tf.cast(hi, tf.float32), bits, scheme)
+    low, top = float(narrow), float(2 ** bits - 1)  # the lowest and the highest code
+    scale = (hi - lo) / (top - low)
     safe = tf.where(scale > 0, scale, 1.0)
-    # TensorFlow's Nudge: the zero point rounds half away from zero (it is >= 0 where it is rounded).
-    zero_point = tf.clip_by_value(tf.floor(-lo / safe + 0.5), 0.0, top)
+    # TensorFlow's Nudge: the zero point rounds half away from zero (it is >= low where it is rounded).
+    zero_point = tf.clip_by_value(tf.floor(low - lo / safe + 0.5), low, top)
     fake_quant = (tf.quantization.fake_quant_with_min_max_vars_per_channel if per_channel
                   else tf.quantization.fake_quant_with_min_max_vars)
-    fq = fake_quant(tf.cast(values, tf.float32), lo, hi, num_bits=bits)
+    fq = fake_quant(tf.cast(values, tf.float32), lo, hi, num_bits=bits, narrow_range=narrow)
     codes = tf.where(scale > 0, tf.round(fq / safe) + zero_point, 0.0)
-    shift = 2 ** (bits - 1) if symmetric else 0
-    return tf.cast(codes, tf.int32), scale, zero_point - shift
+    shift = _code_shift(bits, scheme)
+    return tf.cast(codes, tf.int32), scale, tf.where(scale > 0, zero_point, 0.0) - shift
+
+
+def _code_shift(bits, scheme):
+    """What the kernels add to a symmetric operand's signed codes: 2^(b-1) (0 when asymmetric)."""
+    return 0 if scheme in ("asymmetric", b"asymmetric") else 2 ** (bits - 1)
 
 
 def _secant_indices(bits, half_window):
@@ -96,17 +104,17 @@ def table_gradient(op, grad, patches_of, to_nhwc):
     x, w, table = op.inputs[0], op.inputs[1], op.inputs[6]
     bits = (op.get_attr("num_bits"), op.get_attr("filter_num_bits"))
     bits = (bits[0], bits[0] if bits[1] == -1 else bits[1])
-    symmetric = tuple(op.get_attr(name) in (b"symmetric", "symmetric") for name in ("input_scheme", "filter_scheme"))
+    schemes = tuple(op.get_attr(name) for name in ("input_scheme", "filter_scheme"))
     nchw = op.get_attr("data_format") in (b"NCHW", "NCHW")
     x_nhwc, dy = to_nhwc(x, grad)
     kh, kw, cg, cout = w.shape
     per_channel = op.inputs[4].shape.rank == 1
 
-    codes_x, s1, z1 = _quantizer(x_nhwc, op.inputs[2], op.inputs[3], bits[0], symmetric[0], False)
-    codes_w, s2, z2 = _quantizer(w, op.inputs[4], op.inputs[5], bits[1], symmetric[1], per_channel)
-    da, dw = derivative_tables(table, bits, tuple(2 ** (b - 1) if s else 0 for b, s in zip(bits, symmetric)))
+    codes_x, s1, z1 = _quantizer(x_nhwc, op.inputs[2], op.inputs[3], bits[0], schemes[0], False)
+    codes_w, s2, z2 = _quantizer(w, op.inputs[4], op.inputs[5], bits[1], schemes[1], per_channel)
+    da, dw = derivative_tables(table, bits, tuple(_code_shift(b, s) for b, s in zip(bits, schemes)))
 
-    zero_code = tf.cast(z1 + (2 ** (bits[0] - 1) if symmetric[0] else 0), tf.int32)
+    zero_code = tf.cast(z1 + _code_shift(bits[0], schemes[0]), tf.int32)
     with tf.GradientTape() as tape:
         tape.watch(x_nhwc)
         patches = patches_of(tf.cast(x_nhwc, tf.float32), 0.0)
