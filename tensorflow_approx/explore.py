@@ -10,7 +10,9 @@
   of an assignment compute with the exact product (8-bit quantization alone), the baseline of the
   search.
 - `ParallelEvaluator` runs an Evaluator per device (every GPU of a machine, or logical CPU devices)
-  and spreads each batch of candidates (a generation, a layer's sensitivity) over them.
+  and spreads each batch of candidates (a generation, a layer's sensitivity) over them; `RayEvaluator`
+  the same with Evaluators in Ray actors over the machines of a cluster, the store staying with the
+  driver (docs/exploration_cluster.md).
 - `ResultStore` writes every evaluated assignment to SQLite, keyed by the model (its configuration
   and weights), the data and the assignment, so an interrupted run resumes where it stopped and a
   candidate seen before is never evaluated again.
@@ -25,7 +27,7 @@ Command line (a saved model, validation data as .npz with x and y, a folder of t
 
     python -m tensorflow_approx.explore --model m.keras --data val.npz --library ../shared/axmul_8x8 \
         [--store explore.sqlite] [--out front.csv] [--plot front.png] [--generations 10] [--population 24]
-        [--tiles K]
+        [--tiles K] [--devices all | --ray auto --workers N]
 """
 
 import csv
@@ -34,6 +36,7 @@ import json
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 
@@ -45,7 +48,7 @@ from tensorflow_approx.python.keras.convert import approximate_model
 from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
-__all__ = ["Evaluator", "ParallelEvaluator", "ResultStore", "greedy", "layer_macs", "load_library", "nsga2", "pareto_front",
+__all__ = ["Evaluator", "ParallelEvaluator", "RayEvaluator", "ResultStore", "greedy", "layer_macs", "load_library", "nsga2", "pareto_front",
            "plot_points", "relative_energy", "sensitivity", "write_points"]
 
 
@@ -151,10 +154,6 @@ class Evaluator:
         """assignment: {layer name: table} (anything set_multiplier takes); the other layers take the
         exact product. Candidates are keyed by their tables' contents, so the same tables under other
         names, or a layer given the exact product, are the same candidate."""
-        unknown = sorted(set(assignment) - set(self.layers))
-        if unknown:
-            raise ValueError(f"assignment names layers that are not approximate layers of the model: {unknown}; "
-                             f"they are {sorted(self.layers)}")
         tables, key = self._tables(assignment)
         if self.store is not None:
             stored = self.store.get(*self.keys, key)
@@ -174,7 +173,11 @@ class Evaluator:
         return accuracy
 
     def _tables(self, assignment):
-        """({layer: (digest, values)} without exact layers, the store key) of an assignment."""
+        """({layer: (digest, values)} without exact layers, the store key) of an assignment, checked."""
+        unknown = sorted(set(assignment) - set(self.layers))
+        if unknown:
+            raise ValueError(f"assignment names layers that are not approximate layers of the model: {unknown}; "
+                             f"they are {sorted(self.layers)}")
         tables = {}
         for name, table in assignment.items():
             values = lut_values(table, f"the table of layer {name!r}")[0]
@@ -237,6 +240,144 @@ class ParallelEvaluator:
         if errors:
             raise errors[0]
         return [results[key] for key in keys]
+
+
+class _RayWorker:
+    """What a Ray actor of a RayEvaluator holds: an Evaluator of its own, of the model shipped as .keras
+    bytes (the format keras restores functional, Sequential and nested models, our layers included,
+    from). No store: the driver writes every result."""
+
+    def __init__(self, model_bytes, x, y, threads, batch_size, layer_kwargs):
+        # Ray reserves `threads` CPUs for the actor; TensorFlow would start a thread per core of the node
+        # in every actor. Settable here: TensorFlow's runtime has not started in this process yet.
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            with open(path, "wb") as f:
+                f.write(model_bytes)
+            model = keras.models.load_model(path, compile=False)
+        self.evaluator = Evaluator(model, x, y, batch_size=batch_size, **layer_kwargs)
+
+    def accuracy(self, tables):
+        """(accuracy, seconds) of {layer: table values}."""
+        start = time.perf_counter()
+        return self.evaluator.accuracy(tables), time.perf_counter() - start
+
+
+class RayEvaluator:
+    """Evaluators in Ray actors, over the machines of a Ray cluster (an actor per GPU, or CPU actors):
+    accuracies() spreads the distinct new candidates of a batch over them. The store stays with the
+    driver (this process): candidates found there are not sent, and each result is written as it
+    arrives, so an interrupted search resumes. Same interface and results as an Evaluator.
+
+    num_workers: the actors. num_gpus_per_worker: None (1 when the cluster has GPUs, else 0) or a number
+    (a fraction shares a GPU). num_cpus_per_worker: CPUs reserved for each actor (and TensorFlow's
+    threads in it). address: None (a new local Ray with num_workers x num_cpus_per_worker CPUs), "auto"
+    (the cluster this machine joined with `ray start`) or "ray://host:10001" (Ray Client); a process
+    already connected to Ray keeps its connection, whatever the address. A dead actor is restarted, and
+    its candidate retried, up to max_restarts times. close() ends the actors (and Ray, when this object
+    started it).
+    """
+
+    def __init__(self, model, x, y, num_workers, store=None, num_gpus_per_worker=None, num_cpus_per_worker=1,
+                 address=None, max_restarts=3, batch_size=256, **layer_kwargs):
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+        if isinstance(num_cpus_per_worker, bool) or not isinstance(num_cpus_per_worker, int) or num_cpus_per_worker < 1:
+            raise ValueError(f"num_cpus_per_worker must be a positive integer, got {num_cpus_per_worker!r}")
+        if num_gpus_per_worker is not None and (isinstance(num_gpus_per_worker, bool) or
+                                                not isinstance(num_gpus_per_worker, (int, float)) or
+                                                num_gpus_per_worker < 0):
+            raise ValueError(f"num_gpus_per_worker must be None or a number >= 0, got {num_gpus_per_worker!r}")
+        if address is not None and not isinstance(address, str):
+            raise ValueError(f'address must be None, "auto" or "ray://host:port", got {address!r}')
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
+        import ray  # only here: the rest of the package works without Ray
+
+        # The driver's own Evaluator never evaluates: it gives the layers, MACs, keys and candidate keys
+        # (and checks assignments before they travel).
+        self._local = Evaluator(model, x, y, store=store, batch_size=batch_size, device="/CPU:0", **layer_kwargs)
+        self.layers, self.macs, self.keys, self.store = self._local.layers, self._local.macs, self._local.keys, store
+        self.evaluations = 0  # candidates evaluated by the actors for this object
+        self.workers = []
+        self._started_ray = not ray.is_initialized()
+        if self._started_ray:
+            if address is None:
+                ray.init(num_cpus=num_workers * num_cpus_per_worker, include_dashboard=False)
+            else:
+                ray.init(address=address)
+        try:
+            available = ray.cluster_resources()
+            if num_gpus_per_worker is None:
+                num_gpus_per_worker = 1 if available.get("GPU", 0) >= 1 else 0
+            for resource, per_worker, argument in (("CPU", num_cpus_per_worker, "num_cpus_per_worker"),
+                                                   ("GPU", num_gpus_per_worker, "num_gpus_per_worker")):
+                if num_workers * per_worker > available.get(resource, 0):  # the actors would wait forever
+                    raise ValueError(f"num_workers={num_workers} x {argument}={per_worker} needs more {resource}s "
+                                     f"than the Ray cluster has ({available.get(resource, 0):g})")
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "model.keras")
+                model.save(path)
+                with open(path, "rb") as f:
+                    model_bytes = f.read()
+            # Evaluation has no side effect (the driver writes results), so retrying a dead actor's
+            # candidate on its restarted copy is safe.
+            actor = ray.remote(_RayWorker).options(num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
+                                                   max_restarts=max_restarts, max_task_retries=max_restarts)
+            # One copy of the data per node, not per actor; held here so that a restarted actor finds it.
+            self._data = ray.put(x), ray.put(y)
+            self.workers = [actor.remote(model_bytes, *self._data, num_cpus_per_worker, batch_size, layer_kwargs)
+                            for _ in range(num_workers)]
+        except BaseException:
+            self.close()
+            raise
+
+    def accuracy(self, assignment):
+        return self.accuracies([assignment])[0]
+
+    def accuracies(self, assignments):
+        import ray
+
+        candidates = [self._local._tables(a) for a in assignments]
+        results, todo = {}, []
+        for tables, key in candidates:
+            if key in results:
+                continue  # a candidate twice in a batch is evaluated once
+            results[key] = None if self.store is None else self.store.get(*self.keys, key)
+            if results[key] is None:  # the tables travel as arrays: the actors need no library files
+                todo.append((key, {name: values for name, (_, values) in tables.items()}))
+        todo.reverse()  # taken from the end: in the batch's order
+        running, idle = {}, list(self.workers)  # running: result ref -> (key, actor)
+        while todo or running:
+            while todo and idle:  # one candidate per actor at a time: a slow actor holds back one only
+                key, tables = todo.pop()
+                actor = idle.pop()
+                running[actor.accuracy.remote(tables)] = (key, actor)
+            [done], _ = ray.wait(list(running), num_returns=1)
+            key, actor = running.pop(done)
+            results[key], seconds = ray.get(done)
+            self.evaluations += 1
+            if self.store is not None:
+                self.store.put(*self.keys, key, results[key], seconds)
+            idle.append(actor)
+        return [results[key] for _, key in candidates]
+
+    def close(self):
+        import ray
+
+        for actor in self.workers:
+            ray.kill(actor)
+        self.workers = []
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _library(library):
@@ -460,24 +601,59 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiles", type=int, default=None,
                         help="ALWANN's accelerator: this many hardware tiles, each layer mapped to one")
+    parser.add_argument("--devices", default=None,
+                        help='spread candidates over TensorFlow devices of this machine: "all" (every GPU) or '
+                             "names, e.g. /GPU:0,/GPU:1")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help='spread candidates over Ray actors: "auto" (the cluster this machine joined with '
+                             '`ray start`), "ray://host:10001", or "local" (a new Ray on this machine); '
+                             "see docs/exploration_cluster.md")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --ray: the actors (each takes a GPU when the cluster has GPUs)")
     args = parser.parse_args(argv)
+    if args.ray is not None and args.devices is not None:
+        parser.error("--ray and --devices exclude each other")
+    if (args.ray is None) != (args.workers is None):
+        parser.error("--ray and --workers go together")
+    if args.ray is not None and tf.config.list_physical_devices("GPU"):
+        # The driver only dispatches candidates: leave the GPUs of this machine to the actors (TensorFlow
+        # would otherwise take their memory as soon as it loads the model).
+        tf.config.set_visible_devices([], "GPU")
+    devices = None
+    if args.devices == "all":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        if not devices:
+            parser.error("--devices all: TensorFlow sees no GPU here; name devices instead, e.g. /CPU:0")
+    elif args.devices is not None:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
 
     model = keras.models.load_model(args.model)
     with np.load(args.data) as data:
         x, y = data["x"], data["y"]
     library, costs, exact = load_library(args.library)
-    evaluator = Evaluator(model, x, y, store=ResultStore(args.store))
-    print(f"{len(evaluator.layers)} approximate layers, {len(library)} multipliers (exact: {exact}); "
-          f"store {args.store} holds {evaluator.store.count(*evaluator.keys)} results for this model and data")
-    rows = sensitivity(evaluator, library)
-    points = greedy(evaluator, library, costs, costs[exact], rows, args.max_loss)
-    points += nsga2(evaluator, library, costs, costs[exact], args.population, args.generations, args.seed,
-                    tiles=args.tiles)
-    front = pareto_front(points)
-    write_points(front, args.out)
-    if args.plot:
-        plot_points(points, args.plot, front)
-    baseline = evaluator.accuracy({})
+    store = ResultStore(args.store)
+    if args.ray is not None:
+        evaluator = RayEvaluator(model, x, y, args.workers, store=store,
+                                 address=None if args.ray == "local" else args.ray)
+    elif devices is not None:
+        evaluator = ParallelEvaluator(model, x, y, devices, store=store)
+    else:
+        evaluator = Evaluator(model, x, y, store=store)
+    try:
+        print(f"{len(evaluator.layers)} approximate layers, {len(library)} multipliers (exact: {exact}); "
+              f"store {args.store} holds {store.count(*evaluator.keys)} results for this model and data")
+        rows = sensitivity(evaluator, library)
+        points = greedy(evaluator, library, costs, costs[exact], rows, args.max_loss)
+        points += nsga2(evaluator, library, costs, costs[exact], args.population, args.generations, args.seed,
+                        tiles=args.tiles)
+        front = pareto_front(points)
+        write_points(front, args.out)
+        if args.plot:
+            plot_points(points, args.plot, front)
+        baseline = evaluator.accuracy({})
+    finally:
+        if args.ray is not None:
+            evaluator.close()
     print(f"exact 8-bit accuracy {baseline:.4f}; {evaluator.evaluations} candidates evaluated now; front of "
           f"{len(front)} points written to {args.out}")
     for p in front:

@@ -239,3 +239,147 @@ def test_nsga2_with_shared_tiles(trained):
     assert any(len(set(p["assignment"].values())) == 2 for p in points)
     with pytest.raises(ValueError, match="tiles must be None or a positive"):
         explore.nsga2(evaluator, library, costs, 1.0, tiles=0, progress=False)
+
+
+def test_ray_evaluator_gives_an_evaluators_results_and_fills_the_store(trained, tmp_path):
+    """Two local Ray actors on the CPU: the accuracies of a plain Evaluator, a candidate repeated in a
+    batch evaluated once, every result in the driver's store, and a second RayEvaluator on that store
+    evaluating nothing; the command line's --ray and --devices give the front of a plain run."""
+    import json
+
+    import ray
+
+    model, x, y = trained
+    batch = [{}, {"dw": ZEROS}, {"fc": mx.get("drum4")}, {"conv": "drum6", "fc": ZEROS}, {"dw": ZEROS},
+             {"fc": "drum4"}, {"conv": ""}, {"conv": mx.get("drum4"), "dw": "drum6"}]
+    distinct = 5  # {} = {"conv": ""}; {"dw": ZEROS} twice; drum4 in fc as a Multiplier and by name
+    plain = explore.Evaluator(model, x, y)
+    expected = plain.accuracies(batch)
+    path = str(tmp_path / "ray.sqlite")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with explore.RayEvaluator(model, x, y, num_workers=2, store=explore.ResultStore(path)) as evaluator:
+            assert evaluator.macs == plain.macs and list(evaluator.layers) == list(plain.layers)
+            assert evaluator.accuracies(batch) == expected
+            assert evaluator.evaluations == distinct
+            assert evaluator.store.count(*evaluator.keys) == distinct
+            assert evaluator.accuracy({"fc": "drum4"}) == expected[2] and evaluator.evaluations == distinct
+            with pytest.raises(ValueError, match=r"not approximate layers of the model: \['nope'\]"):
+                evaluator.accuracy({"nope": "drum4"})
+        again = explore.RayEvaluator(model, x, y, num_workers=1, store=explore.ResultStore(path))
+        try:
+            assert again.accuracies(batch) == expected and again.evaluations == 0
+        finally:
+            again.close()
+        with pytest.raises(ValueError, match=r"num_workers=3 x num_cpus_per_worker=1 needs more CPUs"):
+            explore.RayEvaluator(model, x, y, num_workers=3)
+        # The command line: the same front with --ray (this process's Ray), --devices and neither.
+        argv = _write_search_inputs(trained, tmp_path) + ["--generations", "2"]  # a shorter search: 3 runs
+        fronts = {}
+        for name, extra in (("cli_ray", ["--ray", "auto", "--workers", "2"]), ("devices", ["--devices", "/CPU:0"]),
+                            ("one", [])):
+            explore.main(argv + extra + ["--store", str(tmp_path / f"{name}.sqlite"),
+                                         "--out", str(tmp_path / f"{name}.json")])
+            fronts[name] = json.load(open(tmp_path / f"{name}.json"))
+        assert fronts["cli_ray"] == fronts["devices"] == fronts["one"]
+        assert _rows(str(tmp_path / "cli_ray.sqlite")) == _rows(str(tmp_path / "one.sqlite"))
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_workers=0), "num_workers must be a positive integer"),
+    (dict(num_workers="2"), "num_workers must be a positive integer"),
+    (dict(num_workers=2, num_gpus_per_worker=-1), "num_gpus_per_worker must be None or a number >= 0"),
+    (dict(num_workers=2, num_cpus_per_worker=0), "num_cpus_per_worker must be a positive integer"),
+    (dict(num_workers=2, address=6379), "address must be None"),
+    (dict(num_workers=2, max_restarts=-1), "max_restarts must be an integer >= 0"),
+])
+def test_ray_evaluator_names_bad_arguments(trained, kwargs, match):
+    model, x, y = trained
+    with pytest.raises(ValueError, match=match):
+        explore.RayEvaluator(model, x, y, **kwargs)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--workers", "2"], "--ray and --workers go together"),
+    (["--ray", "auto"], "--ray and --workers go together"),
+    (["--ray", "auto", "--workers", "2", "--devices", "all"], "--ray and --devices exclude each other"),
+])
+def test_command_line_evaluator_options_are_checked(extra, match, capsys):
+    with pytest.raises(SystemExit):
+        explore.main(["--model", "m.keras", "--data", "d.npz", "--library", "lib", *extra])
+    assert match in capsys.readouterr().err
+
+
+def _write_search_inputs(trained, folder):
+    """A saved model, its data and a library folder (the exact multiplier included) for the CLI."""
+    model, x, y = trained
+    model.save(str(folder / "m.keras"))
+    np.savez(folder / "val.npz", x=x, y=y)
+    library = folder / "lib"
+    library.mkdir()
+    mx.exact().save(str(library / "mul_exact.bin"))
+    mx.get("drum6").save(str(library / "mul_d6.bin"))
+    mx.get("drum4").save(str(library / "mul_d4.npy"))
+    np.save(library / "mul_zeros.npy", ZEROS)
+    (library / "METRICS.csv").write_text("name,PDK45_PWR\nmul_exact,0.4\nmul_d6,0.25\nmul_d4,0.15\nmul_zeros,0.01\n")
+    return ["--model", str(folder / "m.keras"), "--data", str(folder / "val.npz"), "--library", str(library),
+            "--population", "8", "--generations", "4", "--seed", "5"]
+
+
+def _rows(path):
+    import sqlite3
+
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_a_search_killed_at_a_random_point_restarts_to_the_same_front(trained, tmp_path):
+    """The issue's goal: SIGKILL the command line at a random point of the search (once the store holds
+    a random number of results), restart it: the front of an uninterrupted run, and no candidate
+    evaluated twice."""
+    import json
+    import random
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = _write_search_inputs(trained, tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+    def command(name):
+        return [sys.executable, "-m", "tensorflow_approx.explore", *argv, "--store", str(tmp_path / f"{name}.sqlite"),
+                "--out", str(tmp_path / f"{name}.json")]
+
+    def run(name):
+        out = subprocess.run(command(name), capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return int(re.search(r"(\d+) candidates evaluated now", out.stdout).group(1))
+
+    evaluated = run("whole")
+    distinct = _rows(str(tmp_path / "whole.sqlite"))
+    assert evaluated == distinct > 10  # the uninterrupted run evaluated each distinct candidate once
+
+    kill_at = random.randint(1, distinct * 3 // 4)
+    store = str(tmp_path / "killed.sqlite")
+    # Output to a file: a pipe nobody reads could fill up and stop the search before the kill point.
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command("killed"), stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            while _rows(store) < kill_at and process.poll() is None:
+                time.sleep(0.01)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    at_kill = _rows(store)
+    note = f"killed at {at_kill} of {distinct} results (aimed at {kill_at})"
+    assert process.returncode == -signal.SIGKILL and at_kill < distinct, note
+    assert run("killed") == distinct - at_kill, note  # the restart evaluated only what was missing
+    assert _rows(store) == distinct, note
+    assert json.load(open(tmp_path / "killed.json")) == json.load(open(tmp_path / "whole.json")), note
