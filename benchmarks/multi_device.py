@@ -1,0 +1,271 @@
+"""One device against several (issue 15): the same work in one run, on the first device and on all of them.
+
+1. Predict: ResNet-20 (32x32x3) with every Conv2D/Dense approximate, one copy of the model per device
+   (same weights); all images on the first device, then the images in equal contiguous shards, one
+   Python thread per device calling its copy's predict (TensorFlow runs device work outside the GIL).
+   The same for the network alone on batches already on each device ("forward", as models.py times
+   one device). The sharded predictions must equal the one-device ones bit for bit.
+2. Exploration: explore.ParallelEvaluator over the first device and over all devices (no store, so
+   every candidate is evaluated) on the same random per-layer assignments; accuracies must be equal.
+
+Random weights, images and labels: throughput only, the accuracies mean nothing.
+
+    python benchmarks/multi_device.py [--devices /GPU:0,/GPU:1] [--images 10000] [--batch 1000]
+        [--candidates 40] [--val_images 10000] [--table PATH] [--library DIR] [--seed 0]
+
+--devices defaults to every GPU, or without one to two logical CPU devices (which share the same CPU
+cores: a test of the script, not of scaling). --images and --table are benchmarks/models.py's flags
+(this script imports it for the network, lut_macs and default_table); its other flags do nothing here.
+--library is a folder of .bin/.npy/.c tables: explore.load_library's when it has a METRICS.csv with
+costs, else every unsigned table in it (costs are not needed for throughput); without it a few
+built-in families. The exact product is always one of the choices.
+"""
+
+import glob
+import os
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tensorflow_approx as ta  # noqa: E402
+from tensorflow_approx import explore  # noqa: E402
+from tensorflow_approx import multipliers as mx  # noqa: E402
+from benchmarks import models  # noqa: E402 (defines --images, --table and its own other flags)
+from benchmarks.torch_baseline import seconds  # noqa: E402
+
+DEVICES = flags.DEFINE_list("devices", None, "devices, e.g. /GPU:0,/GPU:1 (default: every GPU, else 2 logical CPUs)")
+BATCH = flags.DEFINE_list("batch", ["1000"], "predict batch sizes; the first is also the evaluation batch")
+CANDIDATES = flags.DEFINE_integer("candidates", 40, "timed candidates of the exploration")
+VAL_IMAGES = flags.DEFINE_integer("val_images", 10000, "validation images per candidate")
+LIBRARY = flags.DEFINE_string("library", None, "folder of tables (default: built-in families)")
+SEED = flags.DEFINE_integer("seed", 0, "seed of the weights, data and candidates")
+flags.FLAGS.set_default("images", 10000)  # models.py's flag; this issue's figure
+
+BUILT_IN = ("exact", "drum4", "drum6", "coltrunc8", "optrunc2", "mitchell", "etm4")
+
+
+def setup_devices(spec):
+    """Device names to use; logical CPU devices are made here, before TensorFlow initializes."""
+    gpus = tf.config.list_physical_devices("GPU")  # lists without initializing TensorFlow
+    if spec:
+        devices = [tf.DeviceSpec.from_string(d) for d in spec]
+    elif gpus:
+        return [f"/GPU:{i}" for i in range(len(gpus))]
+    else:
+        devices = [tf.DeviceSpec.from_string(d) for d in ("/CPU:0", "/CPU:1")]
+    cpus = 1 + max((d.device_index or 0 for d in devices if d.device_type == "CPU"), default=0)
+    if cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpus)
+    names = [f"/{d.device_type}:{d.device_index or 0}" for d in devices]
+    known = {f"/{d.device_type}:{tf.DeviceSpec.from_string(d.name).device_index}"
+             for d in tf.config.list_logical_devices()}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise app.UsageError(f"--devices: {missing} not among {sorted(known)}")
+    return names
+
+
+def in_threads(fns):
+    """fn() of each fn, each in its own thread (one per device), in order; an error is re-raised here.
+    Each fn returns a list of output batches (arrays or tensors), so that results concatenate in order."""
+    results, errors = [None] * len(fns), []
+
+    def run(i):
+        try:
+            results[i] = fns[i]()
+        except BaseException as error:  # noqa: B036 (re-raised in the caller's thread)
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def timed(run):
+    """(seconds(run), what the last timed call returned): the outputs checked are those of the timing."""
+    out = {}
+    return seconds(lambda: out.update(result=run())), out["result"]
+
+
+def shards(n_images, batch, n):
+    """n contiguous (start, stop) image ranges of whole batches, as equal as the batches allow. Whole
+    batches, because the layers take their quantization ranges per batch ("batch" range mode): a batch
+    cut differently would give other outputs, and the check against one device would fail."""
+    n_batches = -(-n_images // batch)
+    if n_batches < n:
+        raise app.UsageError(f"{n_images} images at batch {batch} make {n_batches} batches, fewer than {n} devices")
+    return [(int(b[0]) * batch, min(n_images, (int(b[-1]) + 1) * batch))
+            for b in np.array_split(np.arange(n_batches), n)]
+
+
+def library_tables(folder):
+    """{name: table} to draw the candidates' per-layer tables from, the exact product included."""
+    if folder is None:
+        return {name: mx.get(name) for name in BUILT_IN}
+    try:
+        with warnings.catch_warnings():  # one warning per table without a cost, when METRICS.csv is absent
+            warnings.simplefilter("ignore")
+            library = explore.load_library(folder)[0]
+    except ValueError:  # no METRICS.csv (or no exact table with a cost): take the folder's tables as they are
+        library = {}
+        for path in sorted(glob.glob(os.path.join(folder, "*"))):
+            if os.path.splitext(path)[1].lower() in (".bin", ".npy", ".c"):
+                m = mx.get(path)
+                library[m.name] = m
+    # The layers compute with unsigned products: a signed table would need other layers.
+    library = {name: m for name, m in library.items() if not m.signed}
+    if not any(m.is_exact() for m in library.values()):
+        library["exact"] = mx.get("exact")
+    if len(library) < 2:
+        raise app.UsageError(f"--library {folder}: no unsigned approximate tables (.bin/.npy/.c) in it")
+    return library
+
+
+def joined(results):
+    """One array of in_threads' results: the output batches of every device, in order."""
+    return np.concatenate([np.asarray(y) for part in results for y in part])
+
+
+def short(devices):
+    return f"{len(devices)} ({','.join(devices)})"
+
+
+def predict_part(devices, copies, x, batch, mismatches):
+    """Rows of predict and forward at `batch`, the first device alone and all devices."""
+    n = len(devices)
+    macs = sum(models.lut_macs(layer) for layer in ta.layers.approx_layers(copies[0]))
+    forwards = [tf.function(lambda v, m=m: m(v, training=False)) for m in copies]  # one per copy: its own traces
+
+    def predict(i, part):
+        with tf.device(devices[i]):  # the thread's ops run where its copy's variables are
+            return [copies[i].predict(part, batch_size=batch, verbose=0)]
+
+    def on_device(i, part):
+        with tf.device(devices[i]):
+            return [tf.constant(part[j:j + batch]) for j in range(0, len(part), batch)]
+
+    def forward(i, batches):
+        with tf.device(devices[i]):
+            outputs = [forwards[i](v) for v in batches]
+            tf.add_n([tf.reduce_sum(y) for y in outputs]).numpy()  # waits for the device's queued work
+        return outputs  # left on the device: copied for the check after the timing
+
+    parts = [x[a:b] for a, b in shards(len(x), batch, n)]
+    one_batches = on_device(0, x)
+    all_batches = [on_device(i, part) for i, part in enumerate(parts)]
+    steps = {
+        f"predict batch {batch}": (lambda: in_threads([lambda: predict(0, x)]),
+                                   lambda: in_threads([lambda i=i, p=p: predict(i, p) for i, p in enumerate(parts)])),
+        f"forward batch {batch}, on the device": (
+            lambda: in_threads([lambda: forward(0, one_batches)]),
+            lambda: in_threads([lambda i=i, b=b: forward(i, b) for i, b in enumerate(all_batches)])),
+    }
+    for step, (one, every) in steps.items():
+        # seconds() calls each once untimed first: every copy's predict / tf.function is traced then.
+        t1, y1 = timed(one)
+        tn, yn = timed(every)
+        if not np.array_equal(joined(y1), joined(yn)):
+            mismatches.append(f"{step}: {n}-device outputs differ from the 1-device ones")
+            print(f"MISMATCH: {mismatches[-1]}")
+        for devs, t in ((devices[:1], t1), (devices, tn)):
+            print(f"| {step} | {short(devs)} | {t:.3f} | {len(x) / t:.0f} | {macs * len(x) / t / 1e9:.0f} | "
+                  f"{t1 / t:.2f}x |")
+
+
+def explore_part(devices, model, library, batch, rng, mismatches):
+    """The exploration's candidates/min on the first device and on all devices."""
+    x = rng.uniform(0, 1, size=(VAL_IMAGES.value, *model.input_shape[1:])).astype(np.float32)
+    y = rng.integers(0, model.output_shape[-1], size=VAL_IMAGES.value)
+    evaluators = {"1": explore.ParallelEvaluator(model, x, y, devices[:1], batch_size=batch),
+                  "N": explore.ParallelEvaluator(model, x, y, devices, batch_size=batch)}
+    names, tables = list(evaluators["1"].layers), list(library.values())
+
+    def draw():
+        return {name: tables[rng.integers(len(tables))] for name in names}
+
+    # Warm-ups first (not in the timed set): each worker's first evaluate traces its test function.
+    warm = [draw() for _ in devices]
+    candidates = [draw() for _ in range(CANDIDATES.value)]
+    print(f"\nexploration: {len(names)} approximate layers, each a random one of {len(tables)} tables; "
+          f"{VAL_IMAGES.value} validation images (random, random labels) per candidate at batch {batch}; "
+          f"no store, so every candidate is evaluated")
+    print("| evaluator | devices | candidates | seconds | candidates/min | scaling |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    results = {}
+    for key, evaluator in evaluators.items():
+        for worker, assignment in zip(evaluator.workers, warm):
+            worker.accuracy(assignment)
+        # One timed pass (seconds() would evaluate the whole set again as its warm-up).
+        start = time.perf_counter()
+        accuracies = evaluator.accuracies(candidates)
+        results[key] = (time.perf_counter() - start, accuracies)
+    t1 = results["1"][0]
+    for key, devs in (("1", devices[:1]), ("N", devices)):
+        t = results[key][0]
+        print(f"| ParallelEvaluator | {short(devs)} | {len(candidates)} | {t:.2f} | {60 * len(candidates) / t:.1f} | "
+              f"{t1 / t:.2f}x |")
+    if results["1"][1] != results["N"][1]:
+        mismatches.append(f"exploration: {len(devices)}-device accuracies differ from the 1-device ones")
+        print(f"MISMATCH: {mismatches[-1]}")
+
+
+def main(_):
+    devices = setup_devices(DEVICES.value)  # first: TensorFlow must not have started yet
+    batches = [int(b) for b in BATCH.value]
+    table, table_name = (models.TABLE.value, models.TABLE.value) if models.TABLE.value else models.default_table()
+    library = library_tables(LIBRARY.value)
+    rng = np.random.default_rng(SEED.value)
+    keras.utils.set_random_seed(SEED.value)
+
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    print(f"devices: {', '.join(devices)}; GPUs: {', '.join(gpus) or 'none'}; {os.cpu_count()} CPUs; "
+          f"TensorFlow {tf.__version__}")
+    print(f"table: {table_name}; {models.IMAGES.value} images; library: {LIBRARY.value or 'built-in families'} "
+          f"({len(library)} tables)")
+    print("random weights, random images and labels: throughput only")
+
+    model = models.resnet20()
+    copies = []
+    for d in devices:
+        with tf.device(d):  # the copy's variables (weights, tables) live on its device
+            copies.append(ta.approximate_model(model, mul_map_file=table))
+    # Every Conv2D/Dense must be approximate: the GPU machine's stand-ins have no conv2d or matmul.
+    plain = [layer.name for layer in copies[0]._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+             and layer not in ta.layers.approx_layers(copies[0])]
+    if plain:
+        raise RuntimeError(f"layers left accurate: {plain}")
+
+    x = rng.uniform(0, 1, size=(models.IMAGES.value, *model.input_shape[1:])).astype(np.float32)
+    mismatches = []
+    print(f"\npredict: ResNet-20, {len(ta.layers.approx_layers(copies[0]))} approximate layers; one copy per "
+          f"device; all devices: the images in contiguous shards of whole batches, one thread per device")
+    print("| step | devices | seconds | images/s | G LUT-MAC/s | scaling vs 1 device |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for batch in batches:
+        predict_part(devices, copies, x, batch, mismatches)
+
+    explore_part(devices, model, library, batches[0], rng, mismatches)
+    print(f"\nscaling goal (issue 15): >= 1.8x on 2 GPUs; outputs and accuracies "
+          f"{'differ: ' + '; '.join(mismatches) if mismatches else 'equal between 1 and all devices'}")
+    if mismatches:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
