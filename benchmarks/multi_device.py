@@ -14,7 +14,8 @@ Random weights, images and labels: throughput only, the accuracies mean nothing.
         [--candidates 40] [--val_images 10000] [--table PATH] [--library DIR] [--seed 0]
 
 --devices defaults to every GPU, or without one to two logical CPU devices (which share the same CPU
-cores: a test of the script, not of scaling). --images and --table are benchmarks/models.py's flags
+cores: a test of the script, not of scaling); --split_gpu N makes N logical GPUs of the first GPU (the
+same: the multi-device path on a GPU, not the scaling). --images and --table are benchmarks/models.py's flags
 (this script imports it for the network, lut_macs and default_table); its other flags do nothing here.
 --library is a folder of .bin/.npy/.c tables: explore.load_library's when it has a METRICS.csv with
 costs, else every unsigned table in it (costs are not needed for throughput); without it a few
@@ -47,6 +48,8 @@ CANDIDATES = flags.DEFINE_integer("candidates", 40, "timed candidates of the exp
 VAL_IMAGES = flags.DEFINE_integer("val_images", 10000, "validation images per candidate")
 LIBRARY = flags.DEFINE_string("library", None, "folder of tables (default: built-in families)")
 SEED = flags.DEFINE_integer("seed", 0, "seed of the weights, data and candidates")
+SPLIT_GPU = flags.DEFINE_integer("split_gpu", 0, "split the first GPU into this many logical GPUs (a machine "
+                                 "with one GPU: checks the multi-device path on a GPU, not the scaling)")
 flags.FLAGS.set_default("images", 10000)  # models.py's flag; this issue's figure
 
 BUILT_IN = ("exact", "drum4", "drum6", "coltrunc8", "optrunc2", "mitchell", "etm4")
@@ -55,6 +58,13 @@ BUILT_IN = ("exact", "drum4", "drum6", "coltrunc8", "optrunc2", "mitchell", "etm
 def setup_devices(spec):
     """Device names to use; logical CPU devices are made here, before TensorFlow initializes."""
     gpus = tf.config.list_physical_devices("GPU")  # lists without initializing TensorFlow
+    if SPLIT_GPU.value > 1:
+        if not gpus:
+            raise app.UsageError("--split_gpu: no GPU here")
+        # 16 GB each: ample for ResNet-20 at batch 1000, and N of them fit an H100/H200.
+        tf.config.set_logical_device_configuration(
+            gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=16384)] * SPLIT_GPU.value)
+        return [f"/GPU:{i}" for i in range(SPLIT_GPU.value)]
     if spec:
         devices = [tf.DeviceSpec.from_string(d) for d in spec]
     elif gpus:

@@ -19,6 +19,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -705,6 +706,78 @@ void WorkspaceChecks(Counts* counts) {
   CUDA_OR_DIE(cudaDeviceSynchronize());
 }
 
+// Two host threads launching the columns kernel at once on their own streams with filters of different
+// sizes (so different shared memory), as TensorFlow runs independent layers: every call must succeed and
+// give the outputs a lone call gives. (The kernel's shared-memory limit is the function's, shared by
+// the threads: once set to each call's own need, a concurrent smaller call could undercut a launch.)
+void ConcurrentLaunchChecks(std::mt19937_64& rng, Counts* counts) {
+  QuantParams q;
+  MakeQuantParams(-1.f, 1.f, 8, "min", "max", &q);
+  const std::shared_ptr<const Lut> lut = ExactLut();
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_lut.Upload(std::vector<uint16_t>(lut->begin(), lut->end()));
+  const DeviceQuant d_q(q, q, 1);  // the taps only enter the terms' constant, the same in both runs
+  struct Job {
+    ConvShape s;
+    std::unique_ptr<DeviceBuffer<float>> in, flt, out;
+    std::unique_ptr<Workspace> ws;
+    GpuOptions opts;
+    std::vector<float> lone;
+    std::string error;
+  } jobs[2];
+  const int64_t shapes[2][2][4] = {{{8, 16, 16, 16}, {5, 5, 16, 16}}, {{8, 16, 16, 3}, {1, 1, 3, 16}}};
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (int j = 0; j < 2; ++j) {
+    Job& job = jobs[j];
+    ConvAttrs attrs;
+    attrs.strides = {1, 1, 1, 1};
+    attrs.dilations = {1, 1, 1, 1};
+    attrs.padding = Padding::kSame;
+    if (!ComputeConvShape(shapes[j][0], shapes[j][1], attrs, &job.s).empty()) return;
+    std::vector<float> in(job.s.input_elements()), flt(job.s.filter_elements());
+    for (float& x : in) x = u(rng);
+    for (float& x : flt) x = u(rng);
+    job.in.reset(new DeviceBuffer<float>(in.size()));
+    job.flt.reset(new DeviceBuffer<float>(flt.size()));
+    job.out.reset(new DeviceBuffer<float>(job.s.output_elements()));
+    job.in->Upload(in);
+    job.flt->Upload(flt);
+    job.opts.kernel = GpuKernel::kColumns;
+    job.ws.reset(new Workspace(job.s, &job.opts));
+    job.error = ApproxConvGpu<float>(job.s, job.in->ptr, job.flt->ptr, d_q.ptr, d_lut.ptr, job.out->ptr, 0, job.opts);
+    CUDA_OR_DIE(cudaDeviceSynchronize());
+    job.lone = job.out->Download();
+  }
+  auto work = [&](Job* job) {
+    cudaStream_t stream;
+    if (cudaStreamCreate(&stream) != cudaSuccess) {
+      job->error = "cudaStreamCreate failed";
+      return;
+    }
+    for (int i = 0; i < 300 && job->error.empty(); ++i) {
+      job->error = ApproxConvGpu<float>(job->s, job->in->ptr, job->flt->ptr, d_q.ptr, d_lut.ptr, job->out->ptr,
+                                        stream, job->opts);
+    }
+    const cudaError_t e = cudaStreamSynchronize(stream);
+    if (job->error.empty() && e != cudaSuccess) job->error = cudaGetErrorString(e);
+    cudaStreamDestroy(stream);
+  };
+  std::thread a(work, &jobs[0]), b(work, &jobs[1]);
+  a.join();
+  b.join();
+  for (Job& job : jobs) {
+    counts->cases += 1;
+    counts->outputs_checked += job.s.output_elements();
+    const std::vector<float> out = job.out->Download();
+    if (!job.error.empty() || std::memcmp(out.data(), job.lone.data(), out.size() * sizeof(float)) != 0) {
+      ++counts->failures;
+      std::printf("FAIL concurrent columns launches (filter %lldx%lldx%lld): %s\n",
+                  static_cast<long long>(job.s.filter_h), static_cast<long long>(job.s.filter_w),
+                  static_cast<long long>(job.s.filter_depth), job.error.empty() ? "outputs differ" : job.error.c_str());
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Baseline: the earlier tools' approach, written here. A naive 16 x 16 tiled GEMM (one output per
 // thread), quantization fused into the tile loads, the table read through the texture path.
@@ -1126,6 +1199,7 @@ int main(int argc, char** argv) {
   WideCases(rng, &counts);
   LargeSumCases(rng, &counts);
   WorkspaceChecks(&counts);
+  ConcurrentLaunchChecks(rng, &counts);
   QuantFromRangesChecks(rng, &counts);
   if (bench) Bench(rng, tables, runs, sweep, &counts);
 

@@ -517,27 +517,36 @@ __global__ void __launch_bounds__(NW * 32, 1)
     using Real = typename RealOf<T>::type;
     const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
     const bool per_channel = epi.quant->channels != 1;
+    if (epi.debug_act_sum != nullptr && nt == 0 && lane == 0) {
 #pragma unroll
-    for (int m = 0; m < TM; ++m) {
-      const int ml = warp * TM + m;
-      const int p = m0 + ml;
-      if (p >= g.pixels) continue;
-      const long long a_sum = static_cast<long long>(act_sum[m]) - static_cast<long long>(tail) * zp;
-      if (epi.debug_act_sum != nullptr && nt == 0 && lane == 0) {
-        epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;
+      for (int m = 0; m < TM; ++m) {
+        const int p = m0 + warp * TM + m;
+        if (p < g.pixels) {
+          epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] =
+              static_cast<long long>(act_sum[m]) - static_cast<long long>(tail) * zp;
+        }
       }
+    }
+    // Channels outer: a channel's sums and (per-channel ranges) its terms are read once per tile, not
+    // once per pixel; that read is most of the epilogue of a layer with few taps (1x1).
 #pragma unroll
-      for (int n = 0; n < TN; ++n) {
-        const int nl = lane * TN + n;
-        if (n0 + nl >= g.npg) continue;
-        const int co = grp * g.npg + n0 + nl;
-        // R = 0 when the table is not rebased (see above).
-        const long long rsum = rebased ? static_cast<long long>(__ldg(w_sums + g.out_depth + co)) : 0;
+    for (int n = 0; n < TN; ++n) {
+      const int nl = lane * TN + n;
+      if (n0 + nl >= g.npg) continue;
+      const int co = grp * g.npg + n0 + nl;
+      // R = 0 when the table is not rebased (see above).
+      const long long rsum = rebased ? static_cast<long long>(__ldg(w_sums + g.out_depth + co)) : 0;
+      const long long w_sum = static_cast<long long>(__ldg(w_sums + co));
+      const DequantizeTerms<Real> terms = per_channel ? TermsOf<Real>(epi.quant + co) : deq;
+#pragma unroll
+      for (int m = 0; m < TM; ++m) {
+        const int p = m0 + warp * TM + m;
+        if (p >= g.pixels) continue;
+        const long long a_sum = static_cast<long long>(act_sum[m]) - static_cast<long long>(tail) * zp;
         const int64_t sum =
             kWide ? acc64[kWide ? m : 0][kWide ? n : 0] + rsum - tail_term
                   : static_cast<int64_t>(acc[m][n] + static_cast<uint32_t>(rsum) - static_cast<uint32_t>(tail_term));
-        const DequantizeTerms<Real> terms = per_channel ? TermsOf<Real>(epi.quant + co) : deq;
-        StoreOutput(g, output, p, co, FromReal<T>(terms(sum, a_sum, static_cast<long long>(__ldg(w_sums + co)))));
+        StoreOutput(g, output, p, co, FromReal<T>(terms(sum, a_sum, w_sum)));
         if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = sum;
       }
     }
@@ -807,7 +816,7 @@ std::string LaunchDirect(bool shared_lut, int sms, const GpuGeometry& g, const T
 }
 
 template <typename T>
-std::string LaunchColumns(bool wide, int sms, const ConvShape& s, const GpuGeometry& g, const T* input,
+std::string LaunchColumns(bool wide, const DeviceInfo& dev, const ConvShape& s, const GpuGeometry& g, const T* input,
                           const T* filter, T* output, const uint16_t* lut, const Epilogue& epi,
                           unsigned char* workspace, cudaStream_t stream) {
   const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
@@ -818,10 +827,15 @@ std::string LaunchColumns(bool wide, int sms, const ConvShape& s, const GpuGeome
   if (e != cudaSuccess) return CudaError("the columns prologue launch", e);
   const int64_t chunks = (g.npg + kColumnChannels - 1) / kColumnChannels;
   const int64_t items = static_cast<int64_t>(g.groups) * chunks * g.pixels;
-  const int64_t blocks = std::min<int64_t>((items + kColumnThreads - 1) / kColumnThreads, std::max(sms, 1));
+  const int64_t blocks = std::min<int64_t>((items + kColumnThreads - 1) / kColumnThreads, std::max(dev.sms, 1));
   const auto kernel = wide ? ColumnsConvKernel<T, true> : ColumnsConvKernel<T, false>;
-  const int smem = static_cast<int>(layout.SharedBytes());
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const int smem = static_cast<int>(layout.SharedBytes());  // grows with the filter
+  if (smem > dev.smem_optin) return "ApproxConvGpu: the columns kernel's shared memory exceeds the device's";
+  // The limit is the function's, shared by every host thread that launches it (TensorFlow runs
+  // independent layers from several threads): the device's most, never this call's need, so that a
+  // concurrent launch with a smaller filter cannot lower it between this call's setting and launch
+  // (cudaErrorLaunchOutOfResources, seen on the H200 with two evaluators on one GPU).
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
   kernel<<<static_cast<unsigned>(blocks), kColumnThreads, smem, stream>>>(input, output, workspace, layout, g, epi);
   e = cudaGetLastError();
@@ -903,7 +917,7 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
     return "ApproxConvGpu: the workspace must be 16-byte aligned";
   }
   if (plan.kernel == GpuKernel::kColumns) {
-    return LaunchColumns<T>(NeedsWide(s, options), dev.sms, s, g, input, filter, output, lut_device, epi,
+    return LaunchColumns<T>(NeedsWide(s, options), dev, s, g, input, filter, output, lut_device, epi,
                             static_cast<unsigned char*>(options.workspace), stream);
   }
   const auto launch = TiledLauncher<T>(plan.kernel);
