@@ -6,7 +6,7 @@ of them zero, the zero point) and normal weights. Then (--schemes) the table op 
 filter ranges and with signed products (both operands symmetric, an int16 table) beside the
 per-tensor unsigned call on the same layers.
 
-    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--noschemes]
+    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--noschemes | --schemes_only]
 """
 
 import os
@@ -25,6 +25,7 @@ import tensorflow_approx as ta  # noqa: E402
 TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from ../shared, else a truncated product)")
 REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
 SCHEMES = flags.DEFINE_boolean("schemes", True, "also time per-channel ranges and signed products")
+SCHEMES_ONLY = flags.DEFINE_boolean("schemes_only", False, "only the schemes table")
 
 # (name, N, H, W, Cin, Cout, K, stride): performance.md's shapes at N=8, the layer shapes of a CIFAR
 # ResNet-20 at N=64, and a LeNet-size layer.
@@ -81,19 +82,33 @@ def scheme_table(table, rng):
     print("-" * len(header))
     for name, n, h, w, cin, cout, k, stride in LAYERS:
         x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
-        f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32) * rng.uniform(0.5, 2, cout))
+        # Channels of unequal scale, where per-channel ranges matter.
+        f = tf.constant((rng.normal(0, 0.1, (k, k, cin, cout)) * rng.uniform(0.5, 2, cout)).astype(np.float32))
         x_max = float(tf.reduce_max(x))
         conv = dict(strides=[1, stride, stride, 1], padding="SAME")
-        tensor_ms = median_ms(lambda: ta.approx_conv2d_with_table(
-            x, f, 0.0, x_max, tf.reduce_min(f), tf.reduce_max(f), table=unsigned, **conv).numpy(), REPEATS.value)
-        channel_ms = median_ms(lambda: ta.approx_conv2d_with_table(
-            x, f, 0.0, x_max, tf.reduce_min(f, axis=[0, 1, 2]), tf.reduce_max(f, axis=[0, 1, 2]), table=unsigned,
-            **conv).numpy(), REPEATS.value)
-        signed_ms = median_ms(lambda: ta.approx_conv2d_with_table(
-            x, f, 0.0, x_max, tf.reduce_min(f), tf.reduce_max(f), table=signed, input_scheme="symmetric",
-            filter_scheme="symmetric", **conv).numpy(), REPEATS.value)
-        print(f"{name:28s} {tensor_ms:14.2f} {channel_ms:15.2f} {channel_ms / tensor_ms:7.2f} "
-              f"{signed_ms:10.2f} {signed_ms / tensor_ms:7.2f}")
+        # Ranges made once: only the op is timed.
+        tensor_range = (tf.reduce_min(f), tf.reduce_max(f))
+        channel_range = (tf.reduce_min(f, axis=[0, 1, 2]), tf.reduce_max(f, axis=[0, 1, 2]))
+        variants = {
+            "per-tensor": lambda: ta.approx_conv2d_with_table(x, f, 0.0, x_max, *tensor_range, table=unsigned, **conv),
+            "per-channel": lambda: ta.approx_conv2d_with_table(x, f, 0.0, x_max, *channel_range, table=unsigned,
+                                                               **conv),
+            "signed": lambda: ta.approx_conv2d_with_table(x, f, 0.0, x_max, *tensor_range, table=signed,
+                                                          input_scheme="symmetric", filter_scheme="symmetric",
+                                                          **conv),
+        }
+        # Interleaved (one run of each in turn), so that a drift of the machine's speed hits all three.
+        times = {key: [] for key in variants}
+        for fn in variants.values():
+            fn().numpy()  # warm-up
+        for _ in range(REPEATS.value):
+            for key, fn in variants.items():
+                start = time.perf_counter()
+                fn().numpy()
+                times[key].append(time.perf_counter() - start)
+        ms = {key: 1e3 * float(np.median(t)) for key, t in times.items()}
+        print(f"{name:28s} {ms['per-tensor']:14.2f} {ms['per-channel']:15.2f} "
+              f"{ms['per-channel'] / ms['per-tensor']:7.2f} {ms['signed']:10.2f} {ms['signed'] / ms['per-tensor']:7.2f}")
 
 
 def main(_):
@@ -104,7 +119,7 @@ def main(_):
     header = f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} {'ratio':>7s}"
     print(header)
     print("-" * len(header))
-    for name, n, h, w, cin, cout, k, stride in LAYERS:
+    for name, n, h, w, cin, cout, k, stride in [] if SCHEMES_ONLY.value else LAYERS:
         x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
         f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))
         x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
@@ -115,7 +130,7 @@ def main(_):
         conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
         print(f"{name:28s} {op_ms:9.2f} {macs / op_ms / 1e6:12.2f} {conv_ms:10.2f} "
               f"{macs / conv_ms / 1e6:14.2f} {op_ms / conv_ms:6.1f}x")
-    if SCHEMES.value:
+    if SCHEMES.value or SCHEMES_ONLY.value:
         scheme_table(table, rng)
 
 

@@ -102,14 +102,17 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   const int64_t taps = s.taps();
   std::vector<uint8_t> filter_codes(static_cast<size_t>(s.filter_elements()));
   std::vector<uint8_t> filter_nan(static_cast<size_t>(s.out_depth), 0);
-  bool any_filter_nan = false;
-  for (int64_t t = 0; t < taps; ++t) {
-    for (int64_t co = 0; co < s.out_depth; ++co) {
-      const float v = static_cast<float>(filter[t * s.out_depth + co]);
-      if (v != v) filter_nan[co] = 1, any_filter_nan = true;
-      filter_codes[co * taps + t] = QuantizeToCode(v, filter_q.of(co));
+  // Split by output channels: each thread owns its channels' codes and NaN marks.
+  parallel_for(s.out_depth, taps * 16, [&](int64_t co_begin, int64_t co_end) {
+    for (int64_t t = 0; t < taps; ++t) {
+      for (int64_t co = co_begin; co < co_end; ++co) {
+        const float v = static_cast<float>(filter[t * s.out_depth + co]);
+        if (v != v) filter_nan[co] = 1;
+        filter_codes[co * taps + t] = QuantizeToCode(v, filter_q.of(co));
+      }
     }
-  }
+  });
+  const bool any_filter_nan = std::find(filter_nan.begin(), filter_nan.end(), 1) != filter_nan.end();
 
   QuantizedConv conv;
   conv.shape = s;
