@@ -872,11 +872,12 @@ double MedianMs(const std::function<void()>& fn, int runs) {
 struct BenchShape {
   const char* name;
   int batch, hw, cin, cout, k;
+  int stride = 1;
 };
 
 ConvShape MakeBenchShape(const BenchShape& b, int batch) {
   ConvAttrs attrs;
-  attrs.strides = {1, 1, 1, 1};
+  attrs.strides = {1, b.stride, b.stride, 1};
   attrs.dilations = {1, 1, 1, 1};
   attrs.padding = Padding::kSame;
   const int64_t in[4] = {batch, b.hw, b.hw, b.cin}, f[4] = {b.k, b.k, b.cin, b.cout};
@@ -917,7 +918,12 @@ const BenchShape kBenchShapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
                                    {"R20 32x32 3->16", 1000, 32, 3, 16, 3},
                                    {"R20 32x32 16->16", 1000, 32, 16, 16, 3},
                                    {"R20 16x16 32->32", 1000, 16, 32, 32, 3},
-                                   {"R20 8x8 64->64", 1000, 8, 64, 64, 3}};
+                                   {"R20 8x8 64->64", 1000, 8, 64, 64, 3},
+                                   // Its stride-2 layers: the first 3x3 of stages two and three, and the
+                                   // 1x1 projections of their shortcuts.
+                                   {"R20 3x3 s2 16->32", 1000, 32, 16, 32, 3, 2},
+                                   {"R20 1x1 s2 16->32", 1000, 32, 16, 32, 1, 2},
+                                   {"R20 1x1 s2 32->64", 1000, 16, 32, 64, 1, 2}};
 
 // The ranges of the benchmark layers: input [-2, 6] (zero point 64), filter [-1, 1] (zero point 128).
 void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
@@ -925,39 +931,42 @@ void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
   MakeQuantParams(-1.f, 1.f, 8, "filter_min", "filter_max", qf);
 }
 
-// Every tiled kernel on every benchmark layer, K split where the choice would split it (what
-// ChooseGpuPlan's model is checked against).
+// Every tiled kernel and the columns kernel on every benchmark layer, K split where the choice would
+// split it (what ChooseGpuPlan's model is checked against).
 void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
-  std::printf("\nSweep: G LUT-MAC/s of each tiled kernel (realistic / uniform data), * = ChooseGpuPlan's pick\n");
+  std::vector<GpuKernel> kernels;
+  for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) kernels.push_back(static_cast<GpuKernel>(k));
+  kernels.push_back(GpuKernel::kColumns);
+  std::printf("\nSweep: G LUT-MAC/s of each tiled kernel and the columns kernel (realistic / uniform data), * = ChooseGpuPlan's pick\n");
   std::printf("%-20s", "shape");
-  for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) std::printf(" %18s", GpuKernelName(static_cast<GpuKernel>(k)));
+  for (GpuKernel k : kernels) std::printf(" %18s", GpuKernelName(k));
   std::printf("\n");
   for (const BenchShape& b : kBenchShapes) {
     const ConvShape s = MakeBenchShape(b, b.batch);
     DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements());
     const DeviceQuant d_q(qi, qf, s.taps());
-    double rate[2][static_cast<int>(GpuKernel::kDirect)];
+    std::vector<double> rate[2];
     for (int realistic = 1; realistic >= 0; --realistic) {
       std::vector<float> in(s.input_elements()), flt(s.filter_elements());
       FillData(rng, realistic, qi, qf, &in, &flt);
       d_in.Upload(in);
       d_flt.Upload(flt);
-      for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) {
+      for (GpuKernel k : kernels) {
         GpuOptions opts;
-        opts.kernel = static_cast<GpuKernel>(k);
+        opts.kernel = k;
         const Workspace d_ws(s, &opts);
         const double ms = MedianMs(
             [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
-        rate[realistic][k] = static_cast<double>(s.lut_macs()) / ms * 1e-6;
+        rate[realistic].push_back(static_cast<double>(s.lut_macs()) / ms * 1e-6);
       }
     }
     std::printf("%-20s", b.name);
-    for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k)
-      std::printf(" %c%7.0f / %7.0f", ChooseGpuPlan(s).kernel == static_cast<GpuKernel>(k) ? '*' : ' ', rate[1][k], rate[0][k]);
+    for (size_t i = 0; i < kernels.size(); ++i)
+      std::printf(" %c%7.0f / %7.0f", ChooseGpuPlan(s).kernel == kernels[i] ? '*' : ' ', rate[1][i], rate[0][i]);
     std::printf("\n");
   }
 }

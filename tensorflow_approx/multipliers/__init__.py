@@ -13,6 +13,7 @@ Command line: python -m tensorflow_approx.multipliers {list,info,convert,compare
 
 import os
 
+from tensorflow_approx.multipliers.decompose import Decomposition, decompose
 from tensorflow_approx.multipliers.c_source import from_c_source, header_metrics
 from tensorflow_approx.multipliers.families import (FAMILIES, broken_array, column_truncated,
                                                     drum, etm, exact, family, is_family_name,
@@ -46,7 +47,8 @@ def get(spec, signed=None, function=None):
 
 
 __all__ = [
-    "ErrorMetrics", "FAMILIES", "Multiplier", "broken_array", "column_truncated", "drum",
+    "Decomposition", "ErrorMetrics", "FAMILIES", "Multiplier", "broken_array", "column_truncated",
+    "decompose", "drum",
     "error_metrics", "etm", "exact", "exact_products", "family", "from_c_source", "from_function",
     "get", "header_metrics", "is_family_name", "kulkarni", "load", "mitchell", "operand_truncated",
     "operand_values", "roba",

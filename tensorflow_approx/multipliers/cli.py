@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from tensorflow_approx.multipliers import FAMILIES, get
+from tensorflow_approx.multipliers.decompose import decompose
 from tensorflow_approx.multipliers.metrics import FIELDS, format_value
 
 _HARDWARE = ("PDK45_PWR", "PDK45_AREA", "PDK45_DELAY")  # published hardware costs, when known
@@ -72,6 +73,9 @@ def cmd_info(args, out):
             row += (format_value(value) if isinstance(value, float) else "-",)
         rows.append(row + (meaning,))
     _print_rows(rows, out, left=(0, len(rows[0]) - 1))
+    d = decompose(m)
+    out.write(f"terms:   {'-' if d is None else d.terms}  (exact int8 decomposition: "
+              + (d.route if d else "over 64 terms") + ")\n")
     extra = {k: v for k, v in m.metadata.items()
              if k not in metrics and k not in ("source", "doc")}
     for key, value in extra.items():
@@ -100,9 +104,11 @@ def cmd_compare(args, out):
             raise ValueError(f"--sort: {args.sort!r} is not one of {labels}")
         order = sorted(range(len(mults)), key=lambda i: metrics[i][args.sort])
         mults, metrics = [mults[i] for i in order], [metrics[i] for i in order]
-    header = ["name"] + labels + hardware
+    header = ["name"] + labels + hardware + ["terms"]
+    terms = [decompose(m) for m in mults]   # exact int8 decomposition; '-' over 64 terms
     rows = [[m.name] + [md[label] for label in labels] + [m.metadata.get(k, "") for k in hardware]
-            for m, md in zip(mults, metrics)]
+            + ["-" if d is None else d.terms]
+            for m, md, d in zip(mults, metrics, terms)]
     if args.csv:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tensorflow_approx.multipliers import FAMILIES, Multiplier, drum, exact, family
@@ -42,6 +43,18 @@ def test_info_prints_the_metrics(tmp_path):
     for label in ("MAE", "MAE%", "WCE", "EP%", "MRE%", "WCRE%", "MSE", "bias", "std"):
         assert values[label] == format_value(md[label]), label
     assert "Hashemi" in r.stdout
+    assert values["terms:"] == "1"     # drum6 = r(a) * r(w): one int8 term
+
+
+def test_info_and_compare_show_the_term_count(tmp_path):
+    rng = np.random.default_rng(0)
+    Multiplier("noise", rng.integers(0, 65536, (256, 256))).save(str(tmp_path / "noise.bin"))
+    r = run("info", str(tmp_path / "noise.bin"))
+    assert r.returncode == 0, r.stderr
+    assert "terms:   -  (exact int8 decomposition: over 64 terms)" in r.stdout
+    r = run("compare", "exact", "optrunc3", str(tmp_path / "noise.bin"))
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[-1] for line in r.stdout.splitlines()] == ["terms", "1", "1", "-"]
 
 
 def test_convert_family_and_c_source_to_bin(tmp_path):
@@ -72,7 +85,8 @@ def test_compare_prints_one_row_per_multiplier(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].split()[:3] == ["name", "MAE", "MAE%"]
     assert [line.split()[0] for line in lines[1:]] == ["exact", "drum6", "mine"]
-    assert lines[1].split()[1:] == ["0"] * 10
+    assert lines[1].split()[1:] == ["0"] * 10 + ["1"]       # metrics, then the term count
+    assert lines[0].split()[-1] == "terms"
 
 
 def test_compare_csv_is_exact_and_sortable(tmp_path):
