@@ -35,14 +35,16 @@ def test_layer_macs(trained):
 
 def test_swapped_tables_give_what_a_fresh_model_gives(trained):
     model, x, y = trained
-    evaluator = explore.Evaluator(model, x, y)
+    evaluator = explore.Evaluator(model, x, y, batch_size=100)  # batches of 100, 100 and 56
     fresh = ta.approximate_model(model, {"conv": "", "dw": "", "fc": ""})
     fresh.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    assert evaluator.accuracy({}) == fresh.evaluate(x, y, verbose=0)[1]
+    assert evaluator.accuracy({}) == fresh.evaluate(x, y, batch_size=100, verbose=0)[1]
     fresh = ta.approximate_model(model, {"conv": "", "dw": ZEROS, "fc": mx.get("drum4")})
     fresh.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     got = evaluator.accuracy({"dw": ZEROS, "fc": mx.get("drum4")})
-    assert got == fresh.evaluate(x, y, verbose=0)[1]
+    assert got == fresh.evaluate(x, y, batch_size=100, verbose=0)[1]
+    # Labels as a column, as Keras also takes them: the same count.
+    assert explore.Evaluator(model, x, y[:, None], batch_size=100).accuracy({"dw": ZEROS, "fc": mx.get("drum4")}) == got
     assert evaluator.accuracy({}) > got  # the layers really swapped back to the exact product
     with pytest.raises(ValueError, match=r"not approximate layers of the model: \['nope'\]"):
         evaluator.accuracy({"nope": "drum4"})
@@ -75,15 +77,15 @@ def test_a_killed_run_resumes_without_repeating(trained, tmp_path, monkeypatch):
     path = str(tmp_path / "results.sqlite")
     library = {"zeros": ZEROS, "drum4": mx.get("drum4"), "mitchell": mx.get("mitchell")}
     evaluator = explore.Evaluator(model, x, y, store=explore.ResultStore(path))
-    real_evaluate, calls = evaluator.approx.evaluate, []
+    real_count, calls = evaluator._count_right, []  # one call per candidate: the data is one batch
 
     def dies_on_the_fifth(*args, **kwargs):
         calls.append(1)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real_count(*args, **kwargs)
 
-    monkeypatch.setattr(evaluator.approx, "evaluate", dies_on_the_fifth)
+    monkeypatch.setattr(evaluator, "_count_right", dies_on_the_fifth)
     with pytest.raises(KeyboardInterrupt):
         explore.sensitivity(evaluator, library, progress=False)
     resumed = explore.Evaluator(model, x, y, store=explore.ResultStore(path))
