@@ -6,7 +6,7 @@ of them zero, the zero point) and normal weights. Then (--schemes) the table op 
 filter ranges and with signed products (both operands symmetric, an int16 table) beside the
 per-tensor unsigned call on the same layers.
 
-    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--noschemes | --schemes_only]
+    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--noschemes | --schemes_only | --decomposed]
 """
 
 import os
@@ -26,6 +26,8 @@ TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from 
 REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
 SCHEMES = flags.DEFINE_boolean("schemes", True, "also time per-channel ranges and signed products")
 SCHEMES_ONLY = flags.DEFINE_boolean("schemes_only", False, "only the schemes table")
+DECOMPOSED = flags.DEFINE_boolean("decomposed", False, "only the decomposed-kernel table (tables registered "
+                                  "with tensorflow_approx.register_decomposition)")
 
 # (name, N, H, W, Cin, Cout, K, stride): performance.md's shapes at N=8, the layer shapes of a CIFAR
 # ResNet-20 at N=64, and a LeNet-size layer.
@@ -111,9 +113,56 @@ def scheme_table(table, rng):
               f"{ms['per-channel'] / ms['per-tensor']:7.2f} {ms['signed']:10.2f} {ms['signed'] / ms['per-tensor']:7.2f}")
 
 
+def decomposed_table(rng):
+    """Tables with few int8 terms, run by the lookups and then, registered, by the decomposed kernel
+    (AVX-512 VNNI), beside tf.nn.conv2d float32; what the kernel choice (PreferDecomposed) picks."""
+    from tensorflow_approx import multipliers as mx
+    from tensorflow_approx.python.ops.approx_conv_ops import lut_values
+
+    shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "axmul_8x8")
+    names = ["", "drum6"] + [os.path.join(shared, n + ".bin") for n in ("mul8u_1446", "mul8u_JQQ")
+                               if os.path.exists(os.path.join(shared, n + ".bin"))]
+    tables = {}
+    for name in names:
+        values = lut_values(name)[0]
+        terms = mx.decompose(values).terms
+        label = f"{os.path.basename(name)[:-4] if name.endswith('.bin') else name or 'exact'} ({terms} term{'s' * (terms > 1)})"
+        tables[label] = (name, tf.constant(values))
+    print(f"\ndecomposed kernel (median of {REPEATS.value} runs): lookups ms / decomposed ms per table, "
+          "then conv2d float32 ms")
+    header = f"{'layer':28s} " + " ".join(f"{label:>26s}" for label in tables) + f" {'conv2d ms':>10s}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name, n, h, w, cin, cout, k, stride in LAYERS:
+        x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
+        f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))
+        x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
+        conv = dict(strides=[1, stride, stride, 1], padding="SAME")
+        lookups = {label: median_ms(lambda: ta.approx_conv2d_with_table(
+            x, f, 0.0, x_max, f_min, f_max, table=t, **conv).numpy(), REPEATS.value)
+            for label, (_, t) in tables.items()}
+        conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
+        rows.append((name, x, f, x_max, f_min, f_max, conv, lookups, conv_ms))
+    for _, (table_name, _) in tables.items():  # registered only now: the lookups above ran unregistered
+        ta.register_decomposition(table_name)
+    for name, x, f, x_max, f_min, f_max, conv, lookups, conv_ms in rows:
+        cells = []
+        for label, (_, t) in tables.items():
+            ms = median_ms(lambda: ta.approx_conv2d_with_table(
+                x, f, 0.0, x_max, f_min, f_max, table=t, **conv).numpy(), REPEATS.value)
+            cells.append(f"{lookups[label]:8.2f} / {ms:8.2f} ({ms / conv_ms:4.1f}x)")
+        print(f"{name:28s} " + " ".join(f"{c:>26s}" for c in cells) + f" {conv_ms:10.2f}")
+    print("(x: the decomposed time over conv2d's; the op takes the decomposed kernel only where "
+          "PreferDecomposed expects it faster, else the lookups: both columns then agree)")
+
+
 def main(_):
     table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
     rng = np.random.default_rng(0)
+    if DECOMPOSED.value:
+        decomposed_table(rng)
+        return
     print(f"table: {table_name}; {os.cpu_count()} CPUs; TensorFlow {tf.__version__}; "
           f"median of {REPEATS.value} runs")
     header = f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} {'ratio':>7s}"

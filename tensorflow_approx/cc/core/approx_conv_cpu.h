@@ -63,10 +63,13 @@ struct FilterQuant {
   int64_t count;
 };
 
+// decomposition: the table's, when it has one (table_decompositions.h); the fast kernel then takes the
+// decomposed kernel where PreferDecomposed says it is faster.
 template <typename T>
 void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
                    const FilterQuant& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
-                   T* output, CpuKernel kernel = CpuKernel::kFast, int64_t lut_offset = 0) {
+                   T* output, CpuKernel kernel = CpuKernel::kFast, int64_t lut_offset = 0,
+                   const TableDecomposition* decomposition = nullptr) {
   using Real = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   if (s.output_elements() == 0) return;
 
@@ -139,6 +142,8 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     const int64_t end = std::min(pixels, begin + pass);
     if (kernel == CpuKernel::kReference) {
       ReferenceConvAccumulate(conv, begin, end, acc.data(), act_sum.data());
+    } else if (decomposition != nullptr && PreferDecomposed(s, decomposition->terms)) {
+      DecomposedConvAccumulate(conv, *decomposition, begin, end, parallel_for, acc.data(), act_sum.data());
     } else {
       CpuConvAccumulate(conv, begin, end, parallel_for, acc.data(), act_sum.data());
     }

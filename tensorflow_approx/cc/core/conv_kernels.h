@@ -69,6 +69,30 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
 // "avx512-rows" or "portable".
 const char* CpuKernelName(const ConvShape& shape, CpuIsa isa = CpuIsa::kBest);
 
+// A table as an exact sum of int8 products (the form of tensorflow_approx/multipliers/decompose.py), in
+// the kernels' codes: lut[(a << 8) | w] = c0 + alpha[a] + beta[w] + sum over r < terms of
+// u[r * 256 + a] * v[r * 256 + w], for every pair (a table of signed products as the kernels hold it:
+// 32768 added, in c0).
+struct TableDecomposition {
+  int terms = 0;
+  const int8_t* u = nullptr;       // [terms][256]
+  const int8_t* v = nullptr;       // [terms][256]
+  const int32_t* alpha = nullptr;  // [256]
+  const int32_t* beta = nullptr;   // [256]
+  int64_t c0 = 0;
+};
+
+// acc and act_sum exactly as ReferenceConvAccumulate gives them for a conv.lut that `d` decomposes,
+// from an int8 GEMM over taps x terms (AVX-512 VNNI where the processor has it; `portable` forces plain
+// C++, for the tests). conv.lut is not read.
+void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                              bool portable = false);
+// "avx512vnni-decomposed" or "decomposed-portable".
+const char* DecomposedKernelName(bool portable = false);
+// Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI).
+bool PreferDecomposed(const ConvShape& shape, int terms);
+
 // sum over taps of the filter codes of each output channel (the same for every output pixel).
 void FilterCodeSums(const QuantizedConv& conv, int64_t* filter_sum);
 

@@ -360,6 +360,100 @@ void TestRowPathMatchesReference() {
       "rows", 4321);
 }
 
+// A decomposition and the table it stands for (values kept in 0..65535): the exact product's
+// (u = v = code - 128, alpha = beta = 128 * code, c0 = -16384), or random int8 terms.
+struct DecomposedTable {
+  std::vector<int8_t> u, v;
+  std::vector<int32_t> alpha, beta;
+  TableDecomposition d;
+  Lut lut;
+};
+
+DecomposedTable MakeDecomposedTable(std::mt19937& rng, int terms, bool exact, bool extreme = false) {
+  DecomposedTable t;
+  t.u.resize(terms * 256);
+  t.v.resize(terms * 256);
+  t.alpha.resize(256);
+  t.beta.resize(256);
+  // Extreme: the largest |u * v| everywhere (u = -128, v = -128 or 127), for the 32-bit chunking.
+  std::uniform_int_distribution<int> small(-127, 127), free_term(0, 2000), pick(0, 1);
+  for (int c = 0; c < 256; ++c) {
+    for (int r = 0; r < terms; ++r) {
+      t.u[r * 256 + c] = static_cast<int8_t>(exact ? c - 128 : extreme ? -128 : small(rng) / (4 * terms));
+      t.v[r * 256 + c] = static_cast<int8_t>(exact ? c - 128 : extreme ? (pick(rng) ? 127 : -128) : small(rng) / 4);
+    }
+    t.alpha[c] = exact ? 128 * c : free_term(rng);
+    t.beta[c] = exact ? 128 * c : free_term(rng);
+  }
+  t.d = TableDecomposition{terms, t.u.data(), t.v.data(), t.alpha.data(), t.beta.data(), exact ? -16384 : 30000};
+  for (int a = 0; a < 256; ++a) {
+    for (int w = 0; w < 256; ++w) {
+      int64_t value = t.d.c0 + t.alpha[a] + t.beta[w];
+      for (int r = 0; r < terms; ++r) value += int64_t{t.u[r * 256 + a]} * t.v[r * 256 + w];
+      // The extreme table's values leave uint16 (the cast wraps): its test sums the terms directly.
+      t.lut[(a << 8) | w] = static_cast<uint16_t>(value);
+    }
+  }
+  return t;
+}
+
+// The decomposed kernel (VNNI and portable) against the reference on random shapes with the exact
+// table and random decomposed ones, sub-ranges of pixels and thread counts.
+void TestDecomposedKernelMatchesReference() {
+  std::mt19937 rng(777);
+  for (int iter = 0; iter < 200; ++iter) {
+    const Case c = RandomCase(rng);
+    const ConvShape& s = c.shape;
+    const bool exact = iter % 3 == 0;  // one term; else 1 to 5 random ones
+    const DecomposedTable t = MakeDecomposedTable(rng, exact ? 1 : 1 + iter % 5, exact);
+    std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : input) v = static_cast<uint8_t>(rng());
+    for (auto& v : filter) v = static_cast<uint8_t>(rng());
+    const QuantizedConv conv{s, input.data(), filter.data(), static_cast<uint8_t>(rng()), t.lut.data()};
+    const int64_t pixels = s.out_pixels();
+    const int64_t begin = iter % 2 ? 0 : std::uniform_int_distribution<int64_t>(0, pixels - 1)(rng);
+    const int64_t end = iter % 2 ? pixels : std::uniform_int_distribution<int64_t>(begin + 1, pixels)(rng);
+    const size_t n = end - begin;
+    std::vector<int64_t> ref_acc(n * s.out_depth), ref_sum(n * s.groups());
+    ReferenceConvAccumulate(conv, begin, end, ref_acc.data(), ref_sum.data());
+    for (bool portable : {false, true}) {
+      std::vector<int64_t> acc(n * s.out_depth, -7), sum(n * s.groups(), -7);
+      DecomposedConvAccumulate(conv, t.d, begin, end, ThreadedFor(1 + iter % 3), acc.data(), sum.data(), portable);
+      EXPECT(acc == ref_acc, "decomposed acc differs (%s, %d terms, portable %d): %s", DecomposedKernelName(portable),
+             t.d.terms, int(portable), c.name.c_str());
+      EXPECT(sum == ref_sum, "decomposed act_sum differs (portable %d): %s", int(portable), c.name.c_str());
+    }
+  }
+  // Reductions past the 65536 entries whose 32-bit sums are exact, every product at its largest: the
+  // chunks must add in 64 bits. One output pixel, 3 * 12000 taps x 2 terms = 72000 entries.
+  const DecomposedTable t = MakeDecomposedTable(rng, 2, false, true);
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kValid;
+  const int64_t input_dims[4] = {1, 1, 3, 12000}, filter_dims[4] = {1, 3, 12000, 17};
+  ConvShape s;
+  EXPECT(ComputeConvShape(input_dims, filter_dims, attrs, &s).empty(), "shape");
+  std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+  for (auto& v : input) v = static_cast<uint8_t>(rng());
+  for (auto& v : filter) v = static_cast<uint8_t>(rng());
+  const QuantizedConv conv{s, input.data(), filter.data(), 0, t.lut.data()};
+  for (bool portable : {false, true}) {
+    std::vector<int64_t> acc(s.out_depth), sum(1);
+    DecomposedConvAccumulate(conv, t.d, 0, 1, SerialFor(), acc.data(), sum.data(), portable);
+    for (int64_t co = 0; co < s.out_depth; ++co) {
+      int64_t want = 0;
+      for (int64_t k = 0; k < s.taps(); ++k) {
+        const int a = input[k], w = filter[co * s.taps() + k];
+        want += t.d.c0 + t.alpha[a] + t.beta[w];
+        for (int r = 0; r < t.d.terms; ++r) want += int64_t{t.u[r * 256 + a]} * t.v[r * 256 + w];
+      }
+      EXPECT(acc[co] == want, "long reduction (portable %d), channel %lld: %lld, expected %lld", int(portable),
+             (long long)co, (long long)acc[co], (long long)want);
+    }
+  }
+}
+
 // The exact table and scale 1 / zero point 0: the integer sum is the ordinary integer convolution,
 // here checked independently of both kernels on a layer with K = 3*3*4096 > 32768 taps.
 void TestLargeKExactSum() {
@@ -682,6 +776,7 @@ int main() {
   tfapprox::TestRowPathMatchesReference();
   tfapprox::TestWholeOpExactSums();
   tfapprox::TestFastKernelMatchesReference();
+  tfapprox::TestDecomposedKernelMatchesReference();
   tfapprox::TestPipelineKernelsAgree<float>();
   tfapprox::TestPipelineKernelsAgree<double>();
   if (tfapprox::failures) {

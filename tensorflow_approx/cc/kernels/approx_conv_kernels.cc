@@ -32,12 +32,17 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
         [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
           Shard(workers->num_threads, workers->workers, total, cost, fn);
         };
-    if (this->Tracing()) this->Trace(shape, "CPU", tfapprox::CpuKernelName(shape), false);
     typename ApproxConv2DOpBase<T>::HostLut table;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table));
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table, /*find_decomposition=*/true));
+    const tfapprox::TableDecomposition* decomposition = table.decomposed ? &table.decomposition.view : nullptr;
+    if (this->Tracing()) {
+      const bool decomposed = decomposition != nullptr && tfapprox::PreferDecomposed(shape, decomposition->terms);
+      this->Trace(shape, "CPU", decomposed ? tfapprox::DecomposedKernelName() : tfapprox::CpuKernelName(shape), false);
+    }
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
-                               tfapprox::FilterQuant(filter_q.data(), static_cast<int64_t>(filter_q.size())), table.lut, parallel_for, output->flat<T>().data(),
-                               tfapprox::CpuKernel::kFast, table.offset);
+                               tfapprox::FilterQuant(filter_q.data(), static_cast<int64_t>(filter_q.size())),
+                               table.lut, parallel_for, output->flat<T>().data(), tfapprox::CpuKernel::kFast,
+                               table.offset, decomposition);
   }
 };
 
@@ -59,6 +64,34 @@ class ApproxReadMulMapOp : public OpKernel {
   }
 };
 REGISTER_KERNEL_BUILDER(Name("ApproxReadMulMap").Device(DEVICE_CPU), ApproxReadMulMapOp);
+
+class ApproxRegisterTableDecompositionOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &table = ctx->input(0), &u = ctx->input(1), &v = ctx->input(2), &alpha = ctx->input(3),
+                 &beta = ctx->input(4), &c0 = ctx->input(5);
+    OP_REQUIRES(ctx, table.dims() == 1 && table.NumElements() == tfapprox::kLutEntries,
+                absl::InvalidArgumentError(absl::StrCat("table must have shape [65536], got ",
+                                                        table.shape().DebugString())));
+    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(1) == 256 && u.shape() == v.shape() && u.dim_size(0) <= 64,
+                absl::InvalidArgumentError(absl::StrCat("u and v must have the same shape [terms <= 64, 256], got ",
+                                                        u.shape().DebugString(), " and ", v.shape().DebugString())));
+    OP_REQUIRES(ctx, alpha.NumElements() == 256 && beta.NumElements() == 256 && c0.NumElements() == 1,
+                absl::InvalidArgumentError("alpha and beta must have 256 elements and c0 one"));
+    std::vector<uint16_t> converted;
+    const uint16_t* lut = nullptr;
+    int64_t offset = 0;
+    OP_REQUIRES_OK(ctx, TableTensorLut(table, &converted, &lut, &offset));
+    const std::string error = tfapprox::RegisterDecomposition(
+        lut, offset, static_cast<int>(u.dim_size(0)), u.flat<int8_t>().data(), v.flat<int8_t>().data(),
+        alpha.flat<int32_t>().data(), beta.flat<int32_t>().data(), c0.flat<int64_t>()(0));
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError("ApproxRegisterTableDecomposition: " + error));
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("ApproxRegisterTableDecomposition").Device(DEVICE_CPU),
+                        ApproxRegisterTableDecompositionOp);
 
 #define REGISTER_CPU(T)                                                                       \
   REGISTER_KERNEL_BUILDER(                                                                    \

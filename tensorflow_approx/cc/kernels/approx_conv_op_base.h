@@ -20,8 +20,40 @@
 #include "tensorflow_approx/cc/core/conv_shape.h"
 #include "tensorflow_approx/cc/core/lut.h"
 #include "tensorflow_approx/cc/core/quantize.h"
+#include "tensorflow_approx/cc/kernels/table_decompositions.h"
 
 namespace tensorflow {
+
+// A table tensor (65536 entries, checked by the caller) as the kernels hold it before any scheme's
+// rearrangement: uint16 as it is (*lut points into the tensor), int16 (signed products) with 32768 added
+// (*offset = 32768), float32 checked to hold integers in [0, 65535]; the last two in *converted.
+inline absl::Status TableTensorLut(const Tensor& table, std::vector<uint16_t>* converted, const uint16_t** lut,
+                                   int64_t* offset) {
+  if (table.dtype() == DT_UINT16) {
+    *lut = table.flat<uint16_t>().data();
+    return absl::OkStatus();
+  }
+  converted->resize(tfapprox::kLutEntries);
+  *lut = converted->data();
+  if (table.dtype() == DT_INT16) {
+    const auto values = table.flat<int16_t>();
+    for (int i = 0; i < tfapprox::kLutEntries; ++i) (*converted)[i] = static_cast<uint16_t>(values(i) + 32768);
+    *offset = 32768;
+    return absl::OkStatus();
+  }
+  const auto values = table.flat<float>();
+  for (int i = 0; i < tfapprox::kLutEntries; ++i) {
+    const float v = values(i);
+    // Written so that NaN fails the test too.
+    if (!(v >= 0.f && v <= 65535.f && v == static_cast<float>(static_cast<int32_t>(v)))) {
+      return absl::InvalidArgumentError(absl::StrCat("table entry ", i, " (a = ", i >> 8, ", w = ", i & 0xFF,
+                                                     ") is ", v,
+                                                     "; a float32 table must hold integers in [0, 65535]"));
+    }
+    (*converted)[i] = static_cast<uint16_t>(v);
+  }
+  return absl::OkStatus();
+}
 
 template <typename T>
 class ApproxConv2DOpBase : public OpKernel {
@@ -211,6 +243,9 @@ class ApproxConv2DOpBase : public OpKernel {
     int64_t offset = 0;          // added to every entry (32768 for a table of signed products)
     tfapprox::LutRef file;       // a file table
     std::vector<uint16_t> converted;
+    // Its registered decomposition in the kernels' codes (table_decompositions.h), when asked for.
+    bool decomposed = false;
+    tfapprox::KernelDecomposition decomposition;
   };
 
   // The table of this call (CPU kernels; GPU kernels for a file table): the file as it is now, or the
@@ -218,9 +253,14 @@ class ApproxConv2DOpBase : public OpKernel {
   // [0, 65535]; an int16 table (signed products) is stored with 32768 added to every entry, which the
   // sums take off again exactly. With a symmetric operand the table, indexed by the signed codes'
   // bytes, is rearranged to be indexed by the kernels' codes (signed code + code_shift).
-  absl::Status HostTable(OpKernelContext* ctx, HostLut* host) const {
+  // find_decomposition: also look the table up among the registered decompositions.
+  absl::Status HostTable(OpKernelContext* ctx, HostLut* host, bool find_decomposition = false) const {
     TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, host));
     const int input_shift = input_code_shift(), filter_shift = filter_code_shift();
+    if (find_decomposition) {
+      host->decomposed =
+          tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift, &host->decomposition);
+    }
     if (input_shift == 0 && filter_shift == 0) return absl::OkStatus();
     std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
     for (int a = 0; a < 256; ++a) {
@@ -240,32 +280,7 @@ class ApproxConv2DOpBase : public OpKernel {
       host->lut = host->file.lut->data();
       return absl::OkStatus();
     }
-    const Tensor& table = ctx->input(kTableInput);
-    if (table.dtype() == DT_UINT16) {
-      host->lut = table.flat<uint16_t>().data();
-      return absl::OkStatus();
-    }
-    std::vector<uint16_t>& converted = host->converted;
-    converted.resize(tfapprox::kLutEntries);
-    host->lut = converted.data();
-    if (table.dtype() == DT_INT16) {
-      const auto values = table.flat<int16_t>();
-      for (int i = 0; i < tfapprox::kLutEntries; ++i) converted[i] = static_cast<uint16_t>(values(i) + 32768);
-      host->offset = 32768;
-      return absl::OkStatus();
-    }
-    const auto values = table.flat<float>();
-    for (int i = 0; i < tfapprox::kLutEntries; ++i) {
-      const float v = values(i);
-      // Written so that NaN fails the test too.
-      if (!(v >= 0.f && v <= 65535.f && v == static_cast<float>(static_cast<int32_t>(v)))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "table entry ", i, " (a = ", i >> 8, ", w = ", i & 0xFF, ") is ", v,
-            "; a float32 table must hold integers in [0, 65535]"));
-      }
-      converted[i] = static_cast<uint16_t>(v);
-    }
-    return absl::OkStatus();
+    return TableTensorLut(ctx->input(kTableInput), &host->converted, &host->lut, &host->offset);
   }
 
   tfapprox::ConvAttrs attrs_;

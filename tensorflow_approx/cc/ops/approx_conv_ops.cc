@@ -104,6 +104,24 @@ filter_min, filter_max: scalars, or vectors of the filter's out_depth values (a 
 
 }  // namespace
 
+REGISTER_OP("ApproxRegisterTableDecomposition")
+    .Input("table: Ttable")
+    .Input("u: int8")
+    .Input("v: int8")
+    .Input("alpha: int32")
+    .Input("beta: int32")
+    .Input("c0: int64")
+    .Attr("Ttable: {uint16, int16, float}")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs)
+    .Doc(R"doc(
+Registers, for this process, an exact decomposition of a table (tensorflow_approx.register_decomposition
+finds it): products[(a << 8) | w] = c0 + alpha[a] + beta[w] + sum_r u[r, a] * v[r, w] over its codes (the
+signed products of an int16 table). It is checked on all 65536 pairs (InvalidArgument otherwise); the
+CPU kernel of ApproxConv2DWithTable and ApproxConv2DWithMinMaxVars then finds it by the table's
+contents and runs an int8 GEMM instead of the lookups where that is faster (TFAPPROX_TRACE says so).
+)doc");
+
 REGISTER_OP("ApproxReadMulMap")
     .Input("mul_map_file: string")
     .Output("table: uint16")

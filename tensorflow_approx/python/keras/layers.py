@@ -67,6 +67,7 @@ from tensorflow_approx.python.ops.approx_conv_ops import (
     SCHEMES,
     approx_conv2d_with_table,
     lut_values,
+    register_decomposition,
 )
 from tensorflow_approx.python.ops.table_gradient import scheme_range
 
@@ -106,6 +107,19 @@ def _range_with_zero(x, axis=None):
     per index of the axes not reduced (axis=[0, 1, 2] of a filter: per output channel)."""
     x = tf.stop_gradient(x)
     return tf.minimum(tf.reduce_min(x, axis=axis), 0.0), tf.maximum(tf.reduce_max(x, axis=axis), 0.0)
+
+
+# Terms up to which the layers register their tables' decompositions (the CPU kernel prefers the
+# decomposed path only up to 4).
+_LAYER_MAX_TERMS = 4
+
+
+def _register(values):
+    """Registers a layer's table decomposition for the CPU kernel (register_decomposition), outside any
+    graph being traced. A loaded model's tables arrive with its weights, after build: register them with
+    tensorflow_approx.register_decomposition(layer.lut.numpy()) (signed: .astype("int16"))."""
+    with tf.init_scope():
+        register_decomposition(values, max_terms=_LAYER_MAX_TERMS)
 
 
 def _layer_lut(table, name):
@@ -197,6 +211,7 @@ class _FakeApproxMixin:
             autocast=False,
         )
         self._initial_lut = None
+        _register(initial)
 
     def set_multiplier(self, multiplier):
         """Replaces the table of this (built) layer in place: the next call uses it.
@@ -219,6 +234,7 @@ class _FakeApproxMixin:
             self._initial_lut = values
         else:
             self.lut.assign(values.astype(np.float32))
+            _register(values)
         self.mul_map_file = label
 
     def get_config(self):

@@ -210,6 +210,41 @@ def approx_conv2d_with_table(
         input_scheme=input_scheme, filter_scheme=filter_scheme, gradient=gradient, **args)
 
 
+# Tables registered in this process: table digest -> its Decomposition, or None (none within the budget).
+_registered = {}
+
+
+def register_decomposition(table, max_terms=4):
+    """Lets the CPU kernel run `table` as an int8 GEMM: finds an exact decomposition of its products
+    (tensorflow_approx.multipliers.decompose) with at most max_terms terms and registers it for this
+    process; the op then takes the decomposed kernel (AVX-512 VNNI) wherever the layer's shape favours
+    it, with the same outputs bit for bit (TFAPPROX_TRACE names the kernel). The Keras layers register
+    their tables themselves. Returns the Decomposition, or None when the table has none within the budget
+    (the lookups stay). A table seen before is not decomposed again.
+
+    table: anything lut_values() takes (a Multiplier, a path, a family name, an array of products).
+    """
+    import hashlib
+
+    from tensorflow_approx.multipliers.decompose import decompose
+
+    if isinstance(max_terms, bool) or not isinstance(max_terms, int) or not 0 <= max_terms <= 64:
+        raise ValueError(f"max_terms must be an integer in 0..64, got {max_terms!r}")
+    values, _ = lut_values(table)
+    key = (hashlib.sha1(values.tobytes()).hexdigest(), str(values.dtype), max_terms)
+    if key not in _registered:
+        signed = values.dtype == np.int16
+        d = decompose(values.view(np.uint16), max_terms=max_terms, signed=signed)
+        if d is not None:
+            with tf.device("/CPU:0"):
+                _ops.approx_register_table_decomposition(
+                    table=tf.constant(values), u=tf.constant(d.U), v=tf.constant(d.V),
+                    alpha=tf.constant(d.alpha.astype(np.int32)), beta=tf.constant(d.beta.astype(np.int32)),
+                    c0=tf.constant(d.c0, tf.int64))
+        _registered[key] = d
+    return _registered[key]
+
+
 def approx_conv2d_with_min_max_vars(
     input,
     filter,

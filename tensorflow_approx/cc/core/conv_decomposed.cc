@@ -1,0 +1,230 @@
+// The decomposed CPU kernel: a table written as c0 + alpha[a] + beta[w] + sum_r u[r][a] * v[r][w] with
+// int8 u, v (tensorflow_approx/multipliers/decompose.py finds such forms) turns the lookups into one
+// integer GEMM whose reduction axis is the R terms of every tap: A[p][r * K + k] = u[r][a_pk] (the
+// activation codes of pixel p's patch, gathered once and translated through each term's u with byte
+// permutes), B[r * K + k][co] = v[r][w_k,co]. AVX-512 VNNI's
+// vpdpbusd multiplies unsigned by signed bytes, four products per 32-bit lane: A is stored as u + 128
+// (unsigned), so the GEMM gives sum (u + 128) * v and 128 * sum v (a per-channel constant) is taken off
+// again. The free terms are sums the kernel adds: alpha over each pixel's taps (like act_sum), beta
+// over each channel's weights, c0 times the taps.
+//
+// Exact: every product is below 2^15 in magnitude and a 32-bit lane gains at most 4 * 255 * 128 per
+// step, so 32-bit sums are exact over kChunk = 65536 reduction entries; longer reductions add chunks
+// into 64-bit sums.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow_approx/cc/core/conv_kernels.h"
+
+namespace tfapprox {
+namespace {
+
+#define TFAPPROX_VNNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
+
+constexpr int kPixelBlock = 8;     // pixels per micro-tile (8 accumulators: dpbusd's latency hidden)
+constexpr int kChannelBlock = 16;  // output channels per micro-tile: one vector of int32 sums
+constexpr int64_t kChunk = 65536;  // reduction entries whose 32-bit sums are exact (see above)
+constexpr int kTile = 64;          // pixels gathered at a time (a multiple of kPixelBlock)
+
+bool HasVnni() {  // and VBMI, for the byte permutes of the gather
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+// What one call needs of the filter, per group: B packed for the micro-kernel, [step][co][4] with a
+// step of four reduction entries and co padded to kChannelBlock (zeros beyond), and per channel the
+// sum of B (for the + 128 correction) and of beta over its weights.
+struct PackedFilter {
+  int64_t reduction = 0;  // R * K, padded to a multiple of 4 (zeros in B)
+  int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
+  std::vector<int8_t> b;  // [groups][reduction / 4][channels][4]
+  std::vector<int64_t> b_sum, beta_sum;  // [out_depth]
+};
+
+PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d) {
+  const ConvShape& s = conv.shape;
+  const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
+  PackedFilter f;
+  f.reduction = (taps * d.terms + 3) / 4 * 4;
+  f.channels = (per_group + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
+  f.b.assign(static_cast<size_t>(groups * f.reduction * f.channels), 0);
+  f.b_sum.assign(static_cast<size_t>(s.out_depth), 0);
+  f.beta_sum.assign(static_cast<size_t>(s.out_depth), 0);
+  for (int64_t co = 0; co < s.out_depth; ++co) {
+    const int64_t g = co / per_group, j = co % per_group;
+    int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
+    for (int64_t k = 0; k < taps; ++k) {
+      const uint8_t w = conv.filter[co * taps + k];
+      f.beta_sum[co] += d.beta[w];
+      for (int r = 0; r < d.terms; ++r) {
+        const int64_t e = r * taps + k;
+        const int8_t v = d.v[r * 256 + w];
+        group_b[((e / 4) * f.channels + j) * 4 + e % 4] = v;
+        f.b_sum[co] += v;
+      }
+    }
+  }
+  return f;
+}
+
+// The codes of pixel p's patch in group g (K bytes, padded taps at the zero code) and the sums of the
+// codes and of alpha over them.
+void GatherCodes(const QuantizedConv& conv, const TableDecomposition& d, int64_t p, int64_t g, uint8_t* codes,
+                 int64_t* code_sum, int64_t* alpha_sum) {
+  const int64_t depth = conv.shape.filter_depth;
+  uint8_t* out = codes;
+  WalkPatch(conv, p, g, [&](const uint8_t* in) {
+    if (in != nullptr) {
+      std::memcpy(out, in, static_cast<size_t>(depth));
+    } else {
+      std::memset(out, conv.input_zero_code, static_cast<size_t>(depth));
+    }
+    out += depth;
+  });
+  int64_t sum = 0, alphas = 0;
+  for (const uint8_t* c = codes; c < out; ++c) {
+    sum += *c;
+    alphas += d.alpha[*c];
+  }
+  *code_sum = sum;
+  *alpha_sum = alphas;
+}
+
+// A's row from the codes: row[r * K + k] = u[r][codes[k]] + 128 (u_plus holds u + 128), padded to
+// `reduction` with 128 (u = 0: adds nothing).
+void TranslatePortable(const uint8_t* codes, int64_t taps, const uint8_t* u_plus, int terms, int64_t reduction,
+                       uint8_t* row) {
+  for (int r = 0; r < terms; ++r)
+    for (int64_t k = 0; k < taps; ++k) row[r * taps + k] = u_plus[r * 256 + codes[k]];
+  std::fill(row + terms * taps, row + reduction, uint8_t{128});
+}
+
+// The same, 64 codes at a time: two 128-entry byte permutes per term, the code's top bit choosing.
+TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t taps, const uint8_t* u_plus, int terms,
+                                 int64_t reduction, uint8_t* row) {
+  for (int r = 0; r < terms; ++r) {
+    const uint8_t* table = u_plus + r * 256;
+    const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+    const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+    for (int64_t k = 0; k < taps; k += 64) {
+      const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
+      const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
+      const __m512i low = _mm512_permutex2var_epi8(t0, c, t1), high = _mm512_permutex2var_epi8(t2, c, t3);
+      _mm512_mask_storeu_epi8(row + r * taps + k, valid, _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high));
+    }
+  }
+  std::fill(row + terms * taps, row + reduction, uint8_t{128});
+}
+
+// sums[i][c] += sum over the steps in [step_begin, step_end) of A[i] . B[c] for kPixelBlock rows of A
+// (stride `reduction` bytes) and kChannelBlock channels of B (packed as PackedFilter::b).
+TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t channels,
+                                   int64_t step_begin, int64_t step_end, int64_t (*sums)[kChannelBlock]) {
+  __m512i acc[kPixelBlock];
+  for (int i = 0; i < kPixelBlock; ++i) acc[i] = _mm512_setzero_si512();
+  for (int64_t step = step_begin; step < step_end; ++step) {
+    const __m512i bv = _mm512_loadu_si512(b + step * channels * 4);
+    for (int i = 0; i < kPixelBlock; ++i) {
+      int32_t four;
+      std::memcpy(&four, a + i * reduction + step * 4, 4);
+      acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_set1_epi32(four), bv);
+    }
+  }
+  for (int i = 0; i < kPixelBlock; ++i) {
+    alignas(64) int32_t lanes[kChannelBlock];
+    _mm512_store_si512(lanes, acc[i]);
+    for (int c = 0; c < kChannelBlock; ++c) sums[i][c] += lanes[c];
+  }
+}
+
+void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t channels,
+                         int64_t step_begin, int64_t step_end, int64_t (*sums)[kChannelBlock]) {
+  for (int i = 0; i < kPixelBlock; ++i) {
+    for (int c = 0; c < kChannelBlock; ++c) {
+      int64_t sum = 0;
+      for (int64_t step = step_begin; step < step_end; ++step) {
+        for (int q = 0; q < 4; ++q) {
+          sum += static_cast<int64_t>(a[i * reduction + step * 4 + q]) * b[(step * channels + c) * 4 + q];
+        }
+      }
+      sums[i][c] += sum;
+    }
+  }
+}
+
+}  // namespace
+
+// Measured on a 2-core Zen 4 (benchmarks/cpu_benchmark.py --decomposed): with one or two terms 1.5-2.4x
+// faster than the lookups on 3x3 layers of 64+ channels per group up to 4608 reduction entries (taps x
+// terms); slower with fewer channels sharing each gathered patch (32 per group: 0.9x, 16: 0.9x), with
+// longer reductions (the A tile leaves the cache: 7x7 512->512 with two terms 0.86x) and, unevenly, with
+// four terms; even on a 1x1 layer of 64 taps.
+bool PreferDecomposed(const ConvShape& shape, int terms) {
+  return HasVnni() && terms <= 2 && shape.out_depth_per_group() >= 64 && shape.taps() >= 128 &&
+         shape.taps() * terms <= 4608;
+}
+
+const char* DecomposedKernelName(bool portable) {
+  return portable || !HasVnni() ? "decomposed-portable" : "avx512vnni-decomposed";
+}
+
+void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                              bool portable) {
+  const ConvShape& s = conv.shape;
+  const int64_t pixels = pixel_end - pixel_begin;
+  if (pixels <= 0) return;
+  const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
+  const PackedFilter f = PackFilter(conv, d);
+  const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
+  const bool fast = !portable && HasVnni();
+  const auto kernel = fast ? MicroKernelVnni : MicroKernelPortable;
+  const auto translate = fast ? TranslateVbmi : TranslatePortable;
+  std::vector<uint8_t> u_plus(static_cast<size_t>(d.terms) * 256);
+  for (size_t i = 0; i < u_plus.size(); ++i) u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
+  const int64_t tiles = (pixels + kTile - 1) / kTile;
+  parallel_for(tiles, kTile * f.reduction * f.channels * groups / 16 + 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> rows(static_cast<size_t>(kTile * f.reduction)), codes(static_cast<size_t>(taps));
+    std::vector<int64_t> alpha_sums(kTile);
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
+      const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
+      for (int64_t g = 0; g < groups; ++g) {
+        for (int64_t i = 0; i < blocks * kPixelBlock; ++i) {
+          // Rows past the tile's pixels repeat its last one: the micro-kernel keeps its full height.
+          const int64_t q = first + std::min(i, count - 1);
+          int64_t code_sum;
+          GatherCodes(conv, d, pixel_begin + q, g, codes.data(), &code_sum, &alpha_sums[i]);
+          translate(codes.data(), taps, u_plus.data(), d.terms, f.reduction, &rows[i * f.reduction]);
+          if (i < count) act_sum[q * groups + g] = code_sum;
+        }
+        const int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
+        for (int64_t c0 = 0; c0 < per_group; c0 += kChannelBlock) {
+          for (int64_t block = 0; block < blocks; ++block) {
+            int64_t sums[kPixelBlock][kChannelBlock] = {};
+            for (int64_t step = 0; step < steps; step += chunk_steps) {
+              kernel(&rows[block * kPixelBlock * f.reduction], f.reduction, group_b + c0 * 4, f.channels, step,
+                     std::min(steps, step + chunk_steps), sums);
+            }
+            for (int i = 0; i < kPixelBlock; ++i) {
+              const int64_t row = block * kPixelBlock + i;
+              if (row >= count) break;
+              const int64_t q = first + row;
+              for (int64_t c = 0; c < kChannelBlock && c0 + c < per_group; ++c) {
+                const int64_t co = g * per_group + c0 + c;
+                acc[q * s.out_depth + co] = sums[i][c] - 128 * f.b_sum[co] + alpha_sums[row] + f.beta_sum[co] +
+                                            taps * d.c0;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace tfapprox
