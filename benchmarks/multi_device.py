@@ -25,7 +25,6 @@ built-in families. The exact product is always one of the choices.
 import glob
 import os
 import sys
-import threading
 import time
 import warnings
 
@@ -82,27 +81,6 @@ def setup_devices(spec):
     if missing:
         raise app.UsageError(f"--devices: {missing} not among {sorted(known)}")
     return names
-
-
-def in_threads(fns):
-    """fn() of each fn, each in its own thread (one per device), in order; an error is re-raised here.
-    Each fn returns a list of output batches (arrays or tensors), so that results concatenate in order."""
-    results, errors = [None] * len(fns), []
-
-    def run(i):
-        try:
-            results[i] = fns[i]()
-        except BaseException as error:  # noqa: B036 (re-raised in the caller's thread)
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def timed(run):
@@ -178,11 +156,11 @@ def predict_part(devices, copies, x, batch, mismatches):
     one_batches = on_device(0, x)
     all_batches = [on_device(i, part) for i, part in enumerate(parts)]
     steps = {
-        f"predict batch {batch}": (lambda: in_threads([lambda: predict(0, x)]),
-                                   lambda: in_threads([lambda i=i, p=p: predict(i, p) for i, p in enumerate(parts)])),
+        f"predict batch {batch}": (lambda: explore.in_threads([lambda: predict(0, x)]),
+                                   lambda: explore.in_threads([lambda i=i, p=p: predict(i, p) for i, p in enumerate(parts)])),
         f"forward batch {batch}, on the device": (
-            lambda: in_threads([lambda: forward(0, one_batches)]),
-            lambda: in_threads([lambda i=i, b=b: forward(i, b) for i, b in enumerate(all_batches)])),
+            lambda: explore.in_threads([lambda: forward(0, one_batches)]),
+            lambda: explore.in_threads([lambda i=i, b=b: forward(i, b) for i, b in enumerate(all_batches)])),
     }
     for step, (one, every) in steps.items():
         # seconds() calls each once untimed first: every copy's predict / tf.function is traced then.

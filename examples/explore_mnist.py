@@ -1,11 +1,12 @@
-"""Which EvoApprox multiplier in which layer: accuracy against multiplication energy, on MNIST.
+"""Which multiplier in which layer: accuracy against multiplication energy, on MNIST.
 
-    python examples/explore_mnist.py --library DIR [--net resnet|lenet5]
+    python examples/explore_mnist.py [--library DIR | --library families] [--net resnet|lenet5]
                                      [--generations 10] [--population 24] [--store explore_mnist.sqlite]
 
 Trains the network in float32 on the examples' data (common.load_dataset), then runs
 tensorflow_approx.explore on the test images: per-layer sensitivity to every table of --library (a
-folder of tables, each with its power, the exact one included: docs/multiplier_libraries.md), the
+folder of tables, each with its power, the exact one included: docs/multiplier_libraries.md, e.g.
+EvoApprox's; by default the project's families with their estimated costs), the
 sensitivity-guided greedy baseline and NSGA-II; prints the Pareto front (accuracy against the
 multiplication energy relative to the exact multiplier) and writes it, with a plot, beside the store.
 The store makes a rerun (or an interrupted run) resume without evaluating anything twice.
@@ -23,8 +24,8 @@ from tensorflow_approx import explore
 
 NET = flags.DEFINE_enum("net", "resnet", ["resnet", "lenet5"], "the network")
 LIBRARY = flags.DEFINE_string(
-    "library", None, "a folder of tables, each with its power, the exact one included "
-    "(docs/multiplier_libraries.md)", required=True)
+    "library", "families", 'a folder of tables, each with its power, the exact one included '
+    '(docs/multiplier_libraries.md), or "families": the project\'s families with estimated costs')
 GENERATIONS = flags.DEFINE_integer("generations", 10, "NSGA-II generations")
 POPULATION = flags.DEFINE_integer("population", 24, "NSGA-II population")
 STORE = flags.DEFINE_string("store", "explore_mnist.sqlite", "the results store")
@@ -47,7 +48,7 @@ def small_resnet(input_shape):
 
 
 def main(_):
-    if not os.path.isdir(LIBRARY.value):
+    if LIBRARY.value != "families" and not os.path.isdir(LIBRARY.value):
         sys.exit(f"--library {LIBRARY.value} is not a folder: give a folder of tables, each with its power "
                  "(docs/multiplier_libraries.md says what it must hold)")
     start = time.time()
@@ -59,7 +60,8 @@ def main(_):
     float_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
     trained = time.time()
 
-    library, costs, exact = explore.load_library(LIBRARY.value)
+    library, costs, exact = (explore.family_library() if LIBRARY.value == "families"
+                             else explore.load_library(LIBRARY.value))
     evaluator = explore.Evaluator(model, x_test, y_test, store=explore.ResultStore(STORE.value))
     rows = explore.sensitivity(evaluator, library)
     points = explore.greedy(evaluator, library, costs, costs[exact], rows)

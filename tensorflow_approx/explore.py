@@ -48,8 +48,8 @@ from tensorflow_approx.python.keras.convert import approximate_model
 from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
-__all__ = ["Evaluator", "ParallelEvaluator", "RayEvaluator", "ResultStore", "greedy", "layer_macs", "load_library", "nsga2", "pareto_front",
-           "plot_points", "relative_energy", "sensitivity", "write_points"]
+__all__ = ["Evaluator", "ParallelEvaluator", "RayEvaluator", "ResultStore", "family_library", "greedy", "layer_macs",
+           "load_library", "nsga2", "pareto_front", "plot_points", "relative_energy", "sensitivity", "write_points"]
 
 
 def layer_macs(layer):
@@ -234,7 +234,7 @@ class ParallelEvaluator:
             if key not in first_of_key:  # a candidate twice in a batch is evaluated once
                 first_of_key[key] = assignment
                 todo.put((key, assignment))
-        results, errors = {}, []
+        results = {}
 
         def work(evaluator):
             while True:
@@ -242,20 +242,31 @@ class ParallelEvaluator:
                     key, assignment = todo.get_nowait()
                 except queue.Empty:
                     return
-                try:
-                    results[key] = evaluator.accuracy(assignment)
-                except BaseException as error:  # re-raised in the caller's thread
-                    errors.append(error)
-                    return
+                results[key] = evaluator.accuracy(assignment)
 
-        threads = [threading.Thread(target=work, args=(w,)) for w in self.workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        in_threads([lambda w=w: work(w) for w in self.workers])
         return [results[key] for key in keys]
+
+
+def in_threads(fns):
+    """[fn() for fn in fns], each fn in its own thread (one per device: TensorFlow runs device work
+    outside the GIL); the first error is raised here once all have ended."""
+    results, errors = [None] * len(fns), []
+
+    def run(i):
+        try:
+            results[i] = fns[i]()
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 class _RayWorker:
@@ -574,6 +585,32 @@ def plot_points(points, path, front=None, title="accuracy against multiplication
     plt.close(fig)
 
 
+# The family library's multipliers: every family with a structural cost estimate, at parameters that
+# span its range of error and cost.
+FAMILY_LIBRARY = ("exact", *(f"coltrunc{t}" for t in (2, 4, 6, 7, 8, 9)), *(f"optrunc{k}" for k in (1, 2, 3, 4)),
+                  "bam_h1_v6", "bam_h2_v7", "bam_h3_v8", *(f"drum{k}" for k in (3, 4, 5, 6)))
+
+
+def family_library(names=FAMILY_LIBRARY):
+    """(library, costs, exact name) like load_library's, from the project's families with their
+    estimated relative costs (tensorflow_approx.multipliers.families.estimated_cost: partial-product
+    cells kept, exact = 1). A family without an estimate is refused by name."""
+    from tensorflow_approx import multipliers as mx
+    from tensorflow_approx.multipliers.families import estimated_cost
+
+    library, costs = {}, {}
+    for name in names:
+        multiplier = mx.get(name)
+        estimate = estimated_cost(multiplier)
+        if estimate is None:
+            raise ValueError(f"family_library: {name!r} has no cost estimate (only families whose cost counts "
+                             "array cells do: exact, coltrunc, bam, optrunc, drum)")
+        library[name], costs[name] = multiplier, estimate[0]
+    if "exact" not in library:
+        raise ValueError("family_library: the names must include 'exact': the energies are relative to it")
+    return library, costs, "exact"
+
+
 def load_library(folder, cost_key="PDK45_PWR"):
     """{name: Multiplier} of the .bin/.npy/.c tables in `folder`, their costs {name: metadata[cost_key]}
     (EvoApprox's published power, from a METRICS.csv beside the tables), and the exact one's name.
@@ -607,7 +644,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tensorflow_approx.explore", description=main.__doc__)
     parser.add_argument("--model", required=True, help="a trained .keras model (classification, sparse labels)")
     parser.add_argument("--data", required=True, help="a .npz file with arrays x and y (validation data)")
-    parser.add_argument("--library", required=True, help="a folder of tables with METRICS.csv (power per table)")
+    parser.add_argument("--library", required=True,
+                        help='a folder of tables with METRICS.csv (power per table), or "families" (the '
+                             "project's families with estimated costs)")
     parser.add_argument("--store", default="explore.sqlite", help="the results store (resumes; never repeats)")
     parser.add_argument("--out", default="front.csv", help="the Pareto front, .csv or .json")
     parser.add_argument("--plot", default=None, help="a PNG of every evaluated point and the front")
@@ -646,7 +685,7 @@ def main(argv=None):
     model = keras.models.load_model(args.model)
     with np.load(args.data) as data:
         x, y = data["x"], data["y"]
-    library, costs, exact = load_library(args.library)
+    library, costs, exact = family_library() if args.library == "families" else load_library(args.library)
     store = ResultStore(args.store)
     if args.ray is not None:
         evaluator = RayEvaluator(model, x, y, args.workers, store=store,

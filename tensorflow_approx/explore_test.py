@@ -95,6 +95,23 @@ def test_a_killed_run_resumes_without_repeating(trained, tmp_path, monkeypatch):
     assert rows == explore.sensitivity(fresh, library, progress=False)
 
 
+def test_family_library_costs_follow_the_cells_kept():
+    from tensorflow_approx.multipliers.families import estimated_cost
+
+    library, costs, exact = explore.family_library()
+    assert exact == "exact" and costs["exact"] == 1.0 and set(costs) == set(library)
+    # Fewer partial-product cells, lower cost: more truncated columns, more truncated operand bits.
+    assert [costs[f"coltrunc{t}"] for t in (2, 4, 6, 8)] == sorted([costs[f"coltrunc{t}"] for t in (2, 4, 6, 8)],
+                                                                  reverse=True)
+    assert costs["optrunc2"] == 36 / 64 and costs["coltrunc2"] == 61 / 64
+    assert costs["drum4"] == (16 + 16) / 64
+    assert estimated_cost(mx.get("mitchell")) is None
+    with pytest.raises(ValueError, match="'mitchell' has no cost estimate"):
+        explore.family_library(["exact", "mitchell"])
+    with pytest.raises(ValueError, match="must include 'exact'"):
+        explore.family_library(["drum4"])
+
+
 def test_library_entries_are_checked_first(trained):
     model, x, y = trained
     evaluator = explore.Evaluator(model, x, y)

@@ -204,6 +204,39 @@ def etm(k):
     return _make(f"etm{k}", "etm", {"k": k}, p, doc)
 
 
+# Cost estimates for searches over the families (tensorflow_approx.explore.family_library), relative to
+# the exact 8x8 array multiplier's 64 partial-product cells (an AND gate and its full adder each). A
+# design that keeps a subset of the array's cells costs that share: column truncation and the broken
+# array their kept cells, operand truncation a (8-k) x (8-k) array. DRUM-k is a k x k array plus, per
+# operand, a leading-one detector and the shifters around it, which we count as 8 cells each (an
+# assumption, not a published figure). Designs whose cost is not a count of array cells (Mitchell,
+# Kulkarni, RoBA, ETM) get none: a search leaves them out rather than rank them on a guess.
+_LOD_AND_SHIFTERS_CELLS = 8
+
+
+def estimated_cost(multiplier):
+    """(relative cost, how it was estimated) of a family multiplier, or None (no structural estimate;
+    the table's own metadata never counts here)."""
+    fam, p = multiplier.metadata.get("family"), multiplier.metadata.get("params", {})
+    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    if fam == "exact":
+        return 1.0, "exact 8x8 array: 64 partial-product cells"
+    if fam == "coltrunc":
+        cells = int(np.sum(i + j >= p["t"]))
+        return cells / 64, f"{cells} of 64 partial-product cells (columns >= {p['t']})"
+    if fam == "bam":
+        cells = int(np.sum((j >= p["h"]) & (i + j >= p["v"])))
+        return cells / 64, f"{cells} of 64 partial-product cells (broken array)"
+    if fam == "optrunc":
+        cells = (8 - p["k"]) ** 2
+        return cells / 64, f"a {8 - p['k']}x{8 - p['k']} array: {cells} of 64 cells"
+    if fam == "drum":
+        cells = p["k"] ** 2 + 2 * _LOD_AND_SHIFTERS_CELLS
+        return min(cells / 64, 1.0), (f"a {p['k']}x{p['k']} array ({p['k'] ** 2} cells) plus two leading-one "
+                                      f"detectors with shifters ({_LOD_AND_SHIFTERS_CELLS} cells each, assumed)")
+    return None
+
+
 def _check_int(arg, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{arg}: expected an int, got {value!r}")

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -50,6 +51,18 @@ struct Case {
   ConvShape shape;
   std::string name;
 };
+
+// The shape of a VALID convolution, stride and dilation 1, NHWC input and HWIO filter dimensions.
+ConvShape ValidShape(const std::array<int64_t, 4>& input_dims, const std::array<int64_t, 4>& filter_dims) {
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kValid;
+  ConvShape s;
+  const std::string error = ComputeConvShape(input_dims.data(), filter_dims.data(), attrs, &s);
+  EXPECT(error.empty(), "%s", error.c_str());
+  return s;
+}
 
 Case RandomCase(std::mt19937& rng) {
   auto pick = [&](std::initializer_list<int64_t> v) {
@@ -160,15 +173,7 @@ Lut NearMaxLut(std::mt19937& rng, int below_max) {
 // wrapped accumulator even where the reference and the fast kernel would share it.
 void ExpectLargeSums(int64_t kh, int64_t kw, int64_t depth, int64_t groups, int64_t out_per_group,
                      const Lut& lut, std::mt19937& rng) {
-  ConvAttrs attrs;
-  attrs.strides = {1, 1, 1, 1};
-  attrs.dilations = {1, 1, 1, 1};
-  attrs.padding = Padding::kValid;
-  const int64_t input_dims[4] = {1, kh, kw, depth * groups};
-  const int64_t filter_dims[4] = {kh, kw, depth, groups * out_per_group};
-  ConvShape s;
-  const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
-  EXPECT(error.empty(), "%s", error.c_str());
+  const ConvShape s = ValidShape({1, kh, kw, depth * groups}, {kh, kw, depth, groups * out_per_group});
   std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
   for (auto& v : input) v = static_cast<uint8_t>(rng());
   for (auto& v : filter) v = static_cast<uint8_t>(rng());
@@ -427,13 +432,7 @@ void TestDecomposedKernelMatchesReference() {
   // Reductions past the 65536 entries whose 32-bit sums are exact, every product at its largest: the
   // chunks must add in 64 bits. One output pixel, 3 * 12000 taps x 2 terms = 72000 entries.
   const DecomposedTable t = MakeDecomposedTable(rng, 2, false, true);
-  ConvAttrs attrs;
-  attrs.strides = {1, 1, 1, 1};
-  attrs.dilations = {1, 1, 1, 1};
-  attrs.padding = Padding::kValid;
-  const int64_t input_dims[4] = {1, 1, 3, 12000}, filter_dims[4] = {1, 3, 12000, 17};
-  ConvShape s;
-  EXPECT(ComputeConvShape(input_dims, filter_dims, attrs, &s).empty(), "shape");
+  const ConvShape s = ValidShape({1, 1, 3, 12000}, {1, 3, 12000, 17});
   std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
   for (auto& v : input) v = static_cast<uint8_t>(rng());
   for (auto& v : filter) v = static_cast<uint8_t>(rng());
@@ -457,13 +456,7 @@ void TestDecomposedKernelMatchesReference() {
 // The exact table and scale 1 / zero point 0: the integer sum is the ordinary integer convolution,
 // here checked independently of both kernels on a layer with K = 3*3*4096 > 32768 taps.
 void TestLargeKExactSum() {
-  ConvAttrs attrs;
-  attrs.strides = {1, 1, 1, 1};
-  attrs.dilations = {1, 1, 1, 1};
-  attrs.padding = Padding::kValid;
-  const int64_t input_dims[4] = {1, 3, 3, 4096}, filter_dims[4] = {3, 3, 4096, 3};
-  ConvShape s;
-  EXPECT(ComputeConvShape(input_dims, filter_dims, attrs, &s).empty(), "shape");
+  const ConvShape s = ValidShape({1, 3, 3, 4096}, {3, 3, 4096, 3});
   std::vector<uint8_t> input(s.input_elements(), 255), filter(s.filter_elements(), 255);
   QuantizedConv conv{s, input.data(), filter.data(), 0, ExactLut()->data()};
   std::vector<int64_t> acc(3), sum(1);
