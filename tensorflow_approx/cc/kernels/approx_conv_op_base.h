@@ -4,6 +4,7 @@
 #ifndef TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 #define TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -262,10 +263,14 @@ class ApproxConv2DOpBase : public OpKernel {
           tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift, &host->decomposition);
     }
     if (input_shift == 0 && filter_shift == 0) return absl::OkStatus();
+    // Entry (a, w) is the table's ((a - input_shift) & 0xFF, (w - filter_shift) & 0xFF): rows and
+    // columns rotated, so each row is two copies.
     std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
     for (int a = 0; a < 256; ++a) {
-      const int row = ((a - input_shift) & 0xFF) << 8;
-      for (int w = 0; w < 256; ++w) by_codes[(a << 8) | w] = host->lut[row | ((w - filter_shift) & 0xFF)];
+      const uint16_t* src = host->lut + (((a - input_shift) & 0xFF) << 8);
+      uint16_t* dst = by_codes.data() + (a << 8);
+      std::copy(src + 256 - filter_shift, src + 256, dst);  // w < filter_shift: from the row's end
+      std::copy(src, src + 256 - filter_shift, dst + filter_shift);
     }
     host->converted = std::move(by_codes);
     host->lut = host->converted.data();
