@@ -25,7 +25,8 @@ namespace {
 #define TFAPPROX_VNNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
 
 constexpr int kPixelBlock = 8;     // pixels per micro-tile (8 accumulators: dpbusd's latency hidden)
-constexpr int kChannelBlock = 16;  // output channels per micro-tile: one vector of int32 sums
+constexpr int kChannelBlock = 16;  // output channels per vector of int32 sums
+constexpr int kMaxVectors = 2;     // vectors of channels per micro-tile (2: each broadcast serves 32)
 constexpr int64_t kChunk = 65536;  // reduction entries whose 32-bit sums are exact (see above)
 constexpr int kTile = 64;          // pixels gathered at a time (a multiple of kPixelBlock)
 
@@ -71,26 +72,70 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d) 
   return f;
 }
 
-// The codes of pixel p's patch in group g (K bytes, padded taps at the zero code) and the sums of the
-// codes and of alpha over them.
-void GatherCodes(const QuantizedConv& conv, const TableDecomposition& d, int64_t p, int64_t g, uint8_t* codes,
-                 int64_t* code_sum, int64_t* alpha_sum) {
+// The codes of pixel p's patch in group g: K bytes, padded taps at the zero code.
+void GatherCodes(const QuantizedConv& conv, int64_t p, int64_t g, uint8_t* codes) {
   const int64_t depth = conv.shape.filter_depth;
-  uint8_t* out = codes;
   WalkPatch(conv, p, g, [&](const uint8_t* in) {
     if (in != nullptr) {
-      std::memcpy(out, in, static_cast<size_t>(depth));
+      std::memcpy(codes, in, static_cast<size_t>(depth));
     } else {
-      std::memset(out, conv.input_zero_code, static_cast<size_t>(depth));
+      std::memset(codes, conv.input_zero_code, static_cast<size_t>(depth));
     }
-    out += depth;
+    codes += depth;
   });
+}
+
+// alpha as byte planes for the vector sums: alpha[c] = base + sum_j planes[j][c] << 8j.
+struct AlphaPlanes {
+  int64_t base = 0;
+  int count = 0;
+  std::vector<uint8_t> planes;  // [count][256]
+  explicit AlphaPlanes(const int32_t* alpha) {
+    base = *std::min_element(alpha, alpha + 256);
+    const int64_t top = *std::max_element(alpha, alpha + 256) - base;
+    while (count < 4 && (top >> (8 * count)) != 0) ++count;
+    planes.resize(static_cast<size_t>(count) * 256);
+    for (int j = 0; j < count; ++j)
+      for (int c = 0; c < 256; ++c) planes[j * 256 + c] = static_cast<uint8_t>((alpha[c] - base) >> (8 * j));
+  }
+};
+
+// The sums over the K codes of the codes and of alpha.
+void SumsPortable(const uint8_t* codes, int64_t taps, const int32_t* alpha, const AlphaPlanes&, int64_t* code_sum,
+                  int64_t* alpha_sum) {
   int64_t sum = 0, alphas = 0;
-  for (const uint8_t* c = codes; c < out; ++c) {
-    sum += *c;
-    alphas += d.alpha[*c];
+  for (int64_t k = 0; k < taps; ++k) {
+    sum += codes[k];
+    alphas += alpha[codes[k]];
   }
   *code_sum = sum;
+  *alpha_sum = alphas;
+}
+
+// A 64-byte table lookup of 64 codes: two 128-entry byte permutes, the code's top bit choosing.
+TFAPPROX_VNNI inline __m512i Lookup256(const uint8_t* table, __m512i c) {
+  const __m512i low = _mm512_permutex2var_epi8(_mm512_loadu_si512(table), c, _mm512_loadu_si512(table + 64));
+  const __m512i high = _mm512_permutex2var_epi8(_mm512_loadu_si512(table + 128), c, _mm512_loadu_si512(table + 192));
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high);
+}
+
+// The same, 64 codes at a time: byte sums by vpsadbw against zero, alpha's through its byte planes.
+TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t taps, const int32_t*, const AlphaPlanes& alpha,
+                            int64_t* code_sum, int64_t* alpha_sum) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i sums = zero, plane_sums[4] = {zero, zero, zero, zero};
+  for (int64_t k = 0; k < taps; k += 64) {
+    const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
+    const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
+    sums = _mm512_add_epi64(sums, _mm512_sad_epu8(c, zero));
+    for (int j = 0; j < alpha.count; ++j) {
+      const __m512i plane = _mm512_maskz_mov_epi8(valid, Lookup256(&alpha.planes[j * 256], c));
+      plane_sums[j] = _mm512_add_epi64(plane_sums[j], _mm512_sad_epu8(plane, zero));
+    }
+  }
+  int64_t alphas = alpha.base * taps;
+  for (int j = 0; j < alpha.count; ++j) alphas += _mm512_reduce_add_epi64(plane_sums[j]) << (8 * j);
+  *code_sum = _mm512_reduce_add_epi64(sums);
   *alpha_sum = alphas;
 }
 
@@ -103,48 +148,53 @@ void TranslatePortable(const uint8_t* codes, int64_t taps, const uint8_t* u_plus
   std::fill(row + terms * taps, row + reduction, uint8_t{128});
 }
 
-// The same, 64 codes at a time: two 128-entry byte permutes per term, the code's top bit choosing.
+// The same, 64 codes at a time.
 TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t taps, const uint8_t* u_plus, int terms,
                                  int64_t reduction, uint8_t* row) {
   for (int r = 0; r < terms; ++r) {
-    const uint8_t* table = u_plus + r * 256;
-    const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
-    const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
     for (int64_t k = 0; k < taps; k += 64) {
       const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
       const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
-      const __m512i low = _mm512_permutex2var_epi8(t0, c, t1), high = _mm512_permutex2var_epi8(t2, c, t3);
-      _mm512_mask_storeu_epi8(row + r * taps + k, valid, _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high));
+      _mm512_mask_storeu_epi8(row + r * taps + k, valid, Lookup256(u_plus + r * 256, c));
     }
   }
   std::fill(row + terms * taps, row + reduction, uint8_t{128});
 }
 
+using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
+
 // sums[i][c] += sum over the steps in [step_begin, step_end) of A[i] . B[c] for kPixelBlock rows of A
-// (stride `reduction` bytes) and kChannelBlock channels of B (packed as PackedFilter::b).
+// (stride `reduction` bytes) and NV * kChannelBlock channels of B (packed as PackedFilter::b).
+template <int NV>
 TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t channels,
-                                   int64_t step_begin, int64_t step_end, int64_t (*sums)[kChannelBlock]) {
-  __m512i acc[kPixelBlock];
-  for (int i = 0; i < kPixelBlock; ++i) acc[i] = _mm512_setzero_si512();
+                                   int64_t step_begin, int64_t step_end, Sums& sums) {
+  __m512i acc[kPixelBlock][NV];
+  for (int i = 0; i < kPixelBlock; ++i)
+    for (int n = 0; n < NV; ++n) acc[i][n] = _mm512_setzero_si512();
   for (int64_t step = step_begin; step < step_end; ++step) {
-    const __m512i bv = _mm512_loadu_si512(b + step * channels * 4);
+    __m512i bv[NV];
+    for (int n = 0; n < NV; ++n) bv[n] = _mm512_loadu_si512(b + (step * channels + n * kChannelBlock) * 4);
     for (int i = 0; i < kPixelBlock; ++i) {
       int32_t four;
       std::memcpy(&four, a + i * reduction + step * 4, 4);
-      acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_set1_epi32(four), bv);
+      const __m512i av = _mm512_set1_epi32(four);
+      for (int n = 0; n < NV; ++n) acc[i][n] = _mm512_dpbusd_epi32(acc[i][n], av, bv[n]);
     }
   }
   for (int i = 0; i < kPixelBlock; ++i) {
-    alignas(64) int32_t lanes[kChannelBlock];
-    _mm512_store_si512(lanes, acc[i]);
-    for (int c = 0; c < kChannelBlock; ++c) sums[i][c] += lanes[c];
+    for (int n = 0; n < NV; ++n) {
+      alignas(64) int32_t lanes[kChannelBlock];
+      _mm512_store_si512(lanes, acc[i][n]);
+      for (int c = 0; c < kChannelBlock; ++c) sums[i][n * kChannelBlock + c] += lanes[c];
+    }
   }
 }
 
+template <int NV>
 void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t channels,
-                         int64_t step_begin, int64_t step_end, int64_t (*sums)[kChannelBlock]) {
+                         int64_t step_begin, int64_t step_end, Sums& sums) {
   for (int i = 0; i < kPixelBlock; ++i) {
-    for (int c = 0; c < kChannelBlock; ++c) {
+    for (int c = 0; c < NV * kChannelBlock; ++c) {
       int64_t sum = 0;
       for (int64_t step = step_begin; step < step_end; ++step) {
         for (int q = 0; q < 4; ++q) {
@@ -158,14 +208,16 @@ void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, i
 
 }  // namespace
 
-// Measured on a 2-core Zen 4 (benchmarks/cpu_benchmark.py --decomposed): with one or two terms 1.5-2.4x
-// faster than the lookups on 3x3 layers of 64+ channels per group up to 4608 reduction entries (taps x
-// terms); slower with fewer channels sharing each gathered patch (32 per group: 0.9x, 16: 0.9x), with
-// longer reductions (the A tile leaves the cache: 7x7 512->512 with two terms 0.86x) and, unevenly, with
-// four terms; even on a 1x1 layer of 64 taps.
+// Measured on a 2-core Zen 4 (benchmarks/cpu_benchmark.py --decomposed, every layer forced through the
+// decomposed kernel): with one or two terms 1.1-3.2x faster than the lookups on layers of 32+ channels
+// per group and 128+ taps (3x3 7x7 512->512 with two terms, 9216 reduction entries: 1.3x); with four
+// terms faster up to 4608 entries when 256+ taps share them (3x3 56x56 64->64: 1.3x), slower beyond
+// (14x14 256->256: 0.76x) or with 144 taps (0.92x); even or slower with 16 channels per group, and
+// slower on 1x1 layers of 16-64 taps and the 3- and 1-channel stems (0.5-0.85x).
 bool PreferDecomposed(const ConvShape& shape, int terms) {
-  return HasVnni() && terms <= 2 && shape.out_depth_per_group() >= 64 && shape.taps() >= 128 &&
-         shape.taps() * terms <= 4608;
+  const int64_t taps = shape.taps();
+  if (!HasVnni() || shape.out_depth_per_group() < 32 || taps < 128) return false;
+  return terms <= 2 ? taps * terms <= 9216 : terms <= 4 && taps >= 256 && taps * terms <= 4608;
 }
 
 const char* DecomposedKernelName(bool portable) {
@@ -182,8 +234,12 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
   const PackedFilter f = PackFilter(conv, d);
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
   const bool fast = !portable && HasVnni();
-  const auto kernel = fast ? MicroKernelVnni : MicroKernelPortable;
+  // Micro-kernels by the vectors of channels they take (index NV - 1).
+  decltype(&MicroKernelPortable<1>) kernels[kMaxVectors] = {MicroKernelPortable<1>, MicroKernelPortable<2>};
+  if (fast) kernels[0] = MicroKernelVnni<1>, kernels[1] = MicroKernelVnni<2>;
   const auto translate = fast ? TranslateVbmi : TranslatePortable;
+  const auto sum_codes = fast ? SumsVbmi : SumsPortable;
+  const AlphaPlanes alpha_planes(d.alpha);
   std::vector<uint8_t> u_plus(static_cast<size_t>(d.terms) * 256);
   for (size_t i = 0; i < u_plus.size(); ++i) u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
   const int64_t tiles = (pixels + kTile - 1) / kTile;
@@ -198,29 +254,33 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
           // Rows past the tile's pixels repeat its last one: the micro-kernel keeps its full height.
           const int64_t q = first + std::min(i, count - 1);
           int64_t code_sum;
-          GatherCodes(conv, d, pixel_begin + q, g, codes.data(), &code_sum, &alpha_sums[i]);
+          GatherCodes(conv, pixel_begin + q, g, codes.data());
+          sum_codes(codes.data(), taps, d.alpha, alpha_planes, &code_sum, &alpha_sums[i]);
           translate(codes.data(), taps, u_plus.data(), d.terms, f.reduction, &rows[i * f.reduction]);
           if (i < count) act_sum[q * groups + g] = code_sum;
         }
         const int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
-        for (int64_t c0 = 0; c0 < per_group; c0 += kChannelBlock) {
+        for (int64_t c0 = 0; c0 < per_group;) {
+          const int vectors = static_cast<int>(std::min<int64_t>(kMaxVectors, (f.channels - c0) / kChannelBlock));
+          const int64_t width = vectors * kChannelBlock;
           for (int64_t block = 0; block < blocks; ++block) {
-            int64_t sums[kPixelBlock][kChannelBlock] = {};
+            Sums sums = {};
             for (int64_t step = 0; step < steps; step += chunk_steps) {
-              kernel(&rows[block * kPixelBlock * f.reduction], f.reduction, group_b + c0 * 4, f.channels, step,
-                     std::min(steps, step + chunk_steps), sums);
+              kernels[vectors - 1](&rows[block * kPixelBlock * f.reduction], f.reduction, group_b + c0 * 4, f.channels,
+                                   step, std::min(steps, step + chunk_steps), sums);
             }
             for (int i = 0; i < kPixelBlock; ++i) {
               const int64_t row = block * kPixelBlock + i;
               if (row >= count) break;
               const int64_t q = first + row;
-              for (int64_t c = 0; c < kChannelBlock && c0 + c < per_group; ++c) {
+              for (int64_t c = 0; c < width && c0 + c < per_group; ++c) {
                 const int64_t co = g * per_group + c0 + c;
                 acc[q * s.out_depth + co] = sums[i][c] - 128 * f.b_sum[co] + alpha_sums[row] + f.beta_sum[co] +
                                             taps * d.c0;
               }
             }
           }
+          c0 += width;
         }
       }
     }

@@ -387,7 +387,8 @@ DecomposedTable MakeDecomposedTable(std::mt19937& rng, int terms, bool exact, bo
       t.u[r * 256 + c] = static_cast<int8_t>(exact ? c - 128 : extreme ? -128 : small(rng) / (4 * terms));
       t.v[r * 256 + c] = static_cast<int8_t>(exact ? c - 128 : extreme ? (pick(rng) ? 127 : -128) : small(rng) / 4);
     }
-    t.alpha[c] = exact ? 128 * c : free_term(rng);
+    // Extreme: alpha over most of int32 too (four byte planes in the vector sums).
+    t.alpha[c] = exact ? 128 * c : extreme ? static_cast<int32_t>(rng() % (1u << 31)) - (1 << 30) : free_term(rng);
     t.beta[c] = exact ? 128 * c : free_term(rng);
   }
   t.d = TableDecomposition{terms, t.u.data(), t.v.data(), t.alpha.data(), t.beta.data(), exact ? -16384 : 30000};

@@ -53,8 +53,8 @@ def low_rank_table(rng, terms, signed):
 
 CASES = [
     # terms, signed products, shape (batch, size, in, out, k), op arguments
-    # (the decomposed kernel runs where PreferDecomposed says: up to 2 terms, 64+ channels per group,
-    # 128+ taps; the last case keeps the lookups, and must give the same outputs all the same)
+    # (the decomposed kernel runs where PreferDecomposed says: 32+ channels per group, 128+ taps, up to
+    # 2 terms, or 4 over 256+ taps; the last case keeps the lookups, and must give the same outputs)
     (1, False, (2, 9, 32, 64, 3), {}),
     (2, False, (1, 7, 40, 64, 3), {"per_channel": True}),
     (2, False, (2, 6, 16, 96, 3), {"num_bits": 6, "filter_num_bits": 4}),
@@ -64,6 +64,8 @@ CASES = [
     (1, False, (1, 8, 24, 64, 3), {"input_scheme": "asymmetric", "filter_scheme": "symmetric"}),
     (1, False, (1, 5, 48, 128, 3), {"data_format": "NCHW"}),
     (4, False, (1, 5, 48, 40, 3), {}),
+    (2, False, (2, 6, 32, 32, 3), {"per_channel": True}),
+    (2, False, (1, 6, 16, 16, 3), {}),
 ]
 
 
