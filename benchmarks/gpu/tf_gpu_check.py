@@ -4,7 +4,8 @@ Random configurations (dtypes, NHWC/NCHW, paddings, strides, dilations, groups, 
 file / uint16 tensor / float32 variable; symmetric schemes, 4-bit weights, int16 tables and per-channel
 filter ranges, with ranges reduced on the device), NaN inputs and filters, an invalid float32 table and refused ranges (all NaN on
 the GPU, an error on the CPU), and the Keras layers: predict on the GPU equal to the CPU, the table variable
-on the GPU, set_multiplier without retracing. Prints a short table; exit status 1 on any mismatch.
+on the GPU, set_multiplier without retracing; the "table" gradient on the GPU against the CPU (equal to
+float32 rounding). Prints a short table; exit status 1 on any mismatch.
 
     python3 benchmarks/gpu/tf_gpu_check.py [--cases N] [--seed S]
 
@@ -126,6 +127,39 @@ def run_case(c, rng, tables, nan):
     return ok, name, int(np.prod(cpu.shape)), int(np.isnan(tf.cast(cpu, tf.float32).numpy()).sum())
 
 
+def check_table_gradient(rng, cases=12):
+    """The "table" gradient (gathers and broadcast sums, no matmul: it runs on the stand-ins) on the GPU
+    against the CPU: the same ops, summed in another order, so equal to float32 rounding. Returns the
+    largest difference relative to the gradient's largest magnitude."""
+    worst = 0.0
+    for i in range(cases):
+        cin, cout, k = int(rng.choice([3, 8])), int(rng.choice([4, 16])), int(rng.choice([1, 3]))
+        x = rng.normal(0.2, 1.0, (2, 7, 7, cin)).astype(np.float32)
+        w = rng.normal(0, 0.3, (k, k, cin, cout)).astype(np.float32)
+        signed = bool(i % 2)
+        table = (rng.integers(-20000, 20000, 65536).astype(np.int16) if signed
+                 else rng.integers(0, 65536, 65536).astype(np.uint16))
+        scheme = "symmetric" if signed else str(rng.choice(["asymmetric", "symmetric_narrow"]))
+        per_channel = bool(rng.integers(2))
+        grads = {}
+        for device in ("/CPU:0", "/GPU:0"):
+            with tf.device(device):
+                xt, wt = tf.constant(x), tf.constant(w)
+                with tf.GradientTape() as tape:
+                    tape.watch([xt, wt])
+                    axis = [0, 1, 2] if per_channel else None
+                    r = [tf.minimum(tf.reduce_min(xt), 0.0), tf.maximum(tf.reduce_max(xt), 0.0),
+                         tf.minimum(tf.reduce_min(wt, axis=axis), 0.0), tf.maximum(tf.reduce_max(wt, axis=axis), 0.0)]
+                    y = ta.approx_conv2d_with_table(xt, wt, *r, table=tf.constant(table), strides=[1, 1, 1, 1],
+                                                    padding="SAME", input_scheme=scheme, filter_scheme=scheme,
+                                                    gradient="table")
+                    loss = tf.reduce_sum(y * tf.cos(y))
+                grads[device] = [g.numpy() for g in tape.gradient(loss, [xt, wt])]
+        for a, b in zip(grads["/CPU:0"], grads["/GPU:0"]):
+            worst = max(worst, float(np.abs(a - b).max() / (np.abs(a).max() + 1e-30)))
+    return worst
+
+
 def check_invalid_table():
     lut = mx.exact().lut.astype(np.float32)
     lut[7] = 0.5
@@ -243,6 +277,7 @@ def main():
     invalid_ok = check_invalid_table()
     ranges_ok = check_invalid_ranges()
     keras_same, lut_on_gpu, traces = check_keras(tables)
+    gradient_error = check_table_gradient(rng)
     print(f"| check | result |\n| --- | --- |")
     print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme, "
           f"int16/uint16 table and per-tensor/per-channel filter ranges reduced on each device | {cases} cases, {outputs} outputs "
@@ -252,7 +287,10 @@ def main():
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are GPU variables | {lut_on_gpu} |")
     print(f"| tf.function traces over 4 swaps | {traces} |")
-    return 0 if failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_gpu and traces == 1 else 1
+    print(f"| table gradient GPU vs CPU, 12 random cases (schemes, per-channel, int16) | largest difference "
+          f"{gradient_error:.1e} of the gradient's largest magnitude |")
+    return 0 if (failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_gpu and traces == 1
+                 and gradient_error < 1e-4) else 1
 
 
 if __name__ == "__main__":

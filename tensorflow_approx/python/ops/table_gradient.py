@@ -24,7 +24,7 @@ become the accurate convolution's gradient: what "ste" computes. Padded taps hol
 z1 and enter the filter's gradient as they enter the sums. The ranges and the table get no gradient.
 
 Cost: the lookups are made per (output pixel, tap, output channel) with TensorFlow ops (gathers and
-einsums, on any device), holding a few values of that size at once; meant for the small networks
+broadcast sums, on any device), holding a few values of that size at once; meant for the small networks
 that are retrained, not for ImageNet-sized layers.
 """
 
@@ -128,12 +128,15 @@ def table_gradient(op, grad, patches_of, to_nhwc):
     per_out = lambda v: tf.reshape(tf.broadcast_to(v, [cout]), [groups, npg])  # noqa: E731
 
     # d out / d input: s2 (Da - z2), summed over the output channels that use the tap.
+    # Sums of broadcast products rather than einsums: no matrix multiply, so the pass runs wherever
+    # gathers and reductions do (einsum would need cuBLAS on a GPU).
     coeff = tf.gather(tf.reshape(da, [-1]), index) - per_out(z2)[:, None, :]
-    grad_patches = tf.einsum("nhwijgco,nhwgo->nhwijgc", coeff, dy_g * per_out(s2))
+    grad_patches = tf.reduce_sum(coeff * (dy_g * per_out(s2))[:, :, :, None, None, :, None, :], axis=-1)
     grad_input = tape.gradient(patches, x_nhwc, output_gradients=grad_patches)
     # d out / d filter: s1 (Dw - z1), summed over the pixels.
     coeff = tf.gather(tf.reshape(dw, [-1]), index) - z1
-    grad_filter = s1 * tf.einsum("nhwijgco,nhwgo->ijcgo", coeff, dy_g)
+    grad_filter = s1 * tf.transpose(tf.reduce_sum(coeff * dy_g[:, :, :, None, None, :, None, :], axis=[0, 1, 2]),
+                                    [0, 1, 3, 2, 4])  # [i, j, g, c, o] -> [i, j, c, g, o]
     grad_filter = tf.reshape(grad_filter, [kh, kw, cg, cout])
     if nchw:
         grad_input = tf.transpose(grad_input, [0, 3, 1, 2])
