@@ -46,7 +46,7 @@ struct PackedFilter {
   std::vector<int64_t> b_sum, beta_sum;  // [out_depth]
 };
 
-PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d) {
+PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for) {
   const ConvShape& s = conv.shape;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   PackedFilter f;
@@ -55,20 +55,29 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d) 
   f.b.assign(static_cast<size_t>(groups * f.reduction * f.channels), 0);
   f.b_sum.assign(static_cast<size_t>(s.out_depth), 0);
   f.beta_sum.assign(static_cast<size_t>(s.out_depth), 0);
-  for (int64_t co = 0; co < s.out_depth; ++co) {
-    const int64_t g = co / per_group, j = co % per_group;
-    int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
-    for (int64_t k = 0; k < taps; ++k) {
-      const uint8_t w = conv.filter[co * taps + k];
-      f.beta_sum[co] += d.beta[w];
-      for (int r = 0; r < d.terms; ++r) {
-        const int64_t e = r * taps + k;
-        const int8_t v = d.v[r * 256 + w];
-        group_b[((e / 4) * f.channels + j) * 4 + e % 4] = v;
-        f.b_sum[co] += v;
+  // In parallel over blocks of kChannelBlock channels of a group, each owning its channels' entries
+  // (64 contiguous bytes per step) and sums. Every call packs the whole filter: serial, it was most of
+  // a 3x3 512->512 layer's time.
+  const int64_t blocks_per_group = f.channels / kChannelBlock;
+  parallel_for(groups * blocks_per_group, kChannelBlock * taps * d.terms * 4, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t g = block / blocks_per_group, j0 = block % blocks_per_group * kChannelBlock;
+      int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
+      for (int64_t j = j0; j < std::min(per_group, j0 + kChannelBlock); ++j) {
+        const int64_t co = g * per_group + j;
+        for (int64_t k = 0; k < taps; ++k) {
+          const uint8_t w = conv.filter[co * taps + k];
+          f.beta_sum[co] += d.beta[w];
+          for (int r = 0; r < d.terms; ++r) {
+            const int64_t e = r * taps + k;
+            const int8_t v = d.v[r * 256 + w];
+            group_b[((e / 4) * f.channels + j) * 4 + e % 4] = v;
+            f.b_sum[co] += v;
+          }
+        }
       }
     }
-  }
+  });
   return f;
 }
 
@@ -211,13 +220,14 @@ void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, i
 // Measured on a 2-core Zen 4 (benchmarks/cpu_benchmark.py --decomposed, every layer forced through the
 // decomposed kernel): with one or two terms 1.1-3.2x faster than the lookups on layers of 32+ channels
 // per group and 128+ taps (3x3 7x7 512->512 with two terms, 9216 reduction entries: 1.3x); with four
-// terms faster up to 4608 entries when 256+ taps share them (3x3 56x56 64->64: 1.3x), slower beyond
-// (14x14 256->256: 0.76x) or with 144 taps (0.92x); even or slower with 16 channels per group, and
-// slower on 1x1 layers of 16-64 taps and the 3- and 1-channel stems (0.5-0.85x).
+// terms faster up to 2304 entries when 256+ taps share them (3x3 56x56 64->64: 1.3-1.4x), uneven at
+// 4608 (28x28 128->128: 1.07x in one run, 0.7x in another), slower beyond (14x14 256->256: 0.76x) or
+// with 144 taps (0.92x); even or slower with 16 channels per group, and slower on 1x1 layers of 16-64
+// taps and the 3- and 1-channel stems (0.5-0.85x).
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps();
   if (!HasVnni() || shape.out_depth_per_group() < 32 || taps < 128) return false;
-  return terms <= 2 ? taps * terms <= 9216 : terms <= 4 && taps >= 256 && taps * terms <= 4608;
+  return terms <= 2 ? taps * terms <= 9216 : terms <= 4 && taps >= 256 && taps * terms <= 2304;
 }
 
 const char* DecomposedKernelName(bool portable) {
@@ -231,7 +241,7 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
   const int64_t pixels = pixel_end - pixel_begin;
   if (pixels <= 0) return;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
-  const PackedFilter f = PackFilter(conv, d);
+  const PackedFilter f = PackFilter(conv, d, parallel_for);
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
   const bool fast = !portable && HasVnni();
   // Micro-kernels by the vectors of channels they take (index NV - 1).
