@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import tensorflow as tf  # noqa: E402
 
 import tensorflow_approx as ta  # noqa: E402
+from tensorflow_approx import multipliers as mx  # noqa: E402
+from tensorflow_approx.python.ops.approx_conv_ops import lut_values  # noqa: E402
 
 TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from ../shared, else a truncated product)")
 REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
@@ -73,11 +75,10 @@ def median_ms(fn, repeats):
 def scheme_table(table, rng):
     """The table op per tensor (unsigned), per output channel, and signed (symmetric operands, int16
     table) on the same data: the issue's goal is within 10% of the first."""
-    from tensorflow_approx.python.ops.approx_conv_ops import lut_values
-
-    unsigned = tf.constant(lut_values(table)[0])
+    values = lut_values(table)[0]
+    unsigned = tf.constant(values)
     # A signed table of the same size and spread (values only matter for the kernel's data paths).
-    signed = tf.constant((lut_values(table)[0].astype(np.int32) - 32768).astype(np.int16))
+    signed = tf.constant((values.astype(np.int32) - 32768).astype(np.int16))
     print(f"\nschemes (ApproxConv2DWithTable, median of {REPEATS.value} runs):")
     header = f"{'layer':28s} {'per-tensor ms':>14s} {'per-channel ms':>15s} {'ratio':>7s} {'signed ms':>10s} {'ratio':>7s}"
     print(header)
@@ -116,17 +117,15 @@ def scheme_table(table, rng):
 def decomposed_table(rng):
     """Tables with few int8 terms, run by the lookups and then, registered, by the decomposed kernel
     (AVX-512 VNNI), beside tf.nn.conv2d float32; what the kernel choice (PreferDecomposed) picks."""
-    from tensorflow_approx import multipliers as mx
-    from tensorflow_approx.python.ops.approx_conv_ops import lut_values
-
     shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "axmul_8x8")
     names = ["", "drum6"] + [os.path.join(shared, n + ".bin") for n in ("mul8u_1446", "mul8u_JQQ")
                                if os.path.exists(os.path.join(shared, n + ".bin"))]
     tables = {}
     for name in names:
         values = lut_values(name)[0]
-        terms = mx.decompose(values).terms
-        label = f"{os.path.basename(name)[:-4] if name.endswith('.bin') else name or 'exact'} ({terms} term{'s' * (terms > 1)})"
+        d = mx.decompose(values)
+        terms = "-" if d is None else f"{d.terms} term{'s' * (d.terms > 1)}"
+        label = f"{os.path.basename(name)[:-4] if name.endswith('.bin') else name or 'exact'} ({terms})"
         tables[label] = (name, tf.constant(values))
     print(f"\ndecomposed kernel (median of {REPEATS.value} runs): lookups ms / decomposed ms per table, "
           "then conv2d float32 ms")
@@ -144,7 +143,7 @@ def decomposed_table(rng):
             for label, (_, t) in tables.items()}
         conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
         rows.append((name, x, f, x_max, f_min, f_max, conv, lookups, conv_ms))
-    for _, (table_name, _) in tables.items():  # registered only now: the lookups above ran unregistered
+    for table_name, _ in tables.values():  # registered only now: the lookups above ran unregistered
         ta.register_decomposition(table_name)
     for name, x, f, x_max, f_min, f_max, conv, lookups, conv_ms in rows:
         cells = []
@@ -158,16 +157,18 @@ def decomposed_table(rng):
 
 
 def main(_):
-    table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
     rng = np.random.default_rng(0)
     if DECOMPOSED.value:
         decomposed_table(rng)
         return
+    table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
     print(f"table: {table_name}; {os.cpu_count()} CPUs; TensorFlow {tf.__version__}; "
           f"median of {REPEATS.value} runs")
-    header = f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} {'ratio':>7s}"
-    print(header)
-    print("-" * len(header))
+    if not SCHEMES_ONLY.value:
+        header = (f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} "
+                  f"{'ratio':>7s}")
+        print(header)
+        print("-" * len(header))
     for name, n, h, w, cin, cout, k, stride in [] if SCHEMES_ONLY.value else LAYERS:
         x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
         f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))

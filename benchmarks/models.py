@@ -34,6 +34,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tensorflow_approx as ta  # noqa: E402
+from tensorflow_approx.explore import layer_macs  # noqa: E402 (LUT-MACs of one image through a layer)
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values  # noqa: E402
 from benchmarks.torch_baseline import seconds  # noqa: E402 (standard library only)
 
@@ -103,15 +104,6 @@ def resnet50():
             x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(1000)(x), name="resnet50")
-
-
-def lut_macs(layer):
-    """LUT-MACs of one image through an approximate (or accurate) Conv2D/Dense layer."""
-    out = layer.output.shape
-    if isinstance(layer, keras.layers.Dense):
-        return int(np.prod(out[1:])) * layer.kernel.shape[0]
-    kh, kw, cg, _ = layer.kernel.shape
-    return int(np.prod(out[1:])) * kh * kw * cg
 
 
 def default_table():
@@ -304,7 +296,7 @@ def main(_):
             model = {"resnet20": resnet20, "resnet50": resnet50}[net]()
             approx = ta.approximate_model(model, mul_map_file=table)
         approx_layers = ta.layers.approx_layers(approx)
-        macs = sum(lut_macs(layer) for layer in approx_layers)
+        macs = sum(layer_macs(layer) for layer in approx_layers)
         shape = model.input_shape[1:]
         x = rng.uniform(0, 1, size=(IMAGES.value, *shape)).astype(np.float32)
         y = rng.integers(0, model.output_shape[-1], size=IMAGES.value)
@@ -354,9 +346,9 @@ def main(_):
                           if FLOAT_KERAS.value else None)
             summed += t_layer
             kernel = traced_kernel(read_trace(trace_path), layer, in_shape, device_type)
-            n = lut_macs(layer) * LAYER_BATCH.value
+            n = layer_macs(layer) * LAYER_BATCH.value
             ratio = f"{t_layer / t_twin:.1f}x" if t_twin else "-"
-            print(f"| {layer.name} | {'x'.join(map(str, in_shape[1:]))} | {lut_macs(layer)} | "
+            print(f"| {layer.name} | {'x'.join(map(str, in_shape[1:]))} | {layer_macs(layer)} | "
                   f"{1e3 * t_layer:.2f} | {n / t_layer / 1e9:.1f} | {kernel} | "
                   f"{fmt(None if t_twin is None else 1e3 * t_twin, '.2f')} | {ratio} |")
 

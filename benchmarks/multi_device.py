@@ -16,7 +16,7 @@ Random weights, images and labels: throughput only, the accuracies mean nothing.
 --devices defaults to every GPU, or without one to two logical CPU devices (which share the same CPU
 cores: a test of the script, not of scaling); --split_gpu N makes N logical GPUs of the first GPU (the
 same: the multi-device path on a GPU, not the scaling). --images and --table are benchmarks/models.py's flags
-(this script imports it for the network, lut_macs and default_table); its other flags do nothing here.
+(this script imports it for the network and default_table); its other flags do nothing here.
 --library is a folder of .bin/.npy/.c tables: explore.load_library's when it has a METRICS.csv with
 costs, else every unsigned table in it (costs are not needed for throughput); without it a few
 built-in families. The exact product is always one of the choices.
@@ -132,10 +132,11 @@ def short(devices):
     return f"{len(devices)} ({','.join(devices)})"
 
 
-def predict_part(devices, copies, x, batch, mismatches):
-    """Rows of predict and forward at `batch`, the first device alone and all devices."""
+def predict_part(devices, copies, approx_layers, x, batch, mismatches):
+    """Rows of predict and forward at `batch`, the first device alone and all devices (approx_layers:
+    the approximate layers of one copy)."""
     n = len(devices)
-    macs = sum(models.lut_macs(layer) for layer in ta.layers.approx_layers(copies[0]))
+    macs = sum(explore.layer_macs(layer) for layer in approx_layers)
     forwards = [tf.function(lambda v, m=m: m(v, training=False)) for m in copies]  # one per copy: its own traces
 
     def predict(i, part):
@@ -185,7 +186,8 @@ def explore_part(devices, model, library, batch, rng, mismatches):
     def draw():
         return {name: tables[rng.integers(len(tables))] for name in names}
 
-    # Warm-ups first (not in the timed set): each worker's first evaluate traces its test function.
+    # Warm-ups first (not in the timed set): each worker's first candidate traces its tf.function that
+    # counts right answers.
     warm = [draw() for _ in devices]
     candidates = [draw() for _ in range(CANDIDATES.value)]
     print(f"\nexploration: {len(names)} approximate layers, each a random one of {len(tables)} tables; "
@@ -233,20 +235,20 @@ def main(_):
         with tf.device(d):  # the copy's variables (weights, tables) live on its device
             copies.append(ta.approximate_model(model, mul_map_file=table))
     # Every Conv2D/Dense must be approximate: the GPU machine's stand-ins have no conv2d or matmul.
+    approx_layers = ta.layers.approx_layers(copies[0])
     plain = [layer.name for layer in copies[0]._flatten_layers(include_self=False, recursive=True)
-             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
-             and layer not in ta.layers.approx_layers(copies[0])]
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer not in approx_layers]
     if plain:
         raise RuntimeError(f"layers left accurate: {plain}")
 
     x = rng.uniform(0, 1, size=(models.IMAGES.value, *model.input_shape[1:])).astype(np.float32)
     mismatches = []
-    print(f"\npredict: ResNet-20, {len(ta.layers.approx_layers(copies[0]))} approximate layers; one copy per "
+    print(f"\npredict: ResNet-20, {len(approx_layers)} approximate layers; one copy per "
           f"device; all devices: the images in contiguous shards of whole batches, one thread per device")
     print("| step | devices | seconds | images/s | G LUT-MAC/s | scaling vs 1 device |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for batch in batches:
-        predict_part(devices, copies, x, batch, mismatches)
+        predict_part(devices, copies, approx_layers, x, batch, mismatches)
 
     explore_part(devices, model, library, batches[0], rng, mismatches)
     print(f"\nscaling goal (issue 15): >= 1.8x on 2 GPUs; outputs and accuracies "

@@ -60,12 +60,10 @@ def main(_):
     float_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
     trained = time.time()
 
-    library, costs, exact = (explore.family_library() if LIBRARY.value == "families"
-                             else explore.load_library(LIBRARY.value))
+    library, costs, exact = explore.library_from(LIBRARY.value)
     evaluator = explore.Evaluator(model, x_test, y_test, store=explore.ResultStore(STORE.value))
-    rows = explore.sensitivity(evaluator, library)
-    points = explore.greedy(evaluator, library, costs, costs[exact], rows)
-    points += explore.nsga2(evaluator, library, costs, costs[exact], POPULATION.value, GENERATIONS.value)
+    points = explore.search(evaluator, library, costs, costs[exact], population=POPULATION.value,
+                            generations=GENERATIONS.value)
     front = explore.pareto_front(points)
     stem = os.path.splitext(STORE.value)[0]
     explore.write_points(front, stem + "_front.csv")

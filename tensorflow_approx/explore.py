@@ -5,8 +5,9 @@
     rows = explore.sensitivity(evaluator, {"drum4": mx.get("drum4"), "mul8u_L40": "mul8u_L40.bin"})
 
 - `Evaluator` copies the trained model once with every Conv2D / DepthwiseConv2D / Dense approximate
-  (the exact product in each), compiles it once, and evaluates an assignment {layer name: table} by
-  swapping tables in place (`set_multiplier`): no rebuild and no retrace per candidate. Layers left out
+  (the exact product in each), counts its right answers with one tf.function, and evaluates an
+  assignment {layer name: table} by swapping tables in place (`set_multiplier`): no rebuild and no
+  retrace per candidate. Layers left out
   of an assignment compute with the exact product (8-bit quantization alone), the baseline of the
   search.
 - `ParallelEvaluator` runs an Evaluator per device (every GPU of a machine, or logical CPU devices)
@@ -21,7 +22,9 @@
   multiplier, over the same with the exact multiplier's power (published PDK45 power from a
   METRICS.csv beside EvoApprox tables, or any costs you give).
 - `greedy` (sensitivity-guided) and `nsga2` (pymoo's NSGA-II over per-layer choices) search
-  assignments for accuracy against energy; `pareto_front` keeps the non-dominated points.
+  assignments for accuracy against energy; `search` runs sensitivity, greedy and NSGA-II in turn;
+  `pareto_front` keeps the non-dominated points.
+- `library_from` gives a library, its costs and the exact one's label from "families" or a folder.
 
 Command line (a saved model, validation data as .npz with x and y, a folder of tables with METRICS.csv):
 
@@ -49,7 +52,8 @@ from tensorflow_approx.python.keras.layers import approx_layers
 from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
 __all__ = ["Evaluator", "ParallelEvaluator", "RayEvaluator", "ResultStore", "family_library", "greedy", "layer_macs",
-           "load_library", "nsga2", "pareto_front", "plot_points", "relative_energy", "sensitivity", "write_points"]
+           "library_from", "load_library", "nsga2", "pareto_front", "plot_points", "relative_energy", "search",
+           "sensitivity", "write_points"]
 
 
 def layer_macs(layer):
@@ -130,7 +134,8 @@ class ResultStore:
 
 
 class Evaluator:
-    """Accuracy of assignments {layer name: table} on (x, y), one compiled approximate model.
+    """Accuracy of assignments {layer name: table} on (x, y), one approximate model whose right answers
+    a tf.function counts.
 
     model: a trained functional or Sequential keras model with a classification output (sparse labels
     y); tables: anything `set_multiplier` takes (a Multiplier, a path or family name, an array);
@@ -145,7 +150,7 @@ class Evaluator:
         self.macs = {name: layer_macs(layer) for name, layer in self.layers.items()}
         self.x, self.y, self.batch_size = x, y, batch_size
         # The validation batches on the device once, cut as Keras' evaluate cuts them (the layers' "batch"
-        # ranges depend on the cut), and a compiled count of right answers per batch: a candidate costs
+        # ranges depend on the cut), and a tf.function counting right answers per batch: a candidate costs
         # its forward passes and one wait for the host, without evaluate's per-batch input pipeline and
         # waits (half of a ResNet-20 candidate's time on an H200).
         labels = np.asarray(y).reshape(len(y), -1)[:, 0].astype(np.int64)
@@ -162,7 +167,10 @@ class Evaluator:
         """assignment: {layer name: table} (anything set_multiplier takes); the other layers take the
         exact product. Candidates are keyed by their tables' contents, so the same tables under other
         names, or a layer given the exact product, are the same candidate."""
-        tables, key = self._tables(assignment)
+        return self._evaluate(*self._tables(assignment))
+
+    def _evaluate(self, tables, key):
+        """accuracy() of a candidate as _tables gives it: ({layer: (digest, values)}, store key)."""
         if self.store is not None:
             stored = self.store.get(*self.keys, key)
             if stored is not None:
@@ -227,25 +235,26 @@ class ParallelEvaluator:
         return self.accuracies([assignment])[0]
 
     def accuracies(self, assignments):
-        keys = [self.workers[0]._tables(a)[1] for a in assignments]
+        # Checked and resolved once, here: the workers take the tables as they are.
+        candidates = [self.workers[0]._tables(a) for a in assignments]
         todo = queue.Queue()
-        first_of_key = {}
-        for key, assignment in zip(keys, assignments):
-            if key not in first_of_key:  # a candidate twice in a batch is evaluated once
-                first_of_key[key] = assignment
-                todo.put((key, assignment))
+        seen = set()
+        for tables, key in candidates:
+            if key not in seen:  # a candidate twice in a batch is evaluated once
+                seen.add(key)
+                todo.put((tables, key))
         results = {}
 
         def work(evaluator):
             while True:
                 try:
-                    key, assignment = todo.get_nowait()
+                    tables, key = todo.get_nowait()
                 except queue.Empty:
                     return
-                results[key] = evaluator.accuracy(assignment)
+                results[key] = evaluator._evaluate(tables, key)
 
         in_threads([lambda w=w: work(w) for w in self.workers])
-        return [results[key] for key in keys]
+        return [results[key] for _, key in candidates]
 
 
 def in_threads(fns):
@@ -279,6 +288,9 @@ class _RayWorker:
         # in every actor. Settable here: TensorFlow's runtime has not started in this process yet.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+        # Actors may share a GPU (num_gpus_per_worker < 1): each takes the memory it needs, not all of it.
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "model.keras")
             with open(path, "wb") as f:
@@ -286,10 +298,10 @@ class _RayWorker:
             model = keras.models.load_model(path, compile=False)
         self.evaluator = Evaluator(model, x, y, batch_size=batch_size, **layer_kwargs)
 
-    def accuracy(self, tables):
-        """(accuracy, seconds) of {layer: table values}."""
+    def accuracy(self, tables, key):
+        """(accuracy, seconds) of a candidate as the driver's Evaluator._tables gives it."""
         start = time.perf_counter()
-        return self.evaluator.accuracy(tables), time.perf_counter() - start
+        return self.evaluator._evaluate(tables, key), time.perf_counter() - start
 
 
 class RayEvaluator:
@@ -305,6 +317,11 @@ class RayEvaluator:
     already connected to Ray keeps its connection, whatever the address. A dead actor is restarted, and
     its candidate retried, up to max_restarts times. close() ends the actors (and Ray, when this object
     started it).
+
+    A driver started from Python on a GPU node keeps the GPU memory TensorFlow takes there (its model,
+    its own Evaluator's copy on /CPU:0 aside) unless it hides its GPUs first,
+    `tf.config.set_visible_devices([], "GPU")` before TensorFlow starts, as the command line does; the
+    actors enable memory growth, so that actors sharing a GPU each take what they need.
     """
 
     def __init__(self, model, x, y, num_workers, store=None, num_gpus_per_worker=None, num_cpus_per_worker=1,
@@ -374,14 +391,14 @@ class RayEvaluator:
                 continue  # a candidate twice in a batch is evaluated once
             results[key] = None if self.store is None else self.store.get(*self.keys, key)
             if results[key] is None:  # the tables travel as arrays: the actors need no library files
-                todo.append((key, {name: values for name, (_, values) in tables.items()}))
+                todo.append((key, tables))
         todo.reverse()  # taken from the end: in the batch's order
         running, idle = {}, list(self.workers)  # running: result ref -> (key, actor)
         while todo or running:
             while todo and idle:  # one candidate per actor at a time: a slow actor holds back one only
                 key, tables = todo.pop()
                 actor = idle.pop()
-                running[actor.accuracy.remote(tables)] = (key, actor)
+                running[actor.accuracy.remote(tables, key)] = (key, actor)
             [done], _ = ray.wait(list(running), num_returns=1)
             key, actor = running.pop(done)
             results[key], seconds = ray.get(done)
@@ -408,19 +425,17 @@ class RayEvaluator:
 
 
 def _library(library):
-    """{label: table}: a dict as given, or a list of paths / family names labelled by themselves."""
-    if isinstance(library, dict):
-        return dict(library)
-    return {str(entry): entry for entry in library}
+    """{label: table values}: a dict's entries, or a list of paths / family names labelled by themselves,
+    each checked and resolved once (files read, families built, .c compiled), before any evaluation."""
+    entries = library.items() if isinstance(library, dict) else ((str(entry), entry) for entry in library)
+    return {label: lut_values(entry, f"library entry {label!r}")[0] for label, entry in entries}
 
 
 def sensitivity(evaluator, library, progress=True):
     """Each layer with each multiplier of `library` alone (the others exact): a list of dicts
     {layer, multiplier, macs, accuracy, loss} (loss: the exact 8-bit model's accuracy minus this one),
     layers in the model's order. library: {label: table} or a list of paths / family names."""
-    library = _library(library)
-    for label, table in library.items():
-        lut_values(table, f"library entry {label!r}")  # every table checked before any evaluation
+    library = _library(library)  # every table checked before any evaluation
     baseline = evaluator.accuracy({})
     bar = keras.utils.Progbar(len(evaluator.layers) * len(library), unit_name="candidate") if progress else None
     rows = []
@@ -478,7 +493,8 @@ def greedy(evaluator, library, costs, exact_cost, sensitivity_rows, max_loss=0.0
 
     moves = sorted((r for r in sensitivity_rows if costs[r["multiplier"]] < exact_cost and r["loss"] <= max_loss),
                    key=gain, reverse=True)
-    assignment, points = {}, [_point(evaluator, library, costs, exact_cost, {})]
+    assignment = {}
+    points = [dict(assignment={}, accuracy=baseline, energy=relative_energy({}, evaluator.macs, costs, exact_cost))]
     for row in moves:
         current = assignment.get(row["layer"])
         if current is not None and costs[current] <= costs[row["multiplier"]]:
@@ -611,6 +627,20 @@ def family_library(names=FAMILY_LIBRARY):
     return library, costs, "exact"
 
 
+def library_from(spec):
+    """(library, costs, exact label) of "families" (family_library()) or a folder of tables
+    (load_library(folder))."""
+    return family_library() if spec == "families" else load_library(spec)
+
+
+def search(evaluator, library, costs, exact_cost, max_loss=0.005, population=24, generations=10, seed=0,
+           tiles=None):
+    """Every point evaluated by sensitivity, then greedy (its rows, max_loss), then nsga2."""
+    rows = sensitivity(evaluator, library)
+    points = greedy(evaluator, library, costs, exact_cost, rows, max_loss)
+    return points + nsga2(evaluator, library, costs, exact_cost, population, generations, seed, tiles=tiles)
+
+
 def load_library(folder, cost_key="PDK45_PWR"):
     """{name: Multiplier} of the .bin/.npy/.c tables in `folder`, their costs {name: metadata[cost_key]}
     (EvoApprox's published power, from a METRICS.csv beside the tables), and the exact one's name.
@@ -685,7 +715,7 @@ def main(argv=None):
     model = keras.models.load_model(args.model)
     with np.load(args.data) as data:
         x, y = data["x"], data["y"]
-    library, costs, exact = family_library() if args.library == "families" else load_library(args.library)
+    library, costs, exact = library_from(args.library)
     store = ResultStore(args.store)
     if args.ray is not None:
         evaluator = RayEvaluator(model, x, y, args.workers, store=store,
@@ -697,10 +727,8 @@ def main(argv=None):
     try:
         print(f"{len(evaluator.layers)} approximate layers, {len(library)} multipliers (exact: {exact}); "
               f"store {args.store} holds {store.count(*evaluator.keys)} results for this model and data")
-        rows = sensitivity(evaluator, library)
-        points = greedy(evaluator, library, costs, costs[exact], rows, args.max_loss)
-        points += nsga2(evaluator, library, costs, costs[exact], args.population, args.generations, args.seed,
-                        tiles=args.tiles)
+        points = search(evaluator, library, costs, costs[exact], args.max_loss, args.population, args.generations,
+                        args.seed, args.tiles)
         front = pareto_front(points)
         write_points(front, args.out)
         if args.plot:

@@ -654,7 +654,6 @@ int QuantFromRangesCase(std::mt19937_64& rng) {
   return 0;
 }
 
-
 void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
   int failures = 0;
   for (int i = 0; i < 500; ++i) {
@@ -733,7 +732,13 @@ void ConcurrentLaunchChecks(std::mt19937_64& rng, Counts* counts) {
     attrs.strides = {1, 1, 1, 1};
     attrs.dilations = {1, 1, 1, 1};
     attrs.padding = Padding::kSame;
-    if (!ComputeConvShape(shapes[j][0], shapes[j][1], attrs, &job.s).empty()) return;
+    const std::string err = ComputeConvShape(shapes[j][0], shapes[j][1], attrs, &job.s);
+    if (!err.empty()) {
+      counts->cases += 1;
+      ++counts->failures;
+      std::printf("FAIL concurrent columns launches shape: %s\n", err.c_str());
+      return;
+    }
     std::vector<float> in(job.s.input_elements()), flt(job.s.filter_elements());
     for (float& x : in) x = u(rng);
     for (float& x : flt) x = u(rng);
@@ -743,6 +748,14 @@ void ConcurrentLaunchChecks(std::mt19937_64& rng, Counts* counts) {
     job.in->Upload(in);
     job.flt->Upload(flt);
     job.opts.kernel = GpuKernel::kColumns;
+    if (ChooseGpuPlan(job.s, job.opts).kernel != GpuKernel::kColumns) {
+      counts->cases += 1;
+      ++counts->failures;
+      std::printf("FAIL concurrent columns launches: the plan for filter %lldx%lldx%lld is %s, not columns\n",
+                  static_cast<long long>(job.s.filter_h), static_cast<long long>(job.s.filter_w),
+                  static_cast<long long>(job.s.filter_depth), GpuKernelName(ChooseGpuPlan(job.s, job.opts).kernel));
+      return;
+    }
     job.ws.reset(new Workspace(job.s, &job.opts));
     job.error = ApproxConvGpu<float>(job.s, job.in->ptr, job.flt->ptr, d_q.ptr, d_lut.ptr, job.out->ptr, 0, job.opts);
     CUDA_OR_DIE(cudaDeviceSynchronize());

@@ -13,7 +13,8 @@ There are no per-term scales: every factor of 128, 255, ... is folded into the i
 
 `decompose(table)` tries several routes, verifies each candidate exactly (int64, all 65536 pairs)
 and returns the one with the fewest terms R, or None when every route needs more than max_terms.
-See docs/decomposition.md for the routes and the plane split. Depends on numpy only.
+See docs/decomposition.md for the routes and the plane split. Depends on numpy (and the
+multiplier module's exact products) only.
 
 Command line: python -m tensorflow_approx.multipliers.decompose DIR_OR_SPEC ... prints a table of
 term counts and the total time.
@@ -25,6 +26,8 @@ import sys
 import time
 
 import numpy as np
+
+from tensorflow_approx.multipliers.multiplier import exact_products, operand_values
 
 _CODES = np.arange(256, dtype=np.int64)
 _PRIME = 2147483629              # < 2^31: products of residues fit int64
@@ -96,11 +99,6 @@ def _values(table, signed):
     if np.abs(t).max() >= 1 << 40:
         raise ValueError("table: values beyond 2^40 are not products of 8-bit codes")
     return t, signed
-
-
-def _exact(signed):
-    v = _CODES - 256 * (_CODES >= 128) if signed else _CODES
-    return v[:, None] * v[None, :], v
 
 
 # ----- exact arithmetic helpers ---------------------------------------------------------------------
@@ -238,9 +236,9 @@ def split_term(u, v):
 
 # ----- routes: each gives [(u, v)] integer pairs with T == sum u v^T modulo free terms --------------
 
-def _moebius_pairs(M, over_w):
-    """Bit-monomial route over a (or w): one indicator-times-coefficients pair per subset."""
-    C = moebius(M.T if over_w else M)
+def _moebius_pairs(C, over_w):
+    """Bit-monomial route over a (or w): one indicator-times-coefficients pair per subset.
+    C: moebius(M) over a, or moebius(M.T) over w."""
     pairs = []
     for S in range(1, 256):
         if np.ptp(C[S]) == 0:
@@ -463,18 +461,19 @@ def _improve(pairs, rounds=2, seconds=0.4):
 
 def _routes(T, signed, rank, max_terms):
     """Yields (route name, [(u, v)]) candidates."""
-    exact, v_exact = _exact(signed)
-    E = T - exact
+    v_exact = operand_values(signed)
+    E = T - exact_products(signed)
     for base, M, prefix in (("table", T, []), ("error+exact", E, [(v_exact, v_exact)])):
-        yield f"moebius-a/{base}", prefix + _moebius_pairs(M, over_w=False)
-        yield f"moebius-w/{base}", prefix + _moebius_pairs(M, over_w=True)
+        Ca, Cw = moebius(M), moebius(M.T)  # each once: the moebius and rank routes share them
+        yield f"moebius-a/{base}", prefix + _moebius_pairs(Ca, over_w=False)
+        yield f"moebius-w/{base}", prefix + _moebius_pairs(Cw, over_w=True)
         D = _dd(M)
         r = rank if base == "table" else rank_mod_p(D, stop=max_terms)
         if r <= max_terms:
-            rows = _rank_pairs(D, moebius(M) - moebius(M)[:, :1], r)
+            rows = _rank_pairs(D, Ca - Ca[:, :1], r)
             if rows is not None:
                 yield f"rank-rows/{base}", prefix + _improve(rows)
-            cols = _rank_pairs(D.T, moebius(M.T) - moebius(M.T)[:, :1], r)
+            cols = _rank_pairs(D.T, Cw - Cw[:, :1], r)
             if cols is not None:
                 yield f"rank-cols/{base}", prefix + _improve([(u, v) for v, u in cols])
 
@@ -521,9 +520,7 @@ def decompose(table, max_terms=_DEFAULT_MAX_TERMS, signed=False):
             planes += split_term(u, v)
             if len(planes) > max_terms or (best is not None and len(planes) >= best.terms):
                 break
-        else:
-            if best is not None and len(planes) >= best.terms:
-                continue
+        else:  # the loop breaks when the planes reach best.terms: this route does better
             d = _build(T, planes, route, signed, rank)
             if d is not None:
                 best = d
@@ -568,7 +565,7 @@ def main(argv=None, out=None):
         t = time.perf_counter()
         d = decompose(m, max_terms=args.max_terms)
         dt = time.perf_counter() - t
-        rank = rank_mod_p(_dd(m.products))
+        rank = d.rank if d is not None else rank_mod_p(_dd(m.products))
         counts.append(None if d is None else d.terms)
         rows.append((m.name, str(rank), "-" if d is None else str(d.terms),
                      "-" if d is None else d.route, f"{dt:.2f}"))

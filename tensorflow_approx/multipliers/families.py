@@ -39,6 +39,18 @@ def _partial_product_sum(keep):
     return bits @ weight @ bits.T
 
 
+def _coltrunc_keep(t):
+    """The cells a column-truncated array keeps: keep[i, j] iff column i + j >= t (bool (8, 8))."""
+    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    return i + j >= t
+
+
+def _bam_keep(h, v):
+    """The cells a broken array keeps: keep[i, j] iff row j >= h and column i + j >= v (bool (8, 8))."""
+    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    return (j >= h) & (i + j >= v)
+
+
 def exact():
     """The exact product a * w."""
     a, w = _grid()
@@ -54,9 +66,8 @@ def column_truncated(t):
     scheme and its corrected variant).
     """
     t = _check_int("t", t, 0, 15)
-    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
     doc = "partial products in columns i+j < t dropped (Schulte & Swartzlander 1993, uncorrected)"
-    return _make(f"coltrunc{t}", "coltrunc", {"t": t}, _partial_product_sum(i + j >= t), doc)
+    return _make(f"coltrunc{t}", "coltrunc", {"t": t}, _partial_product_sum(_coltrunc_keep(t)), doc)
 
 
 def operand_truncated(k):
@@ -87,10 +98,8 @@ def broken_array(h, v):
     """
     h = _check_int("h", h, 0, 8)
     v = _check_int("v", v, 0, 15)
-    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
     doc = "broken array: a_i w_j kept iff j >= h and i+j >= v (Mahdiani et al. 2010)"
-    return _make(f"bam_h{h}_v{v}", "bam", {"h": h, "v": v},
-                 _partial_product_sum((j >= h) & (i + j >= v)), doc)
+    return _make(f"bam_h{h}_v{v}", "bam", {"h": h, "v": v}, _partial_product_sum(_bam_keep(h, v)), doc)
 
 
 def drum(k):
@@ -218,14 +227,13 @@ def estimated_cost(multiplier):
     """(relative cost, how it was estimated) of a family multiplier, or None (no structural estimate;
     the table's own metadata never counts here)."""
     fam, p = multiplier.metadata.get("family"), multiplier.metadata.get("params", {})
-    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
     if fam == "exact":
         return 1.0, "exact 8x8 array: 64 partial-product cells"
     if fam == "coltrunc":
-        cells = int(np.sum(i + j >= p["t"]))
+        cells = int(np.sum(_coltrunc_keep(p["t"])))
         return cells / 64, f"{cells} of 64 partial-product cells (columns >= {p['t']})"
     if fam == "bam":
-        cells = int(np.sum((j >= p["h"]) & (i + j >= p["v"])))
+        cells = int(np.sum(_bam_keep(p["h"], p["v"])))
         return cells / 64, f"{cells} of 64 partial-product cells (broken array)"
     if fam == "optrunc":
         cells = (8 - p["k"]) ** 2

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tensorflow_approx.multipliers import operand_values
+
 
 def exact_table():
     """The exact 8x8 product table: uint16[65536], entry (a << 8) | w = a * w."""
@@ -168,9 +170,7 @@ def scheme_codes(x, lo, hi, num_bits, symmetric=False, narrow_range=False):
 def byte_products(fn, signed_a, signed_w):
     """fn(a, w) over every (activation byte, weight byte) as a table, entry (a << 8) | w: int64[65536],
     the bytes read as two's-complement int8 values where signed."""
-    codes = np.arange(256)
-    a = codes - 256 * (codes >= 128) if signed_a else codes
-    w = codes - 256 * (codes >= 128) if signed_w else codes
+    a, w = operand_values(signed_a), operand_values(signed_w)
     return fn(a[:, None], w[None, :]).reshape(-1).astype(np.int64)
 
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -63,8 +64,13 @@ struct FilterQuant {
   int64_t count;
 };
 
+// Whether the fast kernel takes the decomposed kernel for this shape with decomposition d (null: none).
+inline bool UseDecomposed(const ConvShape& s, const TableDecomposition* d) {
+  return d != nullptr && PreferDecomposed(s, d->terms);
+}
+
 // decomposition: the table's, when it has one (table_decompositions.h); the fast kernel then takes the
-// decomposed kernel where PreferDecomposed says it is faster.
+// decomposed kernel where PreferDecomposed says it is faster (UseDecomposed).
 template <typename T>
 void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const QuantParams& input_q,
                    const FilterQuant& filter_q, const uint16_t* lut, const ParallelFor& parallel_for,
@@ -125,10 +131,16 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   conv.lut = lut;
   std::vector<int64_t> filter_sum(static_cast<size_t>(s.out_depth));
   FilterCodeSums(conv, filter_sum.data());
-  std::vector<DequantizeTerms<Real>> dequantize;  // per filter_q entry
-  for (int64_t i = 0; i < filter_q.count; ++i) {
-    dequantize.emplace_back(input_q, filter_q.params[i], taps);
+  std::vector<DequantizeTerms<Real>> dequantize;  // per output channel
+  dequantize.reserve(static_cast<size_t>(s.out_depth));
+  for (int64_t co = 0; co < s.out_depth; ++co) {
+    dequantize.emplace_back(input_q, filter_q.of(co), taps);
     dequantize.back().acc_offset = lut_offset * taps;  // every entry of an offset table carries lut_offset
+  }
+  // The decomposed kernel's packed filter, built once for every pass.
+  std::shared_ptr<const DecomposedPlan> plan;
+  if (kernel != CpuKernel::kReference && UseDecomposed(s, decomposition)) {
+    plan = PrepareDecomposed(conv, *decomposition, parallel_for);
   }
 
   const int64_t groups = s.groups();
@@ -142,8 +154,8 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     const int64_t end = std::min(pixels, begin + pass);
     if (kernel == CpuKernel::kReference) {
       ReferenceConvAccumulate(conv, begin, end, acc.data(), act_sum.data());
-    } else if (decomposition != nullptr && PreferDecomposed(s, decomposition->terms)) {
-      DecomposedConvAccumulate(conv, *decomposition, begin, end, parallel_for, acc.data(), act_sum.data());
+    } else if (plan != nullptr) {
+      DecomposedConvAccumulate(conv, *plan, begin, end, parallel_for, acc.data(), act_sum.data());
     } else {
       CpuConvAccumulate(conv, begin, end, parallel_for, acc.data(), act_sum.data());
     }
@@ -157,8 +169,7 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t a = act_sum[q * groups + g];
           for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {
-            const DequantizeTerms<Real>& terms = dequantize[filter_q.count == 1 ? 0 : co];
-            out[co * channel_stride] = static_cast<T>(terms(acc[q * s.out_depth + co], a, filter_sum[co]));
+            out[co * channel_stride] = static_cast<T>(dequantize[co](acc[q * s.out_depth + co], a, filter_sum[co]));
           }
         }
       }

@@ -22,13 +22,11 @@
 #include <vector>
 
 #include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/cpu_features.h"
 #include "tensorflow_approx/cc/core/lut.h"
 
 namespace tfapprox {
 namespace {
-
-#define TFAPPROX_AVX512BW __attribute__((target("avx512f,avx512bw")))
-#define TFAPPROX_AVX512VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 
 constexpr int kPixels = 4;
 constexpr int kChannels = 2;
@@ -77,11 +75,6 @@ inline void LookupBlock(const uint16_t* const* rows, const uint8_t* const* weigh
 constexpr int kPermuteChannels = 64;  // output channels per pass of the permute path
 constexpr int kPermutePixels = 2;     // pixels sharing each tap's weight codes (2 beat 1 and 4)
 static_assert(kPixels % kPermutePixels == 0, "a block splits into permute blocks");
-
-bool HasAvx512Bw() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return has;
-}
 
 // acc[i][co] = sum_t lut[rows[i][t] + weights[t][co]] for NP pixels and co < channels, weights
 // laid out [tap][padded] with `padded` a multiple of kPermuteChannels; acc[i] points at pixel i's
@@ -169,11 +162,6 @@ constexpr int kColumnLanes = 64;   // pixels per vector of codes (a byte each)
 constexpr int kColumnBlocks = 4;   // vectors of codes per column load (3 and 4 measured best)
 constexpr int kColumnPixels = kColumnLanes * kColumnBlocks;
 constexpr int kColumnBytes = 512;  // one column: 256 uint16, or a 256-byte plane of each byte
-
-bool HasAvx512Vbmi() {
-  static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vbmi");
-  return has;
-}
 
 // 64 bytes, for aligned buffers (std::allocator honours alignas since C++17).
 struct alignas(64) Line {

@@ -15,14 +15,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/cpu_features.h"
 
 namespace tfapprox {
 namespace {
-
-#define TFAPPROX_VNNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
 
 constexpr int kPixelBlock = 8;     // pixels per micro-tile (8 accumulators: dpbusd's latency hidden)
 constexpr int kChannelBlock = 16;  // output channels per vector of int32 sums
@@ -30,20 +30,15 @@ constexpr int kMaxVectors = 2;     // vectors of channels per micro-tile (2: eac
 constexpr int64_t kChunk = 65536;  // reduction entries whose 32-bit sums are exact (see above)
 constexpr int kTile = 64;          // pixels gathered at a time (a multiple of kPixelBlock)
 
-bool HasVnni() {  // and VBMI, for the byte permutes of the gather
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
-  return has;
-}
-
-// What one call needs of the filter, per group: B packed for the micro-kernel, [step][co][4] with a
-// step of four reduction entries and co padded to kChannelBlock (zeros beyond), and per channel the
-// sum of B (for the + 128 correction) and of beta over its weights.
+// What a convolution needs of the filter, per group: B packed for the micro-kernel, [step][co][4] with
+// a step of four reduction entries and co padded to kChannelBlock (zeros beyond), and per channel the
+// constant its sums take: -128 * (sum of B, the + 128 correction) + (sum of beta over its weights) +
+// taps * c0.
 struct PackedFilter {
   int64_t reduction = 0;  // R * K, padded to a multiple of 4 (zeros in B)
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
   std::vector<int8_t> b;  // [groups][reduction / 4][channels][4]
-  std::vector<int64_t> b_sum, beta_sum;  // [out_depth]
+  std::vector<int64_t> offset;  // [out_depth]
 };
 
 PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for) {
@@ -53,28 +48,28 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
   f.reduction = (taps * d.terms + 3) / 4 * 4;
   f.channels = (per_group + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
   f.b.assign(static_cast<size_t>(groups * f.reduction * f.channels), 0);
-  f.b_sum.assign(static_cast<size_t>(s.out_depth), 0);
-  f.beta_sum.assign(static_cast<size_t>(s.out_depth), 0);
+  f.offset.assign(static_cast<size_t>(s.out_depth), 0);
   // In parallel over blocks of kChannelBlock channels of a group, each owning its channels' entries
-  // (64 contiguous bytes per step) and sums. Every call packs the whole filter: serial, it was most of
-  // a 3x3 512->512 layer's time.
+  // (64 contiguous bytes per step) and offsets. Serial, packing was most of a 3x3 512->512 layer's time.
   const int64_t blocks_per_group = f.channels / kChannelBlock;
   parallel_for(groups * blocks_per_group, kChannelBlock * taps * d.terms * 4, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t g = block / blocks_per_group, j0 = block % blocks_per_group * kChannelBlock;
-      int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
+      int8_t* group_b = f.b.data() + g * f.reduction * f.channels;
       for (int64_t j = j0; j < std::min(per_group, j0 + kChannelBlock); ++j) {
         const int64_t co = g * per_group + j;
+        int64_t b_sum = 0, beta_sum = 0;
         for (int64_t k = 0; k < taps; ++k) {
           const uint8_t w = conv.filter[co * taps + k];
-          f.beta_sum[co] += d.beta[w];
+          beta_sum += d.beta[w];
           for (int r = 0; r < d.terms; ++r) {
             const int64_t e = r * taps + k;
             const int8_t v = d.v[r * 256 + w];
             group_b[((e / 4) * f.channels + j) * 4 + e % 4] = v;
-            f.b_sum[co] += v;
+            b_sum += v;
           }
         }
+        f.offset[co] = -128 * b_sum + beta_sum + taps * d.c0;
       }
     }
   });
@@ -96,6 +91,7 @@ void GatherCodes(const QuantizedConv& conv, int64_t p, int64_t g, uint8_t* codes
 
 // alpha as byte planes for the vector sums: alpha[c] = base + sum_j planes[j][c] << 8j.
 struct AlphaPlanes {
+  AlphaPlanes() = default;
   int64_t base = 0;
   int count = 0;
   std::vector<uint8_t> planes;  // [count][256]
@@ -121,10 +117,12 @@ void SumsPortable(const uint8_t* codes, int64_t taps, const int32_t* alpha, cons
   *alpha_sum = alphas;
 }
 
-// A 64-byte table lookup of 64 codes: two 128-entry byte permutes, the code's top bit choosing.
-TFAPPROX_VNNI inline __m512i Lookup256(const uint8_t* table, __m512i c) {
-  const __m512i low = _mm512_permutex2var_epi8(_mm512_loadu_si512(table), c, _mm512_loadu_si512(table + 64));
-  const __m512i high = _mm512_permutex2var_epi8(_mm512_loadu_si512(table + 128), c, _mm512_loadu_si512(table + 192));
+// A 256-byte table lookup of 64 codes: two 128-entry byte permutes, the code's top bit choosing. t0..t3
+// hold the table's four 64-byte quarters (loaded once by the caller: stores through a uint8_t pointer
+// may alias the table, so the compiler would reload it at every lookup).
+TFAPPROX_VNNI inline __m512i Lookup256(__m512i t0, __m512i t1, __m512i t2, __m512i t3, __m512i c) {
+  const __m512i low = _mm512_permutex2var_epi8(t0, c, t1);
+  const __m512i high = _mm512_permutex2var_epi8(t2, c, t3);
   return _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high);
 }
 
@@ -132,13 +130,16 @@ TFAPPROX_VNNI inline __m512i Lookup256(const uint8_t* table, __m512i c) {
 TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t taps, const int32_t*, const AlphaPlanes& alpha,
                             int64_t* code_sum, int64_t* alpha_sum) {
   const __m512i zero = _mm512_setzero_si512();
-  __m512i sums = zero, plane_sums[4] = {zero, zero, zero, zero};
+  __m512i sums = zero, plane_sums[4] = {zero, zero, zero, zero}, tables[4][4];
+  for (int j = 0; j < alpha.count; ++j)
+    for (int t = 0; t < 4; ++t) tables[j][t] = _mm512_loadu_si512(alpha.planes.data() + j * 256 + t * 64);
   for (int64_t k = 0; k < taps; k += 64) {
     const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
     const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
     sums = _mm512_add_epi64(sums, _mm512_sad_epu8(c, zero));
     for (int j = 0; j < alpha.count; ++j) {
-      const __m512i plane = _mm512_maskz_mov_epi8(valid, Lookup256(&alpha.planes[j * 256], c));
+      const __m512i plane =
+          _mm512_maskz_mov_epi8(valid, Lookup256(tables[j][0], tables[j][1], tables[j][2], tables[j][3], c));
       plane_sums[j] = _mm512_add_epi64(plane_sums[j], _mm512_sad_epu8(plane, zero));
     }
   }
@@ -161,10 +162,13 @@ void TranslatePortable(const uint8_t* codes, int64_t taps, const uint8_t* u_plus
 TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t taps, const uint8_t* u_plus, int terms,
                                  int64_t reduction, uint8_t* row) {
   for (int r = 0; r < terms; ++r) {
+    const uint8_t* table = u_plus + r * 256;
+    const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64),
+                  t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
     for (int64_t k = 0; k < taps; k += 64) {
       const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
       const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
-      _mm512_mask_storeu_epi8(row + r * taps + k, valid, Lookup256(u_plus + r * 256, c));
+      _mm512_mask_storeu_epi8(row + r * taps + k, valid, Lookup256(t0, t1, t2, t3, c));
     }
   }
   std::fill(row + terms * taps, row + reduction, uint8_t{128});
@@ -217,6 +221,16 @@ void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, i
 
 }  // namespace
 
+// What DecomposedConvAccumulate needs of the filter and the decomposition, built once per convolution.
+struct DecomposedPlan {
+  PackedFilter filter;
+  std::vector<int32_t> alpha;  // [256]
+  AlphaPlanes alpha_planes;
+  std::vector<uint8_t> u_plus;  // [terms][256]: u + 128
+  int terms = 0;
+  bool fast = false;  // the VNNI / VBMI kernels
+};
+
 // Measured on a 2-core Zen 4 (benchmarks/cpu_benchmark.py --decomposed, every layer forced through the
 // decomposed kernel): with one or two terms 1.1-3.2x faster than the lookups on layers of 32+ channels
 // per group and 128+ taps (3x3 7x7 512->512 with two terms, 9216 reduction entries: 1.3x); with four
@@ -234,24 +248,33 @@ const char* DecomposedKernelName(bool portable) {
   return portable || !HasVnni() ? "decomposed-portable" : "avx512vnni-decomposed";
 }
 
-void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,
-                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
-                              bool portable) {
+std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
+                                                        const ParallelFor& parallel_for, bool portable) {
+  auto plan = std::make_shared<DecomposedPlan>();
+  plan->filter = PackFilter(conv, d, parallel_for);
+  plan->alpha.assign(d.alpha, d.alpha + 256);
+  plan->alpha_planes = AlphaPlanes(d.alpha);
+  plan->terms = d.terms;
+  plan->u_plus.resize(static_cast<size_t>(d.terms) * 256);
+  for (size_t i = 0; i < plan->u_plus.size(); ++i) plan->u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
+  plan->fast = !portable && HasVnni();
+  return plan;
+}
+
+void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum) {
   const ConvShape& s = conv.shape;
   const int64_t pixels = pixel_end - pixel_begin;
   if (pixels <= 0) return;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
-  const PackedFilter f = PackFilter(conv, d, parallel_for);
+  const PackedFilter& f = plan.filter;
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
-  const bool fast = !portable && HasVnni();
+  const bool fast = plan.fast;
   // Micro-kernels by the vectors of channels they take (index NV - 1).
   decltype(&MicroKernelPortable<1>) kernels[kMaxVectors] = {MicroKernelPortable<1>, MicroKernelPortable<2>};
   if (fast) kernels[0] = MicroKernelVnni<1>, kernels[1] = MicroKernelVnni<2>;
   const auto translate = fast ? TranslateVbmi : TranslatePortable;
   const auto sum_codes = fast ? SumsVbmi : SumsPortable;
-  const AlphaPlanes alpha_planes(d.alpha);
-  std::vector<uint8_t> u_plus(static_cast<size_t>(d.terms) * 256);
-  for (size_t i = 0; i < u_plus.size(); ++i) u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
   const int64_t tiles = (pixels + kTile - 1) / kTile;
   parallel_for(tiles, kTile * f.reduction * f.channels * groups / 16 + 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> rows(static_cast<size_t>(kTile * f.reduction)), codes(static_cast<size_t>(taps));
@@ -265,19 +288,19 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
           const int64_t q = first + std::min(i, count - 1);
           int64_t code_sum;
           GatherCodes(conv, pixel_begin + q, g, codes.data());
-          sum_codes(codes.data(), taps, d.alpha, alpha_planes, &code_sum, &alpha_sums[i]);
-          translate(codes.data(), taps, u_plus.data(), d.terms, f.reduction, &rows[i * f.reduction]);
+          sum_codes(codes.data(), taps, plan.alpha.data(), plan.alpha_planes, &code_sum, &alpha_sums[i]);
+          translate(codes.data(), taps, plan.u_plus.data(), plan.terms, f.reduction, rows.data() + i * f.reduction);
           if (i < count) act_sum[q * groups + g] = code_sum;
         }
-        const int8_t* group_b = &f.b[static_cast<size_t>(g * f.reduction * f.channels)];
+        const int8_t* group_b = f.b.data() + g * f.reduction * f.channels;
         for (int64_t c0 = 0; c0 < per_group;) {
           const int vectors = static_cast<int>(std::min<int64_t>(kMaxVectors, (f.channels - c0) / kChannelBlock));
           const int64_t width = vectors * kChannelBlock;
           for (int64_t block = 0; block < blocks; ++block) {
             Sums sums = {};
             for (int64_t step = 0; step < steps; step += chunk_steps) {
-              kernels[vectors - 1](&rows[block * kPixelBlock * f.reduction], f.reduction, group_b + c0 * 4, f.channels,
-                                   step, std::min(steps, step + chunk_steps), sums);
+              kernels[vectors - 1](rows.data() + block * kPixelBlock * f.reduction, f.reduction, group_b + c0 * 4,
+                                   f.channels, step, std::min(steps, step + chunk_steps), sums);
             }
             for (int i = 0; i < kPixelBlock; ++i) {
               const int64_t row = block * kPixelBlock + i;
@@ -285,8 +308,7 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
               const int64_t q = first + row;
               for (int64_t c = 0; c < width && c0 + c < per_group; ++c) {
                 const int64_t co = g * per_group + c0 + c;
-                acc[q * s.out_depth + co] = sums[i][c] - 128 * f.b_sum[co] + alpha_sums[row] + f.beta_sum[co] +
-                                            taps * d.c0;
+                acc[q * s.out_depth + co] = sums[i][c] + alpha_sums[row] + f.offset[co];
               }
             }
           }
@@ -295,6 +317,14 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
       }
     }
   });
+}
+
+void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                              bool portable) {
+  if (pixel_end <= pixel_begin) return;
+  DecomposedConvAccumulate(conv, *PrepareDecomposed(conv, d, parallel_for, portable), pixel_begin, pixel_end,
+                           parallel_for, acc, act_sum);
 }
 
 }  // namespace tfapprox

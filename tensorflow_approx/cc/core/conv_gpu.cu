@@ -148,7 +148,10 @@ __global__ void __launch_bounds__(NW * 32, 1)
                                                                                      // then: last of a split tile
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  using Real = typename RealOf<T>::type;
   const QuantParams qi = epi.quant->input;
+  const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
+  const bool per_channel = epi.quant->channels != 1;
   const uint32_t zp = static_cast<uint32_t>(qi.zero_point);
   const uint32_t zp_row = zp << 9;
   const int in_hw = g.in_h * g.in_w;
@@ -514,9 +517,6 @@ __global__ void __launch_bounds__(NW * 32, 1)
 
     // Taps past K were processed as (zp, 0) by the dense path: E[zp][0] - off each (0 when rebased).
     const long long tail_term = static_cast<long long>(tail) * (static_cast<long long>(s_lut[zp << 8]) - off);
-    using Real = typename RealOf<T>::type;
-    const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
-    const bool per_channel = epi.quant->channels != 1;
     if (epi.debug_act_sum != nullptr && nt == 0 && lane == 0) {
 #pragma unroll
       for (int m = 0; m < TM; ++m) {
@@ -537,7 +537,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
       // R = 0 when the table is not rebased (see above).
       const long long rsum = rebased ? static_cast<long long>(__ldg(w_sums + g.out_depth + co)) : 0;
       const long long w_sum = static_cast<long long>(__ldg(w_sums + co));
-      const DequantizeTerms<Real> terms = per_channel ? TermsOf<Real>(epi.quant + co) : deq;
+      const DequantizeTerms<Real> terms = ChannelTerms(epi.quant, per_channel, co, deq);
 #pragma unroll
       for (int m = 0; m < TM; ++m) {
         const int p = m0 + warp * TM + m;
@@ -582,7 +582,7 @@ __global__ void __launch_bounds__(256)
     const int ow = p % g.out_w;
     const int oh = (p / g.out_w) % g.out_h;
     const int n = p / g.out_w / g.out_h;
-    const QuantParams qf = per_channel ? epi.quant[co].filter : qf_tensor;
+    const QuantParams qf = ChannelFilter(epi.quant, per_channel, co, qf_tensor);
     unsigned long long acc = 0;
     long long a_sum = 0, w_sum = 0;
     for (int kh = 0; kh < g.filter_h; ++kh) {
@@ -606,7 +606,7 @@ __global__ void __launch_bounds__(256)
         }
       }
     }
-    const DequantizeTerms<Real> deq = per_channel ? TermsOf<Real>(epi.quant + co) : deq_tensor;
+    const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
     StoreOutput(g, output, p, co, FromReal<T>(deq(static_cast<int64_t>(acc), a_sum, w_sum)));
     if (epi.debug_acc != nullptr) epi.debug_acc[idx] = static_cast<int64_t>(acc);
     if (epi.debug_act_sum != nullptr && co % g.npg == 0) {
@@ -830,7 +830,7 @@ std::string LaunchColumns(bool wide, const DeviceInfo& dev, const ConvShape& s, 
   const int64_t blocks = std::min<int64_t>((items + kColumnThreads - 1) / kColumnThreads, std::max(dev.sms, 1));
   const auto kernel = wide ? ColumnsConvKernel<T, true> : ColumnsConvKernel<T, false>;
   const int smem = static_cast<int>(layout.SharedBytes());  // grows with the filter
-  if (smem > dev.smem_optin) return "ApproxConvGpu: the columns kernel's shared memory exceeds the device's";
+  // smem <= dev.smem_optin: MakePlan picks this kernel only when SharedBytes() fits the device's most.
   // The limit is the function's, shared by every host thread that launches it (TensorFlow runs
   // independent layers from several threads): the device's most, never this call's need, so that a
   // concurrent launch with a smaller filter cannot lower it between this call's setting and launch

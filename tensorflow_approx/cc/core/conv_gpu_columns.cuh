@@ -42,12 +42,16 @@ __global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __r
   const int step = gridDim.x * blockDim.x;
   const int first = blockIdx.x * blockDim.x + threadIdx.x;
   for (int i = first; i < kLutEntries; i += step) cols[i] = __ldg(lut + (((i & 255) << 8) | (i >> 8)));
+  const bool per_channel = quant->channels != 1;
+  const QuantParams qf_tensor = quant->filter;
   const int filter_elements = g.taps * g.out_depth;
   for (int i = first; i < filter_elements; i += step) {
-    codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), quant->ChannelQuant(i % g.out_depth).filter) << 8);
+    // The modulo only with per-channel ranges.
+    const QuantParams qf = per_channel ? ChannelFilter(quant, true, i % g.out_depth, qf_tensor) : qf_tensor;
+    codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
   }
   for (int co = first; co < g.out_depth; co += step) {
-    const QuantParams qf = quant->ChannelQuant(co).filter;
+    const QuantParams qf = ChannelFilter(quant, per_channel, co, qf_tensor);
     int32_t sum = 0;  // taps * 255 < 2^31: the plan takes this kernel only for taps < 2^23
     for (int t = 0; t < g.taps; ++t) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
     sums[co] = sum;
@@ -116,7 +120,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
     for (int j = 0; j < kColumnChannels; ++j) {
       if (j >= nc) continue;
       const int co = co0 + j;
-      const DequantizeTerms<Real> deq = per_channel ? TermsOf<Real>(epi.quant + co) : deq_tensor;
+      const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
       StoreOutput(g, output, p, co,
                   FromReal<T>(deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co]))));
       if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = static_cast<int64_t>(acc[j]);

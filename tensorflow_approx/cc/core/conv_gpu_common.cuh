@@ -52,8 +52,9 @@ struct GpuGeometry {
   bool nchw;
 };
 
-// What the convolution kernels need beyond the geometry: the call's quantization in device memory (read
-// once per block or tile) and the optional debug outputs.
+// What the convolution kernels need beyond the geometry: the call's quantization in device memory (the
+// per-tensor entry read once per block; with per-channel ranges, a channel's entry read once per tile in
+// the tiled kernel, once per output in the direct and columns kernels) and the optional debug outputs.
 struct Epilogue {
   const GpuQuant* quant;
   int64_t* debug_acc;
@@ -66,6 +67,18 @@ template <>
 __device__ __forceinline__ DequantizeTerms<float> TermsOf<float>(const GpuQuant* q) { return q->terms_float; }
 template <>
 __device__ __forceinline__ DequantizeTerms<double> TermsOf<double>(const GpuQuant* q) { return q->terms_double; }
+
+// Output channel co's dequantization terms and filter parameters: read from its own entry with per-channel
+// ranges, else the per-tensor value the kernel hoisted (no load; entry co exists only per channel).
+template <typename Real>
+__device__ __forceinline__ DequantizeTerms<Real> ChannelTerms(const GpuQuant* q, bool per_channel, int co,
+                                                             const DequantizeTerms<Real>& tensor_terms) {
+  return per_channel ? TermsOf<Real>(q + co) : tensor_terms;
+}
+__device__ __forceinline__ QuantParams ChannelFilter(const GpuQuant* q, bool per_channel, int co,
+                                                     const QuantParams& tensor_filter) {
+  return per_channel ? q[co].filter : tensor_filter;
+}
 
 template <typename T>
 __device__ __forceinline__ void StoreOutput(const GpuGeometry& g, T* output, int p, int co, T value) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "tensorflow_approx/cc/core/conv_shape.h"
 #include "tensorflow_approx/cc/core/quantize.h"
@@ -56,8 +57,9 @@ void ReferenceConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int
                              int64_t* acc, int64_t* act_sum);
 
 // Which instructions the fast CPU kernel may use: kBest the best the processor has (checked at run time:
-// AVX-512BW table permutes, the column path's byte-plane kernel with VBMI), kAvx512Bw no VBMI (the
-// column path's word kernel, for processors without it), kPortable plain C++ (the tests run all three).
+// AVX-512BW table permutes, with VBMI the column path's byte-plane kernel and the row path's VBMI
+// kernel), kAvx512Bw no VBMI (the column path's word kernel and the row path's permute kernel, for
+// processors without it), kPortable plain C++ (the tests run all three).
 enum class CpuIsa { kBest, kAvx512Bw, kPortable };
 
 // The fast CPU kernel: lookups over a gathered patch, parallel over output pixels.
@@ -88,6 +90,14 @@ struct TableDecomposition {
 void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,
                               int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                               bool portable = false);
+// The same in two steps, for callers that accumulate a convolution in several pixel ranges: the plan
+// (the packed filter and the decomposition's tables, built in parallel) depends on conv.shape,
+// conv.filter and `d` only, and serves every range of that convolution; `d` need not outlive it.
+struct DecomposedPlan;
+std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
+                                                        const ParallelFor& parallel_for, bool portable = false);
+void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum);
 // "avx512vnni-decomposed" or "decomposed-portable".
 const char* DecomposedKernelName(bool portable = false);
 // Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI).

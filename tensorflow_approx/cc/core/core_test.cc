@@ -201,7 +201,8 @@ void TestQuantizeCodesVectorized() {
   const float ranges[][2] = {{0.f, 6.f}, {-1.f, 1.f}, {-3.7f, 0.2f}, {0.f, 255.f}, {-1e-3f, 5e-4f}, {0.f, 0.f}};
   for (const auto& r : ranges) {
     for (int scheme = 0; scheme < 6; ++scheme) {  // bits 8, 4, 2; asymmetric, then symmetric narrow
-      const int bits = std::vector<int>{8, 4, 2}[scheme % 3];
+      static const int kBits[] = {8, 4, 2};
+      const int bits = kBits[scheme % 3];
       const bool narrow = scheme >= 3;
       QuantParams q;
       EXPECT(MakeQuantParams(r[0], r[1], bits, "a", "b", &q, narrow, narrow).empty(), "range");

@@ -20,6 +20,8 @@ __global__ void QuantFromRangesKernel(const T* input_min, const T* input_max, co
                                       GpuQuant* quant, int* invalid) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= r.filter_channels) return;
+  // Every thread nudges the input's range again, not only channel 0's: a few scalar operations, and it
+  // keeps one kernel (no second launch or cross-thread hand-off for the shared input parameters).
   QuantParams input_q, filter_q;
   const RangeError input_error =
       NudgeRange(ToFloat(*input_min), ToFloat(*input_max), r.input_bits, r.input_symmetric, &input_q, r.input_narrow);

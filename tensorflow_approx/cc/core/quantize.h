@@ -1,4 +1,4 @@
-// Fake quantization exactly as TensorFlow's FakeQuantWithMinMaxVars (narrow_range = false) computes it.
+// Fake quantization exactly as TensorFlow's FakeQuantWithMinMaxVars (narrow_range false or true) computes it.
 // Every kernel quantizes through these two functions, so the codes agree with
 // tf.quantization.fake_quant_with_min_max_vars bit for bit.
 #ifndef TENSORFLOW_APPROX_CC_CORE_QUANTIZE_H_
@@ -19,9 +19,11 @@ constexpr int kMinNumBits = 2;
 constexpr int kMaxNumBits = 8;
 
 struct QuantParams {
-  float scale = 0.f;       // (max - min) / (2^b - 1); 0 for a zero-width range
-  float quant_zero = 0.f;  // floor(-nudged_min * (2^b - 1) / (max - min) + 0.5), TensorFlow's zero code
-  float nudged_min = 0.f;  // dequantized value of code 0
+  float scale = 0.f;       // (max - min) / (quant_max - quant_min); 0 for a zero-width range
+  // floor(-nudged_min * (quant_max - quant_min) / (max - min) + 0.5), TensorFlow's zero code counted from
+  // quant_min
+  float quant_zero = 0.f;
+  float nudged_min = 0.f;  // dequantized value of code quant_min (0, or 1 with a narrow range)
   float nudged_max = 0.f;  // dequantized value of the top code
   int32_t zero_point = 0;  // code of real zero (padded taps hold this code)
   int32_t quant_max = 0;   // 2^b - 1
@@ -106,8 +108,9 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
                             const char* name_max, QuantParams* q, bool symmetric = false, bool narrow = false);
 
-// The code of x. Values outside the nudged range are clamped; NaN maps to code 0 here, and the kernels
-// make NaN the outputs it reaches (PropagateNan).
+// The code of x. Values outside the nudged range are clamped; NaN maps to code quant_min here (0, or 1
+// with a narrow range; 0 for a zero-width range), and the kernels make NaN the outputs it reaches
+// (PropagateNan).
 // The float32 steps are those of TensorFlow 2.21's FakeQuantWithMinMaxVarsFunctor (a true division by
 // the scale, the zero code subtracted before rounding), so codes agree with
 // tf.quantization.fake_quant_with_min_max_vars bit for bit. The build passes -ffp-contract=off so that

@@ -33,11 +33,13 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
           Shard(workers->num_threads, workers->workers, total, cost, fn);
         };
     typename ApproxConv2DOpBase<T>::HostLut table;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table, /*find_decomposition=*/true));
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table, /*decomposition_shape=*/&shape));
     const tfapprox::TableDecomposition* decomposition = table.decomposed ? &table.decomposition.view : nullptr;
     if (this->Tracing()) {
-      const bool decomposed = decomposition != nullptr && tfapprox::PreferDecomposed(shape, decomposition->terms);
-      this->Trace(shape, "CPU", decomposed ? tfapprox::DecomposedKernelName() : tfapprox::CpuKernelName(shape), false);
+      this->Trace(shape, "CPU",
+                  tfapprox::UseDecomposed(shape, decomposition) ? tfapprox::DecomposedKernelName()
+                                                                : tfapprox::CpuKernelName(shape),
+                  false);
     }
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
                                tfapprox::FilterQuant(filter_q.data(), static_cast<int64_t>(filter_q.size())),

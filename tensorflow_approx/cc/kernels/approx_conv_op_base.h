@@ -254,23 +254,23 @@ class ApproxConv2DOpBase : public OpKernel {
   // [0, 65535]; an int16 table (signed products) is stored with 32768 added to every entry, which the
   // sums take off again exactly. With a symmetric operand the table, indexed by the signed codes'
   // bytes, is rearranged to be indexed by the kernels' codes (signed code + code_shift).
-  // find_decomposition: also look the table up among the registered decompositions.
-  absl::Status HostTable(OpKernelContext* ctx, HostLut* host, bool find_decomposition = false) const {
+  // decomposition_shape: also look the table up among the registered decompositions, for a call of this
+  // shape (only when the decomposed kernel would run on it); nullptr: don't look.
+  absl::Status HostTable(OpKernelContext* ctx, HostLut* host,
+                         const tfapprox::ConvShape* decomposition_shape = nullptr) const {
     TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, host));
     const int input_shift = input_code_shift(), filter_shift = filter_code_shift();
-    if (find_decomposition) {
-      host->decomposed =
-          tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift, &host->decomposition);
+    if (decomposition_shape != nullptr) {
+      host->decomposed = tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift,
+                                                     *decomposition_shape, &host->decomposition);
     }
     if (input_shift == 0 && filter_shift == 0) return absl::OkStatus();
     // Entry (a, w) is the table's ((a - input_shift) & 0xFF, (w - filter_shift) & 0xFF): rows and
-    // columns rotated, so each row is two copies.
+    // columns rotated.
     std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
     for (int a = 0; a < 256; ++a) {
       const uint16_t* src = host->lut + (((a - input_shift) & 0xFF) << 8);
-      uint16_t* dst = by_codes.data() + (a << 8);
-      std::copy(src + 256 - filter_shift, src + 256, dst);  // w < filter_shift: from the row's end
-      std::copy(src, src + 256 - filter_shift, dst + filter_shift);
+      std::rotate_copy(src, src + 256 - filter_shift, src + 256, by_codes.data() + (a << 8));
     }
     host->converted = std::move(by_codes);
     host->lut = host->converted.data();

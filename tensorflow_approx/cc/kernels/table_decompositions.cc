@@ -5,6 +5,7 @@
 #include <list>
 #include <mutex>
 
+#include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/lut.h"
 
 namespace tfapprox {
@@ -13,7 +14,11 @@ namespace {
 struct Entry {
   std::vector<uint16_t> lut;
   int64_t offset;
-  KernelDecomposition d;  // in the table's own codes (no shift), the offset not in c0
+  // The decomposition in the table's own codes (no shift), the offset not in c0.
+  int terms;
+  int64_t c0;
+  std::vector<int8_t> u, v;
+  std::vector<int32_t> alpha, beta;
 };
 
 std::mutex mu;
@@ -38,12 +43,12 @@ std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms
   Entry e;
   e.lut.assign(lut, lut + kLutEntries);
   e.offset = offset;
-  e.d.u.assign(u, u + terms * 256);
-  e.d.v.assign(v, v + terms * 256);
-  e.d.alpha.assign(alpha, alpha + 256);
-  e.d.beta.assign(beta, beta + 256);
-  e.d.view.terms = terms;
-  e.d.view.c0 = c0;
+  e.terms = terms;
+  e.c0 = c0;
+  e.u.assign(u, u + terms * 256);
+  e.v.assign(v, v + terms * 256);
+  e.alpha.assign(alpha, alpha + 256);
+  e.beta.assign(beta, beta + 256);
   std::lock_guard<std::mutex> lock(mu);
   for (auto it = entries->begin(); it != entries->end(); ++it) {
     if (it->offset == offset && it->lut == e.lut) {
@@ -58,14 +63,15 @@ std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms
 }
 
 bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int filter_shift,
-                       KernelDecomposition* out) {
+                       const ConvShape& shape, KernelDecomposition* out) {
   if (count.load() == 0) return false;
   std::lock_guard<std::mutex> lock(mu);
   for (const Entry& e : *entries) {
     if (e.offset != offset || std::memcmp(e.lut.data(), lut, kLutEntries * sizeof(uint16_t)) != 0) continue;
+    const int terms = e.terms;
+    if (!PreferDecomposed(shape, terms)) return false;
     // Kernel code c of a symmetric operand is its signed code's byte plus the shift: entry c of the
     // rearranged vectors is entry (c - shift) & 0xFF of the table's.
-    const int terms = e.d.view.terms;
     out->u.resize(terms * 256);
     out->v.resize(terms * 256);
     out->alpha.resize(256);
@@ -73,14 +79,14 @@ bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int
     for (int c = 0; c < 256; ++c) {
       const int a = (c - input_shift) & 0xFF, w = (c - filter_shift) & 0xFF;
       for (int r = 0; r < terms; ++r) {
-        out->u[r * 256 + c] = e.d.u[r * 256 + a];
-        out->v[r * 256 + c] = e.d.v[r * 256 + w];
+        out->u[r * 256 + c] = e.u[r * 256 + a];
+        out->v[r * 256 + c] = e.v[r * 256 + w];
       }
-      out->alpha[c] = e.d.alpha[a];
-      out->beta[c] = e.d.beta[w];
+      out->alpha[c] = e.alpha[a];
+      out->beta[c] = e.beta[w];
     }
     out->view = TableDecomposition{terms, out->u.data(), out->v.data(), out->alpha.data(), out->beta.data(),
-                                   e.d.view.c0 + offset};
+                                   e.c0 + offset};
     return true;
   }
   return false;

@@ -31,9 +31,10 @@ std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms
                                   const int32_t* alpha, const int32_t* beta, int64_t c0);
 
 // The registered decomposition of `lut` (as above), rearranged for kernel codes shifted by input_shift
-// and filter_shift (symmetric schemes) with the offset in its constant; false if none is registered.
+// and filter_shift (symmetric schemes) with the offset in its constant; false if none is registered or
+// the decomposed kernel would not run on `shape` (!PreferDecomposed: nothing is rearranged then).
 bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int filter_shift,
-                       KernelDecomposition* out);
+                       const ConvShape& shape, KernelDecomposition* out);
 
 }  // namespace tfapprox
 

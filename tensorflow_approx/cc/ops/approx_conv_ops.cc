@@ -20,7 +20,8 @@ absl::Status CheckRanges(shape_inference::InferenceContext* c, bool per_channel_
       continue;
     }
     TF_RETURN_IF_ERROR(c->WithRankAtMost(c->input(i), 1, &unused));
-    if (c->RankKnown(c->input(i)) && c->Rank(c->input(i)) == 1 && c->RankKnown(c->input(1))) {
+    if (c->RankKnown(c->input(i)) && c->Rank(c->input(i)) == 1 && c->RankKnown(c->input(1)) &&
+        c->Rank(c->input(1)) == 4) {
       shape_inference::DimensionHandle merged;
       TF_RETURN_IF_ERROR(c->Merge(c->Dim(c->input(i), 0), c->Dim(c->input(1), 3), &merged));
     }

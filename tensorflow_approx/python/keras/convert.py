@@ -7,8 +7,8 @@ from tensorflow_approx.python.keras.layers import (
     FakeApproxDense,
     FakeApproxDepthwiseConv2D,
     _check_approx_args,
-    _layer_lut,
 )
+from tensorflow_approx.python.ops.approx_conv_ops import lut_values
 
 # Exact types only: subclasses of these (our own layers included) may compute something else.
 LAYER_MAP = {
@@ -94,7 +94,7 @@ def approximate_model(
     checked = {}
     for table in tables.values():
         if id(table) not in checked:
-            checked[id(table)] = _layer_lut(table, "mul_map_file")
+            checked[id(table)] = lut_values(table, "mul_map_file")
     pairs = []
 
     def clone(layer):

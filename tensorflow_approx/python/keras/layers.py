@@ -116,8 +116,7 @@ _LAYER_MAX_TERMS = 4
 
 def _register(values):
     """Registers a layer's table decomposition for the CPU kernel (register_decomposition), outside any
-    graph being traced. A loaded model's tables arrive with its weights, after build: register them with
-    tensorflow_approx.register_decomposition(layer.lut.numpy()) (signed: .astype("int16"))."""
+    graph being traced."""
     with tf.init_scope():
         register_decomposition(values, max_terms=_LAYER_MAX_TERMS)
 
@@ -198,7 +197,9 @@ class _FakeApproxMixin:
     def build(self, input_shape):
         super().build(input_shape)
         self._build_ranges()
-        initial = self._initial_lut if self._initial_lut is not None else lut_values("")[0]
+        # A layer being loaded has no initial table: its table arrives in load_own_variables.
+        loading = self._initial_lut is None
+        initial = lut_values("")[0] if loading else self._initial_lut
         # float32: the dtype a variable can have on the GPU (uint16 variables stay on the host, which
         # would copy the table to the device at every call); its entries are exact integers (signed
         # products too, -32768..32767, made int16 at each call).
@@ -211,7 +212,8 @@ class _FakeApproxMixin:
             autocast=False,
         )
         self._initial_lut = None
-        _register(initial)
+        if not loading:
+            _register(initial)
 
     def set_multiplier(self, multiplier):
         """Replaces the table of this (built) layer in place: the next call uses it.
@@ -307,14 +309,23 @@ class _FakeApproxMixin:
                 f"Layer '{self.name}' expected {len(variables)} variables (kernel, bias when used, "
                 f"the input range state, the table), but the file has {len(store.keys())}"
             )
+        values = None
         if variables[-1] is self.lut:
             lut = np.asarray(store[str(len(variables) - 1)])
             name = f"the table saved for layer '{self.name}'"
-            values, _ = lut_values(lut, name)  # checks it, names the layer
-            if self.signed_products != (values.dtype == np.int16) and values.min() < 0:
+            values, _, signed = _layer_lut(lut, name)  # checks it, names the layer
+            if signed and not self.signed_products:
                 raise ValueError(f"{name} holds signed products, but the layer's config says unsigned")
+            if self.signed_products:
+                if values.max() > 32767:
+                    raise ValueError(
+                        f"{name} has entries above 32767, but the layer's config says signed products "
+                        "(-32768..32767)")
+                values = values.astype(np.int16)  # as the op reads the table of a signed layer
         for i, variable in enumerate(variables):
             variable.assign(store[str(i)])
+        if values is not None:
+            _register(values)
 
     def copy_accurate_weights(self, layer):
         """Assigns kernel and bias of a built accurate keras layer of the same configuration.
@@ -381,8 +392,9 @@ class _FakeApproxMixin:
         """(input, kernel) for the op in its dtype, and the 4 ranges: scalars, the kernel's per output
         channel with weight_quantization="per_channel". `kernel` is the op's filter, [h, w, in, out].
 
-        Training calls fake-quantize both first: the op's gradient is straight-through, and fake
-        quantization's own gradient is what zeroes it outside the range. Other calls (inference:
+        Training calls fake-quantize both first: the op's gradient (straight-through or the table's,
+        by `gradient`) is taken at the fake-quantized operands, and fake quantization's own gradient
+        is what zeroes it outside the range. Other calls (inference:
         predict, evaluate, training=None or False) pass the raw operands: the op quantizes them to
         the very codes fake quantization would give, so a second quantization pass would be wasted.
         A symmetric operand is fake-quantized on the range whose codes are its signed codes shifted.

@@ -20,8 +20,6 @@ def _seed():
     keras.utils.set_random_seed(99)
 
 
-
-
 def truncating(a, w):
     """A signed approximate multiplier of our own: the product with its 4 low bits cleared."""
     return (a * w) & ~15

@@ -5,6 +5,7 @@ seed's interface), the second takes it as a tensor, so a model holds its table a
 data, not a new kernel.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -224,8 +225,6 @@ def register_decomposition(table, max_terms=4):
 
     table: anything lut_values() takes (a Multiplier, a path, a family name, an array of products).
     """
-    import hashlib
-
     from tensorflow_approx.multipliers.decompose import decompose
 
     if isinstance(max_terms, bool) or not isinstance(max_terms, int) or not 0 <= max_terms <= 64:
@@ -234,7 +233,7 @@ def register_decomposition(table, max_terms=4):
     key = (hashlib.sha1(values.tobytes()).hexdigest(), str(values.dtype), max_terms)
     if key not in _registered:
         signed = values.dtype == np.int16
-        d = decompose(values.view(np.uint16), max_terms=max_terms, signed=signed)
+        d = decompose(values, max_terms=max_terms, signed=signed)
         if d is not None:
             with tf.device("/CPU:0"):
                 _ops.approx_register_table_decomposition(
@@ -383,8 +382,8 @@ def _to_nhwc_tensors(op, *tensors):
 
 
 def _conv_grad(op, grad):
-    """The registered gradient: straight-through, or the table's own for gradient="table"."""
-    if op.type == "ApproxConv2DWithTable" and _attr(op, "gradient") == "table":
+    """ApproxConv2DWithTable's gradient: straight-through, or the table's own for gradient="table"."""
+    if _attr(op, "gradient") == "table":
         strides, dilations, padding, explicit = _nhwc_geometry(op)
         return table_gradient(
             op, grad,
@@ -472,5 +471,5 @@ def _straight_through_grad(op, grad):
     return [grad_input, grad_filter] + [None] * (len(op.inputs) - 2)
 
 
-tf.RegisterGradient("ApproxConv2DWithMinMaxVars")(_conv_grad)
+tf.RegisterGradient("ApproxConv2DWithMinMaxVars")(_straight_through_grad)
 tf.RegisterGradient("ApproxConv2DWithTable")(_conv_grad)

@@ -13,8 +13,6 @@ import tensorflow_approx as ta
 from tensorflow_approx.testing import reference as ref
 
 
-
-
 def run_op(x, f, in_range, f_range, products, bits, schemes, **kwargs):
     table = products.astype(np.int16 if products.min() < 0 else np.uint16)
     return ta.approx_conv2d_with_table(

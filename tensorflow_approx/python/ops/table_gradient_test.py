@@ -11,8 +11,6 @@ from tensorflow_approx.python.ops.table_gradient import HALF_WINDOW
 from tensorflow_approx.testing import reference as ref
 
 
-
-
 def grads(x, f, in_range, f_range, table, dy, gradient, **kwargs):
     x, f = tf.constant(x), tf.constant(f)
     with tf.GradientTape() as tape:
