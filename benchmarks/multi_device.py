@@ -7,6 +7,10 @@
    one device). The sharded predictions must equal the one-device ones bit for bit.
 2. Exploration: explore.ParallelEvaluator over the first device and over all devices (no store, so
    every candidate is evaluated) on the same random per-layer assignments; accuracies must be equal.
+3. With --processes (the default): both again with one process per device (each sees its device alone,
+   as one process per GPU is run in practice): the predict and forward steps in worker processes started
+   together, timed from the first one's start to the last one's end; the exploration with
+   explore.ProcessEvaluator. Their outputs and accuracies must equal the threads' ones.
 
 Random weights, images and labels: throughput only, the accuracies mean nothing.
 
@@ -23,9 +27,12 @@ built-in families. The exact product is always one of the choices.
 """
 
 import glob
+import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import time
+import traceback
 import warnings
 
 import numpy as np
@@ -36,7 +43,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tensorflow_approx as ta  # noqa: E402
-from tensorflow_approx import explore  # noqa: E402
+from tensorflow_approx import evaluators, explore  # noqa: E402
 from tensorflow_approx import multipliers as mx  # noqa: E402
 from benchmarks import models  # noqa: E402 (defines --images, --table and its own other flags)
 from benchmarks.torch_baseline import seconds  # noqa: E402
@@ -49,6 +56,8 @@ LIBRARY = flags.DEFINE_string("library", None, "folder of tables (default: built
 SEED = flags.DEFINE_integer("seed", 0, "seed of the weights, data and candidates")
 SPLIT_GPU = flags.DEFINE_integer("split_gpu", 0, "split the first GPU into this many logical GPUs (a machine "
                                  "with one GPU: checks the multi-device path on a GPU, not the scaling)")
+PROCESSES = flags.DEFINE_bool("processes", True, "also run each step with one process per device (not with "
+                                "--split_gpu: a process sees whole GPUs)")
 flags.FLAGS.set_default("images", 10000)  # models.py's flag; this issue's figure
 
 BUILT_IN = ("exact", "drum4", "drum6", "coltrunc8", "optrunc2", "mitchell", "etm4")
@@ -64,6 +73,8 @@ def setup_devices(spec):
         tf.config.set_logical_device_configuration(
             gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=16384)] * SPLIT_GPU.value)
         return [f"/GPU:{i}" for i in range(SPLIT_GPU.value)]
+    for gpu in gpus:  # this process's copies take what they need: the worker processes share the GPUs
+        tf.config.experimental.set_memory_growth(gpu, True)
     if spec:
         devices = [tf.DeviceSpec.from_string(d) for d in spec]
     elif gpus:
@@ -132,7 +143,91 @@ def short(devices):
     return f"{len(devices)} ({','.join(devices)})"
 
 
-def predict_part(devices, copies, approx_layers, x, batch, mismatches):
+def device_worker(conn, place, model_bytes, table):
+    """A worker process of the process rows: sees its device alone (evaluators.see_only), makes its own
+    approximate copy of the model, then runs steps: ("predict" | "forward", images, batch) runs once
+    untimed (traces), answers "warm", and then once per "go" it is sent, answering (start, stop, outputs)."""
+    try:
+        evaluators.see_only(place)
+        copy = ta.approximate_model(evaluators._model_from_bytes(model_bytes), mul_map_file=table)
+        forward = tf.function(lambda v: copy(v, training=False))
+        conn.send(("ready",))
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                return
+            _, step, images, batch, repeats = message
+            if step == "predict":
+                def run():
+                    return [copy.predict(images, batch_size=batch, verbose=0)]
+            else:
+                batches = [tf.constant(images[j:j + batch]) for j in range(0, len(images), batch)]
+
+                def run():
+                    outputs = [forward(v) for v in batches]
+                    tf.add_n([tf.reduce_sum(y) for y in outputs]).numpy()  # waits for the device
+                    return outputs
+            run()
+            conn.send(("warm",))
+            for _ in range(repeats):
+                conn.recv()  # "go"
+                start = time.perf_counter()
+                outputs = run()
+                stop = time.perf_counter()
+                conn.send(("done", start, stop, [np.asarray(y) for y in outputs]))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+
+
+class DeviceProcesses:
+    """One device_worker process per device (physical GPUs, or CPU workers), started together."""
+
+    def __init__(self, devices, model, table):
+        context = multiprocessing.get_context("spawn")
+        model_bytes = evaluators._model_bytes(model)
+        self.devices, self.conns, self.processes = devices, [], []
+        for name in devices:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=device_worker, daemon=True,
+                                      args=(theirs, evaluators.physical_device(name, "--devices"), model_bytes, table))
+            process.start()
+            self.conns.append(ours)
+            self.processes.append(process)
+        for i in range(len(devices)):
+            self.answer(i, "ready")
+
+    def answer(self, i, expect):
+        message = self.conns[i].recv()
+        if message[0] == "error":
+            raise RuntimeError(f"the worker process of {self.devices[i]} failed:\n{message[1]}")
+        if message[0] != expect:
+            raise RuntimeError(f"the worker process of {self.devices[i]} answered {message[0]!r}, not {expect!r}")
+        return message[1:]
+
+    def run(self, step, parts, batch, repeats=2):
+        """(median over repeats of the seconds from the first worker's start to the last one's end, the
+        outputs of the last repeat): worker i runs parts[i]."""
+        used = range(len(parts))
+        for i in used:
+            self.conns[i].send(("step", step, parts[i], batch, repeats))
+        for i in used:
+            self.answer(i, "warm")
+        times = []
+        for _ in range(repeats):
+            for i in used:
+                self.conns[i].send(("go",))
+            done = [self.answer(i, "done") for i in used]
+            times.append(max(d[1] for d in done) - min(d[0] for d in done))
+        return float(np.median(times)), [d[2] for d in done]
+
+    def close(self):
+        for conn in self.conns:
+            conn.send(("stop",))
+        for process in self.processes:
+            process.join(30)
+
+
+def predict_part(devices, copies, approx_layers, x, batch, mismatches, workers=None):
     """Rows of predict and forward at `batch`, the first device alone and all devices (approx_layers:
     the approximate layers of one copy)."""
     n = len(devices)
@@ -170,18 +265,30 @@ def predict_part(devices, copies, approx_layers, x, batch, mismatches):
         if not np.array_equal(joined(y1), joined(yn)):
             mismatches.append(f"{step}: {n}-device outputs differ from the 1-device ones")
             print(f"MISMATCH: {mismatches[-1]}")
-        for devs, t in ((devices[:1], t1), (devices, tn)):
-            print(f"| {step} | {short(devs)} | {t:.3f} | {len(x) / t:.0f} | {macs * len(x) / t / 1e9:.0f} | "
-                  f"{t1 / t:.2f}x |")
+        rows = [(step, devices[:1], t1, t1), (step, devices, tn, t1)]
+        if workers is not None:  # the same step in one process per device
+            name = step.split(" batch")[0]
+            p1, z1 = workers.run(name, [x], batch)
+            pn, zn = workers.run(name, parts, batch)
+            for outputs, count in ((z1, 1), (zn, n)):
+                if not np.array_equal(joined(outputs), joined(y1)):
+                    mismatches.append(f"{step}: outputs of {count} process(es) differ from the threads' ones")
+                    print(f"MISMATCH: {mismatches[-1]}")
+            rows += [(f"{step}, processes", devices[:1], p1, p1), (f"{step}, processes", devices, pn, p1)]
+        for label, devs, t, base in rows:
+            print(f"| {label} | {short(devs)} | {t:.3f} | {len(x) / t:.0f} | {macs * len(x) / t / 1e9:.0f} | "
+                  f"{base / t:.2f}x |")
 
 
-def explore_part(devices, model, library, batch, rng, mismatches):
-    """The exploration's candidates/min on the first device and on all devices."""
+def explore_part(devices, model, library, batch, rng, mismatches, processes):
+    """The exploration's candidates/min on the first device and on all devices: threads
+    (ParallelEvaluator), then with processes, one per device (ProcessEvaluator)."""
     x = rng.uniform(0, 1, size=(VAL_IMAGES.value, *model.input_shape[1:])).astype(np.float32)
     y = rng.integers(0, model.output_shape[-1], size=VAL_IMAGES.value)
-    evaluators = {"1": explore.ParallelEvaluator(model, x, y, devices[:1], batch_size=batch),
-                  "N": explore.ParallelEvaluator(model, x, y, devices, batch_size=batch)}
-    names, tables = list(evaluators["1"].layers), list(library.values())
+    kinds = [("ParallelEvaluator", lambda devs: explore.ParallelEvaluator(model, x, y, devs, batch_size=batch))]
+    if processes:
+        kinds.append(("ProcessEvaluator", lambda devs: explore.ProcessEvaluator(model, x, y, devs, batch_size=batch)))
+    names, tables = list(approx_names(model)), list(library.values())
 
     def draw():
         return {name: tables[rng.integers(len(tables))] for name in names}
@@ -195,22 +302,40 @@ def explore_part(devices, model, library, batch, rng, mismatches):
           f"no store, so every candidate is evaluated")
     print("| evaluator | devices | candidates | seconds | candidates/min | scaling |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    results = {}
-    for key, evaluator in evaluators.items():
-        for worker, assignment in zip(evaluator.workers, warm):
-            worker.accuracy(assignment)
-        # One timed pass (seconds() would evaluate the whole set again as its warm-up).
-        start = time.perf_counter()
-        accuracies = evaluator.accuracies(candidates)
-        results[key] = (time.perf_counter() - start, accuracies)
-    t1 = results["1"][0]
-    for key, devs in (("1", devices[:1]), ("N", devices)):
-        t = results[key][0]
-        print(f"| ParallelEvaluator | {short(devs)} | {len(candidates)} | {t:.2f} | {60 * len(candidates) / t:.1f} | "
-              f"{t1 / t:.2f}x |")
-    if results["1"][1] != results["N"][1]:
-        mismatches.append(f"exploration: {len(devices)}-device accuracies differ from the 1-device ones")
-        print(f"MISMATCH: {mismatches[-1]}")
+    reference = None
+    for kind, make in kinds:
+        results = {}
+        for key, devs in (("1", devices[:1]), ("N", devices)):
+            evaluator = make(devs)
+            try:
+                # Warm-ups first, one per worker (not timed): each worker's first candidate traces its
+                # tf.function that counts right answers.
+                if isinstance(evaluator, explore.ParallelEvaluator):
+                    for worker, assignment in zip(evaluator.workers, warm):
+                        worker.accuracy(assignment)
+                else:  # every worker is idle: each takes one
+                    evaluator.accuracies(warm[:len(devs)])
+                start = time.perf_counter()  # one timed pass (seconds() would evaluate the set twice)
+                accuracies = evaluator.accuracies(candidates)
+                results[key] = (time.perf_counter() - start, accuracies)
+            finally:
+                if hasattr(evaluator, "close"):
+                    evaluator.close()
+        t1 = results["1"][0]
+        for key, devs in (("1", devices[:1]), ("N", devices)):
+            t = results[key][0]
+            print(f"| {kind} | {short(devs)} | {len(candidates)} | {t:.2f} | {60 * len(candidates) / t:.1f} | "
+                  f"{t1 / t:.2f}x |")
+        reference = reference or results["1"][1]
+        for key, devs in (("1", devices[:1]), ("N", devices)):
+            if results[key][1] != reference:
+                mismatches.append(f"exploration: {kind} on {len(devs)} device(s) gives other accuracies")
+                print(f"MISMATCH: {mismatches[-1]}")
+
+
+def approx_names(model):
+    """The names of the layers an Evaluator of `model` makes approximate (its candidates' keys)."""
+    return [layer.name for layer in ta.layers.approx_layers(ta.approximate_model(model, ""))]
 
 
 def main(_):
@@ -244,13 +369,20 @@ def main(_):
     x = rng.uniform(0, 1, size=(models.IMAGES.value, *model.input_shape[1:])).astype(np.float32)
     mismatches = []
     print(f"\npredict: ResNet-20, {len(approx_layers)} approximate layers; one copy per "
-          f"device; all devices: the images in contiguous shards of whole batches, one thread per device")
+          f"device; all devices: the images in contiguous shards of whole batches, one thread per device "
+          f"(or one process per device: the rows marked processes)")
     print("| step | devices | seconds | images/s | G LUT-MAC/s | scaling vs 1 device |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for batch in batches:
-        predict_part(devices, copies, approx_layers, x, batch, mismatches)
+    processes = PROCESSES.value and SPLIT_GPU.value <= 1
+    workers = DeviceProcesses(devices, model, table) if processes else None
+    try:
+        for batch in batches:
+            predict_part(devices, copies, approx_layers, x, batch, mismatches, workers)
+    finally:
+        if workers is not None:
+            workers.close()
 
-    explore_part(devices, model, library, batches[0], rng, mismatches)
+    explore_part(devices, model, library, batches[0], rng, mismatches, processes)
     print(f"\nscaling goal (issue 15): >= 1.8x on 2 GPUs; outputs and accuracies "
           f"{'differ: ' + '; '.join(mismatches) if mismatches else 'equal between 1 and all devices'}")
     if mismatches:

@@ -306,6 +306,48 @@ def test_ray_evaluator_gives_an_evaluators_results_and_fills_the_store(trained, 
         ray.shutdown()
 
 
+def test_process_evaluator_gives_an_evaluators_results(trained, tmp_path, monkeypatch):
+    """Two worker processes on the CPU: a plain Evaluator's accuracies, a repeated candidate evaluated once,
+    the store filled here, tables sent once and named by digest afterwards (a worker cache of 2 tables,
+    so that tables also leave it and travel again), a worker's error raised here with the evaluator still
+    usable, and a killed worker closing the evaluator with a clear error."""
+    from tensorflow_approx import evaluators
+
+    model, x, y = trained
+    batch = [{}, {"dw": ZEROS}, {"fc": mx.get("drum4")}, {"conv": "drum6", "fc": ZEROS}, {"dw": ZEROS},
+             {"fc": "drum4"}, {"conv": ""}, {"conv": mx.get("drum4"), "dw": "drum6", "fc": "drum6"},
+             {"conv": "drum6", "dw": mx.get("drum4"), "fc": ZEROS}]
+    plain = explore.Evaluator(model, x, y)
+    expected = plain.accuracies(batch)
+    monkeypatch.setattr(evaluators, "_WORKER_TABLES", 2)
+    store = explore.ResultStore(str(tmp_path / "p.sqlite"))
+    with explore.ProcessEvaluator(model, x, y, ["/CPU:0", "/CPU:0"], store=store, cpu_threads=1) as evaluator:
+        assert evaluator.macs == plain.macs and list(evaluator.layers) == list(plain.layers)
+        assert evaluator.accuracies(batch) == expected
+        assert evaluator.evaluations == 6 and store.count(*evaluator.keys) == 6
+        assert all(len(kept) <= 2 for kept in evaluator._tables)
+        # A worker's error comes back with its traceback; the workers stay usable.
+        evaluator._local._tables = lambda a: ({"fc": ("bad", np.zeros(3, np.uint16))}, "bad-key")
+        with pytest.raises(RuntimeError, match="the worker of /CPU:0 failed"):
+            evaluator.accuracy({"fc": "drum4"})
+        del evaluator._local._tables
+        assert evaluator.accuracies(batch[::-1]) == expected[::-1] and evaluator.evaluations == 6
+        fresh = {"conv": ZEROS, "dw": ZEROS}
+        evaluator.workers[0].kill()
+        evaluator.workers[1].kill()
+        with pytest.raises(RuntimeError, match=r"ended \(exit code -9\); this ProcessEvaluator is closed"):
+            evaluator.accuracy(fresh)
+        assert evaluator.workers == []
+    with pytest.raises(ValueError, match="devices: '/TPU:0' is not a device name"):
+        explore.ProcessEvaluator(model, x, y, ["/TPU:0"])
+    with pytest.raises(ValueError, match=r"devices: '/GPU:7': this machine has \d+ GPU"):
+        explore.ProcessEvaluator(model, x, y, ["/GPU:7"])
+    with pytest.raises(ValueError, match="devices: give a list"):
+        explore.ProcessEvaluator(model, x, y, "/CPU:0")
+    with pytest.raises(ValueError, match="cpu_threads must be None or a positive integer"):
+        explore.ProcessEvaluator(model, x, y, ["/CPU:0"], cpu_threads=0)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_workers=0), "num_workers must be a positive integer"),
     (dict(num_workers="2"), "num_workers must be a positive integer"),
