@@ -145,7 +145,7 @@ def short(devices):
 
 def device_worker(conn, place, model_bytes, table):
     """A worker process of the process rows: sees its device alone (evaluators.see_only), makes its own
-    approximate copy of the model, then runs steps: ("predict" | "forward", images, batch) runs once
+    approximate copy of the model, then runs steps: ("predict" | "dataset" | "forward", images, batch) runs once
     untimed (traces), answers "warm", and then once per "go" it is sent, answering (start, stop, outputs)."""
     try:
         evaluators.see_only(place)
@@ -160,6 +160,9 @@ def device_worker(conn, place, model_bytes, table):
             if step == "predict":
                 def run():
                     return [copy.predict(images, batch_size=batch, verbose=0)]
+            elif step == "dataset":
+                def run():
+                    return [copy.predict(as_dataset(images, batch), verbose=0)]
             else:
                 batches = [tf.constant(images[j:j + batch]) for j in range(0, len(images), batch)]
 
@@ -227,6 +230,13 @@ class DeviceProcesses:
             process.join(30)
 
 
+def as_dataset(images, batch):
+    """The images as the tf.data input Keras' predict also takes, made in the timed step: predict on NumPy
+    arrays pays about 0.1 s per call for its own input pipeline (measured on the H200 host: 1 and 2 GPUs,
+    batches 1000 and 128), whatever the share of images, which bounds its scaling."""
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch)
+
+
 def predict_part(devices, copies, approx_layers, x, batch, mismatches, workers=None):
     """Rows of predict and forward at `batch`, the first device alone and all devices (approx_layers:
     the approximate layers of one copy)."""
@@ -237,6 +247,10 @@ def predict_part(devices, copies, approx_layers, x, batch, mismatches, workers=N
     def predict(i, part):
         with tf.device(devices[i]):  # the thread's ops run where its copy's variables are
             return [copies[i].predict(part, batch_size=batch, verbose=0)]
+
+    def predict_dataset(i, part):
+        with tf.device(devices[i]):
+            return [copies[i].predict(as_dataset(part, batch), verbose=0)]
 
     def on_device(i, part):
         with tf.device(devices[i]):
@@ -251,14 +265,18 @@ def predict_part(devices, copies, approx_layers, x, batch, mismatches, workers=N
     parts = [x[a:b] for a, b in shards(len(x), batch, n)]
     one_batches = on_device(0, x)
     all_batches = [on_device(i, part) for i, part in enumerate(parts)]
-    steps = {
-        f"predict batch {batch}": (lambda: explore.in_threads([lambda: predict(0, x)]),
-                                   lambda: explore.in_threads([lambda i=i, p=p: predict(i, p) for i, p in enumerate(parts)])),
+    steps = {  # label: (the worker processes' step, 1 device, all devices)
+        f"predict batch {batch}": (
+            "predict", lambda: explore.in_threads([lambda: predict(0, x)]),
+            lambda: explore.in_threads([lambda i=i, p=p: predict(i, p) for i, p in enumerate(parts)])),
+        f"predict batch {batch}, tf.data input": (
+            "dataset", lambda: explore.in_threads([lambda: predict_dataset(0, x)]),
+            lambda: explore.in_threads([lambda i=i, p=p: predict_dataset(i, p) for i, p in enumerate(parts)])),
         f"forward batch {batch}, on the device": (
-            lambda: explore.in_threads([lambda: forward(0, one_batches)]),
+            "forward", lambda: explore.in_threads([lambda: forward(0, one_batches)]),
             lambda: explore.in_threads([lambda i=i, b=b: forward(i, b) for i, b in enumerate(all_batches)])),
     }
-    for step, (one, every) in steps.items():
+    for step, (name, one, every) in steps.items():
         # seconds() calls each once untimed first: every copy's predict / tf.function is traced then.
         t1, y1 = timed(one)
         tn, yn = timed(every)
@@ -267,7 +285,6 @@ def predict_part(devices, copies, approx_layers, x, batch, mismatches, workers=N
             print(f"MISMATCH: {mismatches[-1]}")
         rows = [(step, devices[:1], t1, t1), (step, devices, tn, t1)]
         if workers is not None:  # the same step in one process per device
-            name = step.split(" batch")[0]
             p1, z1 = workers.run(name, [x], batch)
             pn, zn = workers.run(name, parts, batch)
             for outputs, count in ((z1, 1), (zn, n)):

@@ -32,7 +32,7 @@ Command line (a saved model, validation data as .npz with x and y, a folder of t
 
     python -m tensorflow_approx.explore --model m.keras --data val.npz --library ../shared/axmul_8x8 \
         [--store explore.sqlite] [--out front.csv] [--plot front.png] [--generations 10] [--population 24]
-        [--tiles K] [--devices all | --ray auto --workers N]
+        [--tiles K] [--devices all [--threads] | --ray auto --workers N]
 """
 
 import csv
@@ -316,8 +316,11 @@ def main(argv=None):
     parser.add_argument("--tiles", type=int, default=None,
                         help="ALWANN's accelerator: this many hardware tiles, each layer mapped to one")
     parser.add_argument("--devices", default=None,
-                        help='spread candidates over TensorFlow devices of this machine: "all" (every GPU) or '
-                             "names, e.g. /GPU:0,/GPU:1")
+                        help='spread candidates over devices of this machine, one worker process each: "all" '
+                             "(every GPU) or names, e.g. /GPU:0,/GPU:1")
+    parser.add_argument("--threads", action="store_true",
+                        help="with --devices: one thread per device in this process instead of a process per "
+                             "device (for logical devices; on GPUs the processes scale better)")
     parser.add_argument("--ray", default=None, metavar="ADDRESS",
                         help='spread candidates over Ray actors: "auto" (the cluster this machine joined with '
                              '`ray start`), "ray://host:10001", or "local" (a new Ray on this machine); '
@@ -329,17 +332,23 @@ def main(argv=None):
         parser.error("--ray and --devices exclude each other")
     if (args.ray is None) != (args.workers is None):
         parser.error("--ray and --workers go together")
+    if args.threads and args.devices is None:
+        parser.error("--threads goes with --devices")
     if args.ray is not None and tf.config.list_physical_devices("GPU"):
         # The driver only dispatches candidates: leave the GPUs of this machine to the actors (TensorFlow
         # would otherwise take their memory as soon as it loads the model).
         tf.config.set_visible_devices([], "GPU")
     devices = None
     if args.devices == "all":
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        # Physical GPUs: listing logical devices would start TensorFlow here, on every GPU's memory.
+        devices = [f"/GPU:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
         if not devices:
             parser.error("--devices all: TensorFlow sees no GPU here; name devices instead, e.g. /CPU:0")
     elif args.devices is not None:
         devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    if devices is not None and not args.threads:
+        for gpu in tf.config.list_physical_devices("GPU"):  # the worker processes need the GPUs' memory
+            tf.config.experimental.set_memory_growth(gpu, True)
 
     model = keras.models.load_model(args.model)
     with np.load(args.data) as data:
@@ -349,8 +358,10 @@ def main(argv=None):
     if args.ray is not None:
         evaluator = RayEvaluator(model, x, y, args.workers, store=store,
                                  address=None if args.ray == "local" else args.ray)
-    elif devices is not None:
+    elif devices is not None and args.threads:
         evaluator = ParallelEvaluator(model, x, y, devices, store=store)
+    elif devices is not None:
+        evaluator = ProcessEvaluator(model, x, y, devices, store=store)
     else:
         evaluator = Evaluator(model, x, y, store=store)
     try:
@@ -364,7 +375,7 @@ def main(argv=None):
             plot_points(points, args.plot, front)
         baseline = evaluator.accuracy({})
     finally:
-        if args.ray is not None:
+        if hasattr(evaluator, "close"):  # the Ray actors or worker processes
             evaluator.close()
     print(f"exact 8-bit accuracy {baseline:.4f}; {evaluator.evaluations} candidates evaluated now; front of "
           f"{len(front)} points written to {args.out}")

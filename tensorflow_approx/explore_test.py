@@ -296,11 +296,11 @@ def test_ray_evaluator_gives_an_evaluators_results_and_fills_the_store(trained, 
         argv = _write_search_inputs(trained, tmp_path) + ["--generations", "2"]  # a shorter search: 3 runs
         fronts = {}
         for name, extra in (("cli_ray", ["--ray", "auto", "--workers", "2"]), ("devices", ["--devices", "/CPU:0"]),
-                            ("one", [])):
+                            ("threads", ["--devices", "/CPU:0", "--threads"]), ("one", [])):
             explore.main(argv + extra + ["--store", str(tmp_path / f"{name}.sqlite"),
                                          "--out", str(tmp_path / f"{name}.json")])
             fronts[name] = json.load(open(tmp_path / f"{name}.json"))
-        assert fronts["cli_ray"] == fronts["devices"] == fronts["one"]
+        assert fronts["cli_ray"] == fronts["devices"] == fronts["threads"] == fronts["one"]
         assert _rows(str(tmp_path / "cli_ray.sqlite")) == _rows(str(tmp_path / "one.sqlite"))
     finally:
         ray.shutdown()
@@ -366,6 +366,7 @@ def test_ray_evaluator_names_bad_arguments(trained, kwargs, match):
     (["--workers", "2"], "--ray and --workers go together"),
     (["--ray", "auto"], "--ray and --workers go together"),
     (["--ray", "auto", "--workers", "2", "--devices", "all"], "--ray and --devices exclude each other"),
+    (["--threads"], "--threads goes with --devices"),
 ])
 def test_command_line_evaluator_options_are_checked(extra, match, capsys):
     with pytest.raises(SystemExit):
