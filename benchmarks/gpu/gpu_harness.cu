@@ -2,12 +2,19 @@
 // CPU reference of the core (exactly, on the integer sums and on the output bits), then times them on
 // the five layers of shared/design/performance.md against a texture-memory baseline in the same run.
 //
-//   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] [--profile LAYER [--kernel K]]
+//   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
+//               [--decomposed-only] [--decomposed-cases N] [--profile LAYER [--kernel K]]
+//
+// The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
+// cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
+// export_decompositions.py) and timed in a table of its own after the lookups' timings;
+// --decomposed-only runs only its checks and its table.
 //
 // Exit status 0 only when every check passed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <dirent.h>
 
 #include <algorithm>
 #include <cmath>
@@ -26,6 +33,7 @@
 
 #include "tensorflow_approx/cc/core/approx_conv_cpu.h"
 #include "tensorflow_approx/cc/core/conv_gpu.h"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 #include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/conv_shape.h"
 #include "tensorflow_approx/cc/core/lut.h"
@@ -111,6 +119,7 @@ struct Counts {
   int wide = 0;
   int split = 0;        // cases whose K was split between blocks
   int per_channel = 0;  // cases with a filter range per output channel
+  int decomposed = 0;   // cases of the decomposed tensor-core kernel (ApproxConvGpuDecomposed)
 
   void Add(const GpuPlan& plan, int64_t outputs) {
     ++cases;
@@ -282,13 +291,12 @@ bool CheckCase(const ConvShape& s, const std::vector<T>& input, const std::vecto
   return true;
 }
 
+// Random input and filter values: real zeros (the zero point) in a share that moves the tiled kernels
+// between their sparse and dense paths; a few extreme values and NaN on top.
 template <typename T>
-bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi, const FilterQuant& qf,
-                 const Lut& lut, const GpuOptions& opts, float in_lo, float in_hi, float f_lo, float f_hi,
-                 Counts* counts, const std::string& label) {
+void DrawData(std::mt19937_64& rng, const ConvShape& s, float in_lo, float in_hi, float f_lo, float f_hi,
+              std::vector<T>* input, std::vector<T>* filter) {
   std::uniform_real_distribution<double> u(0, 1);
-  // Real zeros (the zero point) in a share that moves the tiled kernels between their sparse and dense
-  // paths; a few extreme values and NaN on top.
   const double zeros = std::vector<double>{0.05, 0.3, 0.6, 0.9}[std::uniform_int_distribution<int>(0, 3)(rng)];
   auto draw = [&](double lo, double hi) -> double {
     double r = u(rng);
@@ -299,10 +307,102 @@ bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi
     const double margin = 0.1 * (hi - lo) + 0.1;
     return lo - margin + u(rng) * (hi - lo + 2 * margin);
   };
-  std::vector<T> input(s.input_elements()), filter(s.filter_elements());
-  for (auto& x : input) x = FromDouble<T>(draw(in_lo, in_hi));
-  for (auto& x : filter) x = FromDouble<T>(draw(f_lo, f_hi));
+  input->assign(static_cast<size_t>(s.input_elements()), T());
+  filter->assign(static_cast<size_t>(s.filter_elements()), T());
+  for (auto& x : *input) x = FromDouble<T>(draw(in_lo, in_hi));
+  for (auto& x : *filter) x = FromDouble<T>(draw(f_lo, f_hi));
+}
+
+template <typename T>
+bool RandomCaseT(std::mt19937_64& rng, const ConvShape& s, const QuantParams& qi, const FilterQuant& qf,
+                 const Lut& lut, const GpuOptions& opts, float in_lo, float in_hi, float f_lo, float f_hi,
+                 Counts* counts, const std::string& label) {
+  std::vector<T> input, filter;
+  DrawData(rng, s, in_lo, in_hi, f_lo, f_hi, &input, &filter);
   return CheckCase<T>(s, input, filter, qi, qf, lut, opts, counts, label);
+}
+
+// A random quantization for a case of shape s: the element type (unless forced), code width, ranges
+// (asymmetric, one-sided or zero-width, rounded through the type as the op reads them), schemes per
+// operand, and a quarter of the time a filter range per output channel.
+struct RandomQuant {
+  int type = 0;  // 0 float, 1 double, 2 half, 3 bfloat16
+  int bits = 8;
+  float in_lo = 0, in_hi = 0, f_lo = 0, f_hi = 0;
+  bool in_sym = false, in_narrow = false, f_sym = false, f_narrow = false;
+  QuantParams qi, qf;
+  std::vector<QuantParams> channel_q;  // empty: per tensor
+
+  FilterQuant Filter() const {
+    return channel_q.empty() ? FilterQuant(qf) : FilterQuant(channel_q.data(), static_cast<int64_t>(channel_q.size()));
+  }
+  // "asym/sym-narrow" and the like.
+  std::string Schemes() const {
+    const char* kNames[] = {"asym", "sym", "sym-narrow"};
+    return std::string(kNames[in_sym + in_narrow]) + "/" + kNames[f_sym + f_narrow];
+  }
+};
+
+// False when a drawn range was refused (the caller draws another case).
+bool DrawQuant(std::mt19937_64& rng, const ConvShape& s, int forced_type, RandomQuant* q) {
+  auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  q->bits = ri(0, 2) == 0 ? ri(2, 7) : 8;
+  // Ranges: asymmetric, one-sided, or zero-width, rounded through T as the op reads them.
+  std::uniform_real_distribution<float> uf(-3.f, 3.f);
+  auto range = [&](float* lo, float* hi) {
+    const int k = ri(0, 9);
+    if (k == 0) {
+      *lo = *hi = 0.f;
+    } else if (k == 1) {
+      *lo = 0.f;
+      *hi = std::fabs(uf(rng)) + 0.01f;
+    } else {
+      float a = uf(rng), b = uf(rng);
+      if (a > b) std::swap(a, b);
+      *lo = a;
+      *hi = b + 0.01f;
+    }
+  };
+  range(&q->in_lo, &q->in_hi);
+  range(&q->f_lo, &q->f_hi);
+  q->type = forced_type >= 0 ? forced_type : ri(0, 3);
+  auto round_t = [&](float x) -> float {
+    switch (q->type) {
+      case 2: return static_cast<float>(__half(x));
+      case 3: return static_cast<float>(__nv_bfloat16(x));
+      default: return x;
+    }
+  };
+  q->in_lo = round_t(q->in_lo), q->in_hi = round_t(q->in_hi), q->f_lo = round_t(q->f_lo), q->f_hi = round_t(q->f_hi);
+  if (q->in_lo > q->in_hi) std::swap(q->in_lo, q->in_hi);
+  if (q->f_lo > q->f_hi) std::swap(q->f_lo, q->f_hi);
+  // Schemes per operand: asymmetric mostly, else symmetric or symmetric with a narrow range.
+  auto scheme = [&](bool* symmetric, bool* narrow) {
+    const int k = ri(0, 5);
+    *symmetric = k >= 4;
+    *narrow = k == 5;
+  };
+  scheme(&q->in_sym, &q->in_narrow);
+  scheme(&q->f_sym, &q->f_narrow);
+  if (!MakeQuantParams(q->in_lo, q->in_hi, q->bits, "input_min", "input_max", &q->qi, q->in_sym, q->in_narrow).empty()) {
+    return false;
+  }
+  if (!MakeQuantParams(q->f_lo, q->f_hi, q->bits, "filter_min", "filter_max", &q->qf, q->f_sym, q->f_narrow).empty()) {
+    return false;
+  }
+  // A quarter of the cases: a filter range per output channel, each drawn as the tensor's was.
+  q->channel_q.clear();
+  if (ri(0, 3) == 0) {
+    q->channel_q.resize(static_cast<size_t>(s.out_depth));
+    for (QuantParams& c : q->channel_q) {
+      float lo, hi;
+      range(&lo, &hi);
+      lo = round_t(lo), hi = round_t(hi);
+      if (lo > hi) std::swap(lo, hi);
+      if (!MakeQuantParams(lo, hi, q->bits, "filter_min", "filter_max", &c, q->f_sym, q->f_narrow).empty()) return false;
+    }
+  }
+  return true;
 }
 
 // One random shape, attributes, type, table and kernel; false when the attributes were invalid.
@@ -354,63 +454,11 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   if (!ComputeConvShape(nchw ? in_dims_nchw : in_dims_nhwc, f_dims, attrs, &s).empty()) return false;
   if (s.output_elements() == 0 || s.lut_macs() > 6000000) return false;
 
-  const int bits = ri(0, 2) == 0 ? ri(2, 7) : 8;
-  // Ranges: asymmetric, one-sided, or zero-width, rounded through T as the op reads them.
-  std::uniform_real_distribution<float> uf(-3.f, 3.f);
-  auto range = [&](float* lo, float* hi) {
-    const int k = ri(0, 9);
-    if (k == 0) {
-      *lo = *hi = 0.f;
-    } else if (k == 1) {
-      *lo = 0.f;
-      *hi = std::fabs(uf(rng)) + 0.01f;
-    } else {
-      float a = uf(rng), b = uf(rng);
-      if (a > b) std::swap(a, b);
-      *lo = a;
-      *hi = b + 0.01f;
-    }
-  };
-  float in_lo, in_hi, f_lo, f_hi;
-  range(&in_lo, &in_hi);
-  range(&f_lo, &f_hi);
-  const int type = forced_type >= 0 ? forced_type : ri(0, 3);
-  auto round_t = [&](float x) -> float {
-    switch (type) {
-      case 2: return static_cast<float>(__half(x));
-      case 3: return static_cast<float>(__nv_bfloat16(x));
-      default: return x;
-    }
-  };
-  in_lo = round_t(in_lo), in_hi = round_t(in_hi), f_lo = round_t(f_lo), f_hi = round_t(f_hi);
-  if (in_lo > in_hi) std::swap(in_lo, in_hi);
-  if (f_lo > f_hi) std::swap(f_lo, f_hi);
-  // Schemes per operand: asymmetric mostly, else symmetric or symmetric with a narrow range.
-  auto scheme = [&](bool* symmetric, bool* narrow) {
-    const int k = ri(0, 5);
-    *symmetric = k >= 4;
-    *narrow = k == 5;
-  };
-  bool in_sym, in_narrow, f_sym, f_narrow;
-  scheme(&in_sym, &in_narrow);
-  scheme(&f_sym, &f_narrow);
-  QuantParams qi, qf;
-  if (!MakeQuantParams(in_lo, in_hi, bits, "input_min", "input_max", &qi, in_sym, in_narrow).empty()) return false;
-  if (!MakeQuantParams(f_lo, f_hi, bits, "filter_min", "filter_max", &qf, f_sym, f_narrow).empty()) return false;
-  // A quarter of the cases: a filter range per output channel, each drawn as the tensor's was.
-  std::vector<QuantParams> channel_q;
-  if (ri(0, 3) == 0) {
-    channel_q.resize(static_cast<size_t>(s.out_depth));
-    for (QuantParams& q : channel_q) {
-      float lo, hi;
-      range(&lo, &hi);
-      lo = round_t(lo), hi = round_t(hi);
-      if (lo > hi) std::swap(lo, hi);
-      if (!MakeQuantParams(lo, hi, bits, "filter_min", "filter_max", &q, f_sym, f_narrow).empty()) return false;
-    }
-    ++counts->per_channel;
-  }
-  const FilterQuant filter_q = channel_q.empty() ? FilterQuant(qf) : FilterQuant(channel_q.data(), s.out_depth);
+  RandomQuant q;
+  if (!DrawQuant(rng, s, forced_type, &q)) return false;
+  if (!q.channel_q.empty()) ++counts->per_channel;
+  const FilterQuant filter_q = q.Filter();
+  const int type = q.type;
 
   std::shared_ptr<const Lut> lut;
   std::string table_name;
@@ -433,17 +481,16 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   opts.force_wide = ri(0, 4) == 0;
   if (opts.force_wide) ++counts->wide;
   char label[256];
-  const char* kSchemeNames[] = {"asym", "sym", "sym-narrow"};
-  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s%s %s/%s",
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s%s %s",
                 nchw ? "NCHW" : "NHWC", batch, in_h, in_w, in_depth, groups, fh, fw, cg, groups * npg, sh, sw, dh,
-                dw, static_cast<int>(attrs.padding), bits, table_name.c_str(), channel_q.empty() ? "" : " per-channel",
-                kSchemeNames[in_sym + in_narrow], kSchemeNames[f_sym + f_narrow]);
+                dw, static_cast<int>(attrs.padding), q.bits, table_name.c_str(), q.channel_q.empty() ? "" : " per-channel",
+                q.Schemes().c_str());
   ++counts->per_type[type];
   switch (type) {
-    case 0: return RandomCaseT<float>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
-    case 1: return RandomCaseT<double>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
-    case 2: return RandomCaseT<__half>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
-    default: return RandomCaseT<__nv_bfloat16>(rng, s, qi, filter_q, *lut, opts, in_lo, in_hi, f_lo, f_hi, counts, label) || true;
+    case 0: return RandomCaseT<float>(rng, s, q.qi, filter_q, *lut, opts, q.in_lo, q.in_hi, q.f_lo, q.f_hi, counts, label) || true;
+    case 1: return RandomCaseT<double>(rng, s, q.qi, filter_q, *lut, opts, q.in_lo, q.in_hi, q.f_lo, q.f_hi, counts, label) || true;
+    case 2: return RandomCaseT<__half>(rng, s, q.qi, filter_q, *lut, opts, q.in_lo, q.in_hi, q.f_lo, q.f_hi, counts, label) || true;
+    default: return RandomCaseT<__nv_bfloat16>(rng, s, q.qi, filter_q, *lut, opts, q.in_lo, q.in_hi, q.f_lo, q.f_hi, counts, label) || true;
   }
 }
 
@@ -1164,13 +1211,603 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
   return mismatches;
 }
 
+// ---------------------------------------------------------------------------------------------------
+// The decomposed kernel (conv_gpu_decomposed.cu): an int8 tensor-core GEMM for tables with an exact
+// decomposition, held to the CPU reference (acc, act_sum, output bits) and to the lookups on the table
+// the decomposition describes (output bits).
+
+// A decomposition in host memory (what TableDecomposition points at, owned).
+struct HostDecomposition {
+  std::string name;
+  int terms = 0;
+  std::vector<int8_t> u, v;          // [terms][256]
+  std::vector<int32_t> alpha, beta;  // [256]
+  int64_t c0 = 0;
+
+  TableDecomposition View() const {
+    TableDecomposition d;
+    d.terms = terms;
+    d.u = u.data();
+    d.v = v.data();
+    d.alpha = alpha.data();
+    d.beta = beta.data();
+    d.c0 = c0;
+    return d;
+  }
+};
+
+// The table `d` describes, in int64 as the definition reads; "" or why it is no uint16 table.
+std::string TableOf(const HostDecomposition& d, Lut* lut) {
+  for (int a = 0; a < 256; ++a) {
+    for (int w = 0; w < 256; ++w) {
+      int64_t t = d.c0 + d.alpha[a] + d.beta[w];
+      for (int r = 0; r < d.terms; ++r) t += int64_t{d.u[r * 256 + a]} * d.v[r * 256 + w];
+      if (t < 0 || t > 65535) {
+        return d.name + ": entry (" + std::to_string(a) + ", " + std::to_string(w) + ") = " + std::to_string(t) +
+               " is outside [0, 65535]";
+      }
+      (*lut)[(a << 8) | w] = static_cast<uint16_t>(t);
+    }
+  }
+  return "";
+}
+
+// The exact product as one term: (a - 128)(w - 128) + 128a + 128w - 16384 = a * w.
+HostDecomposition ExactDecomposition() {
+  HostDecomposition d;
+  d.name = "exact";
+  d.terms = 1;
+  d.u.resize(256);
+  d.v.resize(256);
+  d.alpha.resize(256);
+  d.beta.resize(256);
+  for (int c = 0; c < 256; ++c) {
+    d.u[c] = d.v[c] = static_cast<int8_t>(c - 128);
+    d.alpha[c] = d.beta[c] = 128 * c;
+  }
+  d.c0 = -16384;
+  return d;
+}
+
+// A random decomposition of `terms` terms whose table lies in [0, 65535]: each term has one operand
+// over the whole int8 range (a quarter of the terms only its extremes -128 and 127) and the other
+// narrow enough that the products of all terms span at most 60000; alpha and beta take the rest of the
+// range around large offsets (up to 2^24, cancelled by c0), so the 64-bit free terms are exercised.
+HostDecomposition RandomDecomposition(std::mt19937_64& rng, int terms) {
+  auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  HostDecomposition d;
+  d.name = "random" + std::to_string(terms);
+  d.terms = terms;
+  d.u.resize(static_cast<size_t>(terms) * 256);
+  d.v.resize(static_cast<size_t>(terms) * 256);
+  const int narrow = std::max(1, std::min(127, 60000 / (terms * 2 * 128)));
+  for (int r = 0; r < terms; ++r) {
+    const bool u_full = ri(0, 1) == 1, extremes = ri(0, 3) == 0;
+    for (int c = 0; c < 256; ++c) {
+      const int full = extremes ? (ri(0, 1) ? -128 : 127) : ri(-128, 127);
+      const int small = ri(-narrow, narrow);
+      d.u[r * 256 + c] = static_cast<int8_t>(u_full ? full : small);
+    }
+    for (int c = 0; c < 256; ++c) {
+      const int full = extremes ? (ri(0, 1) ? -128 : 127) : ri(-128, 127);
+      const int small = ri(-narrow, narrow);
+      d.v[r * 256 + c] = static_cast<int8_t>(u_full ? small : full);
+    }
+  }
+  std::vector<int64_t> products(kLutEntries, 0);
+  for (int a = 0; a < 256; ++a)
+    for (int w = 0; w < 256; ++w)
+      for (int r = 0; r < terms; ++r) products[(a << 8) | w] += int64_t{d.u[r * 256 + a]} * d.v[r * 256 + w];
+  const auto span = std::minmax_element(products.begin(), products.end());
+  const int slack = static_cast<int>((65535 - (*span.second - *span.first)) / 2);
+  const int alpha_base = ri(-(1 << 24), 1 << 24), beta_base = ri(-(1 << 24), 1 << 24);
+  d.alpha.resize(256);
+  d.beta.resize(256);
+  for (int c = 0; c < 256; ++c) d.alpha[c] = alpha_base + ri(0, slack);
+  for (int c = 0; c < 256; ++c) d.beta[c] = beta_base + ri(0, slack);
+  int64_t lowest = INT64_MAX;
+  for (int a = 0; a < 256; ++a)
+    for (int w = 0; w < 256; ++w) lowest = std::min(lowest, products[(a << 8) | w] + d.alpha[a] + d.beta[w]);
+  d.c0 = -lowest;
+  return d;
+}
+
+// A NAME.decomp file of benchmarks/gpu/export_decompositions.py (little-endian): int32 terms, int8
+// u[terms][256], int8 v[terms][256], int32 alpha[256], int32 beta[256], int64 c0.
+std::string LoadDecompositionFile(const std::string& path, HostDecomposition* d) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return path + ": cannot open";
+  std::vector<unsigned char> bytes;
+  unsigned char buffer[4096];
+  size_t got;
+  while ((got = std::fread(buffer, 1, sizeof(buffer), f)) > 0 && bytes.size() < (1u << 20)) {
+    bytes.insert(bytes.end(), buffer, buffer + got);
+  }
+  std::fclose(f);
+  int32_t terms = -1;
+  if (bytes.size() >= 4) std::memcpy(&terms, bytes.data(), 4);
+  if (terms < 0 || terms > kGpuDecomposedMaxTerms) return path + ": bad term count " + std::to_string(terms);
+  const size_t want = 4 + 2 * static_cast<size_t>(terms) * 256 + 2 * 256 * 4 + 8;
+  if (bytes.size() != want) {
+    return path + ": " + std::to_string(bytes.size()) + " bytes, expected " + std::to_string(want) + " for " +
+           std::to_string(terms) + " terms";
+  }
+  d->terms = terms;
+  const unsigned char* p = bytes.data() + 4;
+  d->u.assign(reinterpret_cast<const int8_t*>(p), reinterpret_cast<const int8_t*>(p) + terms * 256);
+  p += terms * 256;
+  d->v.assign(reinterpret_cast<const int8_t*>(p), reinterpret_cast<const int8_t*>(p) + terms * 256);
+  p += terms * 256;
+  d->alpha.resize(256);
+  d->beta.resize(256);
+  std::memcpy(d->alpha.data(), p, 256 * 4);
+  std::memcpy(d->beta.data(), p + 256 * 4, 256 * 4);
+  std::memcpy(&d->c0, p + 2 * 256 * 4, 8);
+  return "";
+}
+
+struct DecomposedTable {
+  HostDecomposition decomposition;
+  std::shared_ptr<const Lut> lut;
+};
+
+// Every DIR/NAME.decomp whose DIR/NAME.bin exists, each verified on the host to reproduce that table
+// exactly (a file that does not is a failure: the exporter and the harness disagree on the format).
+std::vector<DecomposedTable> LoadDecompositions(const std::string& dir, Counts* counts) {
+  std::vector<std::string> names;
+  if (DIR* folder = opendir(dir.c_str())) {
+    while (const dirent* entry = readdir(folder)) {
+      const std::string file = entry->d_name;
+      const std::string suffix = ".decomp";
+      if (file.size() > suffix.size() && file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        names.push_back(file.substr(0, file.size() - suffix.size()));
+      }
+    }
+    closedir(folder);
+  }
+  std::sort(names.begin(), names.end());
+  std::vector<DecomposedTable> tables;
+  for (const std::string& name : names) {
+    std::shared_ptr<const Lut> lut;
+    if (!LoadLutFile(dir + "/" + name + ".bin", &lut).empty()) {
+      std::printf("decomposition %s: no %s.bin beside it, not used\n", name.c_str(), name.c_str());
+      continue;
+    }
+    DecomposedTable t;
+    t.decomposition.name = name;
+    std::string err = LoadDecompositionFile(dir + "/" + name + ".decomp", &t.decomposition);
+    Lut rebuilt;
+    if (err.empty()) err = TableOf(t.decomposition, &rebuilt);
+    if (err.empty() && rebuilt != *lut) err = "does not reproduce " + name + ".bin";
+    ++counts->cases;
+    if (!err.empty()) {
+      ++counts->failures;
+      std::printf("FAIL decomposition file %s: %s\n", name.c_str(), err.c_str());
+      continue;
+    }
+    t.lut = lut;
+    tables.push_back(std::move(t));
+  }
+  return tables;
+}
+
+// A decomposition in device memory for the lifetime of the object.
+struct DeviceDecomposition {
+  GpuDecomposition d;
+  explicit DeviceDecomposition(const HostDecomposition& host) {
+    const std::string err = GpuDecompositionUpload(host.View(), &d);
+    if (!err.empty()) {
+      std::fprintf(stderr, "GpuDecompositionUpload(%s): %s\n", host.name.c_str(), err.c_str());
+      std::exit(2);
+    }
+  }
+  ~DeviceDecomposition() { GpuDecompositionFree(&d); }
+  DeviceDecomposition(const DeviceDecomposition&) = delete;
+  DeviceDecomposition& operator=(const DeviceDecomposition&) = delete;
+};
+
+// "" or the first index where the integer sums differ.
+std::string FirstSumDifference(const char* what, const std::vector<int64_t>& got, const std::vector<int64_t>& want) {
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i]) {
+      return std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(got[i]) + ", reference " +
+             std::to_string(want[i]);
+    }
+  }
+  return "";
+}
+
+// Runs one case through ApproxConvGpuDecomposed (with the decomposition of `lut`), the CPU reference
+// and ApproxConvGpu on `lut`; returns "" or what differs.
+template <typename T>
+std::string CheckDecomposedOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
+                               const QuantParams& qi, const FilterQuant& qf, const HostDecomposition& decomposition,
+                               const Lut& lut, const GpuDecomposedOptions& base_opts) {
+  std::vector<uint8_t> in_codes, flt_codes;
+  HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
+  QuantizedConv conv;
+  conv.shape = s;
+  conv.input = in_codes.data();
+  conv.filter = flt_codes.data();
+  conv.input_zero_code = static_cast<uint8_t>(qi.zero_point);
+  conv.lut = lut.data();
+  std::vector<int64_t> ref_acc(s.output_elements()), ref_act(s.out_pixels() * s.groups());
+  ReferenceConvAccumulate(conv, 0, s.out_pixels(), ref_acc.data(), ref_act.data());
+  std::vector<T> ref_out(s.output_elements());
+  ApproxConvCpu<T>(s, input.data(), filter.data(), qi, qf, lut.data(), SerialFor(), ref_out.data(),
+                   CpuKernel::kReference);
+
+  DeviceBuffer<T> d_in(input.size()), d_flt(filter.size()), d_out(s.output_elements()), d_lookup(s.output_elements());
+  DeviceBuffer<int64_t> d_acc(ref_acc.size()), d_act(ref_act.size());
+  d_in.Upload(input);
+  d_flt.Upload(filter);
+  d_out.Poison(0xFF);  // NaN in every float type: an unwritten element cannot match
+  d_lookup.Poison(0xFF);
+  d_acc.Poison(0xA5);
+  d_act.Poison(0xA5);
+  const DeviceQuant d_q(qi, qf, s.taps());
+  const DeviceDecomposition d_dec(decomposition);
+  DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d_dec.d.terms));
+  d_ws.Poison(0xA5);  // the call must write (or clear) what it reads
+  DeviceBuffer<int> d_flags(kGpuFlagCount);
+  d_flags.Poison(0);
+  std::string err = GpuScanNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_flags.ptr, 0);
+  if (!err.empty()) return "GpuScanNan failed: " + err;
+  GpuDecomposedOptions opts = base_opts;
+  opts.debug_acc = d_acc.ptr;
+  opts.debug_act_sum = d_act.ptr;
+  err = ApproxConvGpuDecomposed<T>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_dec.d, d_out.ptr, 0, d_ws.ptr, d_ws.count, opts);
+  if (!err.empty()) return "ApproxConvGpuDecomposed failed: " + err;
+  err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_out.ptr, d_flags.ptr, 0);
+  if (!err.empty()) return "GpuPropagateNan failed: " + err;
+  // The lookups on the same table.
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  GpuOptions lookup_opts;
+  const Workspace d_lookup_ws(s, &lookup_opts);
+  err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_lookup.ptr, 0, lookup_opts);
+  if (!err.empty()) return "ApproxConvGpu failed: " + err;
+  err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_lookup.ptr, d_flags.ptr, 0);
+  if (!err.empty()) return "GpuPropagateNan failed: " + err;
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
+  err = FirstSumDifference("acc", d_acc.Download(), ref_acc);
+  if (!err.empty()) return err;
+  err = FirstSumDifference("act_sum", d_act.Download(), ref_act);
+  if (!err.empty()) return err;
+  const std::vector<T> out = d_out.Download(), lookup = d_lookup.Download();
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!SameOutputBits(out[i], ref_out[i])) {
+      return "output[" + std::to_string(i) + "] = " + std::to_string(static_cast<double>(out[i])) + ", reference " +
+             std::to_string(static_cast<double>(ref_out[i])) + " (bits differ)";
+    }
+  }
+  if (std::memcmp(out.data(), lookup.data(), out.size() * sizeof(T)) != 0) {
+    return "outputs differ from ApproxConvGpu's on the same table";
+  }
+  return "";
+}
+
+// CheckDecomposedOne, counted, and reported if it fails (among the first ten failures).
+template <typename T>
+bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
+                         const QuantParams& qi, const FilterQuant& qf, const HostDecomposition& decomposition,
+                         const Lut& lut, const GpuDecomposedOptions& opts, Counts* counts, const std::string& label) {
+  const std::string err = CheckDecomposedOne<T>(s, input, filter, qi, qf, decomposition, lut, opts);
+  ++counts->cases;
+  ++counts->decomposed;
+  counts->outputs_checked += s.output_elements();
+  if (err.empty()) return true;
+  ++counts->failures;
+  if (counts->failures <= 10) {
+    const GpuDecomposedTile tile =
+        opts.tile == GpuDecomposedTile::kAuto ? ChooseGpuDecomposedTile(s, decomposition.terms) : opts.tile;
+    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s]: %s\n", label.c_str(), TypeName<T>(),
+                decomposition.name.c_str(), decomposition.terms, GpuDecomposedTileName(tile),
+                opts.plain_fragment_loads ? ", plain loads" : "", err.c_str());
+  }
+  return false;
+}
+
+// One random shape (batch 1-8, 1-20 pixels a side, 1x1 / 3x3 / 5x5 filters, strides and dilations 1-2,
+// every padding, channels mostly multiples of 16 but not always, groups), quantization, element type,
+// decomposition (random, the exact product, or a table file's) and tile; false when the attributes
+// were invalid or the case too large for the CPU reference.
+bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTable>& files, Counts* counts,
+                          int forced_type = -1) {
+  auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const bool nchw = ri(0, 3) == 0;
+  int groups = 1, cg, npg;
+  const int gk = ri(0, 9);
+  if (gk < 7) {
+    groups = 1;
+  } else if (gk < 9) {
+    groups = ri(2, 4);
+  } else {
+    groups = ri(2, 24);  // depthwise-like
+  }
+  auto channels = [&](int most) { return ri(0, 4) < 3 ? 16 * ri(1, most / 16) : ri(1, most); };
+  cg = gk == 9 ? 1 : channels(groups == 1 ? 80 : 48);
+  npg = gk == 9 ? ri(1, 2) : channels(groups == 1 ? 160 : 64);
+  const int kernel = std::vector<int>{1, 3, 5}[ri(0, 2)];
+  const int sh = ri(1, 2), sw = ri(1, 2), dh = ri(1, 2), dw = ri(1, 2);
+  const int batch = ri(1, 8), in_h = ri(1, 20), in_w = ri(1, 20);
+  ConvAttrs attrs;
+  attrs.data_format = nchw ? DataFormat::kNCHW : DataFormat::kNHWC;
+  const int pk = ri(0, 9);
+  attrs.padding = pk < 4 ? Padding::kSame : pk < 7 ? Padding::kValid : Padding::kExplicit;
+  attrs.strides = nchw ? std::vector<int64_t>{1, 1, sh, sw} : std::vector<int64_t>{1, sh, sw, 1};
+  attrs.dilations = nchw ? std::vector<int64_t>{1, 1, dh, dw} : std::vector<int64_t>{1, dh, dw, 1};
+  if (attrs.padding == Padding::kExplicit) {
+    const int t = ri(0, 3), b = ri(0, 3), l = ri(0, 3), r = ri(0, 3);
+    attrs.explicit_paddings = nchw ? std::vector<int64_t>{0, 0, 0, 0, t, b, l, r}
+                                   : std::vector<int64_t>{0, 0, t, b, l, r, 0, 0};
+  }
+  const int in_depth = groups * cg;
+  const int64_t in_dims_nhwc[4] = {batch, in_h, in_w, in_depth};
+  const int64_t in_dims_nchw[4] = {batch, in_depth, in_h, in_w};
+  const int64_t f_dims[4] = {kernel, kernel, cg, groups * npg};
+  ConvShape s;
+  if (!ComputeConvShape(nchw ? in_dims_nchw : in_dims_nhwc, f_dims, attrs, &s).empty()) return false;
+  if (s.output_elements() == 0 || s.lut_macs() > 4000000) return false;
+
+  RandomQuant q;
+  if (!DrawQuant(rng, s, forced_type, &q)) return false;
+  if (!q.channel_q.empty()) ++counts->per_channel;
+
+  // The decomposition: the exact product, a table file's, or random (mostly 1-16 terms, at times up
+  // to kGpuDecomposedMaxTerms: wide slices).
+  HostDecomposition decomposition;
+  std::shared_ptr<const Lut> lut;
+  const int dk = ri(0, 9);
+  if (dk < 2) {
+    decomposition = ExactDecomposition();
+    lut = ExactLut();
+  } else if (dk < 5 && !files.empty()) {
+    const DecomposedTable& t = files[ri(0, static_cast<int>(files.size()) - 1)];
+    decomposition = t.decomposition;
+    lut = t.lut;
+  } else {
+    decomposition = RandomDecomposition(rng, ri(0, 9) == 0 ? ri(17, kGpuDecomposedMaxTerms) : ri(1, 16));
+    auto table = std::make_shared<Lut>();
+    const std::string err = TableOf(decomposition, table.get());
+    if (!err.empty()) {  // RandomDecomposition's own bound failed: a harness bug
+      ++counts->cases;
+      ++counts->failures;
+      std::printf("FAIL RandomDecomposition: %s\n", err.c_str());
+      return true;
+    }
+    lut = table;
+  }
+  GpuDecomposedOptions opts;
+  opts.tile = static_cast<GpuDecomposedTile>(ri(-1, static_cast<int>(GpuDecomposedTile::kCount) - 1));
+  opts.plain_fragment_loads = ri(0, 4) == 0;
+  char label[256];
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d%s %s",
+                nchw ? "NCHW" : "NHWC", batch, in_h, in_w, in_depth, groups, kernel, kernel, cg, groups * npg, sh,
+                sw, dh, dw, static_cast<int>(attrs.padding), q.bits, q.channel_q.empty() ? "" : " per-channel",
+                q.Schemes().c_str());
+  ++counts->per_type[q.type];
+  auto run = [&](auto type_tag) {
+    using T = decltype(type_tag);
+    std::vector<T> input, filter;
+    DrawData(rng, s, q.in_lo, q.in_hi, q.f_lo, q.f_hi, &input, &filter);
+    CheckDecomposedCase<T>(s, input, filter, q.qi, q.Filter(), decomposition, *lut, opts, counts, label);
+  };
+  switch (q.type) {
+    case 0: run(float()); break;
+    case 1: run(double()); break;
+    case 2: run(__half()); break;
+    default: run(__nv_bfloat16()); break;
+  }
+  return true;
+}
+
+// The reduction at the int32 limit: taps * terms = kGpuDecomposedMaxReduction products of 16384 each
+// (u = v = -128 everywhere, c0 = -16384: the table is 0), so the tensor-core sum is 2^31 - 16384 and
+// any overflow shows in acc; one more tap must be refused, not computed.
+void DecomposedLimitCases(std::mt19937_64& rng, Counts* counts) {
+  HostDecomposition top;
+  top.name = "products of 16384";
+  top.terms = 1;
+  top.u.assign(256, -128);
+  top.v.assign(256, -128);
+  top.alpha.assign(256, 0);
+  top.beta.assign(256, 0);
+  top.c0 = -16384;
+  Lut zeros;
+  zeros.fill(0);
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kValid;
+  const int64_t depth = kGpuDecomposedMaxReduction;
+  const int64_t in_dims[4] = {1, 1, 2, depth}, f_dims[4] = {1, 1, depth, 16};
+  ConvShape s;
+  if (!ComputeConvShape(in_dims, f_dims, attrs, &s).empty()) {
+    ++counts->cases;
+    ++counts->failures;
+    std::printf("FAIL decomposed limit case shape\n");
+    return;
+  }
+  QuantParams q;
+  MakeQuantParams(-1.f, 1.f, 8, "min", "max", &q);
+  std::vector<float> input, filter;
+  DrawData(rng, s, -1.f, 1.f, -1.f, 1.f, &input, &filter);
+  CheckDecomposedCase<float>(s, input, filter, q, q, top, zeros, GpuDecomposedOptions(), counts,
+                             "taps * terms = " + std::to_string(depth));
+
+  // Refusals: past the limit (by a tap, and by terms), and term counts outside [1, max].
+  const int64_t past_dims[4] = {1, 1, 2, depth + 1}, past_f[4] = {1, 1, depth + 1, 16};
+  ConvShape past;
+  ComputeConvShape(past_dims, past_f, attrs, &past);
+  const std::pair<std::string, std::string> refusals[] = {
+      {"one tap past the limit", GpuDecomposedSupports(past, 1)},
+      {"two terms past the limit", GpuDecomposedSupports(s, 2)},
+      {"no terms", GpuDecomposedSupports(s, 0)},
+      {"too many terms", GpuDecomposedSupports(s, kGpuDecomposedMaxTerms + 1)},
+  };
+  for (const auto& r : refusals) {
+    ++counts->cases;
+    if (r.second.empty()) {
+      ++counts->failures;
+      std::printf("FAIL GpuDecomposedSupports accepted a case it cannot compute exactly (%s)\n", r.first.c_str());
+    }
+  }
+}
+
+// A call without its workspace (missing, short, misaligned) or past the reduction limit must return an
+// error and launch nothing.
+void DecomposedRefusalChecks(Counts* counts) {
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kSame;
+  const int64_t in_dims[4] = {2, 8, 8, 64}, filter_dims[4] = {3, 3, 64, 64};
+  ConvShape s;
+  if (!ComputeConvShape(in_dims, filter_dims, attrs, &s).empty()) return;
+  QuantParams q;
+  MakeQuantParams(-1.f, 1.f, 8, "a", "b", &q);
+  DeviceBuffer<float> d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements());
+  d_in.Poison(0);
+  d_flt.Poison(0);
+  const DeviceQuant d_q(q, q, s.taps());
+  const DeviceDecomposition d_dec(ExactDecomposition());
+  const size_t need = GpuDecomposedWorkspaceBytes(s, d_dec.d.terms);
+  DeviceBuffer<uint8_t> d_ws(need + 16);
+  struct Case {
+    const char* what;
+    void* ptr;
+    size_t bytes;
+    const char* expect;
+  } cases[] = {{"no workspace", nullptr, 0, "workspace"},
+               {"one byte short", d_ws.ptr, need - 1, "workspace"},
+               {"misaligned", d_ws.ptr + 8, need, "workspace"}};
+  for (const Case& c : cases) {
+    ++counts->cases;
+    const std::string err =
+        ApproxConvGpuDecomposed<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_dec.d, d_out.ptr, 0, c.ptr, c.bytes);
+    if (err.find(c.expect) == std::string::npos) {
+      ++counts->failures;
+      std::printf("FAIL decomposed refusal (%s): expected an error naming the %s, got \"%s\"\n", c.what, c.expect,
+                  err.c_str());
+    }
+  }
+  CUDA_OR_DIE(cudaDeviceSynchronize());
+}
+
+void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int cases, Counts* counts) {
+  const std::vector<DecomposedTable> files = LoadDecompositions(table_dir, counts);
+  std::printf("decompositions: %zu table files from %s (NAME.decomp beside NAME.bin) + the exact product + random\n",
+              files.size(), table_dir.c_str());
+  for (int t = 0; t < 4; ++t)
+    for (int done = 0; done < 5;)
+      if (RandomDecomposedCase(rng, files, counts, t)) ++done;
+  for (int done = 0; done < cases;)
+    if (RandomDecomposedCase(rng, files, counts)) ++done;
+  DecomposedLimitCases(rng, counts);
+  DecomposedRefusalChecks(counts);
+}
+
+// The decomposed kernel against the lookups on the benchmark layers (realistic data, float32 NHWC):
+// the exact product as one term, then synthetic decompositions of 4, 8 and 16 terms. Rates in G
+// LUT-MAC/s: table lookups replaced per second (N * OH * OW * OC * taps), not int8 MACs. Every timed
+// output is also compared bit for bit with the lookups' on the same table.
+void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
+  QuantParams qi, qf;
+  BenchQuantParams(&qi, &qf);
+  std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 4),
+                                                   RandomDecomposition(rng, 8), RandomDecomposition(rng, 16)};
+  std::vector<std::unique_ptr<DeviceDecomposition>> d_decs;
+  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> d_luts;
+  for (const HostDecomposition& d : decompositions) {
+    Lut lut;
+    const std::string err = TableOf(d, &lut);
+    if (!err.empty()) {
+      std::printf("FAIL decomposed bench table: %s\n", err.c_str());
+      ++counts->failures;
+      return;
+    }
+    d_decs.emplace_back(new DeviceDecomposition(d));
+    d_luts.emplace_back(new DeviceBuffer<uint16_t>(kLutEntries));
+    d_luts.back()->Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  }
+  std::printf("\nDecomposed (int8 tensor cores): G LUT-MAC/s (table lookups replaced per second), float32 NHWC, "
+              "realistic data, median of %d runs;\nlookups = ApproxConvGpu (kAuto) on the exact table; "
+              "every call timed whole (quantization and planes included)\n", runs);
+  std::printf("%-20s %12s %12s %12s %12s %12s %-11s %8s\n", "shape", "lookups", "exact 1 term", "4 terms",
+              "8 terms", "16 terms", "tile", "speedup");
+  for (const BenchShape& b : kBenchShapes) {
+    const ConvShape s = MakeBenchShape(b, b.batch);
+    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+    FillData(rng, true, qi, qf, &in, &flt);
+    DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements()), d_ref(s.output_elements());
+    d_in.Upload(in);
+    d_flt.Upload(flt);
+    const DeviceQuant d_q(qi, qf, s.taps());
+    const double macs = static_cast<double>(s.lut_macs());
+    GpuOptions lookup_opts;
+    const Workspace d_lookup_ws(s, &lookup_opts);
+    std::string err;
+    auto lookups = [&](const uint16_t* lut, float* out) {
+      const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, lut, out, 0, lookup_opts);
+      if (!e.empty()) err = e;
+    };
+    const double lookup_rate = macs / MedianMs([&] { lookups(d_luts[0]->ptr, d_ref.ptr); }, runs) * 1e-6;
+    double rates[4];
+    for (size_t i = 0; i < decompositions.size(); ++i) {
+      const GpuDecomposition& d = d_decs[i]->d;
+      rates[i] = -1;
+      if (!GpuDecomposedSupports(s, d.terms).empty()) continue;
+      DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d.terms));
+      d_out.Poison(0xFF);
+      const double ms = MedianMs(
+          [&] {
+            const std::string e =
+                ApproxConvGpuDecomposed<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d, d_out.ptr, 0, d_ws.ptr, d_ws.count);
+            if (!e.empty()) err = e;
+          },
+          runs);
+      rates[i] = macs / ms * 1e-6;
+      // The same outputs as the lookups on the table this decomposition describes.
+      if (i > 0) lookups(d_luts[i]->ptr, d_ref.ptr);  // (d_ref holds the exact table's for i = 0)
+      CUDA_OR_DIE(cudaDeviceSynchronize());
+      ++counts->cases;
+      ++counts->decomposed;
+      counts->outputs_checked += s.output_elements();
+      const std::vector<float> out = d_out.Download(), ref = d_ref.Download();
+      if (!err.empty() || std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) != 0) {
+        ++counts->failures;
+        std::printf("FAIL decomposed bench %s (%s): %s\n", b.name, decompositions[i].name.c_str(),
+                    err.empty() ? "outputs differ from the lookups'" : err.c_str());
+        err.clear();
+      }
+    }
+    std::printf("%-20s %12.0f", b.name, lookup_rate);
+    for (double r : rates) {
+      if (r < 0) {
+        std::printf(" %12s", "n/a");
+      } else {
+        std::printf(" %12.0f", r);
+      }
+    }
+    std::printf(" %-11s", GpuDecomposedTileName(ChooseGpuDecomposedTile(s, 1)));
+    if (rates[0] < 0) {
+      std::printf(" %8s\n", "n/a");
+    } else {
+      std::printf(" %8.2f\n", rates[0] / lookup_rate);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string table_dir = std::getenv("GPU_TABLES") ? std::getenv("GPU_TABLES") : ".gpu_tables";
   int cases = 400, runs = 30;
   uint64_t seed = 20261128;
-  bool bench = true, sweep = false;
+  int decomposed_cases = 300;
+  bool bench = true, sweep = false, decomposed_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
   GpuKernel kernel = GpuKernel::kAuto;
   for (int i = 1; i < argc; ++i) {
@@ -1190,8 +1827,11 @@ int main(int argc, char** argv) {
     else if (a == "--sweep") sweep = true;
     else if (a == "--profile") profile = std::atoi(next());
     else if (a == "--kernel") kernel = static_cast<GpuKernel>(std::atoi(next()));
+    else if (a == "--decomposed-only") decomposed_only = true;
+    else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
-      std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] [--profile LAYER [--kernel K]]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
+                   "[--decomposed-only] [--decomposed-cases N] [--profile LAYER [--kernel K]]\n", argv[0]);
       return 2;
     }
   }
@@ -1211,25 +1851,32 @@ int main(int argc, char** argv) {
               table_dir.c_str());
 
   Counts counts;
-  // Every kernel on every type at least a few times, then random choices.
-  for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
-    for (int t = 0; t < 4; ++t)
-      for (int done = 0; done < 3;)
-        if (RandomCase(rng, tables, &counts, t, static_cast<GpuKernel>(k))) ++done;
-  for (int done = 0; done < cases;)
-    if (RandomCase(rng, tables, &counts)) ++done;
-  WideCases(rng, &counts);
-  LargeSumCases(rng, &counts);
-  WorkspaceChecks(&counts);
-  ConcurrentLaunchChecks(rng, &counts);
-  QuantFromRangesChecks(rng, &counts);
-  if (bench) Bench(rng, tables, runs, sweep, &counts);
+  if (!decomposed_only) {
+    // Every kernel on every type at least a few times, then random choices.
+    for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
+      for (int t = 0; t < 4; ++t)
+        for (int done = 0; done < 3;)
+          if (RandomCase(rng, tables, &counts, t, static_cast<GpuKernel>(k))) ++done;
+    for (int done = 0; done < cases;)
+      if (RandomCase(rng, tables, &counts)) ++done;
+    WideCases(rng, &counts);
+    LargeSumCases(rng, &counts);
+    WorkspaceChecks(&counts);
+    ConcurrentLaunchChecks(rng, &counts);
+    QuantFromRangesChecks(rng, &counts);
+  }
+  DecomposedChecks(rng, table_dir, decomposed_cases, &counts);
+  if (bench) {
+    if (!decomposed_only) Bench(rng, tables, runs, sweep, &counts);
+    DecomposedBench(rng, runs, &counts);
+  }
 
   std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",
               counts.cases, static_cast<long long>(counts.outputs_checked), counts.failures);
   std::printf("  by kernel:");
   for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
     std::printf(" %s %d", GpuKernelName(static_cast<GpuKernel>(k)), counts.per_kernel[k]);
+  std::printf("; decomposed (tensor cores) %d", counts.decomposed);
   std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d; K split %d; per-channel %d\n",
               counts.per_type[0], counts.per_type[1], counts.per_type[2], counts.per_type[3], counts.wide,
               counts.split, counts.per_channel);

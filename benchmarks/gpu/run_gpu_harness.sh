@@ -2,9 +2,11 @@
 # The one command of the GPU harness: builds the framework-free core and its CUDA kernels with nvcc
 # (no TensorFlow, no Bazel), checks them against the CPU reference, then times them.
 #
-#   benchmarks/gpu/run_gpu_harness.sh [harness arguments: --cases N --runs R --seed S --no-bench]
+#   benchmarks/gpu/run_gpu_harness.sh [harness arguments: --cases N --runs R --seed S --no-bench
+#                                      --decomposed-only --decomposed-cases N]
 #
-# Environment: GPU_TABLES (folder of EvoApprox .bin tables, default .gpu_tables), NVCC (default nvcc),
+# Environment: GPU_TABLES (folder of EvoApprox .bin tables, default .gpu_tables; NAME.decomp files from
+# benchmarks/gpu/export_decompositions.py beside them are used by the decomposed kernel's checks), NVCC (default nvcc),
 # BUILD_DIR (default build/gpu_harness), OUT (if set, the log is also written there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +17,7 @@ mkdir -p "$build"
 
 core=tensorflow_approx/cc/core
 sources=("$core/quantize.cc" "$core/lut.cc" "$core/conv_shape.cc" "$core/conv_reference.cc" "$core/conv_cpu.cc" "$core/conv_decomposed.cc"
-         "$core/conv_gpu.cu" "$core/lut_gpu.cu" "$core/nan_gpu.cu" "$core/quant_gpu.cu" benchmarks/gpu/gpu_harness.cu)
+         "$core/conv_gpu.cu" "$core/conv_gpu_decomposed.cu" "$core/lut_gpu.cu" "$core/nan_gpu.cu" "$core/quant_gpu.cu" benchmarks/gpu/gpu_harness.cu)
 # -fmad=false and -ffp-contract=off: the codes and outputs must round exactly as the CPU build does.
 flags=(-std=c++17 -O3 -I. -fmad=false -Xcompiler -ffp-contract=off
        -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90)

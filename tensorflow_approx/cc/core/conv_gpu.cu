@@ -653,21 +653,7 @@ constexpr int MaxTiledSmemBytes() {
 }
 constexpr int kMaxTiledSmemBytes = MaxTiledSmemBytes();
 
-struct DeviceInfo {
-  int sms = 0;
-  int smem_optin = 0;
-};
-
-std::string GetDeviceInfo(DeviceInfo* info) {
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return CudaError("cudaGetDevice", e);
-  e = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, device);
-  if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
-  e = cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
-  return "";
-}
+// (DeviceInfo and GetDeviceInfo: conv_gpu_common.cuh.)
 
 // How a tile covers a shape: blocks, k tiles, and the share of the tiles' outputs that are real.
 struct TileFit {

@@ -1,6 +1,7 @@
-// Device-side pieces shared by the CUDA files of the core (conv_gpu.cu, nan_gpu.cu, lut_gpu.cu):
-// element conversions that round as the CPU build does, the geometry in 32-bit integers, the output
-// store in either data format, CUDA error messages. Internal: included only by .cu files.
+// Device-side pieces shared by the CUDA files of the core (conv_gpu.cu, conv_gpu_decomposed.cu, nan_gpu.cu,
+// lut_gpu.cu): element conversions that round as the CPU build does, the geometry in 32-bit integers, the
+// output store in either data format, CUDA error messages, the device's sizes. Internal: included only
+// by .cu files.
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
 
@@ -119,6 +120,24 @@ inline GpuGeometry MakeGpuGeometry(const ConvShape& s) {
 inline std::string CudaError(const char* what, cudaError_t e) {
   return std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
          ")";
+}
+
+// The current device's multiprocessors and opt-in shared memory per block (what the plans size grids
+// and tiles by).
+struct DeviceInfo {
+  int sms = 0;
+  int smem_optin = 0;
+};
+
+inline std::string GetDeviceInfo(DeviceInfo* info) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaError("cudaGetDevice", e);
+  e = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
+  e = cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
+  return "";
 }
 
 }  // namespace gpu_internal

@@ -1,0 +1,120 @@
+// The decomposed convolution on an NVIDIA GPU: a table written as an exact sum of int8 products
+//   LUT[(a << 8) | w] = c0 + alpha[a] + beta[w] + sum over r < terms of u[r][a] * v[r][w]
+// (TableDecomposition, conv_kernels.h; tensorflow_approx/multipliers/decompose.py finds such forms)
+// turns the table lookups into one int8 GEMM on the tensor cores (mma.sync m16n8k32, int32 sums) whose
+// reduction axis is every tap's terms x channels:
+//   acc[p][co] = sum over spatial taps t of sum over r, ci of u[r][a(p, t, ci)] * v[r][w(t, ci, co)]
+//              + sum over taps of alpha[a] + sum over taps of beta[w] + taps * c0.
+// The outputs are bit for bit those of ApproxConvGpu with the table the decomposition describes: the
+// same integer sums (acc, act_sum, filter code sums) and the same DequantizeTerms epilogue.
+//
+// Per call, on the stream: the input is quantized once into codes, the codes are translated into int8
+// "planes" (per input pixel and group, the u values of every term and channel, laid out so that a
+// spatial tap's K slice is contiguous), the filter likewise into v planes, then one implicit-GEMM
+// launch gathers the planes tap by tap with cp.async and multiplies them on the tensor cores. All of
+// it lives in a workspace of GpuDecomposedWorkspaceBytes (roughly terms bytes per input element plus
+// terms bytes per filter element).
+//
+// Not a replacement for ApproxConvGpu's GpuOptions path: a separate entry point, because it needs a
+// decomposition (which only some tables have) and a larger workspace; the caller decides.
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_H_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_H_
+
+#include <cuda_runtime_api.h>
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "tensorflow_approx/cc/core/conv_gpu.h"
+#include "tensorflow_approx/cc/core/conv_kernels.h"
+#include "tensorflow_approx/cc/core/conv_shape.h"
+
+namespace tfapprox {
+
+// A TableDecomposition with its arrays in DEVICE memory (the kernels read u, v, alpha and beta there;
+// c0 and terms travel by value). terms >= 1: GpuDecompositionUpload turns a decomposition without
+// product terms (a table that is c0 + alpha[a] + beta[w]) into one zero term, so that the GEMM has a K.
+struct GpuDecomposition {
+  int terms = 0;
+  const int8_t* u = nullptr;       // [terms][256]
+  const int8_t* v = nullptr;       // [terms][256]
+  const int32_t* alpha = nullptr;  // [256]
+  const int32_t* beta = nullptr;   // [256]
+  int64_t c0 = 0;
+};
+
+// Most terms a decomposition may have here (the input translation holds every term's u, terms * 256
+// bytes, in shared memory).
+constexpr int kGpuDecomposedMaxTerms = 64;
+
+// Reduction entries (taps * terms) whose int32 tensor-core sums are exact: every product is at most
+// 128 * 128 = 16384 in magnitude, and 131071 * 16384 < 2^31. Longer reductions are refused (the
+// lookup kernels take them, with 64-bit sums).
+constexpr int64_t kGpuDecomposedMaxReduction = 131071;
+
+// Copies a host decomposition (host arrays) to new device memory, one allocation; GpuDecompositionFree
+// releases it. Returns "" or what went wrong (terms outside [0, kGpuDecomposedMaxTerms], CUDA errors).
+std::string GpuDecompositionUpload(const TableDecomposition& host, GpuDecomposition* device);
+std::string GpuDecompositionFree(GpuDecomposition* device);
+
+// The tile of the implicit GEMM (output pixels x output channels of a group per block). kAuto picks by
+// shape; the others exist so that the harness can hold each to the reference.
+enum class GpuDecomposedTile : int {
+  kAuto = -1,
+  kTile128x128 = 0,  // 8 warps, 64 x 32 each: large layers
+  kTile64x64 = 1,    // 4 warps, 32 x 32 each: layers too small to fill the GPU with 128 x 128 tiles
+  kTile128x32 = 2,   // 4 warps, 32 x 32 each: groups of at most 32 output channels
+  kCount = 3,
+};
+const char* GpuDecomposedTileName(GpuDecomposedTile tile);
+
+// The harness's knobs and the debug outputs (the same role as GpuOptions' fields of those names).
+struct GpuDecomposedOptions {
+  GpuDecomposedTile tile = GpuDecomposedTile::kAuto;
+  // Fragments read from shared memory with plain 32-bit loads instead of ldmatrix: slower, for telling a
+  // fragment-layout fault of one from the other.
+  bool plain_fragment_loads = false;
+  // Device buffers (optional): the integer sums as ReferenceConvAccumulate lays them out over all pixels,
+  // acc[p * out_depth + co] and act_sum[p * groups + g].
+  int64_t* debug_acc = nullptr;
+  int64_t* debug_act_sum = nullptr;
+};
+
+// Whether ApproxConvGpuDecomposed takes this shape with a decomposition of `terms` terms: 1 <= terms <=
+// kGpuDecomposedMaxTerms and taps * terms <= kGpuDecomposedMaxReduction (int32 sums exact; see above).
+// Otherwise every geometry the lookups take: NHWC or NCHW, any stride, dilation, padding and groups;
+// channels need not be multiples of 16 (a tap's slice of terms x channels bytes is padded with zero
+// products to whole 16-byte chunks, so odd channel counts only cost tensor-core work). Codes of any
+// width and scheme: the decomposition is of the table in the kernels' codes, as the lookups index it.
+// Returns "" when supported, else why not.
+std::string GpuDecomposedSupports(const ConvShape& shape, int terms);
+
+// The workspace of a call (bytes, 16-byte aligned pieces): the input codes, the u planes of the input
+// (about terms bytes per input element), the per-pixel sums, the v planes of the filter and the
+// per-channel sums.
+size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms);
+
+// What a call runs for this shape (kAuto resolved) on the current device.
+GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms);
+
+// Runs the op on `stream` with the decomposed table: T is float, double, __half or __nv_bfloat16; input
+// in shape.data_format, filter HWIO, quant the call's quantization (device memory, quant->channels
+// entries: per-channel filter ranges work as in ApproxConvGpu), output in the input's data format.
+// workspace: device memory of GpuDecomposedWorkspaceBytes(shape, d.terms) bytes, 16-byte aligned, used
+// on the stream only (calls in flight at once need their own). Returns "" when the work was queued,
+// otherwise what is wrong (an unsupported shape, a missing workspace, a CUDA error); never aborts.
+// NaN inputs are handled around it with GpuScanNan / GpuPropagateNan, as for ApproxConvGpu.
+template <typename T>
+std::string ApproxConvGpuDecomposed(const ConvShape& shape, const T* input, const T* filter, const GpuQuant* quant,
+                                    const GpuDecomposition& d, T* output, cudaStream_t stream, void* workspace,
+                                    size_t workspace_bytes,
+                                    const GpuDecomposedOptions& options = GpuDecomposedOptions());
+
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_H_
