@@ -3,12 +3,14 @@
 // the five layers of shared/design/performance.md against a texture-memory baseline in the same run.
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
-//               [--decomposed-only] [--decomposed-cases N] [--profile LAYER [--kernel K]]
+//               [--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
 // export_decompositions.py) and timed in a table of its own after the lookups' timings;
-// --decomposed-only runs only its checks and its table.
+// --decomposed-only runs only its checks and its tables (the timings, with GpuPreferDecomposed's picks,
+// then each launch's time for 1 and 16 terms, fused and separate pre-passes); --decomposed-phases runs
+// only the per-launch table.
 //
 // Exit status 0 only when every check passed.
 #include <cuda_bf16.h>
@@ -1502,9 +1504,10 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
   if (counts->failures <= 10) {
     const GpuDecomposedTile tile =
         opts.tile == GpuDecomposedTile::kAuto ? ChooseGpuDecomposedTile(s, decomposition.terms) : opts.tile;
-    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s]: %s\n", label.c_str(), TypeName<T>(),
+    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s%s]: %s\n", label.c_str(), TypeName<T>(),
                 decomposition.name.c_str(), decomposition.terms, GpuDecomposedTileName(tile),
-                opts.plain_fragment_loads ? ", plain loads" : "", err.c_str());
+                opts.plain_fragment_loads ? ", plain loads" : "",
+                opts.separate_prepasses ? ", separate pre-passes" : "", err.c_str());
   }
   return false;
 }
@@ -1582,6 +1585,7 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   GpuDecomposedOptions opts;
   opts.tile = static_cast<GpuDecomposedTile>(ri(-1, static_cast<int>(GpuDecomposedTile::kCount) - 1));
   opts.plain_fragment_loads = ri(0, 4) == 0;
+  opts.separate_prepasses = ri(0, 3) == 0;  // the first version's pre-passes, still held to the reference
   char label[256];
   std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d%s %s",
                 nchw ? "NCHW" : "NHWC", batch, in_h, in_w, in_depth, groups, kernel, kernel, cg, groups * npg, sh,
@@ -1696,6 +1700,42 @@ void DecomposedRefusalChecks(Counts* counts) {
   CUDA_OR_DIE(cudaDeviceSynchronize());
 }
 
+// Slices at the fused input pass's edge: cg = 8192 codes (one slice per block, fused) and 8193 (the
+// separate input kernels), and two groups of 4100 (one slice per block, two zero-point slices), with a
+// random 3-term decomposition (slices of 24 KB).
+void DecomposedWideSliceCases(std::mt19937_64& rng, Counts* counts) {
+  const HostDecomposition decomposition = RandomDecomposition(rng, 3);
+  Lut lut;
+  if (!TableOf(decomposition, &lut).empty()) {
+    ++counts->cases;
+    ++counts->failures;
+    std::printf("FAIL decomposed wide-slice table\n");
+    return;
+  }
+  QuantParams qi, qf;
+  MakeQuantParams(-1.f, 3.f, 8, "in_min", "in_max", &qi);
+  MakeQuantParams(-1.f, 1.f, 8, "f_min", "f_max", &qf);
+  ConvAttrs attrs;
+  attrs.strides = {1, 1, 1, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = Padding::kSame;
+  const int64_t shapes[][3] = {{8192, 1, 16}, {8193, 1, 16}, {4100, 2, 8}};  // cg, groups, npg
+  for (const auto& sh : shapes) {
+    const int64_t in_dims[4] = {1, 2, 3, sh[0] * sh[1]}, f_dims[4] = {1, 1, sh[0], sh[1] * sh[2]};
+    ConvShape s;
+    if (!ComputeConvShape(in_dims, f_dims, attrs, &s).empty()) {
+      ++counts->cases;
+      ++counts->failures;
+      std::printf("FAIL decomposed wide-slice shape\n");
+      continue;
+    }
+    std::vector<float> input, filter;
+    DrawData(rng, s, -1.f, 3.f, -1.f, 1.f, &input, &filter);
+    CheckDecomposedCase<float>(s, input, filter, qi, FilterQuant(qf), decomposition, lut, GpuDecomposedOptions(),
+                               counts, "wide slices cg " + std::to_string(sh[0]) + " groups " + std::to_string(sh[1]));
+  }
+}
+
 void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int cases, Counts* counts) {
   const std::vector<DecomposedTable> files = LoadDecompositions(table_dir, counts);
   std::printf("decompositions: %zu table files from %s (NAME.decomp beside NAME.bin) + the exact product + random\n",
@@ -1706,6 +1746,7 @@ void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int ca
   for (int done = 0; done < cases;)
     if (RandomDecomposedCase(rng, files, counts)) ++done;
   DecomposedLimitCases(rng, counts);
+  DecomposedWideSliceCases(rng, counts);
   DecomposedRefusalChecks(counts);
 }
 
@@ -1735,8 +1776,10 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   std::printf("\nDecomposed (int8 tensor cores): G LUT-MAC/s (table lookups replaced per second), float32 NHWC, "
               "realistic data, median of %d runs;\nlookups = ApproxConvGpu (kAuto) on the exact table; "
               "every call timed whole (quantization and planes included)\n", runs);
-  std::printf("%-20s %12s %12s %12s %12s %12s %-11s %8s\n", "shape", "lookups", "exact 1 term", "4 terms",
-              "8 terms", "16 terms", "tile", "speedup");
+  std::printf("%-20s %12s %12s %12s %12s %12s %-11s %8s %5s\n", "shape", "lookups", "exact 1 term", "4 terms",
+              "8 terms", "16 terms", "tile", "speedup", "auto");
+  std::vector<std::string> wrong_picks;
+  int picks = 0;
   for (const BenchShape& b : kBenchShapes) {
     const ConvShape s = MakeBenchShape(b, b.batch);
     std::vector<float> in(s.input_elements()), flt(s.filter_elements());
@@ -1793,11 +1836,115 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
     }
     std::printf(" %-11s", GpuDecomposedTileName(ChooseGpuDecomposedTile(s, 1)));
     if (rates[0] < 0) {
-      std::printf(" %8s\n", "n/a");
+      std::printf(" %8s", "n/a");
     } else {
-      std::printf(" %8.2f\n", rates[0] / lookup_rate);
+      std::printf(" %8.2f", rates[0] / lookup_rate);
+    }
+    // auto: GpuPreferDecomposed's choice for each column's terms (y: decomposed, n: lookups); a pick
+    // where the decomposed call measured slower than the lookups is a wrong pick.
+    char picked[5] = "----";
+    for (size_t i = 0; i < decompositions.size() && i < 4; ++i) {
+      const int terms = d_decs[i]->d.terms;
+      const bool pick = GpuPreferDecomposed(s, terms);
+      picked[i] = pick ? 'y' : 'n';
+      if (!pick) continue;
+      ++picks;
+      if (rates[i] < 0 || rates[i] < lookup_rate) {
+        char line[160];
+        std::snprintf(line, sizeof(line), "%s, %d terms: %.0f G LUT-MAC/s against the lookups' %.0f", b.name, terms,
+                      rates[i], lookup_rate);
+        wrong_picks.push_back(line);
+      }
+    }
+    std::printf(" %5s\n", picked);
+  }
+  std::printf("auto (GpuPreferDecomposed): %d picks of the decomposed kernel, %zu wrong picks (slower than the "
+              "lookups)\n", picks, wrong_picks.size());
+  for (const std::string& w : wrong_picks) std::printf("  wrong pick: %s\n", w.c_str());
+}
+
+// Where a decomposed call's time goes: per benchmark layer, 1 and 16 terms, the fused pre-passes (the
+// default) and the first version's separate ones, the median over `runs` calls of each launch's time
+// (cudaEvents recorded between the launches through GpuDecomposedOptions::phase_events; a phase a path
+// does not run shows 0), in microseconds, and the median of the whole call (first to last event).
+void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
+  QuantParams qi, qf;
+  BenchQuantParams(&qi, &qf);
+  const std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 16)};
+  std::vector<std::unique_ptr<DeviceDecomposition>> d_decs;
+  for (const HostDecomposition& d : decompositions) d_decs.emplace_back(new DeviceDecomposition(d));
+  std::printf("\nDecomposed phases: median us per launch over %d calls (float32 NHWC, realistic data); fused = the "
+              "default pre-passes, separate = the first version's\n", runs);
+  std::printf("%-20s %5s %-8s", "shape", "terms", "path");
+  for (int p = 0; p < kGpuDecomposedPhases; ++p) std::printf(" %10s", GpuDecomposedPhaseName(p));
+  std::printf(" %10s %10s %9s\n", "sum", "call", "G LUT/s");
+  const int nev = kGpuDecomposedPhases + 1;
+  std::vector<cudaEvent_t> ev;  // (runs + 3) calls' events, the first 3 calls a warm-up
+  for (int i = 0; i < (runs + 3) * nev; ++i) {
+    cudaEvent_t e;
+    CUDA_OR_DIE(cudaEventCreate(&e));
+    ev.push_back(e);
+  }
+  for (const BenchShape& b : kBenchShapes) {
+    const ConvShape s = MakeBenchShape(b, b.batch);
+    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+    FillData(rng, true, qi, qf, &in, &flt);
+    DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
+    d_in.Upload(in);
+    d_flt.Upload(flt);
+    const DeviceQuant d_q(qi, qf, s.taps());
+    for (size_t di = 0; di < d_decs.size(); ++di) {
+      const GpuDecomposition& d = d_decs[di]->d;
+      if (!GpuDecomposedSupports(s, d.terms).empty()) continue;
+      DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d.terms));
+      for (int separate = 0; separate < 2; ++separate) {
+        GpuDecomposedOptions opts;
+        opts.separate_prepasses = separate != 0;
+        std::string err;
+        for (int r = 0; r < runs + 3; ++r) {  // the first 3: warm-up
+          opts.phase_events = ev.data() + static_cast<size_t>(r) * nev;
+          const std::string e =
+              ApproxConvGpuDecomposed<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d, d_out.ptr, 0, d_ws.ptr, d_ws.count, opts);
+          if (!e.empty()) err = e;
+        }
+        CUDA_OR_DIE(cudaDeviceSynchronize());
+        if (!err.empty()) {
+          ++counts->cases;
+          ++counts->failures;
+          std::printf("FAIL decomposed phases %s: %s\n", b.name, err.c_str());
+          continue;
+        }
+        auto median = [](std::vector<double> v) {
+          std::sort(v.begin(), v.end());
+          return v[v.size() / 2];
+        };
+        std::printf("%-20s %5d %-8s", b.name, d.terms, separate ? "separate" : "fused");
+        double sum = 0;
+        for (int p = 0; p < kGpuDecomposedPhases; ++p) {
+          std::vector<double> us(runs);
+          for (int r = 0; r < runs; ++r) {
+            float t = 0;
+            const size_t at = static_cast<size_t>(r + 3) * nev + p;
+            CUDA_OR_DIE(cudaEventElapsedTime(&t, ev[at], ev[at + 1]));
+            us[r] = 1000.0 * t;
+          }
+          const double m = median(us);
+          sum += m;
+          std::printf(" %10.1f", m);
+        }
+        std::vector<double> call(runs);
+        for (int r = 0; r < runs; ++r) {
+          float t = 0;
+          const size_t at = static_cast<size_t>(r + 3) * nev;
+          CUDA_OR_DIE(cudaEventElapsedTime(&t, ev[at], ev[at + kGpuDecomposedPhases]));
+          call[r] = 1000.0 * t;
+        }
+        const double call_us = median(call);
+        std::printf(" %10.1f %10.1f %9.0f\n", sum, call_us, static_cast<double>(s.lut_macs()) / call_us * 1e-3);
+      }
     }
   }
+  for (cudaEvent_t e : ev) cudaEventDestroy(e);
 }
 
 }  // namespace
@@ -1807,7 +1954,7 @@ int main(int argc, char** argv) {
   int cases = 400, runs = 30;
   uint64_t seed = 20261128;
   int decomposed_cases = 300;
-  bool bench = true, sweep = false, decomposed_only = false;
+  bool bench = true, sweep = false, decomposed_only = false, phases_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
   GpuKernel kernel = GpuKernel::kAuto;
   for (int i = 1; i < argc; ++i) {
@@ -1828,10 +1975,12 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile = std::atoi(next());
     else if (a == "--kernel") kernel = static_cast<GpuKernel>(std::atoi(next()));
     else if (a == "--decomposed-only") decomposed_only = true;
+    else if (a == "--decomposed-phases") phases_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
-                   "[--decomposed-only] [--decomposed-cases N] [--profile LAYER [--kernel K]]\n", argv[0]);
+                   "[--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K]]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -1851,6 +2000,11 @@ int main(int argc, char** argv) {
               table_dir.c_str());
 
   Counts counts;
+  if (phases_only) {  // only the decomposed kernel's phase breakdown (no checks)
+    DecomposedPhases(rng, runs, &counts);
+    std::printf("\n%s\n", counts.failures == 0 ? "PHASES DONE" : "PHASES FAILED");
+    return counts.failures == 0 ? 0 : 1;
+  }
   if (!decomposed_only) {
     // Every kernel on every type at least a few times, then random choices.
     for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
@@ -1869,6 +2023,7 @@ int main(int argc, char** argv) {
   if (bench) {
     if (!decomposed_only) Bench(rng, tables, runs, sweep, &counts);
     DecomposedBench(rng, runs, &counts);
+    DecomposedPhases(rng, runs, &counts);
   }
 
   std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",

@@ -2,10 +2,12 @@
 
 Random configurations (dtypes, NHWC/NCHW, paddings, strides, dilations, groups, num_bits, tables as a
 file / uint16 tensor / float32 variable; symmetric schemes, 4-bit weights, int16 tables and per-channel
-filter ranges, with ranges reduced on the device), NaN inputs and filters, an invalid float32 table and refused ranges (all NaN on
-the GPU, an error on the CPU), and the Keras layers: predict on the GPU equal to the CPU, the table variable
-on the GPU, set_multiplier without retracing; the "table" gradient on the GPU against the CPU (equal to
-float32 rounding). Prints a short table; exit status 1 on any mismatch.
+filter ranges, with ranges reduced on the device), NaN inputs and filters, an invalid float32 table (an
+error on both devices), refused ranges (all NaN on the GPU, an error on the CPU), registered decompositions
+(the tensor-core kernel, which TFAPPROX_TRACE must name, against the CPU), and the Keras layers: predict on
+the GPU equal to the CPU, the table variable on the host, set_multiplier without retracing; the "table"
+gradient on the GPU against the CPU (equal to float32 rounding). Prints a short table; exit status 1 on any
+mismatch.
 
     python3 benchmarks/gpu/tf_gpu_check.py [--cases N] [--seed S]
 
@@ -161,19 +163,56 @@ def check_table_gradient(rng, cases=12):
 
 
 def check_invalid_table():
+    """A float32 table entry that is not an integer: InvalidArgument naming it on both devices (the GPU
+    kernel checks its table on the host)."""
     lut = mx.exact().lut.astype(np.float32)
     lut[7] = 0.5
     x, w = tf.ones([1, 4, 4, 2]), tf.ones([3, 3, 2, 3])
-    with tf.device("/GPU:0"):
-        y = ta.approx_conv2d_with_table(x, w, 0.0, 1.0, 0.0, 1.0, tf.constant(lut), [1, 1, 1, 1], "SAME")
-    gpu_all_nan = bool(np.isnan(y.numpy()).all())
-    with tf.device("/CPU:0"):
-        try:
-            ta.approx_conv2d_with_table(x, w, 0.0, 1.0, 0.0, 1.0, tf.constant(lut), [1, 1, 1, 1], "SAME")
-            cpu_error = False
-        except tf.errors.InvalidArgumentError as error:
-            cpu_error = "table entry 7" in str(error)
-    return gpu_all_nan and cpu_error
+    errors = []
+    for device in ("/GPU:0", "/CPU:0"):
+        with tf.device(device):
+            try:
+                ta.approx_conv2d_with_table(x, w, 0.0, 1.0, 0.0, 1.0, tf.constant(lut), [1, 1, 1, 1], "SAME").numpy()
+                errors.append(False)
+            except tf.errors.InvalidArgumentError as error:
+                errors.append("table entry 7" in str(error))
+    return all(errors)
+
+
+def check_decomposed(rng, trace_path):
+    """Tables registered with ta.register_decomposition (up to 16 terms) on layer shapes where the GPU
+    picks its tensor-core kernel: the GPU's outputs bit for bit the CPU's, asymmetric and symmetric codes
+    (the decomposition rearranged for shifted codes). Returns (cases, outputs, mismatches, GPU
+    configurations the trace names the decomposed kernel for)."""
+    tables = []
+    for name in ("exact", "drum4", "optrunc3", "coltrunc8", "etm3"):
+        lut = np.asarray(mx.get(name).lut, np.uint16)
+        if ta.register_decomposition(lut, max_terms=16) is not None:
+            tables.append((name, lut))
+    shapes = [(8, 28, 64, 64, 3), (2, 14, 256, 256, 3), (16, 16, 32, 32, 3), (4, 56, 64, 64, 3), (8, 28, 64, 256, 1)]
+    cases, outputs, mismatches = 0, 0, 0
+    for name, lut in tables:
+        for batch, size, cin, cout, k in shapes:
+            scheme = str(rng.choice(["asymmetric", "symmetric"]))
+            dtype = DTYPES[str(rng.choice(["float32", "float16", "bfloat16"]))]
+            x = np.maximum(rng.normal(size=(batch, size, size, cin)), 0).astype(np.float32)
+            w = rng.normal(scale=0.3, size=(k, k, cin, cout)).astype(np.float32)
+            out = {}
+            for device in ("/CPU:0", "/GPU:0"):
+                with tf.device(device):
+                    xt, wt = tf.cast(x, dtype), tf.cast(w, dtype)
+                    r = [tf.minimum(tf.reduce_min(xt), 0), tf.maximum(tf.reduce_max(xt), 0),
+                         tf.minimum(tf.reduce_min(wt), 0), tf.maximum(tf.reduce_max(wt), 0)]
+                    out[device] = ta.approx_conv2d_with_table(xt, wt, *r, table=tf.constant(lut), strides=[1, 1, 1, 1],
+                                                              padding="SAME", input_scheme=scheme, filter_scheme=scheme)
+            cases += 1
+            outputs += int(np.prod(out["/CPU:0"].shape))
+            if not np.array_equal(bits(out["/CPU:0"]), bits(out["/GPU:0"])):
+                mismatches += 1
+                print("  decomposed case differs:", name, (batch, size, cin, cout, k), scheme, dtype.name)
+    with open(trace_path) as f:
+        picked = sum("device=GPU" in line and "kernel=tensor-cores-decomposed" in line for line in f)
+    return cases, outputs, mismatches, picked
 
 
 def check_invalid_ranges():
@@ -212,7 +251,7 @@ def check_keras(tables):
     x = np.random.default_rng(5).uniform(size=(64, 16, 16, 3)).astype(np.float32)
     with tf.device("/GPU:0"):
         model = keras.Model(inputs, outputs)
-    on_gpu = all("GPU" in layer.lut.value.device for layer in model.layers if hasattr(layer, "lut"))
+    on_host = all("CPU" in layer.lut.value.device for layer in model.layers if hasattr(layer, "lut"))
     traces = []
 
     @tf.function
@@ -247,7 +286,7 @@ def check_keras(tables):
                 print("   ", layer.name, "layer equal:", np.array_equal(outs["/CPU:0"], outs["/GPU:0"]),
                       "fake-quant equal:", np.array_equal(outs.get("/CPU:0fq"), outs.get("/GPU:0fq")))
                 probe = outs["/CPU:0"]
-    return same, on_gpu, len(traces)
+    return same, on_host, len(traces)
 
 
 def main():
@@ -260,6 +299,8 @@ def main():
         return 2
     rng = np.random.default_rng(args.seed)
     folder = tempfile.mkdtemp()
+    # Read once, at the op's first call: which kernel ran, per configuration (check_decomposed reads it).
+    trace_path = os.environ.setdefault("TFAPPROX_TRACE", os.path.join(folder, "trace.tsv"))
     tables = []
     for name in ("exact", "drum4", "optrunc3", "mitchell", "etm3", "bam_h1_v6"):
         m = mx.get(name)
@@ -276,21 +317,25 @@ def main():
             print("MISMATCH", name, c)
     invalid_ok = check_invalid_table()
     ranges_ok = check_invalid_ranges()
-    keras_same, lut_on_gpu, traces = check_keras(tables)
+    keras_same, lut_on_host, traces = check_keras(tables)
+    decomposed = check_decomposed(rng, trace_path)
     gradient_error = check_table_gradient(rng)
     print(f"| check | result |\n| --- | --- |")
     print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme, "
           f"int16/uint16 table and per-tensor/per-channel filter ranges reduced on each device | {cases} cases, {outputs} outputs "
           f"({nans} NaN), {failures} mismatches |")
-    print(f"| invalid float32 table | GPU all NaN and CPU error: {invalid_ok} |")
+    print(f"| invalid float32 table | an error naming the entry on GPU and CPU: {invalid_ok} |")
+    print(f"| registered decompositions (<= 16 terms) on big layers, GPU vs CPU | {decomposed[0]} cases, "
+          f"{decomposed[1]} outputs, {decomposed[2]} mismatches; tensor-core kernel traced for {decomposed[3]} "
+          f"GPU configurations |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
-    print(f"| layer tables are GPU variables | {lut_on_gpu} |")
+    print(f"| layer tables are host variables | {lut_on_host} |")
     print(f"| tf.function traces over 4 swaps | {traces} |")
     print(f"| table gradient GPU vs CPU, 12 random cases (schemes, per-channel, int16) | largest difference "
           f"{gradient_error:.1e} of the gradient's largest magnitude |")
-    return 0 if (failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_gpu and traces == 1
-                 and gradient_error < 1e-4) else 1
+    return 0 if (failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_host and traces == 1
+                 and gradient_error < 1e-4 and decomposed[2] == 0 and decomposed[3] > 0) else 1
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ struct Layout {
   size_t code_sums = 0;     // int32 [items]: sum of the codes (<= cg * 255 < 2^31 within the K limit)
   size_t filter = 0;        // int8 [out_depth][k_padded]: v planes
   size_t channel_sums = 0;  // uint64 [2][out_depth]: beta sums, then filter code sums (modular adds)
+  size_t filter_codes = 0;  // uint8 [out_depth][taps]: the filter codes, K-contiguous (fused filter pass)
   size_t bytes = 0;
 };
 
@@ -81,6 +82,8 @@ Layout MakeLayout(const ConvShape& s, int terms) {
   at = Align16(at + static_cast<size_t>(s.out_depth) * l.k_padded);
   l.channel_sums = at;
   at = Align16(at + static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long));
+  l.filter_codes = at;
+  at = Align16(at + static_cast<size_t>(s.filter_elements()));
   l.bytes = at;
   return l;
 }
@@ -166,6 +169,146 @@ __global__ void __launch_bounds__(kPrepThreads)
   }
 }
 
+// The input pass in one launch (the default; InputCodesKernel + InputPlanesKernel remain for slices too
+// wide to stage, and as GpuDecomposedOptions::separate_prepasses). The separate planes kernel gives a
+// whole warp to one slice, of which only slice_chunks lanes work (4 of 32 for 64 channels and one term),
+// each with 16 byte loads from global memory in a row, and the codes make a round trip through global
+// memory. Here a block takes `per_block` consecutive slices, whose input elements are consecutive in
+// NHWC order (element (pixel * groups + grp) * cg + ci): (1) every thread quantizes elements of them
+// into shared memory (coalesced reads); (2) groups of `lanes` lanes (a power of two <= 32) sum alpha
+// and the codes of a slice from shared memory; (3) every thread writes whole 16-byte chunks of the
+// block's planes, which are consecutive too (coalesced stores, every lane busy). The same integer
+// results as the separate kernels: the same codes (QuantizeToCode), entries, sums. Block 0 also zeroes
+// the per-channel sums that FilterSumsKernel adds into (it runs after this launch on the stream), which
+// saves the memset.
+constexpr int kInputCodesPerBlock = 8192;  // codes a block of the fused input pass stages (bytes)
+
+// Four codes packed little-endian in a word (byte b: the code of entry b) -> their table entries packed
+// the same way.
+__device__ __forceinline__ uint32_t LookupBytes(const uint8_t* table, uint32_t codes) {
+  return static_cast<uint32_t>(table[codes & 0xFF]) | static_cast<uint32_t>(table[(codes >> 8) & 0xFF]) << 8 |
+         static_cast<uint32_t>(table[(codes >> 16) & 0xFF]) << 16 | static_cast<uint32_t>(table[codes >> 24]) << 24;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    InputPassKernel(const T* __restrict__ input, GpuGeometry g, Layout l, GpuDecomposition d,
+                    const GpuQuant* __restrict__ quant, int per_block, int lanes, int8_t* __restrict__ planes,
+                    long long* __restrict__ alpha_sums, int32_t* __restrict__ code_sums,
+                    unsigned long long* __restrict__ channel_sums) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int32_t* s_alpha = reinterpret_cast<int32_t*>(smem);
+  int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(int32_t));
+  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(int32_t) + d.terms * 256);  // [per_block][cg]
+  const int tid = threadIdx.x;
+  for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
+  for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
+  if (blockIdx.x == 0) {
+    for (int i = tid; i < 2 * g.out_depth; i += blockDim.x) channel_sums[i] = 0;
+  }
+  const int64_t slices = l.items + g.groups;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block;  // the block's first slice
+  const int count = static_cast<int>(min(static_cast<int64_t>(per_block), slices - first));
+  // Slices of input pixels; the rest (the last `groups` slices of all) are the zero point's.
+  const int real = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(count), l.items - first)));
+  const QuantParams qi = quant->input;
+  const uint8_t zp = static_cast<uint8_t>(qi.zero_point);
+
+  // (1) The codes of the block's slices.
+  {
+    const int n = count * g.cg, real_n = real * g.cg;
+    const int64_t base = first * g.cg;  // element index (NHWC order) of the block's first code
+    const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
+#pragma unroll 4
+    for (int e = tid; e < n; e += blockDim.x) {  // (unrolled: several loads in flight per thread)
+      uint8_t code = zp;
+      if (e < real_n) {
+        const int64_t i = base + e;
+        int64_t src = i;
+        if (g.nchw) {
+          const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
+          src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
+        }
+        code = QuantizeToCode(ToFloat(input[src]), qi);
+      }
+      s_codes[e] = code;
+    }
+  }
+  __syncthreads();
+
+  // (2) The sums of the input pixels' slices: `lanes` lanes per slice, 32 / lanes slices per warp and
+  // round. Every lane of a warp runs the same rounds (the shuffles need all of them); the xor offsets
+  // stay below `lanes`, inside the slice's aligned group of lanes.
+  {
+    const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+    const int per_warp = 32 / lanes;
+    const int sub = lane / lanes, li = lane - sub * lanes;
+    for (int round = warp * per_warp; round < real; round += warps * per_warp) {
+      const int item = round + sub;
+      long long alpha_sum = 0;
+      int code_sum = 0;
+      if (item < real) {
+        const uint8_t* in = s_codes + item * g.cg;
+        for (int ci = li; ci < g.cg; ci += lanes) {
+          const int code = in[ci];
+          alpha_sum += s_alpha[code];
+          code_sum += code;
+        }
+      }
+      for (int offset = lanes / 2; offset > 0; offset /= 2) {
+        alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
+        code_sum += __shfl_xor_sync(0xFFFFFFFFu, code_sum, offset);
+      }
+      if (li == 0 && item < real) {
+        alpha_sums[first + item] = alpha_sum;
+        code_sums[first + item] = code_sum;
+      }
+    }
+  }
+
+  // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
+  // terms * cg are 0), chunk q of the block at chunk q of its region.
+  {
+    const int used = d.terms * g.cg;
+    const int chunks = count * l.slice_chunks;
+    int8_t* out = planes + first * l.slice_bytes;
+    if (g.cg % kChunk == 0) {
+      // Whole chunks of one term and 16 consecutive channels (entry e0 = j * 16 is a multiple of 16, so is
+      // cg): the codes are one aligned 16-byte read (s_codes and item * cg + ci are multiples of 16), the
+      // entries u[r][code] byte for byte in the same order as below.
+      for (int q = tid; q < chunks; q += blockDim.x) {
+        const int item = q / l.slice_chunks, j = q - item * l.slice_chunks;
+        const int e0 = j * kChunk;
+        uint4 words = make_uint4(0, 0, 0, 0);
+        if (e0 < used) {
+          const int r = e0 / g.cg, ci = e0 - r * g.cg;
+          const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + ci);
+          const uint8_t* u = reinterpret_cast<const uint8_t*>(s_u) + r * 256;
+          words = make_uint4(LookupBytes(u, c.x), LookupBytes(u, c.y), LookupBytes(u, c.z), LookupBytes(u, c.w));
+        }
+        *reinterpret_cast<uint4*>(out + static_cast<int64_t>(q) * kChunk) = words;
+      }
+      return;
+    }
+    for (int q = tid; q < chunks; q += blockDim.x) {
+      const int item = q / l.slice_chunks, j = q - item * l.slice_chunks;
+      const uint8_t* in = s_codes + item * g.cg;
+      const int e0 = j * kChunk;
+      int r = e0 / g.cg, ci = e0 - r * g.cg;
+      uint32_t words[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int b = 0; b < kChunk; ++b) {
+        if (e0 + b < used) {
+          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_u[r * 256 + in[ci]])) << (8 * (b % 4));
+          if (++ci == g.cg) ci = 0, ++r;
+        }
+      }
+      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(q) * kChunk) =
+          make_uint4(words[0], words[1], words[2], words[3]);
+    }
+  }
+}
+
 // The v planes of the filter: one thread per 16-byte chunk of B ([co][k_padded], chunks of a row
 // adjacent: coalesced writes), each weight quantized with its channel's parameters. Chunks past K and
 // entries past terms * cg of a slice are 0.
@@ -202,12 +345,16 @@ __global__ void __launch_bounds__(kPrepThreads)
 
 // Per output channel: the sum of beta over its weights and the sum of its codes, added into zeroed
 // sums (modular 64-bit adds: a negative beta sum comes out right as int64). Threads of a warp take
-// adjacent channels (coalesced HWIO reads), each a run of kFilterRun taps.
+// adjacent channels (coalesced HWIO reads), each a run of kFilterRun taps. With codes_out (the fused
+// path) it also writes every weight's code, K-contiguous per channel ([co][taps]: a thread's run is 32
+// consecutive bytes), so that FilterPlanesFromCodesKernel quantizes nothing: each weight is quantized
+// once per call instead of once per term, and read coalesced instead of with a stride of out_depth.
 constexpr int kFilterRun = 32;
 template <typename T>
 __global__ void __launch_bounds__(kPrepThreads)
     FilterSumsKernel(const T* __restrict__ filter, GpuGeometry g, GpuDecomposition d,
-                     const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums) {
+                     const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums,
+                     uint8_t* __restrict__ codes_out) {
   const int64_t runs = (static_cast<int64_t>(g.taps) + kFilterRun - 1) / kFilterRun * g.out_depth;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -219,9 +366,58 @@ __global__ void __launch_bounds__(kPrepThreads)
       const uint32_t code = QuantizeToCode(ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]), qf);
       beta_sum += __ldg(d.beta + code);
       code_sum += code;
+      if (codes_out != nullptr) codes_out[static_cast<int64_t>(co) * g.taps + k] = static_cast<uint8_t>(code);
     }
     atomicAdd(&sums[co], static_cast<unsigned long long>(beta_sum));
     atomicAdd(&sums[g.out_depth + co], static_cast<unsigned long long>(code_sum));
+  }
+}
+
+// The v planes of the filter from the codes FilterSumsKernel wrote: FilterPlanesKernel's chunks and
+// entries, with each entry's code read from the channel's K-contiguous codes (adjacent threads read
+// adjacent bytes) and v from shared memory.
+__global__ void __launch_bounds__(kPrepThreads)
+    FilterPlanesFromCodesKernel(const uint8_t* __restrict__ f_codes, GpuGeometry g, Layout l, GpuDecomposition d,
+                                int8_t* __restrict__ b_planes) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int8_t* s_v = reinterpret_cast<int8_t*>(smem);  // [terms][256]
+  for (int i = threadIdx.x; i < d.terms * 256; i += blockDim.x) s_v[i] = d.v[i];
+  __syncthreads();
+  const int64_t row_chunks = l.k_padded / kChunk;
+  const int64_t total = row_chunks * g.out_depth;
+  const int used = d.terms * g.cg;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int co = static_cast<int>(i / row_chunks);
+    const int64_t q = i - static_cast<int64_t>(co) * row_chunks;
+    uint32_t words[4] = {0, 0, 0, 0};
+    if (q < l.k_chunks) {
+      const int tap = static_cast<int>(q / l.slice_chunks);  // spatial tap kh * filter_w + kw
+      const int e0 = static_cast<int>(q - static_cast<int64_t>(tap) * l.slice_chunks) * kChunk;
+      const uint8_t* codes = f_codes + static_cast<int64_t>(co) * g.taps + static_cast<int64_t>(tap) * g.cg;
+      if (g.cg % kChunk == 0) {
+        // As in InputPassKernel: one term, 16 consecutive channels, one aligned 16-byte read (f_codes is
+        // 16-byte aligned, taps and tap * cg + ci are multiples of 16).
+        if (e0 < used) {
+          const int r = e0 / g.cg, ci = e0 - r * g.cg;
+          const uint4 c = __ldg(reinterpret_cast<const uint4*>(codes + ci));
+          const uint8_t* v = reinterpret_cast<const uint8_t*>(s_v) + r * 256;
+          words[0] = LookupBytes(v, c.x), words[1] = LookupBytes(v, c.y);
+          words[2] = LookupBytes(v, c.z), words[3] = LookupBytes(v, c.w);
+        }
+        *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+        continue;
+      }
+      int r = e0 / g.cg, ci = e0 - r * g.cg;
+#pragma unroll
+      for (int b = 0; b < kChunk; ++b) {
+        if (e0 + b < used) {
+          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_v[r * 256 + codes[ci]])) << (8 * (b % 4));
+          if (++ci == g.cg) ci = 0, ++r;
+        }
+      }
+    }
+    *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
   }
 }
 
@@ -291,7 +487,23 @@ struct GemmArgs {
   long long taps_c0;                       // taps * c0
   Layout l;
   int m_tiles, n_tiles, k_tiles;
+  bool pair_stores;  // NHWC, even npg, output aligned to two elements (see the epilogue)
 };
+
+// Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
+// address, as two scalar stores would put them.
+__device__ __forceinline__ void StorePair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void StorePair(double* p, double a, double b) {
+  *reinterpret_cast<double2*>(p) = make_double2(a, b);
+}
+__device__ __forceinline__ void StorePair(__half* p, __half a, __half b) {
+  *reinterpret_cast<__half2*>(p) = __halves2half2(a, b);
+}
+__device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __nv_bfloat16 b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
+}
 
 template <int BM, int BN>
 constexpr int GemmSmemBytes() {
@@ -345,44 +557,72 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
   __syncthreads();
 
   const int8_t* zero_point_slice = args.planes + (l.items + grp) * l.slice_bytes;
+  // The loaders' fixed parts. Copy idx = tid + i * NT_THREADS of a stage is chunk idx % kChunksPerRow of
+  // row idx / kChunksPerRow; NT_THREADS being a multiple of kChunksPerRow, a thread's chunk column is
+  // the same in every copy and every stage, and its rows are fixed: their pixels (A) and filter rows
+  // (B) are taken once, into registers.
+  static_assert(NT_THREADS % kChunksPerRow == 0, "a thread's chunk column is fixed");
+  constexpr int kRowsPerPass = NT_THREADS / kChunksPerRow;
+  const int load_col = tid % kChunksPerRow, load_row = tid / kChunksPerRow;
+  int4 a_pix[A_CHUNKS];
+#pragma unroll
+  for (int i = 0; i < A_CHUNKS; ++i) a_pix[i] = s_pix[load_row + i * kRowsPerPass];
+  const int8_t* b_src[B_CHUNKS];
+#pragma unroll
+  for (int i = 0; i < B_CHUNKS; ++i) {
+    const int channel = n0 + load_row + i * kRowsPerPass;  // within the group
+    b_src[i] = channel < g.npg
+                   ? args.b_planes + static_cast<int64_t>(grp * g.npg + channel) * l.k_padded + load_col * kChunk
+                   : nullptr;
+  }
+  // Where the thread's A chunk of the next stage to load lies in K: chunk a_kc of K, chunk a_j of
+  // spatial tap (a_kh, a_kw)'s slice. Stages are loaded in order (kt = 0, 1, 2, ...: the prologue's, then
+  // the main loop's kt + kStages - 1), so each load steps it by kChunksPerRow chunks, with no division
+  // (the earlier loader divided a 64-bit chunk index per copy and stage, most of a stage's instructions).
+  const int k_chunks = static_cast<int>(l.k_chunks);  // K bytes < 2^31 (the reduction limit)
+  int a_kc = load_col;
+  int a_j = load_col % l.slice_chunks;
+  int a_kh = (load_col / l.slice_chunks) / g.filter_w;
+  int a_kw = (load_col / l.slice_chunks) - a_kh * g.filter_w;
   // Stage `slot` <- K tile kt: A chunk c of pixel row r is chunk j of spatial tap `tap` of the pixel's
   // patch; B chunk c of channel row r is bytes kt * kBK + 16c of that channel's filter row.
   auto load_stage = [&](int slot, int kt) {
     const uint32_t a_base = SharedAddress(s_a + slot * BM * kBK);
+    const bool k_inside = a_kc < k_chunks;
+    const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
 #pragma unroll
     for (int i = 0; i < A_CHUNKS; ++i) {
-      const int idx = tid + i * NT_THREADS;
-      const int row = idx / kChunksPerRow, c = idx % kChunksPerRow;
-      const int64_t kc = static_cast<int64_t>(kt) * kChunksPerRow + c;
-      const int4 pix = s_pix[row];
+      const int row = load_row + i * kRowsPerPass;
+      const int4 pix = a_pix[i];
       const int8_t* src = args.planes;
       bool fill = false;
-      if (pix.w && kc < l.k_chunks) {
-        const int tap = static_cast<int>(kc / l.slice_chunks);
-        const int j = static_cast<int>(kc - static_cast<int64_t>(tap) * l.slice_chunks);
-        const int kh = tap / g.filter_w, kw = tap - kh * g.filter_w;
-        const int ih = pix.y + kh * g.dil_h, iw = pix.z + kw * g.dil_w;
+      if (pix.w && k_inside) {
+        const int ih = pix.y + dh, iw = pix.z + dw;
         const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
                             static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w);
         const int8_t* slice =
             inside ? args.planes + (static_cast<int64_t>(pix.x + ih * g.in_w + iw) * g.groups + grp) * l.slice_bytes
                    : zero_point_slice;
-        src = slice + j * kChunk;
+        src = slice + a_j * kChunk;
         fill = true;
       }
-      CopyChunkAsync(a_base + StageOffset(row, c), src, fill);
+      CopyChunkAsync(a_base + StageOffset(row, load_col), src, fill);
+    }
+    // Step to the next stage's chunk: kChunksPerRow chunks on, across as many slice ends as it passes
+    // (slices of fewer than kChunksPerRow chunks: several).
+    a_kc += kChunksPerRow;
+    a_j += kChunksPerRow;
+    while (a_j >= l.slice_chunks) {
+      a_j -= l.slice_chunks;
+      if (++a_kw == g.filter_w) a_kw = 0, ++a_kh;
     }
     const uint32_t b_base = SharedAddress(s_b + slot * BN * kBK);
 #pragma unroll
     for (int i = 0; i < B_CHUNKS; ++i) {
-      const int idx = tid + i * NT_THREADS;
-      const int row = idx / kChunksPerRow, c = idx % kChunksPerRow;
-      const int channel = n0 + row;  // within the group
-      const bool fill = channel < g.npg;
-      const int8_t* src =
-          fill ? args.b_planes + static_cast<int64_t>(grp * g.npg + channel) * l.k_padded + kt * kBK + c * kChunk
-               : args.b_planes;
-      CopyChunkAsync(b_base + StageOffset(row, c), src, fill);
+      const int row = load_row + i * kRowsPerPass;
+      const bool fill = b_src[i] != nullptr;
+      CopyChunkAsync(b_base + StageOffset(row, load_col), fill ? b_src[i] + static_cast<int64_t>(kt) * kBK : args.b_planes,
+                     fill);
     }
   };
 
@@ -497,26 +737,51 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
   // then the lookup kernels' dequantization, channel by channel.
   const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
   const bool per_channel = epi.quant->channels != 1;
+  // A lane's outputs come in pairs of adjacent channels (2t, 2t + 1 of an n8 tile). In NHWC with an even
+  // npg (so an even co and out_depth) and an output aligned to two elements, a pair is one aligned
+  // 2-element store: a warp's store then fills 8 whole 32-byte sectors (float; 16-byte halves of them
+  // for half types) instead of touching 8 sectors twice at half use, with half the store instructions.
+  const bool pair_stores = args.pair_stores;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
+    const int channel0 = n0 + warp_n * WN + nt * 8 + 2 * in_group;  // even
+    if (channel0 >= g.npg) continue;
+    const bool second = channel0 + 1 < g.npg;
+    const int co0 = grp * g.npg + channel0;
+    long long channel_term[2] = {0, 0}, w_sum[2] = {0, 0};
+    DequantizeTerms<Real> terms[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int channel = n0 + warp_n * WN + nt * 8 + 2 * in_group + e;
-      if (channel >= g.npg) continue;
-      const int co = grp * g.npg + channel;
-      const long long channel_term = static_cast<long long>(__ldg(args.channel_sums + co)) + args.taps_c0;
-      const long long w_sum = static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co));
-      const DequantizeTerms<Real> terms = ChannelTerms(epi.quant, per_channel, co, deq);
+      if (e == 1 && !second) break;
+      channel_term[e] = static_cast<long long>(__ldg(args.channel_sums + co0 + e)) + args.taps_c0;
+      w_sum[e] = static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co0 + e));
+      terms[e] = ChannelTerms(epi.quant, per_channel, co0 + e, deq);
+    }
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = warp_m * WM + mt * 16 + group_id + half * 8;
-          const int p = m0 + row;
-          if (p >= g.pixels) continue;
-          const int64_t sum = static_cast<int64_t>(acc[mt][nt][2 * half + e]) + s_alpha[row] + channel_term;
-          StoreOutput(g, output, p, co, FromReal<T>(terms(sum, s_codes[row], w_sum)));
-          if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = sum;
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_m * WM + mt * 16 + group_id + half * 8;
+        const int p = m0 + row;
+        if (p >= g.pixels) continue;
+        const int64_t sum0 = static_cast<int64_t>(acc[mt][nt][2 * half]) + s_alpha[row] + channel_term[0];
+        const T v0 = FromReal<T>(terms[0](sum0, s_codes[row], w_sum[0]));
+        if (!second) {
+          StoreOutput(g, output, p, co0, v0);
+          if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = sum0;
+          continue;
+        }
+        const int64_t sum1 = static_cast<int64_t>(acc[mt][nt][2 * half + 1]) + s_alpha[row] + channel_term[1];
+        const T v1 = FromReal<T>(terms[1](sum1, s_codes[row], w_sum[1]));
+        if (pair_stores) {
+          StorePair(output + static_cast<int64_t>(p) * g.out_depth + co0, v0, v1);
+        } else {
+          StoreOutput(g, output, p, co0, v0);
+          StoreOutput(g, output, p, co0 + 1, v1);
+        }
+        if (epi.debug_acc != nullptr) {
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = sum0;
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + 1] = sum1;
         }
       }
     }
@@ -618,6 +883,60 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTile128x32: return "mma128x32";
     default: return "?";
   }
+}
+
+const char* GpuDecomposedPhaseName(int phase) {
+  static const char* const kNames[kGpuDecomposedPhases] = {"memset",       "in codes",      "in planes",
+                                                           "flt sums",     "flt planes",    "gemm"};
+  return phase >= 0 && phase < kGpuDecomposedPhases ? kNames[phase] : "?";
+}
+
+// The auto-choice. Figures: the H200 run of commit 9cbe7cd (benchmarks/gpu/gpu_harness.cu
+// --decomposed-only, float32 NHWC, groups 1, every call timed whole, G LUT-MAC/s), as speedups over the
+// lookups (ApproxConvGpu kAuto) for 1 / 4 / 8 / 16 terms, with K = taps * in_channels_per_group and
+// m = LUT-MACs per input element (= out_pixels * out_depth * K / input elements: how much GEMM work there
+// is per unit of the input pass, which grows with terms and is paid for every input pixel, also those a
+// stride skips):
+//   3x3 56x56 64->64    K  576  m  576   5.80 3.80 2.52 1.39
+//   3x3 28x28 128->128  K 1152  m 1152   6.88 3.67 2.43 1.36
+//   3x3 14x14 256->256  K 2304  m 2304  10.06 4.19 2.31 1.23
+//   3x3 7x7 512->512    K 4608  m 4608   8.83 3.03 1.62 0.84   (3136 pixels: the GEMM is the cost)
+//   1x1 56x56 64->256   K   64  m  256   1.27 1.15 1.02 0.77
+//   R20 32x32 3->16     K   27  m  144   0.46 0.36 0.30 0.24
+//   R20 32x32 16->16    K  144  m  144   1.38 1.19 0.93 0.55
+//   R20 16x16 32->32    K  288  m  288   3.97 2.97 2.10 1.29
+//   R20 8x8 64->64      K  576  m  576   4.43 2.38 1.84 1.05
+//   R20 3x3 s2 16->32   K  144  m   72   0.87 0.83 0.72 0.45
+//   R20 1x1 s2 16->32   K   16  m    8   0.24 0.24 0.22 0.14
+//   R20 1x1 s2 32->64   K   32  m   16   0.27 0.26 0.25 0.17
+// The rule keeps to rows measured at least about 1.2x faster (a margin for run-to-run noise and for
+// shapes between the rows); a decomposition's terms are rounded up to the next measured count (1, 4, 8,
+// 16: more terms are never faster):
+//   1 term:      K >= 64  and m >= 144   (slowest picked row 1.27x: 1x1 56x56 64->256)
+//   2-4 terms:   K >= 288 and m >= 144   (slowest picked 2.38x; R20 16->16 at 1.19x left out)
+//   5-8 terms:   K >= 288 and m >= 144   (slowest picked 1.62x)
+//   9-16 terms:  288 <= K <= 2304, m >= 144 and output maps of at least 14x14 (slowest picked 1.23x; the
+//                7x7 layer's 0.84x and R20 8x8's 1.05x left out)
+//   more terms:  never (not measured).
+// And only inside what the figures cover: groups 1 (grouped and depthwise layers were not measured; their
+// K is small anyway), NHWC (NCHW adds a transposing input pass to both kernels, not measured), and calls of
+// at least 2e9 LUT-MACs (the smallest measured rows are 2.36e9; in small calls the fixed costs, launches
+// above all, weigh more, and the decomposed path has more launches). Stride and dilation enter through m
+// and the output size. These are the figures of the first kernel version; faster versions only widen the
+// region where the decomposed kernel wins, so the rule stays conservative until it is re-derived from a
+// new run (the harness's "auto" column and its "wrong pick" count check it against each run).
+bool GpuPreferDecomposed(const ConvShape& s, int terms) {
+  if (!GpuDecomposedSupports(s, terms).empty()) return false;
+  if (terms > 16 || s.groups() != 1 || s.data_format != DataFormat::kNHWC) return false;
+  if (s.lut_macs() < int64_t{2000000000}) return false;
+  const int64_t k = s.taps();
+  const int64_t input_elements = s.input_elements();
+  if (input_elements <= 0) return false;
+  const double m = static_cast<double>(s.lut_macs()) / static_cast<double>(input_elements);
+  if (m < 144) return false;
+  if (terms == 1) return k >= 64;
+  if (terms <= 8) return k >= 288;
+  return k >= 288 && k <= 2304 && s.out_h >= 14 && s.out_w >= 14;
 }
 
 std::string GpuDecomposedSupports(const ConvShape& s, int terms) {
@@ -732,29 +1051,70 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   int8_t* b_planes = reinterpret_cast<int8_t*>(ws + l.filter);
   unsigned long long* channel_sums = reinterpret_cast<unsigned long long*>(ws + l.channel_sums);
 
-  cudaError_t e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
-  if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
-  if (s.input_elements() > 0) {
+  uint8_t* filter_codes = ws + l.filter_codes;
+
+  // The phase events (a test hook): event 0 before the first launch, event i + 1 after phase i.
+  auto mark = [&](int event) -> std::string {
+    if (options.phase_events == nullptr) return "";
+    const cudaError_t r = cudaEventRecord(options.phase_events[event], stream);
+    return r == cudaSuccess ? "" : CudaError("cudaEventRecord of a phase event", r);
+  };
+  if (!(error = mark(0)).empty()) return error;
+  cudaError_t e = cudaSuccess;
+  // The fused input pass stages a block's codes in shared memory: slices of at most kInputCodesPerBlock
+  // channels (every layer of a real network; the reduction-limit tests have wider ones).
+  const bool fused = !options.separate_prepasses && s.filter_depth <= kInputCodesPerBlock;
+  const int64_t slices = l.items + s.groups();
+  if (!fused) {
+    e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
+    if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
+  }
+  if (!(error = mark(1)).empty()) return error;
+  if (!fused && s.input_elements() > 0) {
     InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
         input, g, s.input_elements(), quant, codes);
     e = cudaGetLastError();
     if (e != cudaSuccess) return CudaError("the input codes launch", e);
   }
-  // A warp per slice (the zero point's slices are always there).
-  const int64_t slices = l.items + s.groups();
-  const size_t planes_smem = 256 * sizeof(int32_t) + static_cast<size_t>(d.terms) * 256;
-  InputPlanesKernel<<<PrepBlocks(slices * 32, dev.sms), kPrepThreads, planes_smem, stream>>>(
-      codes, g, l, d, quant, planes, alpha_sums, code_sums);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return CudaError("the input planes launch", e);
-  const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
-  FilterPlanesKernel<T><<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, 0, stream>>>(filter, g, l, d, quant, b_planes);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return CudaError("the filter planes launch", e);
+  if (!(error = mark(2)).empty()) return error;
+  if (fused) {
+    const int per_block = static_cast<int>(kInputCodesPerBlock / s.filter_depth);  // >= 1
+    int lanes = 1;  // lanes per slice for its sums: the largest power of two <= min(cg, 32)
+    while (lanes < 32 && 2 * lanes <= s.filter_depth) lanes *= 2;
+    const int64_t blocks = (slices + per_block - 1) / per_block;
+    if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
+    const size_t smem = 256 * sizeof(int32_t) + static_cast<size_t>(d.terms) * 256 +
+                        static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);  // < 48 KB
+    InputPassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
+        input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums, channel_sums);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return CudaError("the input pass launch", e);
+  } else {
+    // A warp per slice (the zero point's slices are always there).
+    const size_t planes_smem = 256 * sizeof(int32_t) + static_cast<size_t>(d.terms) * 256;
+    InputPlanesKernel<<<PrepBlocks(slices * 32, dev.sms), kPrepThreads, planes_smem, stream>>>(
+        codes, g, l, d, quant, planes, alpha_sums, code_sums);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return CudaError("the input planes launch", e);
+  }
+  if (!(error = mark(3)).empty()) return error;
+  // The filter sums (and, fused, its codes) before its planes: FilterPlanesFromCodesKernel reads the codes.
   const int64_t runs = (s.taps() + kFilterRun - 1) / kFilterRun * s.out_depth;
-  FilterSumsKernel<T><<<PrepBlocks(runs, dev.sms), kPrepThreads, 0, stream>>>(filter, g, d, quant, channel_sums);
+  FilterSumsKernel<T><<<PrepBlocks(runs, dev.sms), kPrepThreads, 0, stream>>>(filter, g, d, quant, channel_sums,
+                                                                              fused ? filter_codes : nullptr);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the filter sums launch", e);
+  if (!(error = mark(4)).empty()) return error;
+  const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
+  if (fused) {
+    FilterPlanesFromCodesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256,
+                                  stream>>>(filter_codes, g, l, d, b_planes);
+  } else {
+    FilterPlanesKernel<T><<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, 0, stream>>>(filter, g, l, d, quant, b_planes);
+  }
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return CudaError("the filter planes launch", e);
+  if (!(error = mark(5)).empty()) return error;
 
   GemmArgs args;
   args.planes = planes;
@@ -767,8 +1127,12 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.l = l;
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
   const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, dev.sms) : options.tile;
+  args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
+                     reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
-  return LaunchTile<T>(tile, !options.plain_fragment_loads, args, g, epi, output, stream);
+  error = LaunchTile<T>(tile, !options.plain_fragment_loads, args, g, epi, output, stream);
+  if (!error.empty()) return error;
+  return mark(6);
 }
 
 #define TFAPPROX_INSTANTIATE(T)                                                                                  \
@@ -780,5 +1144,29 @@ TFAPPROX_INSTANTIATE(double)
 TFAPPROX_INSTANTIATE(__half)
 TFAPPROX_INSTANTIATE(__nv_bfloat16)
 #undef TFAPPROX_INSTANTIATE
+
+namespace {
+template <typename T>
+std::string DecomposedAs(const ConvShape& s, const void* input, const void* filter, const GpuQuant* quant,
+                         const GpuDecomposition& d, void* output, cudaStream_t stream, void* workspace,
+                         size_t workspace_bytes) {
+  return ApproxConvGpuDecomposed<T>(s, static_cast<const T*>(input), static_cast<const T*>(filter), quant, d,
+                                    static_cast<T*>(output), stream, workspace, workspace_bytes);
+}
+}  // namespace
+
+std::string ApproxConvGpuDecomposedUntyped(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter,
+                                           const GpuQuant* quant, const GpuDecomposition& d, void* output,
+                                           cudaStream_t stream, void* workspace, size_t workspace_bytes) {
+  decltype(&DecomposedAs<float>) typed = nullptr;
+  switch (dtype) {
+    case GpuDtype::kFloat: typed = &DecomposedAs<float>; break;
+    case GpuDtype::kDouble: typed = &DecomposedAs<double>; break;
+    case GpuDtype::kHalf: typed = &DecomposedAs<__half>; break;
+    case GpuDtype::kBfloat16: typed = &DecomposedAs<__nv_bfloat16>; break;
+  }
+  if (typed == nullptr) return "ApproxConvGpuDecomposedUntyped: unknown element type";
+  return typed(s, input, filter, quant, d, output, stream, workspace, workspace_bytes);
+}
 
 }  // namespace tfapprox

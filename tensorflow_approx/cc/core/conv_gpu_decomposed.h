@@ -8,12 +8,12 @@
 // The outputs are bit for bit those of ApproxConvGpu with the table the decomposition describes: the
 // same integer sums (acc, act_sum, filter code sums) and the same DequantizeTerms epilogue.
 //
-// Per call, on the stream: the input is quantized once into codes, the codes are translated into int8
-// "planes" (per input pixel and group, the u values of every term and channel, laid out so that a
-// spatial tap's K slice is contiguous), the filter likewise into v planes, then one implicit-GEMM
-// launch gathers the planes tap by tap with cp.async and multiplies them on the tensor cores. All of
-// it lives in a workspace of GpuDecomposedWorkspaceBytes (roughly terms bytes per input element plus
-// terms bytes per filter element).
+// Per call, on the stream: the input is quantized and translated into int8 "planes" (per input pixel
+// and group, the u values of every term and channel, laid out so that a spatial tap's K slice is
+// contiguous) in one pass, the filter is quantized once and translated likewise into v planes, then one
+// implicit-GEMM launch gathers the planes tap by tap with cp.async and multiplies them on the tensor
+// cores. All of it lives in a workspace of GpuDecomposedWorkspaceBytes (roughly terms bytes per input
+// element plus terms + 1 bytes per filter element).
 //
 // Not a replacement for ApproxConvGpu's GpuOptions path: a separate entry point, because it needs a
 // decomposition (which only some tables have) and a larger workspace; the caller decides.
@@ -83,7 +83,25 @@ struct GpuDecomposedOptions {
   // acc[p * out_depth + co] and act_sum[p * groups + g].
   int64_t* debug_acc = nullptr;
   int64_t* debug_act_sum = nullptr;
+  // The pre-passes as the first version ran them (a memset, input codes, input planes, filter sums, filter
+  // planes quantizing each weight once per term), instead of one fused input pass and a filter pass that
+  // quantizes each weight once. Both give the same integers; kept so that the harness holds both to the
+  // reference and can time them against each other. (Slices wider than the fused pass stages in shared
+  // memory always take the separate input kernels.)
+  bool separate_prepasses = false;
+  // Test hook for the harness's phase breakdown: null, or kGpuDecomposedPhases + 1 events created by the
+  // caller. The call records event 0 on the stream before its first launch and event i + 1 right after
+  // phase i's launch (a phase the chosen path does not run records its event right after the previous
+  // one: zero time). cudaEventElapsedTime(events[i], events[i + 1]) is then phase i's time.
+  cudaEvent_t* phase_events = nullptr;
 };
+
+// The launches of a call, in order (GpuDecomposedPhaseName names them): 0 the memset of the channel sums
+// (separate pre-passes only), 1 the input codes (separate only), 2 the input planes and per-pixel sums
+// (the whole input pass when fused), 3 the filter codes and per-channel sums, 4 the filter planes, 5 the
+// GEMM with its epilogue.
+constexpr int kGpuDecomposedPhases = 6;
+const char* GpuDecomposedPhaseName(int phase);
 
 // Whether ApproxConvGpuDecomposed takes this shape with a decomposition of `terms` terms: 1 <= terms <=
 // kGpuDecomposedMaxTerms and taps * terms <= kGpuDecomposedMaxReduction (int32 sums exact; see above).
@@ -95,12 +113,19 @@ struct GpuDecomposedOptions {
 std::string GpuDecomposedSupports(const ConvShape& shape, int terms);
 
 // The workspace of a call (bytes, 16-byte aligned pieces): the input codes, the u planes of the input
-// (about terms bytes per input element), the per-pixel sums, the v planes of the filter and the
-// per-channel sums.
+// (about terms bytes per input element), the per-pixel sums, the v planes of the filter, the
+// per-channel sums and the filter codes (one byte per filter element).
 size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms);
 
 // What a call runs for this shape (kAuto resolved) on the current device.
 GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms);
+
+// Whether the decomposed kernel should be auto-chosen over the lookups (ApproxConvGpu) for this shape and
+// a decomposition of `terms` terms: never where the kernel refuses it (GpuDecomposedSupports), and
+// otherwise only in the region where H200 measurements showed it clearly faster (the rule and its figures
+// are in conv_gpu_decomposed.cu). Conservative: false outside the measured region (groups, NCHW, small
+// calls, many terms), so that an auto-chosen decomposed call is never slower than the lookups would be.
+bool GpuPreferDecomposed(const ConvShape& shape, int terms);
 
 // Runs the op on `stream` with the decomposed table: T is float, double, __half or __nv_bfloat16; input
 // in shape.data_format, filter HWIO, quant the call's quantization (device memory, quant->channels
@@ -114,6 +139,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& shape, const T* input, cons
                                     const GpuDecomposition& d, T* output, cudaStream_t stream, void* workspace,
                                     size_t workspace_bytes,
                                     const GpuDecomposedOptions& options = GpuDecomposedOptions());
+
+// The same on untyped memory, for the TensorFlow glue (compiled against other CUDA headers; see
+// ApproxConvGpuUntyped).
+std::string ApproxConvGpuDecomposedUntyped(GpuDtype dtype, const ConvShape& shape, const void* input,
+                                           const void* filter, const GpuQuant* quant, const GpuDecomposition& d,
+                                           void* output, cudaStream_t stream, void* workspace,
+                                           size_t workspace_bytes);
 
 }  // namespace tfapprox
 

@@ -1,12 +1,18 @@
-// GPU OpKernels of both ops: the shared validation of ApproxConv2DOpBase, the table and the quantization
-// made on the device, then the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h) on
-// TensorFlow's stream: NaN scan, convolution, NaN propagation, nothing waiting for the host. A range the
-// host would refuse makes every output NaN here (the device cannot raise an error without a wait). Built only when ./configure.sh
-// found nvcc (Bazel config :using_cuda); the library still loads in a CPU-only TensorFlow, where this
-// registration simply stays unused.
+// GPU OpKernels of both ops: the shared validation of ApproxConv2DOpBase, the quantization made on the
+// device, then the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h, and
+// conv_gpu_decomposed.h for a registered decomposition) on TensorFlow's stream: NaN scan, convolution,
+// NaN propagation, nothing waiting for the device. A range the host would refuse makes every output NaN
+// here (the device cannot raise an error without a wait).
+//
+// The table stays on the host (ApproxConv2DWithTable takes it in host memory; the Keras layers keep it in
+// a CPU variable): it is checked and arranged there as the CPU kernel does (a bad float32 table is an
+// InvalidArgument error here too), matched against the registered decompositions, and copied to the
+// device with the call's work. Built only when ./configure.sh found nvcc (Bazel config :using_cuda); the
+// library still loads in a CPU-only TensorFlow, where this registration simply stays unused.
 #if GOOGLE_CUDA
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <list>
 #include <mutex>
@@ -18,6 +24,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/types.h"
 #include "tensorflow_approx/cc/core/conv_gpu.h"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 #include "tensorflow_approx/cc/core/lut.h"
 #include "tensorflow_approx/cc/kernels/approx_conv_op_base.h"
 
@@ -103,6 +110,47 @@ absl::Status CoreStatus(const std::string& error) {
   return error.rfind("CUDA error", 0) == 0 ? absl::InternalError(error) : absl::InvalidArgumentError(error);
 }
 
+// Copies host memory to a new device temporary on the stream. From a pageable copy of our own: the driver
+// stages pageable memory before cudaMemcpyAsync returns, so the source may change as soon as this returns
+// (a tensor's buffer may be pinned, which the copy would read only when the stream reaches it).
+absl::Status UploadTemp(OpKernelContext* ctx, const void* src, int64_t bytes, cudaStream_t stream, Tensor* temp) {
+  const std::vector<uint8_t> staged(static_cast<const uint8_t*>(src), static_cast<const uint8_t*>(src) + bytes);
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(DT_UINT8, TensorShape({bytes}), temp));
+  return CudaStatus("cudaMemcpyAsync", cudaMemcpyAsync(temp->flat<uint8_t>().data(), staged.data(), bytes,
+                                                       cudaMemcpyHostToDevice, stream));
+}
+
+// The GPU's choice of the decomposed kernel (FindDecomposition's rule): a shape the tensor-core kernel
+// takes and where it beats the lookups (GpuPreferDecomposed, measured on the H200). A decomposition
+// without product terms runs as one zero term.
+bool GpuDecomposedRule(const tfapprox::ConvShape& shape, int terms) {
+  const int t = std::max(terms, 1);
+  return tfapprox::GpuDecomposedSupports(shape, t).empty() && tfapprox::GpuPreferDecomposed(shape, t);
+}
+
+// A host decomposition on the device for one call: u and v planes, alpha and beta in one temporary.
+absl::Status UploadDecomposition(OpKernelContext* ctx, const tfapprox::TableDecomposition& d, cudaStream_t stream,
+                                 Tensor* temp, tfapprox::GpuDecomposition* out) {
+  const int terms = std::max(d.terms, 1);
+  const int64_t planes = int64_t{terms} * 256, padded = (planes + 15) / 16 * 16;
+  std::vector<uint8_t> packed(static_cast<size_t>(2 * padded + 2 * 256 * sizeof(int32_t)), 0);
+  if (d.terms > 0) {
+    std::memcpy(packed.data(), d.u, planes);
+    std::memcpy(packed.data() + padded, d.v, planes);
+  }
+  std::memcpy(packed.data() + 2 * padded, d.alpha, 256 * sizeof(int32_t));
+  std::memcpy(packed.data() + 2 * padded + 256 * sizeof(int32_t), d.beta, 256 * sizeof(int32_t));
+  TF_RETURN_IF_ERROR(UploadTemp(ctx, packed.data(), static_cast<int64_t>(packed.size()), stream, temp));
+  const uint8_t* base = temp->flat<uint8_t>().data();
+  out->terms = terms;
+  out->u = reinterpret_cast<const int8_t*>(base);
+  out->v = reinterpret_cast<const int8_t*>(base + padded);
+  out->alpha = reinterpret_cast<const int32_t*>(base + 2 * padded);
+  out->beta = reinterpret_cast<const int32_t*>(base + 2 * padded + 256 * sizeof(int32_t));
+  out->c0 = d.c0;
+  return absl::OkStatus();
+}
+
 template <typename T>
 class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
  public:
@@ -129,31 +177,22 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     int* flag_ptr = flags.flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CudaStatus("cudaMemsetAsync", cudaMemsetAsync(flag_ptr, 0, sizeof(int32_t) * tfapprox::kGpuFlagCount, stream)));
 
+    // The table, on the host: checked, arranged for the schemes' codes and matched against the registered
+    // decompositions as on the CPU, then on the device (a file's table once, in GpuLutCache).
+    typename ApproxConv2DOpBase<T>::HostLut host;
+    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host, &shape, &GpuDecomposedRule));
+    const int64_t lut_offset = host.offset;  // 32768 for a table of signed products
     const uint16_t* lut = nullptr;
-    int64_t lut_offset = 0;  // 32768 for a table of signed products
-    Tensor prepared;  // the table tensor as the kernels index it, where it is not that already
-    if (this->table_from_file()) {
-      typename ApproxConv2DOpBase<T>::HostLut host;  // a file table: unsigned, the file op has no schemes
-      OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host));
+    Tensor device_table, device_decomposition;
+    tfapprox::GpuDecomposition decomposition;
+    if (host.decomposed) {
+      OP_REQUIRES_OK(ctx, UploadDecomposition(ctx, host.decomposition.view, stream, &device_decomposition,
+                                              &decomposition));
+    } else if (this->table_from_file()) {  // a file table: unsigned, the file op has no schemes
       OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host.file, stream, &lut));
     } else {
-      const Tensor& table = ctx->input(this->kTableInput);
-      const int input_shift = this->input_code_shift(), filter_shift = this->filter_code_shift();
-      const void* data = table.data();
-      if (table.dtype() == DT_UINT16 && input_shift == 0 && filter_shift == 0 &&
-          reinterpret_cast<uintptr_t>(data) % 16 == 0) {
-        lut = static_cast<const uint16_t*>(data);
-      } else {
-        OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT16, TensorShape({tfapprox::kLutEntries}), &prepared));
-        uint16_t* dst = prepared.flat<uint16_t>().data();
-        const tfapprox::GpuTableType type = table.dtype() == DT_UINT16  ? tfapprox::GpuTableType::kUint16
-                                            : table.dtype() == DT_INT16 ? tfapprox::GpuTableType::kInt16
-                                                                        : tfapprox::GpuTableType::kFloat;
-        OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPrepareTable(data, type, input_shift, filter_shift, dst,
-                                                                 flag_ptr, stream)));
-        lut = dst;
-      }
-      if (table.dtype() == DT_INT16) lut_offset = 32768;
+      OP_REQUIRES_OK(ctx, UploadTemp(ctx, host.lut, tfapprox::kLutEntries * sizeof(uint16_t), stream, &device_table));
+      lut = reinterpret_cast<const uint16_t*>(device_table.flat<uint8_t>().data());
     }
 
     // The quantization, made on the device from the range tensors: the stream never waits for the host.
@@ -180,6 +219,27 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuQuantFromRanges(dtype, ranges, shape.taps(), lut_offset, quant_ptr,
                                                                 flag_ptr, stream)));
 
+    const void* in = input.flat<T>().data();
+    const void* filt = filter.flat<T>().data();
+    if (host.decomposed) {
+      // Scratch of the decomposed kernel: the codes and int8 planes of both operands, the per-pixel sums.
+      Tensor workspace;
+      const size_t bytes = tfapprox::GpuDecomposedWorkspaceBytes(shape, decomposition.terms);
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(bytes)}), &workspace));
+      if (this->Tracing()) {
+        const std::string name = absl::StrCat("tensor-cores-decomposed-", decomposition.terms, "-terms-",
+                                              tfapprox::GpuDecomposedTileName(
+                                                  tfapprox::ChooseGpuDecomposedTile(shape, decomposition.terms)));
+        this->Trace(shape, "GPU", name.c_str(), false);
+      }
+      OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flag_ptr, stream)));
+      OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuDecomposedUntyped(
+                              dtype, shape, in, filt, quant_ptr, decomposition, out, stream,
+                              workspace.flat<uint8_t>().data(), bytes)));
+      OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
+      return;
+    }
+
     // Scratch of the tiled kernels: the filter quantized once, and the sums of split tiles (a few MB).
     tfapprox::GpuOptions options;
     Tensor workspace;
@@ -194,8 +254,6 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       const tfapprox::GpuPlan plan = tfapprox::ChooseGpuPlan(shape, options);
       this->Trace(shape, "GPU", tfapprox::GpuKernelName(plan.kernel), plan.split_k);
     }
-    const void* in = input.flat<T>().data();
-    const void* filt = filter.flat<T>().data();
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flag_ptr, stream)));
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuUntyped(dtype, shape, in, filt, quant_ptr, lut, out, stream,
                                                                   options)));
@@ -203,18 +261,19 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
   }
 };
 
-// Every input in device memory: the ranges too (GpuQuantFromRanges reads them there).
-#define REGISTER_GPU_OP(NAME, T) \
-  REGISTER_KERNEL_BUILDER(NAME.Device(DEVICE_GPU).TypeConstraint<T>("T"), ApproxConv2DGpuOp<T>);
-#define REGISTER_GPU(T)                                  \
-  REGISTER_GPU_OP(Name("ApproxConv2DWithMinMaxVars"), T) \
-  REGISTER_GPU_OP(Name("ApproxConv2DWithTable"), T)
+// The ranges in device memory (GpuQuantFromRanges reads them there: no wait for the device); the table in
+// host memory (see the top of this file).
+#define REGISTER_GPU(T)                                                                                        \
+  REGISTER_KERNEL_BUILDER(Name("ApproxConv2DWithMinMaxVars").Device(DEVICE_GPU).TypeConstraint<T>("T"),      \
+                          ApproxConv2DGpuOp<T>);                                                               \
+  REGISTER_KERNEL_BUILDER(                                                                                     \
+      Name("ApproxConv2DWithTable").Device(DEVICE_GPU).TypeConstraint<T>("T").HostMemory("table"),             \
+      ApproxConv2DGpuOp<T>);
 REGISTER_GPU(Eigen::half);
 REGISTER_GPU(bfloat16);
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU
-#undef REGISTER_GPU_OP
 
 }  // namespace tensorflow
 

@@ -255,14 +255,14 @@ class ApproxConv2DOpBase : public OpKernel {
   // sums take off again exactly. With a symmetric operand the table, indexed by the signed codes'
   // bytes, is rearranged to be indexed by the kernels' codes (signed code + code_shift).
   // decomposition_shape: also look the table up among the registered decompositions, for a call of this
-  // shape (only when the decomposed kernel would run on it); nullptr: don't look.
-  absl::Status HostTable(OpKernelContext* ctx, HostLut* host,
-                         const tfapprox::ConvShape* decomposition_shape = nullptr) const {
+  // shape (only when `prefer`, the device's rule, would run the decomposed kernel on it); nullptr: don't.
+  absl::Status HostTable(OpKernelContext* ctx, HostLut* host, const tfapprox::ConvShape* decomposition_shape = nullptr,
+                         tfapprox::DecomposedRule prefer = tfapprox::PreferDecomposed) const {
     TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, host));
     const int input_shift = input_code_shift(), filter_shift = filter_code_shift();
     if (decomposition_shape != nullptr) {
       host->decomposed = tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift,
-                                                     *decomposition_shape, &host->decomposition);
+                                                     *decomposition_shape, prefer, &host->decomposition);
     }
     if (input_shift == 0 && filter_shift == 0) return absl::OkStatus();
     // Entry (a, w) is the table's ((a - input_shift) & 0xFF, (w - filter_shift) & 0xFF): rows and

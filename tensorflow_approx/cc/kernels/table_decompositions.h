@@ -30,11 +30,15 @@ constexpr int kMaxRegisteredTables = 64;
 std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms, const int8_t* u, const int8_t* v,
                                   const int32_t* alpha, const int32_t* beta, int64_t c0);
 
+// Whether a device's decomposed kernel should run `shape` with a decomposition of `terms` terms
+// (PreferDecomposed on the CPU, GpuPreferDecomposed on a GPU).
+using DecomposedRule = bool (*)(const ConvShape& shape, int terms);
+
 // The registered decomposition of `lut` (as above), rearranged for kernel codes shifted by input_shift
 // and filter_shift (symmetric schemes) with the offset in its constant; false if none is registered or
-// the decomposed kernel would not run on `shape` (!PreferDecomposed: nothing is rearranged then).
+// the decomposed kernel would not run on `shape` (!prefer: nothing is rearranged then).
 bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int filter_shift,
-                       const ConvShape& shape, KernelDecomposition* out);
+                       const ConvShape& shape, DecomposedRule prefer, KernelDecomposition* out);
 
 }  // namespace tfapprox
 

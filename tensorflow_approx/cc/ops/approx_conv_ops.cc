@@ -88,9 +88,10 @@ ApproxConv2DWithMinMaxVars with the multiplier given as a tensor instead of a fi
 
 table: 65536 products, entry (a << 8) | w being the product of activation code a and weight code
   w: uint16, int16 (signed products), or float32 holding integers in [0, 65535] (the
-  dtype a GPU variable can have). A float32 entry that is not such an integer is an InvalidArgument
-  error on the CPU and makes every output NaN on the GPU (which cannot report it without waiting for
-  the device).
+  dtype of the Keras layers' variable). A float32 entry that is not such an integer is an
+  InvalidArgument error. The GPU kernel takes the table in host memory (keep it there, e.g. in a CPU
+  variable, as the layers do; one on the GPU is copied to the host at each call, a wait for the device):
+  it is checked and arranged on the host and matched against the registered decompositions.
 filter_num_bits: the filter's code width (2..8); -1: num_bits.
 input_scheme, filter_scheme: "asymmetric" (TensorFlow's fake quantization) or "symmetric" (signed
   codes, zero point 0, scale max(|min|, |max|) / (2^(b-1) - 1)), or "symmetric_narrow" (the same
@@ -119,8 +120,9 @@ REGISTER_OP("ApproxRegisterTableDecomposition")
 Registers, for this process, an exact decomposition of a table (tensorflow_approx.register_decomposition
 finds it): products[(a << 8) | w] = c0 + alpha[a] + beta[w] + sum_r u[r, a] * v[r, w] over its codes (the
 signed products of an int16 table). It is checked on all 65536 pairs (InvalidArgument otherwise); the
-CPU kernel of ApproxConv2DWithTable and ApproxConv2DWithMinMaxVars then finds it by the table's
-contents and runs an int8 GEMM instead of the lookups where that is faster (TFAPPROX_TRACE says so).
+CPU and GPU kernels of ApproxConv2DWithTable and ApproxConv2DWithMinMaxVars then find it by the table's
+contents and run an int8 GEMM (AVX-512 VNNI; int8 tensor cores) instead of the lookups where that is
+faster (TFAPPROX_TRACE says so).
 )doc");
 
 REGISTER_OP("ApproxReadMulMap")

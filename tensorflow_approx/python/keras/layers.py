@@ -200,17 +200,20 @@ class _FakeApproxMixin:
         # A layer being loaded has no initial table: its table arrives in load_own_variables.
         loading = self._initial_lut is None
         initial = lut_values("")[0] if loading else self._initial_lut
-        # float32: the dtype a variable can have on the GPU (uint16 variables stay on the host, which
-        # would copy the table to the device at every call); its entries are exact integers (signed
-        # products too, -32768..32767, made int16 at each call).
-        self.lut = self.add_weight(
-            name="lut",
-            shape=(LUT_ENTRIES,),
-            initializer=lambda shape, dtype: tf.constant(initial, dtype=tf.float32),
-            dtype="float32",
-            trainable=False,
-            autocast=False,
-        )
+        # On the host, where the op's GPU kernel takes the table (it checks it there, finds its registered
+        # decomposition and copies it to the device with the call's work; a table on the GPU would be
+        # copied back at every call, a wait for the device). float32 (the dtype it had when it lived on
+        # the GPU; saved models keep it): its entries are exact integers (signed products too,
+        # -32768..32767, made int16 at each call).
+        with tf.device("/CPU:0"):
+            self.lut = self.add_weight(
+                name="lut",
+                shape=(LUT_ENTRIES,),
+                initializer=lambda shape, dtype: tf.constant(initial, dtype=tf.float32),
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+            )
         self._initial_lut = None
         if not loading:
             _register(initial)
@@ -420,7 +423,8 @@ class _FakeApproxMixin:
         """The op on the operands (fake-quantized or raw: it quantizes them to the same codes)."""
         table = self.lut.value
         if self.signed_products:
-            table = tf.cast(table, tf.int16)  # the op reads an int16 table as signed products
+            with tf.device(self.lut.device):  # stays on the host, where the op takes it
+                table = tf.cast(table, tf.int16)  # the op reads an int16 table as signed products
         return approx_conv2d_with_table(
             xq,
             kq,
