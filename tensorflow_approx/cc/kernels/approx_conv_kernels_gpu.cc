@@ -151,12 +151,64 @@ absl::Status UploadDecomposition(OpKernelContext* ctx, const tfapprox::TableDeco
   return absl::OkStatus();
 }
 
+// A table on the device as one call uses it: the uint16 table in the kernels' codes (lut), the offset
+// its entries carry, and its registered decomposition (decomposed), rearranged likewise; the buffers
+// keep the device memory alive.
+struct TableOnDevice {
+  const uint16_t* lut = nullptr;
+  int64_t offset = 0;
+  bool decomposed = false;
+  tfapprox::GpuDecomposition decomposition;
+  Tensor lut_buffer, decomposition_buffer;
+};
+
 template <typename T>
 class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
  public:
   using ApproxConv2DOpBase<T>::ApproxConv2DOpBase;
 
  protected:
+  // The table input on the device. Checking, converting and arranging it on the host, finding its
+  // decomposition and copying it cost a few hundred microseconds per call; a program calls a layer with
+  // the same table again and again (tables change by set_multiplier, between calls), so the result is
+  // kept for the next call while the input's bytes, the device and the registered decompositions stay
+  // the same. Keeping it is safe: calls of one GPU run on one compute stream, in order, so a replaced
+  // buffer is freed only after the calls queued before that read it.
+  absl::Status TableInputOnDevice(OpKernelContext* ctx, int device, cudaStream_t stream, TableOnDevice* out) {
+    const Tensor& input = ctx->input(this->kTableInput);
+    const absl::string_view bytes = input.tensor_data();
+    const int64_t generation = tfapprox::DecompositionGeneration();
+    {
+      std::lock_guard<std::mutex> lock(table_mu_);
+      if (cached_device_ == device && cached_dtype_ == input.dtype() && cached_generation_ == generation &&
+          cached_bytes_.size() == bytes.size() && std::memcmp(cached_bytes_.data(), bytes.data(), bytes.size()) == 0) {
+        *out = cached_;
+        return absl::OkStatus();
+      }
+    }
+    // Any shape: the decomposition is kept whatever the call, and GpuDecomposedRule decides per call.
+    typename ApproxConv2DOpBase<T>::HostLut host;
+    const tfapprox::ConvShape any_shape;
+    TF_RETURN_IF_ERROR(this->HostTable(ctx, &host, &any_shape, [](const tfapprox::ConvShape&, int) { return true; }));
+    TableOnDevice table;
+    table.offset = host.offset;
+    TF_RETURN_IF_ERROR(UploadTemp(ctx, host.lut, tfapprox::kLutEntries * sizeof(uint16_t), stream, &table.lut_buffer));
+    table.lut = reinterpret_cast<const uint16_t*>(table.lut_buffer.flat<uint8_t>().data());
+    if (host.decomposed) {
+      TF_RETURN_IF_ERROR(UploadDecomposition(ctx, host.decomposition.view, stream, &table.decomposition_buffer,
+                                             &table.decomposition));
+      table.decomposed = true;
+    }
+    std::lock_guard<std::mutex> lock(table_mu_);
+    cached_ = table;
+    cached_bytes_.assign(bytes.begin(), bytes.end());
+    cached_device_ = device;
+    cached_dtype_ = input.dtype();
+    cached_generation_ = generation;
+    *out = table;
+    return absl::OkStatus();
+  }
+
   bool RangesOnDevice() const override { return true; }
 
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
@@ -177,23 +229,26 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     int* flag_ptr = flags.flat<int32_t>().data();
     OP_REQUIRES_OK(ctx, CudaStatus("cudaMemsetAsync", cudaMemsetAsync(flag_ptr, 0, sizeof(int32_t) * tfapprox::kGpuFlagCount, stream)));
 
-    // The table, on the host: checked, arranged for the schemes' codes and matched against the registered
-    // decompositions as on the CPU, then on the device (a file's table once, in GpuLutCache).
-    typename ApproxConv2DOpBase<T>::HostLut host;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host, &shape, &GpuDecomposedRule));
-    const int64_t lut_offset = host.offset;  // 32768 for a table of signed products
-    const uint16_t* lut = nullptr;
-    Tensor device_table, device_decomposition;
-    tfapprox::GpuDecomposition decomposition;
-    if (host.decomposed) {
-      OP_REQUIRES_OK(ctx, UploadDecomposition(ctx, host.decomposition.view, stream, &device_decomposition,
-                                              &decomposition));
-    } else if (this->table_from_file()) {  // a file table: unsigned, the file op has no schemes
-      OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host.file, stream, &lut));
+    // The table on the device, and its registered decomposition where the GPU's rule takes it for this
+    // shape.
+    TableOnDevice table;
+    if (this->table_from_file()) {  // a file table: unsigned, the file op has no schemes
+      typename ApproxConv2DOpBase<T>::HostLut host;
+      OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host, &shape, &GpuDecomposedRule));
+      if (host.decomposed) {
+        OP_REQUIRES_OK(ctx, UploadDecomposition(ctx, host.decomposition.view, stream, &table.decomposition_buffer,
+                                                &table.decomposition));
+        table.decomposed = true;
+      } else {
+        OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host.file, stream, &table.lut));
+      }
     } else {
-      OP_REQUIRES_OK(ctx, UploadTemp(ctx, host.lut, tfapprox::kLutEntries * sizeof(uint16_t), stream, &device_table));
-      lut = reinterpret_cast<const uint16_t*>(device_table.flat<uint8_t>().data());
+      OP_REQUIRES_OK(ctx, TableInputOnDevice(ctx, attributes.device, stream, &table));
     }
+    const bool decomposed = table.decomposed && GpuDecomposedRule(shape, table.decomposition.terms);
+    const tfapprox::GpuDecomposition& decomposition = table.decomposition;
+    const uint16_t* lut = table.lut;
+    const int64_t lut_offset = table.offset;  // 32768 for a table of signed products
 
     // The quantization, made on the device from the range tensors: the stream never waits for the host.
     // One GpuQuant per filter range: one per tensor, or one per output channel.
@@ -221,7 +276,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
 
     const void* in = input.flat<T>().data();
     const void* filt = filter.flat<T>().data();
-    if (host.decomposed) {
+    if (decomposed) {
       // Scratch of the decomposed kernel: the codes and int8 planes of both operands, the per-pixel sums.
       Tensor workspace;
       const size_t bytes = tfapprox::GpuDecomposedWorkspaceBytes(shape, decomposition.terms);
@@ -259,6 +314,14 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
                                                                   options)));
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
   }
+
+ private:
+  std::mutex table_mu_;
+  TableOnDevice cached_;  // what the last new table input made, for the inputs below
+  std::string cached_bytes_;
+  int cached_device_ = -1;
+  DataType cached_dtype_ = DT_INVALID;
+  int64_t cached_generation_ = -1;
 };
 
 // The ranges in device memory (GpuQuantFromRanges reads them there: no wait for the device); the table in

@@ -24,6 +24,7 @@ struct Entry {
 std::mutex mu;
 std::list<Entry>* entries = new std::list<Entry>;  // most recent first; never destroyed (kernels at exit)
 std::atomic<int> count{0};                          // read without the lock: nothing registered, no lookup
+std::atomic<int64_t> generation{0};                 // registrations so far
 
 }  // namespace
 
@@ -59,8 +60,11 @@ std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms
   entries->push_front(std::move(e));
   if (entries->size() > kMaxRegisteredTables) entries->pop_back();
   count = static_cast<int>(entries->size());
+  ++generation;
   return "";
 }
+
+int64_t DecompositionGeneration() { return generation.load(); }
 
 bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int filter_shift,
                        const ConvShape& shape, DecomposedRule prefer, KernelDecomposition* out) {

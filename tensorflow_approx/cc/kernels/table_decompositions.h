@@ -30,6 +30,10 @@ constexpr int kMaxRegisteredTables = 64;
 std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms, const int8_t* u, const int8_t* v,
                                   const int32_t* alpha, const int32_t* beta, int64_t c0);
 
+// Counts the registrations so far: what a kernel found (or did not find) for a table stays valid while
+// this stays the same.
+int64_t DecompositionGeneration();
+
 // Whether a device's decomposed kernel should run `shape` with a decomposition of `terms` terms
 // (PreferDecomposed on the CPU, GpuPreferDecomposed on a GPU).
 using DecomposedRule = bool (*)(const ConvShape& shape, int terms);
