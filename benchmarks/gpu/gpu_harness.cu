@@ -407,6 +407,27 @@ bool DrawQuant(std::mt19937_64& rng, const ConvShape& s, int forced_type, Random
   return true;
 }
 
+// The ConvShape of drawn geometry (input NHWC sizes, filter HWIO sizes, strides, dilations), its padding
+// drawn here (SAME 4 in 10, VALID 3, explicit 3 with 0-3 per side) unless `valid` forces VALID; false
+// where that geometry has no shape.
+bool DrawnShape(std::mt19937_64& rng, bool nchw, const int64_t (&input)[4], const int64_t (&filter)[4], int sh, int sw,
+                int dh, int dw, bool valid, ConvShape* s) {
+  auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  ConvAttrs attrs;
+  attrs.data_format = nchw ? DataFormat::kNCHW : DataFormat::kNHWC;
+  const int pk = ri(0, 9);
+  attrs.padding = valid || (pk >= 4 && pk < 7) ? Padding::kValid : pk < 4 ? Padding::kSame : Padding::kExplicit;
+  attrs.strides = nchw ? std::vector<int64_t>{1, 1, sh, sw} : std::vector<int64_t>{1, sh, sw, 1};
+  attrs.dilations = nchw ? std::vector<int64_t>{1, 1, dh, dw} : std::vector<int64_t>{1, dh, dw, 1};
+  if (attrs.padding == Padding::kExplicit) {
+    const int t = ri(0, 3), b = ri(0, 3), l = ri(0, 3), r = ri(0, 3);
+    attrs.explicit_paddings = nchw ? std::vector<int64_t>{0, 0, 0, 0, t, b, l, r}
+                                   : std::vector<int64_t>{0, 0, t, b, l, r, 0, 0};
+  }
+  const int64_t in_nchw[4] = {input[0], input[3], input[1], input[2]};
+  return ComputeConvShape(nchw ? in_nchw : input, filter, attrs, s).empty();
+}
+
 // One random shape, attributes, type, table and kernel; false when the attributes were invalid.
 bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int forced_type = -1,
                 GpuKernel forced_kernel = GpuKernel::kAuto) {
@@ -424,36 +445,18 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   cg = gk >= 8 ? 1 : ri(1, 40);
   const int nk = ri(0, 9);
   npg = nk < 3 ? ri(1, 8) : nk < 8 ? ri(16, 140) : ri(140, 300);
-  ConvAttrs attrs;
-  attrs.data_format = nchw ? DataFormat::kNCHW : DataFormat::kNHWC;
   const int sh = ri(1, 3), sw = ri(1, 3), dh = ri(1, 2), dw = ri(1, 2);
   const int batch = ri(1, 3), in_h = ri(1, 14), in_w = ri(1, 14);
   int fh = ri(1, 4), fw = ri(1, 4);
-  const int pk = ri(0, 9);
-  attrs.padding = pk < 4 ? Padding::kSame : pk < 7 ? Padding::kValid : Padding::kExplicit;
-  if (ri(0, 9) == 0) {  // a filter covering the whole input
+  const bool whole = ri(0, 9) == 0;  // a filter covering the whole input (VALID)
+  if (whole) {
     fh = in_h;
     fw = in_w;
-    attrs.padding = Padding::kValid;
   }
-  if (nchw) {
-    attrs.strides = {1, 1, sh, sw};
-    attrs.dilations = {1, 1, dh, dw};
-  } else {
-    attrs.strides = {1, sh, sw, 1};
-    attrs.dilations = {1, dh, dw, 1};
-  }
-  if (attrs.padding == Padding::kExplicit) {
-    const int t = ri(0, 3), b = ri(0, 3), l = ri(0, 3), r = ri(0, 3);
-    attrs.explicit_paddings = nchw ? std::vector<int64_t>{0, 0, 0, 0, t, b, l, r}
-                                   : std::vector<int64_t>{0, 0, t, b, l, r, 0, 0};
-  }
-  const int in_depth = groups * cg;
-  const int64_t in_dims_nhwc[4] = {batch, in_h, in_w, in_depth};
-  const int64_t in_dims_nchw[4] = {batch, in_depth, in_h, in_w};
+  const int64_t in_dims[4] = {batch, in_h, in_w, groups * cg};
   const int64_t f_dims[4] = {fh, fw, cg, groups * npg};
   ConvShape s;
-  if (!ComputeConvShape(nchw ? in_dims_nchw : in_dims_nhwc, f_dims, attrs, &s).empty()) return false;
+  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, whole, &s)) return false;
   if (s.output_elements() == 0 || s.lut_macs() > 6000000) return false;
 
   RandomQuant q;
@@ -483,9 +486,9 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   opts.force_wide = ri(0, 4) == 0;
   if (opts.force_wide) ++counts->wide;
   char label[256];
-  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d %s%s %s",
-                nchw ? "NCHW" : "NHWC", batch, in_h, in_w, in_depth, groups, fh, fw, cg, groups * npg, sh, sw, dh,
-                dw, static_cast<int>(attrs.padding), q.bits, table_name.c_str(), q.channel_q.empty() ? "" : " per-channel",
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d,%d b%d %s%s %s",
+                nchw ? "NCHW" : "NHWC", batch, in_h, in_w, groups * cg, groups, fh, fw, cg, groups * npg, sh, sw, dh,
+                dw, static_cast<int>(s.pad_top), static_cast<int>(s.pad_left), q.bits, table_name.c_str(), q.channel_q.empty() ? "" : " per-channel",
                 q.Schemes().c_str());
   ++counts->per_type[type];
   switch (type) {
@@ -1535,23 +1538,10 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   const int kernel = std::vector<int>{1, 3, 5}[ri(0, 2)];
   const int sh = ri(1, 2), sw = ri(1, 2), dh = ri(1, 2), dw = ri(1, 2);
   const int batch = ri(1, 8), in_h = ri(1, 20), in_w = ri(1, 20);
-  ConvAttrs attrs;
-  attrs.data_format = nchw ? DataFormat::kNCHW : DataFormat::kNHWC;
-  const int pk = ri(0, 9);
-  attrs.padding = pk < 4 ? Padding::kSame : pk < 7 ? Padding::kValid : Padding::kExplicit;
-  attrs.strides = nchw ? std::vector<int64_t>{1, 1, sh, sw} : std::vector<int64_t>{1, sh, sw, 1};
-  attrs.dilations = nchw ? std::vector<int64_t>{1, 1, dh, dw} : std::vector<int64_t>{1, dh, dw, 1};
-  if (attrs.padding == Padding::kExplicit) {
-    const int t = ri(0, 3), b = ri(0, 3), l = ri(0, 3), r = ri(0, 3);
-    attrs.explicit_paddings = nchw ? std::vector<int64_t>{0, 0, 0, 0, t, b, l, r}
-                                   : std::vector<int64_t>{0, 0, t, b, l, r, 0, 0};
-  }
-  const int in_depth = groups * cg;
-  const int64_t in_dims_nhwc[4] = {batch, in_h, in_w, in_depth};
-  const int64_t in_dims_nchw[4] = {batch, in_depth, in_h, in_w};
+  const int64_t in_dims[4] = {batch, in_h, in_w, groups * cg};
   const int64_t f_dims[4] = {kernel, kernel, cg, groups * npg};
   ConvShape s;
-  if (!ComputeConvShape(nchw ? in_dims_nchw : in_dims_nhwc, f_dims, attrs, &s).empty()) return false;
+  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, false, &s)) return false;
   if (s.output_elements() == 0 || s.lut_macs() > 4000000) return false;
 
   RandomQuant q;
@@ -1587,9 +1577,9 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   opts.plain_fragment_loads = ri(0, 4) == 0;
   opts.separate_prepasses = ri(0, 3) == 0;  // the first version's pre-passes, still held to the reference
   char label[256];
-  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d b%d%s %s",
-                nchw ? "NCHW" : "NHWC", batch, in_h, in_w, in_depth, groups, kernel, kernel, cg, groups * npg, sh,
-                sw, dh, dw, static_cast<int>(attrs.padding), q.bits, q.channel_q.empty() ? "" : " per-channel",
+  std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d,%d b%d%s %s",
+                nchw ? "NCHW" : "NHWC", batch, in_h, in_w, groups * cg, groups, kernel, kernel, cg, groups * npg, sh,
+                sw, dh, dw, static_cast<int>(s.pad_top), static_cast<int>(s.pad_left), q.bits, q.channel_q.empty() ? "" : " per-channel",
                 q.Schemes().c_str());
   ++counts->per_type[q.type];
   auto run = [&](auto type_tag) {

@@ -933,15 +933,9 @@ std::string ApproxConvGpuAs(const ConvShape& s, const void* input, const void* f
 std::string ApproxConvGpuUntyped(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter,
                                  const GpuQuant* quant, const uint16_t* lut_device, void* output,
                                  cudaStream_t stream, const GpuOptions& options) {
-  decltype(&ApproxConvGpuAs<float>) typed = nullptr;
-  switch (dtype) {
-    case GpuDtype::kFloat: typed = &ApproxConvGpuAs<float>; break;
-    case GpuDtype::kDouble: typed = &ApproxConvGpuAs<double>; break;
-    case GpuDtype::kHalf: typed = &ApproxConvGpuAs<__half>; break;
-    case GpuDtype::kBfloat16: typed = &ApproxConvGpuAs<__nv_bfloat16>; break;
-  }
-  if (typed == nullptr) return "ApproxConvGpuUntyped: unknown element type";
-  return typed(s, input, filter, quant, lut_device, output, stream, options);
+  return WithGpuType(dtype, "ApproxConvGpuUntyped", [&](auto tag) {
+    return ApproxConvGpuAs<decltype(tag)>(s, input, filter, quant, lut_device, output, stream, options);
+  });
 }
 
 }  // namespace tfapprox

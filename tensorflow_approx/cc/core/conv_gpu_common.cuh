@@ -140,6 +140,19 @@ inline std::string GetDeviceInfo(DeviceInfo* info) {
   return "";
 }
 
+// f(T{}) for the element type `dtype` names (the untyped entry points' one dispatch); `what` names the
+// entry point in the error for an unknown type.
+template <typename F>
+std::string WithGpuType(GpuDtype dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case GpuDtype::kFloat: return f(float{});
+    case GpuDtype::kDouble: return f(double{});
+    case GpuDtype::kHalf: return f(__half{});
+    case GpuDtype::kBfloat16: return f(__nv_bfloat16{});
+  }
+  return std::string(what) + ": unknown element type";
+}
+
 }  // namespace gpu_internal
 }  // namespace tfapprox
 

@@ -1145,28 +1145,14 @@ TFAPPROX_INSTANTIATE(__half)
 TFAPPROX_INSTANTIATE(__nv_bfloat16)
 #undef TFAPPROX_INSTANTIATE
 
-namespace {
-template <typename T>
-std::string DecomposedAs(const ConvShape& s, const void* input, const void* filter, const GpuQuant* quant,
-                         const GpuDecomposition& d, void* output, cudaStream_t stream, void* workspace,
-                         size_t workspace_bytes) {
-  return ApproxConvGpuDecomposed<T>(s, static_cast<const T*>(input), static_cast<const T*>(filter), quant, d,
-                                    static_cast<T*>(output), stream, workspace, workspace_bytes);
-}
-}  // namespace
-
 std::string ApproxConvGpuDecomposedUntyped(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter,
                                            const GpuQuant* quant, const GpuDecomposition& d, void* output,
                                            cudaStream_t stream, void* workspace, size_t workspace_bytes) {
-  decltype(&DecomposedAs<float>) typed = nullptr;
-  switch (dtype) {
-    case GpuDtype::kFloat: typed = &DecomposedAs<float>; break;
-    case GpuDtype::kDouble: typed = &DecomposedAs<double>; break;
-    case GpuDtype::kHalf: typed = &DecomposedAs<__half>; break;
-    case GpuDtype::kBfloat16: typed = &DecomposedAs<__nv_bfloat16>; break;
-  }
-  if (typed == nullptr) return "ApproxConvGpuDecomposedUntyped: unknown element type";
-  return typed(s, input, filter, quant, d, output, stream, workspace, workspace_bytes);
+  return WithGpuType(dtype, "ApproxConvGpuDecomposedUntyped", [&](auto tag) {
+    using T = decltype(tag);
+    return ApproxConvGpuDecomposed<T>(s, static_cast<const T*>(input), static_cast<const T*>(filter), quant, d,
+                                      static_cast<T*>(output), stream, workspace, workspace_bytes);
+  });
 }
 
 }  // namespace tfapprox

@@ -36,17 +36,11 @@
 
 namespace tfapprox {
 
-// A TableDecomposition with its arrays in DEVICE memory (the kernels read u, v, alpha and beta there;
-// c0 and terms travel by value). terms >= 1: GpuDecompositionUpload turns a decomposition without
-// product terms (a table that is c0 + alpha[a] + beta[w]) into one zero term, so that the GEMM has a K.
-struct GpuDecomposition {
-  int terms = 0;
-  const int8_t* u = nullptr;       // [terms][256]
-  const int8_t* v = nullptr;       // [terms][256]
-  const int32_t* alpha = nullptr;  // [256]
-  const int32_t* beta = nullptr;   // [256]
-  int64_t c0 = 0;
-};
+// A TableDecomposition (conv_kernels.h) whose arrays are in DEVICE memory (the kernels read u, v, alpha
+// and beta there; c0 and terms travel by value). terms >= 1: GpuDecompositionUpload turns a
+// decomposition without product terms (a table that is c0 + alpha[a] + beta[w]) into one zero term, so
+// that the GEMM has a K.
+using GpuDecomposition = TableDecomposition;
 
 // Most terms a decomposition may have here (the input translation holds every term's u, terms * 256
 // bytes, in shared memory).

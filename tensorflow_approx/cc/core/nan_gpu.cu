@@ -113,25 +113,15 @@ std::string PropagateNan(const ConvShape& s, const void* input, const void* filt
 
 std::string GpuScanNan(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter, int* flags,
                        cudaStream_t stream) {
-  switch (dtype) {
-    case GpuDtype::kFloat: return ScanNan<float>(s, input, filter, flags, stream);
-    case GpuDtype::kDouble: return ScanNan<double>(s, input, filter, flags, stream);
-    case GpuDtype::kHalf: return ScanNan<__half>(s, input, filter, flags, stream);
-    case GpuDtype::kBfloat16: return ScanNan<__nv_bfloat16>(s, input, filter, flags, stream);
-  }
-  return "GpuScanNan: unknown element type";
+  return WithGpuType(dtype, "GpuScanNan",
+                     [&](auto tag) { return ScanNan<decltype(tag)>(s, input, filter, flags, stream); });
 }
 
 std::string GpuPropagateNan(GpuDtype dtype, const ConvShape& s, const void* input, const void* filter, void* output,
                             const int* flags, cudaStream_t stream) {
   if (s.output_elements() == 0) return "";
-  switch (dtype) {
-    case GpuDtype::kFloat: return PropagateNan<float>(s, input, filter, output, flags, stream);
-    case GpuDtype::kDouble: return PropagateNan<double>(s, input, filter, output, flags, stream);
-    case GpuDtype::kHalf: return PropagateNan<__half>(s, input, filter, output, flags, stream);
-    case GpuDtype::kBfloat16: return PropagateNan<__nv_bfloat16>(s, input, filter, output, flags, stream);
-  }
-  return "GpuPropagateNan: unknown element type";
+  return WithGpuType(dtype, "GpuPropagateNan",
+                     [&](auto tag) { return PropagateNan<decltype(tag)>(s, input, filter, output, flags, stream); });
 }
 
 }  // namespace tfapprox

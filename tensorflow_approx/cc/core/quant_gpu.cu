@@ -51,13 +51,9 @@ std::string GpuQuantFromRanges(GpuDtype dtype, const GpuRanges& ranges, int64_t 
                        ranges.filter_bits >= kMinNumBits && ranges.filter_bits <= kMaxNumBits;
   if (!bits_ok) return "GpuQuantFromRanges: num_bits out of range";
   if (ranges.filter_channels < 1) return "GpuQuantFromRanges: filter_channels must be at least 1";
-  switch (dtype) {
-    case GpuDtype::kFloat: return QuantFromRanges<float>(ranges, taps, lut_offset, quant, flags, stream);
-    case GpuDtype::kDouble: return QuantFromRanges<double>(ranges, taps, lut_offset, quant, flags, stream);
-    case GpuDtype::kHalf: return QuantFromRanges<__half>(ranges, taps, lut_offset, quant, flags, stream);
-    case GpuDtype::kBfloat16: return QuantFromRanges<__nv_bfloat16>(ranges, taps, lut_offset, quant, flags, stream);
-  }
-  return "GpuQuantFromRanges: unknown element type";
+  return gpu_internal::WithGpuType(dtype, "GpuQuantFromRanges", [&](auto tag) {
+    return QuantFromRanges<decltype(tag)>(ranges, taps, lut_offset, quant, flags, stream);
+  });
 }
 
 }  // namespace tfapprox
