@@ -170,10 +170,27 @@ bool SameOutputBits(const T& gpu, const T& ref) {
   return bits == (std::is_same<T, __half>::value ? 0x7e00 : 0x7fc0);
 }
 
+// "" or the first index where the integer sums differ.
+std::string FirstSumDifference(const char* what, const std::vector<int64_t>& got, const std::vector<int64_t>& want) {
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i] != want[i]) {
+      return std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(got[i]) + ", reference " +
+             std::to_string(want[i]);
+    }
+  }
+  return "";
+}
+
+// The CPU reference of one case: its integer sums, as ReferenceConvAccumulate lays them out, and outputs.
 template <typename T>
-std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
-                     const QuantParams& qi, const FilterQuant& qf, const Lut& lut, const GpuOptions& base_opts,
-                     GpuPlan* used, int64_t* min_acc = nullptr) {
+struct Reference {
+  std::vector<int64_t> acc, act;
+  std::vector<T> out;
+};
+
+template <typename T>
+Reference<T> ReferenceOf(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
+                         const QuantParams& qi, const FilterQuant& qf, const Lut& lut) {
   std::vector<uint8_t> in_codes, flt_codes;
   HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
   QuantizedConv conv;
@@ -182,15 +199,38 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   conv.filter = flt_codes.data();
   conv.input_zero_code = static_cast<uint8_t>(qi.zero_point);
   conv.lut = lut.data();
-  std::vector<int64_t> ref_acc(s.output_elements()), ref_act(s.out_pixels() * s.groups());
-  ReferenceConvAccumulate(conv, 0, s.out_pixels(), ref_acc.data(), ref_act.data());
-  if (min_acc != nullptr) *min_acc = *std::min_element(ref_acc.begin(), ref_acc.end());
-  std::vector<T> ref_out(s.output_elements());
-  ApproxConvCpu<T>(s, input.data(), filter.data(), qi, qf, lut.data(), SerialFor(), ref_out.data(),
+  Reference<T> ref;
+  ref.acc.resize(s.output_elements());
+  ref.act.resize(s.out_pixels() * s.groups());
+  ReferenceConvAccumulate(conv, 0, s.out_pixels(), ref.acc.data(), ref.act.data());
+  ref.out.resize(s.output_elements());
+  ApproxConvCpu<T>(s, input.data(), filter.data(), qi, qf, lut.data(), SerialFor(), ref.out.data(),
                    CpuKernel::kReference);
+  return ref;
+}
+
+// "" or the first output whose bits differ from the reference's.
+template <typename T>
+std::string FirstOutputDifference(const std::vector<T>& out, const std::vector<T>& ref_out) {
+  if (std::memcmp(out.data(), ref_out.data(), out.size() * sizeof(T)) == 0) return "";
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!SameOutputBits(out[i], ref_out[i])) {
+      return "output[" + std::to_string(i) + "] = " + std::to_string(static_cast<double>(out[i])) + ", reference " +
+             std::to_string(static_cast<double>(ref_out[i])) + " (bits differ)";
+    }
+  }
+  return "";
+}
+
+template <typename T>
+std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
+                     const QuantParams& qi, const FilterQuant& qf, const Lut& lut, const GpuOptions& base_opts,
+                     GpuPlan* used, int64_t* min_acc = nullptr) {
+  const Reference<T> ref = ReferenceOf(s, input, filter, qi, qf, lut);
+  if (min_acc != nullptr) *min_acc = *std::min_element(ref.acc.begin(), ref.acc.end());
 
   DeviceBuffer<T> d_in(input.size()), d_flt(filter.size()), d_out(s.output_elements());
-  DeviceBuffer<int64_t> d_acc(ref_acc.size()), d_act(ref_act.size());
+  DeviceBuffer<int64_t> d_acc(ref.acc.size()), d_act(ref.act.size());
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   d_in.Upload(input);
   d_flt.Upload(filter);
@@ -217,28 +257,11 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   if (!err.empty()) return "GpuPropagateNan failed: " + err;
   const cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
-  const std::vector<int64_t> acc = d_acc.Download(), act = d_act.Download();
-  const std::vector<T> out = d_out.Download();
-  for (size_t i = 0; i < acc.size(); ++i) {
-    if (acc[i] != ref_acc[i]) {
-      return "acc[" + std::to_string(i) + "] = " + std::to_string(acc[i]) + ", reference " + std::to_string(ref_acc[i]);
-    }
-  }
-  for (size_t i = 0; i < act.size(); ++i) {
-    if (act[i] != ref_act[i]) {
-      return "act_sum[" + std::to_string(i) + "] = " + std::to_string(act[i]) + ", reference " +
-             std::to_string(ref_act[i]);
-    }
-  }
-  if (std::memcmp(out.data(), ref_out.data(), out.size() * sizeof(T)) != 0) {
-    for (size_t i = 0; i < out.size(); ++i) {
-      if (!SameOutputBits(out[i], ref_out[i])) {
-        return "output[" + std::to_string(i) + "] = " + std::to_string(static_cast<double>(out[i])) + ", reference " +
-               std::to_string(static_cast<double>(ref_out[i])) + " (bits differ)";
-      }
-    }
-  }
-  return "";
+  err = FirstSumDifference("acc", d_acc.Download(), ref.acc);
+  if (!err.empty()) return err;
+  err = FirstSumDifference("act_sum", d_act.Download(), ref.act);
+  if (!err.empty()) return err;
+  return FirstOutputDifference(d_out.Download(), ref.out);
 }
 
 struct Tables {
@@ -1411,16 +1434,6 @@ struct DeviceDecomposition {
   DeviceDecomposition& operator=(const DeviceDecomposition&) = delete;
 };
 
-// "" or the first index where the integer sums differ.
-std::string FirstSumDifference(const char* what, const std::vector<int64_t>& got, const std::vector<int64_t>& want) {
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (got[i] != want[i]) {
-      return std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(got[i]) + ", reference " +
-             std::to_string(want[i]);
-    }
-  }
-  return "";
-}
 
 // Runs one case through ApproxConvGpuDecomposed (with the decomposition of `lut`), the CPU reference
 // and ApproxConvGpu on `lut`; returns "" or what differs.
@@ -1428,22 +1441,10 @@ template <typename T>
 std::string CheckDecomposedOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
                                const QuantParams& qi, const FilterQuant& qf, const HostDecomposition& decomposition,
                                const Lut& lut, const GpuDecomposedOptions& base_opts) {
-  std::vector<uint8_t> in_codes, flt_codes;
-  HostCodes(s, input, filter, qi, qf, &in_codes, &flt_codes);
-  QuantizedConv conv;
-  conv.shape = s;
-  conv.input = in_codes.data();
-  conv.filter = flt_codes.data();
-  conv.input_zero_code = static_cast<uint8_t>(qi.zero_point);
-  conv.lut = lut.data();
-  std::vector<int64_t> ref_acc(s.output_elements()), ref_act(s.out_pixels() * s.groups());
-  ReferenceConvAccumulate(conv, 0, s.out_pixels(), ref_acc.data(), ref_act.data());
-  std::vector<T> ref_out(s.output_elements());
-  ApproxConvCpu<T>(s, input.data(), filter.data(), qi, qf, lut.data(), SerialFor(), ref_out.data(),
-                   CpuKernel::kReference);
+  const Reference<T> ref = ReferenceOf(s, input, filter, qi, qf, lut);
 
   DeviceBuffer<T> d_in(input.size()), d_flt(filter.size()), d_out(s.output_elements()), d_lookup(s.output_elements());
-  DeviceBuffer<int64_t> d_acc(ref_acc.size()), d_act(ref_act.size());
+  DeviceBuffer<int64_t> d_acc(ref.acc.size()), d_act(ref.act.size());
   d_in.Upload(input);
   d_flt.Upload(filter);
   d_out.Poison(0xFF);  // NaN in every float type: an unwritten element cannot match
@@ -1476,17 +1477,13 @@ std::string CheckDecomposedOne(const ConvShape& s, const std::vector<T>& input, 
   if (!err.empty()) return "GpuPropagateNan failed: " + err;
   const cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
-  err = FirstSumDifference("acc", d_acc.Download(), ref_acc);
+  err = FirstSumDifference("acc", d_acc.Download(), ref.acc);
   if (!err.empty()) return err;
-  err = FirstSumDifference("act_sum", d_act.Download(), ref_act);
+  err = FirstSumDifference("act_sum", d_act.Download(), ref.act);
   if (!err.empty()) return err;
   const std::vector<T> out = d_out.Download(), lookup = d_lookup.Download();
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (!SameOutputBits(out[i], ref_out[i])) {
-      return "output[" + std::to_string(i) + "] = " + std::to_string(static_cast<double>(out[i])) + ", reference " +
-             std::to_string(static_cast<double>(ref_out[i])) + " (bits differ)";
-    }
-  }
+  err = FirstOutputDifference(out, ref.out);
+  if (!err.empty()) return err;
   if (std::memcmp(out.data(), lookup.data(), out.size() * sizeof(T)) != 0) {
     return "outputs differ from ApproxConvGpu's on the same table";
   }
