@@ -423,7 +423,7 @@ class _FakeApproxMixin:
         """The op on the operands (fake-quantized or raw: it quantizes them to the same codes)."""
         table = self.lut.value
         if self.signed_products:
-            with tf.device(self.lut.device):  # stays on the host, where the op takes it
+            with tf.device("/CPU:0"):  # stays on the host (the variable's place), where the op takes it
                 table = tf.cast(table, tf.int16)  # the op reads an int16 table as signed products
         return approx_conv2d_with_table(
             xq,
