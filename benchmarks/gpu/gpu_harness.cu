@@ -222,6 +222,19 @@ std::string FirstOutputDifference(const std::vector<T>& out, const std::vector<T
   return "";
 }
 
+// Once the queued work is done: "" or the first difference of the device's integer sums and outputs
+// from the reference (*out: the outputs, downloaded).
+template <typename T>
+std::string DifferenceFromReference(const DeviceBuffer<int64_t>& d_acc, const DeviceBuffer<int64_t>& d_act,
+                                    const DeviceBuffer<T>& d_out, const Reference<T>& ref, std::vector<T>* out) {
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
+  std::string err = FirstSumDifference("acc", d_acc.Download(), ref.acc);
+  if (err.empty()) err = FirstSumDifference("act_sum", d_act.Download(), ref.act);
+  *out = d_out.Download();
+  return err.empty() ? FirstOutputDifference(*out, ref.out) : err;
+}
+
 template <typename T>
 std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std::vector<T>& filter,
                      const QuantParams& qi, const FilterQuant& qf, const Lut& lut, const GpuOptions& base_opts,
@@ -255,13 +268,8 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
   err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_out.ptr, d_flags.ptr, 0);
   if (!err.empty()) return "GpuPropagateNan failed: " + err;
-  const cudaError_t e = cudaDeviceSynchronize();
-  if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
-  err = FirstSumDifference("acc", d_acc.Download(), ref.acc);
-  if (!err.empty()) return err;
-  err = FirstSumDifference("act_sum", d_act.Download(), ref.act);
-  if (!err.empty()) return err;
-  return FirstOutputDifference(d_out.Download(), ref.out);
+  std::vector<T> out;
+  return DifferenceFromReference(d_acc, d_act, d_out, ref, &out);
 }
 
 struct Tables {
@@ -1475,15 +1483,10 @@ std::string CheckDecomposedOne(const ConvShape& s, const std::vector<T>& input, 
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
   err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_lookup.ptr, d_flags.ptr, 0);
   if (!err.empty()) return "GpuPropagateNan failed: " + err;
-  const cudaError_t e = cudaDeviceSynchronize();
-  if (e != cudaSuccess) return std::string("kernel failed: ") + cudaGetErrorString(e);
-  err = FirstSumDifference("acc", d_acc.Download(), ref.acc);
+  std::vector<T> out;
+  err = DifferenceFromReference(d_acc, d_act, d_out, ref, &out);
   if (!err.empty()) return err;
-  err = FirstSumDifference("act_sum", d_act.Download(), ref.act);
-  if (!err.empty()) return err;
-  const std::vector<T> out = d_out.Download(), lookup = d_lookup.Download();
-  err = FirstOutputDifference(out, ref.out);
-  if (!err.empty()) return err;
+  const std::vector<T> lookup = d_lookup.Download();
   if (std::memcmp(out.data(), lookup.data(), out.size() * sizeof(T)) != 0) {
     return "outputs differ from ApproxConvGpu's on the same table";
   }
