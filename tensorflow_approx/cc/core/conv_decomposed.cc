@@ -24,52 +24,91 @@
 namespace tfapprox {
 namespace {
 
-constexpr int kPixelBlock = 8;     // pixels per micro-tile (8 accumulators: dpbusd's latency hidden)
+// The micro-tile is kPixelBlock pixels x kMaxVectors vectors of 16 channels: 24 accumulators, 4 for B
+// and one broadcast of 32 registers. Each step (four reduction entries) loads 4 vectors of B and
+// broadcasts 6 pixels' bytes for 24 vpdpbusd (8 x 2 took 10 loads for 16), and 24 independent sums
+// hide vpdpbusd's latency.
+constexpr int kPixelBlock = 6;     // pixels per micro-tile
 constexpr int kChannelBlock = 16;  // output channels per vector of int32 sums
-constexpr int kMaxVectors = 2;     // vectors of channels per micro-tile (2: each broadcast serves 32)
+constexpr int kMaxVectors = 4;     // vectors of channels per micro-tile (4: each broadcast serves 64)
+constexpr int kPanel = kMaxVectors * kChannelBlock;  // channels of one micro-tile (a panel of B)
 constexpr int64_t kChunk = 65536;  // reduction entries whose 32-bit sums are exact (see above)
-constexpr int kTile = 64;          // pixels gathered at a time (a multiple of kPixelBlock)
+constexpr int kTile = 48;          // pixels gathered at a time (a multiple of kPixelBlock)
 
-// What a convolution needs of the filter, per group: B packed for the micro-kernel, [step][co][4] with
-// a step of four reduction entries and co padded to kChannelBlock (zeros beyond), and per channel the
+// What a convolution needs of the filter, per group: B packed for the micro-kernel in panels of kPanel
+// channels (the last one narrower: co is padded to kChannelBlock, zeros beyond), each panel
+// [step][width][4] with a step of four reduction entries, so the micro-tile reads one contiguous run
+// (a step's 64 channels are 4 cache lines, and the next step's follow) rather than 64 bytes out of
+// every channels * 4. Panel c0 / kPanel starts c0 * reduction bytes into the group. And per channel the
 // constant its sums take: -128 * (sum of B, the + 128 correction) + (sum of beta over its weights) +
 // taps * c0.
 struct PackedFilter {
   int64_t reduction = 0;  // R * K, padded to a multiple of 4 (zeros in B)
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
-  std::vector<int8_t> b;  // [groups][reduction / 4][channels][4]
+  std::unique_ptr<int8_t[]> b;  // [groups][panels][reduction / 4][width][4]
   std::vector<int64_t> offset;  // [out_depth]
+
+  // Channels in the panel starting at channel c0 (a multiple of kPanel).
+  int64_t PanelWidth(int64_t c0) const { return std::min<int64_t>(kPanel, channels - c0); }
 };
 
-PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for) {
+TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t taps, const int8_t* v, int64_t width, int8_t* lanes);
+
+// `fast`: pack with PackTermVbmi where it applies.
+PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for,
+                        bool fast) {
   const ConvShape& s = conv.shape;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   PackedFilter f;
   f.reduction = (taps * d.terms + 3) / 4 * 4;
   f.channels = (per_group + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
-  f.b.assign(static_cast<size_t>(groups * f.reduction * f.channels), 0);
+  // Not zeroed here: the blocks below write every byte, padding included (a serial memset of B was a
+  // few ms on the large layers).
+  f.b.reset(new int8_t[static_cast<size_t>(groups * f.reduction * f.channels)]);
   f.offset.assign(static_cast<size_t>(s.out_depth), 0);
+  // sum over the terms of v[r][w], for the + 128 correction.
+  int64_t v_sum[256] = {};
+  for (int r = 0; r < d.terms; ++r)
+    for (int w = 0; w < 256; ++w) v_sum[w] += d.v[r * 256 + w];
   // In parallel over blocks of kChannelBlock channels of a group, each owning its channels' entries
   // (64 contiguous bytes per step) and offsets. Serial, packing was most of a 3x3 512->512 layer's time.
-  const int64_t blocks_per_group = f.channels / kChannelBlock;
+  // Each block fills its bytes in memory order, a step's 16 channels together: walking one channel at a
+  // time wrote one byte per cache line, and packing took longer than the GEMM on 512-channel layers.
+  const int64_t entries = taps * d.terms, blocks_per_group = f.channels / kChannelBlock;
   parallel_for(groups * blocks_per_group, kChannelBlock * taps * d.terms * 4, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t g = block / blocks_per_group, j0 = block % blocks_per_group * kChannelBlock;
-      int8_t* group_b = f.b.data() + g * f.reduction * f.channels;
-      for (int64_t j = j0; j < std::min(per_group, j0 + kChannelBlock); ++j) {
-        const int64_t co = g * per_group + j;
-        int64_t b_sum = 0, beta_sum = 0;
-        for (int64_t k = 0; k < taps; ++k) {
-          const uint8_t w = conv.filter[co * taps + k];
-          beta_sum += d.beta[w];
-          for (int r = 0; r < d.terms; ++r) {
-            const int64_t e = r * taps + k;
-            const int8_t v = d.v[r * 256 + w];
-            group_b[((e / 4) * f.channels + j) * 4 + e % 4] = v;
-            b_sum += v;
+      const int64_t panel0 = j0 / kPanel * kPanel, width = f.PanelWidth(panel0);
+      const int64_t count = std::min<int64_t>(kChannelBlock, per_group - j0);  // real channels
+      int8_t* lanes = f.b.get() + g * f.reduction * f.channels + panel0 * f.reduction + (j0 - panel0) * 4;
+      const uint8_t* rows = conv.filter + (g * per_group + j0) * taps;
+      // A whole block, taps a multiple of 4 (each step within one term) and 16 * taps an int32 offset.
+      const bool vector = fast && count == kChannelBlock && taps % 4 == 0 && taps < (int64_t{1} << 26);
+      for (int r = 0; r < d.terms; ++r) {
+        const int8_t* v = d.v + r * 256;
+        if (vector) {
+          PackTermVbmi(rows, taps, v, width, lanes + r * taps / 4 * width * 4);
+          continue;
+        }
+        for (int64_t k = 0, e = r * taps; k < taps; ++k, ++e) {
+          int8_t* out = lanes + (e / 4) * width * 4 + e % 4;
+          if (count == kChannelBlock) {
+            for (int64_t j = 0; j < kChannelBlock; ++j) out[j * 4] = v[rows[j * taps + k]];
+          } else {
+            for (int64_t j = 0; j < kChannelBlock; ++j) out[j * 4] = j < count ? v[rows[j * taps + k]] : 0;
           }
         }
-        f.offset[co] = -128 * b_sum + beta_sum + taps * d.c0;
+      }
+      for (int64_t e = entries; e < f.reduction; ++e)
+        for (int64_t j = 0; j < kChannelBlock; ++j) lanes[(e / 4) * width * 4 + e % 4 + j * 4] = 0;
+      for (int64_t j = 0; j < count; ++j) {
+        int64_t b_sum = 0, beta_sum = 0;
+        for (int64_t k = 0; k < taps; ++k) {
+          const uint8_t w = rows[j * taps + k];
+          b_sum += v_sum[w];
+          beta_sum += d.beta[w];
+        }
+        f.offset[g * per_group + j0 + j] = -128 * b_sum + beta_sum + taps * d.c0;
       }
     }
   });
@@ -89,13 +128,23 @@ void GatherCodes(const QuantizedConv& conv, int64_t p, int64_t g, uint8_t* codes
   });
 }
 
-// alpha as byte planes for the vector sums: alpha[c] = base + sum_j planes[j][c] << 8j.
+// alpha as byte planes for the vector sums: alpha[c] = base + slope * c + sum_j planes[j][c] << 8j.
+// An affine alpha (the exact table's, 128 * a) takes no planes: its sum follows from the codes' sum,
+// which saves the lookups that were a tenth of a 64-channel layer's time.
 struct AlphaPlanes {
   AlphaPlanes() = default;
-  int64_t base = 0;
+  int64_t base = 0, slope = 0;
   int count = 0;
   std::vector<uint8_t> planes;  // [count][256]
   explicit AlphaPlanes(const int32_t* alpha) {
+    const int64_t step = int64_t{alpha[1]} - alpha[0];
+    bool affine = true;
+    for (int c = 0; c < 256; ++c) affine = affine && alpha[c] == alpha[0] + step * c;
+    if (affine) {
+      base = alpha[0];
+      slope = step;
+      return;
+    }
     base = *std::min_element(alpha, alpha + 256);
     const int64_t top = *std::max_element(alpha, alpha + 256) - base;
     while (count < 4 && (top >> (8 * count)) != 0) ++count;
@@ -126,27 +175,60 @@ TFAPPROX_VNNI inline __m512i Lookup256(__m512i t0, __m512i t1, __m512i t2, __m51
   return _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high);
 }
 
-// The same, 64 codes at a time: byte sums by vpsadbw against zero, alpha's through its byte planes.
+// B's bytes of one term for a block of 16 channels (rows: their filter rows), when taps is a multiple
+// of 4: a step's 16 x 4 codes by one gather of 4 bytes per channel, translated through the term's v by
+// byte permutes, stored as one vector. A byte at a time, packing a 3x3 512->512 layer's 8 terms took
+// 10 ms, half as long as its GEMM; this way 3.5 ms.
+TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t taps, const int8_t* v, int64_t width, int8_t* lanes) {
+  const __m512i t0 = _mm512_loadu_si512(v), t1 = _mm512_loadu_si512(v + 64), t2 = _mm512_loadu_si512(v + 128),
+                t3 = _mm512_loadu_si512(v + 192);
+  const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(static_cast<int>(taps)));
+  for (int64_t k = 0; k < taps; k += 4, lanes += width * 4) {
+    const __m512i codes = _mm512_i32gather_epi32(index, rows + k, 1);
+    _mm512_storeu_si512(lanes, Lookup256(t0, t1, t2, t3, codes));
+  }
+}
+
+// Quarter t of alpha's byte plane j (zero for planes past the count: never read).
+TFAPPROX_VNNI inline __m512i PlaneQuarter(const AlphaPlanes& alpha, int j, int t) {
+  return j < alpha.count ? _mm512_loadu_si512(alpha.planes.data() + j * 256 + t * 64) : _mm512_setzero_si512();
+}
+
+// The same as SumsPortable, 64 codes at a time: byte sums by vpsadbw against zero, alpha's through its
+// byte planes. The planes' tables and sums are named variables, not arrays indexed by the plane: GCC
+// kept such arrays of vectors in memory, and the loop-carried sums then waited on stores and reloads.
+
 TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t taps, const int32_t*, const AlphaPlanes& alpha,
                             int64_t* code_sum, int64_t* alpha_sum) {
   const __m512i zero = _mm512_setzero_si512();
-  __m512i sums = zero, plane_sums[4] = {zero, zero, zero, zero}, tables[4][4];
-  for (int j = 0; j < alpha.count; ++j)
-    for (int t = 0; t < 4; ++t) tables[j][t] = _mm512_loadu_si512(alpha.planes.data() + j * 256 + t * 64);
+  const int count = alpha.count;
+  const __m512i t00 = PlaneQuarter(alpha, 0, 0), t01 = PlaneQuarter(alpha, 0, 1),
+                t02 = PlaneQuarter(alpha, 0, 2), t03 = PlaneQuarter(alpha, 0, 3);
+  const __m512i t10 = PlaneQuarter(alpha, 1, 0), t11 = PlaneQuarter(alpha, 1, 1),
+                t12 = PlaneQuarter(alpha, 1, 2), t13 = PlaneQuarter(alpha, 1, 3);
+  const __m512i t20 = PlaneQuarter(alpha, 2, 0), t21 = PlaneQuarter(alpha, 2, 1),
+                t22 = PlaneQuarter(alpha, 2, 2), t23 = PlaneQuarter(alpha, 2, 3);
+  const __m512i t30 = PlaneQuarter(alpha, 3, 0), t31 = PlaneQuarter(alpha, 3, 1),
+                t32 = PlaneQuarter(alpha, 3, 2), t33 = PlaneQuarter(alpha, 3, 3);
+  __m512i sums = zero, p0 = zero, p1 = zero, p2 = zero, p3 = zero;
   for (int64_t k = 0; k < taps; k += 64) {
     const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
     const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
     sums = _mm512_add_epi64(sums, _mm512_sad_epu8(c, zero));
-    for (int j = 0; j < alpha.count; ++j) {
-      const __m512i plane =
-          _mm512_maskz_mov_epi8(valid, Lookup256(tables[j][0], tables[j][1], tables[j][2], tables[j][3], c));
-      plane_sums[j] = _mm512_add_epi64(plane_sums[j], _mm512_sad_epu8(plane, zero));
-    }
+    if (count > 0)
+      p0 = _mm512_add_epi64(p0, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t00, t01, t02, t03, c)), zero));
+    if (count > 1)
+      p1 = _mm512_add_epi64(p1, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t10, t11, t12, t13, c)), zero));
+    if (count > 2)
+      p2 = _mm512_add_epi64(p2, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t20, t21, t22, t23, c)), zero));
+    if (count > 3)
+      p3 = _mm512_add_epi64(p3, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t30, t31, t32, t33, c)), zero));
   }
-  int64_t alphas = alpha.base * taps;
-  for (int j = 0; j < alpha.count; ++j) alphas += _mm512_reduce_add_epi64(plane_sums[j]) << (8 * j);
   *code_sum = _mm512_reduce_add_epi64(sums);
-  *alpha_sum = alphas;
+  *alpha_sum = alpha.base * taps + alpha.slope * *code_sum + _mm512_reduce_add_epi64(p0) +
+               (_mm512_reduce_add_epi64(p1) << 8) + (_mm512_reduce_add_epi64(p2) << 16) +
+               (_mm512_reduce_add_epi64(p3) << 24);
 }
 
 // A's row from the codes: row[r * K + k] = u[r][codes[k]] + 128 (u_plus holds u + 128), padded to
@@ -177,45 +259,92 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t taps, const uint8
 using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
 
 // sums[i][c] += sum over the steps in [step_begin, step_end) of A[i] . B[c] for kPixelBlock rows of A
-// (stride `reduction` bytes) and NV * kChannelBlock channels of B (packed as PackedFilter::b).
+// (stride `reduction` bytes) and the NV * kChannelBlock channels of a panel of B (packed as
+// PackedFilter::b, `width` channels a step); = for the first chunk (step_begin 0), so the caller need
+// not zero sums (its memset was 5% of a 64-channel layer).
+//
+// The 24 accumulators are named variables, not an array: GCC at -O2 (the build's) keeps an array of
+// vectors in memory even once its loops are unrolled, every vpdpbusd then waiting on a store and a
+// reload (the 8 x 2 kernel this replaced ran at a fraction of vpdpbusd's rate for that reason).
+static_assert(kPixelBlock == 6 && kMaxVectors == 4, "MicroKernelVnni spells out a 6 x 4 tile");
 template <int NV>
-TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t channels,
+TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t width,
                                    int64_t step_begin, int64_t step_end, Sums& sums) {
-  __m512i acc[kPixelBlock][NV];
-  for (int i = 0; i < kPixelBlock; ++i)
-    for (int n = 0; n < NV; ++n) acc[i][n] = _mm512_setzero_si512();
-  for (int64_t step = step_begin; step < step_end; ++step) {
-    __m512i bv[NV];
-    for (int n = 0; n < NV; ++n) bv[n] = _mm512_loadu_si512(b + (step * channels + n * kChannelBlock) * 4);
-    for (int i = 0; i < kPixelBlock; ++i) {
-      int32_t four;
-      std::memcpy(&four, a + i * reduction + step * 4, 4);
-      const __m512i av = _mm512_set1_epi32(four);
-      for (int n = 0; n < NV; ++n) acc[i][n] = _mm512_dpbusd_epi32(acc[i][n], av, bv[n]);
-    }
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i s00 = zero, s01 = zero, s02 = zero, s03 = zero, s10 = zero, s11 = zero, s12 = zero, s13 = zero,
+          s20 = zero, s21 = zero, s22 = zero, s23 = zero, s30 = zero, s31 = zero, s32 = zero, s33 = zero,
+          s40 = zero, s41 = zero, s42 = zero, s43 = zero, s50 = zero, s51 = zero, s52 = zero, s53 = zero;
+  const int8_t* bp = b + step_begin * width * 4;
+  const uint8_t* ap = a + step_begin * 4;
+  for (int64_t step = step_begin; step < step_end; ++step, bp += width * 4, ap += 4) {
+    const __m512i b0 = _mm512_loadu_si512(bp);
+    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : zero;
+    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : zero;
+    const __m512i b3 = NV > 3 ? _mm512_loadu_si512(bp + 192) : zero;
+#define TFAPPROX_DECOMPOSED_ROW(i)                                            \
+  {                                                                           \
+    int32_t four;                                                             \
+    std::memcpy(&four, ap + (i) * reduction, 4);                              \
+    const __m512i av = _mm512_set1_epi32(four);                               \
+    s##i##0 = _mm512_dpbusd_epi32(s##i##0, av, b0);                           \
+    if (NV > 1) s##i##1 = _mm512_dpbusd_epi32(s##i##1, av, b1);               \
+    if (NV > 2) s##i##2 = _mm512_dpbusd_epi32(s##i##2, av, b2);               \
+    if (NV > 3) s##i##3 = _mm512_dpbusd_epi32(s##i##3, av, b3);               \
   }
+    TFAPPROX_DECOMPOSED_ROW(0)
+    TFAPPROX_DECOMPOSED_ROW(1)
+    TFAPPROX_DECOMPOSED_ROW(2)
+    TFAPPROX_DECOMPOSED_ROW(3)
+    TFAPPROX_DECOMPOSED_ROW(4)
+    TFAPPROX_DECOMPOSED_ROW(5)
+#undef TFAPPROX_DECOMPOSED_ROW
+  }
+  const __m512i acc[kPixelBlock][kMaxVectors] = {{s00, s01, s02, s03}, {s10, s11, s12, s13},
+                                                 {s20, s21, s22, s23}, {s30, s31, s32, s33},
+                                                 {s40, s41, s42, s43}, {s50, s51, s52, s53}};
   for (int i = 0; i < kPixelBlock; ++i) {
     for (int n = 0; n < NV; ++n) {
       alignas(64) int32_t lanes[kChannelBlock];
       _mm512_store_si512(lanes, acc[i][n]);
-      for (int c = 0; c < kChannelBlock; ++c) sums[i][n * kChannelBlock + c] += lanes[c];
+      if (step_begin == 0) {
+        for (int c = 0; c < kChannelBlock; ++c) sums[i][n * kChannelBlock + c] = lanes[c];
+      } else {
+        for (int c = 0; c < kChannelBlock; ++c) sums[i][n * kChannelBlock + c] += lanes[c];
+      }
     }
   }
 }
 
 template <int NV>
-void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t channels,
+void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t width,
                          int64_t step_begin, int64_t step_end, Sums& sums) {
   for (int i = 0; i < kPixelBlock; ++i) {
     for (int c = 0; c < NV * kChannelBlock; ++c) {
       int64_t sum = 0;
       for (int64_t step = step_begin; step < step_end; ++step) {
         for (int q = 0; q < 4; ++q) {
-          sum += static_cast<int64_t>(a[i * reduction + step * 4 + q]) * b[(step * channels + c) * 4 + q];
+          sum += static_cast<int64_t>(a[i * reduction + step * 4 + q]) * b[(step * width + c) * 4 + q];
         }
       }
-      sums[i][c] += sum;
+      sums[i][c] = (step_begin == 0 ? 0 : sums[i][c]) + sum;
     }
+  }
+}
+
+// out[c] = sums[c] + alpha_sum + offset[c] for c < n: one pixel's sums in a panel, into acc.
+void WriteSumsPortable(const int64_t* sums, int64_t alpha_sum, const int64_t* offset, int64_t n, int64_t* out) {
+  for (int64_t c = 0; c < n; ++c) out[c] = sums[c] + alpha_sum + offset[c];
+}
+
+// The same, 8 at a time. Written as a scalar loop in the tile loop, where the compiler could not keep
+// its operands in registers (acc may alias them), this took more time than the GEMM on 64-channel layers.
+TFAPPROX_VNNI void WriteSumsAvx512(const int64_t* sums, int64_t alpha_sum, const int64_t* offset, int64_t n,
+                                   int64_t* out) {
+  const __m512i alpha = _mm512_set1_epi64(alpha_sum);
+  for (int64_t c = 0; c < n; c += 8) {
+    const __mmask8 valid = n - c >= 8 ? __mmask8{0xff} : static_cast<__mmask8>((1u << (n - c)) - 1);
+    const __m512i sum = _mm512_add_epi64(_mm512_maskz_loadu_epi64(valid, sums + c), alpha);
+    _mm512_mask_storeu_epi64(out + c, valid, _mm512_add_epi64(sum, _mm512_maskz_loadu_epi64(valid, offset + c)));
   }
 }
 
@@ -231,17 +360,20 @@ struct DecomposedPlan {
   bool fast = false;  // the VNNI / VBMI kernels
 };
 
-// Measured on a 2-core Zen 4 (benchmarks/cpu_benchmark.py --decomposed, every layer forced through the
-// decomposed kernel): with one or two terms 1.1-3.2x faster than the lookups on layers of 32+ channels
-// per group and 128+ taps (3x3 7x7 512->512 with two terms, 9216 reduction entries: 1.3x); with four
-// terms faster up to 2304 entries when 256+ taps share them (3x3 56x56 64->64: 1.3-1.4x), uneven at
-// 4608 (28x28 128->128: 1.07x in one run, 0.7x in another), slower beyond (14x14 256->256: 0.76x) or
-// with 144 taps (0.92x); even or slower with 16 channels per group, and slower on 1x1 layers of 16-64
-// taps and the 3- and 1-channel stems (0.5-0.85x).
+// Measured on a 2-core Zen 4 against the lookups (CpuConvAccumulate) in the same run, one thread, N = 8,
+// the decomposed time including PrepareDecomposed (the op builds the plan at every call): with up to
+// four terms 1.5-3x faster on every layer of 32+ channels per group and 128+ taps tried (four terms:
+// 3x3 56x56 64->64 3.1x, 28x28 128->128 2.2x, 14x14 256->256 2.3x, 7x7 512->512 2.2x, 16x16 32->32
+// 1.6x, 3x3 s2 16->32 of 144 taps 1.5x, 1x1 256->128 1.6x); with eight terms faster from 512 taps
+// (56x56 64->64 2x, 8x8 64->64 1.5x, 28x28 128->128 1.1x, 14x14 256->256 1.15x, 7x7 512->512 1.25x,
+// the last 36864 reduction entries, the most tried) and even or slower below (288 taps 0.9x, 1x1
+// 256->128 0.8x, 144 taps 1.0x). The earlier 8 x 2 micro-kernel lost from 4608 entries with four
+// terms. Not re-measured, so still excluded: layers of 16 channels per group and 1x1 layers of 16-64
+// taps (even or slower before), and more than 8 terms (the lookups' cost does not grow with terms).
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps();
   if (!HasVnni() || shape.out_depth_per_group() < 32 || taps < 128) return false;
-  return terms <= 2 ? taps * terms <= 9216 : terms <= 4 && taps >= 256 && taps * terms <= 2304;
+  return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || taps >= 512);
 }
 
 const char* DecomposedKernelName(bool portable) {
@@ -251,7 +383,7 @@ const char* DecomposedKernelName(bool portable) {
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
                                                         const ParallelFor& parallel_for, bool portable) {
   auto plan = std::make_shared<DecomposedPlan>();
-  plan->filter = PackFilter(conv, d, parallel_for);
+  plan->filter = PackFilter(conv, d, parallel_for, !portable && HasVnni());
   plan->alpha.assign(d.alpha, d.alpha + 256);
   plan->alpha_planes = AlphaPlanes(d.alpha);
   plan->terms = d.terms;
@@ -271,10 +403,15 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
   const bool fast = plan.fast;
   // Micro-kernels by the vectors of channels they take (index NV - 1).
-  decltype(&MicroKernelPortable<1>) kernels[kMaxVectors] = {MicroKernelPortable<1>, MicroKernelPortable<2>};
-  if (fast) kernels[0] = MicroKernelVnni<1>, kernels[1] = MicroKernelVnni<2>;
+  decltype(&MicroKernelPortable<1>) kernels[kMaxVectors] = {MicroKernelPortable<1>, MicroKernelPortable<2>,
+                                                             MicroKernelPortable<3>, MicroKernelPortable<4>};
+  if (fast) {
+    kernels[0] = MicroKernelVnni<1>, kernels[1] = MicroKernelVnni<2>;
+    kernels[2] = MicroKernelVnni<3>, kernels[3] = MicroKernelVnni<4>;
+  }
   const auto translate = fast ? TranslateVbmi : TranslatePortable;
   const auto sum_codes = fast ? SumsVbmi : SumsPortable;
+  const auto write_sums = fast ? WriteSumsAvx512 : WriteSumsPortable;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
   parallel_for(tiles, kTile * f.reduction * f.channels * groups / 16 + 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> rows(static_cast<size_t>(kTile * f.reduction)), codes(static_cast<size_t>(taps));
@@ -292,24 +429,25 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
           translate(codes.data(), taps, plan.u_plus.data(), plan.terms, f.reduction, rows.data() + i * f.reduction);
           if (i < count) act_sum[q * groups + g] = code_sum;
         }
-        const int8_t* group_b = f.b.data() + g * f.reduction * f.channels;
+        const int8_t* group_b = f.b.get() + g * f.reduction * f.channels;
         for (int64_t c0 = 0; c0 < per_group;) {
-          const int vectors = static_cast<int>(std::min<int64_t>(kMaxVectors, (f.channels - c0) / kChannelBlock));
-          const int64_t width = vectors * kChannelBlock;
+          const int64_t width = f.PanelWidth(c0);
+          const int vectors = static_cast<int>(width / kChannelBlock);
           for (int64_t block = 0; block < blocks; ++block) {
-            Sums sums = {};
+            Sums sums;  // set by the first chunk's kernel
+            if (steps == 0) std::memset(sums, 0, sizeof(sums));  // no terms: nothing to multiply
             for (int64_t step = 0; step < steps; step += chunk_steps) {
-              kernels[vectors - 1](rows.data() + block * kPixelBlock * f.reduction, f.reduction, group_b + c0 * 4,
-                                   f.channels, step, std::min(steps, step + chunk_steps), sums);
+              kernels[vectors - 1](rows.data() + block * kPixelBlock * f.reduction, f.reduction,
+                                   group_b + c0 * f.reduction, width, step, std::min(steps, step + chunk_steps),
+                                   sums);
             }
             for (int i = 0; i < kPixelBlock; ++i) {
               const int64_t row = block * kPixelBlock + i;
               if (row >= count) break;
               const int64_t q = first + row;
-              for (int64_t c = 0; c < width && c0 + c < per_group; ++c) {
-                const int64_t co = g * per_group + c0 + c;
-                acc[q * s.out_depth + co] = sums[i][c] + alpha_sums[row] + f.offset[co];
-              }
+              const int64_t co = g * per_group + c0;
+              write_sums(sums[i], alpha_sums[row], f.offset.data() + co, std::min(width, per_group - c0),
+                         acc + q * s.out_depth + co);
             }
           }
           c0 += width;

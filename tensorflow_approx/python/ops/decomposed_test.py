@@ -54,7 +54,7 @@ def low_rank_table(rng, terms, signed):
 CASES = [
     # terms, signed products, shape (batch, size, in, out, k), op arguments
     # (the decomposed kernel runs where PreferDecomposed says: 32+ channels per group, 128+ taps, up to
-    # 2 terms, or 4 over 256+ taps and 2304 entries; the last case keeps the lookups, same outputs)
+    # 8 terms and 36864 entries, 5-8 terms only from 512 taps; the last case keeps the lookups, same outputs)
     (1, False, (2, 9, 32, 64, 3), {}),
     (2, False, (1, 7, 40, 64, 3), {"per_channel": True}),
     (2, False, (2, 6, 16, 96, 3), {"num_bits": 6, "filter_num_bits": 4}),
