@@ -43,7 +43,8 @@ symmetric codes -2^(b-1)..2^(b-1) - 1 with zero point 0, the table indexed by th
 `weight_bits` gives the kernel its own code width (docs/semantics.md, "Quantization schemes").
 
 Tables: each layer holds its multiplier's 65536 products as a non-trainable float32 weight `lut`
-(exact integers; float32 because a GPU variable cannot be uint16) and runs the op
+(exact integers; float32, the dtype it kept when it moved from the GPU to the host, where the op's GPU
+kernel takes it) and runs the op
 ApproxConv2DWithTable on it. `.keras` files and SavedModels therefore carry their tables, and
 `layer.set_multiplier(m)` changes a built, compiled model's table in place without retracing.
 

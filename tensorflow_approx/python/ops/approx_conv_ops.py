@@ -175,8 +175,8 @@ def approx_conv2d_with_table(
       input, filter, input_min, input_max, filter_min, filter_max, strides, padding, num_bits,
         explicit_paddings, data_format, dilations: as approx_conv2d_with_min_max_vars.
       table: the 65536 products, entry (a << 8) | w: a uint16 or float32 tensor or variable of shape
-        [65536] (float32 entries must be integers in 0..65535; it is the dtype a GPU variable can
-        have), an int16 tensor of signed products, or anything lut_values() takes
+        [65536] (float32 entries must be integers in 0..65535; the layers' dtype; keep it on the host,
+        where the GPU kernel takes it), an int16 tensor of signed products, or anything lut_values() takes
         (a Multiplier, a path, an array), made a constant. With a symmetric operand the table is
         indexed by the codes' bytes, ((a & 0xFF) << 8) | (w & 0xFF), two's complement for signed codes.
       filter_num_bits: the filter's code width, 2..8 (None: num_bits).
