@@ -28,7 +28,6 @@ built-in families. The exact product is always one of the choices.
 
 import glob
 import multiprocessing
-import multiprocessing.connection
 import os
 import sys
 import time
@@ -200,12 +199,7 @@ class DeviceProcesses:
             self.answer(i, "ready")
 
     def answer(self, i, expect):
-        message = self.conns[i].recv()
-        if message[0] == "error":
-            raise RuntimeError(f"the worker process of {self.devices[i]} failed:\n{message[1]}")
-        if message[0] != expect:
-            raise RuntimeError(f"the worker process of {self.devices[i]} answered {message[0]!r}, not {expect!r}")
-        return message[1:]
+        return evaluators.answer_of(self.conns[i].recv(), f"the worker process of {self.devices[i]}", expect)
 
     def run(self, step, parts, batch, repeats=2):
         """(median over repeats of the seconds from the first worker's start to the last one's end, the

@@ -494,6 +494,16 @@ def physical_device(name, argument="devices"):
     return "GPU", spec.device_index or 0
 
 
+def answer_of(message, who, expect):
+    """The fields of a worker process's message (kind, *fields) of the expected kind; its ("error",
+    traceback) or another kind raises RuntimeError naming `who`."""
+    if message[0] == "error":
+        raise RuntimeError(f"{who} failed:\n{message[1]}")
+    if message[0] != expect:
+        raise RuntimeError(f"{who} answered {message[0]!r}, not {expect!r}")
+    return message[1:]
+
+
 def _process_worker(conn, device, model_bytes, x, y, batch_size, threads, tables_kept, layer_kwargs):
     """A ProcessEvaluator's worker (a spawned process): the one device given visible, an Evaluator of its
     own, then candidates until told to stop or the driver goes away."""
@@ -606,11 +616,7 @@ class ProcessEvaluator(_RemoteEvaluator):
             self.close()  # the others may still run, but one device is gone: a new evaluator starts clean
             raise RuntimeError(f"the worker of {self.devices[worker]} ended (exit code {process.exitcode}); "
                                "this ProcessEvaluator is closed") from None
-        if message[0] == "error":
-            raise RuntimeError(f"the worker of {self.devices[worker]} failed:\n{message[1]}")
-        if message[0] != expect:
-            raise RuntimeError(f"the worker of {self.devices[worker]} answered {message[0]!r}, not {expect!r}")
-        return message[1:]
+        return answer_of(message, f"the worker of {self.devices[worker]}", expect)
 
     def _discard(self, handle):
         try:

@@ -161,25 +161,15 @@ std::string GpuLutFree(uint16_t* device_lut);
 enum : int {
   kGpuFlagInputNan = 0,
   kGpuFlagFilterNan = 1,
-  kGpuFlagInvalidTable = 2,
-  kGpuFlagInvalidRange = 3,
-  kGpuFlagCount = 4
+  kGpuFlagInvalidRange = 2,
+  kGpuFlagCount = 3
 };
-
-// A table tensor as the kernels read it: `table` (kLutEntries values in device memory, of `type`) into
-// the uint16 table `lut` (device memory, 16-byte aligned), indexed by the kernels' codes: entry (a, w) is
-// the table's entry for the bytes (a - input_shift, w - filter_shift) (the signed codes of symmetric
-// operands; shifts 0 otherwise). int16 entries (signed products) get 32768 added; a float32 entry that is
-// not an integer in [0, 65535] sets flags[kGpuFlagInvalidTable].
-enum class GpuTableType { kUint16, kInt16, kFloat };
-std::string GpuPrepareTable(const void* table, GpuTableType type, int input_shift, int filter_shift, uint16_t* lut,
-                            int* flags, cudaStream_t stream);
 
 // Before the convolution: notes in flags whether input or filter hold a NaN.
 std::string GpuScanNan(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter, int* flags,
                        cudaStream_t stream);
-// After it: makes NaN the outputs that a NaN reaches (as PropagateNan on the CPU), or every output when the
-// table or a range was invalid. Returns at once on the device when no flag is set.
+// After it: makes NaN the outputs that a NaN reaches (as PropagateNan on the CPU), or every output when a
+// range was invalid. Returns at once on the device when no flag is set.
 std::string GpuPropagateNan(GpuDtype dtype, const ConvShape& shape, const void* input, const void* filter,
                             void* output, const int* flags, cudaStream_t stream);
 

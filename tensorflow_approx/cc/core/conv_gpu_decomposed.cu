@@ -970,42 +970,54 @@ GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int /*terms*/)
   return ChooseTile(shape, dev.sms);
 }
 
-std::string GpuDecompositionUpload(const TableDecomposition& host, GpuDecomposition* device) {
-  if (device == nullptr) return "GpuDecompositionUpload: null output";
-  *device = GpuDecomposition();
+std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes) {
   if (host.terms < 0 || host.terms > kGpuDecomposedMaxTerms) {
-    return "GpuDecompositionUpload: " + std::to_string(host.terms) + " terms (0 to " +
+    return "GpuDecompositionPack: " + std::to_string(host.terms) + " terms (0 to " +
            std::to_string(kGpuDecomposedMaxTerms) + " are supported)";
   }
   if (host.alpha == nullptr || host.beta == nullptr || (host.terms > 0 && (host.u == nullptr || host.v == nullptr))) {
-    return "GpuDecompositionUpload: null host array";
+    return "GpuDecompositionPack: null host array";
   }
-  // One allocation: alpha, beta (int32, aligned at its start), then u and v. No terms: one zero term.
+  // alpha, beta (int32, aligned at the start), then u and v. No terms: one zero term.
   const int terms = std::max(host.terms, 1);
-  const size_t bytes = 2 * 256 * sizeof(int32_t) + 2 * static_cast<size_t>(terms) * 256;
-  std::vector<unsigned char> staging(bytes, 0);
-  std::copy(host.alpha, host.alpha + 256, reinterpret_cast<int32_t*>(staging.data()));
-  std::copy(host.beta, host.beta + 256, reinterpret_cast<int32_t*>(staging.data()) + 256);
-  int8_t* u = reinterpret_cast<int8_t*>(staging.data() + 2 * 256 * sizeof(int32_t));
+  bytes->assign(2 * 256 * sizeof(int32_t) + 2 * static_cast<size_t>(terms) * 256, 0);
+  std::copy(host.alpha, host.alpha + 256, reinterpret_cast<int32_t*>(bytes->data()));
+  std::copy(host.beta, host.beta + 256, reinterpret_cast<int32_t*>(bytes->data()) + 256);
+  int8_t* u = reinterpret_cast<int8_t*>(bytes->data() + 2 * 256 * sizeof(int32_t));
   if (host.terms > 0) {
     std::copy(host.u, host.u + host.terms * 256, u);
     std::copy(host.v, host.v + host.terms * 256, u + terms * 256);
   }
+  return "";
+}
+
+GpuDecomposition GpuDecompositionAt(const TableDecomposition& host, const void* device_bytes) {
+  const unsigned char* base = static_cast<const unsigned char*>(device_bytes);
+  GpuDecomposition device;
+  device.terms = std::max(host.terms, 1);
+  device.alpha = reinterpret_cast<const int32_t*>(base);
+  device.beta = reinterpret_cast<const int32_t*>(base) + 256;
+  device.u = reinterpret_cast<const int8_t*>(base + 2 * 256 * sizeof(int32_t));
+  device.v = device.u + device.terms * 256;
+  device.c0 = host.c0;
+  return device;
+}
+
+std::string GpuDecompositionUpload(const TableDecomposition& host, GpuDecomposition* device) {
+  if (device == nullptr) return "GpuDecompositionUpload: null output";
+  *device = GpuDecomposition();
+  std::vector<unsigned char> staging;
+  const std::string error = GpuDecompositionPack(host, &staging);
+  if (!error.empty()) return error;
   void* memory = nullptr;
-  cudaError_t e = cudaMalloc(&memory, bytes);
+  cudaError_t e = cudaMalloc(&memory, staging.size());
   if (e != cudaSuccess) return CudaError("cudaMalloc of a decomposition", e);
-  e = cudaMemcpy(memory, staging.data(), bytes, cudaMemcpyHostToDevice);
+  e = cudaMemcpy(memory, staging.data(), staging.size(), cudaMemcpyHostToDevice);
   if (e != cudaSuccess) {
     cudaFree(memory);
     return CudaError("cudaMemcpy of a decomposition", e);
   }
-  unsigned char* base = static_cast<unsigned char*>(memory);
-  device->terms = terms;
-  device->alpha = reinterpret_cast<const int32_t*>(base);
-  device->beta = reinterpret_cast<const int32_t*>(base) + 256;
-  device->u = reinterpret_cast<const int8_t*>(base + 2 * 256 * sizeof(int32_t));
-  device->v = device->u + terms * 256;
-  device->c0 = host.c0;
+  *device = GpuDecompositionAt(host, memory);
   return "";
 }
 

@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tensorflow_approx/cc/core/conv_gpu.h"
 #include "tensorflow_approx/cc/core/conv_kernels.h"
@@ -51,8 +52,16 @@ constexpr int kGpuDecomposedMaxTerms = 64;
 // lookup kernels take them, with 64-bit sums).
 constexpr int64_t kGpuDecomposedMaxReduction = 131071;
 
-// Copies a host decomposition (host arrays) to new device memory, one allocation; GpuDecompositionFree
-// releases it. Returns "" or what went wrong (terms outside [0, kGpuDecomposedMaxTerms], CUDA errors).
+// A host decomposition as the one block of bytes its device copy is: alpha and beta (int32), then u and
+// v, one zero term where it has none. Returns "" or what is wrong (terms outside
+// [0, kGpuDecomposedMaxTerms], a null array). GpuDecompositionAt gives the decomposition whose arrays are
+// in a device copy of those bytes (at `device_bytes`, 16-byte aligned).
+std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes);
+GpuDecomposition GpuDecompositionAt(const TableDecomposition& host, const void* device_bytes);
+
+// Copies a host decomposition (host arrays) to new device memory, one allocation (GpuDecompositionPack's
+// bytes); GpuDecompositionFree releases it. Returns "" or what went wrong (GpuDecompositionPack's errors,
+// CUDA errors).
 std::string GpuDecompositionUpload(const TableDecomposition& host, GpuDecomposition* device);
 std::string GpuDecompositionFree(GpuDecomposition* device);
 

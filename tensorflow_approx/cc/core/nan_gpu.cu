@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) PropagateNanKernel(GpuGeometry g, co
                                                                 const T* __restrict__ filter, T* output,
                                                                 const int* flags) {
   const bool input_nan = flags[kGpuFlagInputNan] != 0, filter_nan = flags[kGpuFlagFilterNan] != 0;
-  const bool all_nan = flags[kGpuFlagInvalidTable] != 0 || flags[kGpuFlagInvalidRange] != 0;
+  const bool all_nan = flags[kGpuFlagInvalidRange] != 0;
   if (!input_nan && !filter_nan && !all_nan) return;
   const T nan = CpuNan<T>();
   const int64_t total = static_cast<int64_t>(g.pixels) * g.out_depth;

@@ -128,26 +128,13 @@ bool GpuDecomposedRule(const tfapprox::ConvShape& shape, int terms) {
   return tfapprox::GpuDecomposedSupports(shape, t).empty() && tfapprox::GpuPreferDecomposed(shape, t);
 }
 
-// A host decomposition on the device for one call: u and v planes, alpha and beta in one temporary.
+// A host decomposition on the device, in a temporary (the core's layout, GpuDecompositionPack).
 absl::Status UploadDecomposition(OpKernelContext* ctx, const tfapprox::TableDecomposition& d, cudaStream_t stream,
                                  Tensor* temp, tfapprox::GpuDecomposition* out) {
-  const int terms = std::max(d.terms, 1);
-  const int64_t planes = int64_t{terms} * 256, padded = (planes + 15) / 16 * 16;
-  std::vector<uint8_t> packed(static_cast<size_t>(2 * padded + 2 * 256 * sizeof(int32_t)), 0);
-  if (d.terms > 0) {
-    std::memcpy(packed.data(), d.u, planes);
-    std::memcpy(packed.data() + padded, d.v, planes);
-  }
-  std::memcpy(packed.data() + 2 * padded, d.alpha, 256 * sizeof(int32_t));
-  std::memcpy(packed.data() + 2 * padded + 256 * sizeof(int32_t), d.beta, 256 * sizeof(int32_t));
+  std::vector<unsigned char> packed;
+  TF_RETURN_IF_ERROR(CoreStatus(tfapprox::GpuDecompositionPack(d, &packed)));
   TF_RETURN_IF_ERROR(UploadTemp(ctx, packed.data(), static_cast<int64_t>(packed.size()), stream, temp));
-  const uint8_t* base = temp->flat<uint8_t>().data();
-  out->terms = terms;
-  out->u = reinterpret_cast<const int8_t*>(base);
-  out->v = reinterpret_cast<const int8_t*>(base + padded);
-  out->alpha = reinterpret_cast<const int32_t*>(base + 2 * padded);
-  out->beta = reinterpret_cast<const int32_t*>(base + 2 * padded + 256 * sizeof(int32_t));
-  out->c0 = d.c0;
+  *out = tfapprox::GpuDecompositionAt(d, temp->flat<uint8_t>().data());
   return absl::OkStatus();
 }
 
