@@ -207,38 +207,60 @@ def forward_seconds(model, x, batch):
 
 
 def overhead_table(table):
-    """Per-call cost of the op on a tiny 3x3 16->16 convolution (1x8x8x16): given constant ranges, with
-    its ranges reduced on the device first (what the layers do in "batch" range mode), the Keras layer,
-    and relu + add as the floor of any two ops; the issue's goal is at most 10 us for the reductions."""
+    """Per-call cost of the op on tiny convolutions (1x8x8xC, 3x3 C->C; the 16-channel one runs the columns
+    kernel, the 64-channel one a tiled kernel): the file op (no table input), the table op with the
+    table on the host as the layers keep it, the same with its ranges reduced on the device first (by
+    range_with_zero, as the layers do in "batch" range mode, and by TensorFlow's reductions and element-wise
+    ops, as they did before), the Keras layer, and relu + add as the floor of any two ops. The differences
+    are the host table's cost and the reductions' (the issue's goal: at most 10 us)."""
     rng = np.random.default_rng(1)
-    with tf.device(DEVICE.value):
-        x = tf.constant(np.maximum(rng.normal(size=(1, 8, 8, 16)), 0).astype(np.float32))
-        w = tf.constant(rng.normal(scale=0.3, size=(3, 3, 16, 16)).astype(np.float32))
-        # float32, as the layers hold it (a GPU variable cannot be uint16)
+    path = table if os.path.isfile(table) else ""  # the file op takes a path ("" = exact)
+    with tf.device("/CPU:0"):  # where the layers keep it: the GPU kernel takes it in host memory
         lut = tf.constant(lut_values(table)[0].astype(np.float32))
-        layer = ta.FakeApproxConv2D(16, 3, padding="same", mul_map_file=table)
-        layer.build(x.shape)
-    conv = dict(table=lut, strides=[1, 1, 1, 1], padding="SAME")
-
-    def reduced(v, training=False):
-        r = [tf.minimum(tf.reduce_min(v), 0.0), tf.maximum(tf.reduce_max(v), 0.0), tf.reduce_min(w), tf.reduce_max(w)]
-        return ta.approx_conv2d_with_table(v, w, *r, **conv)
-
-    rows = [("op, constant ranges", lambda v, training=False: ta.approx_conv2d_with_table(v, w, 0.0, 4.0, -1.0, 1.0,
-                                                                                           **conv)),
-            ("op, ranges reduced on the device", reduced),
-            ("FakeApproxConv2D (inference)", layer),
-            ("relu + add (floor of two ops)", lambda v, training=False: tf.nn.relu(v) + v)]
-    print(f"\nper-call cost on {DEVICE.value}, 1x8x8x16 input, 3x3 16->16 ({OVERHEAD_REPEATS.value} calls in one graph):")
-    print("| call | us |")
-    print("| --- | ---: |")
+    print(f"\nper-call cost on {DEVICE.value}, 3x3 C->C on a 1x8x8xC input ({OVERHEAD_REPEATS.value} calls in one "
+          "graph):")
+    print("| call | C = 16 us | C = 64 us |")
+    print("| --- | ---: | ---: |")
     times = {}
-    for name, fn in rows:
+    for c in (16, 64):
         with tf.device(DEVICE.value):
-            times[name] = layer_seconds(fn, x, OVERHEAD_REPEATS.value)
-        print(f"| {name} | {1e6 * times[name]:.1f} |")
-    extra = times["op, ranges reduced on the device"] - times["op, constant ranges"]
-    print(f"reducing the ranges on the device: {1e6 * extra:.1f} us per call over the op alone")
+            x = tf.constant(np.maximum(rng.normal(size=(1, 8, 8, c)), 0).astype(np.float32))
+            w = tf.constant(rng.normal(scale=0.3, size=(3, 3, c, c)).astype(np.float32))
+            layer = ta.FakeApproxConv2D(c, 3, padding="same", mul_map_file=table)
+            layer.build(x.shape)
+        conv = dict(strides=[1, 1, 1, 1], padding="SAME")
+
+        def reduced(v, training=False, w=w):  # as the layers do
+            return ta.approx_conv2d_with_table(v, w, *ta.range_with_zero(v), *ta.range_with_zero(w), table=lut,
+                                               **conv)
+
+        def reduced_by_tf(v, training=False, w=w):  # as the layers did before range_with_zero
+            r = [tf.minimum(tf.reduce_min(v), 0.0), tf.maximum(tf.reduce_max(v), 0.0),
+                 tf.minimum(tf.reduce_min(w), 0.0), tf.maximum(tf.reduce_max(w), 0.0)]
+            return ta.approx_conv2d_with_table(v, w, *r, table=lut, **conv)
+
+        rows = [("op, file table, constant ranges",
+                 lambda v, training=False, w=w: ta.approx_conv2d_with_min_max_vars(
+                     v, w, 0.0, 4.0, -1.0, 1.0, num_bits=8, mul_map_file=path, **conv)),
+                ("op, host table, constant ranges",
+                 lambda v, training=False, w=w: ta.approx_conv2d_with_table(v, w, 0.0, 4.0, -1.0, 1.0, table=lut,
+                                                                            **conv)),
+                ("op, host table, ranges reduced on the device (range_with_zero)", reduced),
+                ("op, host table, ranges by 8 TensorFlow ops (reduce_min, minimum, ...)", reduced_by_tf),
+                ("FakeApproxConv2D (inference)", layer),
+                ("relu + add (floor of two ops)", lambda v, training=False: tf.nn.relu(v) + v)]
+        for name, fn in rows:
+            with tf.device(DEVICE.value):
+                times[name, c] = layer_seconds(fn, x, OVERHEAD_REPEATS.value)
+    for name in dict.fromkeys(name for name, _ in times):
+        print(f"| {name} | {1e6 * times[name, 16]:.1f} | {1e6 * times[name, 64]:.1f} |")
+    for what, a, b in (("the host table", "op, host table, constant ranges", "op, file table, constant ranges"),
+                       ("reducing the ranges on the device", "op, host table, ranges reduced on the device "
+                        "(range_with_zero)", "op, host table, constant ranges"),
+                       ("the same with TensorFlow's ops", "op, host table, ranges by 8 TensorFlow ops (reduce_min, "
+                        "minimum, ...)", "op, host table, constant ranges")):
+        print(f"{what}: " + ", ".join(f"{1e6 * (times[a, c] - times[b, c]):.1f} us (C = {c})" for c in (16, 64))
+              + " per call")
 
 
 def trace_file():

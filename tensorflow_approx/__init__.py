@@ -21,6 +21,7 @@ _SUBMODULES = ("explore", "layers", "multipliers")
 _EXPORTS = {
     "approx_conv2d_with_min_max_vars": "tensorflow_approx.python.ops.approx_conv_ops",
     "approx_conv2d_with_table": "tensorflow_approx.python.ops.approx_conv_ops",
+    "range_with_zero": "tensorflow_approx.python.ops.approx_conv_ops",
     "register_decomposition": "tensorflow_approx.python.ops.approx_conv_ops",
     # Keras 3 layers, calibration and model conversion (tensorflow_approx/python/keras).
     "FakeApproxConv2D": "tensorflow_approx.python.keras.layers",

@@ -6,8 +6,8 @@ filter ranges, with ranges reduced on the device), NaN inputs and filters, an in
 error on both devices), refused ranges (all NaN on the GPU, an error on the CPU), registered decompositions
 (the tensor-core kernel, which TFAPPROX_TRACE must name, against the CPU), and the Keras layers: predict on
 the GPU equal to the CPU, the table variable on the host, set_multiplier without retracing; the "table"
-gradient on the GPU against the CPU (equal to float32 rounding). Prints a short table; exit status 1 on any
-mismatch.
+gradient on the GPU against the CPU (equal to float32 rounding); range_with_zero (the layers' batch ranges)
+on the GPU against the CPU. Prints a short table; exit status 1 on any mismatch.
 
     python3 benchmarks/gpu/tf_gpu_check.py [--cases N] [--seed S]
 
@@ -241,6 +241,33 @@ def check_invalid_ranges():
     return ok
 
 
+def check_ranges(rng, cases=40):
+    """range_with_zero on the GPU against the CPU, bit for bit (any NaN counting as NaN): random shapes
+    from empty to a ResNet-20 activation at batch 1000 (many blocks meeting in the atomics), per tensor
+    and per channel, with NaN of either sign, infinities, -0 and subnormals. Returns (cases, mismatches)."""
+    shapes = [(0, 4), (1,), (5, 3), (3, 3, 16, 16), (3, 3, 512, 512), (1000, 32, 32, 16), (7, 13, 29, 3)]
+    mismatches = 0
+    for i in range(cases):
+        shape = shapes[i % len(shapes)]
+        x = rng.normal(0, 2, shape).astype(np.float32)
+        flat = x.reshape(-1)
+        if flat.size:
+            for value in (-0.0, np.inf, -np.inf, 1e-45, -1e-45, np.nan, -np.nan)[: int(rng.integers(0, 8))]:
+                flat[int(rng.integers(flat.size))] = value
+        per_channel = bool(i % 2)
+        got = {}
+        for device in ("/CPU:0", "/GPU:0"):
+            with tf.device(device):
+                got[device] = [t.numpy() for t in ta.range_with_zero(tf.constant(x), per_channel=per_channel)]
+        for cpu, gpu in zip(got["/CPU:0"], got["/GPU:0"]):
+            nan_same = np.array_equal(np.isnan(cpu), np.isnan(gpu))
+            if not (nan_same and np.array_equal(np.asarray(cpu)[~np.isnan(cpu)].view(np.uint32),
+                                                np.asarray(gpu)[~np.isnan(gpu)].view(np.uint32))):
+                mismatches += 1
+                print("  range differs:", shape, "per-channel" if per_channel else "per-tensor")
+    return cases, mismatches
+
+
 def check_keras(tables):
     import keras
 
@@ -322,6 +349,7 @@ def main():
     keras_same, lut_on_host, traces = check_keras(tables)
     decomposed = check_decomposed(rng, trace_path)
     gradient_error = check_table_gradient(rng)
+    range_cases, range_mismatches = check_ranges(rng)
     print(f"| check | result |\n| --- | --- |")
     print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme, "
           f"int16/uint16 table and per-tensor/per-channel filter ranges reduced on each device | {cases} cases, {outputs} outputs "
@@ -334,10 +362,12 @@ def main():
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are host variables | {lut_on_host} |")
     print(f"| tf.function traces over 4 swaps | {traces} |")
+    print(f"| range_with_zero GPU vs CPU (the layers' batch ranges; special values, per channel) | {range_cases} "
+          f"cases, {range_mismatches} mismatches |")
     print(f"| table gradient GPU vs CPU, 12 random cases (schemes, per-channel, int16) | largest difference "
           f"{gradient_error:.1e} of the gradient's largest magnitude |")
     return 0 if (failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_host and traces == 1
-                 and gradient_error < 1e-4 and decomposed[2] == 0 and decomposed[3] > 0) else 1
+                 and gradient_error < 1e-4 and decomposed[2] == 0 and decomposed[3] > 0 and range_mismatches == 0) else 1
 
 
 if __name__ == "__main__":

@@ -152,9 +152,13 @@ struct GpuPlan {
 GpuPlan ChooseGpuPlan(const ConvShape& shape, const GpuOptions& options = GpuOptions());
 const char* GpuKernelName(GpuKernel kernel);
 
-// Copies a host table (kLutEntries uint16) to new device memory; GpuLutFree releases it.
-std::string GpuLutUpload(const uint16_t* host_lut, uint16_t** device_lut);
-std::string GpuLutFree(uint16_t* device_lut);
+// The Keras layers' batch range of x (quantize.h's RangeKeys / RangeFromKeys, the host's bits): x holds
+// `rows` rows of `channels` float32 values; min[c] and max[c] (device memory) get channel c's min and max
+// widened to hold 0, NaN both where a value is NaN. `scratch` holds GpuRangeScratchBytes(channels) bytes of
+// device memory. Launches on `stream`; never waits.
+size_t GpuRangeScratchBytes(int64_t channels);
+std::string GpuRangeWithZero(const float* x, int64_t rows, int64_t channels, void* scratch, float* min, float* max,
+                             cudaStream_t stream);
 
 // Special values, handled around ApproxConvGpu without waiting for the device: kGpuFlagCount device
 // ints, zeroed by the caller before the first of these calls of an op call.

@@ -76,4 +76,37 @@ bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t
   return QuantizeCodesAvx512(values, n, q, codes);
 }
 
+void RangeKeys(const float* x, int64_t rows, int64_t channels, int32_t* pos, int32_t* neg) {
+  if (channels == 1) {
+    // Lane-wise maxima over blocks of 16 (the compiler vectorizes the inner loop), then across the lanes.
+    int32_t p[16] = {}, n[16] = {};
+    int64_t i = 0;
+    for (; i + 16 <= rows; i += 16) {
+      for (int l = 0; l < 16; ++l) {
+        const int32_t k = RangeKey(x[i + l]);
+        p[l] = std::max(p[l], k);
+        n[l] = std::max(n[l], k ^ kRangeKeySign);
+      }
+    }
+    for (; i < rows; ++i) {
+      const int32_t k = RangeKey(x[i]);
+      p[0] = std::max(p[0], k);
+      n[0] = std::max(n[0], k ^ kRangeKeySign);
+    }
+    for (int l = 0; l < 16; ++l) {
+      pos[0] = std::max(pos[0], p[l]);
+      neg[0] = std::max(neg[0], n[l]);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const int32_t k = RangeKey(row[c]);
+      pos[c] = std::max(pos[c], k);
+      neg[c] = std::max(neg[c], k ^ kRangeKeySign);
+    }
+  }
+}
+
 }  // namespace tfapprox

@@ -4,6 +4,7 @@
 #ifndef TENSORFLOW_APPROX_CC_CORE_QUANTIZE_H_
 #define TENSORFLOW_APPROX_CC_CORE_QUANTIZE_H_
 
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -134,6 +135,49 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
 // scalar loop, for the tests). Returns whether any value was NaN.
 bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes,
                    bool portable = false);
+
+// The ranges of the Keras layers' "batch" mode: min and max of a tensor widened to hold 0, both NaN where
+// the tensor holds a NaN, +0 for a side without values beyond 0; per channel (the last axis) or for the
+// whole tensor, the same bits on every device. Each value is scanned as two integer keys whose maxima give
+// the range: its bits as an int32 (positive floats order as their bits, everything else falls below 0:
+// the max(v, 0) side), and the same with the sign bit flipped (the -min(v, 0) side). A NaN's keys exceed
+// every float's on the side of its sign bit. Integer maxima are exact and order-free: any split of the
+// work, any device, gives the same keys.
+TFAPPROX_HOST_DEVICE inline int32_t RangeKey(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(v);
+#else
+  int32_t bits;
+  __builtin_memcpy(&bits, &v, sizeof(bits));
+  return bits;
+#endif
+}
+TFAPPROX_HOST_DEVICE inline float RangeKeyValue(int32_t key) {  // the float whose bits `key` holds
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(key);
+#else
+  float v;
+  __builtin_memcpy(&v, &key, sizeof(v));
+  return v;
+#endif
+}
+constexpr int32_t kRangeKeySign = INT32_MIN;  // key ^ kRangeKeySign: the key of -v
+constexpr int32_t kRangeKeyInf = 0x7f800000;  // keys above it are NaN's
+constexpr int32_t kRangeKeyNan = 0x7fc00000;  // the quiet NaN both sides of a range with a NaN become
+
+// The range from the largest keys of each side (both start at 0, the key of +0).
+TFAPPROX_HOST_DEVICE inline void RangeFromKeys(int32_t pos, int32_t neg, float* min, float* max) {
+  if (pos > kRangeKeyInf || neg > kRangeKeyInf) {
+    *min = *max = RangeKeyValue(kRangeKeyNan);
+    return;
+  }
+  *max = RangeKeyValue(pos);
+  *min = neg == 0 ? 0.f : -RangeKeyValue(neg);
+}
+
+// pos[c] and neg[c] raised to the largest keys of x's values of channel c (x holds `rows` rows of
+// `channels` values, row-major).
+void RangeKeys(const float* x, int64_t rows, int64_t channels, int32_t* pos, int32_t* neg);
 
 }  // namespace tfapprox
 

@@ -2,6 +2,7 @@
 // framework-free core. No arithmetic here.
 #include <algorithm>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "tensorflow_approx/cc/core/lut.h"
 #include "tensorflow_approx/cc/core/quantize.h"
 #include "tensorflow_approx/cc/kernels/approx_conv_op_base.h"
+#include "tensorflow_approx/cc/kernels/range_op.h"
 
 namespace tensorflow {
 
@@ -32,9 +34,10 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
         [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
           Shard(workers->num_threads, workers->workers, total, cost, fn);
         };
-    typename ApproxConv2DOpBase<T>::HostLut table;
-    OP_REQUIRES_OK(ctx, this->HostTable(ctx, &table, /*decomposition_shape=*/&shape));
-    const tfapprox::TableDecomposition* decomposition = table.decomposed ? &table.decomposition.view : nullptr;
+    std::shared_ptr<const typename ApproxConv2DOpBase<T>::HostLut> table;
+    OP_REQUIRES_OK(ctx, this->PreparedTable(ctx, &table));
+    // UseDecomposed (PreferDecomposed) decides for this shape.
+    const tfapprox::TableDecomposition* decomposition = table->decomposed ? &table->decomposition.view : nullptr;
     if (this->Tracing()) {
       this->Trace(shape, "CPU",
                   tfapprox::UseDecomposed(shape, decomposition) ? tfapprox::DecomposedKernelName()
@@ -43,10 +46,36 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
     }
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,
                                tfapprox::FilterQuant(filter_q.data(), static_cast<int64_t>(filter_q.size())),
-                               table.lut, parallel_for, output->flat<T>().data(), tfapprox::CpuKernel::kFast,
-                               table.offset, decomposition);
+                               table->lut, parallel_for, output->flat<T>().data(), tfapprox::CpuKernel::kFast,
+                               table->offset, decomposition);
   }
 };
+
+class ApproxRangeWithZeroCpuOp : public ApproxRangeWithZeroBase {
+ public:
+  using ApproxRangeWithZeroBase::ApproxRangeWithZeroBase;
+
+ protected:
+  void Launch(OpKernelContext* ctx, const float* x, int64_t rows, int64_t channels, float* min,
+              float* max) override {
+    // Shards of rows on TensorFlow's CPU threads, each with its own keys, merged after (maxima: any
+    // split gives the same keys).
+    std::vector<int32_t> pos(channels, 0), neg(channels, 0);
+    std::mutex mu;
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    Shard(workers->num_threads, workers->workers, rows, channels, [&](int64_t begin, int64_t end) {
+      std::vector<int32_t> p(channels, 0), n(channels, 0);
+      tfapprox::RangeKeys(x + begin * channels, end - begin, channels, p.data(), n.data());
+      std::lock_guard<std::mutex> lock(mu);
+      for (int64_t c = 0; c < channels; ++c) {
+        pos[c] = std::max(pos[c], p[c]);
+        neg[c] = std::max(neg[c], n[c]);
+      }
+    });
+    for (int64_t c = 0; c < channels; ++c) tfapprox::RangeFromKeys(pos[c], neg[c], min + c, max + c);
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("ApproxRangeWithZero").Device(DEVICE_CPU), ApproxRangeWithZeroCpuOp);
 
 class ApproxReadMulMapOp : public OpKernel {
  public:

@@ -7,14 +7,12 @@
 // The table stays on the host (ApproxConv2DWithTable takes it in host memory; the Keras layers keep it in
 // a CPU variable): it is checked and arranged there as the CPU kernel does (a bad float32 table is an
 // InvalidArgument error here too), matched against the registered decompositions, and copied to the
-// device with the call's work. Built only when ./configure.sh found nvcc (Bazel config :using_cuda); the
+// device with the call's work; both are kept while the table stays the same. Built only when ./configure.sh found nvcc (Bazel config :using_cuda); the
 // library still loads in a CPU-only TensorFlow, where this registration simply stays unused.
 #if GOOGLE_CUDA
 
 #include <algorithm>
-#include <cstring>
-#include <iterator>
-#include <list>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -27,6 +25,7 @@
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 #include "tensorflow_approx/cc/core/lut.h"
 #include "tensorflow_approx/cc/kernels/approx_conv_op_base.h"
+#include "tensorflow_approx/cc/kernels/range_op.h"
 
 namespace tensorflow {
 
@@ -49,56 +48,6 @@ struct GpuDtypeOf<bfloat16> {  // same bits as __nv_bfloat16
   static constexpr tfapprox::GpuDtype value = tfapprox::GpuDtype::kBfloat16;
 };
 
-// Device copies of file tables, shared by every kernel: kGpuLutCacheEntries per GPU at most (128 KB each),
-// keyed by the table's LutRef id (a rewritten file has a new id). Evicting one waits for the evicting
-// call's stream first, so no queued kernel still reads it (TensorFlow runs a GPU's kernels on one
-// compute stream); uploads and evictions happen only when a new table is first used.
-constexpr int kGpuLutCacheEntries = 16;
-
-class GpuLutCache {
- public:
-  static GpuLutCache& Get() {
-    static GpuLutCache* cache = new GpuLutCache;  // never destroyed: kernels may run at exit
-    return *cache;
-  }
-
-  absl::Status Lookup(int device, const tfapprox::LutRef& table, cudaStream_t stream, const uint16_t** lut) {
-    std::lock_guard<std::mutex> lock(mu_);
-    int on_device = 0;
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->device != device) continue;
-      if (it->id == table.id) {
-        entries_.splice(entries_.begin(), entries_, it);
-        *lut = it->lut;
-        return absl::OkStatus();
-      }
-      ++on_device;
-    }
-    if (on_device >= kGpuLutCacheEntries) {
-      auto oldest = std::find_if(entries_.rbegin(), entries_.rend(), [&](const Entry& e) { return e.device == device; });
-      const cudaError_t e = cudaStreamSynchronize(stream);
-      if (e != cudaSuccess) return absl::InternalError(std::string("cudaStreamSynchronize: ") + cudaGetErrorString(e));
-      tfapprox::GpuLutFree(oldest->lut);
-      entries_.erase(std::next(oldest).base());
-    }
-    uint16_t* uploaded = nullptr;
-    const std::string error = tfapprox::GpuLutUpload(table.lut->data(), &uploaded);
-    if (!error.empty()) return absl::InternalError(error);
-    entries_.push_front(Entry{device, table.id, uploaded});
-    *lut = uploaded;
-    return absl::OkStatus();
-  }
-
- private:
-  struct Entry {
-    int device;
-    uint64_t id;
-    uint16_t* lut;
-  };
-  std::mutex mu_;
-  std::list<Entry> entries_;  // most recently used first
-};
-
 absl::Status CudaStatus(const char* what, cudaError_t e) {
   return e == cudaSuccess ? absl::OkStatus()
                           : absl::InternalError(absl::StrCat("ApproxConv2D: ", what, ": ", cudaGetErrorString(e)));
@@ -108,6 +57,18 @@ absl::Status CoreStatus(const std::string& error) {
   // CUDA failures are internal; anything else is a shape these kernels cannot take.
   if (error.empty()) return absl::OkStatus();
   return error.rfind("CUDA error", 0) == 0 ? absl::InternalError(error) : absl::InvalidArgumentError(error);
+}
+
+// The thread running Compute need not have the kernel's GPU current: makes current the GPU holding
+// `device_memory` (an output of the call), for the runtime calls that follow, and names it in *device.
+absl::Status SetDeviceOf(const void* device_memory, int* device) {
+  cudaPointerAttributes attributes;
+  const cudaError_t e = cudaPointerGetAttributes(&attributes, device_memory);
+  if (e != cudaSuccess || attributes.type != cudaMemoryTypeDevice) {
+    return absl::InternalError(std::string("tensorflow_approx GPU kernel: an output is not device memory: ") + cudaGetErrorString(e));
+  }
+  *device = attributes.device;
+  return CudaStatus("cudaSetDevice", cudaSetDevice(attributes.device));
 }
 
 // Copies host memory to a new device temporary on the stream. From a pageable copy of our own: the driver
@@ -155,43 +116,33 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
   using ApproxConv2DOpBase<T>::ApproxConv2DOpBase;
 
  protected:
-  // The table input on the device. Checking, converting and arranging it on the host, finding its
-  // decomposition and copying it cost a few hundred microseconds per call; a program calls a layer with
-  // the same table again and again (tables change by set_multiplier, between calls), so the result is
-  // kept for the next call while the input's bytes, the device and the registered decompositions stay
-  // the same. Keeping it is safe: calls of one GPU run on one compute stream, in order, so a replaced
-  // buffer is freed only after the calls queued before that read it.
-  absl::Status TableInputOnDevice(OpKernelContext* ctx, int device, cudaStream_t stream, TableOnDevice* out) {
-    const Tensor& input = ctx->input(this->kTableInput);
-    const absl::string_view bytes = input.tensor_data();
-    const int64_t generation = tfapprox::DecompositionGeneration();
+  // The call's table (PreparedTable, a file or the input) on the device, with its registered
+  // decomposition: copied with the call's work when the prepared table is new, then kept for the next
+  // calls while it and the device stay the same. Keeping it is safe: calls of one GPU run on one compute
+  // stream, in order, so a replaced buffer is freed only after the calls queued before that read it.
+  absl::Status TableOnDeviceFor(OpKernelContext* ctx, int device, cudaStream_t stream, TableOnDevice* out) {
+    std::shared_ptr<const typename ApproxConv2DOpBase<T>::HostLut> host;
+    TF_RETURN_IF_ERROR(this->PreparedTable(ctx, &host));
     {
       std::lock_guard<std::mutex> lock(table_mu_);
-      if (cached_device_ == device && cached_dtype_ == input.dtype() && cached_generation_ == generation &&
-          cached_bytes_.size() == bytes.size() && std::memcmp(cached_bytes_.data(), bytes.data(), bytes.size()) == 0) {
+      if (cached_host_ == host && cached_device_ == device) {
         *out = cached_;
         return absl::OkStatus();
       }
     }
-    // Any shape: the decomposition is kept whatever the call, and GpuDecomposedRule decides per call.
-    typename ApproxConv2DOpBase<T>::HostLut host;
-    const tfapprox::ConvShape any_shape;
-    TF_RETURN_IF_ERROR(this->HostTable(ctx, &host, &any_shape, [](const tfapprox::ConvShape&, int) { return true; }));
     TableOnDevice table;
-    table.offset = host.offset;
-    TF_RETURN_IF_ERROR(UploadTemp(ctx, host.lut, tfapprox::kLutEntries * sizeof(uint16_t), stream, &table.lut_buffer));
+    table.offset = host->offset;
+    TF_RETURN_IF_ERROR(UploadTemp(ctx, host->lut, tfapprox::kLutEntries * sizeof(uint16_t), stream, &table.lut_buffer));
     table.lut = reinterpret_cast<const uint16_t*>(table.lut_buffer.flat<uint8_t>().data());
-    if (host.decomposed) {
-      TF_RETURN_IF_ERROR(UploadDecomposition(ctx, host.decomposition.view, stream, &table.decomposition_buffer,
+    if (host->decomposed) {
+      TF_RETURN_IF_ERROR(UploadDecomposition(ctx, host->decomposition.view, stream, &table.decomposition_buffer,
                                              &table.decomposition));
       table.decomposed = true;
     }
     std::lock_guard<std::mutex> lock(table_mu_);
     cached_ = table;
-    cached_bytes_.assign(bytes.begin(), bytes.end());
+    cached_host_ = std::move(host);
     cached_device_ = device;
-    cached_dtype_ = input.dtype();
-    cached_generation_ = generation;
     *out = table;
     return absl::OkStatus();
   }
@@ -202,13 +153,8 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
               const tfapprox::QuantParams& /*unused: ranges on the device*/,
               const std::vector<tfapprox::QuantParams>& filter_q /*its size only*/, Tensor* output) override {
     void* out = output->flat<T>().data();
-    // The thread running Compute need not have this kernel's GPU current: take it from the output.
-    cudaPointerAttributes attributes;
-    cudaError_t e = cudaPointerGetAttributes(&attributes, out);
-    OP_REQUIRES(ctx, e == cudaSuccess && attributes.type == cudaMemoryTypeDevice,
-                absl::InternalError(std::string("ApproxConv2D: output is not device memory: ") +
-                                    cudaGetErrorString(e)));
-    OP_REQUIRES_OK(ctx, CudaStatus("cudaSetDevice", cudaSetDevice(attributes.device)));
+    int device = 0;
+    OP_REQUIRES_OK(ctx, SetDeviceOf(out, &device));
     cudaStream_t stream = ctx->eigen_gpu_device().stream();
 
     Tensor flags;
@@ -219,19 +165,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     // The table on the device, and its registered decomposition where the GPU's rule takes it for this
     // shape.
     TableOnDevice table;
-    if (this->table_from_file()) {  // a file table: unsigned, the file op has no schemes
-      typename ApproxConv2DOpBase<T>::HostLut host;
-      OP_REQUIRES_OK(ctx, this->HostTable(ctx, &host, &shape, &GpuDecomposedRule));
-      if (host.decomposed) {
-        OP_REQUIRES_OK(ctx, UploadDecomposition(ctx, host.decomposition.view, stream, &table.decomposition_buffer,
-                                                &table.decomposition));
-        table.decomposed = true;
-      } else {
-        OP_REQUIRES_OK(ctx, GpuLutCache::Get().Lookup(attributes.device, host.file, stream, &table.lut));
-      }
-    } else {
-      OP_REQUIRES_OK(ctx, TableInputOnDevice(ctx, attributes.device, stream, &table));
-    }
+    OP_REQUIRES_OK(ctx, TableOnDeviceFor(ctx, device, stream, &table));
     const bool decomposed = table.decomposed && GpuDecomposedRule(shape, table.decomposition.terms);
     const tfapprox::GpuDecomposition& decomposition = table.decomposition;
     const uint16_t* lut = table.lut;
@@ -304,12 +238,29 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
 
  private:
   std::mutex table_mu_;
-  TableOnDevice cached_;  // what the last new table input made, for the inputs below
-  std::string cached_bytes_;
+  TableOnDevice cached_;  // what the last new prepared table made, for the calls below
+  std::shared_ptr<const typename ApproxConv2DOpBase<T>::HostLut> cached_host_;
   int cached_device_ = -1;
-  DataType cached_dtype_ = DT_INVALID;
-  int64_t cached_generation_ = -1;
 };
+
+class ApproxRangeWithZeroGpuOp : public ApproxRangeWithZeroBase {
+ public:
+  using ApproxRangeWithZeroBase::ApproxRangeWithZeroBase;
+
+ protected:
+  void Launch(OpKernelContext* ctx, const float* x, int64_t rows, int64_t channels, float* min,
+              float* max) override {
+    int device = 0;
+    OP_REQUIRES_OK(ctx, SetDeviceOf(min, &device));
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(
+                                                         tfapprox::GpuRangeScratchBytes(channels))}),
+                                           &scratch));
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuRangeWithZero(x, rows, channels, scratch.flat<uint8_t>().data(),
+                                                              min, max, ctx->eigen_gpu_device().stream())));
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("ApproxRangeWithZero").Device(DEVICE_GPU), ApproxRangeWithZeroGpuOp);
 
 // The ranges in device memory (GpuQuantFromRanges reads them there: no wait for the device); the table in
 // host memory (see the top of this file).

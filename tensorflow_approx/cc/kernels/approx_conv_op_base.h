@@ -237,57 +237,81 @@ class ApproxConv2DOpBase : public OpKernel {
   int input_code_shift() const { return input_symmetric_ ? 1 << (num_bits_ - 1) : 0; }
   int filter_code_shift() const { return filter_symmetric_ ? 1 << (filter_num_bits_ - 1) : 0; }
 
-  // The table of one call in host memory, as the kernels index it. `lut` points into the file's cached
-  // table, the input tensor or `converted`, which the struct keeps alive for the call.
+  // A table in host memory as the kernels index it (PreparedTable). `lut` points into the file's cached
+  // table or `owned`, which the struct keeps alive.
   struct HostLut {
     const uint16_t* lut = nullptr;
     int64_t offset = 0;          // added to every entry (32768 for a table of signed products)
     tfapprox::LutRef file;       // a file table
-    std::vector<uint16_t> converted;
-    // Its registered decomposition in the kernels' codes (table_decompositions.h), when asked for.
+    std::vector<uint16_t> owned;
+    // Its registered decomposition in the kernels' codes (table_decompositions.h), for any shape: each
+    // device's rule decides per call whether the decomposed kernel runs.
     bool decomposed = false;
     tfapprox::KernelDecomposition decomposition;
   };
 
-  // The table of this call (CPU kernels; GPU kernels for a file table): the file as it is now, or the
-  // input tensor. A float32 table is converted after checking that every entry is an integer in
-  // [0, 65535]; an int16 table (signed products) is stored with 32768 added to every entry, which the
-  // sums take off again exactly. With a symmetric operand the table, indexed by the signed codes'
-  // bytes, is rearranged to be indexed by the kernels' codes (signed code + code_shift).
-  // decomposition_shape: also look the table up among the registered decompositions, for a call of this
-  // shape (only when `prefer`, the device's rule, would run the decomposed kernel on it); nullptr: don't.
-  absl::Status HostTable(OpKernelContext* ctx, HostLut* host, const tfapprox::ConvShape* decomposition_shape = nullptr,
-                         tfapprox::DecomposedRule prefer = tfapprox::PreferDecomposed) const {
-    TF_RETURN_IF_ERROR(UnpermutedHostTable(ctx, host));
+  // The table of this call: the file as it is now, or the input tensor. A float32 table is converted after
+  // checking that every entry is an integer in [0, 65535]; an int16 table (signed products) is stored with
+  // 32768 added to every entry, which the sums take off again exactly. With a symmetric operand the table,
+  // indexed by the signed codes' bytes, is rearranged to be indexed by the kernels' codes (signed code +
+  // code_shift).
+  //
+  // Checking, converting, rearranging and finding the decomposition cost some 100-200 us, and a program
+  // calls a layer with the same table again and again (tables change by set_multiplier, between calls): the
+  // result is kept for the next call while the table stays the same (the input's dtype and bytes, or the
+  // file's identity) and no decomposition has been registered since. Shared with the calls still using it.
+  absl::Status PreparedTable(OpKernelContext* ctx, std::shared_ptr<const HostLut>* out) const {
+    const int64_t generation = tfapprox::DecompositionGeneration();
+    tfapprox::LutRef file;
+    if (table_from_file_) {
+      const std::string error = tfapprox::LookupMulMap(mul_map_file_, &file);
+      if (!error.empty()) return absl::InvalidArgumentError(error);
+    }
+    const Tensor* input = table_from_file_ ? nullptr : &ctx->input(kTableInput);
+    const absl::string_view bytes = input != nullptr ? input->tensor_data() : absl::string_view();
+    {
+      std::lock_guard<std::mutex> lock(prepared_mu_);
+      if (prepared_ != nullptr && prepared_generation_ == generation &&
+          (input == nullptr ? prepared_file_id_ == file.id
+                            : prepared_dtype_ == input->dtype() && absl::string_view(prepared_bytes_) == bytes)) {
+        *out = prepared_;
+        return absl::OkStatus();
+      }
+    }
+    auto host = std::make_shared<HostLut>();
+    if (input == nullptr) {
+      host->file = file;
+      host->lut = file.lut->data();
+    } else {
+      TF_RETURN_IF_ERROR(TableTensorLut(*input, &host->owned, &host->lut, &host->offset));
+      if (host->owned.empty()) host->owned.assign(host->lut, host->lut + tfapprox::kLutEntries);  // uint16: a copy
+      host->lut = host->owned.data();
+    }
     const int input_shift = input_code_shift(), filter_shift = filter_code_shift();
-    if (decomposition_shape != nullptr) {
-      host->decomposed = tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift,
-                                                     *decomposition_shape, prefer, &host->decomposition);
+    host->decomposed = tfapprox::FindDecomposition(host->lut, host->offset, input_shift, filter_shift,
+                                                   &host->decomposition);
+    if (input_shift != 0 || filter_shift != 0) {
+      // Entry (a, w) is the table's ((a - input_shift) & 0xFF, (w - filter_shift) & 0xFF): rows and
+      // columns rotated.
+      std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
+      for (int a = 0; a < 256; ++a) {
+        const uint16_t* src = host->lut + (((a - input_shift) & 0xFF) << 8);
+        std::rotate_copy(src, src + 256 - filter_shift, src + 256, by_codes.data() + (a << 8));
+      }
+      host->owned = std::move(by_codes);
+      host->lut = host->owned.data();
     }
-    if (input_shift == 0 && filter_shift == 0) return absl::OkStatus();
-    // Entry (a, w) is the table's ((a - input_shift) & 0xFF, (w - filter_shift) & 0xFF): rows and
-    // columns rotated.
-    std::vector<uint16_t> by_codes(tfapprox::kLutEntries);
-    for (int a = 0; a < 256; ++a) {
-      const uint16_t* src = host->lut + (((a - input_shift) & 0xFF) << 8);
-      std::rotate_copy(src, src + 256 - filter_shift, src + 256, by_codes.data() + (a << 8));
-    }
-    host->converted = std::move(by_codes);
-    host->lut = host->converted.data();
+    std::lock_guard<std::mutex> lock(prepared_mu_);
+    prepared_ = host;
+    prepared_generation_ = generation;
+    prepared_file_id_ = file.id;
+    prepared_dtype_ = input != nullptr ? input->dtype() : DT_INVALID;
+    prepared_bytes_.assign(bytes.data(), bytes.size());
+    *out = std::move(host);
     return absl::OkStatus();
   }
 
  private:
-  absl::Status UnpermutedHostTable(OpKernelContext* ctx, HostLut* host) const {
-    if (table_from_file_) {
-      const std::string error = tfapprox::LookupMulMap(mul_map_file_, &host->file);
-      if (!error.empty()) return absl::InvalidArgumentError(error);
-      host->lut = host->file.lut->data();
-      return absl::OkStatus();
-    }
-    return TableTensorLut(ctx->input(kTableInput), &host->converted, &host->lut, &host->offset);
-  }
-
   tfapprox::ConvAttrs attrs_;
   int num_bits_ = 8;
   int filter_num_bits_ = 8;
@@ -295,6 +319,13 @@ class ApproxConv2DOpBase : public OpKernel {
   bool input_narrow_ = false, filter_narrow_ = false;
   bool table_from_file_ = true;
   std::string mul_map_file_;
+  // PreparedTable's last table and what identifies it.
+  mutable std::mutex prepared_mu_;
+  mutable std::shared_ptr<const HostLut> prepared_;
+  mutable int64_t prepared_generation_ = -1;
+  mutable uint64_t prepared_file_id_ = 0;
+  mutable DataType prepared_dtype_ = DT_INVALID;
+  mutable std::string prepared_bytes_;
 };
 
 }  // namespace tensorflow

@@ -67,13 +67,12 @@ std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms
 int64_t DecompositionGeneration() { return generation.load(); }
 
 bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int filter_shift,
-                       const ConvShape& shape, DecomposedRule prefer, KernelDecomposition* out) {
+                       KernelDecomposition* out) {
   if (count.load() == 0) return false;
   std::lock_guard<std::mutex> lock(mu);
   for (const Entry& e : *entries) {
     if (e.offset != offset || std::memcmp(e.lut.data(), lut, kLutEntries * sizeof(uint16_t)) != 0) continue;
     const int terms = e.terms;
-    if (!prefer(shape, terms)) return false;
     // Kernel code c of a symmetric operand is its signed code's byte plus the shift: entry c of the
     // rearranged vectors is entry (c - shift) & 0xFF of the table's.
     out->u.resize(terms * 256);

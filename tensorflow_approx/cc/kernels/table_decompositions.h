@@ -34,15 +34,11 @@ std::string RegisterDecomposition(const uint16_t* lut, int64_t offset, int terms
 // this stays the same.
 int64_t DecompositionGeneration();
 
-// Whether a device's decomposed kernel should run `shape` with a decomposition of `terms` terms
-// (PreferDecomposed on the CPU, GpuPreferDecomposed on a GPU).
-using DecomposedRule = bool (*)(const ConvShape& shape, int terms);
-
 // The registered decomposition of `lut` (as above), rearranged for kernel codes shifted by input_shift
-// and filter_shift (symmetric schemes) with the offset in its constant; false if none is registered or
-// the decomposed kernel would not run on `shape` (!prefer: nothing is rearranged then).
+// and filter_shift (symmetric schemes) with the offset in its constant; false if none is registered. Each
+// device's rule (PreferDecomposed, GpuPreferDecomposed) decides per call whether it runs.
 bool FindDecomposition(const uint16_t* lut, int64_t offset, int input_shift, int filter_shift,
-                       const ConvShape& shape, DecomposedRule prefer, KernelDecomposition* out);
+                       KernelDecomposition* out);
 
 }  // namespace tfapprox
 

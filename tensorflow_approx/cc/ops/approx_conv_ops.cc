@@ -125,6 +125,33 @@ contents and run an int8 GEMM (AVX-512 VNNI; int8 tensor cores) instead of the l
 faster (TFAPPROX_TRACE says so).
 )doc");
 
+REGISTER_OP("ApproxRangeWithZero")
+    .Input("x: float")
+    .Output("min: float")
+    .Output("max: float")
+    .Attr("per_channel: bool = false")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      bool per_channel = false;
+      TF_RETURN_IF_ERROR(c->GetAttr("per_channel", &per_channel));
+      shape_inference::ShapeHandle range = c->Scalar();
+      if (per_channel) {
+        shape_inference::ShapeHandle x;
+        TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
+        range = c->RankKnown(x) ? c->Vector(c->Dim(x, -1)) : c->Vector(c->UnknownDim());
+      }
+      c->set_output(0, range);
+      c->set_output(1, range);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+The quantization range of the Keras layers' "batch" range mode in one pass: min and max of x widened to
+hold 0 (min <= 0 <= max), both NaN where x holds a NaN, the same bits on the CPU and the GPU as
+tf.minimum(tf.reduce_min(x), 0) and tf.maximum(tf.reduce_max(x), 0) give in value (a zero is +0; a
+subnormal counts as it is, where TensorFlow's CPU reductions flush it to zero). With
+per_channel, one range per index of x's last axis (a filter's output channels), over all other axes.
+A range is a constant of the quantization: the op has no gradient.
+)doc");
+
 REGISTER_OP("ApproxReadMulMap")
     .Input("mul_map_file: string")
     .Output("table: uint16")

@@ -68,6 +68,7 @@ from tensorflow_approx.python.ops.approx_conv_ops import (
     SCHEMES,
     approx_conv2d_with_table,
     lut_values,
+    range_with_zero,
     register_decomposition,
 )
 from tensorflow_approx.python.ops.table_gradient import scheme_range
@@ -101,13 +102,6 @@ def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight
     for name, scheme in (("input_scheme", input_scheme), ("weight_scheme", weight_scheme)):
         if scheme is not None and scheme not in SCHEMES:
             raise ValueError(f"{name} must be None (from the table's signedness) or one of {SCHEMES}, got {scheme!r}")
-
-
-def _range_with_zero(x, axis=None):
-    """(min, max) of x widened to contain 0, float32, no gradient (see module docstring); scalars, or
-    per index of the axes not reduced (axis=[0, 1, 2] of a filter: per output channel)."""
-    x = tf.stop_gradient(x)
-    return tf.minimum(tf.reduce_min(x, axis=axis), 0.0), tf.maximum(tf.reduce_max(x, axis=axis), 0.0)
 
 
 # Terms up to which the layers register their tables' decompositions (the CPU kernel prefers the
@@ -354,7 +348,7 @@ class _FakeApproxMixin:
 
     def _input_range(self, x, training):
         """float32 (min, max) of the input for this call, updating the range state when due."""
-        batch_min, batch_max = _range_with_zero(x)
+        batch_min, batch_max = range_with_zero(x)  # one op, no gradient
         if self.range_mode == "batch":
             return batch_min, batch_max
         ready = self.range_ready > 0.5
@@ -407,7 +401,7 @@ class _FakeApproxMixin:
         k = tf.cast(kernel, tf.float32)
         x_min, x_max = self._input_range(x, training)
         per_channel = self.weight_quantization == "per_channel"
-        k_min, k_max = _range_with_zero(k, axis=[0, 1, 2] if per_channel else None)
+        k_min, k_max = range_with_zero(k, per_channel=per_channel)
         if training:
             x_lo, x_hi, x_narrow = scheme_range(x_min, x_max, self.num_bits, self.input_scheme)
             k_lo, k_hi, k_narrow = scheme_range(k_min, k_max, self.weight_bits, self.weight_scheme)

@@ -211,6 +211,22 @@ def approx_conv2d_with_table(
         input_scheme=input_scheme, filter_scheme=filter_scheme, gradient=gradient, **args)
 
 
+def range_with_zero(x, per_channel=False, name=None):
+    """(min, max) of x widened to hold 0, float32, in one op (ApproxRangeWithZero): the Keras layers'
+    batch ranges, equal in value to tf.minimum(tf.reduce_min(x), 0.) and tf.maximum(tf.reduce_max(x), 0.)
+    (a zero is +0.), both NaN where x holds a NaN, the same bits on the CPU and the GPU. One pass over x and
+    one kernel launch, where those are four ops and two passes. No gradient.
+
+    Args:
+      x: a float32 tensor.
+      per_channel: one range per index of x's last axis (a filter's output channels), over all other axes.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.dtype != tf.float32:
+        raise TypeError(f"x must be float32, got {x.dtype.name}")
+    return tuple(_ops.approx_range_with_zero(x, per_channel=per_channel, name=name))
+
+
 # Tables registered in this process: table digest -> its Decomposition, or None (none within the budget).
 _registered = {}
 
@@ -473,3 +489,4 @@ def _straight_through_grad(op, grad):
 
 tf.RegisterGradient("ApproxConv2DWithMinMaxVars")(_straight_through_grad)
 tf.RegisterGradient("ApproxConv2DWithTable")(_conv_grad)
+tf.no_gradient("ApproxRangeWithZero")  # a quantization range is a constant of the computation
