@@ -50,11 +50,14 @@ __global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __r
     const QuantParams qf = per_channel ? ChannelFilter(quant, true, i % g.out_depth, qf_tensor) : qf_tensor;
     codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
   }
-  for (int co = first; co < g.out_depth; co += step) {
+  // A warp per output channel, its lanes across the taps (a thread walking all taps waited for each load).
+  const int lane = threadIdx.x & 31;
+  for (int co = first / 32; co < g.out_depth; co += step / 32) {
     const QuantParams qf = ChannelFilter(quant, per_channel, co, qf_tensor);
     int32_t sum = 0;  // taps * 255 < 2^31: the plan takes this kernel only for taps < 2^23
-    for (int t = 0; t < g.taps; ++t) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
-    sums[co] = sum;
+    for (int t = lane; t < g.taps; t += 32) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
+    sum = __reduce_add_sync(0xffffffffu, sum);
+    if (lane == 0) sums[co] = sum;
   }
 }
 
