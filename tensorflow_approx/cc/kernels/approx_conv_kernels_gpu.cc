@@ -7,8 +7,9 @@
 // The table stays on the host (ApproxConv2DWithTable takes it in host memory; the Keras layers keep it in
 // a CPU variable): it is checked and arranged there as the CPU kernel does (a bad float32 table is an
 // InvalidArgument error here too), matched against the registered decompositions, and copied to the
-// device with the call's work; both are kept while the table stays the same. Built only when ./configure.sh found nvcc (Bazel config :using_cuda); the
-// library still loads in a CPU-only TensorFlow, where this registration simply stays unused.
+// device with the call's work; both are kept while the table stays the same. Built only when
+// ./configure.sh found nvcc (Bazel config :using_cuda); the library still loads in a CPU-only
+// TensorFlow, where this registration simply stays unused.
 #if GOOGLE_CUDA
 
 #include <algorithm>
@@ -65,7 +66,8 @@ absl::Status SetDeviceOf(const void* device_memory, int* device) {
   cudaPointerAttributes attributes;
   const cudaError_t e = cudaPointerGetAttributes(&attributes, device_memory);
   if (e != cudaSuccess || attributes.type != cudaMemoryTypeDevice) {
-    return absl::InternalError(std::string("tensorflow_approx GPU kernel: an output is not device memory: ") + cudaGetErrorString(e));
+    return absl::InternalError(std::string("tensorflow_approx GPU kernel: an output is not device memory: ") +
+                               cudaGetErrorString(e));
   }
   *device = attributes.device;
   return CudaStatus("cudaSetDevice", cudaSetDevice(attributes.device));
