@@ -150,6 +150,11 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   std::vector<int64_t> act_sum(static_cast<size_t>(std::min(pass, pixels) * groups));
   const int64_t out_hw = s.out_h * s.out_w;
   const int64_t out_per_group = s.out_depth_per_group();
+  // float32 NHWC: a pixel's channels are contiguous, dequantized a vector at a time (the same bits).
+  std::unique_ptr<DequantizeRows> rows;
+  if constexpr (std::is_same<T, float>::value) {
+    if (s.data_format == DataFormat::kNHWC) rows.reset(new DequantizeRows(dequantize, filter_sum.data()));
+  }
   for (int64_t begin = 0; begin < pixels; begin += pass) {
     const int64_t end = std::min(pixels, begin + pass);
     if (kernel == CpuKernel::kReference) {
@@ -166,6 +171,15 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
         T* out = s.data_format == DataFormat::kNHWC ? output + p * s.out_depth
                                                      : output + (p / out_hw) * s.out_depth * out_hw + p % out_hw;
         const int64_t channel_stride = s.data_format == DataFormat::kNHWC ? 1 : out_hw;
+        if constexpr (std::is_same<T, float>::value) {
+          if (rows != nullptr) {
+            for (int64_t g = 0; g < groups; ++g) {
+              const int64_t co = g * out_per_group;
+              DequantizeRow(*rows, co, out_per_group, &acc[q * s.out_depth + co], act_sum[q * groups + g], out + co);
+            }
+            continue;
+          }
+        }
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t a = act_sum[q * groups + g];
           for (int64_t co = g * out_per_group; co < (g + 1) * out_per_group; ++co) {

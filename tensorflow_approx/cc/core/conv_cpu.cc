@@ -896,4 +896,59 @@ void CpuConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t p
   });
 }
 
+DequantizeRows::DequantizeRows(const std::vector<DequantizeTerms<float>>& terms, const int64_t* filter_sum) {
+  for (size_t co = 0; co < terms.size(); ++co) {
+    const DequantizeTerms<float>& t = terms[co];
+    acc_scale.push_back(t.acc_scale);
+    act_sum_scale.push_back(t.act_sum_scale);
+    filter_term.push_back(t.filter_sum_scale * static_cast<float>(filter_sum[co] - t.filter_sum_offset));
+    constant.push_back(t.constant);
+    acc_offset.push_back(t.acc_offset);
+    act_sum_offset.push_back(t.act_sum_offset);
+  }
+}
+
+namespace {
+
+// The scalar form of DequantizeTerms::operator(), the filter's term taken from DequantizeRows.
+inline float DequantizeOne(const DequantizeRows& r, int64_t co, int64_t acc, int64_t act_sum) {
+  return r.acc_scale[co] * static_cast<float>(acc - r.acc_offset[co]) +
+         r.act_sum_scale[co] * static_cast<float>(act_sum - r.act_sum_offset[co]) + r.filter_term[co] + r.constant[co];
+}
+
+// 16 int64 values a[j] - offset[j] as float32 (vcvtqq2ps rounds as the scalar conversion does).
+TFAPPROX_AVX512DQ inline __m512 DifferenceToFloat(__m512i a0, __m512i a1, const int64_t* offset) {
+  const __m256 lo = _mm512_cvtepi64_ps(_mm512_sub_epi64(a0, _mm512_loadu_si512(offset)));
+  const __m256 hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(a1, _mm512_loadu_si512(offset + 8)));
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+// 16 channels at a time: the products and the three additions in DequantizeTerms' order.
+TFAPPROX_AVX512DQ void DequantizeRowAvx512(const DequantizeRows& r, int64_t co, int64_t n, const int64_t* acc,
+                                           int64_t act_sum, float* out) {
+  const __m512i act = _mm512_set1_epi64(act_sum);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const int64_t c = co + j;
+    const __m512 acc_value = DifferenceToFloat(_mm512_loadu_si512(acc + j), _mm512_loadu_si512(acc + j + 8),
+                                               &r.acc_offset[c]);
+    const __m512 act_value = DifferenceToFloat(act, act, &r.act_sum_offset[c]);
+    const __m512 t_acc = _mm512_mul_ps(_mm512_loadu_ps(&r.acc_scale[c]), acc_value);
+    const __m512 t_act = _mm512_mul_ps(_mm512_loadu_ps(&r.act_sum_scale[c]), act_value);
+    __m512 v = _mm512_add_ps(t_acc, t_act);
+    v = _mm512_add_ps(v, _mm512_loadu_ps(&r.filter_term[c]));
+    v = _mm512_add_ps(v, _mm512_loadu_ps(&r.constant[c]));
+    _mm512_storeu_ps(out + j, v);
+  }
+  for (; j < n; ++j) out[j] = DequantizeOne(r, co + j, acc[j], act_sum);
+}
+
+}  // namespace
+
+void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int64_t* acc, int64_t act_sum, float* out,
+                   bool portable) {
+  if (!portable && n >= 16 && HasAvx512Dq()) return DequantizeRowAvx512(rows, co, n, acc, act_sum, out);
+  for (int64_t j = 0; j < n; ++j) out[j] = DequantizeOne(rows, co + j, acc[j], act_sum);
+}
+
 }  // namespace tfapprox

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "tensorflow_approx/cc/core/conv_shape.h"
 #include "tensorflow_approx/cc/core/quantize.h"
@@ -142,6 +143,22 @@ struct DequantizeTerms {
            filter_sum_scale * Real(filter_sum - filter_sum_offset) + constant;
   }
 };
+
+// The float32 terms of a call's output channels, one array per term (DequantizeTerms<float> of channel co
+// at index co), so that a pixel's row of channels is dequantized a vector at a time.
+struct DequantizeRows {
+  std::vector<float> acc_scale, act_sum_scale, filter_term, constant;
+  std::vector<int64_t> acc_offset, act_sum_offset;
+  // filter_sum[co]: the channel's filter code sum (its term filter_sum_scale * (filter_sum - offset) is
+  // the same for every pixel, computed once here as DequantizeTerms computes it).
+  DequantizeRows(const std::vector<DequantizeTerms<float>>& terms, const int64_t* filter_sum);
+};
+
+// out[j] = terms[co + j](acc[j], act_sum, filter_sum[co + j]) for j < n, the same float operations in the
+// same order (so the same bits): 16 channels at a time with AVX-512 DQ, else one at a time. `portable`
+// forces the scalar loop, for the tests.
+void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int64_t* acc, int64_t act_sum, float* out,
+                   bool portable = false);
 
 }  // namespace tfapprox
 

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
@@ -229,6 +230,45 @@ void TestQuantizeCodesVectorized() {
       }
       std::vector<float> finite(40, 0.25f);
       EXPECT(!QuantizeCodes(finite.data(), 40, q, fast.data()), "no NaN");
+    }
+  }
+}
+
+// DequantizeRow (16 channels at a time with AVX-512 DQ, and its scalar loop) gives DequantizeTerms' bits:
+// random per-channel terms (schemes, bits, offsets of signed tables), sums up to 2^40 of either sign, rows
+// of 1-40 channels starting anywhere.
+void TestDequantizeRowMatchesTerms() {
+  std::mt19937_64 rng(17);
+  std::uniform_real_distribution<float> lo(-4.f, 0.f), hi(0.f, 4.f);
+  for (int iter = 0; iter < 200; ++iter) {
+    const int channels = 1 + static_cast<int>(rng() % 48);
+    const int64_t taps = 1 + static_cast<int64_t>(rng() % 5000);
+    QuantParams in_q;
+    EXPECT(MakeQuantParams(lo(rng), hi(rng), 2 + iter % 7, "a", "b", &in_q, iter % 3 == 0, iter % 5 == 0).empty(),
+           "input range");
+    std::vector<DequantizeTerms<float>> terms;
+    std::vector<int64_t> filter_sum(channels);
+    for (int co = 0; co < channels; ++co) {
+      QuantParams f_q;
+      EXPECT(MakeQuantParams(lo(rng), hi(rng), 2 + (iter + co) % 7, "c", "d", &f_q, iter % 2 == 0).empty(),
+             "filter range");
+      terms.emplace_back(in_q, f_q, taps);
+      terms.back().acc_offset = iter % 4 == 0 ? 32768 * taps : 0;  // a signed table's offset
+      filter_sum[co] = static_cast<int64_t>(rng() % (255 * static_cast<uint64_t>(taps) + 1));
+    }
+    const DequantizeRows rows(terms, filter_sum.data());
+    const int co = static_cast<int>(rng() % channels);
+    const int n = channels - co;
+    std::vector<int64_t> acc(n);
+    for (auto& a : acc) a = static_cast<int64_t>(rng() % (uint64_t{1} << 40)) - (int64_t{1} << 39);
+    const int64_t act_sum = static_cast<int64_t>(rng() % (255 * static_cast<uint64_t>(taps) + 1));
+    std::vector<float> fast(n), portable(n);
+    DequantizeRow(rows, co, n, acc.data(), act_sum, fast.data());
+    DequantizeRow(rows, co, n, acc.data(), act_sum, portable.data(), /*portable=*/true);
+    for (int j = 0; j < n; ++j) {
+      const float want = terms[co + j](acc[j], act_sum, filter_sum[co + j]);
+      EXPECT(std::memcmp(&fast[j], &want, 4) == 0 && std::memcmp(&portable[j], &want, 4) == 0,
+             "channel %d: %.9g / %.9g, want %.9g", co + j, fast[j], portable[j], want);
     }
   }
 }
@@ -766,6 +806,7 @@ int main() {
   tfapprox::TestHugeShapeValues();
   tfapprox::TestLargeKExactSum();
   tfapprox::TestQuantizeCodesVectorized();
+  tfapprox::TestDequantizeRowMatchesTerms();
   tfapprox::TestLargeSumsEveryCpuPath();
   tfapprox::TestColumnPathMatchesReference();
   tfapprox::TestRowPathMatchesReference();

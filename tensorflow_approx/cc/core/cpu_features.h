@@ -4,6 +4,7 @@
 #define TENSORFLOW_APPROX_CC_CORE_CPU_FEATURES_H_
 
 #define TFAPPROX_AVX512BW __attribute__((target("avx512f,avx512bw")))
+#define TFAPPROX_AVX512DQ __attribute__((target("avx512f,avx512dq")))
 #define TFAPPROX_AVX512VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 #define TFAPPROX_VNNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
 
@@ -11,6 +12,11 @@ namespace tfapprox {
 
 inline bool HasAvx512Bw() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+inline bool HasAvx512Dq() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   return has;
 }
 
