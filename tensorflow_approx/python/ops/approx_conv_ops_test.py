@@ -560,3 +560,39 @@ def test_wrong_dtypes_are_type_errors_naming_the_argument(op):
         call(ones, ones, tf.constant(0))
     # Python numbers and NumPy values take the input's dtype.
     assert call(ones, np.ones([1, 1, 1, 1]), np.float64(0.0)).dtype == tf.float32
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.uint16, tf.int16])
+def test_a_table_changed_in_place_is_used_at_the_next_call(dtype):
+    # The kernel keeps what it prepared from a table (PreparedTable) while the table's bytes stay the same:
+    # a variable assigned in place (same buffer, new bytes), back and forth, and one row changed, must
+    # each give that table's outputs, never the kept table's.
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 2, (2, 6, 6, 3)).astype(np.float32)
+    f = rng.normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32)
+    signed = dtype == tf.int16
+    base = np.outer(np.arange(256) - 128 * signed, np.arange(256) - 128 * signed).reshape(-1)
+    tables = [base, (base // 3) * 2, base.copy()]
+    tables[2][:256] += 1  # one row: activation code 0, which the padded taps read
+    np_dtype = {tf.float32: np.float32, tf.uint16: np.uint16, tf.int16: np.int16}[dtype]
+    scheme = "symmetric" if signed else "asymmetric"
+    with tf.device("/CPU:0"):
+        lut = tf.Variable(tables[0].astype(np_dtype))
+
+    @tf.function
+    def call():
+        return ta.approx_conv2d_with_table(x, f, 0.0, 2.0, -1.0, 1.0, table=lut, strides=[1, 1, 1, 1],
+                                           padding="SAME", input_scheme=scheme, filter_scheme=scheme)
+
+    def fresh(table):  # a new kernel's answer for this table
+        return ta.approx_conv2d_with_table(x, f, 0.0, 2.0, -1.0, 1.0, table=tf.constant(table.astype(np_dtype)),
+                                           strides=[1, 1, 1, 1], padding="SAME", input_scheme=scheme,
+                                           filter_scheme=scheme).numpy()
+
+    outputs = []
+    for i in (0, 1, 0, 2, 0):
+        lut.assign(tables[i].astype(np_dtype))
+        got = call().numpy()
+        np.testing.assert_array_equal(got, fresh(tables[i]))
+        outputs.append(got)
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[3])
