@@ -83,8 +83,8 @@ absl::Status UploadTemp(OpKernelContext* ctx, const void* src, int64_t bytes, cu
                                                        cudaMemcpyHostToDevice, stream));
 }
 
-// The GPU's choice of the decomposed kernel (FindDecomposition's rule): a shape the tensor-core kernel
-// takes and where it beats the lookups (GpuPreferDecomposed, measured on the H200). A decomposition
+// The GPU's choice of the decomposed kernel, per call: a shape the tensor-core kernel takes and where it
+// beats the lookups (GpuPreferDecomposed, measured on the H200). A decomposition
 // without product terms runs as one zero term.
 bool GpuDecomposedRule(const tfapprox::ConvShape& shape, int terms) {
   const int t = std::max(terms, 1);
