@@ -165,6 +165,13 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
       CpuConvAccumulate(conv, begin, end, parallel_for, acc.data(), act_sum.data());
     }
     parallel_for(end - begin, s.out_depth * 4, [&](int64_t q_begin, int64_t q_end) {
+      if constexpr (std::is_same<T, float>::value) {
+        if (rows != nullptr && groups == 1) {
+          DequantizePixels(*rows, q_end - q_begin, &acc[q_begin * s.out_depth], &act_sum[q_begin],
+                           output + (begin + q_begin) * s.out_depth);
+          return;
+        }
+      }
       for (int64_t q = q_begin; q < q_end; ++q) {
         const int64_t p = begin + q;
         // NCHW writes channel planes: element (n, co, p % out_hw).

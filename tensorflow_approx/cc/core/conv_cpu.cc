@@ -943,12 +943,25 @@ TFAPPROX_AVX512DQ void DequantizeRowAvx512(const DequantizeRows& r, int64_t co, 
   for (; j < n; ++j) out[j] = DequantizeOne(r, co + j, acc[j], act_sum);
 }
 
+// Whole pixels of one group: no call and no dispatch per pixel (a 16-channel row is a single step).
+TFAPPROX_AVX512DQ void DequantizePixelsAvx512(const DequantizeRows& r, int64_t pixels, int64_t n, const int64_t* acc,
+                                              const int64_t* act_sum, float* out) {
+  for (int64_t p = 0; p < pixels; ++p) DequantizeRowAvx512(r, 0, n, acc + p * n, act_sum[p], out + p * n);
+}
+
 }  // namespace
 
 void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int64_t* acc, int64_t act_sum, float* out,
                    bool portable) {
   if (!portable && n >= 16 && HasAvx512Dq()) return DequantizeRowAvx512(rows, co, n, acc, act_sum, out);
   for (int64_t j = 0; j < n; ++j) out[j] = DequantizeOne(rows, co + j, acc[j], act_sum);
+}
+
+void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t* acc, const int64_t* act_sum,
+                      float* out, bool portable) {
+  const int64_t n = static_cast<int64_t>(rows.acc_scale.size());
+  if (!portable && n >= 16 && HasAvx512Dq()) return DequantizePixelsAvx512(rows, pixels, n, acc, act_sum, out);
+  for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, 0, n, acc + p * n, act_sum[p], out + p * n, true);
 }
 
 }  // namespace tfapprox

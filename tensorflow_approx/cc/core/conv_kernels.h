@@ -159,6 +159,10 @@ struct DequantizeRows {
 // forces the scalar loop, for the tests.
 void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int64_t* acc, int64_t act_sum, float* out,
                    bool portable = false);
+// DequantizeRow for `pixels` consecutive pixels of a one-group convolution: pixel p's channels at
+// acc + p * out_depth and out + p * out_depth, its activation code sum act_sum[p].
+void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t* acc, const int64_t* act_sum,
+                      float* out, bool portable = false);
 
 }  // namespace tfapprox
 

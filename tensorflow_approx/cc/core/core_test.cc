@@ -234,7 +234,8 @@ void TestQuantizeCodesVectorized() {
   }
 }
 
-// DequantizeRow (16 channels at a time with AVX-512 DQ, and its scalar loop) gives DequantizeTerms' bits:
+// DequantizeRow and DequantizePixels (16 channels at a time with AVX-512 DQ, and their scalar loops) give
+// DequantizeTerms' bits:
 // random per-channel terms (schemes, bits, offsets of signed tables), sums up to 2^40 of either sign, rows
 // of 1-40 channels starting anywhere.
 void TestDequantizeRowMatchesTerms() {
@@ -269,6 +270,22 @@ void TestDequantizeRowMatchesTerms() {
       const float want = terms[co + j](acc[j], act_sum, filter_sum[co + j]);
       EXPECT(std::memcmp(&fast[j], &want, 4) == 0 && std::memcmp(&portable[j], &want, 4) == 0,
              "channel %d: %.9g / %.9g, want %.9g", co + j, fast[j], portable[j], want);
+    }
+    // DequantizePixels: several pixels of all the channels (one group).
+    const int pixels = 1 + static_cast<int>(rng() % 5);
+    std::vector<int64_t> accs(static_cast<size_t>(pixels) * channels), act_sums(pixels);
+    for (auto& a : accs) a = static_cast<int64_t>(rng() % (uint64_t{1} << 40)) - (int64_t{1} << 39);
+    for (auto& a : act_sums) a = static_cast<int64_t>(rng() % (255 * static_cast<uint64_t>(taps) + 1));
+    std::vector<float> fast_px(accs.size()), portable_px(accs.size());
+    DequantizePixels(rows, pixels, accs.data(), act_sums.data(), fast_px.data());
+    DequantizePixels(rows, pixels, accs.data(), act_sums.data(), portable_px.data(), /*portable=*/true);
+    for (int p = 0; p < pixels; ++p) {
+      for (int c = 0; c < channels; ++c) {
+        const size_t i = static_cast<size_t>(p) * channels + c;
+        const float want = terms[c](accs[i], act_sums[p], filter_sum[c]);
+        EXPECT(std::memcmp(&fast_px[i], &want, 4) == 0 && std::memcmp(&portable_px[i], &want, 4) == 0,
+               "pixel %d channel %d: %.9g / %.9g, want %.9g", p, c, fast_px[i], portable_px[i], want);
+      }
     }
   }
 }
