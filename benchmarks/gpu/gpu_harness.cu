@@ -376,8 +376,9 @@ struct RandomQuant {
   }
 };
 
-// False when a drawn range was refused (the caller draws another case).
-bool DrawQuant(std::mt19937_64& rng, const ConvShape& s, int forced_type, RandomQuant* q) {
+// False when a drawn range was refused (the caller draws another case); a drawn case with per-channel
+// ranges is counted.
+bool DrawQuant(std::mt19937_64& rng, const ConvShape& s, int forced_type, Counts* counts, RandomQuant* q) {
   auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   q->bits = ri(0, 2) == 0 ? ri(2, 7) : 8;
   // Ranges: asymmetric, one-sided, or zero-width, rounded through T as the op reads them.
@@ -434,15 +435,16 @@ bool DrawQuant(std::mt19937_64& rng, const ConvShape& s, int forced_type, Random
       if (lo > hi) std::swap(lo, hi);
       if (!MakeQuantParams(lo, hi, q->bits, "filter_min", "filter_max", &c, q->f_sym, q->f_narrow).empty()) return false;
     }
+    ++counts->per_channel;
   }
   return true;
 }
 
 // The ConvShape of drawn geometry (input NHWC sizes, filter HWIO sizes, strides, dilations), its padding
 // drawn here (SAME 4 in 10, VALID 3, explicit 3 with 0-3 per side) unless `valid` forces VALID; false
-// where that geometry has no shape.
+// where that geometry has no shape, no output, or more than max_macs LUT-MACs (the CPU reference's budget).
 bool DrawnShape(std::mt19937_64& rng, bool nchw, const int64_t (&input)[4], const int64_t (&filter)[4], int sh, int sw,
-                int dh, int dw, bool valid, ConvShape* s) {
+                int dh, int dw, bool valid, int64_t max_macs, ConvShape* s) {
   auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   ConvAttrs attrs;
   attrs.data_format = nchw ? DataFormat::kNCHW : DataFormat::kNHWC;
@@ -456,7 +458,8 @@ bool DrawnShape(std::mt19937_64& rng, bool nchw, const int64_t (&input)[4], cons
                                    : std::vector<int64_t>{0, 0, t, b, l, r, 0, 0};
   }
   const int64_t in_nchw[4] = {input[0], input[3], input[1], input[2]};
-  return ComputeConvShape(nchw ? in_nchw : input, filter, attrs, s).empty();
+  return ComputeConvShape(nchw ? in_nchw : input, filter, attrs, s).empty() && s->output_elements() > 0 &&
+         s->lut_macs() <= max_macs;
 }
 
 // One random shape, attributes, type, table and kernel; false when the attributes were invalid.
@@ -487,12 +490,10 @@ bool RandomCase(std::mt19937_64& rng, const Tables& tables, Counts* counts, int 
   const int64_t in_dims[4] = {batch, in_h, in_w, groups * cg};
   const int64_t f_dims[4] = {fh, fw, cg, groups * npg};
   ConvShape s;
-  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, whole, &s)) return false;
-  if (s.output_elements() == 0 || s.lut_macs() > 6000000) return false;
+  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, whole, 6000000, &s)) return false;
 
   RandomQuant q;
-  if (!DrawQuant(rng, s, forced_type, &q)) return false;
-  if (!q.channel_q.empty()) ++counts->per_channel;
+  if (!DrawQuant(rng, s, forced_type, counts, &q)) return false;
   const FilterQuant filter_q = q.Filter();
   const int type = q.type;
 
@@ -1541,12 +1542,10 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   const int64_t in_dims[4] = {batch, in_h, in_w, groups * cg};
   const int64_t f_dims[4] = {kernel, kernel, cg, groups * npg};
   ConvShape s;
-  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, false, &s)) return false;
-  if (s.output_elements() == 0 || s.lut_macs() > 4000000) return false;
+  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, false, 4000000, &s)) return false;
 
   RandomQuant q;
-  if (!DrawQuant(rng, s, forced_type, &q)) return false;
-  if (!q.channel_q.empty()) ++counts->per_channel;
+  if (!DrawQuant(rng, s, forced_type, counts, &q)) return false;
 
   // The decomposition: the exact product, a table file's, or random (mostly 1-16 terms, at times up
   // to kGpuDecomposedMaxTerms: wide slices).

@@ -104,8 +104,9 @@ def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight
             raise ValueError(f"{name} must be None (from the table's signedness) or one of {SCHEMES}, got {scheme!r}")
 
 
-# Terms up to which the layers register their tables' decompositions (the CPU kernel prefers the
-# decomposed path only up to 4).
+# Terms up to which the layers register their tables' decompositions (PreferDecomposed takes up to 8
+# terms on the CPU and GpuPreferDecomposed up to 16 on the GPU, where they are faster; the layers' budget
+# has stayed at 4).
 _LAYER_MAX_TERMS = 4
 
 
@@ -348,17 +349,8 @@ class _FakeApproxMixin:
 
     def _input_range(self, x, training):
         """float32 (min, max) of the input for this call, updating the range state when due."""
-        batch_min, batch_max = range_with_zero(x)  # one op, no gradient
-        if self.range_mode == "batch":
-            return batch_min, batch_max
-        ready = self.range_ready > 0.5
-        if self._calibrating:
-            # The union of all calibration batches; this call itself uses its batch range.
-            self.input_min.assign(tf.where(ready, tf.minimum(self.input_min, batch_min), batch_min))
-            self.input_max.assign(tf.where(ready, tf.maximum(self.input_max, batch_max), batch_max))
-            self.range_ready.assign(1.0)
-            return batch_min, batch_max
-        if self.range_mode == "fixed":
+        if self.range_mode == "fixed" and not self._calibrating:
+            # The calibrated range: no pass over the input.
             check = tf.debugging.assert_greater(
                 self.range_ready,
                 0.5,
@@ -369,6 +361,16 @@ class _FakeApproxMixin:
             )
             with tf.control_dependencies([check]):
                 return tf.identity(self.input_min), tf.identity(self.input_max)
+        batch_min, batch_max = range_with_zero(x)  # one op, no gradient
+        if self.range_mode == "batch":
+            return batch_min, batch_max
+        ready = self.range_ready > 0.5
+        if self._calibrating:
+            # The union of all calibration batches; this call itself uses its batch range.
+            self.input_min.assign(tf.where(ready, tf.minimum(self.input_min, batch_min), batch_min))
+            self.input_max.assign(tf.where(ready, tf.maximum(self.input_max, batch_max), batch_max))
+            self.range_ready.assign(1.0)
+            return batch_min, batch_max
         # moving_average
         if training:
             decay = self.ema_decay
