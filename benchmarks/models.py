@@ -209,9 +209,10 @@ def forward_seconds(model, x, batch):
 def overhead_table(table):
     """Per-call cost of the op on tiny convolutions (1x8x8xC, 3x3 C->C; the 16-channel one runs the columns
     kernel, the 64-channel one a tiled kernel): the file op (no table input), the table op with the
-    table on the host as the layers keep it, the same with its ranges reduced on the device first (by
-    range_with_zero, as the layers do in "batch" range mode, and by TensorFlow's reductions and element-wise
-    ops, as they did before), the Keras layer, and relu + add as the floor of any two ops. The differences
+    table on the host as the layers keep it, the same with its ranges computed inside the op (as the layers'
+    inference in "batch" range mode does) or reduced on the device first (by range_with_zero, as their
+    training calls do, and by TensorFlow's reductions and element-wise ops, as they did before), the Keras
+    layer, and relu + add as the floor of any two ops. The differences
     are the host table's cost and the reductions' (the issue's goal: at most 10 us)."""
     rng = np.random.default_rng(1)
     path = table if os.path.isfile(table) else ""  # the file op takes a path ("" = exact)
@@ -228,9 +229,16 @@ def overhead_table(table):
             w = tf.constant(rng.normal(scale=0.3, size=(3, 3, c, c)).astype(np.float32))
             layer = ta.FakeApproxConv2D(c, 3, padding="same", mul_map_file=table)
             layer.build(x.shape)
+            fixed = ta.FakeApproxConv2D(c, 3, padding="same", mul_map_file=table, range_mode="fixed")
+            fixed.build(x.shape)
+            fixed.input_max.assign(4.0)
+            fixed.range_ready.assign(1.0)  # as calibrate() leaves it
         conv = dict(strides=[1, 1, 1, 1], padding="SAME")
 
-        def reduced(v, training=False, w=w):  # as the layers do
+        def fused(v, training=False, w=w):  # as the layers do in inference, "batch" mode
+            return ta.approx_conv2d_with_batch_ranges(v, w, lut, **conv)[0]
+
+        def reduced(v, training=False, w=w):  # as the layers do in training
             return ta.approx_conv2d_with_table(v, w, *ta.range_with_zero(v), *ta.range_with_zero(w), table=lut,
                                                **conv)
 
@@ -245,9 +253,11 @@ def overhead_table(table):
                 ("op, host table, constant ranges",
                  lambda v, training=False, w=w: ta.approx_conv2d_with_table(v, w, 0.0, 4.0, -1.0, 1.0, table=lut,
                                                                             **conv)),
+                ("op, host table, ranges computed inside (approx_conv2d_with_batch_ranges)", fused),
                 ("op, host table, ranges reduced on the device (range_with_zero)", reduced),
                 ("op, host table, ranges by 8 TensorFlow ops (reduce_min, minimum, ...)", reduced_by_tf),
                 ("FakeApproxConv2D (inference)", layer),
+                ("FakeApproxConv2D (inference, range_mode fixed)", fixed),
                 ("relu + add (floor of two ops)", lambda v, training=False: tf.nn.relu(v) + v)]
         for name, fn in rows:
             with tf.device(DEVICE.value):
@@ -255,7 +265,9 @@ def overhead_table(table):
     for name in dict.fromkeys(name for name, _ in times):
         print(f"| {name} | {1e6 * times[name, 16]:.1f} | {1e6 * times[name, 64]:.1f} |")
     for what, a, b in (("the host table", "op, host table, constant ranges", "op, file table, constant ranges"),
-                       ("reducing the ranges on the device", "op, host table, ranges reduced on the device "
+                       ("the ranges inside the op", "op, host table, ranges computed inside "
+                        "(approx_conv2d_with_batch_ranges)", "op, host table, constant ranges"),
+                       ("reducing the ranges by range_with_zero", "op, host table, ranges reduced on the device "
                         "(range_with_zero)", "op, host table, constant ranges"),
                        ("the same with TensorFlow's ops", "op, host table, ranges by 8 TensorFlow ops (reduce_min, "
                         "minimum, ...)", "op, host table, constant ranges")):

@@ -1,8 +1,8 @@
 """tensorflow_approx: convolutions with approximate 8-bit multipliers for TensorFlow.
 
-The ops ApproxConv2DWithMinMaxVars and ApproxConv2DWithTable fake-quantize input and filter to 8-bit
-codes, take each product from a 256 x 256 table (an approximate multiplier) and sum the products
-exactly in integers.
+The ops ApproxConv2DWithMinMaxVars, ApproxConv2DWithTable and ApproxConv2DWithBatchRanges (the latter
+with its ranges computed inside) fake-quantize input and filter to 8-bit codes, take each product
+from a 256 x 256 table (an approximate multiplier) and sum the products exactly in integers.
 
 `import tensorflow_approx` registers the ops, their gradient and the Keras layers whenever TensorFlow
 is importable, so saved models (SavedModel, .keras) load after this one import.
@@ -21,6 +21,7 @@ _SUBMODULES = ("explore", "layers", "multipliers")
 _EXPORTS = {
     "approx_conv2d_with_min_max_vars": "tensorflow_approx.python.ops.approx_conv_ops",
     "approx_conv2d_with_table": "tensorflow_approx.python.ops.approx_conv_ops",
+    "approx_conv2d_with_batch_ranges": "tensorflow_approx.python.ops.approx_conv_ops",
     "range_with_zero": "tensorflow_approx.python.ops.approx_conv_ops",
     "register_decomposition": "tensorflow_approx.python.ops.approx_conv_ops",
     # Keras 3 layers, calibration and model conversion (tensorflow_approx/python/keras).

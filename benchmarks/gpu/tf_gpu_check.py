@@ -7,7 +7,8 @@ error on both devices), refused ranges (all NaN on the GPU, an error on the CPU)
 (the tensor-core kernel, which TFAPPROX_TRACE must name, against the CPU), and the Keras layers: predict on
 the GPU equal to the CPU, the table variable on the host, set_multiplier without retracing; the "table"
 gradient on the GPU against the CPU (equal to float32 rounding); range_with_zero (the layers' batch ranges)
-on the GPU against the CPU. Prints a short table; exit status 1 on any mismatch.
+and the convolution with its ranges computed inside (their inference), a signed layer among them, on the
+GPU against the CPU. Prints a short table; exit status 1 on any mismatch.
 
     python3 benchmarks/gpu/tf_gpu_check.py [--cases N] [--seed S]
 
@@ -268,6 +269,71 @@ def check_ranges(rng, cases=40):
     return cases, mismatches
 
 
+def check_batch_ranges(rng, cases=40):
+    """approx_conv2d_with_batch_ranges (the layers' inference in "batch" mode: ranges computed inside the
+    op) on the GPU against the CPU, output and the four ranges bit for bit: random float32 configurations,
+    schemes, per-channel filter ranges, uint16 / int16 tables; a NaN or infinity in every fifth case (GPU
+    all NaN, CPU an error naming the bound). Then a signed Keras layer (int16 table cast on the host) and
+    an unsigned per-channel one, GPU == CPU. Returns (cases, mismatches)."""
+    import keras
+
+    mismatches = 0
+    for i in range(cases):
+        c = random_case(rng)
+        cin = c["groups"] * c["cg"]
+        x = np.maximum(rng.normal(size=(c["batch"], c["size"], c["size"], cin)), 0).astype(np.float32)
+        w = rng.normal(scale=0.3, size=(c["k"], c["k"], c["cg"], c["cout"])).astype(np.float32)
+        special = i % 5 == 4
+        if special:
+            target = x if rng.integers(2) else w
+            target.reshape(-1)[int(rng.integers(target.size))] = rng.choice([np.nan, np.inf, -np.inf])
+        if c["nchw"]:
+            x = x.transpose(0, 3, 1, 2)
+        fmt = "NCHW" if c["nchw"] else "NHWC"
+        strides = [1, 1, c["stride"], c["stride"]] if c["nchw"] else [1, c["stride"], c["stride"], 1]
+        dilations = [1, 1, c["dilation"], c["dilation"]] if c["nchw"] else [1, c["dilation"], c["dilation"], 1]
+        padding = "VALID" if c["padding"] == "EXPLICIT" else c["padding"]
+        table = (rng.integers(-32768, 32768, size=65536).astype(np.int16) if rng.integers(2)
+                 else rng.integers(0, 65536, size=65536).astype(np.uint16))
+        kw = dict(strides=strides, padding=padding, data_format=fmt, dilations=dilations, num_bits=c["num_bits"],
+                  input_scheme=str(rng.choice(["asymmetric", "symmetric", "symmetric_narrow"])),
+                  filter_scheme=str(rng.choice(["asymmetric", "symmetric", "symmetric_narrow"])),
+                  filter_num_bits=int(rng.choice([-1, 8, 4])), filter_per_channel=bool(rng.integers(2)))
+        got = {}
+        for device in ("/CPU:0", "/GPU:0"):
+            with tf.device(device):
+                try:
+                    out, ranges = ta.approx_conv2d_with_batch_ranges(tf.constant(x), tf.constant(w),
+                                                                     tf.constant(table), **kw)
+                    got[device] = [out.numpy(), *(r.numpy() for r in ranges)]
+                except tf.errors.InvalidArgumentError as error:
+                    got[device] = str(error)
+        cpu, gpu = got["/CPU:0"], got["/GPU:0"]
+        if special:
+            ok = isinstance(cpu, str) and "min" in cpu and not isinstance(gpu, str) and bool(np.isnan(gpu[0]).all())
+        else:
+            ok = not isinstance(cpu, str) and not isinstance(gpu, str) and all(
+                a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(cpu, gpu))
+        if not ok:
+            mismatches += 1
+            print("  batch-ranges case differs:", c, kw, "special" if special else "")
+    # Keras layers in "batch" mode, which run the op above in inference.
+    truncating = lambda a, w: (a >> 2 << 2) * w  # noqa: E731  (signed codes: a signed table)
+    signed = mx.from_function(truncating, name="trunc_s", signed=True)
+    x = np.random.default_rng(6).normal(size=(8, 12, 12, 4)).astype(np.float32)
+    for kwargs in (dict(mul_map_file=signed), dict(mul_map_file="drum4", weight_quantization="per_channel")):
+        with tf.device("/GPU:0"):
+            layer = ta.FakeApproxConv2D(8, 3, padding="same", **kwargs)
+            gpu = layer(x, training=False).numpy()
+        with tf.device("/CPU:0"):
+            cpu = layer(x, training=False).numpy()
+        cases += 1
+        if not np.array_equal(gpu.view(np.uint32), cpu.view(np.uint32)):
+            mismatches += 1
+            print("  Keras layer differs on the GPU:", "signed" if layer.signed_products else "per-channel")
+    return cases, mismatches
+
+
 def check_keras(tables):
     import keras
 
@@ -350,6 +416,7 @@ def main():
     decomposed = check_decomposed(rng, trace_path)
     gradient_error = check_table_gradient(rng)
     range_cases, range_mismatches = check_ranges(rng)
+    batch_cases, batch_mismatches = check_batch_ranges(rng)
     print(f"| check | result |\n| --- | --- |")
     print(f"| random op cases x 4 table forms (file eager/graph, uint16, float32), then a random scheme, "
           f"int16/uint16 table and per-tensor/per-channel filter ranges reduced on each device | {cases} cases, {outputs} outputs "
@@ -364,10 +431,13 @@ def main():
     print(f"| tf.function traces over 4 swaps | {traces} |")
     print(f"| range_with_zero GPU vs CPU (the layers' batch ranges; special values, per channel) | {range_cases} "
           f"cases, {range_mismatches} mismatches |")
+    print(f"| approx_conv2d_with_batch_ranges GPU vs CPU (output and ranges; NaN/inf: GPU all NaN, CPU error), "
+          f"then a signed and a per-channel Keras layer | {batch_cases} cases, {batch_mismatches} mismatches |")
     print(f"| table gradient GPU vs CPU, 12 random cases (schemes, per-channel, int16) | largest difference "
           f"{gradient_error:.1e} of the gradient's largest magnitude |")
     return 0 if (failures == 0 and invalid_ok and ranges_ok and keras_same and lut_on_host and traces == 1
-                 and gradient_error < 1e-4 and decomposed[2] == 0 and decomposed[3] > 0 and range_mismatches == 0) else 1
+                 and gradient_error < 1e-4 and decomposed[2] == 0 and decomposed[3] > 0 and range_mismatches == 0
+                 and batch_mismatches == 0) else 1
 
 
 if __name__ == "__main__":

@@ -155,10 +155,11 @@ const char* GpuKernelName(GpuKernel kernel);
 // The Keras layers' batch range of x (quantize.h's RangeKeys / RangeFromKeys, the host's bits): x holds
 // `rows` rows of `channels` float32 values; min[c] and max[c] (device memory) get channel c's min and max
 // widened to hold 0, NaN both where a value is NaN. `scratch` holds GpuRangeScratchBytes(channels) bytes of
-// device memory. Launches on `stream`; never waits.
+// device memory, which this zeroes first unless the caller did (scratch_zeroed: one memset for several
+// ranges). Launches on `stream`; never waits.
 size_t GpuRangeScratchBytes(int64_t channels);
 std::string GpuRangeWithZero(const float* x, int64_t rows, int64_t channels, void* scratch, float* min, float* max,
-                             cudaStream_t stream);
+                             cudaStream_t stream, bool scratch_zeroed = false);
 
 // Special values, handled around ApproxConvGpu without waiting for the device: kGpuFlagCount device
 // ints, zeroed by the caller before the first of these calls of an op call.

@@ -65,13 +65,16 @@ __global__ void __launch_bounds__(kThreads) RangeKernel(const float* __restrict_
 size_t GpuRangeScratchBytes(int64_t channels) { return static_cast<size_t>(2 * channels + 1) * sizeof(int32_t); }
 
 std::string GpuRangeWithZero(const float* x, int64_t rows, int64_t channels, void* scratch, float* min, float* max,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, bool scratch_zeroed) {
   if (rows < 0 || channels < 1) return "GpuRangeWithZero: rows must be >= 0 and channels >= 1";
   if ((x == nullptr && rows > 0) || scratch == nullptr || min == nullptr || max == nullptr) {
     return "GpuRangeWithZero: null device pointer";
   }
-  cudaError_t e = cudaMemsetAsync(scratch, 0, GpuRangeScratchBytes(channels), stream);
-  if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the range keys", e);
+  cudaError_t e = cudaSuccess;
+  if (!scratch_zeroed) {
+    e = cudaMemsetAsync(scratch, 0, GpuRangeScratchBytes(channels), stream);
+    if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the range keys", e);
+  }
   // One value per thread at least, and no more blocks than the rows for per-channel ranges.
   const int64_t per_block = channels == 1 ? kThreads : 1;
   const int64_t blocks = std::min<int64_t>(kMaxBlocks, std::max<int64_t>(1, (rows + per_block - 1) / per_block));

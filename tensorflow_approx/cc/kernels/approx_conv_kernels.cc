@@ -20,6 +20,25 @@
 
 namespace tensorflow {
 
+// ApproxRangeWithZero's ranges of x (rows x channels values, channels >= 1) into min[c], max[c]: shards of
+// rows on TensorFlow's CPU threads, each with its own keys, merged after (maxima: any split gives the same
+// keys).
+void CpuRangeWithZero(OpKernelContext* ctx, const float* x, int64_t rows, int64_t channels, float* min, float* max) {
+  std::vector<int32_t> pos(channels, 0), neg(channels, 0);
+  std::mutex mu;
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  Shard(workers->num_threads, workers->workers, rows, channels, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> p(channels, 0), n(channels, 0);
+    tfapprox::RangeKeys(x + begin * channels, end - begin, channels, p.data(), n.data());
+    std::lock_guard<std::mutex> lock(mu);
+    for (int64_t c = 0; c < channels; ++c) {
+      pos[c] = std::max(pos[c], p[c]);
+      neg[c] = std::max(neg[c], n[c]);
+    }
+  });
+  for (int64_t c = 0; c < channels; ++c) tfapprox::RangeFromKeys(pos[c], neg[c], min + c, max + c);
+}
+
 template <typename T>
 class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
  public:
@@ -49,6 +68,16 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
                                table->lut, parallel_for, output->flat<T>().data(), tfapprox::CpuKernel::kFast,
                                table->offset, decomposition);
   }
+
+  void ComputeBatchRanges(OpKernelContext* ctx, const Tensor& input, const Tensor& filter,
+                          Tensor* const bounds[4]) override {
+    CpuRangeWithZero(ctx, input.flat<float>().data(), input.NumElements(), 1, bounds[0]->flat<float>().data(),
+                     bounds[1]->flat<float>().data());
+    const int64_t channels = bounds[2]->NumElements();  // out_depth per channel, else 1
+    if (channels == 0) return;
+    CpuRangeWithZero(ctx, filter.flat<float>().data(), filter.NumElements() / channels, channels,
+                     bounds[2]->flat<float>().data(), bounds[3]->flat<float>().data());
+  }
 };
 
 class ApproxRangeWithZeroCpuOp : public ApproxRangeWithZeroBase {
@@ -58,21 +87,7 @@ class ApproxRangeWithZeroCpuOp : public ApproxRangeWithZeroBase {
  protected:
   void Launch(OpKernelContext* ctx, const float* x, int64_t rows, int64_t channels, float* min,
               float* max) override {
-    // Shards of rows on TensorFlow's CPU threads, each with its own keys, merged after (maxima: any
-    // split gives the same keys).
-    std::vector<int32_t> pos(channels, 0), neg(channels, 0);
-    std::mutex mu;
-    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(workers->num_threads, workers->workers, rows, channels, [&](int64_t begin, int64_t end) {
-      std::vector<int32_t> p(channels, 0), n(channels, 0);
-      tfapprox::RangeKeys(x + begin * channels, end - begin, channels, p.data(), n.data());
-      std::lock_guard<std::mutex> lock(mu);
-      for (int64_t c = 0; c < channels; ++c) {
-        pos[c] = std::max(pos[c], p[c]);
-        neg[c] = std::max(neg[c], n[c]);
-      }
-    });
-    for (int64_t c = 0; c < channels; ++c) tfapprox::RangeFromKeys(pos[c], neg[c], min + c, max + c);
+    CpuRangeWithZero(ctx, x, rows, channels, min, max);
   }
 };
 REGISTER_KERNEL_BUILDER(Name("ApproxRangeWithZero").Device(DEVICE_CPU), ApproxRangeWithZeroCpuOp);
@@ -136,5 +151,6 @@ REGISTER_CPU(bfloat16);
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU
+REGISTER_KERNEL_BUILDER(Name("ApproxConv2DWithBatchRanges").Device(DEVICE_CPU), ApproxConv2DCpuOp<float>);
 
 }  // namespace tensorflow

@@ -1,4 +1,4 @@
-// GPU OpKernels of both ops: the shared validation of ApproxConv2DOpBase, the quantization made on the
+// GPU OpKernels of the convolution ops: the shared validation of ApproxConv2DOpBase, the quantization made on the
 // device, then the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h, and
 // conv_gpu_decomposed.h for a registered decomposition) on TensorFlow's stream: NaN scan, convolution,
 // NaN propagation, nothing waiting for the device. A range the host would refuse makes every output NaN
@@ -151,6 +151,37 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
 
   bool RangesOnDevice() const override { return true; }
 
+  // Both ranges with one memset of their keys, on the stream.
+  void ComputeBatchRanges(OpKernelContext* ctx, const Tensor& input, const Tensor& filter,
+                          Tensor* const bounds[4]) override {
+    int device = 0;
+    OP_REQUIRES_OK(ctx, SetDeviceOf(bounds[0]->data(), &device));
+    cudaStream_t stream = ctx->eigen_gpu_device().stream();
+    const int64_t channels = bounds[2]->NumElements();  // out_depth per channel, else 1
+    const size_t input_keys = tfapprox::GpuRangeScratchBytes(1);
+    const size_t bytes = input_keys + (channels > 0 ? tfapprox::GpuRangeScratchBytes(channels) : 0);
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(bytes)}), &scratch));
+    uint8_t* keys = scratch.flat<uint8_t>().data();
+    OP_REQUIRES_OK(ctx, CudaStatus("cudaMemsetAsync", cudaMemsetAsync(keys, 0, bytes, stream)));
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuRangeWithZero(
+                            input.flat<float>().data(), input.NumElements(), 1, keys, bounds[0]->flat<float>().data(),
+                            bounds[1]->flat<float>().data(), stream, /*scratch_zeroed=*/true)));
+    if (channels == 0) return;
+    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuRangeWithZero(
+                            filter.flat<float>().data(), filter.NumElements() / channels, channels, keys + input_keys,
+                            bounds[2]->flat<float>().data(), bounds[3]->flat<float>().data(), stream,
+                            /*scratch_zeroed=*/true)));
+  }
+
+  // Notes NaN in input or filter for GpuPropagateNan. Not with batch ranges: a NaN anywhere in an operand
+  // makes its computed range NaN, which the quantization refuses, so every output is NaN anyway.
+  absl::Status ScanNan(tfapprox::GpuDtype dtype, const tfapprox::ConvShape& shape, const void* in, const void* filt,
+                       int* flags, cudaStream_t stream) const {
+    if (this->batch_ranges()) return absl::OkStatus();
+    return CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flags, stream));
+  }
+
   void Launch(OpKernelContext* ctx, const tfapprox::ConvShape& shape, const Tensor& input, const Tensor& filter,
               const tfapprox::QuantParams& /*unused: ranges on the device*/,
               const std::vector<tfapprox::QuantParams>& filter_q /*its size only*/, Tensor* output) override {
@@ -183,10 +214,10 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
                                            &quant));
     tfapprox::GpuQuant* quant_ptr = reinterpret_cast<tfapprox::GpuQuant*>(quant.flat<uint8_t>().data());
     tfapprox::GpuRanges ranges;
-    ranges.input_min = ctx->input(this->kRangeInputs).data();
-    ranges.input_max = ctx->input(this->kRangeInputs + 1).data();
-    ranges.filter_min = ctx->input(this->kRangeInputs + 2).data();
-    ranges.filter_max = ctx->input(this->kRangeInputs + 3).data();
+    ranges.input_min = this->RangeTensor(ctx, 0).data();
+    ranges.input_max = this->RangeTensor(ctx, 1).data();
+    ranges.filter_min = this->RangeTensor(ctx, 2).data();
+    ranges.filter_max = this->RangeTensor(ctx, 3).data();
     ranges.filter_channels = static_cast<int>(channels);
     ranges.input_bits = this->num_bits();
     ranges.filter_bits = this->filter_num_bits();
@@ -210,7 +241,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
                                                   tfapprox::ChooseGpuDecomposedTile(shape, decomposition.terms)));
         this->Trace(shape, "GPU", name.c_str(), false);
       }
-      OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flag_ptr, stream)));
+      OP_REQUIRES_OK(ctx, ScanNan(dtype, shape, in, filt, flag_ptr, stream));
       OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuDecomposedUntyped(
                               dtype, shape, in, filt, quant_ptr, decomposition, out, stream,
                               workspace.flat<uint8_t>().data(), bytes)));
@@ -232,7 +263,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       const tfapprox::GpuPlan plan = tfapprox::ChooseGpuPlan(shape, options);
       this->Trace(shape, "GPU", tfapprox::GpuKernelName(plan.kernel), plan.split_k);
     }
-    OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuScanNan(dtype, shape, in, filt, flag_ptr, stream)));
+    OP_REQUIRES_OK(ctx, ScanNan(dtype, shape, in, filt, flag_ptr, stream));
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuUntyped(dtype, shape, in, filt, quant_ptr, lut, out, stream,
                                                                   options)));
     OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
@@ -277,6 +308,8 @@ REGISTER_GPU(bfloat16);
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU
+REGISTER_KERNEL_BUILDER(Name("ApproxConv2DWithBatchRanges").Device(DEVICE_GPU).HostMemory("table"),
+                        ApproxConv2DGpuOp<float>);
 
 }  // namespace tensorflow
 

@@ -1,4 +1,4 @@
-// What the CPU and GPU OpKernels of both ops share: attribute parsing, where the table comes from, and
+// What the CPU and GPU OpKernels of the convolution ops share: attribute parsing, where the table comes from, and
 // validation of the tensors. Every misuse becomes an InvalidArgument error naming the argument; the
 // device kernels only launch.
 #ifndef TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
@@ -73,6 +73,11 @@ class ApproxConv2DOpBase : public OpKernel {
     // its last input.
     table_from_file_ = ctx->HasAttr("mul_map_file");
     if (table_from_file_) OP_REQUIRES_OK(ctx, ctx->GetAttr("mul_map_file", &mul_map_file_));
+    // ApproxConv2DWithBatchRanges computes its four ranges itself (outputs 1-4) and takes the table as its
+    // third input.
+    batch_ranges_ = ctx->HasAttr("filter_per_channel");
+    if (batch_ranges_) OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_per_channel", &filter_per_channel_));
+    table_input_ = batch_ranges_ ? 2 : 6;
     filter_num_bits_ = -1;
     if (ctx->HasAttr("filter_num_bits")) OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_num_bits", &filter_num_bits_));
     for (const char* name : {"input_scheme", "filter_scheme"}) {
@@ -121,28 +126,40 @@ class ApproxConv2DOpBase : public OpKernel {
                                                "filter_max"};
     // The table op takes per-channel filter ranges: vectors of the filter's out_depth values.
     const int64_t out_depth = filter.dim_size(3);
-    for (int i = 0; i < 4; ++i) {
-      const TensorShape& shape = ctx->input(kRangeInputs + i).shape();
-      const bool per_channel = i >= 2 && !table_from_file_ && shape.dims() == 1 && shape.dim_size(0) == out_depth;
-      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(shape) || per_channel,
+    if (batch_ranges_) {
+      const TensorShape filter_range = filter_per_channel_ ? TensorShape({out_depth}) : TensorShape({});
+      Tensor* bounds[4];
+      for (int i = 0; i < 4; ++i) {
+        OP_REQUIRES_OK(ctx, ctx->allocate_output(1 + i, i < 2 ? TensorShape({}) : filter_range, &bounds[i]));
+      }
+      ComputeBatchRanges(ctx, input, filter, bounds);
+      if (!ctx->status().ok()) return;
+    } else {
+      for (int i = 0; i < 4; ++i) {
+        const TensorShape& shape = ctx->input(kRangeInputs + i).shape();
+        const bool per_channel = i >= 2 && !table_from_file_ && shape.dims() == 1 && shape.dim_size(0) == out_depth;
+        OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(shape) || per_channel,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        kBoundNames[i], " must be a scalar",
+                        i >= 2 && !table_from_file_ ? absl::StrCat(" or a vector of the filter's ", out_depth,
+                                                                   " output channels")
+                                                    : "",
+                        ", got shape ", shape.DebugString())));
+      }
+      OP_REQUIRES(ctx, ctx->input(kRangeInputs + 2).shape() == ctx->input(kRangeInputs + 3).shape(),
                   absl::InvalidArgumentError(absl::StrCat(
-                      kBoundNames[i], " must be a scalar",
-                      i >= 2 && !table_from_file_ ? absl::StrCat(" or a vector of the filter's ", out_depth,
-                                                                 " output channels")
-                                                  : "",
-                      ", got shape ", shape.DebugString())));
+                      "filter_min and filter_max must have the same shape, got ",
+                      ctx->input(kRangeInputs + 2).shape().DebugString(), " and ",
+                      ctx->input(kRangeInputs + 3).shape().DebugString())));
     }
-    OP_REQUIRES(ctx, ctx->input(kRangeInputs + 2).shape() == ctx->input(kRangeInputs + 3).shape(),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "filter_min and filter_max must have the same shape, got ",
-                    ctx->input(kRangeInputs + 2).shape().DebugString(), " and ",
-                    ctx->input(kRangeInputs + 3).shape().DebugString())));
-    const int64_t filter_ranges = ctx->input(kRangeInputs + 2).NumElements();
+    const int64_t filter_ranges = RangeTensor(ctx, 2).NumElements();
     tfapprox::QuantParams input_q;
     std::vector<tfapprox::QuantParams> filter_q(filter_ranges);
     if (!RangesOnDevice()) {
       const auto bound = [&](int i, int64_t k) {
-        return static_cast<float>(ctx->input(kRangeInputs + i).flat<T>()(k));
+        // The batch ranges are float32 (the op's only T); given ranges have the operands' T.
+        return batch_ranges_ ? RangeTensor(ctx, i).template flat<float>()(k)
+                             : static_cast<float>(RangeTensor(ctx, i).template flat<T>()(k));
       };
       std::string error = tfapprox::MakeQuantParams(bound(0, 0), bound(1, 0), num_bits_, kBoundNames[0],
                                                     kBoundNames[1], &input_q, input_symmetric_, input_narrow_);
@@ -165,7 +182,7 @@ class ApproxConv2DOpBase : public OpKernel {
     std::string error = tfapprox::ComputeConvShape(input_dims, filter_dims, attrs_, &shape);
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(error));
     if (!table_from_file_) {
-      const Tensor& table = ctx->input(kTableInput);
+      const Tensor& table = ctx->input(table_input_);
       OP_REQUIRES(ctx, table.dims() == 1 && table.dim_size(0) == tfapprox::kLutEntries,
                   absl::InvalidArgumentError(absl::StrCat("table must have shape [", tfapprox::kLutEntries,
                                                           "], got ", table.shape().DebugString())));
@@ -191,8 +208,19 @@ class ApproxConv2DOpBase : public OpKernel {
                       const std::vector<tfapprox::QuantParams>& filter_q, Tensor* output) = 0;
   // GPU kernels read the range inputs on the device (no host round trip per call), so Compute does not.
   virtual bool RangesOnDevice() const { return false; }
+  // ApproxConv2DWithBatchRanges: writes into bounds[0..3] (the outputs input_min, input_max, filter_min,
+  // filter_max, in the device's memory; filter ones of shape [out_depth] with filter_per_channel) the
+  // ranges ApproxRangeWithZero gives for input and filter, or fails ctx.
+  virtual void ComputeBatchRanges(OpKernelContext* ctx, const Tensor& input, const Tensor& filter,
+                                  Tensor* const bounds[4]) = 0;
+  // Range i of this call (0 input_min, 1 input_max, 2 filter_min, 3 filter_max): an input of the ops that
+  // take their ranges, an output of ApproxConv2DWithBatchRanges (after ComputeBatchRanges).
+  const Tensor& RangeTensor(OpKernelContext* ctx, int i) const {
+    return batch_ranges_ ? *ctx->mutable_output(1 + i) : ctx->input(kRangeInputs + i);
+  }
+  bool batch_ranges() const { return batch_ranges_; }
+  bool filter_per_channel() const { return filter_per_channel_; }
   static constexpr int kRangeInputs = 2;  // input_min, input_max, filter_min, filter_max
-  static constexpr int kTableInput = 6;
 
   bool table_from_file() const { return table_from_file_; }
 
@@ -267,7 +295,7 @@ class ApproxConv2DOpBase : public OpKernel {
       const std::string error = tfapprox::LookupMulMap(mul_map_file_, &file);
       if (!error.empty()) return absl::InvalidArgumentError(error);
     }
-    const Tensor* input = table_from_file_ ? nullptr : &ctx->input(kTableInput);
+    const Tensor* input = table_from_file_ ? nullptr : &ctx->input(table_input_);
     const absl::string_view bytes = input != nullptr ? input->tensor_data() : absl::string_view();
     {
       std::lock_guard<std::mutex> lock(prepared_mu_);
@@ -318,6 +346,8 @@ class ApproxConv2DOpBase : public OpKernel {
   bool input_symmetric_ = false, filter_symmetric_ = false;
   bool input_narrow_ = false, filter_narrow_ = false;
   bool table_from_file_ = true;
+  bool batch_ranges_ = false, filter_per_channel_ = false;
+  int table_input_ = 6;
   std::string mul_map_file_;
   // PreparedTable's last table and what identifies it.
   mutable std::mutex prepared_mu_;

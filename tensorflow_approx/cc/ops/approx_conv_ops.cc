@@ -1,6 +1,8 @@
-// Registers the two ops: ApproxConv2DWithMinMaxVars (the seed's interface, the table named by a file
-// attribute) and ApproxConv2DWithTable (the same computation with the table as an input tensor, so a
-// model carries its table and a new table needs no new kernel). docs/semantics.md is the contract.
+// Registers the convolution ops: ApproxConv2DWithMinMaxVars (the seed's interface, the table named by a file
+// attribute), ApproxConv2DWithTable (the same computation with the table as an input tensor, so a model
+// carries its table and a new table needs no new kernel) and ApproxConv2DWithBatchRanges (the latter with
+// its ranges computed inside); the range, table-file and decomposition ops. docs/semantics.md is the
+// contract.
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -102,6 +104,55 @@ gradient: what the registered gradient computes (the forward pass ignores it): "
   (tensorflow_approx/python/ops/table_gradient.py).
 filter_min, filter_max: scalars, or vectors of the filter's out_depth values (a range per output
   channel, as fake_quant_with_min_max_vars_per_channel).
+)doc");
+
+// The layers' inference in "batch" range mode as one op: ApproxConv2DWithTable on float32 operands with the
+// ranges ApproxRangeWithZero gives, computed inside (outputs 1-4), so that a layer is one op, not three.
+const InitOnStartupMarker register_batch_ranges_op TF_ATTRIBUTE_UNUSED = InitOnStartupMarker{} <<
+    register_op::OpDefBuilderWrapper("ApproxConv2DWithBatchRanges")
+        .Input("input: float")
+        .Input("filter: float")
+        .Input("table: Ttable")
+        .Output("output: float")
+        .Output("input_min: float")
+        .Output("input_max: float")
+        .Output("filter_min: float")
+        .Output("filter_max: float")
+        .Attr("strides: list(int)")
+        .Attr("num_bits: int = 8")
+        .Attr("padding: {'SAME', 'VALID', 'EXPLICIT'}")
+        .Attr("explicit_paddings: list(int) = []")
+        .Attr("data_format: {'NHWC', 'NCHW'} = 'NHWC'")
+        .Attr("dilations: list(int) = [1, 1, 1, 1]")
+        .Attr("Ttable: {uint16, int16, float} = DT_UINT16")
+        .Attr("filter_num_bits: int = -1")
+        .Attr("input_scheme: {'asymmetric', 'symmetric', 'symmetric_narrow'} = 'asymmetric'")
+        .Attr("filter_scheme: {'asymmetric', 'symmetric', 'symmetric_narrow'} = 'asymmetric'")
+        .Attr("gradient: {'ste', 'table'} = 'ste'")
+        .Attr("filter_per_channel: bool = false")
+        .SetShapeFn([](shape_inference::InferenceContext* c) {
+          shape_inference::ShapeHandle table, filter;
+          TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &table));
+          shape_inference::DimensionHandle entries;
+          TF_RETURN_IF_ERROR(c->WithValue(c->Dim(table, 0), tfapprox::kLutEntries, &entries));
+          TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
+          bool per_channel = false;
+          TF_RETURN_IF_ERROR(c->GetAttr("filter_per_channel", &per_channel));
+          c->set_output(1, c->Scalar());
+          c->set_output(2, c->Scalar());
+          const shape_inference::ShapeHandle filter_range = per_channel ? c->Vector(c->Dim(filter, 3)) : c->Scalar();
+          c->set_output(3, filter_range);
+          c->set_output(4, filter_range);
+          return shape_inference::Conv2DShapeWithExplicitPadding(c);  // sets output 0
+        })
+        .Doc(R"doc(
+ApproxConv2DWithTable on float32 operands whose four ranges the op computes itself, as
+ApproxRangeWithZero gives them: input_min, input_max of the whole input, filter_min, filter_max of the
+whole filter or, with filter_per_channel, per output channel. They are also its outputs 1-4. The Keras
+layers' inference in range_mode "batch": one op per layer instead of three (two range ops and the
+convolution). A NaN or infinity in input or filter makes its range one the convolution refuses
+(InvalidArgument on the CPU, every output NaN on the GPU), as with the three ops. The gradient is
+ApproxConv2DWithTable's at the computed ranges (none for the table and the ranges).
 )doc");
 
 }  // namespace

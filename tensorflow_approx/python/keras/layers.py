@@ -66,6 +66,7 @@ from tensorflow_approx.python.ops.approx_conv_ops import (
     GRADIENTS,
     LUT_ENTRIES,
     SCHEMES,
+    approx_conv2d_with_batch_ranges,
     approx_conv2d_with_table,
     lut_values,
     range_with_zero,
@@ -274,7 +275,10 @@ class _FakeApproxMixin:
 
         self.input_min = scalar("input_min")
         self.input_max = scalar("input_max")
-        self.range_ready = scalar("range_ready")  # 1.0 once a range has been recorded
+        # 1.0 once a range has been recorded. On the host: "fixed" mode checks it at every call with an
+        # Assert, a host op, which would otherwise wait for the device to copy it back once per layer.
+        with tf.device("/CPU:0"):
+            self.range_ready = scalar("range_ready")
 
     def _range_variables(self):
         return [] if self.input_min is None else [self.input_min, self.input_max, self.range_ready]
@@ -398,9 +402,14 @@ class _FakeApproxMixin:
         predict, evaluate, training=None or False) pass the raw operands: the op quantizes them to
         the very codes fake quantization would give, so a second quantization pass would be wasted.
         A symmetric operand is fake-quantized on the range whose codes are its signed codes shifted.
+        Inference in range_mode "batch" (float32) returns None for the ranges: the op computes them
+        itself (ApproxConv2DWithBatchRanges, the same bits as range_with_zero), one op per layer
+        instead of three.
         """
         x = tf.cast(inputs, tf.float32)
         k = tf.cast(kernel, tf.float32)
+        if not training and self.range_mode == "batch" and self._op_dtype() == tf.float32:
+            return x, k, None
         x_min, x_max = self._input_range(x, training)
         per_channel = self.weight_quantization == "per_channel"
         k_min, k_max = range_with_zero(k, per_channel=per_channel)
@@ -417,15 +426,13 @@ class _FakeApproxMixin:
         return tf.cast(x, dtype), tf.cast(k, dtype), ranges
 
     def _approx_conv(self, xq, kq, ranges, strides, dilations, data_format, padding):
-        """The op on the operands (fake-quantized or raw: it quantizes them to the same codes)."""
+        """The op on the operands (fake-quantized or raw: it quantizes them to the same codes), with the
+        given ranges, or with the ranges it computes itself where `ranges` is None."""
         table = self.lut.value
         if self.signed_products:
             with tf.device("/CPU:0"):  # stays on the host (the variable's place), where the op takes it
                 table = tf.cast(table, tf.int16)  # the op reads an int16 table as signed products
-        return approx_conv2d_with_table(
-            xq,
-            kq,
-            *ranges,
+        args = dict(
             table=table,
             strides=strides,
             num_bits=self.num_bits,
@@ -437,6 +444,10 @@ class _FakeApproxMixin:
             data_format=data_format,
             dilations=dilations,
         )
+        if ranges is None:
+            per_channel = self.weight_quantization == "per_channel"
+            return approx_conv2d_with_batch_ranges(xq, kq, filter_per_channel=per_channel, **args)[0]
+        return approx_conv2d_with_table(xq, kq, *ranges, **args)
 
     def _bias_and_activation(self, outputs, channels_first=False):
         outputs = tf.cast(outputs, self.compute_dtype)

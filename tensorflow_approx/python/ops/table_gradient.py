@@ -95,23 +95,24 @@ def derivative_tables(table, bits, shifts, half_window=HALF_WINDOW):
     return da, dw
 
 
-def table_gradient(op, grad, patches_of, to_nhwc):
-    """[grad_input, grad_filter, None...] of ApproxConv2DWithTable by the table's derivatives.
+def table_gradient(op, grad, ranges, table, patches_of, to_nhwc):
+    """[grad_input, grad_filter, None...] of a table op by the table's derivatives.
 
-    patches_of(x, pad_value) -> [n, ho, wo, kh, kw, groups, cg] are the op's patches of an NHWC tensor
-    (padding holding pad_value); to_nhwc(x, grad) -> (x, grad) in NHWC.
+    ranges: (input_min, input_max, filter_min, filter_max) of the call (the filter's scalars or per output
+    channel); table: its table tensor. patches_of(x, pad_value) -> [n, ho, wo, kh, kw, groups, cg] are the
+    op's patches of an NHWC tensor (padding holding pad_value); to_nhwc(x, grad) -> (x, grad) in NHWC.
     """
-    x, w, table = op.inputs[0], op.inputs[1], op.inputs[6]
+    x, w = op.inputs[0], op.inputs[1]
     bits = (op.get_attr("num_bits"), op.get_attr("filter_num_bits"))
     bits = (bits[0], bits[0] if bits[1] == -1 else bits[1])
     schemes = tuple(op.get_attr(name) for name in ("input_scheme", "filter_scheme"))
     nchw = op.get_attr("data_format") in (b"NCHW", "NCHW")
     x_nhwc, dy = to_nhwc(x, grad)
     kh, kw, cg, cout = w.shape
-    per_channel = op.inputs[4].shape.rank == 1
+    per_channel = ranges[2].shape.rank == 1
 
-    codes_x, s1, z1 = _quantizer(x_nhwc, op.inputs[2], op.inputs[3], bits[0], schemes[0], False)
-    codes_w, s2, z2 = _quantizer(w, op.inputs[4], op.inputs[5], bits[1], schemes[1], per_channel)
+    codes_x, s1, z1 = _quantizer(x_nhwc, ranges[0], ranges[1], bits[0], schemes[0], False)
+    codes_w, s2, z2 = _quantizer(w, ranges[2], ranges[3], bits[1], schemes[1], per_channel)
     da, dw = derivative_tables(table, bits, tuple(_code_shift(b, s) for b, s in zip(bits, schemes)))
 
     zero_code = tf.cast(z1 + _code_shift(bits[0], schemes[0]), tf.int32)
