@@ -49,6 +49,9 @@ TORCH = flags.DEFINE_boolean("torch_baseline", False,
                              "without the Keras float model: time the float32 network in PyTorch (CUDA)")
 OVERHEAD_REPEATS = flags.DEFINE_integer("overhead_repeats", 200,
                                         "calls per graph of the per-call cost table (0: no table)")
+STEPS_PER_EXECUTION = flags.DEFINE_integer(
+    "steps_per_execution", 16, "also time predict with the models compiled with this steps_per_execution "
+    "(Keras then runs that many batches per call of its predict function; 1: skip)")
 LAYER_BATCH = flags.DEFINE_integer("layer_batch", 1000, "per-layer table batch (the issue's goal: 1000)")
 LAYER_REPEATS = flags.DEFINE_integer("layer_repeats", 20, "layer calls inside one graph per per-layer timing")
 
@@ -346,8 +349,20 @@ def main(_):
                            if FLOAT_KERAS.value else None)
             if t_float is None and TORCH.value:
                 t_float = torch.seconds(net, IMAGES.value, batch)
-            t_forward = forward_seconds(approx, x, batch)
-            for label, t in ((f"predict batch {batch}", t_approx), (f"forward batch {batch}, on the device", t_forward)):
+            rows = [(f"predict batch {batch}", t_approx, t_float)]
+            if STEPS_PER_EXECUTION.value > 1:
+                # Keras' predict loop costs some milliseconds per call of its predict function on the host;
+                # compiled with steps_per_execution, one call runs that many batches.
+                with tf.device(DEVICE.value):
+                    spe = {}
+                    for m in ((approx, model) if FLOAT_KERAS.value else (approx,)):
+                        m.compile(steps_per_execution=STEPS_PER_EXECUTION.value)
+                        spe[m] = seconds(lambda: m.predict(x, batch_size=batch, verbose=0))
+                        m.compile()  # back to one batch per call
+                rows.append((f"predict batch {batch}, steps_per_execution {STEPS_PER_EXECUTION.value}", spe[approx],
+                             spe.get(model, t_float)))
+            rows.append((f"forward batch {batch}, on the device", forward_seconds(approx, x, batch), t_float))
+            for label, t, t_float in rows:
                 ratio = f"{t / t_float:.1f}x" if t_float else "-"
                 print(f"| {label} | {t:.3f} | {IMAGES.value / t:.0f} | {macs * IMAGES.value / t / 1e9:.0f} | "
                       f"{fmt(t_float, '.3f')} | {ratio} |")
