@@ -53,6 +53,7 @@ def calibrate(model, data, steps=None, batch_size=32):
         if layer.built:
             layer.range_ready.assign(0.0)
         layer._calibrating = True
+        layer._range_known = False
     try:
         # A fresh function, traced while the flags are on (an existing predict function is not).
         step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -68,6 +69,8 @@ def calibrate(model, data, steps=None, batch_size=32):
             layer._calibrating = False
     if seen == 0:
         raise ValueError("calibrate: the data yielded no batch")
+    for layer in layers:
+        layer._range_known = True  # functions traced from now on skip the per-call check
     return {
         layer.name: (float(layer.input_min.numpy()), float(layer.input_max.numpy()))
         for layer in layers

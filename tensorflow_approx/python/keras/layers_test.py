@@ -352,6 +352,36 @@ def test_fixed_mode_needs_calibration_then_uses_the_union_of_batches():
     )
 
 
+def asserts_in_inference(model, x):
+    graph = tf.function(lambda v: model(v, training=False)).get_concrete_function(tf.constant(x)).graph
+    return sum(op.type in ("Assert", "If") for op in graph.get_operations())  # an Assert inside an If
+
+
+def test_a_recorded_fixed_range_is_not_checked_at_every_call(tmp_path):
+    """The per-call check (an Assert, a host op: ~0.16 ms per layer on the GPU) is gone once calibrate()
+    recorded the range or a recorded one was loaded; an unrecorded one is still refused."""
+    layer = ta.FakeApproxDense(3, range_mode="fixed")
+    model = keras.Sequential([keras.Input((4,)), layer])
+    x = np.random.default_rng(6).normal(size=(8, 4)).astype(np.float32)
+    assert asserts_in_inference(model, x) == 1
+    model.save(tmp_path / "raw.keras")
+    ta.calibrate(model, x)
+    assert asserts_in_inference(model, x) == 0
+    want = model(x, training=False).numpy()
+    model.save(tmp_path / "calibrated.keras")
+    loaded = keras.models.load_model(tmp_path / "calibrated.keras")
+    assert asserts_in_inference(loaded, x) == 0
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), want)
+    raw = keras.models.load_model(tmp_path / "raw.keras")
+    assert asserts_in_inference(raw, x) == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="calibrate"):
+        raw(x, training=False)
+    # A calibration that fails part way leaves the range unrecorded, hence checked again.
+    with pytest.raises(ValueError, match="no batch"):
+        ta.calibrate(model, x[:0])
+    assert asserts_in_inference(model, x) == 1
+
+
 LAYER_KINDS = {
     "conv2d": (lambda **kw: ta.FakeApproxConv2D(4, 3, padding="same", **kw), (2, 6, 6, 3)),
     "depthwise": (lambda **kw: ta.FakeApproxDepthwiseConv2D(3, depth_multiplier=2, **kw),
