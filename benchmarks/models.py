@@ -234,8 +234,7 @@ def overhead_table(table):
             layer.build(x.shape)
             fixed = ta.FakeApproxConv2D(c, 3, padding="same", mul_map_file=table, range_mode="fixed")
             fixed.build(x.shape)
-            fixed.input_max.assign(4.0)
-            fixed.range_ready.assign(1.0)  # as calibrate() leaves it
+            ta.calibrate(fixed, x.numpy())
         conv = dict(strides=[1, 1, 1, 1], padding="SAME")
 
         def fused(v, training=False, w=w):  # as the layers do in inference, "batch" mode
