@@ -916,51 +916,64 @@ inline float DequantizeOne(const DequantizeRows& r, int64_t co, int64_t acc, int
          r.act_sum_scale[co] * static_cast<float>(act_sum - r.act_sum_offset[co]) + r.filter_term[co] + r.constant[co];
 }
 
-// 16 int64 values a[j] - offset[j] as float32 (vcvtqq2ps rounds as the scalar conversion does).
-TFAPPROX_AVX512DQ inline __m512 DifferenceToFloat(__m512i a0, __m512i a1, const int64_t* offset) {
-  const __m256 lo = _mm512_cvtepi64_ps(_mm512_sub_epi64(a0, _mm512_loadu_si512(offset)));
-  const __m256 hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(a1, _mm512_loadu_si512(offset + 8)));
-  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
-}
-
-// 16 channels at a time: the products and the three additions in DequantizeTerms' order.
-TFAPPROX_AVX512DQ void DequantizeRowAvx512(const DequantizeRows& r, int64_t co, int64_t n, const int64_t* acc,
-                                           int64_t act_sum, float* out) {
-  const __m512i act = _mm512_set1_epi64(act_sum);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
+// Channels co .. co + n - 1 of `pixels` pixels, pixel p's sums at acc + p * stride, its outputs at
+// out + p * stride and its code sum at act_sum[p * act_sum_stride]: the products and the three
+// additions in DequantizeTerms' order, 16 channels a vector (vcvtqq2ps rounds as the scalar
+// conversion does; a last partial vector masked, its lanes the same operations). Each vector of
+// channels takes its terms into registers once for all the pixels (reloaded for each pixel, they
+// cost as much as the arithmetic): callers pass a few pixels at a time, whose sums stay in cache.
+TFAPPROX_AVX512DQ void DequantizeTileAvx512(const DequantizeRows& r, int64_t co, int64_t n, int64_t pixels,
+                                            int64_t stride, const int64_t* acc, const int64_t* act_sum,
+                                            int64_t act_sum_stride, float* out) {
+  for (int64_t j = 0; j < n; j += 16) {
     const int64_t c = co + j;
-    const __m512 acc_value = DifferenceToFloat(_mm512_loadu_si512(acc + j), _mm512_loadu_si512(acc + j + 8),
-                                               &r.acc_offset[c]);
-    const __m512 act_value = DifferenceToFloat(act, act, &r.act_sum_offset[c]);
-    const __m512 t_acc = _mm512_mul_ps(_mm512_loadu_ps(&r.acc_scale[c]), acc_value);
-    const __m512 t_act = _mm512_mul_ps(_mm512_loadu_ps(&r.act_sum_scale[c]), act_value);
-    __m512 v = _mm512_add_ps(t_acc, t_act);
-    v = _mm512_add_ps(v, _mm512_loadu_ps(&r.filter_term[c]));
-    v = _mm512_add_ps(v, _mm512_loadu_ps(&r.constant[c]));
-    _mm512_storeu_ps(out + j, v);
+    const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __mmask8 m0 = static_cast<__mmask8>(m), m1 = static_cast<__mmask8>(m >> 8);
+    const __m512 acc_scale = _mm512_maskz_loadu_ps(m, &r.acc_scale[c]);
+    const __m512 act_sum_scale = _mm512_maskz_loadu_ps(m, &r.act_sum_scale[c]);
+    const __m512 filter_term = _mm512_maskz_loadu_ps(m, &r.filter_term[c]);
+    const __m512 constant = _mm512_maskz_loadu_ps(m, &r.constant[c]);
+    const __m512i acc_offset[2] = {_mm512_maskz_loadu_epi64(m0, &r.acc_offset[c]),
+                                   _mm512_maskz_loadu_epi64(m1, &r.acc_offset[c] + 8)};
+    const __m512i act_sum_offset[2] = {_mm512_maskz_loadu_epi64(m0, &r.act_sum_offset[c]),
+                                       _mm512_maskz_loadu_epi64(m1, &r.act_sum_offset[c] + 8)};
+    for (int64_t p = 0; p < pixels; ++p) {
+      const int64_t* a = acc + p * stride + j;
+      const __m512i act = _mm512_set1_epi64(act_sum[p * act_sum_stride]);
+      const __m256 acc_lo = _mm512_cvtepi64_ps(_mm512_sub_epi64(_mm512_maskz_loadu_epi64(m0, a), acc_offset[0]));
+      const __m256 acc_hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(_mm512_maskz_loadu_epi64(m1, a + 8), acc_offset[1]));
+      const __m256 act_lo = _mm512_cvtepi64_ps(_mm512_sub_epi64(act, act_sum_offset[0]));
+      const __m256 act_hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(act, act_sum_offset[1]));
+      const __m512 acc_value = _mm512_insertf32x8(_mm512_castps256_ps512(acc_lo), acc_hi, 1);
+      const __m512 act_value = _mm512_insertf32x8(_mm512_castps256_ps512(act_lo), act_hi, 1);
+      __m512 v = _mm512_add_ps(_mm512_mul_ps(acc_scale, acc_value), _mm512_mul_ps(act_sum_scale, act_value));
+      v = _mm512_add_ps(v, filter_term);
+      v = _mm512_add_ps(v, constant);
+      _mm512_mask_storeu_ps(out + p * stride + j, m, v);
+    }
   }
-  for (; j < n; ++j) out[j] = DequantizeOne(r, co + j, acc[j], act_sum);
 }
 
-// Whole pixels of one group: no call and no dispatch per pixel (a 16-channel row is a single step).
-TFAPPROX_AVX512DQ void DequantizePixelsAvx512(const DequantizeRows& r, int64_t pixels, int64_t n, const int64_t* acc,
-                                              const int64_t* act_sum, float* out) {
-  for (int64_t p = 0; p < pixels; ++p) DequantizeRowAvx512(r, 0, n, acc + p * n, act_sum[p], out + p * n);
-}
+constexpr int64_t kDequantizeTilePixels = 16;
 
 }  // namespace
 
 void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int64_t* acc, int64_t act_sum, float* out,
                    bool portable) {
-  if (!portable && n >= 16 && HasAvx512Dq()) return DequantizeRowAvx512(rows, co, n, acc, act_sum, out);
+  if (!portable && HasAvx512Dq()) return DequantizeTileAvx512(rows, co, n, 1, n, acc, &act_sum, 1, out);
   for (int64_t j = 0; j < n; ++j) out[j] = DequantizeOne(rows, co + j, acc[j], act_sum);
 }
 
 void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t* acc, const int64_t* act_sum,
                       float* out, bool portable) {
   const int64_t n = static_cast<int64_t>(rows.acc_scale.size());
-  if (!portable && n >= 16 && HasAvx512Dq()) return DequantizePixelsAvx512(rows, pixels, n, acc, act_sum, out);
+  if (!portable && HasAvx512Dq()) {
+    for (int64_t p = 0; p < pixels; p += kDequantizeTilePixels) {
+      DequantizeTileAvx512(rows, 0, n, std::min(kDequantizeTilePixels, pixels - p), n, acc + p * n, act_sum + p, 1,
+                           out + p * n);
+    }
+    return;
+  }
   for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, 0, n, acc + p * n, act_sum[p], out + p * n, true);
 }
 
