@@ -144,8 +144,8 @@ TFAPPROX_AVX512BW void LookupPixelsPermute(
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-// The column path, for groups with few output channels (the 16-channel layers of small networks),
-// where a table row's 256 products would feed too few lookups. It turns the permute around: the
+// The column path, for groups with few output channels (the 16-channel layers of small networks; with
+// VBMI, up to 127: see ChooseCpuPath), where a table row's 256 products would feed too few lookups. It turns the permute around: the
 // column of one weight code (the products of every activation code with it, 512 bytes) sits in
 // eight registers and permutes look it up for 64 pixels at a time. A column serves all
 // kColumnPixels pixels of a chunk before the next tap, so a lookup costs well under one instruction
@@ -772,14 +772,20 @@ TFAPPROX_AVX512VBMI void LookupPixelsVbmi(const uint16_t* const* rows, const uin
 enum class CpuPath { kColumnsVbmi, kColumns, kRowsVbmi, kRows, kPortable };
 
 // The row permute path makes 64 channels' lookups per row: with half of that or fewer, the column
-// path wastes less (measured: 32 channels 1.4x faster). Both sum in 32-bit lanes: taps * 65535 < 2^31.
-// The byte-plane kernels of both paths need VBMI; without it, the word kernels (measured 1.5-2x slower
-// on columns, 1.5-2.5x on rows).
+// path wastes less (measured: 32 channels 1.4x faster). With VBMI, the row kernel is at its best in
+// passes of kVbmiRowVectors x 64 channels, and below that the column kernel beats it (measured on
+// Zen 4, batch 128, one thread: 64 channels per group 1.2-1.25x faster at 32, 64, 288 and 576 taps,
+// the 1x1 stride-2 32 -> 64 of ResNet-20 included; 96 channels 1.2-1.3x; at 128 they are even, and
+// rows ahead at 64 taps): the column path up to 127 channels per group. Both sum in 32-bit lanes:
+// taps * 65535 < 2^31. The byte-plane kernels of both paths need VBMI; without it, the word kernels
+// (measured 1.5-2x slower on columns, 1.5-2.5x on rows), which keep the threshold of 32 channels.
 CpuPath ChooseCpuPath(const ConvShape& s, CpuIsa isa) {
   if (isa == CpuIsa::kPortable || !HasAvx512Bw() || s.taps() >= 32768) return CpuPath::kPortable;
-  const bool vbmi = isa == CpuIsa::kBest && HasAvx512Vbmi();
-  if (s.out_depth_per_group() > kPermuteChannels / 2) return vbmi ? CpuPath::kRowsVbmi : CpuPath::kRows;
-  return vbmi ? CpuPath::kColumnsVbmi : CpuPath::kColumns;
+  if (isa == CpuIsa::kBest && HasAvx512Vbmi()) {
+    const bool rows = s.out_depth_per_group() >= kVbmiRowVectors * kPermuteChannels;
+    return rows ? CpuPath::kRowsVbmi : CpuPath::kColumnsVbmi;
+  }
+  return s.out_depth_per_group() > kPermuteChannels / 2 ? CpuPath::kRows : CpuPath::kColumns;
 }
 
 }  // namespace

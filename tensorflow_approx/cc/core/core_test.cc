@@ -355,7 +355,9 @@ void ExpectPathMatchesReference(const std::vector<PathLayer>& layers, const char
     const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
     EXPECT(error.empty(), "%s", error.c_str());
     if (__builtin_cpu_supports("avx512bw")) {
-      EXPECT(Contains(CpuKernelName(s), path), "%s", CpuKernelName(s));
+      // With VBMI, groups of fewer than 128 channels take the column path whatever their count.
+      const bool vbmi_columns = __builtin_cpu_supports("avx512vbmi") && l.out_per_group < 128;
+      EXPECT(Contains(CpuKernelName(s), vbmi_columns ? "columns" : path), "%s", CpuKernelName(s));
       const std::string word_kernel = std::string("avx512-") + path;
       EXPECT(CpuKernelName(s, CpuIsa::kAvx512Bw) == word_kernel, "%s", CpuKernelName(s, CpuIsa::kAvx512Bw));
     }
@@ -400,13 +402,15 @@ void TestColumnPathMatchesReference() {
           {2, 14, 14, 3, 3, 1, 24, 1, 1, 1, Padding::kSame},     // depthwise
           {1, 31, 30, 2, 3, 4, 3, 9, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
           {1, 1, 300, 1, 1, 1, 1, 7, 1, 1, Padding::kValid},     // 1 tap
+          {2, 32, 32, 1, 1, 16, 1, 32, 2, 1, Padding::kValid},   // ResNet-20's 1x1 projection 16 -> 32
       },
       "columns", 321);
 }
 
-// The row path (more than 32 output channels per group; with VBMI its byte-plane kernel, which passes
-// over 128 channels, then 64): channel counts of one pass, of several and not multiples of 64, groups,
-// pixel counts and sub-ranges that do not fill its blocks of 4 pixels, tap counts around 257.
+// The row path (more than 32 output channels per group; with VBMI, from 128 channels, its byte-plane
+// kernel, which passes over 128 channels, then 64; below 128 those take the column path): channel
+// counts of one pass, of several and not multiples of 64, groups, pixel counts and sub-ranges that do
+// not fill its blocks of 4 pixels, tap counts around 257.
 void TestRowPathMatchesReference() {
   ExpectPathMatchesReference(
       {
@@ -419,6 +423,9 @@ void TestRowPathMatchesReference() {
           {1, 1, 37, 1, 1, 1, 1, 200, 1, 1, Padding::kValid},     // 1 tap, 128 + 64 + 8 channels
           {1, 13, 11, 2, 3, 4, 3, 33, 3, 1, Padding::kExplicit},  // 3 groups, stride 3, explicit padding
           {1, 9, 9, 3, 3, 64, 1, 256, 2, 1, Padding::kSame},      // 576 taps, 256 channels, stride 2
+          {2, 16, 16, 1, 1, 32, 1, 64, 2, 1, Padding::kValid},    // ResNet-20's 1x1 projection 32 -> 64
+          {3, 5, 7, 1, 1, 257, 1, 129, 1, 1, Padding::kValid},    // 257 taps, 128 + 1 channels
+          {2, 8, 8, 3, 3, 8, 2, 160, 1, 2, Padding::kSame},       // 2 groups of 128 + 32, dilation 2
       },
       "rows", 4321);
 }
