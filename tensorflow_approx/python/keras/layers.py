@@ -189,8 +189,9 @@ class _FakeApproxMixin:
         # Set by calibration.calibrate() around its pass over the data (a Python flag, read when
         # the call is traced, so calibrate traces its own function).
         self._calibrating = False
-        # Whether the "fixed" input range is known to be recorded (set by calibrate() and by loading a
-        # recorded one): until then every call checks range_ready in the graph.
+        # Whether the input range is known to be recorded (set by calibrate() and by loading a recorded
+        # one): until then every "fixed" call checks range_ready in the graph, and every "moving_average"
+        # inference call reduces the batch's range in case it is not.
         self._range_known = False
         self.supports_jit = False  # the op has no XLA kernel
 
@@ -374,6 +375,9 @@ class _FakeApproxMixin:
             )
             with tf.control_dependencies([check]):
                 return tf.identity(self.input_min), tf.identity(self.input_max)
+        if self.range_mode == "moving_average" and not training and not self._calibrating and self._range_known:
+            # Recorded (calibrate() or loaded): the tf.where below would drop the batch range anyway.
+            return self.input_min, self.input_max
         batch_min, batch_max = range_with_zero(x)  # one op, no gradient
         if self.range_mode == "batch":
             return batch_min, batch_max

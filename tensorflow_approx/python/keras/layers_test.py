@@ -382,6 +382,23 @@ def test_a_recorded_fixed_range_is_not_checked_at_every_call(tmp_path):
     assert asserts_in_inference(model, x) == 1
 
 
+def test_a_recorded_moving_average_range_skips_the_batch_range_in_inference():
+    layer = ta.FakeApproxConv2D(3, 3, range_mode="moving_average", ema_decay=0.5)
+    model = keras.Sequential([keras.Input((6, 6, 2)), layer])
+    x = np.random.default_rng(7).normal(size=(4, 6, 6, 2)).astype(np.float32)
+
+    def range_ops():
+        graph = tf.function(lambda v: model(v, training=False)).get_concrete_function(tf.constant(x)).graph
+        return sum(op.type == "ApproxRangeWithZero" for op in graph.get_operations())
+
+    assert range_ops() == 2  # the input's (in case no range is recorded) and the kernel's
+    ta.calibrate(model, x[:2])
+    assert range_ops() == 1
+    got = model(x, training=False).numpy()
+    layer._range_known = False  # the graph that reduces the batch range and selects the recorded one
+    np.testing.assert_array_equal(got, model(x, training=False).numpy())
+
+
 LAYER_KINDS = {
     "conv2d": (lambda **kw: ta.FakeApproxConv2D(4, 3, padding="same", **kw), (2, 6, 6, 3)),
     "depthwise": (lambda **kw: ta.FakeApproxDepthwiseConv2D(3, depth_multiplier=2, **kw),
