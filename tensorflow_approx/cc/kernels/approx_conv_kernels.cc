@@ -20,6 +20,8 @@
 
 namespace tensorflow {
 
+namespace {
+
 // ApproxRangeWithZero's ranges of x (rows x channels values, channels >= 1) into min[c], max[c]: shards of
 // rows on TensorFlow's CPU threads, each with its own keys, merged after (maxima: any split gives the same
 // keys).
@@ -38,6 +40,8 @@ void CpuRangeWithZero(OpKernelContext* ctx, const float* x, int64_t rows, int64_
   });
   for (int64_t c = 0; c < channels; ++c) tfapprox::RangeFromKeys(pos[c], neg[c], min + c, max + c);
 }
+
+}  // namespace
 
 template <typename T>
 class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
