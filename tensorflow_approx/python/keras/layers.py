@@ -279,8 +279,8 @@ class _FakeApproxMixin:
 
         self.input_min = scalar("input_min")
         self.input_max = scalar("input_max")
-        # 1.0 once a range has been recorded. On the host: "fixed" mode checks it at every call with an
-        # Assert, a host op, which would otherwise wait for the device to copy it back once per layer.
+        # 1.0 once a range has been recorded. On the host, where the Assert of "fixed" mode reads it
+        # (until the range is known to be recorded: _range_known), rather than copied there from the GPU.
         with tf.device("/CPU:0"):
             self.range_ready = scalar("range_ready")
 
