@@ -1,0 +1,382 @@
+// The decomposed kernel's implicit GEMM on the int8 tensor cores (mma.sync m16n8k32, ldmatrix, a cp.async
+// pipeline) over the planes of the pre-passes (conv_gpu_decomposed_prepasses.cuh), with its epilogue.
+// Internal: included by conv_gpu_decomposed.cu only, whose top comment explains the decomposition.
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_GEMM_CUH_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_GEMM_CUH_
+
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed_prepasses.cuh"
+
+namespace tfapprox {
+namespace decomposed_internal {
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core pieces, as PTX (sm_80+): asynchronous 16-byte copies, ldmatrix, the int8 mma.
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes from global to shared memory without passing through registers; fill = false writes 16 zero
+// bytes instead (src-size 0: the source is not read).
+__device__ __forceinline__ void CopyChunkAsync(uint32_t dst, const void* src, bool fill) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(__cvta_generic_to_global(src)),
+               "r"(fill ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most `kPending` committed groups of this thread's copies are still in flight.
+template <int kPending>
+__device__ __forceinline__ void WaitCopies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Four 8 x 8 matrices of 16-bit elements (here: 8 rows x 16 bytes each), lanes 8m .. 8m + 7 giving the
+// row addresses of matrix m; register m of lane l gets row l / 4, bytes 4 * (l % 4) .. + 3 of matrix m.
+__device__ __forceinline__ void LoadMatrices(uint32_t address, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// acc += A (16 x 32 int8, row-major fragment) * B (32 x 8 int8, column-major fragment), int32 sums.
+// Fragments (PTX ISA, mma.m16n8k32 with .s8), with g = lane / 4 and t = lane % 4:
+//   a[0]: row g,     k 4t .. 4t + 3     a[1]: row g + 8, k 4t .. 4t + 3
+//   a[2]: row g,     k 16 + 4t .. + 3   a[3]: row g + 8, k 16 + 4t .. + 3
+//   b[0]: column g,  k 4t .. 4t + 3     b[1]: column g,  k 16 + 4t .. + 3
+//   acc[0], acc[1]: row g, columns 2t, 2t + 1;  acc[2], acc[3]: row g + 8, the same columns.
+__device__ __forceinline__ void MmaInt8(int (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(acc[0]), "+r"(acc[1]), "+r"(acc[2]), "+r"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// A stage holds rows (pixels of A, channels of B) of kBK = 64 bytes, four 16-byte chunks. Chunk c of row
+// r is stored at chunk c ^ ((r / 2) % 4): the eight rows an ldmatrix phase reads (8 consecutive rows,
+// one logical chunk) then fall on eight different 16-byte bank groups, where unswizzled rows two apart
+// would share them (64-byte rows: 4-way conflicts).
+__device__ __forceinline__ int StageOffset(int row, int chunk) {
+  return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 4);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The implicit GEMM. A block computes a BM x BN tile (pixels x output channels of one group) over the
+// whole K; warps are arranged WARPS_M x WARPS_N, each owning (BM / WARPS_M) x (BN / WARPS_N) outputs as
+// MT x NT mma tiles of 16 x 8. kStages-deep cp.async pipeline: the copies of the next stages are in
+// flight while the tensor cores work on the current one.
+struct GemmArgs {
+  const int8_t* planes;
+  const int8_t* b_planes;
+  const long long* alpha_sums;
+  const int32_t* code_sums;
+  const unsigned long long* channel_sums;  // [2][out_depth]
+  const int32_t* alpha;                    // the decomposition's, for the zero point of padded taps
+  long long taps_c0;                       // taps * c0
+  Layout l;
+  int m_tiles, n_tiles, k_tiles;
+  bool pair_stores;  // NHWC, even npg, output aligned to two elements (see the epilogue)
+};
+
+// Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
+// address, as two scalar stores would put them.
+__device__ __forceinline__ void StorePair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void StorePair(double* p, double a, double b) {
+  *reinterpret_cast<double2*>(p) = make_double2(a, b);
+}
+__device__ __forceinline__ void StorePair(__half* p, __half a, __half b) {
+  *reinterpret_cast<__half2*>(p) = __halves2half2(a, b);
+}
+__device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __nv_bfloat16 b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
+}
+
+template <int BM, int BN>
+constexpr int GemmSmemBytes() {
+  return kStages * (BM + BN) * kBK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long));
+}
+
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool kLdmatrix>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
+    DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
+  constexpr int NT_THREADS = WARPS_M * WARPS_N * 32;
+  constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
+  constexpr int MT = WM / 16, NT = WN / 8;
+  constexpr int A_CHUNKS = BM * kChunksPerRow / NT_THREADS;  // per thread per stage
+  constexpr int B_CHUNKS = BN * kChunksPerRow / NT_THREADS;
+  static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles of whole 16 x 16 (ldmatrix x4 of B: two n8 tiles)");
+  static_assert(A_CHUNKS >= 1 && A_CHUNKS * NT_THREADS == BM * kChunksPerRow, "A loader");
+  static_assert(B_CHUNKS >= 1 && B_CHUNKS * NT_THREADS == BN * kChunksPerRow, "B loader");
+  using Real = typename RealOf<T>::type;
+
+  // (Dynamic shared memory starts at offset 0 of the block's: aligned for 16-byte copies and ldmatrix,
+  // and rows of a stage start on 64-byte boundaries, which the swizzle's bank reasoning assumes.)
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* s_a = smem;                                       // [kStages][BM][kBK]
+  unsigned char* s_b = s_a + kStages * BM * kBK;                   // [kStages][BN][kBK]
+  int4* s_pix = reinterpret_cast<int4*>(s_b + kStages * BN * kBK);  // [BM]
+  long long* s_alpha = reinterpret_cast<long long*>(s_pix + BM);   // [BM]: alpha summed over the patch
+  long long* s_codes = s_alpha + BM;                               // [BM]: codes summed over the patch
+
+  const Layout& l = args.l;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int warp_m = warp / WARPS_N, warp_n = warp % WARPS_N;
+  const int tile = blockIdx.x;
+  const int mt_index = tile % args.m_tiles;
+  const int rest = tile / args.m_tiles;
+  const int nt_index = rest % args.n_tiles;
+  const int grp = rest / args.n_tiles;
+  const int m0 = mt_index * BM, n0 = nt_index * BN;
+  const int in_hw = g.in_h * g.in_w;
+
+  // Pixel p of the tile: (first input pixel of its image, top row, left column, valid).
+  for (int i = tid; i < BM; i += NT_THREADS) {
+    const int p = m0 + i;
+    int4 info = make_int4(0, 0, 0, 0);
+    if (p < g.pixels) {
+      const int ow = p % g.out_w, t = p / g.out_w;
+      const int oh = t % g.out_h, n = t / g.out_h;
+      info = make_int4(n * in_hw, oh * g.stride_h - g.pad_top, ow * g.stride_w - g.pad_left, 1);
+    }
+    s_pix[i] = info;
+  }
+  __syncthreads();
+
+  const int8_t* zero_point_slice = args.planes + (l.items + grp) * l.slice_bytes;
+  // The loaders' fixed parts. Copy idx = tid + i * NT_THREADS of a stage is chunk idx % kChunksPerRow of
+  // row idx / kChunksPerRow; NT_THREADS being a multiple of kChunksPerRow, a thread's chunk column is
+  // the same in every copy and every stage, and its rows are fixed: their pixels (A) and filter rows
+  // (B) are taken once, into registers.
+  static_assert(NT_THREADS % kChunksPerRow == 0, "a thread's chunk column is fixed");
+  constexpr int kRowsPerPass = NT_THREADS / kChunksPerRow;
+  const int load_col = tid % kChunksPerRow, load_row = tid / kChunksPerRow;
+  int4 a_pix[A_CHUNKS];
+#pragma unroll
+  for (int i = 0; i < A_CHUNKS; ++i) a_pix[i] = s_pix[load_row + i * kRowsPerPass];
+  const int8_t* b_src[B_CHUNKS];
+#pragma unroll
+  for (int i = 0; i < B_CHUNKS; ++i) {
+    const int channel = n0 + load_row + i * kRowsPerPass;  // within the group
+    b_src[i] = channel < g.npg
+                   ? args.b_planes + static_cast<int64_t>(grp * g.npg + channel) * l.k_padded + load_col * kChunk
+                   : nullptr;
+  }
+  // Where the thread's A chunk of the next stage to load lies in K: chunk a_kc of K, chunk a_j of
+  // spatial tap (a_kh, a_kw)'s slice. Stages are loaded in order (kt = 0, 1, 2, ...: the prologue's, then
+  // the main loop's kt + kStages - 1), so each load steps it by kChunksPerRow chunks, with no division
+  // (the earlier loader divided a 64-bit chunk index per copy and stage, most of a stage's instructions).
+  const int k_chunks = static_cast<int>(l.k_chunks);  // K bytes < 2^31 (the reduction limit)
+  int a_kc = load_col;
+  int a_j = load_col % l.slice_chunks;
+  int a_kh = (load_col / l.slice_chunks) / g.filter_w;
+  int a_kw = (load_col / l.slice_chunks) - a_kh * g.filter_w;
+  // Stage `slot` <- K tile kt: A chunk c of pixel row r is chunk j of spatial tap `tap` of the pixel's
+  // patch; B chunk c of channel row r is bytes kt * kBK + 16c of that channel's filter row.
+  auto load_stage = [&](int slot, int kt) {
+    const uint32_t a_base = SharedAddress(s_a + slot * BM * kBK);
+    const bool k_inside = a_kc < k_chunks;
+    const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
+#pragma unroll
+    for (int i = 0; i < A_CHUNKS; ++i) {
+      const int row = load_row + i * kRowsPerPass;
+      const int4 pix = a_pix[i];
+      const int8_t* src = args.planes;
+      bool fill = false;
+      if (pix.w && k_inside) {
+        const int ih = pix.y + dh, iw = pix.z + dw;
+        const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
+                            static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w);
+        const int8_t* slice =
+            inside ? args.planes + (static_cast<int64_t>(pix.x + ih * g.in_w + iw) * g.groups + grp) * l.slice_bytes
+                   : zero_point_slice;
+        src = slice + a_j * kChunk;
+        fill = true;
+      }
+      CopyChunkAsync(a_base + StageOffset(row, load_col), src, fill);
+    }
+    // Step to the next stage's chunk: kChunksPerRow chunks on, across as many slice ends as it passes
+    // (slices of fewer than kChunksPerRow chunks: several).
+    a_kc += kChunksPerRow;
+    a_j += kChunksPerRow;
+    while (a_j >= l.slice_chunks) {
+      a_j -= l.slice_chunks;
+      if (++a_kw == g.filter_w) a_kw = 0, ++a_kh;
+    }
+    const uint32_t b_base = SharedAddress(s_b + slot * BN * kBK);
+#pragma unroll
+    for (int i = 0; i < B_CHUNKS; ++i) {
+      const int row = load_row + i * kRowsPerPass;
+      const bool fill = b_src[i] != nullptr;
+      CopyChunkAsync(b_base + StageOffset(row, load_col), fill ? b_src[i] + static_cast<int64_t>(kt) * kBK : args.b_planes,
+                     fill);
+    }
+  };
+
+  // The first kStages - 1 stages in flight (a group per stage, empty past K, so that the count of
+  // groups stays uniform for WaitCopies).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < args.k_tiles) load_stage(s, s);
+    CommitCopies();
+  }
+
+  // Meanwhile the free terms of the tile's pixels: alpha and the codes over the patch, a padded tap
+  // counting cg zero-point codes. (Read in the epilogue, after the main loop's barriers.)
+  {
+    const int zp = epi.quant->input.zero_point;
+    const long long pad_alpha = static_cast<long long>(g.cg) * __ldg(args.alpha + zp);
+    const long long pad_codes = static_cast<long long>(g.cg) * zp;
+    for (int i = tid; i < BM; i += NT_THREADS) {
+      const int4 pix = s_pix[i];
+      long long alpha_sum = 0, code_sum = 0;
+      if (pix.w) {
+        for (int kh = 0; kh < g.filter_h; ++kh) {
+          const int ih = pix.y + kh * g.dil_h;
+          for (int kw = 0; kw < g.filter_w; ++kw) {
+            const int iw = pix.z + kw * g.dil_w;
+            if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
+                static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w)) {
+              const int64_t item = static_cast<int64_t>(pix.x + ih * g.in_w + iw) * g.groups + grp;
+              alpha_sum += __ldg(args.alpha_sums + item);
+              code_sum += __ldg(args.code_sums + item);
+            } else {
+              alpha_sum += pad_alpha;
+              code_sum += pad_codes;
+            }
+          }
+        }
+        if (epi.debug_act_sum != nullptr && nt_index == 0) {
+          epi.debug_act_sum[static_cast<int64_t>(m0 + i) * g.groups + grp] = code_sum;
+        }
+      }
+      s_alpha[i] = alpha_sum;
+      s_codes[i] = code_sum;
+    }
+  }
+
+  int acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0;
+
+  const int group_id = lane >> 2, in_group = lane & 3;  // the fragments' g and t
+  const int matrix = lane >> 3, matrix_row = lane & 7;   // ldmatrix: which matrix and row lane gives
+  for (int kt = 0; kt < args.k_tiles; ++kt) {
+    WaitCopies<kStages - 2>();  // this thread's copies of stage kt have landed...
+    __syncthreads();            // ...and everyone's; everyone is also done with stage kt - 1
+    if (kt + kStages - 1 < args.k_tiles) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
+    CommitCopies();
+
+    const unsigned char* a_stage = s_a + (kt % kStages) * BM * kBK;
+    const unsigned char* b_stage = s_b + (kt % kStages) * BN * kBK;
+#pragma unroll
+    for (int ks = 0; ks < kBK / 32; ++ks) {
+      uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row0 = warp_m * WM + mt * 16;
+        if (kLdmatrix) {
+          // Matrices 0..3: rows +0 / +8 (bit 0 of m) x k bytes +0 / +16 (bit 1): a[0..3] in order.
+          LoadMatrices(SharedAddress(a_stage + StageOffset(row0 + (matrix & 1) * 8 + matrix_row, 2 * ks + (matrix >> 1))),
+                       a[mt]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int row = row0 + group_id + (i & 1) * 8;
+            a[mt][i] = *reinterpret_cast<const uint32_t*>(a_stage + StageOffset(row, 2 * ks + (i >> 1)) + 4 * in_group);
+          }
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        const int row0 = warp_n * WN + np * 16;
+        if (kLdmatrix) {
+          // Matrices 0..3: channels +0 / +8 (bit 1 of m) x k bytes +0 / +16 (bit 0): b[2np][0..1],
+          // b[2np + 1][0..1].
+          uint32_t r[4];
+          LoadMatrices(SharedAddress(b_stage + StageOffset(row0 + (matrix >> 1) * 8 + matrix_row, 2 * ks + (matrix & 1))),
+                       r);
+          b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
+        } else {
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              const int row = row0 + h * 8 + group_id;
+              b[2 * np + h][i] = *reinterpret_cast<const uint32_t*>(b_stage + StageOffset(row, 2 * ks + i) + 4 * in_group);
+            }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) MmaInt8(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
+    }
+  }
+  WaitCopies<0>();  // only empty groups remain; nothing may be in flight when the block exits
+  __syncthreads();  // s_alpha and s_codes of every thread (the loop's barriers order them too, K >= 1)
+
+  // Epilogue: acc + the pixel's alpha sum + the channel's beta sum and taps * c0 are the lookups' sums;
+  // then the lookup kernels' dequantization, channel by channel.
+  const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
+  const bool per_channel = epi.quant->channels != 1;
+  // A lane's outputs come in pairs of adjacent channels (2t, 2t + 1 of an n8 tile). In NHWC with an even
+  // npg (so an even co and out_depth) and an output aligned to two elements, a pair is one aligned
+  // 2-element store: a warp's store then fills 8 whole 32-byte sectors (float; 16-byte halves of them
+  // for half types) instead of touching 8 sectors twice at half use, with half the store instructions.
+  const bool pair_stores = args.pair_stores;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int channel0 = n0 + warp_n * WN + nt * 8 + 2 * in_group;  // even
+    if (channel0 >= g.npg) continue;
+    const bool second = channel0 + 1 < g.npg;
+    const int co0 = grp * g.npg + channel0;
+    long long channel_term[2] = {0, 0}, w_sum[2] = {0, 0};
+    DequantizeTerms<Real> terms[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (e == 1 && !second) break;
+      channel_term[e] = static_cast<long long>(__ldg(args.channel_sums + co0 + e)) + args.taps_c0;
+      w_sum[e] = static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co0 + e));
+      terms[e] = ChannelTerms(epi.quant, per_channel, co0 + e, deq);
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = warp_m * WM + mt * 16 + group_id + half * 8;
+        const int p = m0 + row;
+        if (p >= g.pixels) continue;
+        const int64_t sum0 = static_cast<int64_t>(acc[mt][nt][2 * half]) + s_alpha[row] + channel_term[0];
+        const T v0 = FromReal<T>(terms[0](sum0, s_codes[row], w_sum[0]));
+        if (!second) {
+          StoreOutput(g, output, p, co0, v0);
+          if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = sum0;
+          continue;
+        }
+        const int64_t sum1 = static_cast<int64_t>(acc[mt][nt][2 * half + 1]) + s_alpha[row] + channel_term[1];
+        const T v1 = FromReal<T>(terms[1](sum1, s_codes[row], w_sum[1]));
+        if (pair_stores) {
+          StorePair(output + static_cast<int64_t>(p) * g.out_depth + co0, v0, v1);
+        } else {
+          StoreOutput(g, output, p, co0, v0);
+          StoreOutput(g, output, p, co0 + 1, v1);
+        }
+        if (epi.debug_acc != nullptr) {
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = sum0;
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + 1] = sum1;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace decomposed_internal
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_GEMM_CUH_

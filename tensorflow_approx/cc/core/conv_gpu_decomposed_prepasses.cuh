@@ -1,0 +1,430 @@
+// The decomposed kernel's workspace layout and its pre-passes (the input's codes, u planes and sums; the
+// filter's v planes and sums): what the implicit GEMM (conv_gpu_decomposed_gemm.cuh) reads. Internal:
+// included by conv_gpu_decomposed.cu only, whose top comment explains the decomposition.
+#ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_PREPASSES_CUH_
+#define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_PREPASSES_CUH_
+
+#include <cstdint>
+#include <type_traits>
+
+#include "tensorflow_approx/cc/core/conv_gpu_common.cuh"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
+#include "tensorflow_approx/cc/core/conv_kernels.h"
+
+namespace tfapprox {
+namespace decomposed_internal {
+
+using namespace gpu_internal;  // NOLINT: the shared device pieces, written as if declared here
+
+constexpr int kChunk = 16;         // bytes per cp.async and per ldmatrix row
+constexpr int kBK = 64;            // K bytes per pipeline stage: two mma k steps of 32
+constexpr int kChunksPerRow = kBK / kChunk;
+constexpr int kStages = 4;         // cp.async pipeline depth (loads of 3 stages in flight during the mma)
+constexpr int kPrepThreads = 256;  // threads per block of the pre-passes
+
+// ---------------------------------------------------------------------------------------------------
+// Workspace layout (offsets 16-byte aligned, so the planes take 16-byte copies).
+struct Layout {
+  int64_t in_pixels = 0;    // batch * in_h * in_w
+  int64_t items = 0;        // in_pixels * groups: the (pixel, group) slices of the planes
+  int slice_bytes = 0;      // terms * cg rounded up to kChunk
+  int slice_chunks = 0;
+  int64_t k_chunks = 0;     // spatial taps * slice_chunks: K in chunks
+  int64_t k_padded = 0;     // K bytes rounded up to kBK: a filter row of the B planes
+  size_t codes = 0;         // uint8 [in_pixels][in_depth]: the input codes (NHWC)
+  size_t planes = 0;        // int8 [items + groups][slice_bytes]: u planes, then the zero point's
+  size_t alpha_sums = 0;    // int64 [items]: sum over the group's channels of alpha[code]
+  size_t code_sums = 0;     // int32 [items]: sum of the codes (<= cg * 255 < 2^31 within the K limit)
+  size_t filter = 0;        // int8 [out_depth][k_padded]: v planes
+  size_t channel_sums = 0;  // uint64 [2][out_depth]: beta sums, then filter code sums (modular adds)
+  size_t filter_codes = 0;  // uint8 [out_depth][taps]: the filter codes, K-contiguous (fused filter pass)
+  size_t bytes = 0;
+};
+
+inline size_t Align16(size_t x) { return (x + 15) / 16 * 16; }
+
+inline Layout MakeLayout(const ConvShape& s, int terms) {
+  Layout l;
+  l.in_pixels = s.batch * s.in_h * s.in_w;
+  l.items = l.in_pixels * s.groups();
+  l.slice_bytes = static_cast<int>((static_cast<int64_t>(terms) * s.filter_depth + kChunk - 1) / kChunk * kChunk);
+  l.slice_chunks = l.slice_bytes / kChunk;
+  l.k_chunks = s.filter_h * s.filter_w * l.slice_chunks;
+  l.k_padded = (l.k_chunks * kChunk + kBK - 1) / kBK * kBK;
+  size_t at = 0;
+  l.codes = at;
+  at = Align16(at + static_cast<size_t>(s.input_elements()));
+  l.planes = at;
+  at = Align16(at + static_cast<size_t>(l.items + s.groups()) * l.slice_bytes);
+  l.alpha_sums = at;
+  at = Align16(at + static_cast<size_t>(l.items) * sizeof(int64_t));
+  l.code_sums = at;
+  at = Align16(at + static_cast<size_t>(l.items) * sizeof(int32_t));
+  l.filter = at;
+  at = Align16(at + static_cast<size_t>(s.out_depth) * l.k_padded);
+  l.channel_sums = at;
+  at = Align16(at + static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long));
+  l.filter_codes = at;
+  at = Align16(at + static_cast<size_t>(s.filter_elements()));
+  l.bytes = at;
+  return l;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Pre-passes.
+
+// The input codes in NHWC order whatever the data format: one thread per element, coalesced writes
+// (and reads, for NHWC).
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    InputCodesKernel(const T* __restrict__ input, GpuGeometry g, int64_t elements, const GpuQuant* __restrict__ quant,
+                     uint8_t* __restrict__ codes) {
+  const QuantParams qi = quant->input;
+  const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < elements;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t src = i;
+    if (g.nchw) {
+      const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
+      src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
+    }
+    codes[i] = QuantizeToCode(ToFloat(input[src]), qi);
+  }
+}
+
+// The u planes and the per-(pixel, group) sums: one warp per slice. Lane j writes chunks j, j + 32, ...
+// (entry e of a slice is term e / cg, channel e % cg; entries past terms * cg are 0), then the lanes
+// sum alpha and the codes over the group's channels. Slices items .. items + groups - 1 are the zero
+// point's (every code zp; no sums). u and alpha sit in shared memory: every entry is a lookup.
+__global__ void __launch_bounds__(kPrepThreads)
+    InputPlanesKernel(const uint8_t* __restrict__ codes, GpuGeometry g, Layout l, GpuDecomposition d,
+                      const GpuQuant* __restrict__ quant, int8_t* __restrict__ planes,
+                      long long* __restrict__ alpha_sums, int32_t* __restrict__ code_sums) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int32_t* s_alpha = reinterpret_cast<int32_t*>(smem);
+  int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(int32_t));
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
+  for (int i = threadIdx.x; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int zp = quant->input.zero_point;
+  const int used = d.terms * g.cg;  // entries of a slice that are not padding
+  const int64_t slices = l.items + g.groups;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; item < slices;
+       item += warps) {
+    const bool zero_point_slice = item >= l.items;
+    const int grp = static_cast<int>(item % g.groups);
+    const uint8_t* in = zero_point_slice ? codes : codes + (item / g.groups) * g.in_depth + static_cast<int64_t>(grp) * g.cg;
+    int8_t* out = planes + item * l.slice_bytes;
+    for (int j = lane; j < l.slice_chunks; j += 32) {
+      const int e0 = j * kChunk;
+      int r = e0 / g.cg, ci = e0 - r * g.cg;
+      uint32_t words[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int b = 0; b < kChunk; ++b) {
+        if (e0 + b < used) {
+          const int code = zero_point_slice ? zp : in[ci];
+          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_u[r * 256 + code])) << (8 * (b % 4));
+          if (++ci == g.cg) ci = 0, ++r;
+        }
+      }
+      *reinterpret_cast<uint4*>(out + j * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+    }
+    if (zero_point_slice) continue;  // warp-uniform
+    long long alpha_sum = 0;
+    int code_sum = 0;
+    for (int ci = lane; ci < g.cg; ci += 32) {
+      const int code = in[ci];
+      alpha_sum += s_alpha[code];
+      code_sum += code;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
+      code_sum += __shfl_xor_sync(0xFFFFFFFFu, code_sum, offset);
+    }
+    if (lane == 0) {
+      alpha_sums[item] = alpha_sum;
+      code_sums[item] = code_sum;
+    }
+  }
+}
+
+// The input pass in one launch (the default; InputCodesKernel + InputPlanesKernel remain for slices too
+// wide to stage, and as GpuDecomposedOptions::separate_prepasses). The separate planes kernel gives a
+// whole warp to one slice, of which only slice_chunks lanes work (4 of 32 for 64 channels and one term),
+// each with 16 byte loads from global memory in a row, and the codes make a round trip through global
+// memory. Here a block takes `per_block` consecutive slices, whose input elements are consecutive in
+// NHWC order (element (pixel * groups + grp) * cg + ci): (1) every thread quantizes elements of them
+// into shared memory (coalesced reads); (2) groups of `lanes` lanes (a power of two <= 32) sum alpha
+// and the codes of a slice from shared memory; (3) every thread writes whole 16-byte chunks of the
+// block's planes, which are consecutive too (coalesced stores, every lane busy). The same integer
+// results as the separate kernels: the same codes (QuantizeToCode), entries, sums. Block 0 also zeroes
+// the per-channel sums that FilterSumsKernel adds into (it runs after this launch on the stream), which
+// saves the memset.
+constexpr int kInputCodesPerBlock = 8192;  // codes a block of the fused input pass stages (bytes)
+
+// Four codes packed little-endian in a word (byte b: the code of entry b) -> their table entries packed
+// the same way.
+__device__ __forceinline__ uint32_t LookupBytes(const uint8_t* table, uint32_t codes) {
+  return static_cast<uint32_t>(table[codes & 0xFF]) | static_cast<uint32_t>(table[(codes >> 8) & 0xFF]) << 8 |
+         static_cast<uint32_t>(table[(codes >> 16) & 0xFF]) << 16 | static_cast<uint32_t>(table[codes >> 24]) << 24;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    InputPassKernel(const T* __restrict__ input, GpuGeometry g, Layout l, GpuDecomposition d,
+                    const GpuQuant* __restrict__ quant, int per_block, int lanes, int8_t* __restrict__ planes,
+                    long long* __restrict__ alpha_sums, int32_t* __restrict__ code_sums,
+                    unsigned long long* __restrict__ channel_sums) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int32_t* s_alpha = reinterpret_cast<int32_t*>(smem);
+  int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(int32_t));
+  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(int32_t) + d.terms * 256);  // [per_block][cg]
+  const int tid = threadIdx.x;
+  for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
+  for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
+  if (blockIdx.x == 0) {
+    for (int i = tid; i < 2 * g.out_depth; i += blockDim.x) channel_sums[i] = 0;
+  }
+  const int64_t slices = l.items + g.groups;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block;  // the block's first slice
+  const int count = static_cast<int>(min(static_cast<int64_t>(per_block), slices - first));
+  // Slices of input pixels; the rest (the last `groups` slices of all) are the zero point's.
+  const int real = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(count), l.items - first)));
+  const QuantParams qi = quant->input;
+  const uint8_t zp = static_cast<uint8_t>(qi.zero_point);
+
+  // (1) The codes of the block's slices.
+  {
+    const int n = count * g.cg, real_n = real * g.cg;
+    const int64_t base = first * g.cg;  // element index (NHWC order) of the block's first code
+    const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
+    if (std::is_same<T, float>::value && !g.nchw && g.cg % 4 == 0 &&
+        (reinterpret_cast<uintptr_t>(input) & 15) == 0) {
+      // Four codes per 16-byte load (base and real_n are multiples of 4 here, the input 16-byte aligned):
+      // four times the bytes in flight per load, and the index arithmetic once per four codes. The pass
+      // is bound by its loads' latency, not by bandwidth, with one float per load.
+      const float4* src = reinterpret_cast<const float4*>(input + base);
+      uint32_t* dst = reinterpret_cast<uint32_t*>(s_codes);
+      const int n4 = n / 4, real4 = real_n / 4;  // n is a multiple of 4 too (count * cg)
+#pragma unroll 4
+      for (int e = tid; e < n4; e += blockDim.x) {
+        uint32_t word = zp * 0x01010101u;
+        if (e < real4) {
+          const float4 v = __ldg(src + e);
+          word = static_cast<uint32_t>(QuantizeToCode(v.x, qi)) | static_cast<uint32_t>(QuantizeToCode(v.y, qi)) << 8 |
+                 static_cast<uint32_t>(QuantizeToCode(v.z, qi)) << 16 |
+                 static_cast<uint32_t>(QuantizeToCode(v.w, qi)) << 24;
+        }
+        dst[e] = word;
+      }
+    } else {
+#pragma unroll 4
+      for (int e = tid; e < n; e += blockDim.x) {  // (unrolled: several loads in flight per thread)
+        uint8_t code = zp;
+        if (e < real_n) {
+          const int64_t i = base + e;
+          int64_t src = i;
+          if (g.nchw) {
+            const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
+            src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
+          }
+          code = QuantizeToCode(ToFloat(input[src]), qi);
+        }
+        s_codes[e] = code;
+      }
+    }
+  }
+  __syncthreads();
+
+  // (2) The sums of the input pixels' slices: `lanes` lanes per slice, 32 / lanes slices per warp and
+  // round. Every lane of a warp runs the same rounds (the shuffles need all of them); the xor offsets
+  // stay below `lanes`, inside the slice's aligned group of lanes.
+  {
+    const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+    const int per_warp = 32 / lanes;
+    const int sub = lane / lanes, li = lane - sub * lanes;
+    for (int round = warp * per_warp; round < real; round += warps * per_warp) {
+      const int item = round + sub;
+      long long alpha_sum = 0;
+      int code_sum = 0;
+      if (item < real) {
+        const uint8_t* in = s_codes + item * g.cg;
+        for (int ci = li; ci < g.cg; ci += lanes) {
+          const int code = in[ci];
+          alpha_sum += s_alpha[code];
+          code_sum += code;
+        }
+      }
+      for (int offset = lanes / 2; offset > 0; offset /= 2) {
+        alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
+        code_sum += __shfl_xor_sync(0xFFFFFFFFu, code_sum, offset);
+      }
+      if (li == 0 && item < real) {
+        alpha_sums[first + item] = alpha_sum;
+        code_sums[first + item] = code_sum;
+      }
+    }
+  }
+
+  // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
+  // terms * cg are 0), chunk q of the block at chunk q of its region.
+  {
+    const int used = d.terms * g.cg;
+    const int chunks = count * l.slice_chunks;
+    int8_t* out = planes + first * l.slice_bytes;
+    if (g.cg % kChunk == 0) {
+      // Whole chunks of one term and 16 consecutive channels (entry e0 = j * 16 is a multiple of 16, so is
+      // cg): the codes are one aligned 16-byte read (s_codes and item * cg + ci are multiples of 16), the
+      // entries u[r][code] byte for byte in the same order as below.
+      for (int q = tid; q < chunks; q += blockDim.x) {
+        const int item = q / l.slice_chunks, j = q - item * l.slice_chunks;
+        const int e0 = j * kChunk;
+        uint4 words = make_uint4(0, 0, 0, 0);
+        if (e0 < used) {
+          const int r = e0 / g.cg, ci = e0 - r * g.cg;
+          const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + ci);
+          const uint8_t* u = reinterpret_cast<const uint8_t*>(s_u) + r * 256;
+          words = make_uint4(LookupBytes(u, c.x), LookupBytes(u, c.y), LookupBytes(u, c.z), LookupBytes(u, c.w));
+        }
+        *reinterpret_cast<uint4*>(out + static_cast<int64_t>(q) * kChunk) = words;
+      }
+      return;
+    }
+    for (int q = tid; q < chunks; q += blockDim.x) {
+      const int item = q / l.slice_chunks, j = q - item * l.slice_chunks;
+      const uint8_t* in = s_codes + item * g.cg;
+      const int e0 = j * kChunk;
+      int r = e0 / g.cg, ci = e0 - r * g.cg;
+      uint32_t words[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int b = 0; b < kChunk; ++b) {
+        if (e0 + b < used) {
+          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_u[r * 256 + in[ci]])) << (8 * (b % 4));
+          if (++ci == g.cg) ci = 0, ++r;
+        }
+      }
+      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(q) * kChunk) =
+          make_uint4(words[0], words[1], words[2], words[3]);
+    }
+  }
+}
+
+// The v planes of the filter: one thread per 16-byte chunk of B ([co][k_padded], chunks of a row
+// adjacent: coalesced writes), each weight quantized with its channel's parameters. Chunks past K and
+// entries past terms * cg of a slice are 0.
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    FilterPlanesKernel(const T* __restrict__ filter, GpuGeometry g, Layout l, GpuDecomposition d,
+                       const GpuQuant* __restrict__ quant, int8_t* __restrict__ b_planes) {
+  const int64_t row_chunks = l.k_padded / kChunk;
+  const int64_t total = row_chunks * g.out_depth;
+  const int used = d.terms * g.cg;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int co = static_cast<int>(i / row_chunks);
+    const int64_t q = i - static_cast<int64_t>(co) * row_chunks;
+    uint32_t words[4] = {0, 0, 0, 0};
+    if (q < l.k_chunks) {
+      const QuantParams qf = quant->ChannelQuant(co).filter;
+      const int tap = static_cast<int>(q / l.slice_chunks);  // spatial tap kh * filter_w + kw
+      const int e0 = static_cast<int>(q - static_cast<int64_t>(tap) * l.slice_chunks) * kChunk;
+      int r = e0 / g.cg, ci = e0 - r * g.cg;
+#pragma unroll
+      for (int b = 0; b < kChunk; ++b) {
+        if (e0 + b < used) {
+          const int64_t w_index = (static_cast<int64_t>(tap) * g.cg + ci) * g.out_depth + co;  // HWIO
+          const uint32_t code = QuantizeToCode(ToFloat(filter[w_index]), qf);
+          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(__ldg(d.v + r * 256 + code))) << (8 * (b % 4));
+          if (++ci == g.cg) ci = 0, ++r;
+        }
+      }
+    }
+    *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+// Per output channel: the sum of beta over its weights and the sum of its codes, added into zeroed
+// sums (modular 64-bit adds: a negative beta sum comes out right as int64). Threads of a warp take
+// adjacent channels (coalesced HWIO reads), each a run of kFilterRun taps. With codes_out (the fused
+// path) it also writes every weight's code, K-contiguous per channel ([co][taps]: a thread's run is 32
+// consecutive bytes), so that FilterPlanesFromCodesKernel quantizes nothing: each weight is quantized
+// once per call instead of once per term, and read coalesced instead of with a stride of out_depth.
+constexpr int kFilterRun = 32;
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    FilterSumsKernel(const T* __restrict__ filter, GpuGeometry g, GpuDecomposition d,
+                     const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums,
+                     uint8_t* __restrict__ codes_out) {
+  const int64_t runs = (static_cast<int64_t>(g.taps) + kFilterRun - 1) / kFilterRun * g.out_depth;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int co = static_cast<int>(idx % g.out_depth);
+    const int k0 = static_cast<int>(idx / g.out_depth) * kFilterRun;
+    const QuantParams qf = quant->ChannelQuant(co).filter;
+    long long beta_sum = 0, code_sum = 0;
+    for (int k = k0; k < min(g.taps, k0 + kFilterRun); ++k) {
+      const uint32_t code = QuantizeToCode(ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]), qf);
+      beta_sum += __ldg(d.beta + code);
+      code_sum += code;
+      if (codes_out != nullptr) codes_out[static_cast<int64_t>(co) * g.taps + k] = static_cast<uint8_t>(code);
+    }
+    atomicAdd(&sums[co], static_cast<unsigned long long>(beta_sum));
+    atomicAdd(&sums[g.out_depth + co], static_cast<unsigned long long>(code_sum));
+  }
+}
+
+// The v planes of the filter from the codes FilterSumsKernel wrote: FilterPlanesKernel's chunks and
+// entries, with each entry's code read from the channel's K-contiguous codes (adjacent threads read
+// adjacent bytes) and v from shared memory.
+__global__ void __launch_bounds__(kPrepThreads)
+    FilterPlanesFromCodesKernel(const uint8_t* __restrict__ f_codes, GpuGeometry g, Layout l, GpuDecomposition d,
+                                int8_t* __restrict__ b_planes) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int8_t* s_v = reinterpret_cast<int8_t*>(smem);  // [terms][256]
+  for (int i = threadIdx.x; i < d.terms * 256; i += blockDim.x) s_v[i] = d.v[i];
+  __syncthreads();
+  const int64_t row_chunks = l.k_padded / kChunk;
+  const int64_t total = row_chunks * g.out_depth;
+  const int used = d.terms * g.cg;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int co = static_cast<int>(i / row_chunks);
+    const int64_t q = i - static_cast<int64_t>(co) * row_chunks;
+    uint32_t words[4] = {0, 0, 0, 0};
+    if (q < l.k_chunks) {
+      const int tap = static_cast<int>(q / l.slice_chunks);  // spatial tap kh * filter_w + kw
+      const int e0 = static_cast<int>(q - static_cast<int64_t>(tap) * l.slice_chunks) * kChunk;
+      const uint8_t* codes = f_codes + static_cast<int64_t>(co) * g.taps + static_cast<int64_t>(tap) * g.cg;
+      if (g.cg % kChunk == 0) {
+        // As in InputPassKernel: one term, 16 consecutive channels, one aligned 16-byte read (f_codes is
+        // 16-byte aligned, taps and tap * cg + ci are multiples of 16).
+        if (e0 < used) {
+          const int r = e0 / g.cg, ci = e0 - r * g.cg;
+          const uint4 c = __ldg(reinterpret_cast<const uint4*>(codes + ci));
+          const uint8_t* v = reinterpret_cast<const uint8_t*>(s_v) + r * 256;
+          words[0] = LookupBytes(v, c.x), words[1] = LookupBytes(v, c.y);
+          words[2] = LookupBytes(v, c.z), words[3] = LookupBytes(v, c.w);
+        }
+        *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+        continue;
+      }
+      int r = e0 / g.cg, ci = e0 - r * g.cg;
+#pragma unroll
+      for (int b = 0; b < kChunk; ++b) {
+        if (e0 + b < used) {
+          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_v[r * 256 + codes[ci]])) << (8 * (b % 4));
+          if (++ci == g.cg) ci = 0, ++r;
+        }
+      }
+    }
+    *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+}  // namespace decomposed_internal
+}  // namespace tfapprox
+
+#endif  // TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_PREPASSES_CUH_
