@@ -28,11 +28,13 @@ TABLE = flags.DEFINE_string("table", None, "table file (default: mul8u_L40 from 
 REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per layer (median reported)")
 SCHEMES = flags.DEFINE_boolean("schemes", True, "also time per-channel ranges and signed products")
 SCHEMES_ONLY = flags.DEFINE_boolean("schemes_only", False, "only the schemes table")
+R20_BATCH = flags.DEFINE_integer("r20_batch", 64, "batch of the ResNet-20 layers (models.py's per-layer "
+                                 "table uses its --layer_batch)")
 DECOMPOSED = flags.DEFINE_boolean("decomposed", False, "only the decomposed-kernel table (tables registered "
                                   "with tensorflow_approx.register_decomposition)")
 
 # (name, N, H, W, Cin, Cout, K, stride): performance.md's shapes at N=8, the layer shapes of a CIFAR
-# ResNet-20 at N=64, and a LeNet-size layer.
+# ResNet-20 at N=64 (--r20_batch in the main table), and a LeNet-size layer.
 LAYERS = [
     ("3x3 56x56 64->64", 8, 56, 56, 64, 64, 3, 1),
     ("3x3 28x28 128->128", 8, 28, 28, 128, 128, 3, 1),
@@ -170,6 +172,7 @@ def main(_):
         print(header)
         print("-" * len(header))
     for name, n, h, w, cin, cout, k, stride in [] if SCHEMES_ONLY.value else LAYERS:
+        n = R20_BATCH.value if name.startswith("R20") else n
         x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
         f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))
         x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
