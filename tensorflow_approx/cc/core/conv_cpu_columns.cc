@@ -141,35 +141,63 @@ std::vector<Line> ColumnTable(const uint16_t* lut, bool planes) {
   return table;
 }
 
-// A thread's operands for one chunk. Each pixel's patch (every group's taps, kh x kw x in_depth
-// codes as the input holds them) is copied into a row of `patch`, then the rows are transposed 64 x
-// 64 into `codes`, where one tap's codes for a block of 64 pixels fill a vector, group by group
-// (ColumnOrder). Lane order: byte 2j of block b's vector holds pixel 64b + j and byte 2j + 1 pixel
-// 64b + 32 + j, the order in which the lookups' sums come out of their 16- or 32-bit lanes.
+constexpr int kHalfLanes = kColumnLanes / 2;
+
+// Whether the chunk's codes are gathered straight from the input rows (GatherColumnsFromRows, with
+// VBMI): where the codes of one tap for the 32 pixels of a half-block, stride_w * in_depth bytes
+// apart in an input row, span at most 128 bytes, one vpermi2b's reach. The stems of 1-4 input
+// channels, whose patches are too short for the per-pixel copies and transposes to pay.
+bool GathersFromRows(const ConvShape& s) { return s.stride_w * s.in_depth <= 4; }
+
+// A thread's operands for one chunk: `codes`, where one tap's codes for a block of 64 pixels fill a
+// vector, group by group (ColumnOrder). Lane order: byte 2j of block b's vector holds pixel 64b + j
+// and byte 2j + 1 pixel 64b + 32 + j (half 0 and half 1 of the block), the order in which the
+// lookups' sums come out of their 16- or 32-bit lanes. GatherColumns copies each pixel's patch
+// (every group's taps, kh x kw x in_depth codes as the input holds them) into a row of `patch`, then
+// transposes the rows 64 x 64 into `codes`; GatherColumnsFromRows permutes `windows` of input rows
+// into them.
 struct ColumnOperands {
   struct Run {
     const uint8_t* in;  // nullptr: padding, the zero code
     int64_t length;
   };
 
-  explicit ColumnOperands(const ConvShape& s)
+  ColumnOperands(const ConvShape& s, bool from_rows)
       : width(s.filter_h * s.filter_w * s.in_depth),
         tiles((width + 63) / 64),
-        stride(tiles * 64 + 64),  // slack for CopyRuns' whole-vector stores
+        stride(from_rows ? 0 : tiles * 64 + 64),  // slack for CopyRuns' whole-vector stores
+        // A window: the input pixels under one filter row for a run of at most 32 pixels, and the
+        // slack read by the permutes' 128-byte loads.
+        window_bytes(((((kHalfLanes - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1) * s.in_depth + 63) /
+                      64 + 2) * 64),
+        // A half-block of 32 pixels starting at ow0 crosses at most (ow0 + 31) / out_w row ends.
+        max_runs(2 * (1 + (s.out_w + kHalfLanes - 2) / s.out_w)),
         patch(static_cast<size_t>(kColumnPixels * stride / 64)),
         codes(static_cast<size_t>(tiles * 64 * kColumnBlocks)),
         bit6(codes.size()),
         bit7(codes.size()) {
-    runs.reserve(static_cast<size_t>(s.filter_h * s.filter_w));
+    if (from_rows) {
+      windows.resize(static_cast<size_t>(max_runs * s.filter_h * window_bytes / 64));
+      run_index.resize(static_cast<size_t>(max_runs));
+      run_lanes.resize(static_cast<size_t>(max_runs));
+    } else {
+      runs.reserve(static_cast<size_t>(s.filter_h * s.filter_w));
+    }
   }
   uint8_t* Row(int i) { return reinterpret_cast<uint8_t*>(patch.data()) + i * stride; }
+  uint8_t* Window(int64_t run, int64_t kh, int64_t filter_h) {
+    return reinterpret_cast<uint8_t*>(windows.data()) + (run * filter_h + kh) * window_bytes;
+  }
   const uint8_t* Codes(int64_t k, int b) const { return codes[k * kColumnBlocks + b].bytes; }
 
-  int64_t width, tiles, stride;
+  int64_t width, tiles, stride, window_bytes, max_runs;
   std::vector<Line> patch;           // [kColumnPixels][stride]
   std::vector<Line> codes;           // [tiles * 64][kColumnBlocks]
   std::vector<uint64_t> bit6, bit7;  // bits 6 and 7 of each vector of codes
   std::vector<Run> runs;             // of the pixel being gathered
+  std::vector<Line> windows;         // [run][filter_h][window_bytes] of the block being gathered
+  std::vector<Line> run_index;       // per run: each lane's offset in the run's windows
+  std::vector<uint64_t> run_lanes;   // per run: its lanes
 };
 
 // Pixel p's patch, every group's taps, as runs: taps adjacent in the input (a filter row, unpadded and
@@ -189,24 +217,26 @@ void FindRuns(const QuantizedConv& conv, int64_t p, std::vector<ColumnOperands::
   });
 }
 
-// Copies the runs' codes into `row` and returns their sum. Whole 64-byte stores: up to 63 bytes past
-// the patch are overwritten (the next run's place, or the row's slack).
-TFAPPROX_AVX512BW inline int64_t CopyRuns(const std::vector<ColumnOperands::Run>& runs, uint8_t zero_code,
-                                          uint8_t* row) {
-  const __m512i zero = _mm512_setzero_si512(), padding = _mm512_set1_epi8(static_cast<char>(zero_code));
-  __m512i sum = zero;
+// Bytes a .. b - 1 of a vector (0 <= a, b <= 64), as a mask.
+inline __mmask64 ByteRange(int64_t a, int64_t b) {
+  if (b <= a) return 0;
+  return (b - a == 64 ? ~__mmask64{0} : (__mmask64{1} << (b - a)) - 1) << a;
+}
+
+// Copies the runs' codes into `row`. Whole 64-byte stores: up to 63 bytes past the patch are
+// overwritten (the next run's place, or the row's slack).
+TFAPPROX_AVX512BW inline void CopyRuns(const std::vector<ColumnOperands::Run>& runs, uint8_t zero_code,
+                                       uint8_t* row) {
+  const __m512i padding = _mm512_set1_epi8(static_cast<char>(zero_code));
   for (const ColumnOperands::Run& run : runs) {
     for (int64_t k = 0; k < run.length; k += 64) {
-      const int64_t n = run.length - k;
-      const __mmask64 m = n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1;
+      const __mmask64 m = ByteRange(0, std::min<int64_t>(64, run.length - k));
       const __m512i v =
           run.in != nullptr ? _mm512_maskz_loadu_epi8(m, run.in + k) : _mm512_maskz_mov_epi8(m, padding);
       _mm512_storeu_si512(row + k, v);
-      sum = _mm512_add_epi64(sum, _mm512_sad_epu8(v, zero));
     }
     row += run.length;
   }
-  return _mm512_reduce_add_epi64(sum);
 }
 
 // Where the transposes put a patch's codes, so that each group's taps are contiguous: code
@@ -223,23 +253,13 @@ std::vector<int32_t> ColumnOrder(const ConvShape& s) {
   return order;
 }
 
-// Bits 6 and 7 of the vectors of codes (which of the column's parts the permutes read), computed
-// once for all channels.
-TFAPPROX_AVX512BW void ColumnMasks(ColumnOperands* ops) {
-  for (int64_t k = 0; k < ops->width * kColumnBlocks; ++k) {
-    const __m512i c = _mm512_load_si512(ops->codes[k].bytes);
-    ops->bit6[k] = _mm512_test_epi8_mask(c, _mm512_set1_epi8(64));
-    ops->bit7[k] = _mm512_movepi8_mask(c);
-  }
-}
-
 // Gathers the codes of the chunk's pixels first .. first + valid - 1 (the lanes of missing pixels
-// keep stale codes, whose sums are never stored); with one group, also each pixel's code sum.
-// Consecutive pixels of an output row whose patches lie inside the input across its width (all but
-// a few at the row's ends) read the same runs moved by stride_w input pixels: the patch is walked
-// anew (divisions and a bounds check per tap, costlier than the copies) only where not.
-TFAPPROX_AVX512BW void GatherColumns(const QuantizedConv& conv, int64_t first, int valid,
-                                     const int32_t* order, ColumnOperands* ops, int64_t* act_sum) {
+// keep stale codes, whose sums are never stored). Consecutive pixels of an output row whose patches
+// lie inside the input across its width (all but a few at the row's ends) read the same runs moved
+// by stride_w input pixels: the patch is walked anew (divisions and a bounds check per tap, costlier
+// than the copies) only where not.
+TFAPPROX_AVX512BW void GatherColumns(const QuantizedConv& conv, int64_t first, int valid, const int32_t* order,
+                                     ColumnOperands* ops) {
   const ConvShape& s = conv.shape;
   int64_t ow = first % s.out_w;
   bool movable = false;  // ops->runs are pixel i - 1's, whose patch was inside across the width
@@ -254,8 +274,7 @@ TFAPPROX_AVX512BW void GatherColumns(const QuantizedConv& conv, int64_t first, i
       FindRuns(conv, first + i, &ops->runs);
     }
     movable = inside;
-    const int64_t sum = CopyRuns(ops->runs, conv.input_zero_code, ops->Row(i));
-    if (s.groups() == 1) act_sum[i] = sum;
+    CopyRuns(ops->runs, conv.input_zero_code, ops->Row(i));
   }
   for (int b = 0; b * kColumnLanes < valid; ++b) {
     for (int64_t tile = 0; tile < ops->tiles; ++tile) {
@@ -267,7 +286,78 @@ TFAPPROX_AVX512BW void GatherColumns(const QuantizedConv& conv, int64_t first, i
       TransposeTile(rows, order + tile * 64, ops->codes[b].bytes, kColumnBlocks * 64);
     }
   }
-  ColumnMasks(ops);
+}
+
+// Bits 0, 2, .., 2n - 2 (n <= 32): the even lanes, half 0's, of pixels 0 .. n - 1 of a half-block.
+inline uint64_t EvenLanes(int n) {
+  return 0x5555555555555555u & (n == 32 ? ~uint64_t{0} : (uint64_t{1} << (2 * n)) - 1);
+}
+
+// GatherColumns for GathersFromRows' shapes, without patches or transposes (which took a third of
+// the stem's time): the pixels of a half-block (32 lanes, 2j + h) split into runs along output rows;
+// for each run and filter row, the input pixels under it are copied once into a window (the zero
+// code where padded), where tap (kh, kw, ci)'s code for the run's pixel j is at (j - j0) * stride_w *
+// in_depth + kw * dilation_w * in_depth + ci, and one vpermi2b per run and tap gathers those bytes
+// into the run's lanes. About 4 instructions per tap and run, against a patch copy per pixel and
+// 11 instructions per 64 bytes of transpose.
+TFAPPROX_AVX512VBMI void GatherColumnsFromRows(const QuantizedConv& conv, int64_t first, int valid,
+                                               const int32_t* order, ColumnOperands* ops) {
+  const ConvShape& s = conv.shape;
+  const int64_t depth = s.in_depth, step = s.stride_w * depth;
+  const __m512i padding = _mm512_set1_epi8(static_cast<char>(conv.input_zero_code));
+  alignas(64) uint8_t offsets[kColumnLanes];  // lane 2j + h: pixel j's codes in a window from j = 0
+  for (int lane = 0; lane < kColumnLanes; ++lane) offsets[lane] = static_cast<uint8_t>(lane / 2 * step);
+  const __m512i lane_offsets = _mm512_load_si512(offsets);
+  for (int b = 0; b * kColumnLanes < valid; ++b) {
+    int runs = 0;
+    for (int h = 0; h < 2; ++h) {
+      for (int j = 0; j < kHalfLanes && b * kColumnLanes + h * kHalfLanes + j < valid;) {
+        const int i = b * kColumnLanes + h * kHalfLanes + j;
+        const int64_t p = first + i, ow = p % s.out_w, n = p / s.out_w / s.out_h, oh = p / s.out_w % s.out_h;
+        const int length = static_cast<int>(std::min<int64_t>({kHalfLanes - j, s.out_w - ow, valid - i}));
+        const int64_t iw0 = ow * s.stride_w - s.pad_left;
+        const int64_t bytes = (((length - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1)) * depth;
+        for (int64_t kh = 0; kh < s.filter_h; ++kh) {
+          const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
+          // The window's bytes inside the input, [lo, hi), read from in (outside it where padded:
+          // masked loads read only those bytes).
+          const bool row_inside = ih >= 0 && ih < s.in_h;
+          const int64_t lo = row_inside ? std::clamp<int64_t>(-iw0 * depth, 0, bytes) : 0;
+          const int64_t hi = row_inside ? std::clamp<int64_t>((s.in_w - iw0) * depth, 0, bytes) : 0;
+          const uintptr_t in = reinterpret_cast<uintptr_t>(conv.input) +
+                               ((n * s.in_h + (row_inside ? ih : 0)) * s.in_w + iw0) * depth;
+          uint8_t* window = ops->Window(runs, kh, s.filter_h);
+          for (int64_t o = 0; o < bytes; o += 64) {
+            const __mmask64 m = ByteRange(std::max<int64_t>(lo - o, 0), std::min<int64_t>(hi - o, 64));
+            _mm512_store_si512(window + o,
+                               _mm512_mask_loadu_epi8(padding, m, reinterpret_cast<const void*>(in + o)));
+          }
+        }
+        ops->run_lanes[runs] = (EvenLanes(j + length) & ~EvenLanes(j)) << h;
+        _mm512_store_si512(ops->run_index[runs].bytes,
+                           _mm512_sub_epi8(lane_offsets, _mm512_set1_epi8(static_cast<char>(j * step))));
+        ++runs;
+        j += length;
+      }
+    }
+    int64_t k = 0;  // the tap's code in the patch, (kh * filter_w + kw) * in_depth + ci
+    for (int64_t kh = 0; kh < s.filter_h; ++kh) {
+      for (int64_t kw = 0; kw < s.filter_w; ++kw) {
+        for (int64_t ci = 0; ci < depth; ++ci, ++k) {
+          const int64_t offset = kw * s.dilation_w * depth + ci;
+          __m512i v = padding;  // lanes past the valid pixels (never stored)
+          for (int r = 0; r < runs; ++r) {
+            const uint8_t* window = ops->Window(r, kh, s.filter_h) + offset;
+            const __m512i index = _mm512_load_si512(ops->run_index[r].bytes);
+            const __m512i codes = _mm512_permutex2var_epi8(_mm512_loadu_si512(window), index,
+                                                           _mm512_loadu_si512(window + 64));
+            v = _mm512_mask_mov_epi8(v, ops->run_lanes[r], codes);
+          }
+          _mm512_store_si512(ops->codes[order[k] * kColumnBlocks + b].bytes, v);
+        }
+      }
+    }
+  }
 }
 
 // The lookup kernels: sums[i] = sum_t lut[(codes[tap0 + t][i] << 8) | w[t]] for the chunk's pixels i
@@ -285,6 +375,37 @@ TFAPPROX_AVX512BW inline void AddPlanes(__m512i lo, __m512i hi, int32_t* sums) {
                                          _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi_half[half]), 8));
     int32_t* out = sums + 16 * half;
     _mm512_store_si512(out, _mm512_add_epi32(_mm512_load_si512(out), sum));
+  }
+}
+
+// Bits 6 and 7 of the vectors of codes (which of the column's parts the permutes read), computed
+// once for all channels; and each group's code sums of the valid pixels, act_sum[i * groups + g],
+// summed as the lookups' bytes (kPlaneTaps), from the same vectors.
+TFAPPROX_AVX512BW void ColumnMasksAndSums(const ConvShape& s, int valid, ColumnOperands* ops, int64_t* act_sum) {
+  const int64_t taps = s.taps(), groups = s.groups();
+  const __m512i zero = _mm512_setzero_si512();
+  alignas(64) int32_t sums[kColumnPixels];
+  for (int64_t g = 0; g < groups; ++g) {
+    std::fill_n(sums, kColumnPixels, 0);
+    for (int64_t t0 = 0; t0 < taps; t0 += kPlaneTaps) {
+      __m512i acc[kColumnBlocks][2] = {};  // words as they are, and shifted right by 8
+      for (int64_t k = g * taps + t0; k < g * taps + std::min(taps, t0 + kPlaneTaps); ++k) {
+#pragma GCC unroll 4
+        for (int b = 0; b < kColumnBlocks; ++b) {
+          const __m512i c = _mm512_load_si512(ops->Codes(k, b));
+          ops->bit6[k * kColumnBlocks + b] = _mm512_test_epi8_mask(c, _mm512_set1_epi8(64));
+          ops->bit7[k * kColumnBlocks + b] = _mm512_movepi8_mask(c);
+          acc[b][0] = _mm512_add_epi16(acc[b][0], c);
+          acc[b][1] = _mm512_add_epi16(acc[b][1], _mm512_srli_epi16(c, 8));
+        }
+      }
+#pragma GCC unroll 4
+      for (int b = 0; b < kColumnBlocks; ++b) {
+        AddPlanes(_mm512_sub_epi16(acc[b][0], _mm512_slli_epi16(acc[b][1], 8)), zero, sums + b * kColumnLanes);
+        AddPlanes(acc[b][1], zero, sums + b * kColumnLanes + 32);
+      }
+    }
+    for (int i = 0; i < valid; ++i) act_sum[i * groups + g] = sums[i];
   }
 }
 
@@ -430,32 +551,24 @@ void ColumnPathAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_
   const auto lookup = vbmi ? LookupColumnsVbmi : LookupColumnsBw;
   const std::vector<Line> table = ColumnTable(conv.lut, vbmi);
   const std::vector<int32_t> order = ColumnOrder(s);
-  // With several groups, their code sums are lookups too: in a table whose every column is the
-  // identity (lut[(a << 8) | w] = a), with any weight codes.
-  std::vector<Line> identity;
-  const std::vector<uint8_t> any_weights(static_cast<size_t>(taps), 0);
-  if (groups > 1) {
-    std::vector<uint16_t> codes(kLutEntries);
-    for (int i = 0; i < kLutEntries; ++i) codes[i] = static_cast<uint16_t>(i >> 8);
-    identity = ColumnTable(codes.data(), vbmi);
-  }
+  const bool from_rows = vbmi && GathersFromRows(s);
   // Sums are stored for whole groups of at least 16 channels at a time (StoreSums' vectors).
   const int64_t groups_per_store = (16 + out_per_group - 1) / out_per_group;
   const int64_t chunks = (pixels + kColumnPixels - 1) / kColumnPixels;
   const int64_t cost = kColumnPixels * taps * (s.out_depth + groups);
   parallel_for(chunks, cost, [&](int64_t begin, int64_t end) {
-    ColumnOperands ops(s);
+    ColumnOperands ops(s, from_rows);
     std::vector<ChannelSums> sums(static_cast<size_t>(std::min(groups, groups_per_store) * out_per_group));
-    ChannelSums code_sums;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first = chunk * kColumnPixels;
       const int valid = static_cast<int>(std::min<int64_t>(kColumnPixels, pixels - first));
-      GatherColumns(conv, pixel_begin + first, valid, order.data(), &ops, act_sum + first);
+      if (from_rows) {
+        GatherColumnsFromRows(conv, pixel_begin + first, valid, order.data(), &ops);
+      } else {
+        GatherColumns(conv, pixel_begin + first, valid, order.data(), &ops);
+      }
+      ColumnMasksAndSums(s, valid, &ops, act_sum + first * groups);
       for (int64_t g = 0; g < groups; ++g) {
-        if (groups > 1) {
-          lookup(ops, g * taps, any_weights.data(), taps, identity.data(), code_sums.pixel);
-          for (int i = 0; i < valid; ++i) act_sum[(first + i) * groups + g] = code_sums.pixel[i];
-        }
         const int64_t g0 = g - g % groups_per_store;  // the first group of those stored together
         for (int64_t j = 0; j < out_per_group; ++j) {
           const uint8_t* w = conv.filter + (g * out_per_group + j) * taps;

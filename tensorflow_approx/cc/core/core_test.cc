@@ -407,6 +407,25 @@ void TestColumnPathMatchesReference() {
       "columns", 321);
 }
 
+// The column path's gather from input rows (stride_w * in_depth at most 4, with VBMI): stems of 1-4
+// input channels, runs of pixels cut by row ends, image ends, half-blocks and chunks (widths of 1,
+// 5, 13, 32 and 40; sub-ranges starting mid-row), padding on every side, strides, dilations, groups.
+void TestColumnGatherFromRowsMatchesReference() {
+  ExpectPathMatchesReference(
+      {
+          {3, 32, 32, 3, 3, 3, 1, 16, 1, 1, Padding::kSame},     // ResNet-20's stem, 12 chunks
+          {5, 9, 13, 3, 3, 1, 1, 16, 1, 1, Padding::kValid},     // 1 channel, chunks across images
+          {3, 17, 19, 3, 3, 2, 1, 8, 2, 1, Padding::kSame},      // 2 channels, stride 2: 4 bytes a pixel
+          {2, 15, 21, 5, 5, 4, 1, 16, 1, 1, Padding::kExplicit}, // 4 channels, 5x5
+          {2, 12, 40, 3, 3, 3, 1, 12, 1, 2, Padding::kSame},     // rows longer than a half-block, dilation 2
+          {2, 11, 11, 3, 3, 2, 2, 8, 1, 1, Padding::kValid},     // 2 groups of 2 channels
+          {1, 7, 5, 3, 3, 1, 4, 4, 1, 1, Padding::kSame},        // depthwise, rows of 5 pixels
+          {3, 6, 1, 3, 1, 2, 1, 5, 1, 1, Padding::kSame},        // rows of 1 pixel: 32 runs a half-block
+          {2, 10, 33, 7, 7, 3, 1, 31, 3, 1, Padding::kSame},     // falls back: 9 bytes a pixel
+      },
+      "columns", 654);
+}
+
 // The row path (more than 32 output channels per group; with VBMI, from 128 channels, its byte-plane
 // kernel, which passes over 128 channels, then 64; below 128 those take the column path): channel
 // counts of one pass, of several and not multiples of 64, groups, pixel counts and sub-ranges that do
@@ -833,6 +852,7 @@ int main() {
   tfapprox::TestDequantizeRowMatchesTerms();
   tfapprox::TestLargeSumsEveryCpuPath();
   tfapprox::TestColumnPathMatchesReference();
+  tfapprox::TestColumnGatherFromRowsMatchesReference();
   tfapprox::TestRowPathMatchesReference();
   tfapprox::TestWholeOpExactSums();
   tfapprox::TestFastKernelMatchesReference();
