@@ -32,8 +32,8 @@ namespace {
 // product) and vpermi2b looks up 64 bytes at once: per 64 pixels and tap, 4 permutes give both
 // planes, against 8 vpermi2w and 6 blends for the same lookups in words (without VBMI, 32 pixels'
 // zero-extended codes per vpermi2w). Both kernels read the same operands: the chunk's codes, gathered
-// once for all groups and transposed so that one tap's codes for 64 pixels fill a vector, then reused
-// by every output channel. (The unroll pragmas: without them GCC -O2 keeps the loops over small
+// once for all groups so that one tap's codes for 64 pixels fill a vector (ColumnOperands), then
+// reused by every output channel. (The unroll pragmas: without them GCC -O2 keeps the loops over small
 // register arrays, and the arrays in memory.)
 constexpr int kColumnLanes = 64;   // pixels per vector of codes (a byte each)
 constexpr int kColumnBlocks = 4;   // vectors of codes per column load (3 and 4 measured best)
