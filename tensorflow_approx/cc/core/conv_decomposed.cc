@@ -115,17 +115,60 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
   return f;
 }
 
-// The codes of pixel p's patch in group g: K bytes, padded taps at the zero code.
-void GatherCodes(const QuantizedConv& conv, int64_t p, int64_t g, uint8_t* codes) {
-  const int64_t depth = conv.shape.filter_depth;
-  WalkPatch(conv, p, g, [&](const uint8_t* in) {
-    if (in != nullptr) {
-      std::memcpy(codes, in, static_cast<size_t>(depth));
+// One patch's K codes from its taps (tap t's filter_depth codes at taps[t], null for a padded tap: the
+// zero code).
+void CopyTapsPortable(const uint8_t* const* taps, int64_t count, int64_t depth, uint8_t zero_code, uint8_t* codes) {
+  for (int64_t t = 0; t < count; ++t, codes += depth) {
+    if (taps[t] != nullptr) {
+      std::memcpy(codes, taps[t], static_cast<size_t>(depth));
     } else {
-      std::memset(codes, conv.input_zero_code, static_cast<size_t>(depth));
+      std::memset(codes, zero_code, static_cast<size_t>(depth));
     }
-    codes += depth;
-  });
+  }
+}
+
+// The same 64 bytes at a time (memcpy of a tap's few dozen bytes was a libc call each, 7% of a
+// 32-channel layer's time with one term): masked loads, whole stores, whose bytes past the tap the
+// next tap's overwrite (AVX-512 masked stores are slow on Zen 4). Writes up to 63 bytes past the K codes.
+TFAPPROX_VNNI void CopyTapsAvx512(const uint8_t* const* taps, int64_t count, int64_t depth, uint8_t zero_code,
+                                  uint8_t* codes) {
+  const __m512i zero = _mm512_set1_epi8(static_cast<char>(zero_code));
+  for (int64_t t = 0; t < count; ++t, codes += depth) {
+    for (int64_t c = 0; c < depth; c += 64) {
+      const __mmask64 valid = depth - c >= 64 ? ~__mmask64{0} : (__mmask64{1} << (depth - c)) - 1;
+      _mm512_storeu_si512(codes + c, taps[t] != nullptr ? _mm512_maskz_loadu_epi8(valid, taps[t] + c) : zero);
+    }
+  }
+}
+
+// Bytes CopyTapsAvx512 may write past its codes.
+constexpr int64_t kCopySlack = 64;
+
+using CopyTaps = decltype(&CopyTapsPortable);
+
+// The codes of `height` rows of a tile in group g (codes: [height][K]): pixel p + i's patch in row i
+// for i < count, the last pixel's again in the rows after. The pixels' coordinates advance from p's
+// rather than being divided out of each pixel's index (the three 64-bit divisions a pixel were the
+// gather's hottest instructions in perf on a 32-channel layer). tap_scratch holds filter_h * filter_w
+// pointers.
+void GatherTile(const QuantizedConv& conv, int64_t p, int64_t count, int64_t height, int64_t g, CopyTaps copy,
+                const uint8_t** tap_scratch, uint8_t* codes) {
+  const ConvShape& s = conv.shape;
+  const int64_t taps = s.taps();
+  int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
+  for (int64_t i = 0; i < height; ++i) {
+    if (i >= count) {
+      std::memcpy(codes + i * taps, codes + (count - 1) * taps, static_cast<size_t>(taps));
+      continue;
+    }
+    int64_t t = 0;
+    WalkPatch(conv, n, oh, ow, g, [&](const uint8_t* in) { tap_scratch[t++] = in; });
+    copy(tap_scratch, t, s.filter_depth, conv.input_zero_code, codes + i * taps);
+    if (++ow == s.out_w) {
+      ow = 0;
+      if (++oh == s.out_h) oh = 0, ++n;
+    }
+  }
 }
 
 // alpha as byte planes for the vector sums: alpha[c] = base + slope * c + sum_j planes[j][c] << 8j.
@@ -154,16 +197,18 @@ struct AlphaPlanes {
   }
 };
 
-// The sums over the K codes of the codes and of alpha.
-void SumsPortable(const uint8_t* codes, int64_t taps, const int32_t* alpha, const AlphaPlanes&, int64_t* code_sum,
-                  int64_t* alpha_sum) {
-  int64_t sum = 0, alphas = 0;
-  for (int64_t k = 0; k < taps; ++k) {
-    sum += codes[k];
-    alphas += alpha[codes[k]];
+// The sums over the K codes of each of n pixels (codes: [n][K]) of the codes and of alpha.
+void SumsPortable(const uint8_t* codes, int64_t n, int64_t taps, const int32_t* alpha, const AlphaPlanes&,
+                  int64_t* code_sum, int64_t* alpha_sum) {
+  for (int64_t i = 0; i < n; ++i, codes += taps) {
+    int64_t sum = 0, alphas = 0;
+    for (int64_t k = 0; k < taps; ++k) {
+      sum += codes[k];
+      alphas += alpha[codes[k]];
+    }
+    code_sum[i] = sum;
+    alpha_sum[i] = alphas;
   }
-  *code_sum = sum;
-  *alpha_sum = alphas;
 }
 
 // A 256-byte table lookup of 64 codes: two 128-entry byte permutes, the code's top bit choosing. t0..t3
@@ -198,8 +243,9 @@ TFAPPROX_VNNI inline __m512i PlaneQuarter(const AlphaPlanes& alpha, int j, int t
 // The same as SumsPortable, 64 codes at a time: byte sums by vpsadbw against zero, alpha's through its
 // byte planes. The planes' tables and sums are named variables, not arrays indexed by the plane: GCC
 // kept such arrays of vectors in memory, and the loop-carried sums then waited on stores and reloads.
-
-TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t taps, const int32_t*, const AlphaPlanes& alpha,
+// A tile's pixels in one call, the tables loaded once (per pixel, the loads and the planes' checks and
+// reductions weighed on K = 288 codes: five vectors), the planes' sums reduced together.
+TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t n, int64_t taps, const int32_t*, const AlphaPlanes& alpha,
                             int64_t* code_sum, int64_t* alpha_sum) {
   const __m512i zero = _mm512_setzero_si512();
   const int count = alpha.count;
@@ -211,49 +257,57 @@ TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t taps, const int32_t*, 
                 t22 = PlaneQuarter(alpha, 2, 2), t23 = PlaneQuarter(alpha, 2, 3);
   const __m512i t30 = PlaneQuarter(alpha, 3, 0), t31 = PlaneQuarter(alpha, 3, 1),
                 t32 = PlaneQuarter(alpha, 3, 2), t33 = PlaneQuarter(alpha, 3, 3);
-  __m512i sums = zero, p0 = zero, p1 = zero, p2 = zero, p3 = zero;
-  for (int64_t k = 0; k < taps; k += 64) {
-    const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
-    const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
-    sums = _mm512_add_epi64(sums, _mm512_sad_epu8(c, zero));
-    if (count > 0)
-      p0 = _mm512_add_epi64(p0, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t00, t01, t02, t03, c)), zero));
-    if (count > 1)
-      p1 = _mm512_add_epi64(p1, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t10, t11, t12, t13, c)), zero));
-    if (count > 2)
-      p2 = _mm512_add_epi64(p2, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t20, t21, t22, t23, c)), zero));
-    if (count > 3)
-      p3 = _mm512_add_epi64(p3, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t30, t31, t32, t33, c)), zero));
+  for (int64_t i = 0; i < n; ++i, codes += taps) {
+    __m512i sums = zero, p0 = zero, p1 = zero, p2 = zero, p3 = zero;
+    for (int64_t k = 0; k < taps; k += 64) {
+      const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
+      const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
+      sums = _mm512_add_epi64(sums, _mm512_sad_epu8(c, zero));
+      if (count > 0)
+        p0 = _mm512_add_epi64(p0, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t00, t01, t02, t03, c)), zero));
+      if (count > 1)
+        p1 = _mm512_add_epi64(p1, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t10, t11, t12, t13, c)), zero));
+      if (count > 2)
+        p2 = _mm512_add_epi64(p2, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t20, t21, t22, t23, c)), zero));
+      if (count > 3)
+        p3 = _mm512_add_epi64(p3, _mm512_sad_epu8(_mm512_maskz_mov_epi8(valid, Lookup256(t30, t31, t32, t33, c)), zero));
+    }
+    // The planes' sums, each shifted to its byte, in one vector: one reduction for all of them.
+    const __m512i planes = _mm512_add_epi64(
+        _mm512_add_epi64(p0, _mm512_slli_epi64(p1, 8)), _mm512_add_epi64(_mm512_slli_epi64(p2, 16), _mm512_slli_epi64(p3, 24)));
+    code_sum[i] = _mm512_reduce_add_epi64(sums);
+    alpha_sum[i] = alpha.base * taps + alpha.slope * code_sum[i] + (count > 0 ? _mm512_reduce_add_epi64(planes) : 0);
   }
-  *code_sum = _mm512_reduce_add_epi64(sums);
-  *alpha_sum = alpha.base * taps + alpha.slope * *code_sum + _mm512_reduce_add_epi64(p0) +
-               (_mm512_reduce_add_epi64(p1) << 8) + (_mm512_reduce_add_epi64(p2) << 16) +
-               (_mm512_reduce_add_epi64(p3) << 24);
 }
 
-// A's row from the codes: row[r * K + k] = u[r][codes[k]] + 128 (u_plus holds u + 128), padded to
-// `reduction` with 128 (u = 0: adds nothing).
-void TranslatePortable(const uint8_t* codes, int64_t taps, const uint8_t* u_plus, int terms, int64_t reduction,
-                       uint8_t* row) {
-  for (int r = 0; r < terms; ++r)
-    for (int64_t k = 0; k < taps; ++k) row[r * taps + k] = u_plus[r * 256 + codes[k]];
-  std::fill(row + terms * taps, row + reduction, uint8_t{128});
+// A's rows from the codes of n pixels (codes: [n][K], rows: [n][reduction]): row[r * K + k] =
+// u[r][codes[k]] + 128 (u_plus holds u + 128), padded to `reduction` with 128 (u = 0: adds nothing).
+void TranslatePortable(const uint8_t* codes, int64_t n, int64_t taps, const uint8_t* u_plus, int terms,
+                       int64_t reduction, uint8_t* rows) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint8_t* row = rows + i * reduction;
+    for (int r = 0; r < terms; ++r)
+      for (int64_t k = 0; k < taps; ++k) row[r * taps + k] = u_plus[r * 256 + codes[i * taps + k]];
+    std::fill(row + terms * taps, row + reduction, uint8_t{128});
+  }
 }
 
-// The same, 64 codes at a time.
-TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t taps, const uint8_t* u_plus, int terms,
-                                 int64_t reduction, uint8_t* row) {
+// The same, 64 codes at a time, a term's table loaded once for all n pixels.
+TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, const uint8_t* u_plus, int terms,
+                                 int64_t reduction, uint8_t* rows) {
   for (int r = 0; r < terms; ++r) {
     const uint8_t* table = u_plus + r * 256;
     const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64),
                   t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
-    for (int64_t k = 0; k < taps; k += 64) {
-      const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
-      const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
-      _mm512_mask_storeu_epi8(row + r * taps + k, valid, Lookup256(t0, t1, t2, t3, c));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < taps; k += 64) {
+        const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
+        const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + i * taps + k);
+        _mm512_mask_storeu_epi8(rows + i * reduction + r * taps + k, valid, Lookup256(t0, t1, t2, t3, c));
+      }
     }
   }
-  std::fill(row + terms * taps, row + reduction, uint8_t{128});
+  for (int64_t i = 0; i < n; ++i) std::fill(rows + i * reduction + terms * taps, rows + (i + 1) * reduction, uint8_t{128});
 }
 
 using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
@@ -409,26 +463,26 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
     kernels[0] = MicroKernelVnni<1>, kernels[1] = MicroKernelVnni<2>;
     kernels[2] = MicroKernelVnni<3>, kernels[3] = MicroKernelVnni<4>;
   }
+  const CopyTaps copy = fast ? CopyTapsAvx512 : CopyTapsPortable;
   const auto translate = fast ? TranslateVbmi : TranslatePortable;
   const auto sum_codes = fast ? SumsVbmi : SumsPortable;
   const auto write_sums = fast ? WriteSumsAvx512 : WriteSumsPortable;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
   parallel_for(tiles, kTile * f.reduction * f.channels * groups / 16 + 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> rows(static_cast<size_t>(kTile * f.reduction)), codes(static_cast<size_t>(taps));
-    std::vector<int64_t> alpha_sums(kTile);
+    std::vector<uint8_t> rows(static_cast<size_t>(kTile * f.reduction));
+    std::vector<uint8_t> codes(static_cast<size_t>(kTile * taps + kCopySlack));
+    std::vector<int64_t> code_sums(kTile), alpha_sums(kTile);
+    std::vector<const uint8_t*> tap_scratch(static_cast<size_t>(s.filter_h * s.filter_w));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
-      const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
+      const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock, height = blocks * kPixelBlock;
       for (int64_t g = 0; g < groups; ++g) {
-        for (int64_t i = 0; i < blocks * kPixelBlock; ++i) {
-          // Rows past the tile's pixels repeat its last one: the micro-kernel keeps its full height.
-          const int64_t q = first + std::min(i, count - 1);
-          int64_t code_sum;
-          GatherCodes(conv, pixel_begin + q, g, codes.data());
-          sum_codes(codes.data(), taps, plan.alpha.data(), plan.alpha_planes, &code_sum, &alpha_sums[i]);
-          translate(codes.data(), taps, plan.u_plus.data(), plan.terms, f.reduction, rows.data() + i * f.reduction);
-          if (i < count) act_sum[q * groups + g] = code_sum;
-        }
+        // A tile's codes, then their sums and A's rows for all of them (each pass's tables loaded once).
+        // Rows past the tile's pixels repeat its last one: the micro-kernel keeps its full height.
+        GatherTile(conv, pixel_begin + first, count, height, g, copy, tap_scratch.data(), codes.data());
+        sum_codes(codes.data(), count, taps, plan.alpha.data(), plan.alpha_planes, code_sums.data(), alpha_sums.data());
+        translate(codes.data(), height, taps, plan.u_plus.data(), plan.terms, f.reduction, rows.data());
+        for (int64_t i = 0; i < count; ++i) act_sum[(first + i) * groups + g] = code_sums[i];
         const int8_t* group_b = f.b.get() + g * f.reduction * f.channels;
         for (int64_t c0 = 0; c0 < per_group;) {
           const int64_t width = f.PanelWidth(c0);

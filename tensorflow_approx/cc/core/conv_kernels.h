@@ -29,14 +29,12 @@ struct QuantizedConv {
   const uint16_t* lut = nullptr;
 };
 
-// Walks the taps of output pixel p's patch in group g, in the filter's [kh][kw][ci] order: emit(codes)
-// with the filter_depth input codes of each tap inside the input, emit(nullptr) for a padded tap.
+// Walks the taps of the patch of the output pixel in image n at (oh, ow), in group g, in the filter's
+// [kh][kw][ci] order: emit(codes) with the filter_depth input codes of each tap inside the input,
+// emit(nullptr) for a padded tap.
 template <typename Emit>
-inline void WalkPatch(const QuantizedConv& conv, int64_t p, int64_t g, Emit&& emit) {
+inline void WalkPatch(const QuantizedConv& conv, int64_t n, int64_t oh, int64_t ow, int64_t g, Emit&& emit) {
   const ConvShape& s = conv.shape;
-  const int64_t ow = p % s.out_w;
-  const int64_t oh = (p / s.out_w) % s.out_h;
-  const int64_t n = p / (s.out_w * s.out_h);
   for (int64_t kh = 0; kh < s.filter_h; ++kh) {
     const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
     for (int64_t kw = 0; kw < s.filter_w; ++kw) {
@@ -45,6 +43,13 @@ inline void WalkPatch(const QuantizedConv& conv, int64_t p, int64_t g, Emit&& em
       emit(inside ? conv.input + ((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + g * s.filter_depth : nullptr);
     }
   }
+}
+
+// The same for output pixel p = (n * out_h + oh) * out_w + ow.
+template <typename Emit>
+inline void WalkPatch(const QuantizedConv& conv, int64_t p, int64_t g, Emit&& emit) {
+  const ConvShape& s = conv.shape;
+  WalkPatch(conv, p / (s.out_w * s.out_h), (p / s.out_w) % s.out_h, p % s.out_w, g, emit);
 }
 
 // Runs fn(begin, end) over disjoint ranges covering [0, total), possibly in parallel; cost_per_unit is a
