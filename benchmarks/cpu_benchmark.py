@@ -1,12 +1,14 @@
 """CPU benchmark of ApproxConv2DWithMinMaxVars against tf.nn.conv2d float32 in the same run.
 
 Prints one row per layer: the op's median time and G LUT-MAC/s with a real non-exact table, the
-accurate float32 conv2d on the same shape, and their ratio. Realistic data: ReLU activations (half
+accurate float32 conv2d on the same shape, and their ratio, called eagerly; then both in graphs
+(tf.function, as Keras runs layers), all four interleaved. Realistic data: ReLU activations (half
 of them zero, the zero point) and normal weights. Then (--schemes) the table op with per-channel
 filter ranges and with signed products (both operands symmetric, an int16 table) beside the
 per-tensor unsigned call on the same layers.
 
-    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--noschemes | --schemes_only | --decomposed]
+    python benchmarks/cpu_benchmark.py [--table PATH] [--repeats 5] [--r20_batch 64]
+        [--noschemes | --schemes_only | --decomposed]
 """
 
 import os
@@ -65,13 +67,21 @@ def default_table():
 
 
 def median_ms(fn, repeats):
-    fn()  # warm-up: kernel construction, table load, thread pool start
-    times = []
+    return interleaved_median_ms([fn], repeats)[0]
+
+
+def interleaved_median_ms(fns, repeats):
+    """Median ms of each fn over `repeats` rounds that call every fn once in turn: on a shared machine a
+    slow stretch then hits all of them alike."""
+    for fn in fns:
+        fn()  # warm-up: kernel construction, table load, thread pool start, tracing
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in times]
 
 
 def scheme_table(table, rng):
@@ -165,10 +175,10 @@ def main(_):
         return
     table, table_name = (TABLE.value, TABLE.value) if TABLE.value else default_table()
     print(f"table: {table_name}; {os.cpu_count()} CPUs; TensorFlow {tf.__version__}; "
-          f"median of {REPEATS.value} runs")
+          f"median of {REPEATS.value} interleaved runs; eager calls, then the same in graphs (tf.function)")
     if not SCHEMES_ONLY.value:
         header = (f"{'layer':28s} {'op ms':>9s} {'G LUT-MAC/s':>12s} {'conv2d ms':>10s} {'conv2d GMAC/s':>14s} "
-                  f"{'ratio':>7s}")
+                  f"{'ratio':>7s} {'graph op':>9s} {'conv2d':>9s} {'ratio':>7s}")
         print(header)
         print("-" * len(header))
     for name, n, h, w, cin, cout, k, stride in [] if SCHEMES_ONLY.value else LAYERS:
@@ -178,11 +188,19 @@ def main(_):
         x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
         macs = n * (-(-h // stride)) * (-(-w // stride)) * cout * k * k * cin
         strides = [1, stride, stride, 1]
-        op_ms = median_ms(lambda: ta.approx_conv2d_with_min_max_vars(
-            x, f, 0.0, x_max, f_min, f_max, strides, 8, table, "SAME").numpy(), REPEATS.value)
-        conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
+        # Eager calls (the file op, as TFApprox's users call it) and graph calls (as Keras runs layers:
+        # no Python per op), each against conv2d called the same way.
+        eager_op = lambda: ta.approx_conv2d_with_min_max_vars(  # noqa: E731
+            x, f, 0.0, x_max, f_min, f_max, strides, 8, table, "SAME").numpy()
+        eager_conv = lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy()  # noqa: E731
+        graph_op = tf.function(lambda: ta.approx_conv2d_with_min_max_vars(
+            x, f, 0.0, x_max, f_min, f_max, strides, 8, table, "SAME"))
+        graph_conv = tf.function(lambda: tf.nn.conv2d(x, f, stride, "SAME"))
+        op_ms, conv_ms, graph_op_ms, graph_conv_ms = interleaved_median_ms(
+            [eager_op, eager_conv, lambda: graph_op().numpy(), lambda: graph_conv().numpy()], REPEATS.value)
         print(f"{name:28s} {op_ms:9.2f} {macs / op_ms / 1e6:12.2f} {conv_ms:10.2f} "
-              f"{macs / conv_ms / 1e6:14.2f} {op_ms / conv_ms:6.1f}x")
+              f"{macs / conv_ms / 1e6:14.2f} {op_ms / conv_ms:6.1f}x {graph_op_ms:9.2f} {graph_conv_ms:9.2f} "
+              f"{graph_op_ms / graph_conv_ms:6.1f}x")
     if SCHEMES.value or SCHEMES_ONLY.value:
         scheme_table(table, rng)
 
