@@ -126,6 +126,14 @@ def scheme_table(table, rng):
               f"{ms['per-channel'] / ms['per-tensor']:7.2f} {ms['signed']:10.2f} {ms['signed'] / ms['per-tensor']:7.2f}")
 
 
+def layer_calls(x, f, ranges, tables, stride):
+    """The table op on (x, f) with each table, then tf.nn.conv2d: callables, bound to this layer's
+    tensors (closures over a loop's variables would all see its last layer)."""
+    conv = dict(strides=[1, stride, stride, 1], padding="SAME")
+    calls = [lambda t=t: ta.approx_conv2d_with_table(x, f, *ranges, table=t, **conv).numpy() for t in tables]
+    return calls + [lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy()]
+
+
 def decomposed_table(rng):
     """Tables with few int8 terms, run by the lookups and then, registered, by the decomposed kernel
     (AVX-512 VNNI), beside tf.nn.conv2d float32; what the kernel choice (PreferDecomposed) picks."""
@@ -139,8 +147,8 @@ def decomposed_table(rng):
         terms = "-" if d is None else f"{d.terms} term{'s' * (d.terms > 1)}"
         label = f"{os.path.basename(name)[:-4] if name.endswith('.bin') else name or 'exact'} ({terms})"
         tables[label] = (name, tf.constant(values))
-    print(f"\ndecomposed kernel (median of {REPEATS.value} runs): lookups ms / decomposed ms per table, "
-          "then conv2d float32 ms")
+    print(f"\ndecomposed kernel (median of {REPEATS.value} interleaved runs): lookups ms / decomposed ms per "
+          "table, then conv2d float32 ms (timed with the decomposed calls)")
     header = f"{'layer':28s} " + " ".join(f"{label:>26s}" for label in tables) + f" {'conv2d ms':>10s}"
     print(header)
     print("-" * len(header))
@@ -149,20 +157,14 @@ def decomposed_table(rng):
         x = tf.constant(np.maximum(rng.normal(size=(n, h, w, cin)), 0).astype(np.float32))
         f = tf.constant(rng.normal(0, 0.1, (k, k, cin, cout)).astype(np.float32))
         x_max, f_min, f_max = float(tf.reduce_max(x)), float(tf.reduce_min(f)), float(tf.reduce_max(f))
-        conv = dict(strides=[1, stride, stride, 1], padding="SAME")
-        lookups = {label: median_ms(lambda: ta.approx_conv2d_with_table(
-            x, f, 0.0, x_max, f_min, f_max, table=t, **conv).numpy(), REPEATS.value)
-            for label, (_, t) in tables.items()}
-        conv_ms = median_ms(lambda: tf.nn.conv2d(x, f, stride, "SAME").numpy(), REPEATS.value)
-        rows.append((name, x, f, x_max, f_min, f_max, conv, lookups, conv_ms))
+        calls = layer_calls(x, f, (0.0, x_max, f_min, f_max), [t for _, t in tables.values()], stride)
+        rows.append((name, calls, interleaved_median_ms(calls, REPEATS.value)[:-1]))
     for table_name, _ in tables.values():  # registered only now: the lookups above ran unregistered
         ta.register_decomposition(table_name)
-    for name, x, f, x_max, f_min, f_max, conv, lookups, conv_ms in rows:
-        cells = []
-        for label, (_, t) in tables.items():
-            ms = median_ms(lambda: ta.approx_conv2d_with_table(
-                x, f, 0.0, x_max, f_min, f_max, table=t, **conv).numpy(), REPEATS.value)
-            cells.append(f"{lookups[label]:8.2f} / {ms:8.2f} ({ms / conv_ms:4.1f}x)")
+    for name, calls, lookups in rows:
+        # The decomposed calls and conv2d interleaved; the ratio to this conv2d time.
+        *decomposed, conv_ms = interleaved_median_ms(calls, REPEATS.value)
+        cells = [f"{a:8.2f} / {b:8.2f} ({b / conv_ms:4.1f}x)" for a, b in zip(lookups, decomposed)]
         print(f"{name:28s} " + " ".join(f"{c:>26s}" for c in cells) + f" {conv_ms:10.2f}")
     print("(x: the decomposed time over conv2d's; the op takes the decomposed kernel only where "
           "PreferDecomposed expects it faster, else the lookups: both columns then agree)")
