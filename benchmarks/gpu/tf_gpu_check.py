@@ -53,8 +53,14 @@ def random_case(rng):
                 num_bits=int(rng.choice([8, 8, 6, 4])))
 
 
+def layout(c):
+    """(data_format, strides, dilations) of a random_case in its data format's order."""
+    if c["nchw"]:
+        return "NCHW", [1, 1, c["stride"], c["stride"]], [1, 1, c["dilation"], c["dilation"]]
+    return "NHWC", [1, c["stride"], c["stride"], 1], [1, c["dilation"], c["dilation"], 1]
+
+
 def run_case(c, rng, tables, nan):
-    fmt = "NCHW" if c["nchw"] else "NHWC"
     cin = c["groups"] * c["cg"]
     x = rng.normal(size=(c["batch"], c["size"], c["size"], cin)).astype(np.float32)
     x[x < 0] = 0  # ReLU-like: half at the zero point
@@ -66,8 +72,7 @@ def run_case(c, rng, tables, nan):
     if c["nchw"]:
         x = x.transpose(0, 3, 1, 2)
     dtype = DTYPES[c["dtype"]]
-    strides = [1, 1, c["stride"], c["stride"]] if c["nchw"] else [1, c["stride"], c["stride"], 1]
-    dilations = [1, 1, c["dilation"], c["dilation"]] if c["nchw"] else [1, c["dilation"], c["dilation"], 1]
+    fmt, strides, dilations = layout(c)
     explicit = []
     if c["padding"] == "EXPLICIT":
         pads = [int(p) for p in rng.integers(0, 3, size=4)]
@@ -289,9 +294,7 @@ def check_batch_ranges(rng, cases=40):
             target.reshape(-1)[int(rng.integers(target.size))] = rng.choice([np.nan, np.inf, -np.inf])
         if c["nchw"]:
             x = x.transpose(0, 3, 1, 2)
-        fmt = "NCHW" if c["nchw"] else "NHWC"
-        strides = [1, 1, c["stride"], c["stride"]] if c["nchw"] else [1, c["stride"], c["stride"], 1]
-        dilations = [1, 1, c["dilation"], c["dilation"]] if c["nchw"] else [1, c["dilation"], c["dilation"], 1]
+        fmt, strides, dilations = layout(c)
         padding = "VALID" if c["padding"] == "EXPLICIT" else c["padding"]
         table = (rng.integers(-32768, 32768, size=65536).astype(np.int16) if rng.integers(2)
                  else rng.integers(0, 65536, size=65536).astype(np.uint16))

@@ -22,11 +22,11 @@ namespace {
 #endif
 
 // The column path, for groups with few output channels (the 16-channel layers of small networks; with
-// VBMI, up to 127: see ChooseCpuPath), where a table row's 256 products would feed too few lookups. It turns the permute around: the
-// column of one weight code (the products of every activation code with it, 512 bytes) sits in
-// eight registers and permutes look it up for 64 pixels at a time. A column serves all
-// kColumnPixels pixels of a chunk before the next tap, so a lookup costs well under one instruction
-// whatever the channel count.
+// VBMI, up to 127: see ChooseCpuPath), where a table row's 256 products would feed too few lookups. It
+// turns the permute around: the column of one weight code (the products of every activation code with
+// it, 512 bytes) sits in eight registers and permutes look it up for 64 pixels at a time. A column
+// serves all kColumnPixels pixels of a chunk before the next tap, so a lookup costs well under one
+// instruction whatever the channel count.
 //
 // With AVX-512 VBMI the column is split into byte planes (the low and the high byte of each
 // product) and vpermi2b looks up 64 bytes at once: per 64 pixels and tap, 4 permutes give both

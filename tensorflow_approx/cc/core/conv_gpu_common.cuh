@@ -1,7 +1,7 @@
 // Device-side pieces shared by the CUDA files of the core (conv_gpu.cu, conv_gpu_decomposed.cu, nan_gpu.cu,
-// quant_gpu.cu, range_gpu.cu): element conversions that round as the CPU build does, the geometry in 32-bit integers, the
-// output store in either data format, CUDA error messages, the device's sizes. Internal: included only
-// by .cu files.
+// quant_gpu.cu, range_gpu.cu and the .cuh files they include): element conversions that round as the CPU
+// build does, the geometry in 32-bit integers, the output store in either data format, CUDA error
+// messages, the device's sizes. Internal: included only by those.
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COMMON_CUH_
 

@@ -143,24 +143,15 @@ bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t
 // the max(v, 0) side), and the same with the sign bit flipped (the -min(v, 0) side). A NaN's keys exceed
 // every float's on the side of its sign bit. Integer maxima are exact and order-free: any split of the
 // work, any device, gives the same keys.
-TFAPPROX_HOST_DEVICE inline int32_t RangeKey(float v) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_int(v);
-#else
-  int32_t bits;
-  __builtin_memcpy(&bits, &v, sizeof(bits));
-  return bits;
-#endif
+template <typename To, typename From>
+TFAPPROX_HOST_DEVICE inline To BitCast(From v) {  // v's bits as a To of the same size (host and device)
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To out;
+  __builtin_memcpy(&out, &v, sizeof(out));
+  return out;
 }
-TFAPPROX_HOST_DEVICE inline float RangeKeyValue(int32_t key) {  // the float whose bits `key` holds
-#if defined(__CUDA_ARCH__)
-  return __int_as_float(key);
-#else
-  float v;
-  __builtin_memcpy(&v, &key, sizeof(v));
-  return v;
-#endif
-}
+TFAPPROX_HOST_DEVICE inline int32_t RangeKey(float v) { return BitCast<int32_t>(v); }
+TFAPPROX_HOST_DEVICE inline float RangeKeyValue(int32_t key) { return BitCast<float>(key); }  // `key`'s float
 constexpr int32_t kRangeKeySign = INT32_MIN;  // key ^ kRangeKeySign: the key of -v
 constexpr int32_t kRangeKeyInf = 0x7f800000;  // keys above it are NaN's
 constexpr int32_t kRangeKeyNan = 0x7fc00000;  // the quiet NaN both sides of a range with a NaN become

@@ -1,5 +1,5 @@
-// GPU OpKernels of the convolution ops: the shared validation of ApproxConv2DOpBase, the quantization made on the
-// device, then the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h, and
+// GPU OpKernels of the convolution ops: the shared validation of ApproxConv2DOpBase, the quantization made on
+// the device, then the framework-free CUDA core (tensorflow_approx/cc/core/conv_gpu.h, and
 // conv_gpu_decomposed.h for a registered decomposition) on TensorFlow's stream: NaN scan, convolution,
 // NaN propagation, nothing waiting for the device. A range the host would refuse makes every output NaN
 // here (the device cannot raise an error without a wait).

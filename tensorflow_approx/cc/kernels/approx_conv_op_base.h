@@ -1,5 +1,5 @@
-// What the CPU and GPU OpKernels of the convolution ops share: attribute parsing, where the table comes from, and
-// validation of the tensors. Every misuse becomes an InvalidArgument error naming the argument; the
+// What the CPU and GPU OpKernels of the convolution ops share: attribute parsing, where the table comes
+// from, and validation of the tensors. Every misuse becomes an InvalidArgument error naming the argument; the
 // device kernels only launch.
 #ifndef TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
 #define TENSORFLOW_APPROX_CC_KERNELS_APPROX_CONV_OP_BASE_H_
@@ -219,10 +219,7 @@ class ApproxConv2DOpBase : public OpKernel {
     return batch_ranges_ ? *ctx->mutable_output(1 + i) : ctx->input(kRangeInputs + i);
   }
   bool batch_ranges() const { return batch_ranges_; }
-  bool filter_per_channel() const { return filter_per_channel_; }
   static constexpr int kRangeInputs = 2;  // input_min, input_max, filter_min, filter_max
-
-  bool table_from_file() const { return table_from_file_; }
 
   // With TFAPPROX_TRACE=FILE in the environment, appends to FILE one line per distinct call configuration
   // in this process: tab-separated key=value fields (op, device, input and filter shapes, strides,

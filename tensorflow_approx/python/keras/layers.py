@@ -359,12 +359,14 @@ class _FakeApproxMixin:
 
     def _input_range(self, x, training):
         """float32 (min, max) of the input for this call, updating the range state when due."""
+        if self._range_known and not self._calibrating and (self.range_mode == "fixed" or not training):
+            # Recorded by calibrate() or loaded, and not updated by this call: no pass over the input, and
+            # no check per call ("fixed" checked range_ready with an Assert, a host op that cost some
+            # 0.16 ms per layer and call on the GPU; "moving_average" inference reduced the batch's range
+            # only for a tf.where to drop it).
+            return self.input_min, self.input_max
         if self.range_mode == "fixed" and not self._calibrating:
-            # The calibrated range: no pass over the input.
-            if self._range_known:
-                # Recorded by calibrate() or loaded: no check per call (an Assert is a host op; on the GPU
-                # it cost some 0.16 ms per layer and call, more than the layer itself on small inputs).
-                return self.input_min, self.input_max
+            # The calibrated range, not known to be recorded: checked at every call.
             check = tf.debugging.assert_greater(
                 self.range_ready,
                 0.5,
@@ -375,9 +377,6 @@ class _FakeApproxMixin:
             )
             with tf.control_dependencies([check]):
                 return tf.identity(self.input_min), tf.identity(self.input_max)
-        if self.range_mode == "moving_average" and not training and not self._calibrating and self._range_known:
-            # Recorded (calibrate() or loaded): the tf.where below would drop the batch range anyway.
-            return self.input_min, self.input_max
         batch_min, batch_max = range_with_zero(x)  # one op, no gradient
         if self.range_mode == "batch":
             return batch_min, batch_max
