@@ -1,6 +1,8 @@
 // GPU harness without TensorFlow: holds the CUDA kernels of tensorflow_approx/cc/core/conv_gpu.cu to the
 // CPU reference of the core (exactly, on the integer sums and on the output bits), then times them on
-// the five layers of shared/design/performance.md against a texture-memory baseline in the same run.
+// the five layers of shared/design/performance.md against a texture-memory baseline in the same run. The
+// device's quantization parameters (GpuQuantFromRanges) and batch ranges (GpuRangeWithZero) are held to
+// the host's too.
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
 //               [--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K]]
@@ -9,7 +11,7 @@
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
 // export_decompositions.py) and timed in a table of its own after the lookups' timings;
 // --decomposed-only runs only its checks and its tables (the timings, with GpuPreferDecomposed's picks,
-// then each launch's time for 1 and 16 terms, fused and separate pre-passes); --decomposed-phases runs
+// then each launch's time for 1 and 16 terms, fused and separate input passes); --decomposed-phases runs
 // only the per-launch table.
 //
 // Exit status 0 only when every check passed.
@@ -747,6 +749,52 @@ void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
   counts->cases += 2000;
   counts->failures += failures;
   if (failures > 0) std::printf("FAIL GpuQuantFromRanges: %d of 2000 random ranges differ from the host\n", failures);
+}
+
+// GpuRangeWithZero (the Keras layers' batch ranges on the GPU) against the host's RangeKeys and
+// RangeFromKeys, bit for bit (any NaN as NaN): random rows x channels up to a ResNet-20 activation at batch
+// 1000 (many blocks meeting in the atomics), empty ones, with -0, infinities, subnormals and NaN of either
+// sign; half of them into scratch the caller zeroed, as the fused op does.
+void RangeChecks(std::mt19937_64& rng, Counts* counts) {
+  const int64_t shapes[][2] = {{0, 1}, {0, 4}, {1, 1}, {5, 3}, {2304, 16}, {16384000, 1}, {65536, 64}, {1000, 257}};
+  const float specials[] = {-0.f, INFINITY, -INFINITY, 1e-45f, -1e-45f, NAN, -NAN};
+  std::normal_distribution<float> normal(0.f, 2.f);
+  int failures = 0, cases = 0;
+  for (int round = 0; round < 3; ++round) {
+    for (const auto& shape : shapes) {
+      const int64_t rows = shape[0], channels = shape[1], n = rows * channels;
+      std::vector<float> x(static_cast<size_t>(n));
+      for (float& v : x) v = normal(rng);
+      const int picks = n == 0 ? 0 : static_cast<int>(rng() % 8);
+      for (int i = 0; i < picks; ++i) x[rng() % n] = specials[rng() % 7];
+      std::vector<int32_t> pos(channels, 0), neg(channels, 0);
+      RangeKeys(x.data(), rows, channels, pos.data(), neg.data());
+      std::vector<float> want_min(channels), want_max(channels);
+      for (int64_t c = 0; c < channels; ++c) RangeFromKeys(pos[c], neg[c], &want_min[c], &want_max[c]);
+      DeviceBuffer<float> d_x(n), d_min(channels), d_max(channels);
+      d_x.Upload(x);
+      DeviceBuffer<uint8_t> d_scratch(GpuRangeScratchBytes(channels));
+      const bool zeroed = round == 1;
+      if (zeroed) d_scratch.Poison(0);
+      const std::string err =
+          GpuRangeWithZero(d_x.ptr, rows, channels, d_scratch.ptr, d_min.ptr, d_max.ptr, 0, zeroed);
+      const std::vector<float> got_min = d_min.Download(), got_max = d_max.Download();
+      const auto same = [](float a, float b) {
+        return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(a)) == 0;
+      };
+      bool ok = err.empty();
+      for (int64_t c = 0; ok && c < channels; ++c) ok = same(got_min[c], want_min[c]) && same(got_max[c], want_max[c]);
+      ++cases;
+      if (!ok) {
+        ++failures;
+        std::printf("FAIL GpuRangeWithZero %lld x %lld%s: %s\n", static_cast<long long>(rows),
+                    static_cast<long long>(channels), zeroed ? " (scratch zeroed by the caller)" : "",
+                    err.empty() ? "differs from the host" : err.c_str());
+      }
+    }
+  }
+  counts->cases += cases;
+  counts->failures += failures;
 }
 
 // A tiled call without its workspace (missing, short, misaligned) must return an error naming it and
@@ -1852,9 +1900,9 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   for (const std::string& w : wrong_picks) std::printf("  wrong pick: %s\n", w.c_str());
 }
 
-// Where a decomposed call's time goes: per benchmark layer, 1 and 16 terms, the fused pre-passes (the
-// default) and the first version's separate ones, the median over `runs` calls of each launch's time
-// (cudaEvents recorded between the launches through GpuDecomposedOptions::phase_events; a phase a path
+// Where a decomposed call's time goes: per benchmark layer, 1 and 16 terms, the fused input pass (the
+// default) and the first version's separate input kernels, the median over `runs` calls of each launch's
+// time (cudaEvents recorded between the launches through GpuDecomposedOptions::phase_events; a phase a path
 // does not run shows 0), in microseconds, and the median of the whole call (first to last event).
 void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
   QuantParams qi, qf;
@@ -1863,7 +1911,7 @@ void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
   std::vector<std::unique_ptr<DeviceDecomposition>> d_decs;
   for (const HostDecomposition& d : decompositions) d_decs.emplace_back(new DeviceDecomposition(d));
   std::printf("\nDecomposed phases: median us per launch over %d calls (float32 NHWC, realistic data); fused = the "
-              "default pre-passes, separate = the first version's\n", runs);
+              "default input pass, separate = the first version's input kernels\n", runs);
   std::printf("%-20s %5s %-8s", "shape", "terms", "path");
   for (int p = 0; p < kGpuDecomposedPhases; ++p) std::printf(" %10s", GpuDecomposedPhaseName(p));
   std::printf(" %10s %10s %9s\n", "sum", "call", "G LUT/s");
@@ -2007,6 +2055,7 @@ int main(int argc, char** argv) {
     WorkspaceChecks(&counts);
     ConcurrentLaunchChecks(rng, &counts);
     QuantFromRangesChecks(rng, &counts);
+    RangeChecks(rng, &counts);
   }
   DecomposedChecks(rng, table_dir, decomposed_cases, &counts);
   if (bench) {

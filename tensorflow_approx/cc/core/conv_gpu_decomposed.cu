@@ -360,20 +360,16 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     if (e != cudaSuccess) return CudaError("the input planes launch", e);
   }
   if (!(error = mark(3)).empty()) return error;
-  // The filter sums (and, fused, its codes) before its planes: FilterPlanesFromCodesKernel reads the codes.
+  // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
   const int64_t runs = (s.taps() + kFilterRun - 1) / kFilterRun * s.out_depth;
   FilterSumsKernel<T><<<PrepBlocks(runs, dev.sms), kPrepThreads, 0, stream>>>(filter, g, d, quant, channel_sums,
-                                                                              fused ? filter_codes : nullptr);
+                                                                              filter_codes);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the filter sums launch", e);
   if (!(error = mark(4)).empty()) return error;
   const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
-  if (fused) {
-    FilterPlanesFromCodesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256,
-                                  stream>>>(filter_codes, g, l, d, b_planes);
-  } else {
-    FilterPlanesKernel<T><<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, 0, stream>>>(filter, g, l, d, quant, b_planes);
-  }
+  FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256, stream>>>(
+      filter_codes, g, l, d, b_planes);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the filter planes launch", e);
   if (!(error = mark(5)).empty()) return error;

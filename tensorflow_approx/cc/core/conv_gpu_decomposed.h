@@ -86,11 +86,10 @@ struct GpuDecomposedOptions {
   // acc[p * out_depth + co] and act_sum[p * groups + g].
   int64_t* debug_acc = nullptr;
   int64_t* debug_act_sum = nullptr;
-  // The pre-passes as the first version ran them (a memset, input codes, input planes, filter sums, filter
-  // planes quantizing each weight once per term), instead of one fused input pass and a filter pass that
-  // quantizes each weight once. Both give the same integers; kept so that the harness holds both to the
-  // reference and can time them against each other. (Slices wider than the fused pass stages in shared
-  // memory always take the separate input kernels.)
+  // The input pre-passes as the first version ran them (a memset, input codes, input planes) instead of one
+  // fused input pass. Both give the same integers; kept so that the harness holds both to the reference
+  // and can time them against each other. (Slices wider than the fused pass stages in shared memory
+  // always take the separate input kernels.) The filter's codes and planes are the same either way.
   bool separate_prepasses = false;
   // Test hook for the harness's phase breakdown: null, or kGpuDecomposedPhases + 1 events created by the
   // caller. The call records event 0 on the stream before its first launch and event i + 1 right after

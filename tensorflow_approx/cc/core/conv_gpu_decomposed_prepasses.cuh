@@ -37,7 +37,7 @@ struct Layout {
   size_t code_sums = 0;     // int32 [items]: sum of the codes (<= cg * 255 < 2^31 within the K limit)
   size_t filter = 0;        // int8 [out_depth][k_padded]: v planes
   size_t channel_sums = 0;  // uint64 [2][out_depth]: beta sums, then filter code sums (modular adds)
-  size_t filter_codes = 0;  // uint8 [out_depth][taps]: the filter codes, K-contiguous (fused filter pass)
+  size_t filter_codes = 0;  // uint8 [out_depth][taps]: the filter codes, K-contiguous (FilterSumsKernel)
   size_t bytes = 0;
 };
 
@@ -312,46 +312,12 @@ __global__ void __launch_bounds__(kPrepThreads)
   }
 }
 
-// The v planes of the filter: one thread per 16-byte chunk of B ([co][k_padded], chunks of a row
-// adjacent: coalesced writes), each weight quantized with its channel's parameters. Chunks past K and
-// entries past terms * cg of a slice are 0.
-template <typename T>
-__global__ void __launch_bounds__(kPrepThreads)
-    FilterPlanesKernel(const T* __restrict__ filter, GpuGeometry g, Layout l, GpuDecomposition d,
-                       const GpuQuant* __restrict__ quant, int8_t* __restrict__ b_planes) {
-  const int64_t row_chunks = l.k_padded / kChunk;
-  const int64_t total = row_chunks * g.out_depth;
-  const int used = d.terms * g.cg;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int co = static_cast<int>(i / row_chunks);
-    const int64_t q = i - static_cast<int64_t>(co) * row_chunks;
-    uint32_t words[4] = {0, 0, 0, 0};
-    if (q < l.k_chunks) {
-      const QuantParams qf = quant->ChannelQuant(co).filter;
-      const int tap = static_cast<int>(q / l.slice_chunks);  // spatial tap kh * filter_w + kw
-      const int e0 = static_cast<int>(q - static_cast<int64_t>(tap) * l.slice_chunks) * kChunk;
-      int r = e0 / g.cg, ci = e0 - r * g.cg;
-#pragma unroll
-      for (int b = 0; b < kChunk; ++b) {
-        if (e0 + b < used) {
-          const int64_t w_index = (static_cast<int64_t>(tap) * g.cg + ci) * g.out_depth + co;  // HWIO
-          const uint32_t code = QuantizeToCode(ToFloat(filter[w_index]), qf);
-          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(__ldg(d.v + r * 256 + code))) << (8 * (b % 4));
-          if (++ci == g.cg) ci = 0, ++r;
-        }
-      }
-    }
-    *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
-  }
-}
-
 // Per output channel: the sum of beta over its weights and the sum of its codes, added into zeroed
 // sums (modular 64-bit adds: a negative beta sum comes out right as int64). Threads of a warp take
-// adjacent channels (coalesced HWIO reads), each a run of kFilterRun taps. With codes_out (the fused
-// path) it also writes every weight's code, K-contiguous per channel ([co][taps]: a thread's run is 32
-// consecutive bytes), so that FilterPlanesFromCodesKernel quantizes nothing: each weight is quantized
-// once per call instead of once per term, and read coalesced instead of with a stride of out_depth.
+// adjacent channels (coalesced HWIO reads), each a run of kFilterRun taps. It also writes every weight's
+// code, K-contiguous per channel ([co][taps]: a thread's run is 32 consecutive bytes), so that
+// FilterPlanesKernel quantizes nothing: each weight is quantized once per call instead of once per term,
+// and read coalesced instead of with a stride of out_depth.
 constexpr int kFilterRun = 32;
 template <typename T>
 __global__ void __launch_bounds__(kPrepThreads)
@@ -369,18 +335,19 @@ __global__ void __launch_bounds__(kPrepThreads)
       const uint32_t code = QuantizeToCode(ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]), qf);
       beta_sum += __ldg(d.beta + code);
       code_sum += code;
-      if (codes_out != nullptr) codes_out[static_cast<int64_t>(co) * g.taps + k] = static_cast<uint8_t>(code);
+      codes_out[static_cast<int64_t>(co) * g.taps + k] = static_cast<uint8_t>(code);
     }
     atomicAdd(&sums[co], static_cast<unsigned long long>(beta_sum));
     atomicAdd(&sums[g.out_depth + co], static_cast<unsigned long long>(code_sum));
   }
 }
 
-// The v planes of the filter from the codes FilterSumsKernel wrote: FilterPlanesKernel's chunks and
-// entries, with each entry's code read from the channel's K-contiguous codes (adjacent threads read
-// adjacent bytes) and v from shared memory.
+// The v planes of the filter from the codes FilterSumsKernel wrote: one thread per 16-byte chunk of B
+// ([co][k_padded], chunks of a row adjacent: coalesced writes), each entry's code read from the
+// channel's K-contiguous codes (adjacent threads read adjacent bytes) and v from shared memory. Chunks
+// past K and entries past terms * cg of a slice are 0.
 __global__ void __launch_bounds__(kPrepThreads)
-    FilterPlanesFromCodesKernel(const uint8_t* __restrict__ f_codes, GpuGeometry g, Layout l, GpuDecomposition d,
+    FilterPlanesKernel(const uint8_t* __restrict__ f_codes, GpuGeometry g, Layout l, GpuDecomposition d,
                                 int8_t* __restrict__ b_planes) {
   extern __shared__ __align__(16) unsigned char smem[];
   int8_t* s_v = reinterpret_cast<int8_t*>(smem);  // [terms][256]
