@@ -5,7 +5,8 @@
 // the host's too.
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
-//               [--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K]]
+//               [--decomposed-only] [--decomposed-cases N] [--decomposed-phases]
+//               [--profile LAYER [--kernel K | --terms N]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
@@ -1166,30 +1167,6 @@ void SchemeTiming(std::mt19937_64& rng, const Lut& lut, int runs, Counts* counts
 }
 
 // One launch of benchmark layer `index` on realistic data with the chosen kernel, for a profiler.
-int Profile(std::mt19937_64& rng, int index, GpuKernel kernel) {
-  QuantParams qi, qf;
-  BenchQuantParams(&qi, &qf);
-  const ConvShape s = MakeBenchShape(kBenchShapes[index], kBenchShapes[index].batch);
-  std::vector<float> in(s.input_elements()), flt(s.filter_elements());
-  FillData(rng, true, qi, qf, &in, &flt);
-  DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
-  d_in.Upload(in);
-  d_flt.Upload(flt);
-  const DeviceQuant d_q(qi, qf, s.taps());
-  DeviceBuffer<uint16_t> d_lut(kLutEntries);
-  const std::shared_ptr<const Lut> exact = ExactLut();  // the exact product is rebased at any zero point
-  d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
-  GpuOptions opts;
-  opts.kernel = kernel;
-  const Workspace d_ws(s, &opts);
-  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
-  CUDA_OR_DIE(cudaDeviceSynchronize());
-  std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
-              GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuPlan(s).kernel : kernel), err.empty() ? "" : ": ",
-              err.c_str());
-  return err.empty() ? 0 : 1;
-}
-
 int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Counts* counts) {
   const auto& shapes = kBenchShapes;
   std::shared_ptr<const Lut> l40;
@@ -1984,6 +1961,47 @@ void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
   for (cudaEvent_t e : ev) cudaEventDestroy(e);
 }
 
+// Launches one benchmark layer's convolution once (for ncu): the lookup kernel (`kernel`), or with
+// `terms` > 0 the decomposed kernel on the exact product (1 term) or a random decomposition.
+int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms) {
+  QuantParams qi, qf;
+  BenchQuantParams(&qi, &qf);
+  const ConvShape s = MakeBenchShape(kBenchShapes[index], kBenchShapes[index].batch);
+  std::vector<float> in(s.input_elements()), flt(s.filter_elements());
+  FillData(rng, true, qi, qf, &in, &flt);
+  DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
+  d_in.Upload(in);
+  d_flt.Upload(flt);
+  const DeviceQuant d_q(qi, qf, s.taps());
+  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  const std::shared_ptr<const Lut> exact = ExactLut();  // the exact product is rebased at any zero point
+  d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
+  if (terms > 0) {
+    const DeviceDecomposition d_dec(terms == 1 ? ExactDecomposition() : RandomDecomposition(rng, terms));
+    const std::string support = GpuDecomposedSupports(s, terms);
+    if (!support.empty()) {
+      std::printf("decomposed kernel refuses %s: %s\n", kBenchShapes[index].name, support.c_str());
+      return 1;
+    }
+    DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, terms));
+    const std::string err = ApproxConvGpuDecomposed<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_dec.d, d_out.ptr, 0,
+                                                           d_ws.ptr, d_ws.count, GpuDecomposedOptions());
+    CUDA_OR_DIE(cudaDeviceSynchronize());
+    std::printf("profiled %s with the decomposed kernel, %d terms%s%s\n", kBenchShapes[index].name, terms,
+                err.empty() ? "" : ": ", err.c_str());
+    return err.empty() ? 0 : 1;
+  }
+  GpuOptions opts;
+  opts.kernel = kernel;
+  const Workspace d_ws(s, &opts);
+  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
+  CUDA_OR_DIE(cudaDeviceSynchronize());
+  std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
+              GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuPlan(s).kernel : kernel), err.empty() ? "" : ": ",
+              err.c_str());
+  return err.empty() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1993,6 +2011,7 @@ int main(int argc, char** argv) {
   int decomposed_cases = 300;
   bool bench = true, sweep = false, decomposed_only = false, phases_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
+  int profile_terms = 0;  // with --profile: the decomposed kernel with this many terms
   GpuKernel kernel = GpuKernel::kAuto;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -2011,12 +2030,13 @@ int main(int argc, char** argv) {
     else if (a == "--sweep") sweep = true;
     else if (a == "--profile") profile = std::atoi(next());
     else if (a == "--kernel") kernel = static_cast<GpuKernel>(std::atoi(next()));
+    else if (a == "--terms") profile_terms = std::max(0, std::atoi(next()));
     else if (a == "--decomposed-only") decomposed_only = true;
     else if (a == "--decomposed-phases") phases_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
-                   "[--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K]]\n",
+                   "[--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K | --terms N]]\n",
                    argv[0]);
       return 2;
     }
@@ -2030,7 +2050,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   if (profile >= 0) {
     if (profile >= static_cast<int>(sizeof(kBenchShapes) / sizeof(kBenchShapes[0]))) return 2;
-    return Profile(rng, profile, kernel);
+    return Profile(rng, profile, kernel, profile_terms);
   }
   const Tables tables = LoadTables(table_dir);
   std::printf("tables: %zu (exact + %zu files from %s) + random tables\n", tables.luts.size(), tables.luts.size() - 1,
