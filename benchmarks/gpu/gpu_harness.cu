@@ -5,7 +5,7 @@
 // the host's too.
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
-//               [--decomposed-only] [--decomposed-cases N] [--decomposed-phases]
+//               [--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases]
 //               [--profile LAYER [--kernel K | --terms N]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
@@ -13,7 +13,7 @@
 // export_decompositions.py) and timed in a table of its own after the lookups' timings;
 // --decomposed-only runs only its checks and its tables (the timings, with GpuPreferDecomposed's picks,
 // then each launch's time for 1 and 16 terms, fused and separate input passes); --decomposed-phases runs
-// only the per-launch table.
+// only the per-launch table; --lookups-only leaves the decomposed kernel out.
 //
 // Exit status 0 only when every check passed.
 #include <cuda_bf16.h>
@@ -2009,7 +2009,7 @@ int main(int argc, char** argv) {
   int cases = 400, runs = 30;
   uint64_t seed = 20261128;
   int decomposed_cases = 300;
-  bool bench = true, sweep = false, decomposed_only = false, phases_only = false;
+  bool bench = true, sweep = false, decomposed_only = false, phases_only = false, lookups_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
   int profile_terms = 0;  // with --profile: the decomposed kernel with this many terms
   GpuKernel kernel = GpuKernel::kAuto;
@@ -2032,11 +2032,12 @@ int main(int argc, char** argv) {
     else if (a == "--kernel") kernel = static_cast<GpuKernel>(std::atoi(next()));
     else if (a == "--terms") profile_terms = std::max(0, std::atoi(next()));
     else if (a == "--decomposed-only") decomposed_only = true;
+    else if (a == "--lookups-only") lookups_only = true;
     else if (a == "--decomposed-phases") phases_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
-                   "[--decomposed-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K | --terms N]]\n",
+                   "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K | --terms N]]\n",
                    argv[0]);
       return 2;
     }
@@ -2077,11 +2078,13 @@ int main(int argc, char** argv) {
     QuantFromRangesChecks(rng, &counts);
     RangeChecks(rng, &counts);
   }
-  DecomposedChecks(rng, table_dir, decomposed_cases, &counts);
+  if (!lookups_only) DecomposedChecks(rng, table_dir, decomposed_cases, &counts);
   if (bench) {
     if (!decomposed_only) Bench(rng, tables, runs, sweep, &counts);
-    DecomposedBench(rng, runs, &counts);
-    DecomposedPhases(rng, runs, &counts);
+    if (!lookups_only) {
+      DecomposedBench(rng, runs, &counts);
+      DecomposedPhases(rng, runs, &counts);
+    }
   }
 
   std::printf("\nchecks: %d cases, %lld outputs, %d failures (acc, act_sum and output bits vs the CPU reference)\n",

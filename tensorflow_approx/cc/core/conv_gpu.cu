@@ -691,8 +691,10 @@ bool NeedsWide(const ConvShape& s, const GpuOptions& o) { return o.force_wide ||
 
 Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
   Plan plan;
-  if ((o.kernel == GpuKernel::kAuto && s.out_depth_per_group() < 32) || o.kernel == GpuKernel::kColumns) {
+  if ((o.kernel == GpuKernel::kAuto && s.out_depth_per_group() <= 32) || o.kernel == GpuKernel::kColumns) {
     // Groups too narrow for a tile: the columns kernel where its table and filter fit in shared memory.
+    // At 32 channels it beats every tile on ResNet-20's layers (H200: 1.2-2.0x, realistic and uniform
+    // codes; benchmarks/gpu/README.md); at 64 the tiles win on realistic codes.
     const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
     if (layout.SharedBytes() <= static_cast<size_t>(dev.smem_optin) && s.taps() < (int64_t{1} << 23)) {
       plan.kernel = GpuKernel::kColumns;

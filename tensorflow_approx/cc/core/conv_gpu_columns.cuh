@@ -1,4 +1,4 @@
-// The columns kernel: groups with fewer than 32 output channels (the 3-, 16- and 32-channel layers of
+// The columns kernel: groups of at most 32 output channels (the 3-, 16- and 32-channel layers of
 // small networks), which leave most lanes of a tile of 64+ channels idle and, in the direct kernel,
 // quantize both operands for every lookup. Internal: included by conv_gpu.cu only.
 //
@@ -86,6 +86,16 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
   // 16-byte aligned (the codes start at a multiple of 16 bytes), so a tap's codes load as vectors.
   const bool vec_codes = g.out_depth % 8 == 0 && g.npg % 8 == 0;
   const int in_hw = g.in_h * g.in_w;
+  // float32 NHWC with groups of a multiple of 4 channels (every group's first channel then a multiple of 4
+  // too): a tap's channels load as float4s, issued together before their lookups (one load latency per 16
+  // channels, not one per channel, which set the pace of the 1x1 layers: a K of 16 leaves few lookups to
+  // hide it behind), and a thread's output channels store as float4s (a quarter of the stores, each a
+  // whole 16 bytes of a sector). Same codes, same sums, same bits.
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  const bool vec_in = kFloat && !g.nchw && g.cg % 4 == 0 && g.in_depth % 4 == 0 &&
+                      (reinterpret_cast<uintptr_t>(input) & 15) == 0;
+  const bool vec_out = kFloat && !g.nchw && g.npg % 4 == 0 && g.out_depth % 4 == 0 &&
+                       (reinterpret_cast<uintptr_t>(output) & 15) == 0;
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
        item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int p = static_cast<int>(item % g.pixels);
@@ -100,12 +110,67 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
     for (int j = 0; j < kColumnChannels; ++j) acc[j] = 0;
     long long a_sum = 0;
     int t = 0;
+    // The lookups of input code a at filter row t (tap and channel) for the thread's channels.
+    auto lookups = [&](uint32_t a) {
+      a_sum += a;
+      const uint16_t* w = codes + static_cast<int64_t>(t++) * g.out_depth + co0;
+      uint32_t wc[kColumnChannels];  // the row's filter codes << 8 for the thread's channels
+      if (vec_codes) {
+        // Two 16-byte loads (broadcast: the same in every lane) instead of 16 two-byte ones, half of the
+        // shared loads of a tap.
+        const uint4 lo = *reinterpret_cast<const uint4*>(w);
+        const uint4 hi = nc > 8 ? *reinterpret_cast<const uint4*>(w + 8) : make_uint4(0, 0, 0, 0);
+        const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int j = 0; j < kColumnChannels; ++j) wc[j] = (words[j / 2] >> (16 * (j % 2))) & 0xFFFFu;
+      } else {
+#pragma unroll
+        for (int j = 0; j < kColumnChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
+      }
+#pragma unroll
+      for (int j = 0; j < kColumnChannels; ++j) {
+        if (j < nc) acc[j] += cols[wc[j] + a];
+      }
+    };
     for (int kh = 0; kh < g.filter_h; ++kh) {
       const int ih = oh * g.stride_h - g.pad_top + kh * g.dil_h;
       for (int kw = 0; kw < g.filter_w; ++kw) {
         const int iw = ow * g.stride_w - g.pad_left + kw * g.dil_w;
         const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
-        for (int ci = 0; ci < g.cg; ++ci, ++t) {
+        if constexpr (kFloat) {
+          if (vec_in) {
+            const float4* src = inside ? reinterpret_cast<const float4*>(
+                                             input + ((static_cast<int64_t>(n) * g.in_h + ih) * g.in_w + iw) * g.in_depth +
+                                             grp * g.cg)
+                                       : nullptr;
+            const int quads = g.cg / 4;
+            for (int cb = 0; cb < quads; cb += 4) {  // float4s cb .. cb + 3 of the tap's channels
+              float4 v0, v1, v2, v3;                 // loaded together; then shifted down, v0 the next
+              const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+              v0 = inside ? __ldg(src + cb) : zero;
+              v1 = inside && cb + 1 < quads ? __ldg(src + cb + 1) : zero;
+              v2 = inside && cb + 2 < quads ? __ldg(src + cb + 2) : zero;
+              v3 = inside && cb + 3 < quads ? __ldg(src + cb + 3) : zero;
+              // Rolled loops with one copy of the lookups each: unrolled over 16 channels, the kernel's
+              // code outgrew the instruction cache (the 16-channel layer ran 1.6x slower).
+#pragma unroll 1
+              for (int k = min(4, quads - cb); k > 0; --k) {
+                uint32_t word = qi.zero_point * 0x01010101u;
+                if (inside) {
+                  word = static_cast<uint32_t>(QuantizeToCode(v0.x, qi)) |
+                         static_cast<uint32_t>(QuantizeToCode(v0.y, qi)) << 8 |
+                         static_cast<uint32_t>(QuantizeToCode(v0.z, qi)) << 16 |
+                         static_cast<uint32_t>(QuantizeToCode(v0.w, qi)) << 24;
+                }
+                v0 = v1, v1 = v2, v2 = v3;
+#pragma unroll 1
+                for (int e = 0; e < 4; ++e, word >>= 8) lookups(word & 0xFFu);
+              }
+            }
+            continue;
+          }
+        }
+        for (int ci = 0; ci < g.cg; ++ci) {
           const int c = grp * g.cg + ci;
           uint32_t a = qi.zero_point;
           if (inside) {
@@ -113,36 +178,35 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
                                        : ((static_cast<int64_t>(n) * g.in_h + ih) * g.in_w + iw) * g.in_depth + c;
             a = QuantizeToCode(ToFloat(input[off]), qi);
           }
-          a_sum += a;
-          const uint16_t* w = codes + static_cast<int64_t>(t) * g.out_depth + co0;
-          uint32_t wc[kColumnChannels];  // the tap's filter codes << 8 for the thread's channels
-          if (vec_codes) {
-            // Two 16-byte loads (broadcast: the same in every lane) instead of 16 two-byte ones, half
-            // of the shared loads of a tap.
-            const uint4 lo = *reinterpret_cast<const uint4*>(w);
-            const uint4 hi = nc > 8 ? *reinterpret_cast<const uint4*>(w + 8) : make_uint4(0, 0, 0, 0);
-            const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-            for (int j = 0; j < kColumnChannels; ++j) wc[j] = (words[j / 2] >> (16 * (j % 2))) & 0xFFFFu;
-          } else {
-#pragma unroll
-            for (int j = 0; j < kColumnChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
-          }
-#pragma unroll
-          for (int j = 0; j < kColumnChannels; ++j) {
-            if (j < nc) acc[j] += cols[wc[j] + a];
-          }
+          lookups(a);
         }
       }
     }
+    T out[kColumnChannels];
 #pragma unroll
     for (int j = 0; j < kColumnChannels; ++j) {
       if (j >= nc) continue;
       const int co = co0 + j;
       const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
-      StoreOutput(g, output, p, co,
-                  FromReal<T>(deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co]))));
+      out[j] = FromReal<T>(deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co])));
       if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = static_cast<int64_t>(acc[j]);
+    }
+    bool stored = false;
+    if constexpr (kFloat) {
+      if (vec_out) {  // nc is a multiple of 4 here (npg and c0 are)
+        float4* dst = reinterpret_cast<float4*>(output + static_cast<int64_t>(p) * g.out_depth + co0);
+#pragma unroll
+        for (int k = 0; k < kColumnChannels / 4; ++k) {
+          if (4 * k < nc) dst[k] = make_float4(out[4 * k], out[4 * k + 1], out[4 * k + 2], out[4 * k + 3]);
+        }
+        stored = true;
+      }
+    }
+    if (!stored) {
+#pragma unroll
+      for (int j = 0; j < kColumnChannels; ++j) {
+        if (j < nc) StoreOutput(g, output, p, co0 + j, out[j]);
+      }
     }
     if (epi.debug_act_sum != nullptr && c0 == 0) epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;
   }
