@@ -361,9 +361,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   }
   if (!(error = mark(3)).empty()) return error;
   // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
-  const int64_t runs = (s.taps() + kFilterRun - 1) / kFilterRun * s.out_depth;
-  FilterSumsKernel<T><<<PrepBlocks(runs, dev.sms), kPrepThreads, 0, stream>>>(filter, g, d, quant, channel_sums,
-                                                                              filter_codes);
+  FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
+      filter, g, d, quant, channel_sums, filter_codes);
   e = cudaGetLastError();
   if (e != cudaSuccess) return CudaError("the filter sums launch", e);
   if (!(error = mark(4)).empty()) return error;

@@ -313,32 +313,74 @@ __global__ void __launch_bounds__(kPrepThreads)
 }
 
 // Per output channel: the sum of beta over its weights and the sum of its codes, added into zeroed
-// sums (modular 64-bit adds: a negative beta sum comes out right as int64). Threads of a warp take
-// adjacent channels (coalesced HWIO reads), each a run of kFilterRun taps. It also writes every weight's
-// code, K-contiguous per channel ([co][taps]: a thread's run is 32 consecutive bytes), so that
-// FilterPlanesKernel quantizes nothing: each weight is quantized once per call instead of once per term,
-// and read coalesced instead of with a stride of out_depth.
-constexpr int kFilterRun = 32;
+// sums (modular 64-bit adds: a negative beta sum comes out right as int64, and the adds may come in any
+// order). A block takes a tile of FilterSumsChannels adjacent channels (adjacent threads: coalesced HWIO
+// reads) x rows * kFilterRun taps; a thread's kFilterRun taps are loaded together (kFilterRun = 32 in a
+// row, one load after the other, made the kernel a 20 us latency chain on a grid of a few blocks), the
+// block's partial sums meet in shared memory, one atomic per channel and block. It also writes every
+// weight's code, K-contiguous per channel ([co][taps], staged so that a channel's taps of the tile are
+// consecutive bytes), so that FilterPlanesKernel quantizes nothing: each weight is quantized once per
+// call instead of once per term, and read coalesced instead of with a stride of out_depth.
+constexpr int kFilterRun = 4;
+__host__ __device__ inline int FilterSumsChannels(int out_depth) { return out_depth < 32 ? out_depth : 32; }
+// The grid: at most one block per weight (< 2^31), at least one (no taps: sums of 0).
+inline int64_t FilterSumsBlocks(const GpuGeometry& g) {
+  const int channels = FilterSumsChannels(g.out_depth), tile_taps = kPrepThreads / channels * kFilterRun;
+  const int64_t blocks =
+      static_cast<int64_t>((g.out_depth + channels - 1) / channels) * ((g.taps + tile_taps - 1) / tile_taps);
+  return blocks > 1 ? blocks : 1;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kPrepThreads)
     FilterSumsKernel(const T* __restrict__ filter, GpuGeometry g, GpuDecomposition d,
                      const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums,
                      uint8_t* __restrict__ codes_out) {
-  const int64_t runs = (static_cast<int64_t>(g.taps) + kFilterRun - 1) / kFilterRun * g.out_depth;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < runs;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int co = static_cast<int>(idx % g.out_depth);
-    const int k0 = static_cast<int>(idx / g.out_depth) * kFilterRun;
+  __shared__ long long s_beta[kPrepThreads], s_code[kPrepThreads];
+  __shared__ uint8_t s_codes[kPrepThreads * kFilterRun];  // [channel][tap of the tile]
+  const int channels = FilterSumsChannels(g.out_depth), rows = kPrepThreads / channels;
+  const int tile_taps = rows * kFilterRun;
+  const int channel_tiles = (g.out_depth + channels - 1) / channels;
+  const int c0 = static_cast<int>(blockIdx.x % channel_tiles) * channels;
+  const int k0 = static_cast<int>(blockIdx.x / channel_tiles) * tile_taps;
+  const int tid = threadIdx.x, c = tid % channels, row = tid / channels, co = c0 + c;
+  long long beta_sum = 0, code_sum = 0;
+  if (row < rows && co < g.out_depth) {
+    // Taps k0 + row + j * rows: a warp's loads of one j are adjacent channels of one or more taps.
     const QuantParams qf = quant->ChannelQuant(co).filter;
-    long long beta_sum = 0, code_sum = 0;
-    for (int k = k0; k < min(g.taps, k0 + kFilterRun); ++k) {
-      const uint32_t code = QuantizeToCode(ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]), qf);
-      beta_sum += __ldg(d.beta + code);
-      code_sum += code;
-      codes_out[static_cast<int64_t>(co) * g.taps + k] = static_cast<uint8_t>(code);
+    float x[kFilterRun];
+#pragma unroll
+    for (int j = 0; j < kFilterRun; ++j) {
+      const int k = k0 + row + j * rows;
+      x[j] = k < g.taps ? ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kFilterRun; ++j) {
+      if (k0 + row + j * rows < g.taps) {
+        const uint32_t code = QuantizeToCode(x[j], qf);
+        beta_sum += __ldg(d.beta + code);
+        code_sum += code;
+        s_codes[c * tile_taps + row + j * rows] = static_cast<uint8_t>(code);
+      }
+    }
+  }
+  s_beta[tid] = beta_sum;
+  s_code[tid] = code_sum;
+  __syncthreads();
+  if (tid < channels && co < g.out_depth) {
+    for (int r = 1; r < rows; ++r) {
+      beta_sum += s_beta[r * channels + tid];
+      code_sum += s_code[r * channels + tid];
     }
     atomicAdd(&sums[co], static_cast<unsigned long long>(beta_sum));
     atomicAdd(&sums[g.out_depth + co], static_cast<unsigned long long>(code_sum));
+  }
+  const int taps_here = min(tile_taps, g.taps - k0);
+  for (int i = tid; i < channels * tile_taps; i += kPrepThreads) {
+    const int ci = i / tile_taps, kk = i - ci * tile_taps;
+    if (kk < taps_here && c0 + ci < g.out_depth) {
+      codes_out[static_cast<int64_t>(c0 + ci) * g.taps + k0 + kk] = s_codes[i];
+    }
   }
 }
 
