@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
   unsigned char* s_b = s_a + kStages * BM * kBK;                   // [kStages][BN][kBK]
   int4* s_pix = reinterpret_cast<int4*>(s_b + kStages * BN * kBK);  // [BM]
   long long* s_alpha = reinterpret_cast<long long*>(s_pix + BM);   // [BM]: alpha summed over the patch
-  long long* s_codes = s_alpha + BM;                               // [BM]: codes summed over the patch
+  Real* s_act = reinterpret_cast<Real*>(s_alpha + BM);             // [BM]: Real(code sum - act_sum_offset)
 
   const Layout& l = args.l;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -223,8 +223,13 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
   }
 
   // Meanwhile the free terms of the tile's pixels: alpha and the codes over the patch, a padded tap
-  // counting cg zero-point codes. (Read in the epilogue, after the main loop's barriers.)
+  // counting cg zero-point codes; the code sum kept as DequantizeTerms converts it, Real(act_sum -
+  // act_sum_offset): the same for the pixel's every channel, also with per-channel ranges (act_sum_offset
+  // is taps * the input's code_shift, and every entry holds the one input range, MakeGpuQuant's
+  // input_q, as the input pass and the zero point below assume). (Read in the epilogue, after the main
+  // loop's barriers.)
   {
+    const int64_t act_sum_offset = TermsOf<Real>(epi.quant).act_sum_offset;
     const int zp = epi.quant->input.zero_point;
     const long long pad_alpha = static_cast<long long>(g.cg) * __ldg(args.alpha + zp);
     const long long pad_codes = static_cast<long long>(g.cg) * zp;
@@ -252,7 +257,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
         }
       }
       s_alpha[i] = alpha_sum;
-      s_codes[i] = code_sum;
+      s_act[i] = Real(code_sum - act_sum_offset);
     }
   }
 
@@ -319,7 +324,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     }
   }
   WaitCopies<0>();  // only empty groups remain; nothing may be in flight when the block exits
-  __syncthreads();  // s_alpha and s_codes of every thread (the loop's barriers order them too, K >= 1)
+  __syncthreads();  // s_alpha and s_act of every thread (the loop's barriers order them too, K >= 1)
 
   // Epilogue: acc + the pixel's alpha sum + the channel's beta sum and taps * c0 are the lookups' sums;
   // then the lookup kernels' dequantization, channel by channel.
@@ -336,15 +341,28 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     if (channel0 >= g.npg) continue;
     const bool second = channel0 + 1 < g.npg;
     const int co0 = grp * g.npg + channel0;
-    long long channel_term[2] = {0, 0}, w_sum[2] = {0, 0};
+    // Per channel, once: the integers added to every acc (beta sum + taps * c0 - acc_offset) and the
+    // filter codes' term filter_sum_scale * Real(filter_sum - filter_sum_offset).
+    long long channel_term[2] = {0, 0};
+    Real filter_term[2] = {0, 0};
     DequantizeTerms<Real> terms[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       if (e == 1 && !second) break;
-      channel_term[e] = static_cast<long long>(__ldg(args.channel_sums + co0 + e)) + args.taps_c0;
-      w_sum[e] = static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co0 + e));
       terms[e] = ChannelTerms(epi.quant, per_channel, co0 + e, deq);
+      channel_term[e] =
+          static_cast<long long>(__ldg(args.channel_sums + co0 + e)) + args.taps_c0 - terms[e].acc_offset;
+      const long long w_sum = static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co0 + e));
+      filter_term[e] = terms[e].filter_sum_scale * Real(w_sum - terms[e].filter_sum_offset);
     }
+    // terms[e](sum, act_sum, filter_sum) for the lookups' sum = acc + alpha sum + beta sum + taps * c0, from
+    // net = sum - acc_offset: DequantizeTerms::operator()'s operations in its order, ((A + B) + C) + D
+    // (no FMA: -fmad=false), on the same values (net is the same int64 whichever way the adds go; the
+    // conversions of act_sum and filter_sum done once per pixel and per channel): the same bits.
+    auto dequantize = [&](int e, int row, int64_t net) -> T {
+      return FromReal<T>(terms[e].acc_scale * Real(net) + terms[e].act_sum_scale * s_act[row] + filter_term[e] +
+                         terms[e].constant);
+    };
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -352,24 +370,27 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
         const int row = warp_m * WM + mt * 16 + group_id + half * 8;
         const int p = m0 + row;
         if (p >= g.pixels) continue;
-        const int64_t sum0 = static_cast<int64_t>(acc[mt][nt][2 * half]) + s_alpha[row] + channel_term[0];
-        const T v0 = FromReal<T>(terms[0](sum0, s_codes[row], w_sum[0]));
+        const long long alpha_sum = s_alpha[row];
+        const int64_t net0 = static_cast<int64_t>(acc[mt][nt][2 * half]) + alpha_sum + channel_term[0];
+        const T v0 = dequantize(0, row, net0);
         if (!second) {
           StoreOutput(g, output, p, co0, v0);
-          if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = sum0;
+          if (epi.debug_acc != nullptr) {
+            epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = net0 + terms[0].acc_offset;
+          }
           continue;
         }
-        const int64_t sum1 = static_cast<int64_t>(acc[mt][nt][2 * half + 1]) + s_alpha[row] + channel_term[1];
-        const T v1 = FromReal<T>(terms[1](sum1, s_codes[row], w_sum[1]));
+        const int64_t net1 = static_cast<int64_t>(acc[mt][nt][2 * half + 1]) + alpha_sum + channel_term[1];
+        const T v1 = dequantize(1, row, net1);
         if (pair_stores) {
           StorePair(output + static_cast<int64_t>(p) * g.out_depth + co0, v0, v1);
         } else {
           StoreOutput(g, output, p, co0, v0);
           StoreOutput(g, output, p, co0 + 1, v1);
         }
-        if (epi.debug_acc != nullptr) {
-          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = sum0;
-          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + 1] = sum1;
+        if (epi.debug_acc != nullptr) {  // the lookups' sums
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = net0 + terms[0].acc_offset;
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + 1] = net1 + terms[1].acc_offset;
         }
       }
     }
