@@ -341,11 +341,14 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   if (!(error = mark(2)).empty()) return error;
   if (fused) {
     const int per_block = static_cast<int>(kInputCodesPerBlock / s.filter_depth);  // >= 1
-    int lanes = 1;  // lanes per slice for its sums: the largest power of two <= min(cg, 32)
-    while (lanes < 32 && 2 * lanes <= s.filter_depth) lanes *= 2;
+    // Lanes per slice for its sums: a power of two <= 32 that leaves each lane at least 4 reads (words of
+    // 4 codes where cg is a multiple of 4, else codes), or 1.
+    const int64_t reads = s.filter_depth % 4 == 0 ? s.filter_depth / 4 : s.filter_depth;
+    int lanes = 1;
+    while (lanes < 32 && 8 * lanes <= reads) lanes *= 2;
     const int64_t blocks = (slices + per_block - 1) / per_block;
     if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
-    const size_t smem = 256 * sizeof(int32_t) + static_cast<size_t>(d.terms) * 256 +
+    const size_t smem = 256 * sizeof(long long) + static_cast<size_t>(d.terms) * 256 +
                         static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);  // < 48 KB
     InputPassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
         input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums, channel_sums);

@@ -179,9 +179,10 @@ __global__ void __launch_bounds__(kPrepThreads)
                     long long* __restrict__ alpha_sums, int32_t* __restrict__ code_sums,
                     unsigned long long* __restrict__ channel_sums) {
   extern __shared__ __align__(16) unsigned char smem[];
-  int32_t* s_alpha = reinterpret_cast<int32_t*>(smem);
-  int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(int32_t));
-  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(int32_t) + d.terms * 256);  // [per_block][cg]
+  // alpha widened to int64 once here, not at each of its lookups (the sums are int64).
+  long long* s_alpha = reinterpret_cast<long long*>(smem);
+  int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(long long));
+  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(long long) + d.terms * 256);  // [per_block][cg]
   const int tid = threadIdx.x;
   for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
   for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
@@ -241,16 +242,28 @@ __global__ void __launch_bounds__(kPrepThreads)
 
   // (2) The sums of the input pixels' slices: `lanes` lanes per slice, 32 / lanes slices per warp and
   // round. Every lane of a warp runs the same rounds (the shuffles need all of them); the xor offsets
-  // stay below `lanes`, inside the slice's aligned group of lanes.
+  // stay below `lanes`, inside the slice's aligned group of lanes. With cg a multiple of 4 a lane reads
+  // the codes four at a time, as 32-bit words (aligned: s_codes and item * cg are multiples of 4), and
+  // sums them with one dp4a; the host gives a slice few enough lanes that each reads several words (a
+  // shuffle round costs as much as a word, and was most of the pass with one code per lane and 32 lanes
+  // per slice). Integer sums: the same in any order.
   {
     const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
     const int per_warp = 32 / lanes;
     const int sub = lane / lanes, li = lane - sub * lanes;
+    const bool words = g.cg % 4 == 0;
     for (int round = warp * per_warp; round < real; round += warps * per_warp) {
       const int item = round + sub;
       long long alpha_sum = 0;
       int code_sum = 0;
-      if (item < real) {
+      if (item < real && words) {
+        const uint32_t* in = reinterpret_cast<const uint32_t*>(s_codes + item * g.cg);
+        for (int w = li; w < g.cg / 4; w += lanes) {
+          const uint32_t c = in[w];
+          alpha_sum += s_alpha[c & 0xFF] + s_alpha[(c >> 8) & 0xFF] + s_alpha[(c >> 16) & 0xFF] + s_alpha[c >> 24];
+          code_sum = static_cast<int>(__dp4a(c, 0x01010101u, static_cast<unsigned>(code_sum)));
+        }
+      } else if (item < real) {
         const uint8_t* in = s_codes + item * g.cg;
         for (int ci = li; ci < g.cg; ci += lanes) {
           const int code = in[ci];
@@ -270,31 +283,35 @@ __global__ void __launch_bounds__(kPrepThreads)
   }
 
   // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
-  // terms * cg are 0), chunk q of the block at chunk q of its region.
+  // terms * cg are 0), chunk q of the block at chunk q of its region. A thread's chunks q = tid, tid +
+  // kPrepThreads, ...: its slice `item` and chunk j in the slice step by fixed amounts, not a division of
+  // q per chunk by a runtime value (nor, with cg a multiple of 16, of the chunk's first entry: together
+  // most of the fast path's instructions).
   {
     const int used = d.terms * g.cg;
     const int chunks = count * l.slice_chunks;
-    int8_t* out = planes + first * l.slice_bytes;
+    uint4* out = reinterpret_cast<uint4*>(planes + first * l.slice_bytes);
+    const int step_item = kPrepThreads / l.slice_chunks, step_j = kPrepThreads - step_item * l.slice_chunks;
+    int item = tid / l.slice_chunks, j = tid - item * l.slice_chunks;
     if (g.cg % kChunk == 0) {
       // Whole chunks of one term and 16 consecutive channels (entry e0 = j * 16 is a multiple of 16, so is
-      // cg): the codes are one aligned 16-byte read (s_codes and item * cg + ci are multiples of 16), the
-      // entries u[r][code] byte for byte in the same order as below.
-      for (int q = tid; q < chunks; q += blockDim.x) {
-        const int item = q / l.slice_chunks, j = q - item * l.slice_chunks;
-        const int e0 = j * kChunk;
-        uint4 words = make_uint4(0, 0, 0, 0);
-        if (e0 < used) {
-          const int r = e0 / g.cg, ci = e0 - r * g.cg;
-          const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + ci);
-          const uint8_t* u = reinterpret_cast<const uint8_t*>(s_u) + r * 256;
-          words = make_uint4(LookupBytes(u, c.x), LookupBytes(u, c.y), LookupBytes(u, c.z), LookupBytes(u, c.w));
-        }
-        *reinterpret_cast<uint4*>(out + static_cast<int64_t>(q) * kChunk) = words;
+      // cg; slice_bytes = terms * cg, so no chunk is padding): the codes are one aligned 16-byte read
+      // (s_codes and item * cg + ci are multiples of 16), the entries u[r][code] byte for byte in the
+      // same order as below. The chunk's term r and channel ci step too (j * 16 = r * cg + ci, ci < cg;
+      // a slice further on, j * 16 is terms * cg less).
+      const int step_r = step_j * kChunk / g.cg, step_ci = step_j * kChunk - step_r * g.cg;
+      int r = j * kChunk / g.cg, ci = j * kChunk - r * g.cg;
+      for (int q = tid; q < chunks; q += kPrepThreads) {
+        const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + ci);
+        const uint8_t* u = reinterpret_cast<const uint8_t*>(s_u) + r * 256;
+        out[q] = make_uint4(LookupBytes(u, c.x), LookupBytes(u, c.y), LookupBytes(u, c.z), LookupBytes(u, c.w));
+        item += step_item, j += step_j, r += step_r, ci += step_ci;
+        if (ci >= g.cg) ci -= g.cg, ++r;
+        if (j >= l.slice_chunks) j -= l.slice_chunks, ++item, r -= d.terms;
       }
       return;
     }
-    for (int q = tid; q < chunks; q += blockDim.x) {
-      const int item = q / l.slice_chunks, j = q - item * l.slice_chunks;
+    for (int q = tid; q < chunks; q += kPrepThreads) {
       const uint8_t* in = s_codes + item * g.cg;
       const int e0 = j * kChunk;
       int r = e0 / g.cg, ci = e0 - r * g.cg;
@@ -306,8 +323,9 @@ __global__ void __launch_bounds__(kPrepThreads)
           if (++ci == g.cg) ci = 0, ++r;
         }
       }
-      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(q) * kChunk) =
-          make_uint4(words[0], words[1], words[2], words[3]);
+      out[q] = make_uint4(words[0], words[1], words[2], words[3]);
+      item += step_item, j += step_j;
+      if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
     }
   }
 }
