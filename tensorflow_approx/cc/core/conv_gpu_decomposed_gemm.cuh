@@ -152,9 +152,16 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
   static_assert(NT_THREADS % kChunksPerRow == 0, "a thread's chunk column is fixed");
   constexpr int kRowsPerPass = NT_THREADS / kChunksPerRow;
   const int load_col = tid % kChunksPerRow, load_row = tid / kChunksPerRow;
+  // a_slice[i]: the byte offset in the planes of the slice of row i's pixel at tap (0, 0) (its patch's top
+  // left, maybe outside the input: then only an offset), so that a tap inside adds one offset, the same
+  // for all of the thread's rows, not a 64-bit product per row.
   int4 a_pix[A_CHUNKS];
+  int64_t a_slice[A_CHUNKS];
 #pragma unroll
-  for (int i = 0; i < A_CHUNKS; ++i) a_pix[i] = s_pix[load_row + i * kRowsPerPass];
+  for (int i = 0; i < A_CHUNKS; ++i) {
+    a_pix[i] = s_pix[load_row + i * kRowsPerPass];
+    a_slice[i] = ((static_cast<int64_t>(a_pix[i].y) * g.in_w + a_pix[i].x + a_pix[i].z) * g.groups + grp) * l.slice_bytes;
+  }
   const int8_t* b_src[B_CHUNKS];
 #pragma unroll
   for (int i = 0; i < B_CHUNKS; ++i) {
@@ -178,6 +185,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     const uint32_t a_base = SharedAddress(s_a + slot * BM * kBK);
     const bool k_inside = a_kc < k_chunks;
     const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
+    // Pixel (ih, iw) = (pix.y + dh, pix.z + dw) is slice (pix.x + ih * in_w + iw) * groups + grp: a_slice plus
+    // this, plus the chunk's bytes in the slice (int64: dh * in_w alone may pass 2^31).
+    const int64_t tap_bytes = (static_cast<int64_t>(dh) * g.in_w + dw) * g.groups * l.slice_bytes + a_j * kChunk;
 #pragma unroll
     for (int i = 0; i < A_CHUNKS; ++i) {
       const int row = load_row + i * kRowsPerPass;
@@ -188,10 +198,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
         const int ih = pix.y + dh, iw = pix.z + dw;
         const bool inside = static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
                             static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w);
-        const int8_t* slice =
-            inside ? args.planes + (static_cast<int64_t>(pix.x + ih * g.in_w + iw) * g.groups + grp) * l.slice_bytes
-                   : zero_point_slice;
-        src = slice + a_j * kChunk;
+        src = inside ? args.planes + (a_slice[i] + tap_bytes) : zero_point_slice + a_j * kChunk;
         fill = true;
       }
       CopyChunkAsync(a_base + StageOffset(row, load_col), src, fill);
