@@ -244,20 +244,30 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
       const int4 pix = s_pix[i];
       long long alpha_sum = 0, code_sum = 0;
       if (pix.w) {
-        for (int kh = 0; kh < g.filter_h; ++kh) {
-          const int ih = pix.y + kh * g.dil_h;
-          for (int kw = 0; kw < g.filter_w; ++kw) {
-            const int iw = pix.z + kw * g.dil_w;
-            if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
+        // kTapBatch spatial taps at a time, (kh, kw) in order, their loads issued before any is added (one
+        // tap per round trip made this a latency chain ahead of the main loop). Integer sums: any order.
+        constexpr int kTapBatch = 4;
+        const int spatial_taps = g.filter_h * g.filter_w;
+        int kh = 0, kw = 0;
+        for (int t0 = 0; t0 < spatial_taps; t0 += kTapBatch) {
+          long long alphas[kTapBatch], codes[kTapBatch];
+#pragma unroll
+          for (int u = 0; u < kTapBatch; ++u) {
+            const int ih = pix.y + kh * g.dil_h, iw = pix.z + kw * g.dil_w;
+            const bool tap = t0 + u < spatial_taps;
+            if (tap && static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) &&
                 static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w)) {
               const int64_t item = static_cast<int64_t>(pix.x + ih * g.in_w + iw) * g.groups + grp;
-              alpha_sum += __ldg(args.alpha_sums + item);
-              code_sum += __ldg(args.code_sums + item);
+              alphas[u] = __ldg(args.alpha_sums + item);
+              codes[u] = __ldg(args.code_sums + item);
             } else {
-              alpha_sum += pad_alpha;
-              code_sum += pad_codes;
+              alphas[u] = tap ? pad_alpha : 0;
+              codes[u] = tap ? pad_codes : 0;
             }
+            if (++kw == g.filter_w) kw = 0, ++kh;
           }
+#pragma unroll
+          for (int u = 0; u < kTapBatch; ++u) alpha_sum += alphas[u], code_sum += codes[u];
         }
         if (epi.debug_act_sum != nullptr && nt_index == 0) {
           epi.debug_act_sum[static_cast<int64_t>(m0 + i) * g.groups + grp] = code_sum;
