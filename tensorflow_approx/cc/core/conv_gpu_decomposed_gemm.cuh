@@ -155,12 +155,14 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
   // a_slice[i]: the byte offset in the planes of the slice of row i's pixel at tap (0, 0) (its patch's top
   // left, maybe outside the input: then only an offset), so that a tap inside adds one offset, the same
   // for all of the thread's rows, not a 64-bit product per row.
+  const int64_t pixel_bytes = static_cast<int64_t>(g.groups) * l.slice_bytes;  // from a pixel's slices to the next's
   int4 a_pix[A_CHUNKS];
   int64_t a_slice[A_CHUNKS];
 #pragma unroll
   for (int i = 0; i < A_CHUNKS; ++i) {
     a_pix[i] = s_pix[load_row + i * kRowsPerPass];
-    a_slice[i] = ((static_cast<int64_t>(a_pix[i].y) * g.in_w + a_pix[i].x + a_pix[i].z) * g.groups + grp) * l.slice_bytes;
+    a_slice[i] = (static_cast<int64_t>(a_pix[i].y) * g.in_w + a_pix[i].x + a_pix[i].z) * pixel_bytes +
+                 static_cast<int64_t>(grp) * l.slice_bytes;
   }
   const int8_t* b_src[B_CHUNKS];
 #pragma unroll
@@ -187,7 +189,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
     const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
     // Pixel (ih, iw) = (pix.y + dh, pix.z + dw) is slice (pix.x + ih * in_w + iw) * groups + grp: a_slice plus
     // this, plus the chunk's bytes in the slice (int64: dh * in_w alone may pass 2^31).
-    const int64_t tap_bytes = (static_cast<int64_t>(dh) * g.in_w + dw) * g.groups * l.slice_bytes + a_j * kChunk;
+    const int64_t tap_bytes = (static_cast<int64_t>(dh) * g.in_w + dw) * pixel_bytes + a_j * kChunk;
 #pragma unroll
     for (int i = 0; i < A_CHUNKS; ++i) {
       const int row = load_row + i * kRowsPerPass;
