@@ -141,52 +141,51 @@ const char* GpuDecomposedPhaseName(int phase) {
   return phase >= 0 && phase < kGpuDecomposedPhases ? kNames[phase] : "?";
 }
 
-// The auto-choice. Figures: the H200 run of commit 9cbe7cd (benchmarks/gpu/gpu_harness.cu
-// --decomposed-only, float32 NHWC, groups 1, every call timed whole, G LUT-MAC/s), as speedups over the
-// lookups (ApproxConvGpu kAuto) for 1 / 4 / 8 / 16 terms, with K = taps * in_channels_per_group and
-// m = LUT-MACs per input element (= out_pixels * out_depth * K / input elements: how much GEMM work there
-// is per unit of the input pass, which grows with terms and is paid for every input pixel, also those a
-// stride skips):
-//   3x3 56x56 64->64    K  576  m  576   5.80 3.80 2.52 1.39
-//   3x3 28x28 128->128  K 1152  m 1152   6.88 3.67 2.43 1.36
-//   3x3 14x14 256->256  K 2304  m 2304  10.06 4.19 2.31 1.23
-//   3x3 7x7 512->512    K 4608  m 4608   8.83 3.03 1.62 0.84   (3136 pixels: the GEMM is the cost)
-//   1x1 56x56 64->256   K   64  m  256   1.27 1.15 1.02 0.77
-//   R20 32x32 3->16     K   27  m  144   0.46 0.36 0.30 0.24
-//   R20 32x32 16->16    K  144  m  144   1.38 1.19 0.93 0.55
-//   R20 16x16 32->32    K  288  m  288   3.97 2.97 2.10 1.29
-//   R20 8x8 64->64      K  576  m  576   4.43 2.38 1.84 1.05
-//   R20 3x3 s2 16->32   K  144  m   72   0.87 0.83 0.72 0.45
-//   R20 1x1 s2 16->32   K   16  m    8   0.24 0.24 0.22 0.14
-//   R20 1x1 s2 32->64   K   32  m   16   0.27 0.26 0.25 0.17
-// The rule keeps to rows measured at least about 1.2x faster (a margin for run-to-run noise and for
+// The auto-choice. Figures: the H200 run of commit 7379c0c (benchmarks/gpu/gpu_harness.cu
+// --decomposed-only --seed 503, float32 NHWC, groups 1, every call timed whole, G LUT-MAC/s), as speedups
+// over the lookups (ApproxConvGpu kAuto, the same run) for 1 / 4 / 8 / 16 terms, with K = taps *
+// in_channels_per_group and m = LUT-MACs per input element (= out_pixels * out_depth * K / input elements:
+// how much GEMM work there is per unit of the input pass, which grows with terms and is paid for every
+// input pixel, also those a stride skips), and the call's LUT-MACs:
+//   3x3 56x56 64->64    K  576  m  576  7.4e9  15.35 7.82 4.20 2.30
+//   3x3 28x28 128->128  K 1152  m 1152  7.4e9  13.22 6.00 4.06 2.19
+//   3x3 14x14 256->256  K 2304  m 2304  7.4e9  16.76 6.55 3.64 1.92
+//   3x3 7x7 512->512    K 4608  m 4608  7.4e9  10.65 4.82 3.05 1.71
+//   1x1 56x56 64->256   K   64  m  256  3.3e9   4.32 3.25 2.16 1.40
+//   R20 32x32 3->16     K   27  m  144  0.44e9  1.43 1.50 1.26 0.57
+//   R20 32x32 16->16    K  144  m  144  2.4e9   5.38 3.70 1.76 0.78
+//   R20 16x16 32->32    K  288  m  288  2.4e9  10.57 4.63 2.43 1.45
+//   R20 8x8 64->64      K  576  m  576  2.4e9  10.64 3.12 2.36 1.33
+//   R20 3x3 s2 16->32   K  144  m   72  1.2e9   4.66 3.49 1.75 0.66
+//   R20 1x1 s2 16->32   K   16  m    8  0.13e9  1.04 0.79 0.42 0.15
+//   R20 1x1 s2 32->64   K   32  m   16  0.13e9  1.17 0.88 0.52 0.20
+// The rule keeps to rows measured at least about 1.3x faster (a margin for run-to-run noise and for
 // shapes between the rows); a decomposition's terms are rounded up to the next measured count (1, 4, 8,
 // 16: more terms are never faster):
-//   1 term:      K >= 64  and m >= 144   (slowest picked row 1.27x: 1x1 56x56 64->256)
-//   2-4 terms:   K >= 288 and m >= 144   (slowest picked 2.38x; R20 16->16 at 1.19x left out)
-//   5-8 terms:   K >= 288 and m >= 144   (slowest picked 1.62x)
-//   9-16 terms:  288 <= K <= 2304, m >= 144 and output maps of at least 14x14 (slowest picked 1.23x; the
-//                7x7 layer's 0.84x and R20 8x8's 1.05x left out)
+//   1-4 terms:   K >= 27  and m >= 72    (slowest picked row 1.43x: the stem; the 1x1 stride-2 projections,
+//                                         m of 8 and 16, left out)
+//   5-8 terms:   K >= 64  and m >= 72    (slowest picked 1.75x; the stem's 1.26x left out)
+//   9-16 terms:  K >= 288 and m >= 144   (slowest picked 1.33x: R20 8x8 64->64; 16->16 and the stride-2
+//                                         layers, 0.66-0.78x, and the 1x1 56x56's 1.40x left out)
 //   more terms:  never (not measured).
 // And only inside what the figures cover: groups 1 (grouped and depthwise layers were not measured; their
 // K is small anyway), NHWC (NCHW adds a transposing input pass to both kernels, not measured), and calls of
-// at least 2e9 LUT-MACs (the smallest measured rows are 2.36e9; in small calls the fixed costs, launches
-// above all, weigh more, and the decomposed path has more launches). Stride and dilation enter through m
-// and the output size. These are the figures of the first kernel version; faster versions only widen the
-// region where the decomposed kernel wins, so the rule stays conservative until it is re-derived from a
-// new run (the harness's "auto" column and its "wrong pick" count check it against each run).
+// at least 4e8 LUT-MACs (the smallest measured row that wins is 4.4e8; in smaller calls the fixed costs,
+// launches above all, weigh more, and the decomposed path has more launches). Stride and dilation enter
+// through m. (The first kernel version, 9cbe7cd, won by 0.24-10x on the same rows, and its rule was
+// narrower: at least 2e9 LUT-MACs, K >= 64 for one term and 288 for more.) The harness's "auto" column and
+// its "wrong pick" count check the rule against each run.
 bool GpuPreferDecomposed(const ConvShape& s, int terms) {
   if (!GpuDecomposedSupports(s, terms).empty()) return false;
   if (terms > 16 || s.groups() != 1 || s.data_format != DataFormat::kNHWC) return false;
-  if (s.lut_macs() < int64_t{2000000000}) return false;
+  if (s.lut_macs() < int64_t{400000000}) return false;
   const int64_t k = s.taps();
   const int64_t input_elements = s.input_elements();
   if (input_elements <= 0) return false;
   const double m = static_cast<double>(s.lut_macs()) / static_cast<double>(input_elements);
-  if (m < 144) return false;
-  if (terms == 1) return k >= 64;
-  if (terms <= 8) return k >= 288;
-  return k >= 288 && k <= 2304 && s.out_h >= 14 && s.out_w >= 14;
+  if (terms <= 4) return k >= 27 && m >= 72;
+  if (terms <= 8) return k >= 64 && m >= 72;
+  return k >= 288 && m >= 144;
 }
 
 std::string GpuDecomposedSupports(const ConvShape& s, int terms) {
