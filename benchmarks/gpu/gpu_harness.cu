@@ -1054,6 +1054,20 @@ void FillData(std::mt19937_64& rng, bool realistic, const QuantParams& qi, const
   }
 }
 
+// A benchmark layer at its batch with realistic data (the benchmark ranges) on the device, and a buffer for
+// its output.
+struct BenchData {
+  ConvShape s;
+  DeviceBuffer<float> d_in, d_flt, d_out;
+  BenchData(std::mt19937_64& rng, const BenchShape& b, const QuantParams& qi, const QuantParams& qf)
+      : s(MakeBenchShape(b, b.batch)), d_in(s.input_elements()), d_flt(s.filter_elements()), d_out(s.output_elements()) {
+    std::vector<float> in(d_in.count), flt(d_flt.count);
+    FillData(rng, true, qi, qf, &in, &flt);
+    d_in.Upload(in);
+    d_flt.Upload(flt);
+  }
+};
+
 // performance.md's layers.
 const BenchShape kBenchShapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
                                    {"3x3 28x28 128->128", 64, 28, 128, 128, 3},
@@ -1146,12 +1160,11 @@ void SchemeTiming(std::mt19937_64& rng, const Lut& lut, int runs, Counts* counts
       CheckCase<float>(small, in, flt, qi_sym, qf_sym, lut, GpuOptions(), counts, std::string(b.name) + " symmetric");
       ++counts->per_channel;
     }
-    const ConvShape s = MakeBenchShape(b, b.batch);
-    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
-    FillData(rng, true, qi, qf, &in, &flt);
-    DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
-    d_in.Upload(in);
-    d_flt.Upload(flt);
+    BenchData data(rng, b, qi, qf);
+    const ConvShape& s = data.s;
+    const DeviceBuffer<float>& d_in = data.d_in;
+    const DeviceBuffer<float>& d_flt = data.d_flt;
+    DeviceBuffer<float>& d_out = data.d_out;
     GpuOptions opts;
     const Workspace d_ws(s, &opts);
     auto time = [&](const DeviceQuant& d_q) {
@@ -1166,7 +1179,6 @@ void SchemeTiming(std::mt19937_64& rng, const Lut& lut, int runs, Counts* counts
   }
 }
 
-// One launch of benchmark layer `index` on realistic data with the chosen kernel, for a profiler.
 int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Counts* counts) {
   const auto& shapes = kBenchShapes;
   std::shared_ptr<const Lut> l40;
@@ -1795,12 +1807,12 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   std::vector<std::string> wrong_picks;
   int picks = 0;
   for (const BenchShape& b : kBenchShapes) {
-    const ConvShape s = MakeBenchShape(b, b.batch);
-    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
-    FillData(rng, true, qi, qf, &in, &flt);
-    DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements()), d_ref(s.output_elements());
-    d_in.Upload(in);
-    d_flt.Upload(flt);
+    BenchData data(rng, b, qi, qf);
+    const ConvShape& s = data.s;
+    const DeviceBuffer<float>& d_in = data.d_in;
+    const DeviceBuffer<float>& d_flt = data.d_flt;
+    DeviceBuffer<float>& d_out = data.d_out;
+    DeviceBuffer<float> d_ref(s.output_elements());
     const DeviceQuant d_q(qi, qf, s.taps());
     const double macs = static_cast<double>(s.lut_macs());
     GpuOptions lookup_opts;
@@ -1900,12 +1912,11 @@ void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
     ev.push_back(e);
   }
   for (const BenchShape& b : kBenchShapes) {
-    const ConvShape s = MakeBenchShape(b, b.batch);
-    std::vector<float> in(s.input_elements()), flt(s.filter_elements());
-    FillData(rng, true, qi, qf, &in, &flt);
-    DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
-    d_in.Upload(in);
-    d_flt.Upload(flt);
+    BenchData data(rng, b, qi, qf);
+    const ConvShape& s = data.s;
+    const DeviceBuffer<float>& d_in = data.d_in;
+    const DeviceBuffer<float>& d_flt = data.d_flt;
+    DeviceBuffer<float>& d_out = data.d_out;
     const DeviceQuant d_q(qi, qf, s.taps());
     for (size_t di = 0; di < d_decs.size(); ++di) {
       const GpuDecomposition& d = d_decs[di]->d;
@@ -1966,12 +1977,11 @@ void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
 int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
-  const ConvShape s = MakeBenchShape(kBenchShapes[index], kBenchShapes[index].batch);
-  std::vector<float> in(s.input_elements()), flt(s.filter_elements());
-  FillData(rng, true, qi, qf, &in, &flt);
-  DeviceBuffer<float> d_in(in.size()), d_flt(flt.size()), d_out(s.output_elements());
-  d_in.Upload(in);
-  d_flt.Upload(flt);
+  BenchData data(rng, kBenchShapes[index], qi, qf);
+  const ConvShape& s = data.s;
+  const DeviceBuffer<float>& d_in = data.d_in;
+  const DeviceBuffer<float>& d_flt = data.d_flt;
+  DeviceBuffer<float>& d_out = data.d_out;
   const DeviceQuant d_q(qi, qf, s.taps());
   DeviceBuffer<uint16_t> d_lut(kLutEntries);
   const std::shared_ptr<const Lut> exact = ExactLut();  // the exact product is rebased at any zero point
