@@ -107,20 +107,42 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     });
   }
 
-  // Filter codes as [out_depth][filter_h][filter_w][filter_depth] from HWIO.
+  // Filter codes as [out_depth][filter_h][filter_w][filter_depth] from HWIO: quantized in HWIO order (a
+  // tap's channels contiguous; float32 with one range vectorized as the input), then transposed in tiles.
+  // Quantizing straight into the transposed order wrote a new cache line at every element: 6 ms of each
+  // core's time for a 3x3 512 -> 512 filter, a fifth of the layer at batch 8 on Zen 4.
   const int64_t taps = s.taps();
   std::vector<uint8_t> filter_codes(static_cast<size_t>(s.filter_elements()));
   std::vector<uint8_t> filter_nan(static_cast<size_t>(s.out_depth), 0);
-  // Split by output channels: each thread owns its channels' codes and NaN marks.
-  parallel_for(s.out_depth, taps * 16, [&](int64_t co_begin, int64_t co_end) {
-    for (int64_t t = 0; t < taps; ++t) {
-      for (int64_t co = co_begin; co < co_end; ++co) {
-        const float v = static_cast<float>(filter[t * s.out_depth + co]);
-        if (v != v) filter_nan[co] = 1;
-        filter_codes[co * taps + t] = QuantizeToCode(v, filter_q.of(co));
+  {
+    std::vector<uint8_t> hwio_codes(static_cast<size_t>(s.filter_elements()));
+    std::atomic<bool> nan_seen{false};
+    parallel_for(taps, s.out_depth * 8, [&](int64_t t_begin, int64_t t_end) {
+      const int64_t begin = t_begin * s.out_depth, n = (t_end - t_begin) * s.out_depth;
+      if (std::is_same<T, float>::value && filter_q.count == 1) {
+        const float* f = reinterpret_cast<const float*>(filter);
+        if (QuantizeCodes(f + begin, n, filter_q.of(0), &hwio_codes[begin])) nan_seen = true;
+        return;
+      }
+      bool nan = false;
+      for (int64_t i = begin; i < begin + n; ++i) {
+        const float v = static_cast<float>(filter[i]);
+        nan |= v != v;
+        hwio_codes[i] = QuantizeToCode(v, filter_q.of(i % s.out_depth));
+      }
+      if (nan) nan_seen = true;
+    });
+    if (nan_seen) {  // rare: the channels holding a NaN
+      for (int64_t i = 0; i < s.filter_elements(); ++i) {
+        const float v = static_cast<float>(filter[i]);
+        if (v != v) filter_nan[i % s.out_depth] = 1;
       }
     }
-  });
+    parallel_for((s.out_depth + 63) / 64, taps * 64 * 2, [&](int64_t begin, int64_t end) {
+      TransposeBytes(hwio_codes.data(), taps, s.out_depth, begin * 64, std::min(s.out_depth, end * 64),
+                     filter_codes.data(), taps);
+    });
+  }
   const bool any_filter_nan = std::find(filter_nan.begin(), filter_nan.end(), 1) != filter_nan.end();
 
   QuantizedConv conv;

@@ -58,6 +58,13 @@ using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
                                        const std::function<void(int64_t, int64_t)>& fn)>;
 ParallelFor SerialFor();
 
+// out[c * out_stride + r] = in[r * in_stride + c] for r < rows and c_begin <= c < c_end: a byte matrix
+// transposed in tiles of 64 x 64, so that reads and writes both stay in a few cache lines (element by
+// element, one side writes or reads a new line at every step: milliseconds for a filter of megabytes).
+// Callers split the columns among threads.
+void TransposeBytes(const uint8_t* in, int64_t rows, int64_t in_stride, int64_t c_begin, int64_t c_end,
+                    uint8_t* out, int64_t out_stride);
+
 // Obviously right: one loop per index of the definition. The yardstick for every fast kernel.
 void ReferenceConvAccumulate(const QuantizedConv& conv, int64_t pixel_begin, int64_t pixel_end,
                              int64_t* acc, int64_t* act_sum);
