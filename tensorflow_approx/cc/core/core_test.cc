@@ -429,7 +429,8 @@ void TestColumnGatherFromRowsMatchesReference() {
 // The row path (more than 32 output channels per group; with VBMI, from 128 channels, its byte-plane
 // kernel, which passes over 128 channels, then 64; below 128 those take the column path): channel
 // counts of one pass, of several and not multiples of 64, groups, pixel counts and sub-ranges that do
-// not fill its blocks of 4 pixels, tap counts around 257.
+// not fill its blocks of 4 pixels, tap counts around 257, and a filter large enough for the VBMI
+// kernel's blocks of pixels and taps.
 void TestRowPathMatchesReference() {
   ExpectPathMatchesReference(
       {
@@ -445,6 +446,9 @@ void TestRowPathMatchesReference() {
           {2, 16, 16, 1, 1, 32, 1, 64, 2, 1, Padding::kValid},    // ResNet-20's 1x1 projection 32 -> 64
           {3, 5, 7, 1, 1, 257, 1, 129, 1, 1, Padding::kValid},    // 257 taps, 128 + 1 channels
           {2, 8, 8, 3, 3, 8, 2, 160, 1, 2, Padding::kSame},       // 2 groups of 128 + 32, dilation 2
+          // 4104 taps x 256 padded channels (1 MB, 128 + 72 real): VBMI in blocks of 32 pixels and 514
+          // taps (7 full, a short one), ranges of 44 and 37 pixels (a short odd block) and 16 and 5
+          {1, 9, 9, 3, 3, 456, 1, 200, 1, 1, Padding::kSame},
       },
       "rows", 4321);
 }
