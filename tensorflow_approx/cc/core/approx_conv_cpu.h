@@ -114,14 +114,14 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   const int64_t taps = s.taps();
   std::vector<uint8_t> filter_codes(static_cast<size_t>(s.filter_elements()));
   std::vector<uint8_t> filter_nan(static_cast<size_t>(s.out_depth), 0);
+  std::atomic<bool> any_filter_nan{false};
   {
     std::vector<uint8_t> hwio_codes(static_cast<size_t>(s.filter_elements()));
-    std::atomic<bool> nan_seen{false};
     parallel_for(taps, s.out_depth * 8, [&](int64_t t_begin, int64_t t_end) {
       const int64_t begin = t_begin * s.out_depth, n = (t_end - t_begin) * s.out_depth;
       if (std::is_same<T, float>::value && filter_q.count == 1) {
         const float* f = reinterpret_cast<const float*>(filter);
-        if (QuantizeCodes(f + begin, n, filter_q.of(0), &hwio_codes[begin])) nan_seen = true;
+        if (QuantizeCodes(f + begin, n, filter_q.of(0), &hwio_codes[begin])) any_filter_nan = true;
         return;
       }
       bool nan = false;
@@ -130,20 +130,20 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
         nan |= v != v;
         hwio_codes[i] = QuantizeToCode(v, filter_q.of(i % s.out_depth));
       }
-      if (nan) nan_seen = true;
+      if (nan) any_filter_nan = true;
     });
-    if (nan_seen) {  // rare: the channels holding a NaN
+    if (any_filter_nan) {  // rare: the channels holding a NaN
       for (int64_t i = 0; i < s.filter_elements(); ++i) {
         const float v = static_cast<float>(filter[i]);
         if (v != v) filter_nan[i % s.out_depth] = 1;
       }
     }
-    parallel_for((s.out_depth + 63) / 64, taps * 64 * 2, [&](int64_t begin, int64_t end) {
-      TransposeBytes(hwio_codes.data(), taps, s.out_depth, begin * 64, std::min(s.out_depth, end * 64),
-                     filter_codes.data(), taps);
+    parallel_for((s.out_depth + kTransposeTile - 1) / kTransposeTile, taps * kTransposeTile * 2,
+                 [&](int64_t begin, int64_t end) {
+                   TransposeBytes(hwio_codes.data(), taps, s.out_depth, begin * kTransposeTile,
+                                  std::min(s.out_depth, end * kTransposeTile), filter_codes.data(), taps);
     });
   }
-  const bool any_filter_nan = std::find(filter_nan.begin(), filter_nan.end(), 1) != filter_nan.end();
 
   QuantizedConv conv;
   conv.shape = s;

@@ -32,7 +32,6 @@ namespace {
 using namespace cpu_internal;  // NOLINT: the pieces shared with the column path, written as if declared here
 
 constexpr int kPixels = 4;
-constexpr int64_t kTransposeTile = 64;  // TransposeBytes's tiles: 64 lines of 64 bytes each side
 constexpr int kChannels = 2;
 
 // Gathers the patch of output pixel p as row offsets, laid out [group][kh][kw][ci] (padded taps read

@@ -61,7 +61,8 @@ ParallelFor SerialFor();
 // out[c * out_stride + r] = in[r * in_stride + c] for r < rows and c_begin <= c < c_end: a byte matrix
 // transposed in tiles of 64 x 64, so that reads and writes both stay in a few cache lines (element by
 // element, one side writes or reads a new line at every step: milliseconds for a filter of megabytes).
-// Callers split the columns among threads.
+// Callers split the columns among threads, in multiples of kTransposeTile.
+constexpr int64_t kTransposeTile = 64;
 void TransposeBytes(const uint8_t* in, int64_t rows, int64_t in_stride, int64_t c_begin, int64_t c_end,
                     uint8_t* out, int64_t out_stride);
 
