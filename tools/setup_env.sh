@@ -24,6 +24,9 @@ if [ ! -x "$venv/bin/python" ]; then
   fi
 fi
 export PYTHON="$venv/bin/python"
+# Bazel's py_test launchers start with `#!/usr/bin/env python` and the tests inherit this PATH: the venv
+# first, so that they run where Debian has only python3 (seen with a bare PATH: every Python test failed).
+export PATH="$venv/bin:$PATH"
 if ! "$PYTHON" -c 'import tensorflow, numpy, absl, pytest, setuptools, wheel, sklearn' 2>/dev/null; then
   echo "setup: installing requirements.txt into $venv"
   "$PYTHON" -m pip install -q --disable-pip-version-check -r "$repo/requirements.txt"
