@@ -147,6 +147,19 @@ struct DeviceQuant : DeviceBuffer<GpuQuant> {
   }
 };
 
+// A table on the device as the op keeps it: the table and beside it the same by weight code
+// (GpuOptions::lut_by_weight, which the columns kernel's blocks copy instead of transposing the table).
+struct DeviceTable {
+  DeviceBuffer<uint16_t> lut{kLutEntries}, by_weight{kLutEntries};
+  explicit DeviceTable(const Lut& table) {
+    lut.Upload(std::vector<uint16_t>(table.begin(), table.end()));
+    std::vector<uint16_t> transposed(kLutEntries);
+    LutByWeight(table.data(), transposed.data());
+    by_weight.Upload(transposed);
+  }
+  void Attach(GpuOptions* options) const { options->lut_by_weight = by_weight.ptr; }
+};
+
 // The workspace a call with `options` needs on this shape, attached to them.
 struct Workspace : DeviceBuffer<uint8_t> {
   Workspace(const ConvShape& s, GpuOptions* options) : DeviceBuffer<uint8_t>(GpuWorkspaceBytes(s, *options)) {
@@ -247,16 +260,18 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
 
   DeviceBuffer<T> d_in(input.size()), d_flt(filter.size()), d_out(s.output_elements());
   DeviceBuffer<int64_t> d_acc(ref.acc.size()), d_act(ref.act.size());
-  DeviceBuffer<uint16_t> d_lut(kLutEntries);
+  const DeviceTable d_table(lut);
   d_in.Upload(input);
   d_flt.Upload(filter);
-  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
   d_out.Poison(0xFF);  // NaN in every float type: an unwritten element cannot match
   d_acc.Poison(0xA5);
   d_act.Poison(0xA5);
   GpuOptions opts = base_opts;
   opts.debug_acc = d_acc.ptr;
   opts.debug_act_sum = d_act.ptr;
+  // Half of the cases (by the parity of the output's size) give the columns kernel the table by weight
+  // code, as the op does; the others leave its blocks to transpose the table themselves.
+  if (s.output_elements() % 2 == 0) d_table.Attach(&opts);
   *used = ChooseGpuPlan(s, opts);
   // The workspace, poisoned: the call must clear what it uses.
   Workspace d_ws(s, &opts);
@@ -267,7 +282,7 @@ std::string CheckOne(const ConvShape& s, const std::vector<T>& input, const std:
   std::string err = GpuScanNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_flags.ptr, 0);
   if (!err.empty()) return "GpuScanNan failed: " + err;
   const DeviceQuant d_q(qi, qf, s.taps());
-  err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
+  err = ApproxConvGpu<T>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_table.lut.ptr, d_out.ptr, 0, opts);
   if (!err.empty()) return "ApproxConvGpu failed: " + err;
   err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_out.ptr, d_flags.ptr, 0);
   if (!err.empty()) return "GpuPropagateNan failed: " + err;
@@ -1096,8 +1111,7 @@ void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
 void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
-  DeviceBuffer<uint16_t> d_lut(kLutEntries);
-  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  const DeviceTable d_table(lut);
   std::vector<GpuKernel> kernels;
   for (int k = 0; k < static_cast<int>(GpuKernel::kDirect); ++k) kernels.push_back(static_cast<GpuKernel>(k));
   kernels.push_back(GpuKernel::kColumns);
@@ -1118,9 +1132,10 @@ void Sweep(std::mt19937_64& rng, const Lut& lut, int runs) {
       for (GpuKernel k : kernels) {
         GpuOptions opts;
         opts.kernel = k;
+        d_table.Attach(&opts);
         const Workspace d_ws(s, &opts);
         const double ms = MedianMs(
-            [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts); }, runs);
+            [&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_table.lut.ptr, d_out.ptr, 0, opts); }, runs);
         rate[realistic].push_back(static_cast<double>(s.lut_macs()) / ms * 1e-6);
       }
     }
@@ -1139,8 +1154,7 @@ void SchemeTiming(std::mt19937_64& rng, const Lut& lut, int runs, Counts* counts
   BenchQuantParams(&qi, &qf);
   NudgeRange(-2.f, 6.f, 8, true, &qi_sym);
   NudgeRange(-1.f, 1.f, 8, true, &qf_sym);
-  DeviceBuffer<uint16_t> d_lut(kLutEntries);
-  d_lut.Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  const DeviceTable d_table(lut);
   std::printf("\nSchemes: ms of the chosen kernel, realistic data (median of %d runs)\n", runs);
   std::printf("%-20s %14s %15s %7s %17s %7s\n", "shape", "per-tensor ms", "per-channel ms", "ratio",
               "symmetric s8 ms", "ratio");
@@ -1166,9 +1180,10 @@ void SchemeTiming(std::mt19937_64& rng, const Lut& lut, int runs, Counts* counts
     const DeviceBuffer<float>& d_flt = data.d_flt;
     DeviceBuffer<float>& d_out = data.d_out;
     GpuOptions opts;
+    d_table.Attach(&opts);
     const Workspace d_ws(s, &opts);
     auto time = [&](const DeviceQuant& d_q) {
-      return MedianMs([&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts); },
+      return MedianMs([&] { ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_table.lut.ptr, d_out.ptr, 0, opts); },
                       runs);
     };
     const double tensor_ms = time(DeviceQuant(qi, qf, s.taps()));
@@ -1207,9 +1222,8 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
     }
   }
 
-  DeviceBuffer<uint16_t> d_lut(kLutEntries);
-  d_lut.Upload(std::vector<uint16_t>(l40->begin(), l40->end()));
-  Baseline baseline(d_lut.ptr);
+  const DeviceTable d_table(*l40);
+  Baseline baseline(d_table.lut.ptr);
   std::printf("\nTiming: table %s, float32 NHWC, SAME, stride 1, median of %d runs after 3 warm-ups (CUDA events)\n",
               table_name, runs);
   std::printf("%-20s %-9s %-19s %9s %10s %10s %10s %10s %11s %10s %6s\n", "shape", "data", "kernel", "ms",
@@ -1237,9 +1251,10 @@ int Bench(std::mt19937_64& rng, const Tables& tables, int runs, bool sweep, Coun
         GpuOptions opts;
         opts.zero_skip = skip;
         d_ws.Attach(&opts);
+        d_table.Attach(&opts);
         return MedianMs(
             [&] {
-              const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
+              const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_table.lut.ptr, d_out.ptr, 0, opts);
               if (!e.empty()) err = e;
             },
             runs);
@@ -1983,9 +1998,7 @@ int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms) {
   const DeviceBuffer<float>& d_flt = data.d_flt;
   DeviceBuffer<float>& d_out = data.d_out;
   const DeviceQuant d_q(qi, qf, s.taps());
-  DeviceBuffer<uint16_t> d_lut(kLutEntries);
-  const std::shared_ptr<const Lut> exact = ExactLut();  // the exact product is rebased at any zero point
-  d_lut.Upload(std::vector<uint16_t>(exact->begin(), exact->end()));
+  const DeviceTable d_table(*ExactLut());  // the exact product is rebased at any zero point
   if (terms > 0) {
     const DeviceDecomposition d_dec(terms == 1 ? ExactDecomposition() : RandomDecomposition(rng, terms));
     const std::string support = GpuDecomposedSupports(s, terms);
@@ -2003,8 +2016,9 @@ int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms) {
   }
   GpuOptions opts;
   opts.kernel = kernel;
+  d_table.Attach(&opts);
   const Workspace d_ws(s, &opts);
-  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_lut.ptr, d_out.ptr, 0, opts);
+  const std::string err = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_table.lut.ptr, d_out.ptr, 0, opts);
   CUDA_OR_DIE(cudaDeviceSynchronize());
   std::printf("profiled %s with %s%s%s\n", kBenchShapes[index].name,
               GpuKernelName(kernel == GpuKernel::kAuto ? ChooseGpuPlan(s).kernel : kernel), err.empty() ? "" : ": ",

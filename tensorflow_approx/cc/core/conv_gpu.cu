@@ -695,10 +695,9 @@ Plan MakePlan(const ConvShape& s, const GpuOptions& o, const DeviceInfo& dev) {
     // Groups too narrow for a tile: the columns kernel where its table and filter fit in shared memory.
     // At 32 channels it beats every tile on ResNet-20's layers (H200: 1.2-2.0x, realistic and uniform
     // codes; benchmarks/gpu/README.md); at 64 the tiles win on realistic codes.
-    const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
-    if (layout.SharedBytes() <= static_cast<size_t>(dev.smem_optin) && s.taps() < (int64_t{1} << 23)) {
-      plan.kernel = GpuKernel::kColumns;
-      plan.workspace_bytes = layout.bytes;
+    const ColumnsShared layout(s.filter_elements(), s.out_depth);
+    if (layout.bytes <= static_cast<size_t>(dev.smem_optin) && s.taps() < (int64_t{1} << 23)) {
+      plan.kernel = GpuKernel::kColumns;  // (no workspace: each block builds its shared memory)
     }
     return plan;
   }
@@ -805,27 +804,25 @@ std::string LaunchDirect(bool shared_lut, int sms, const GpuGeometry& g, const T
 
 template <typename T>
 std::string LaunchColumns(bool wide, const DeviceInfo& dev, const ConvShape& s, const GpuGeometry& g, const T* input,
-                          const T* filter, T* output, const uint16_t* lut, const Epilogue& epi,
-                          unsigned char* workspace, cudaStream_t stream) {
-  const ColumnsWorkspace layout(s.filter_elements(), s.out_depth);
-  ColumnsPrologueKernel<T><<<64, 256, 0, stream>>>(
-      lut, filter, g, epi.quant, reinterpret_cast<uint16_t*>(workspace),
-      reinterpret_cast<uint16_t*>(workspace + layout.codes_offset), reinterpret_cast<int32_t*>(workspace + layout.sums_offset));
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return CudaError("the columns prologue launch", e);
-  const int64_t chunks = (g.npg + kColumnChannels - 1) / kColumnChannels;
+                          const T* filter, T* output, const uint16_t* lut, const uint16_t* lut_by_weight,
+                          const Epilogue& epi, cudaStream_t stream) {
+  const ColumnsShared layout(s.filter_elements(), s.out_depth);
+  const int channels = ColumnChannels(g.npg, wide);
+  const int64_t chunks = (g.npg + channels - 1) / channels;
   const int64_t items = static_cast<int64_t>(g.groups) * chunks * g.pixels;
   const int64_t blocks = std::min<int64_t>((items + kColumnThreads - 1) / kColumnThreads, std::max(dev.sms, 1));
-  const auto kernel = wide ? ColumnsConvKernel<T, true> : ColumnsConvKernel<T, false>;
-  const int smem = static_cast<int>(layout.SharedBytes());  // grows with the filter
-  // smem <= dev.smem_optin: MakePlan picks this kernel only when SharedBytes() fits the device's most.
+  const auto kernel = wide ? ColumnsConvKernel<T, true, 16>
+                           : (channels == 32 ? ColumnsConvKernel<T, false, 32> : ColumnsConvKernel<T, false, 16>);
+  const int smem = static_cast<int>(layout.bytes);  // grows with the filter
+  // smem <= dev.smem_optin: MakePlan picks this kernel only when it fits the device's most.
   // The limit is the function's, shared by every host thread that launches it (TensorFlow runs
   // independent layers from several threads): the device's most, never this call's need, so that a
   // concurrent launch with a smaller filter cannot lower it between this call's setting and launch
   // (cudaErrorLaunchOutOfResources, seen on the H200 with two evaluators on one GPU).
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
-  kernel<<<static_cast<unsigned>(blocks), kColumnThreads, smem, stream>>>(input, output, workspace, layout, g, epi);
+  kernel<<<static_cast<unsigned>(blocks), kColumnThreads, smem, stream>>>(input, filter, lut, lut_by_weight, output, layout, g,
+                                                                             epi);
   e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the columns convolution launch", e);
 }
@@ -870,8 +867,8 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
       (input == nullptr && s.input_elements() > 0)) {
     return "ApproxConvGpu: null device pointer";
   }
-  if (reinterpret_cast<uintptr_t>(lut_device) % 16 != 0) {
-    return "ApproxConvGpu: the device table must be 16-byte aligned";
+  if (reinterpret_cast<uintptr_t>(lut_device) % 16 != 0 || reinterpret_cast<uintptr_t>(options.lut_by_weight) % 16 != 0) {
+    return "ApproxConvGpu: the device table and options.lut_by_weight must be 16-byte aligned";
   }
   // Spatial terms below 2^30 keep every int32 index in the kernels far from overflow; tensors
   // themselves are below 2^31 elements by ComputeConvShape.
@@ -897,16 +894,16 @@ std::string ApproxConvGpu(const ConvShape& s, const T* input, const T* filter, c
     return LaunchDirect<T>(dev.smem_optin >= kLutSmemBytes, dev.sms, g, input, filter, output, lut_device, epi,
                            stream);
   }
+  if (plan.kernel == GpuKernel::kColumns) {
+    return LaunchColumns<T>(NeedsWide(s, options), dev, s, g, input, filter, output, lut_device, options.lut_by_weight,
+                            epi, stream);
+  }
   if (options.workspace == nullptr || options.workspace_bytes < plan.workspace_bytes) {
     return "ApproxConvGpu: options.workspace must hold GpuWorkspaceBytes(shape, options) = " +
            std::to_string(plan.workspace_bytes) + " bytes of device memory";
   }
   if (reinterpret_cast<uintptr_t>(options.workspace) % 16 != 0) {
     return "ApproxConvGpu: the workspace must be 16-byte aligned";
-  }
-  if (plan.kernel == GpuKernel::kColumns) {
-    return LaunchColumns<T>(NeedsWide(s, options), dev, s, g, input, filter, output, lut_device, epi,
-                            static_cast<unsigned char*>(options.workspace), stream);
   }
   const auto launch = TiledLauncher<T>(plan.kernel);
   if (launch == nullptr) return "ApproxConvGpu: unknown kernel choice";

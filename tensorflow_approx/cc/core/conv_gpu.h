@@ -5,8 +5,10 @@
 // pass), then one fused launch: the input is quantized while the patches are gathered (implicit GEMM,
 // no im2col buffer), the 128 KB table sits in shared memory, the lookups accumulate in 32-bit integers
 // (64-bit when K * 65535 could pass 2^32), the activation code sums for the correction terms are taken
-// in the same pass, and the output is written once in the op's data format. (Depthwise and narrow
-// groups take a direct kernel that quantizes both operands itself and needs no workspace.)
+// in the same pass, and the output is written once in the op's data format. (Groups of up to 32
+// channels take the columns kernel, whose blocks each quantize the filter themselves, and depthwise
+// ones where it does not fit a direct kernel that quantizes both operands itself: neither needs a
+// workspace.)
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_H_
 
@@ -67,6 +69,10 @@ struct GpuOptions {
   // tiles. Each call writes it on its stream; calls in flight at once need their own.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Optional: LutByWeight of the call's table in device memory, 16-byte aligned. The columns kernel's
+  // blocks then copy it into shared memory; without it each block transposes the table itself, which
+  // costs the whole call some microseconds (made once per table, as the op keeps it with its table).
+  const uint16_t* lut_by_weight = nullptr;
   // Device buffers (optional): the integer sums as ReferenceConvAccumulate lays them out over all
   // pixels, acc[p * out_depth + co] and act_sum[p * groups + g].
   int64_t* debug_acc = nullptr;

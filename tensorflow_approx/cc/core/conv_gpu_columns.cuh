@@ -2,14 +2,13 @@
 // small networks), which leave most lanes of a tile of 64+ channels idle and, in the direct kernel,
 // quantize both operands for every lookup. Internal: included by conv_gpu.cu only.
 //
-// One thread per output pixel and up to kColumnChannels channels of its group, accumulated in
-// registers: the input code of each tap is quantized once and serves every channel. The block holds
+// One thread per output pixel and up to 16 or 32 channels of its group (ColumnChannels), accumulated
+// in registers: the input code of each tap is quantized once and serves every channel. The block holds
 // the table by weight code (cols[(w << 8) | a] = LUT[(a << 8) | w]) and the filter's codes (times 256,
 // the offset of their column) in shared memory: adjacent lanes take adjacent pixels of one group, so a
 // lookup's weight is the same in every lane (its codes are broadcast) and the banks follow the
-// activation codes, which ReLU zeros and padding make often equal (a broadcast too). A prologue pass
-// writes the transposed table, the filter codes and the per-channel code sums to the workspace once per
-// call; every block copies the first two into shared memory.
+// activation codes, which ReLU zeros and padding make often equal (a broadcast too). Each block builds
+// its shared memory itself (ColumnsShared), from the caller's table by weight code where it has one.
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COLUMNS_CUH_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_COLUMNS_CUH_
 
@@ -20,67 +19,96 @@
 namespace tfapprox {
 namespace gpu_internal {
 
-constexpr int kColumnChannels = 16;  // output channels per thread
 constexpr int kColumnThreads = 512;  // 16 warps: one block per multiprocessor, latency hidden by warps
 
-// Workspace layout: the transposed table, the filter codes << 8 (HWIO order), per-channel code sums.
-struct ColumnsWorkspace {
-  size_t codes_offset, sums_offset, bytes;
-  explicit ColumnsWorkspace(int64_t filter_elements, int64_t out_depth) {
+// A thread's output channels: 16, or 32 for groups of 17-32 channels, so that each input code of a
+// 32-channel group is loaded and quantized once per tap, not once per 16 channels (a 1x1 layer has
+// only 16 or 32 lookups per code to spread that over).
+// 32-bit sums only: the wide sums of 32 channels would not fit the registers of 512 threads.
+inline int ColumnChannels(int npg, bool wide) { return !wide && npg > 16 ? 32 : 16; }
+
+// Shared memory of a block: the transposed table, the filter codes << 8 (HWIO order), and per output
+// channel its filter term of the dequantization (DequantizeTerms' filter_sum_scale * (filter_sum -
+// filter_sum_offset), as a double or a float). Each block builds them itself from the table and the
+// filter: no pre-pass launch, no workspace (a pre-pass writing them once per call took 5-6 us on the
+// H200, most of a 1x1 layer's setup).
+struct ColumnsShared {
+  size_t codes_offset, terms_offset, bytes;
+  ColumnsShared(int64_t filter_elements, int64_t out_depth) {
     codes_offset = static_cast<size_t>(kLutEntries) * 2;
-    sums_offset = codes_offset + (static_cast<size_t>(filter_elements) * 2 + 15) / 16 * 16;
-    bytes = sums_offset + static_cast<size_t>(out_depth) * sizeof(int32_t);
+    terms_offset = codes_offset + (static_cast<size_t>(filter_elements) * 2 + 15) / 16 * 16;
+    bytes = terms_offset + static_cast<size_t>(out_depth) * sizeof(double);
   }
-  // Shared memory of a block: the table and the filter codes.
-  __host__ __device__ size_t SharedBytes() const { return sums_offset; }
 };
 
-template <typename T>
-__global__ void __launch_bounds__(256) ColumnsPrologueKernel(const uint16_t* __restrict__ lut, const T* __restrict__ filter,
-                                                             GpuGeometry g, const GpuQuant* quant, uint16_t* cols,
-                                                             uint16_t* codes, int32_t* sums) {
-  const int step = gridDim.x * blockDim.x;
-  const int first = blockIdx.x * blockDim.x + threadIdx.x;
-  for (int i = first; i < kLutEntries; i += step) cols[i] = __ldg(lut + (((i & 255) << 8) | (i >> 8)));
-  const bool per_channel = quant->channels != 1;
-  const QuantParams qf_tensor = quant->filter;
-  const int filter_elements = g.taps * g.out_depth;
-  for (int i = first; i < filter_elements; i += step) {
-    // The modulo only with per-channel ranges.
-    const QuantParams qf = per_channel ? ChannelFilter(quant, true, i % g.out_depth, qf_tensor) : qf_tensor;
-    codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
-  }
-  // A warp per output channel, its lanes across the taps (a thread walking all taps waited for each load).
-  const int lane = threadIdx.x & 31;
-  for (int co = first / 32; co < g.out_depth; co += step / 32) {
-    const QuantParams qf = ChannelFilter(quant, per_channel, co, qf_tensor);
-    int32_t sum = 0;  // taps * 255 < 2^31: the plan takes this kernel only for taps < 2^23
-    for (int t = lane; t < g.taps; t += 32) sum += QuantizeToCode(ToFloat(filter[t * g.out_depth + co]), qf);
-    sum = __reduce_add_sync(0xffffffffu, sum);
-    if (lane == 0) sums[co] = sum;
-  }
-}
-
-template <typename T, bool kWide>
+template <typename T, bool kWide, int kChannels>
 __global__ void __launch_bounds__(kColumnThreads, 1)
-    ColumnsConvKernel(const T* __restrict__ input, T* __restrict__ output, const unsigned char* __restrict__ workspace,
-                      ColumnsWorkspace layout, GpuGeometry g, Epilogue epi) {
+    ColumnsConvKernel(const T* __restrict__ input, const T* __restrict__ filter, const uint16_t* __restrict__ lut,
+                      const uint16_t* __restrict__ lut_by_weight, T* __restrict__ output, ColumnsShared layout,
+                      GpuGeometry g, Epilogue epi) {
   using Real = typename RealOf<T>::type;
   const QuantParams qi = epi.quant->input;
   const DequantizeTerms<Real> deq_tensor = TermsOf<Real>(epi.quant);
   const bool per_channel = epi.quant->channels != 1;
   using Acc = typename std::conditional<kWide, unsigned long long, uint32_t>::type;
   extern __shared__ __align__(16) unsigned char smem[];
-  {
-    const uint4* src = reinterpret_cast<const uint4*>(workspace);
-    uint4* dst = reinterpret_cast<uint4*>(smem);
-    for (size_t i = threadIdx.x; i < layout.SharedBytes() / 16; i += blockDim.x) dst[i] = __ldg(src + i);
+  uint16_t* cols = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* codes = reinterpret_cast<uint16_t*>(smem + layout.codes_offset);
+  Real* filter_terms = reinterpret_cast<Real*>(smem + layout.terms_offset);
+  if (lut_by_weight != nullptr) {  // the caller's copy of it: coalesced 16-byte loads
+    const uint4* src = reinterpret_cast<const uint4*>(lut_by_weight);
+    uint4* dst = reinterpret_cast<uint4*>(cols);
+    for (int i = threadIdx.x; i < kLutEntries / 8; i += kColumnThreads) dst[i] = __ldg(src + i);
+  } else {
+    // The table by weight code: cols[(w << 8) | a] = LUT[(a << 8) | w]. Item i reads LUT row a = i % 256,
+    // entries w0 .. w0 + 15 (w0 = 16 * (i / 256)): one whole 32-byte sector per lane (the table is 16-byte
+    // aligned); adjacent lanes take adjacent rows, so their stores of one w land on adjacent shared
+    // addresses, free of bank conflicts. Two items per round, their loads issued together.
+    constexpr int kItems = kLutEntries / 16;
+    for (int i = threadIdx.x; i < kItems; i += 2 * kColumnThreads) {
+      uint4 v[2][2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int item = i + u * kColumnThreads;  // kItems is a multiple of 2 * kColumnThreads
+        const uint4* src = reinterpret_cast<const uint4*>(lut + ((item & 255) << 8) + (item >> 8) * 16);
+        v[u][0] = __ldg(src);
+        v[u][1] = __ldg(src + 1);
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int item = i + u * kColumnThreads;
+        const int a = item & 255, w0 = (item >> 8) * 16;
+        const uint32_t words[8] = {v[u][0].x, v[u][0].y, v[u][0].z, v[u][0].w, v[u][1].x, v[u][1].y, v[u][1].z, v[u][1].w};
+#pragma unroll
+        for (int k = 0; k < 16; ++k) cols[((w0 + k) << 8) | a] = static_cast<uint16_t>(words[k / 2] >> (16 * (k % 2)));
+      }
+    }
+    static_assert(kLutEntries / 16 % (2 * kColumnThreads) == 0, "the table's items come in whole rounds");
   }
-  __syncthreads();
-  const uint16_t* cols = reinterpret_cast<const uint16_t*>(smem);
-  const uint16_t* codes = reinterpret_cast<const uint16_t*>(smem + layout.codes_offset);
-  const int32_t* sums = reinterpret_cast<const int32_t*>(workspace + layout.sums_offset);
-  const int chunks = (g.npg + kColumnChannels - 1) / kColumnChannels;
+  {
+    // The filter's codes, times 256 (the offset of their column).
+    const QuantParams qf_tensor = epi.quant->filter;
+    const int filter_elements = g.taps * g.out_depth;
+    for (int i = threadIdx.x; i < filter_elements; i += kColumnThreads) {
+      // The modulo only with per-channel ranges.
+      const QuantParams qf = per_channel ? ChannelFilter(epi.quant, true, i % g.out_depth, qf_tensor) : qf_tensor;
+      codes[i] = static_cast<uint16_t>(QuantizeToCode(ToFloat(filter[i]), qf) << 8);
+    }
+    __syncthreads();
+    // Each output channel's code sum, a warp per channel (its lanes across the taps), then its filter term.
+    const int lane = threadIdx.x & 31;
+    for (int co = threadIdx.x / 32; co < g.out_depth; co += kColumnThreads / 32) {
+      int32_t sum = 0;  // taps * 255 < 2^31: the plan takes this kernel only for taps < 2^23
+      for (int t = lane; t < g.taps; t += 32) sum += codes[t * g.out_depth + co] >> 8;
+      sum = __reduce_add_sync(0xffffffffu, sum);
+      if (lane == 0) {
+        const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
+        filter_terms[co] = deq.filter_sum_scale * Real(static_cast<int64_t>(sum) - deq.filter_sum_offset);
+      }
+    }
+    __syncthreads();
+  }
+  const int chunks = (g.npg + kChannels - 1) / kChannels;
   const int64_t items = static_cast<int64_t>(g.groups) * chunks * g.pixels;
   // Rows of codes (one per tap, out_depth long) and a thread's first channel at multiples of 8 codes:
   // 16-byte aligned (the codes start at a multiple of 16 bytes), so a tap's codes load as vectors.
@@ -101,34 +129,36 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
     const int p = static_cast<int>(item % g.pixels);
     const int slice = static_cast<int>(item / g.pixels);  // grp * chunks + chunk
     const int grp = slice / chunks;
-    const int c0 = (slice % chunks) * kColumnChannels;
-    const int nc = min(kColumnChannels, g.npg - c0);
+    const int c0 = (slice % chunks) * kChannels;
+    const int nc = min(kChannels, g.npg - c0);
     const int co0 = grp * g.npg + c0;
     const int ow = p % g.out_w, oh = (p / g.out_w) % g.out_h, n = p / g.out_w / g.out_h;
-    Acc acc[kColumnChannels];
+    Acc acc[kChannels];
 #pragma unroll
-    for (int j = 0; j < kColumnChannels; ++j) acc[j] = 0;
+    for (int j = 0; j < kChannels; ++j) acc[j] = 0;
     long long a_sum = 0;
     int t = 0;
     // The lookups of input code a at filter row t (tap and channel) for the thread's channels.
     auto lookups = [&](uint32_t a) {
       a_sum += a;
       const uint16_t* w = codes + static_cast<int64_t>(t++) * g.out_depth + co0;
-      uint32_t wc[kColumnChannels];  // the row's filter codes << 8 for the thread's channels
+      uint32_t wc[kChannels];  // the row's filter codes << 8 for the thread's channels
       if (vec_codes) {
-        // Two 16-byte loads (broadcast: the same in every lane) instead of 16 two-byte ones, half of the
-        // shared loads of a tap.
-        const uint4 lo = *reinterpret_cast<const uint4*>(w);
-        const uint4 hi = nc > 8 ? *reinterpret_cast<const uint4*>(w + 8) : make_uint4(0, 0, 0, 0);
-        const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        // 16-byte loads (broadcast: the same in every lane), 8 codes each, instead of two-byte ones.
+        uint32_t words[kChannels / 2];
 #pragma unroll
-        for (int j = 0; j < kColumnChannels; ++j) wc[j] = (words[j / 2] >> (16 * (j % 2))) & 0xFFFFu;
+        for (int q = 0; q < kChannels / 8; ++q) {
+          const uint4 v = 8 * q < nc ? *reinterpret_cast<const uint4*>(w + 8 * q) : make_uint4(0, 0, 0, 0);
+          words[4 * q] = v.x, words[4 * q + 1] = v.y, words[4 * q + 2] = v.z, words[4 * q + 3] = v.w;
+        }
+#pragma unroll
+        for (int j = 0; j < kChannels; ++j) wc[j] = (words[j / 2] >> (16 * (j % 2))) & 0xFFFFu;
       } else {
 #pragma unroll
-        for (int j = 0; j < kColumnChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
+        for (int j = 0; j < kChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
       }
 #pragma unroll
-      for (int j = 0; j < kColumnChannels; ++j) {
+      for (int j = 0; j < kChannels; ++j) {
         if (j < nc) acc[j] += cols[wc[j] + a];
       }
     };
@@ -182,30 +212,39 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
         }
       }
     }
-    T out[kColumnChannels];
-#pragma unroll
-    for (int j = 0; j < kColumnChannels; ++j) {
-      if (j >= nc) continue;
+    // DequantizeTerms' sum in its order, ((acc term + act_sum term) + filter term) + constant, on the same
+    // values (no FMA: -fmad=false), with the conversions of the pixel's code sum done once (its offset,
+    // taps * the input's code_shift, is every channel's: one input range) and each channel's filter term
+    // once per block: the same bits.
+    const Real act = Real(a_sum - deq_tensor.act_sum_offset);
+    auto value = [&](int j) -> T {
       const int co = co0 + j;
       const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
-      out[j] = FromReal<T>(deq(static_cast<int64_t>(acc[j]), a_sum, static_cast<int64_t>(sums[co])));
-      if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = static_cast<int64_t>(acc[j]);
-    }
+      return FromReal<T>(deq.acc_scale * Real(static_cast<int64_t>(acc[j]) - deq.acc_offset) + deq.act_sum_scale * act +
+                         filter_terms[co] + deq.constant);
+    };
+    // Each value stored as soon as it is made (holding a row of 32 outputs spilled registers).
     bool stored = false;
     if constexpr (kFloat) {
       if (vec_out) {  // nc is a multiple of 4 here (npg and c0 are)
         float4* dst = reinterpret_cast<float4*>(output + static_cast<int64_t>(p) * g.out_depth + co0);
 #pragma unroll
-        for (int k = 0; k < kColumnChannels / 4; ++k) {
-          if (4 * k < nc) dst[k] = make_float4(out[4 * k], out[4 * k + 1], out[4 * k + 2], out[4 * k + 3]);
+        for (int k = 0; k < kChannels / 4; ++k) {
+          if (4 * k < nc) dst[k] = make_float4(value(4 * k), value(4 * k + 1), value(4 * k + 2), value(4 * k + 3));
         }
         stored = true;
       }
     }
     if (!stored) {
 #pragma unroll
-      for (int j = 0; j < kColumnChannels; ++j) {
-        if (j < nc) StoreOutput(g, output, p, co0 + j, out[j]);
+      for (int j = 0; j < kChannels; ++j) {
+        if (j < nc) StoreOutput(g, output, p, co0 + j, value(j));
+      }
+    }
+    if (epi.debug_acc != nullptr) {
+#pragma unroll
+      for (int j = 0; j < kChannels; ++j) {  // (unrolled: acc stays in registers)
+        if (j < nc) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + j] = static_cast<int64_t>(acc[j]);
       }
     }
     if (epi.debug_act_sum != nullptr && c0 == 0) epi.debug_act_sum[static_cast<int64_t>(p) * g.groups + grp] = a_sum;

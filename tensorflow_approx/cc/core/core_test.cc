@@ -706,6 +706,15 @@ void TestLutFiles() {
   LutRef exact;
   error = LookupMulMap("", &exact);
   EXPECT(error.empty() && exact.id == 0 && (*exact.lut)[(200 << 8) | 100] == 20000, "exact table");
+  // The table by weight code (the GPU columns kernel's layout), on the file's asymmetric table.
+  error = LoadLutFile(dir + "/good.bin", &lut);
+  std::vector<uint16_t> by_weight(kLutEntries);
+  LutByWeight(lut->data(), by_weight.data());
+  int wrong = 0;
+  for (int a = 0; a < 256; ++a) {
+    for (int w = 0; w < 256; ++w) wrong += by_weight[(w << 8) | a] != (*lut)[(a << 8) | w];
+  }
+  EXPECT(error.empty() && wrong == 0 && by_weight[1] != (*lut)[1], "LutByWeight: %d entries misplaced", wrong);
 }
 
 void TestShapeErrors() {

@@ -15,6 +15,12 @@
 
 namespace tfapprox {
 
+void LutByWeight(const uint16_t* lut, uint16_t* by_weight) {
+  for (int a = 0; a < 256; ++a) {
+    for (int w = 0; w < 256; ++w) by_weight[(w << 8) | a] = lut[(a << 8) | w];
+  }
+}
+
 std::shared_ptr<const Lut> ExactLut() {
   static const std::shared_ptr<const Lut> exact = [] {
     auto lut = std::make_shared<Lut>();

@@ -15,6 +15,11 @@ constexpr int kLutFileBytes = kLutEntries * 2;
 
 using Lut = std::array<uint16_t, kLutEntries>;
 
+// The table by weight code: by_weight[(w << 8) | a] = lut[(a << 8) | w] (kLutEntries entries each). The
+// GPU's columns kernel reads its lookups so; callers that keep a table on the device keep this beside it
+// (GpuOptions::lut_by_weight), so that no call transposes it.
+void LutByWeight(const uint16_t* lut, uint16_t* by_weight);
+
 // The exact product table; one instance shared by every caller.
 std::shared_ptr<const Lut> ExactLut();
 

@@ -101,11 +101,13 @@ absl::Status UploadDecomposition(OpKernelContext* ctx, const tfapprox::TableDeco
   return absl::OkStatus();
 }
 
-// A table on the device as one call uses it: the uint16 table in the kernels' codes (lut), the offset
-// its entries carry, and its registered decomposition (decomposed), rearranged likewise; the buffers
-// keep the device memory alive.
+// A table on the device as one call uses it: the uint16 table in the kernels' codes (lut) and the same by
+// weight code (lut_by_weight, for the columns kernel: transposed once per table here, not per call), the
+// offset its entries carry, and its registered decomposition (decomposed), rearranged likewise; the
+// buffers keep the device memory alive.
 struct TableOnDevice {
   const uint16_t* lut = nullptr;
+  const uint16_t* lut_by_weight = nullptr;
   int64_t offset = 0;
   bool decomposed = false;
   tfapprox::GpuDecomposition decomposition;
@@ -134,8 +136,13 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
     }
     TableOnDevice table;
     table.offset = host->offset;
-    TF_RETURN_IF_ERROR(UploadTemp(ctx, host->lut, tfapprox::kLutEntries * sizeof(uint16_t), stream, &table.lut_buffer));
+    std::vector<uint16_t> both(2 * tfapprox::kLutEntries);  // [table | by weight]: one upload
+    std::copy(host->lut, host->lut + tfapprox::kLutEntries, both.begin());
+    tfapprox::LutByWeight(host->lut, both.data() + tfapprox::kLutEntries);
+    TF_RETURN_IF_ERROR(UploadTemp(ctx, both.data(), static_cast<int64_t>(both.size() * sizeof(uint16_t)), stream,
+                                  &table.lut_buffer));
     table.lut = reinterpret_cast<const uint16_t*>(table.lut_buffer.flat<uint8_t>().data());
+    table.lut_by_weight = table.lut + tfapprox::kLutEntries;  // 128 KB on: aligned as the buffer
     if (host->decomposed) {
       TF_RETURN_IF_ERROR(UploadDecomposition(ctx, host->decomposition.view, stream, &table.decomposition_buffer,
                                              &table.decomposition));
@@ -251,6 +258,7 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
 
     // Scratch of the tiled kernels: the filter quantized once, and the sums of split tiles (a few MB).
     tfapprox::GpuOptions options;
+    options.lut_by_weight = table.lut_by_weight;
     Tensor workspace;
     const size_t workspace_bytes = tfapprox::GpuWorkspaceBytes(shape, options);
     if (workspace_bytes > 0) {
