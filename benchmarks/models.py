@@ -1,7 +1,9 @@
 """Whole networks: a CIFAR ResNet-20 and a ResNet-50-shaped network, every Conv2D/Dense approximate.
 
-Prints, per network: predict at each batch size, the same forward passes on batches already on the
-device (the network without Keras' input pipeline, as the PyTorch baseline runs), and one epoch of fit
+Prints, per network: predict at each batch size (from a NumPy array and from a tf.data.Dataset), the
+same forward passes on batches already on the device (the network without Keras' input pipeline, as the
+PyTorch baseline runs), predict of a model that does nothing (the input pipeline's own cost), and one
+epoch of fit
 (images/s, effective G LUT-MAC/s) for the approximate model beside the same plain Keras float32 model
 in the same run; then a per-layer
 table (each approximate layer alone on its input shape: time per call, G LUT-MAC/s, the kernel the op
@@ -209,6 +211,33 @@ def forward_seconds(model, x, batch):
         return seconds(run)
 
 
+def pipeline_floor(x, batch):
+    """Seconds of Keras' predict over x for a model that does nothing (it returns one pixel of each
+    image): the input pipeline's own cost, the same under any model, from a NumPy array and from a
+    tf.data.Dataset. (None, None) where this TensorFlow cannot run it on the device."""
+    with tf.device(DEVICE.value):
+        try:
+            inputs = keras.Input(x.shape[1:])
+            nothing = keras.Model(inputs, keras.layers.Lambda(lambda v: v[:, 0, 0, :])(inputs))
+            return (seconds(lambda: nothing.predict(x, batch_size=batch, verbose=0)),
+                    seconds(lambda: nothing.predict(dataset_of(x, batch), verbose=0)))
+        except Exception as e:  # noqa: BLE001 (the tf-gpu stand-ins refuse some graphs; say so, go on)
+            print(f"(the pipeline floor did not run here: {type(e).__name__}: {str(e)[:200]})")
+            return None, None
+
+
+def dataset_of(x, batch):
+    """x as a tf.data.Dataset of batches, prefetched: how a user feeds predict from memory. Built once
+    per array and batch (cached below), not inside a timing: building it copies x into a tensor."""
+    key = (id(x), batch)
+    if key not in _DATASETS:
+        _DATASETS[key] = tf.data.Dataset.from_tensor_slices(x).batch(batch).prefetch(tf.data.AUTOTUNE)
+    return _DATASETS[key]
+
+
+_DATASETS = {}
+
+
 def overhead_table(table):
     """Per-call cost of the op on tiny convolutions (1x8x8xC, 3x3 C->C; the 16-channel one runs the columns
     kernel, the 64-channel one a tiled kernel): the file op (no table input), the table op with the
@@ -349,6 +378,13 @@ def main(_):
             if t_float is None and TORCH.value:
                 t_float = torch.seconds(net, IMAGES.value, batch)
             rows = [(f"predict batch {batch}", t_approx, t_float)]
+            # The same from a tf.data.Dataset: Keras' slicing of a NumPy array (a fixed cost per call and
+            # per batch, whatever the model) is most of what predict adds to the forward pass.
+            with tf.device(DEVICE.value):
+                t_data = seconds(lambda: approx.predict(dataset_of(x, batch), verbose=0))
+                t_data_float = (seconds(lambda: model.predict(dataset_of(x, batch), verbose=0))
+                                if FLOAT_KERAS.value else t_float)
+            rows.append((f"predict batch {batch}, tf.data input", t_data, t_data_float))
             if STEPS_PER_EXECUTION.value > 1:
                 # Keras' predict loop costs some milliseconds per call of its predict function on the host;
                 # compiled with steps_per_execution, one call runs that many batches.
@@ -361,9 +397,14 @@ def main(_):
                 rows.append((f"predict batch {batch}, steps_per_execution {STEPS_PER_EXECUTION.value}", spe[approx],
                              spe.get(model, t_float)))
             rows.append((f"forward batch {batch}, on the device", forward_seconds(approx, x, batch), t_float))
-            for label, t, t_float in rows:
+            floor_numpy, floor_data = pipeline_floor(x, batch)
+            for label, t in (("NumPy", floor_numpy), ("tf.data", floor_data)):
+                if t is not None:
+                    rows.append((f"predict batch {batch}, a model that does nothing, {label} input", t, None, False))
+            for label, t, t_float, *network in rows:  # (network: False for the do-nothing model's rows)
                 ratio = f"{t / t_float:.1f}x" if t_float else "-"
-                print(f"| {label} | {t:.3f} | {IMAGES.value / t:.0f} | {macs * IMAGES.value / t / 1e9:.0f} | "
+                rate = macs * IMAGES.value / t / 1e9 if network != [False] else None
+                print(f"| {label} | {t:.3f} | {IMAGES.value / t:.0f} | {fmt(rate, '.0f')} | "
                       f"{fmt(t_float, '.3f')} | {ratio} |")
         if FIT.value:
             with tf.device(DEVICE.value):
