@@ -6,14 +6,16 @@
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
 //               [--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases]
-//               [--profile LAYER [--kernel K | --terms N]]
+//               [--decomposed-tiles] [--profile LAYER [--kernel K | --terms N]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
 // export_decompositions.py) and timed in a table of its own after the lookups' timings;
 // --decomposed-only runs only its checks and its tables (the timings, with GpuPreferDecomposed's picks,
 // then each launch's time for 1 and 16 terms, fused and separate input passes); --decomposed-phases runs
-// only the per-launch table; --lookups-only leaves the decomposed kernel out.
+// only the per-launch table; --decomposed-tiles runs only a table of every GEMM tile's rate on the five
+// layers for 1 and 16 terms, each tile's outputs held bit for bit to the lookups' (ChooseGpuDecomposedTile's
+// pick marked); --lookups-only leaves the decomposed kernel out.
 //
 // Exit status 0 only when every check passed.
 #include <cuda_bf16.h>
@@ -1099,6 +1101,8 @@ const BenchShape kBenchShapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
                                    {"R20 3x3 s2 16->32", 1000, 32, 16, 32, 3, 2},
                                    {"R20 1x1 s2 16->32", 1000, 32, 16, 32, 1, 2},
                                    {"R20 1x1 s2 32->64", 1000, 16, 32, 64, 1, 2}};
+// The first kPerformanceLayers of kBenchShapes are performance.md's five layers.
+constexpr int kPerformanceLayers = 5;
 
 // The ranges of the benchmark layers: input [-2, 6] (zero point 64), filter [-1, 1] (zero point 128).
 void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
@@ -1791,6 +1795,81 @@ void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int ca
   DecomposedRefusalChecks(counts);
 }
 
+// Decompositions on the device for the timings, each with the table it describes, on which the lookups
+// give the reference outputs.
+struct BenchDecompositions {
+  std::vector<HostDecomposition> host;
+  std::vector<std::unique_ptr<DeviceDecomposition>> d;
+  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> luts;
+};
+
+// false (a failure, counted and reported) when a decomposition's table is no uint16 table.
+bool UploadBenchDecompositions(std::vector<HostDecomposition> host, BenchDecompositions* out, Counts* counts) {
+  out->host = std::move(host);
+  for (const HostDecomposition& d : out->host) {
+    Lut lut;
+    const std::string err = TableOf(d, &lut);
+    if (!err.empty()) {
+      std::printf("FAIL decomposed bench table: %s\n", err.c_str());
+      ++counts->failures;
+      return false;
+    }
+    out->d.emplace_back(new DeviceDecomposition(d));
+    out->luts.emplace_back(new DeviceBuffer<uint16_t>(kLutEntries));
+    out->luts.back()->Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  }
+  return true;
+}
+
+// A benchmark layer for the decomposed kernel's timings (realistic data, float32 NHWC), with the lookups
+// (ApproxConvGpu kAuto) as the reference of every timed output.
+struct DecomposedBenchLayer {
+  BenchData data;
+  DeviceBuffer<float> d_ref;
+  DeviceQuant d_q;
+  GpuOptions lookup_opts;
+  Workspace lookup_ws;
+  DecomposedBenchLayer(std::mt19937_64& rng, const BenchShape& b, const QuantParams& qi, const QuantParams& qf)
+      : data(rng, b, qi, qf), d_ref(data.s.output_elements()), d_q(qi, qf, data.s.taps()),
+        lookup_ws(data.s, &lookup_opts) {}
+
+  std::string Lookups(const uint16_t* lut, float* out) const {
+    return ApproxConvGpu<float>(data.s, data.d_in.ptr, data.d_flt.ptr, d_q.ptr, lut, out, 0, lookup_opts);
+  }
+
+  // The median time of whole decomposed calls with `opts` as G LUT-MAC/s (-1 where the kernel refuses
+  // the shape), then the last call's outputs held bit for bit to the lookups' on `lut` (a case counted; a
+  // failure counted and reported with `label`).
+  double TimeAndCheck(const GpuDecomposition& d, const uint16_t* lut, const GpuDecomposedOptions& opts, int runs,
+                      Counts* counts, const std::string& label) {
+    const ConvShape& s = data.s;
+    if (!GpuDecomposedSupports(s, d.terms).empty()) return -1;
+    DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d.terms));
+    data.d_out.Poison(0xFF);
+    std::string err;
+    const double ms = MedianMs(
+        [&] {
+          const std::string e = ApproxConvGpuDecomposed<float>(s, data.d_in.ptr, data.d_flt.ptr, d_q.ptr, d,
+                                                               data.d_out.ptr, 0, d_ws.ptr, d_ws.count, opts);
+          if (!e.empty()) err = e;
+        },
+        runs);
+    const std::string lookup_err = Lookups(lut, d_ref.ptr);
+    if (err.empty() && !lookup_err.empty()) err = "ApproxConvGpu failed: " + lookup_err;
+    CUDA_OR_DIE(cudaDeviceSynchronize());
+    ++counts->cases;
+    ++counts->decomposed;
+    counts->outputs_checked += s.output_elements();
+    const std::vector<float> out = data.d_out.Download(), ref = d_ref.Download();
+    if (!err.empty() || std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) != 0) {
+      ++counts->failures;
+      std::printf("FAIL decomposed bench %s: %s\n", label.c_str(),
+                  err.empty() ? "outputs differ from the lookups'" : err.c_str());
+    }
+    return static_cast<double>(s.lut_macs()) / ms * 1e-6;
+  }
+};
+
 // The decomposed kernel against the lookups on the benchmark layers (realistic data, float32 NHWC):
 // the exact product as one term, then synthetic decompositions of 4, 8 and 16 terms. Rates in G
 // LUT-MAC/s: table lookups replaced per second (N * OH * OW * OC * taps), not int8 MACs. Every timed
@@ -1798,21 +1877,11 @@ void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int ca
 void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
-  std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 4),
-                                                   RandomDecomposition(rng, 8), RandomDecomposition(rng, 16)};
-  std::vector<std::unique_ptr<DeviceDecomposition>> d_decs;
-  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> d_luts;
-  for (const HostDecomposition& d : decompositions) {
-    Lut lut;
-    const std::string err = TableOf(d, &lut);
-    if (!err.empty()) {
-      std::printf("FAIL decomposed bench table: %s\n", err.c_str());
-      ++counts->failures;
-      return;
-    }
-    d_decs.emplace_back(new DeviceDecomposition(d));
-    d_luts.emplace_back(new DeviceBuffer<uint16_t>(kLutEntries));
-    d_luts.back()->Upload(std::vector<uint16_t>(lut.begin(), lut.end()));
+  BenchDecompositions decs;
+  if (!UploadBenchDecompositions({ExactDecomposition(), RandomDecomposition(rng, 4), RandomDecomposition(rng, 8),
+                                  RandomDecomposition(rng, 16)},
+                                 &decs, counts)) {
+    return;
   }
   std::printf("\nDecomposed (int8 tensor cores): G LUT-MAC/s (table lookups replaced per second), float32 NHWC, "
               "realistic data, median of %d runs;\nlookups = ApproxConvGpu (kAuto) on the exact table; "
@@ -1822,50 +1891,25 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   std::vector<std::string> wrong_picks;
   int picks = 0;
   for (const BenchShape& b : kBenchShapes) {
-    BenchData data(rng, b, qi, qf);
-    const ConvShape& s = data.s;
-    const DeviceBuffer<float>& d_in = data.d_in;
-    const DeviceBuffer<float>& d_flt = data.d_flt;
-    DeviceBuffer<float>& d_out = data.d_out;
-    DeviceBuffer<float> d_ref(s.output_elements());
-    const DeviceQuant d_q(qi, qf, s.taps());
-    const double macs = static_cast<double>(s.lut_macs());
-    GpuOptions lookup_opts;
-    const Workspace d_lookup_ws(s, &lookup_opts);
+    DecomposedBenchLayer layer(rng, b, qi, qf);
+    const ConvShape& s = layer.data.s;
     std::string err;
-    auto lookups = [&](const uint16_t* lut, float* out) {
-      const std::string e = ApproxConvGpu<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, lut, out, 0, lookup_opts);
-      if (!e.empty()) err = e;
-    };
-    const double lookup_rate = macs / MedianMs([&] { lookups(d_luts[0]->ptr, d_ref.ptr); }, runs) * 1e-6;
+    const double lookup_rate = static_cast<double>(s.lut_macs()) /
+                               MedianMs(
+                                   [&] {
+                                     const std::string e = layer.Lookups(decs.luts[0]->ptr, layer.d_ref.ptr);
+                                     if (!e.empty()) err = e;
+                                   },
+                                   runs) *
+                               1e-6;
+    if (!err.empty()) {
+      ++counts->failures;
+      std::printf("FAIL decomposed bench %s: ApproxConvGpu failed: %s\n", b.name, err.c_str());
+    }
     double rates[4];
-    for (size_t i = 0; i < decompositions.size(); ++i) {
-      const GpuDecomposition& d = d_decs[i]->d;
-      rates[i] = -1;
-      if (!GpuDecomposedSupports(s, d.terms).empty()) continue;
-      DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d.terms));
-      d_out.Poison(0xFF);
-      const double ms = MedianMs(
-          [&] {
-            const std::string e =
-                ApproxConvGpuDecomposed<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d, d_out.ptr, 0, d_ws.ptr, d_ws.count);
-            if (!e.empty()) err = e;
-          },
-          runs);
-      rates[i] = macs / ms * 1e-6;
-      // The same outputs as the lookups on the table this decomposition describes.
-      if (i > 0) lookups(d_luts[i]->ptr, d_ref.ptr);  // (d_ref holds the exact table's for i = 0)
-      CUDA_OR_DIE(cudaDeviceSynchronize());
-      ++counts->cases;
-      ++counts->decomposed;
-      counts->outputs_checked += s.output_elements();
-      const std::vector<float> out = d_out.Download(), ref = d_ref.Download();
-      if (!err.empty() || std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) != 0) {
-        ++counts->failures;
-        std::printf("FAIL decomposed bench %s (%s): %s\n", b.name, decompositions[i].name.c_str(),
-                    err.empty() ? "outputs differ from the lookups'" : err.c_str());
-        err.clear();
-      }
+    for (size_t i = 0; i < decs.host.size(); ++i) {
+      rates[i] = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, GpuDecomposedOptions(), runs, counts,
+                                    std::string(b.name) + " (" + decs.host[i].name + ")");
     }
     std::printf("%-20s %12.0f", b.name, lookup_rate);
     for (double r : rates) {
@@ -1884,8 +1928,8 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
     // auto: GpuPreferDecomposed's choice for each column's terms (y: decomposed, n: lookups); a pick
     // where the decomposed call measured slower than the lookups is a wrong pick.
     char picked[5] = "----";
-    for (size_t i = 0; i < decompositions.size() && i < 4; ++i) {
-      const int terms = d_decs[i]->d.terms;
+    for (size_t i = 0; i < decs.host.size() && i < 4; ++i) {
+      const int terms = decs.d[i]->d.terms;
       const bool pick = GpuPreferDecomposed(s, terms);
       picked[i] = pick ? 'y' : 'n';
       if (!pick) continue;
@@ -1902,6 +1946,44 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   std::printf("auto (GpuPreferDecomposed): %d picks of the decomposed kernel, %zu wrong picks (slower than the "
               "lookups)\n", picks, wrong_picks.size());
   for (const std::string& w : wrong_picks) std::printf("  wrong pick: %s\n", w.c_str());
+}
+
+// Every GEMM tile on performance.md's five benchmark layers, for the exact table (1 term)
+// and 16 terms: whole calls timed (G LUT-MAC/s), each tile's outputs held bit for bit to the lookups'.
+// `*` marks ChooseGpuDecomposedTile's pick: what the tile table's rate guesses are checked against.
+void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
+  QuantParams qi, qf;
+  BenchQuantParams(&qi, &qf);
+  BenchDecompositions decs;
+  if (!UploadBenchDecompositions({ExactDecomposition(), RandomDecomposition(rng, 16)}, &decs, counts)) return;
+  constexpr int kTiles = static_cast<int>(GpuDecomposedTile::kCount);
+  std::printf("\nDecomposed tiles: G LUT-MAC/s per GEMM tile, whole calls, median of %d runs (float32 NHWC, "
+              "realistic data); * = ChooseGpuDecomposedTile's pick\n", runs);
+  std::printf("%-20s %5s", "shape", "terms");
+  for (int t = 0; t < kTiles; ++t) std::printf(" %15s", GpuDecomposedTileName(static_cast<GpuDecomposedTile>(t)));
+  std::printf("\n");
+  for (int li = 0; li < kPerformanceLayers; ++li) {
+    const BenchShape& b = kBenchShapes[li];
+    DecomposedBenchLayer layer(rng, b, qi, qf);
+    for (size_t i = 0; i < decs.host.size(); ++i) {
+      const int terms = decs.d[i]->d.terms;
+      const GpuDecomposedTile pick = ChooseGpuDecomposedTile(layer.data.s, terms);
+      std::printf("%-20s %5d", b.name, terms);
+      for (int t = 0; t < kTiles; ++t) {
+        GpuDecomposedOptions opts;
+        opts.tile = static_cast<GpuDecomposedTile>(t);
+        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, opts, runs, counts,
+                                               std::string(b.name) + " (" + decs.host[i].name + ", " +
+                                                   GpuDecomposedTileName(opts.tile) + ")");
+        if (rate < 0) {
+          std::printf(" %15s", "n/a");
+        } else {
+          std::printf(" %14.0f%c", rate, opts.tile == pick ? '*' : ' ');
+        }
+      }
+      std::printf("\n");
+    }
+  }
 }
 
 // Where a decomposed call's time goes: per benchmark layer, 1 and 16 terms, the fused input pass (the
@@ -2033,7 +2115,8 @@ int main(int argc, char** argv) {
   int cases = 400, runs = 30;
   uint64_t seed = 20261128;
   int decomposed_cases = 300;
-  bool bench = true, sweep = false, decomposed_only = false, phases_only = false, lookups_only = false;
+  bool bench = true, sweep = false, decomposed_only = false, phases_only = false, tiles_only = false,
+       lookups_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
   int profile_terms = 0;  // with --profile: the decomposed kernel with this many terms
   GpuKernel kernel = GpuKernel::kAuto;
@@ -2058,10 +2141,12 @@ int main(int argc, char** argv) {
     else if (a == "--decomposed-only") decomposed_only = true;
     else if (a == "--lookups-only") lookups_only = true;
     else if (a == "--decomposed-phases") phases_only = true;
+    else if (a == "--decomposed-tiles") tiles_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
-                   "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--profile LAYER [--kernel K | --terms N]]\n",
+                   "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] "
+                   "[--profile LAYER [--kernel K | --terms N]]\n",
                    argv[0]);
       return 2;
     }
@@ -2085,6 +2170,12 @@ int main(int argc, char** argv) {
   if (phases_only) {  // only the decomposed kernel's phase breakdown (no checks)
     DecomposedPhases(rng, runs, &counts);
     std::printf("\n%s\n", counts.failures == 0 ? "PHASES DONE" : "PHASES FAILED");
+    return counts.failures == 0 ? 0 : 1;
+  }
+  if (tiles_only) {  // only the decomposed kernel's per-tile table (its outputs checked, no other checks)
+    DecomposedTiles(rng, runs, &counts);
+    std::printf("\ntiles: %d calls checked, %d failures (output bits vs the lookups)\n%s\n", counts.cases,
+                counts.failures, counts.failures == 0 ? "TILES PASSED" : "TILES FAILED");
     return counts.failures == 0 ? 0 : 1;
   }
   if (!decomposed_only) {

@@ -3,7 +3,8 @@
 # (no TensorFlow, no Bazel), checks them against the CPU reference, then times them.
 #
 #   benchmarks/gpu/run_gpu_harness.sh [harness arguments: --cases N --runs R --seed S --no-bench
-#                                      --decomposed-only --decomposed-cases N --decomposed-phases]
+#                                      --decomposed-only --decomposed-cases N --decomposed-phases
+#                                      --decomposed-tiles]
 #
 # Environment: GPU_TABLES (folder of EvoApprox .bin tables, default .gpu_tables; NAME.decomp files from
 # benchmarks/gpu/export_decompositions.py beside them are used by the decomposed kernel's checks), NVCC (default nvcc),
