@@ -41,25 +41,32 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 // ---------------------------------------------------------------------------------------------------
 // Host side.
 
-// Every tile once: its enum, the block tile, the warps, and a throughput guess relative to 128 x 128
-// (to be measured with the harness's --decomposed-only timings; it only matters when two tiles fit a
-// shape about equally well).
+// Every tile once: its enum, the block tile, the warps (WARPS_M x WARPS_N), the blocks per
+// multiprocessor it is built for (__launch_bounds__' minimum, which caps its registers: 64K / (threads x
+// blocks); and ChooseTile's block slots), and a throughput guess relative to 128 x 128 (to be measured with
+// the harness's --decomposed-tiles; it only matters when two tiles fit a shape about equally well). Warp
+// tiles of 64 x 64 (256 x 128, 128 x 256) read each fragment for twice the mma of 64 x 32 but hold 128
+// accumulators a thread: one block of 8 warps per multiprocessor.
 #define TFAPPROX_DECOMPOSED_TILES(X)        \
-  X(kTile128x128, 128, 128, 2, 4, 1.0)      \
-  X(kTile64x64, 64, 64, 2, 2, 0.7)          \
-  X(kTile128x32, 128, 32, 4, 1, 0.55)
+  X(kTile128x128, 128, 128, 2, 4, 2, 1.0)   \
+  X(kTile64x64, 64, 64, 2, 2, 2, 0.7)       \
+  X(kTile128x32, 128, 32, 4, 1, 2, 0.55)    \
+  X(kTile128x64, 128, 64, 2, 2, 4, 0.85)    \
+  X(kTile256x64, 256, 64, 4, 2, 2, 0.95)    \
+  X(kTile256x128, 256, 128, 4, 2, 1, 1.05)  \
+  X(kTile128x256, 128, 256, 2, 4, 1, 1.05)
 
 struct TileConfig {
   GpuDecomposedTile tile;
-  int bm, bn;
+  int bm, bn, blocks_per_sm;
   double rate;
 };
-#define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, rate) {GpuDecomposedTile::tile, bm, bn, rate},
+#define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, rate) {GpuDecomposedTile::tile, bm, bn, blocks, rate},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 
 // Estimated speed of a tile on a shape: the share of its outputs that are real x the share of the
-// last wave's block slots that are busy (two blocks per multiprocessor) x its rate.
+// last wave's block slots that are busy (the tile's blocks per multiprocessor) x its rate.
 GpuDecomposedTile ChooseTile(const ConvShape& s, int sms) {
   double best_score = -1;
   GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
@@ -67,7 +74,7 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int sms) {
     const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
     const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
     const int64_t blocks = m_tiles * n_tiles * s.groups();
-    const int64_t slots = 2 * static_cast<int64_t>(std::max(sms, 1));
+    const int64_t slots = t.blocks_per_sm * static_cast<int64_t>(std::max(sms, 1));
     const int64_t waves = (blocks + slots - 1) / slots;
     const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
                         (static_cast<double>(m_tiles * t.bm) * static_cast<double>(n_tiles * t.bn));
@@ -85,7 +92,7 @@ unsigned PrepBlocks(int64_t work, int sms) {
       std::max<int64_t>(1, std::min<int64_t>((work + kPrepThreads - 1) / kPrepThreads, int64_t{8} * std::max(sms, 1))));
 }
 
-template <typename T, int BM, int BN, int WARPS_M, int WARPS_N>
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS>
 std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi, T* output,
                        cudaStream_t stream) {
   GemmArgs args = base;
@@ -99,8 +106,8 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
   args.n_tiles = static_cast<int>(n_tiles);
   args.k_tiles = static_cast<int>(k_tiles);
   constexpr int smem = GemmSmemBytes<BM, BN>();
-  auto kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, true>
-                         : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, false>;
+  auto kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, true>
+                         : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, false>;
   // A constant per kernel (unlike the columns kernel's), so concurrent callers set the same value.
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
@@ -112,9 +119,9 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
 template <typename T>
 std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& args, const GpuGeometry& g,
                        const Epilogue& epi, T* output, cudaStream_t stream) {
-#define TFAPPROX_TILE_CASE(name, bm, bn, wm, wn, rate) \
-  case GpuDecomposedTile::name:                        \
-    return LaunchGemm<T, bm, bn, wm, wn>(ldmatrix, args, g, epi, output, stream);
+#define TFAPPROX_TILE_CASE(name, bm, bn, wm, wn, blocks, rate) \
+  case GpuDecomposedTile::name:                                \
+    return LaunchGemm<T, bm, bn, wm, wn, blocks>(ldmatrix, args, g, epi, output, stream);
   switch (tile) {
     TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CASE)
     default:
@@ -131,6 +138,10 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTile128x128: return "mma128x128";
     case GpuDecomposedTile::kTile64x64: return "mma64x64";
     case GpuDecomposedTile::kTile128x32: return "mma128x32";
+    case GpuDecomposedTile::kTile128x64: return "mma128x64";
+    case GpuDecomposedTile::kTile256x64: return "mma256x64";
+    case GpuDecomposedTile::kTile256x128: return "mma256x128";
+    case GpuDecomposedTile::kTile128x256: return "mma128x256";
     default: return "?";
   }
 }

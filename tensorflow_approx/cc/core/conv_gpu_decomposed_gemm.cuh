@@ -63,7 +63,8 @@ __device__ __forceinline__ int StageOffset(int row, int chunk) {
 // ---------------------------------------------------------------------------------------------------
 // The implicit GEMM. A block computes a BM x BN tile (pixels x output channels of one group) over the
 // whole K; warps are arranged WARPS_M x WARPS_N, each owning (BM / WARPS_M) x (BN / WARPS_N) outputs as
-// MT x NT mma tiles of 16 x 8. kStages-deep cp.async pipeline: the copies of the next stages are in
+// MT x NT mma tiles of 16 x 8; BLOCKS blocks per multiprocessor (the registers are capped to fit them).
+// kStages-deep cp.async pipeline: the copies of the next stages are in
 // flight while the tensor cores work on the current one.
 struct GemmArgs {
   const int8_t* planes;
@@ -98,8 +99,8 @@ constexpr int GemmSmemBytes() {
   return kStages * (BM + BN) * kBK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long));
 }
 
-template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool kLdmatrix>
-__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, bool kLdmatrix>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
   constexpr int NT_THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
