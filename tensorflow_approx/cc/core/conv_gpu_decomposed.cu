@@ -12,7 +12,8 @@
 // chunk of the pixel's tap from the planes (cp.async straight into shared memory). A padded tap reads a
 // slice of the zero point's u values (one per group, after the pixels' slices): padding is the zero
 // point's code, whose u is not 0 in general. The filter's planes are B, [co][K] (K-contiguous: the
-// "col" operand of mma.sync.m16n8k32.row.col), K padded with zeros to whole K tiles.
+// "col" operand of mma.sync.m16n8k32.row.col), K padded with zeros to a multiple of kMaxBK (whole
+// stages of every tile).
 // The free terms are per pixel (sum of alpha over the patch, like act_sum: from per input pixel sums
 // of the pre-pass) and per channel (sum of beta, from a filter pass, plus taps * c0).
 //
@@ -43,25 +44,30 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 
 // Every tile once: its enum, the block tile, the warps (WARPS_M x WARPS_N), the blocks per
 // multiprocessor it is built for (__launch_bounds__' minimum, which caps its registers: 64K / (threads x
-// blocks); and ChooseTile's block slots), and a throughput guess relative to 128 x 128 (to be measured with
-// the harness's --decomposed-tiles; it only matters when two tiles fit a shape about equally well). Warp
+// blocks); and ChooseTile's block slots), the K bytes per stage and the stages (BK 128: four mma k steps
+// per barrier instead of two, three stages to stay in shared memory), and a throughput guess relative to
+// 128 x 128 (to be measured with the harness's --decomposed-tiles; it only matters when two tiles fit a
+// shape about equally well). Warp
 // tiles of 64 x 64 (256 x 128, 128 x 256) read each fragment for twice the mma of 64 x 32 but hold 128
 // accumulators a thread: one block of 8 warps per multiprocessor.
-#define TFAPPROX_DECOMPOSED_TILES(X)        \
-  X(kTile128x128, 128, 128, 2, 4, 2, 1.0)   \
-  X(kTile64x64, 64, 64, 2, 2, 2, 0.7)       \
-  X(kTile128x32, 128, 32, 4, 1, 2, 0.55)    \
-  X(kTile128x64, 128, 64, 2, 2, 4, 0.85)    \
-  X(kTile256x64, 256, 64, 4, 2, 2, 0.95)    \
-  X(kTile256x128, 256, 128, 4, 2, 1, 1.05)  \
-  X(kTile128x256, 128, 256, 2, 4, 1, 1.05)
+#define TFAPPROX_DECOMPOSED_TILES(X)                      \
+  X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0)          \
+  X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7)              \
+  X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55)           \
+  X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85)           \
+  X(kTile256x64, 256, 64, 4, 2, 2, 64, 4, 0.95)           \
+  X(kTile256x128, 256, 128, 4, 2, 1, 64, 4, 1.05)         \
+  X(kTile128x256, 128, 256, 2, 4, 1, 64, 4, 1.05)         \
+  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02)    \
+  X(kTile256x128k128, 256, 128, 4, 2, 1, 128, 3, 1.07)
 
 struct TileConfig {
   GpuDecomposedTile tile;
   int bm, bn, blocks_per_sm;
   double rate;
 };
-#define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, rate) {GpuDecomposedTile::tile, bm, bn, blocks, rate},
+#define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, bk, stages, rate) \
+  {GpuDecomposedTile::tile, bm, bn, blocks, rate},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 
@@ -92,7 +98,7 @@ unsigned PrepBlocks(int64_t work, int sms) {
       std::max<int64_t>(1, std::min<int64_t>((work + kPrepThreads - 1) / kPrepThreads, int64_t{8} * std::max(sms, 1))));
 }
 
-template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS>
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES>
 std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi, T* output,
                        cudaStream_t stream) {
   GemmArgs args = base;
@@ -100,14 +106,15 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
   const int64_t n_tiles = (static_cast<int64_t>(g.npg) + BN - 1) / BN;
   const int64_t blocks = m_tiles * n_tiles * g.groups;
   if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: convolution too large for one GPU launch";
-  const int64_t k_tiles = args.l.k_padded / kBK;
+  const int64_t k_tiles = GemmKTiles<BK>(args.l);
   if (k_tiles > INT_MAX) return "ApproxConvGpuDecomposed: K too large";
   args.m_tiles = static_cast<int>(m_tiles);
   args.n_tiles = static_cast<int>(n_tiles);
   args.k_tiles = static_cast<int>(k_tiles);
-  constexpr int smem = GemmSmemBytes<BM, BN>();
-  auto kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, true>
-                         : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, false>;
+  constexpr int smem = GemmSmemBytes<BM, BN, BK, STAGES>();
+  static_assert(BLOCKS * (smem + 1024) <= 228 * 1024, "BLOCKS blocks fit a multiprocessor's shared memory");
+  auto kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true>
+                         : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, false>;
   // A constant per kernel (unlike the columns kernel's), so concurrent callers set the same value.
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
@@ -119,9 +126,9 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
 template <typename T>
 std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& args, const GpuGeometry& g,
                        const Epilogue& epi, T* output, cudaStream_t stream) {
-#define TFAPPROX_TILE_CASE(name, bm, bn, wm, wn, blocks, rate) \
-  case GpuDecomposedTile::name:                                \
-    return LaunchGemm<T, bm, bn, wm, wn, blocks>(ldmatrix, args, g, epi, output, stream);
+#define TFAPPROX_TILE_CASE(name, bm, bn, wm, wn, blocks, bk, stages, rate) \
+  case GpuDecomposedTile::name:                                            \
+    return LaunchGemm<T, bm, bn, wm, wn, blocks, bk, stages>(ldmatrix, args, g, epi, output, stream);
   switch (tile) {
     TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CASE)
     default:
@@ -142,6 +149,8 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTile256x64: return "mma256x64";
     case GpuDecomposedTile::kTile256x128: return "mma256x128";
     case GpuDecomposedTile::kTile128x256: return "mma128x256";
+    case GpuDecomposedTile::kTile128x128k128: return "mma128x128k128";
+    case GpuDecomposedTile::kTile256x128k128: return "mma256x128k128";
     default: return "?";
   }
 }

@@ -76,7 +76,10 @@ enum class GpuDecomposedTile : int {
   kTile256x64 = 4,   // 8 warps, 64 x 32 each
   kTile256x128 = 5,  // 8 warps, 64 x 64 each (one block per multiprocessor)
   kTile128x256 = 6,  // 8 warps, 64 x 64 each (one block per multiprocessor)
-  kCount = 7,
+  // The same as 128x128 and 256x128 with stages of 128 K bytes (half the barriers per K), three deep.
+  kTile128x128k128 = 7,
+  kTile256x128k128 = 8,
+  kCount = 9,
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 

@@ -52,20 +52,26 @@ __device__ __forceinline__ void MmaInt8(int (&acc)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// A stage holds rows (pixels of A, channels of B) of kBK = 64 bytes, four 16-byte chunks. Chunk c of row
-// r is stored at chunk c ^ ((r / 2) % 4): the eight rows an ldmatrix phase reads (8 consecutive rows,
-// one logical chunk) then fall on eight different 16-byte bank groups, where unswizzled rows two apart
-// would share them (64-byte rows: 4-way conflicts).
+// A stage holds rows (pixels of A, channels of B) of BK = 64 or 128 bytes, BK / 16 chunks of 16 bytes.
+// Chunk c of row r is stored at chunk c ^ ((r / L) % (BK / 16)), L = 128 / BK rows sharing a 128-byte line
+// of the 32 banks: the eight rows an ldmatrix phase reads (8 consecutive rows, one logical chunk) then
+// fall on eight different 16-byte bank groups, where unswizzled rows 128 bytes apart would share them
+// (64-byte rows: 4-way conflicts; 128-byte rows: 8-way).
+template <int BK>
 __device__ __forceinline__ int StageOffset(int row, int chunk) {
-  return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 4);
+  static_assert(BK == 64 || BK == 128, "stage rows of 64 or 128 bytes");
+  constexpr unsigned kChunks = BK / kChunk, kRowsPerLine = 128 / BK;  // powers of two: shifts and masks
+  return row * BK + static_cast<int>((chunk ^ ((static_cast<unsigned>(row) / kRowsPerLine) % kChunks)) << 4);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // The implicit GEMM. A block computes a BM x BN tile (pixels x output channels of one group) over the
 // whole K; warps are arranged WARPS_M x WARPS_N, each owning (BM / WARPS_M) x (BN / WARPS_N) outputs as
 // MT x NT mma tiles of 16 x 8; BLOCKS blocks per multiprocessor (the registers are capped to fit them).
-// kStages-deep cp.async pipeline: the copies of the next stages are in
-// flight while the tensor cores work on the current one.
+// Stages of BK bytes of K (BK / 32 mma k steps between two barriers) in a STAGES-deep cp.async pipeline:
+// the copies of the next stages are in flight while the tensor cores work on the current one. K is
+// BK-tiled per tile (GemmKTiles); B's rows are padded to kMaxBK, a multiple of every BK, and A's chunks
+// past K are zero-filled, so both tile widths read the same planes.
 struct GemmArgs {
   const int8_t* planes;
   const int8_t* b_planes;
@@ -94,30 +100,39 @@ __device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __n
   *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
 }
 
-template <int BM, int BN>
-constexpr int GemmSmemBytes() {
-  return kStages * (BM + BN) * kBK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long));
+// K tiles of BK bytes: the K bytes rounded up (not k_padded / BK: with BK = 64, a K tile of nothing but
+// B's padding to kMaxBK would be a whole stage of zeros).
+template <int BK>
+inline int64_t GemmKTiles(const Layout& l) {
+  return (l.k_chunks * kChunk + BK - 1) / BK;
 }
 
-template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, bool kLdmatrix>
+template <int BM, int BN, int BK, int STAGES>
+constexpr int GemmSmemBytes() {
+  return STAGES * (BM + BN) * BK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long));
+}
+
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, bool kLdmatrix>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
   constexpr int NT_THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
   constexpr int MT = WM / 16, NT = WN / 8;
+  constexpr int kChunksPerRow = BK / kChunk;
   constexpr int A_CHUNKS = BM * kChunksPerRow / NT_THREADS;  // per thread per stage
   constexpr int B_CHUNKS = BN * kChunksPerRow / NT_THREADS;
   static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles of whole 16 x 16 (ldmatrix x4 of B: two n8 tiles)");
   static_assert(A_CHUNKS >= 1 && A_CHUNKS * NT_THREADS == BM * kChunksPerRow, "A loader");
   static_assert(B_CHUNKS >= 1 && B_CHUNKS * NT_THREADS == BN * kChunksPerRow, "B loader");
+  static_assert(STAGES >= 2 && kMaxBK % BK == 0, "a pipeline; B's rows padded to whole stages");
   using Real = typename RealOf<T>::type;
 
   // (Dynamic shared memory starts at offset 0 of the block's: aligned for 16-byte copies and ldmatrix,
-  // and rows of a stage start on 64-byte boundaries, which the swizzle's bank reasoning assumes.)
+  // and rows of a stage start on BK-byte boundaries, which the swizzle's bank reasoning assumes.)
   extern __shared__ __align__(16) unsigned char smem[];
-  unsigned char* s_a = smem;                                       // [kStages][BM][kBK]
-  unsigned char* s_b = s_a + kStages * BM * kBK;                   // [kStages][BN][kBK]
-  int4* s_pix = reinterpret_cast<int4*>(s_b + kStages * BN * kBK);  // [BM]
+  unsigned char* s_a = smem;                                       // [STAGES][BM][BK]
+  unsigned char* s_b = s_a + STAGES * BM * BK;                     // [STAGES][BN][BK]
+  int4* s_pix = reinterpret_cast<int4*>(s_b + STAGES * BN * BK);   // [BM]
   long long* s_alpha = reinterpret_cast<long long*>(s_pix + BM);   // [BM]: alpha summed over the patch
   Real* s_act = reinterpret_cast<Real*>(s_alpha + BM);             // [BM]: Real(code sum - act_sum_offset)
 
@@ -175,7 +190,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   }
   // Where the thread's A chunk of the next stage to load lies in K: chunk a_kc of K, chunk a_j of
   // spatial tap (a_kh, a_kw)'s slice. Stages are loaded in order (kt = 0, 1, 2, ...: the prologue's, then
-  // the main loop's kt + kStages - 1), so each load steps it by kChunksPerRow chunks, with no division
+  // the main loop's kt + STAGES - 1), so each load steps it by kChunksPerRow chunks, with no division
   // (the earlier loader divided a 64-bit chunk index per copy and stage, most of a stage's instructions).
   const int k_chunks = static_cast<int>(l.k_chunks);  // K bytes < 2^31 (the reduction limit)
   int a_kc = load_col;
@@ -183,9 +198,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   int a_kh = (load_col / l.slice_chunks) / g.filter_w;
   int a_kw = (load_col / l.slice_chunks) - a_kh * g.filter_w;
   // Stage `slot` <- K tile kt: A chunk c of pixel row r is chunk j of spatial tap `tap` of the pixel's
-  // patch; B chunk c of channel row r is bytes kt * kBK + 16c of that channel's filter row.
+  // patch; B chunk c of channel row r is bytes kt * BK + 16c of that channel's filter row.
   auto load_stage = [&](int slot, int kt) {
-    const uint32_t a_base = SharedAddress(s_a + slot * BM * kBK);
+    const uint32_t a_base = SharedAddress(s_a + slot * BM * BK);
     const bool k_inside = a_kc < k_chunks;
     const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
     // Pixel (ih, iw) = (pix.y + dh, pix.z + dw) is slice (pix.x + ih * in_w + iw) * groups + grp: a_slice plus
@@ -204,7 +219,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
         src = inside ? args.planes + (a_slice[i] + tap_bytes) : zero_point_slice + a_j * kChunk;
         fill = true;
       }
-      CopyChunkAsync(a_base + StageOffset(row, load_col), src, fill);
+      CopyChunkAsync(a_base + StageOffset<BK>(row, load_col), src, fill);
     }
     // Step to the next stage's chunk: kChunksPerRow chunks on, across as many slice ends as it passes
     // (slices of fewer than kChunksPerRow chunks: several).
@@ -214,20 +229,20 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       a_j -= l.slice_chunks;
       if (++a_kw == g.filter_w) a_kw = 0, ++a_kh;
     }
-    const uint32_t b_base = SharedAddress(s_b + slot * BN * kBK);
+    const uint32_t b_base = SharedAddress(s_b + slot * BN * BK);
 #pragma unroll
     for (int i = 0; i < B_CHUNKS; ++i) {
       const int row = load_row + i * kRowsPerPass;
       const bool fill = b_src[i] != nullptr;
-      CopyChunkAsync(b_base + StageOffset(row, load_col), fill ? b_src[i] + static_cast<int64_t>(kt) * kBK : args.b_planes,
-                     fill);
+      CopyChunkAsync(b_base + StageOffset<BK>(row, load_col),
+                     fill ? b_src[i] + static_cast<int64_t>(kt) * BK : args.b_planes, fill);
     }
   };
 
-  // The first kStages - 1 stages in flight (a group per stage, empty past K, so that the count of
+  // The first STAGES - 1 stages in flight (a group per stage, empty past K, so that the count of
   // groups stays uniform for WaitCopies).
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < args.k_tiles) load_stage(s, s);
     CommitCopies();
   }
@@ -292,28 +307,29 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   const int group_id = lane >> 2, in_group = lane & 3;  // the fragments' g and t
   const int matrix = lane >> 3, matrix_row = lane & 7;   // ldmatrix: which matrix and row lane gives
   for (int kt = 0; kt < args.k_tiles; ++kt) {
-    WaitCopies<kStages - 2>();  // this thread's copies of stage kt have landed...
+    WaitCopies<STAGES - 2>();  // this thread's copies of stage kt have landed...
     __syncthreads();            // ...and everyone's; everyone is also done with stage kt - 1
-    if (kt + kStages - 1 < args.k_tiles) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
+    if (kt + STAGES - 1 < args.k_tiles) load_stage((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
     CommitCopies();
 
-    const unsigned char* a_stage = s_a + (kt % kStages) * BM * kBK;
-    const unsigned char* b_stage = s_b + (kt % kStages) * BN * kBK;
+    const unsigned char* a_stage = s_a + (kt % STAGES) * BM * BK;
+    const unsigned char* b_stage = s_b + (kt % STAGES) * BN * BK;
 #pragma unroll
-    for (int ks = 0; ks < kBK / 32; ++ks) {
+    for (int ks = 0; ks < BK / 32; ++ks) {
       uint32_t a[MT][4], b[NT][2];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int row0 = warp_m * WM + mt * 16;
         if (kLdmatrix) {
           // Matrices 0..3: rows +0 / +8 (bit 0 of m) x k bytes +0 / +16 (bit 1): a[0..3] in order.
-          LoadMatrices(SharedAddress(a_stage + StageOffset(row0 + (matrix & 1) * 8 + matrix_row, 2 * ks + (matrix >> 1))),
-                       a[mt]);
+          const int row = row0 + (matrix & 1) * 8 + matrix_row;
+          LoadMatrices(SharedAddress(a_stage + StageOffset<BK>(row, 2 * ks + (matrix >> 1))), a[mt]);
         } else {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const int row = row0 + group_id + (i & 1) * 8;
-            a[mt][i] = *reinterpret_cast<const uint32_t*>(a_stage + StageOffset(row, 2 * ks + (i >> 1)) + 4 * in_group);
+            a[mt][i] =
+                *reinterpret_cast<const uint32_t*>(a_stage + StageOffset<BK>(row, 2 * ks + (i >> 1)) + 4 * in_group);
           }
         }
       }
@@ -324,8 +340,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
           // Matrices 0..3: channels +0 / +8 (bit 1 of m) x k bytes +0 / +16 (bit 0): b[2np][0..1],
           // b[2np + 1][0..1].
           uint32_t r[4];
-          LoadMatrices(SharedAddress(b_stage + StageOffset(row0 + (matrix >> 1) * 8 + matrix_row, 2 * ks + (matrix & 1))),
-                       r);
+          const int row = row0 + (matrix >> 1) * 8 + matrix_row;
+          LoadMatrices(SharedAddress(b_stage + StageOffset<BK>(row, 2 * ks + (matrix & 1))), r);
           b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
         } else {
 #pragma unroll
@@ -333,7 +349,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
               const int row = row0 + h * 8 + group_id;
-              b[2 * np + h][i] = *reinterpret_cast<const uint32_t*>(b_stage + StageOffset(row, 2 * ks + i) + 4 * in_group);
+              b[2 * np + h][i] =
+                  *reinterpret_cast<const uint32_t*>(b_stage + StageOffset<BK>(row, 2 * ks + i) + 4 * in_group);
             }
         }
       }

@@ -17,9 +17,7 @@ namespace decomposed_internal {
 using namespace gpu_internal;  // NOLINT: the shared device pieces, written as if declared here
 
 constexpr int kChunk = 16;         // bytes per cp.async and per ldmatrix row
-constexpr int kBK = 64;            // K bytes per pipeline stage: two mma k steps of 32
-constexpr int kChunksPerRow = kBK / kChunk;
-constexpr int kStages = 4;         // cp.async pipeline depth (loads of 3 stages in flight during the mma)
+constexpr int kMaxBK = 128;        // K bytes per pipeline stage of the widest GEMM tile (B's rows are padded to it)
 constexpr int kPrepThreads = 256;  // threads per block of the pre-passes
 
 // ---------------------------------------------------------------------------------------------------
@@ -30,7 +28,7 @@ struct Layout {
   int slice_bytes = 0;      // terms * cg rounded up to kChunk
   int slice_chunks = 0;
   int64_t k_chunks = 0;     // spatial taps * slice_chunks: K in chunks
-  int64_t k_padded = 0;     // K bytes rounded up to kBK: a filter row of the B planes
+  int64_t k_padded = 0;     // K bytes rounded up to kMaxBK: a filter row of the B planes
   size_t codes = 0;         // uint8 [in_pixels][in_depth]: the input codes (NHWC)
   size_t planes = 0;        // int8 [items + groups][slice_bytes]: u planes, then the zero point's
   size_t alpha_sums = 0;    // int64 [items]: sum over the group's channels of alpha[code]
@@ -50,7 +48,7 @@ inline Layout MakeLayout(const ConvShape& s, int terms) {
   l.slice_bytes = static_cast<int>((static_cast<int64_t>(terms) * s.filter_depth + kChunk - 1) / kChunk * kChunk);
   l.slice_chunks = l.slice_bytes / kChunk;
   l.k_chunks = s.filter_h * s.filter_w * l.slice_chunks;
-  l.k_padded = (l.k_chunks * kChunk + kBK - 1) / kBK * kBK;
+  l.k_padded = (l.k_chunks * kChunk + kMaxBK - 1) / kMaxBK * kMaxBK;
   size_t at = 0;
   l.codes = at;
   at = Align16(at + static_cast<size_t>(s.input_elements()));
