@@ -1997,7 +1997,8 @@ void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
   std::vector<std::unique_ptr<DeviceDecomposition>> d_decs;
   for (const HostDecomposition& d : decompositions) d_decs.emplace_back(new DeviceDecomposition(d));
   std::printf("\nDecomposed phases: median us per launch over %d calls (float32 NHWC, realistic data); fused = the "
-              "default input pass, separate = the first version's input kernels\n", runs);
+              "default input pass\n(its launch also runs the filter sums: flt sums 0), separate = the first "
+              "version's input kernels\n", runs);
   std::printf("%-20s %5s %-8s", "shape", "terms", "path");
   for (int p = 0; p < kGpuDecomposedPhases; ++p) std::printf(" %10s", GpuDecomposedPhaseName(p));
   std::printf(" %10s %10s %9s\n", "sum", "call", "G LUT/s");

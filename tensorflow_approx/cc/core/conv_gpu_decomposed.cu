@@ -346,10 +346,11 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   // channels (every layer of a real network; the reduction-limit tests have wider ones).
   const bool fused = !options.separate_prepasses && s.filter_depth <= kInputCodesPerBlock;
   const int64_t slices = l.items + s.groups();
-  if (!fused) {
-    e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
-    if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
-  }
+  // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path): a
+  // memset, as the fused path's filter blocks run beside the input pass, not after one of its blocks
+  // could zero them.
+  e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
+  if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
   if (!(error = mark(1)).empty()) return error;
   if (!fused && s.input_elements() > 0) {
     InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
@@ -365,12 +366,16 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     const int64_t reads = s.filter_depth % 4 == 0 ? s.filter_depth / 4 : s.filter_depth;
     int lanes = 1;
     while (lanes < 32 && 8 * lanes <= reads) lanes *= 2;
-    const int64_t blocks = (slices + per_block - 1) / per_block;
+    // The filter's codes and sums in the same launch (phase 3 records zero time).
+    const int64_t filter_blocks = FilterSumsBlocks(g);
+    const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
     if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
+    // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
     const size_t smem = 256 * sizeof(long long) + static_cast<size_t>(d.terms) * 256 +
-                        static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);  // < 48 KB
-    InputPassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
-        input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums, channel_sums);
+                        static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
+    PrepassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
+        input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
+        code_sums, channel_sums, filter_codes);
     e = cudaGetLastError();
     if (e != cudaSuccess) return CudaError("the input pass launch", e);
   } else {
@@ -383,10 +388,12 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   }
   if (!(error = mark(3)).empty()) return error;
   // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
-  FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
-      filter, g, d, quant, channel_sums, filter_codes);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return CudaError("the filter sums launch", e);
+  if (!fused) {
+    FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
+        filter, g, d, quant, channel_sums, filter_codes);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return CudaError("the filter sums launch", e);
+  }
   if (!(error = mark(4)).empty()) return error;
   const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
   FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256, stream>>>(

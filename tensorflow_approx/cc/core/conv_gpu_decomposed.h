@@ -93,10 +93,11 @@ struct GpuDecomposedOptions {
   // acc[p * out_depth + co] and act_sum[p * groups + g].
   int64_t* debug_acc = nullptr;
   int64_t* debug_act_sum = nullptr;
-  // The input pre-passes as the first version ran them (a memset, input codes, input planes) instead of one
+  // The input pre-passes as the first version ran them (input codes, then input planes) instead of one
   // fused input pass. Both give the same integers; kept so that the harness holds both to the reference
   // and can time them against each other. (Slices wider than the fused pass stages in shared memory
-  // always take the separate input kernels.) The filter's codes and planes are the same either way.
+  // always take the separate input kernels.) The filter's codes, sums and planes are the same either way;
+  // the fused input pass runs the codes and sums in its own launch, the separate path in one after it.
   bool separate_prepasses = false;
   // Test hook for the harness's phase breakdown: null, or kGpuDecomposedPhases + 1 events created by the
   // caller. The call records event 0 on the stream before its first launch and event i + 1 right after
@@ -105,10 +106,10 @@ struct GpuDecomposedOptions {
   cudaEvent_t* phase_events = nullptr;
 };
 
-// The launches of a call, in order (GpuDecomposedPhaseName names them): 0 the memset of the channel sums
-// (separate pre-passes only), 1 the input codes (separate only), 2 the input planes and per-pixel sums
-// (the whole input pass when fused), 3 the filter codes and per-channel sums, 4 the filter planes, 5 the
-// GEMM with its epilogue.
+// The launches of a call, in order (GpuDecomposedPhaseName names them): 0 the memset of the channel sums,
+// 1 the input codes (separate only), 2 the input planes and per-pixel sums (when fused: the whole input
+// pass, and the filter codes and per-channel sums beside it in the same launch), 3 the filter codes and
+// per-channel sums (separate only), 4 the filter planes, 5 the GEMM with its epilogue.
 constexpr int kGpuDecomposedPhases = 6;
 const char* GpuDecomposedPhaseName(int phase);
 

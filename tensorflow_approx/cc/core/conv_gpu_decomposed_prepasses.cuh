@@ -158,9 +158,8 @@ __global__ void __launch_bounds__(kPrepThreads)
 // into shared memory (coalesced reads); (2) groups of `lanes` lanes (a power of two <= 32) sum alpha
 // and the codes of a slice from shared memory; (3) every thread writes whole 16-byte chunks of the
 // block's planes, which are consecutive too (coalesced stores, every lane busy). The same integer
-// results as the separate kernels: the same codes (QuantizeToCode), entries, sums. Block 0 also zeroes
-// the per-channel sums that FilterSumsKernel adds into (it runs after this launch on the stream), which
-// saves the memset.
+// results as the separate kernels: the same codes (QuantizeToCode), entries, sums. Run by
+// PrepassKernel's blocks from filter_blocks on (InputPassBlock: `block` is the block's index among them).
 constexpr int kInputCodesPerBlock = 8192;  // codes a block of the fused input pass stages (bytes)
 
 // Four codes packed little-endian in a word (byte b: the code of entry b) -> their table entries packed
@@ -171,11 +170,10 @@ __device__ __forceinline__ uint32_t LookupBytes(const uint8_t* table, uint32_t c
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kPrepThreads)
-    InputPassKernel(const T* __restrict__ input, GpuGeometry g, Layout l, GpuDecomposition d,
-                    const GpuQuant* __restrict__ quant, int per_block, int lanes, int8_t* __restrict__ planes,
-                    long long* __restrict__ alpha_sums, int32_t* __restrict__ code_sums,
-                    unsigned long long* __restrict__ channel_sums) {
+__device__ void InputPassBlock(int block, const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
+                               const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
+                               int lanes, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
+                               int32_t* __restrict__ code_sums) {
   extern __shared__ __align__(16) unsigned char smem[];
   // alpha widened to int64 once here, not at each of its lookups (the sums are int64).
   long long* s_alpha = reinterpret_cast<long long*>(smem);
@@ -184,11 +182,8 @@ __global__ void __launch_bounds__(kPrepThreads)
   const int tid = threadIdx.x;
   for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
   for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
-  if (blockIdx.x == 0) {
-    for (int i = tid; i < 2 * g.out_depth; i += blockDim.x) channel_sums[i] = 0;
-  }
   const int64_t slices = l.items + g.groups;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * per_block;  // the block's first slice
+  const int64_t first = static_cast<int64_t>(block) * per_block;  // the block's first slice
   const int count = static_cast<int>(min(static_cast<int64_t>(per_block), slices - first));
   // Slices of input pixels; the rest (the last `groups` slices of all) are the zero point's.
   const int real = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(count), l.items - first)));
@@ -342,7 +337,9 @@ __global__ void __launch_bounds__(kPrepThreads)
 // block's partial sums meet in shared memory, one atomic per channel and block. It also writes every
 // weight's code, K-contiguous per channel ([co][taps], staged so that a channel's taps of the tile are
 // consecutive bytes), so that FilterPlanesKernel quantizes nothing: each weight is quantized once per
-// call instead of once per term, and read coalesced instead of with a stride of out_depth.
+// call instead of once per term, and read coalesced instead of with a stride of out_depth. FilterSumsBlock
+// is block `block` of the FilterSumsBlocks(g) blocks: of FilterSumsKernel (the separate pre-passes) or of
+// PrepassKernel's first ones.
 constexpr int kFilterRun = 4;
 __host__ __device__ inline int FilterSumsChannels(int out_depth) { return out_depth < 32 ? out_depth : 32; }
 // The grid: at most one block per weight (< 2^31), at least one (no taps: sums of 0).
@@ -354,17 +351,16 @@ inline int64_t FilterSumsBlocks(const GpuGeometry& g) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kPrepThreads)
-    FilterSumsKernel(const T* __restrict__ filter, GpuGeometry g, GpuDecomposition d,
-                     const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums,
-                     uint8_t* __restrict__ codes_out) {
+__device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const GpuGeometry& g,
+                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant,
+                                unsigned long long* __restrict__ sums, uint8_t* __restrict__ codes_out) {
   __shared__ long long s_beta[kPrepThreads], s_code[kPrepThreads];
   __shared__ uint8_t s_codes[kPrepThreads * kFilterRun];  // [channel][tap of the tile]
   const int channels = FilterSumsChannels(g.out_depth), rows = kPrepThreads / channels;
   const int tile_taps = rows * kFilterRun;
   const int channel_tiles = (g.out_depth + channels - 1) / channels;
-  const int c0 = static_cast<int>(blockIdx.x % channel_tiles) * channels;
-  const int k0 = static_cast<int>(blockIdx.x / channel_tiles) * tile_taps;
+  const int c0 = (block % channel_tiles) * channels;
+  const int k0 = (block / channel_tiles) * tile_taps;
   const int tid = threadIdx.x, c = tid % channels, row = tid / channels, co = c0 + c;
   long long beta_sum = 0, code_sum = 0;
   if (row < rows && co < g.out_depth) {
@@ -406,6 +402,36 @@ __global__ void __launch_bounds__(kPrepThreads)
   }
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    FilterSumsKernel(const T* __restrict__ filter, GpuGeometry g, GpuDecomposition d,
+                     const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums,
+                     uint8_t* __restrict__ codes_out) {
+  FilterSumsBlock<T>(static_cast<int>(blockIdx.x), filter, g, d, quant, sums, codes_out);
+}
+
+// The default pre-pass launch: blocks [0, filter_blocks) the filter's codes and sums (FilterSumsBlock),
+// the rest the fused input pass (InputPassBlock). Neither reads what the other writes (the one the filter,
+// beta and the sums, zeroed before the launch; the other the input, u and alpha), so they share a launch:
+// the filter's few blocks, a latency chain of loads and atomics that took a launch of its own after the
+// input pass (7 us of 133 on 56x56 64->64, one term), run beside the input pass's many. They come first
+// so that they start in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
+                  GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
+                  int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
+                  int32_t* __restrict__ code_sums, unsigned long long* __restrict__ channel_sums,
+                  uint8_t* __restrict__ filter_codes) {
+  const int block = static_cast<int>(blockIdx.x);
+  if (block < filter_blocks) {
+    FilterSumsBlock<T>(block, filter, g, d, quant, channel_sums, filter_codes);
+  } else {
+    InputPassBlock<T>(block - filter_blocks, input, g, l, d, quant, per_block, lanes, planes, alpha_sums,
+                      code_sums);
+  }
+}
+
 // The v planes of the filter from the codes FilterSumsKernel wrote: one thread per 16-byte chunk of B
 // ([co][k_padded], chunks of a row adjacent: coalesced writes), each entry's code read from the
 // channel's K-contiguous codes (adjacent threads read adjacent bytes) and v from shared memory. Chunks
@@ -430,7 +456,7 @@ __global__ void __launch_bounds__(kPrepThreads)
       const int e0 = static_cast<int>(q - static_cast<int64_t>(tap) * l.slice_chunks) * kChunk;
       const uint8_t* codes = f_codes + static_cast<int64_t>(co) * g.taps + static_cast<int64_t>(tap) * g.cg;
       if (g.cg % kChunk == 0) {
-        // As in InputPassKernel: one term, 16 consecutive channels, one aligned 16-byte read (f_codes is
+        // As in InputPassBlock: one term, 16 consecutive channels, one aligned 16-byte read (f_codes is
         // 16-byte aligned, taps and tap * cg + ci are multiples of 16).
         if (e0 < used) {
           const int r = e0 / g.cg, ci = e0 - r * g.cg;
