@@ -366,7 +366,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     const int64_t reads = s.filter_depth % 4 == 0 ? s.filter_depth / 4 : s.filter_depth;
     int lanes = 1;
     while (lanes < 32 && 8 * lanes <= reads) lanes *= 2;
-    // The filter's codes and sums in the same launch (phase 3 records zero time).
+    // The filter's codes and sums in the same launch (phase 3 records zero time), and its planes where
+    // FilterPlanesInline holds (then phase 4 too).
     const int64_t filter_blocks = FilterSumsBlocks(g);
     const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
     if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
@@ -375,7 +376,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
                         static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
     PrepassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
         input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
-        code_sums, channel_sums, filter_codes);
+        code_sums, channel_sums, filter_codes, FilterPlanesInline(g) ? b_planes : nullptr);
     e = cudaGetLastError();
     if (e != cudaSuccess) return CudaError("the input pass launch", e);
   } else {
@@ -395,11 +396,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     if (e != cudaSuccess) return CudaError("the filter sums launch", e);
   }
   if (!(error = mark(4)).empty()) return error;
-  const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
-  FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256, stream>>>(
-      filter_codes, g, l, d, b_planes);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return CudaError("the filter planes launch", e);
+  if (!fused || !FilterPlanesInline(g)) {
+    const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
+    FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256,
+                         stream>>>(filter_codes, g, l, d, b_planes);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return CudaError("the filter planes launch", e);
+  }
   if (!(error = mark(5)).empty()) return error;
 
   GemmArgs args;

@@ -96,8 +96,9 @@ struct GpuDecomposedOptions {
   // The input pre-passes as the first version ran them (input codes, then input planes) instead of one
   // fused input pass. Both give the same integers; kept so that the harness holds both to the reference
   // and can time them against each other. (Slices wider than the fused pass stages in shared memory
-  // always take the separate input kernels.) The filter's codes, sums and planes are the same either way;
-  // the fused input pass runs the codes and sums in its own launch, the separate path in one after it.
+  // always take the separate input kernels.) The filter's sums and planes are the same either way; the
+  // fused input pass runs the filter's codes and sums (and, for most shapes, its planes) in its own
+  // launch, the separate path in launches after it.
   bool separate_prepasses = false;
   // Test hook for the harness's phase breakdown: null, or kGpuDecomposedPhases + 1 events created by the
   // caller. The call records event 0 on the stream before its first launch and event i + 1 right after
@@ -108,8 +109,9 @@ struct GpuDecomposedOptions {
 
 // The launches of a call, in order (GpuDecomposedPhaseName names them): 0 the memset of the channel sums,
 // 1 the input codes (separate only), 2 the input planes and per-pixel sums (when fused: the whole input
-// pass, and the filter codes and per-channel sums beside it in the same launch), 3 the filter codes and
-// per-channel sums (separate only), 4 the filter planes, 5 the GEMM with its epilogue.
+// pass, and the filter codes and per-channel sums beside it in the same launch, with the filter planes
+// where the group's input channels are a multiple of 16), 3 the filter codes and per-channel sums
+// (separate only), 4 the filter planes (unless phase 2 wrote them), 5 the GEMM with its epilogue.
 constexpr int kGpuDecomposedPhases = 6;
 const char* GpuDecomposedPhaseName(int phase);
 

@@ -340,28 +340,48 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
 // call instead of once per term, and read coalesced instead of with a stride of out_depth. FilterSumsBlock
 // is block `block` of the FilterSumsBlocks(g) blocks: of FilterSumsKernel (the separate pre-passes) or of
 // PrepassKernel's first ones.
+//
+// With b_planes (PrepassKernel, where FilterPlanesInline holds) it writes the tile's v planes itself
+// instead of the codes, and FilterPlanesKernel is not launched: with cg and the tile's taps multiples of
+// 16, every aligned 16 taps of the tile are 16 consecutive channels of one spatial tap, a chunk of each
+// term's slice, whose entries are FilterPlanesKernel's for the same codes (its cg % 16 path: term r,
+// channels ci .. ci + 15, no padding inside a slice); the blocks of the first tap tile also zero their
+// channels' rows past K (to k_padded). v then sits in the launch's dynamic shared memory (the input pass's:
+// more than terms * 256 bytes).
 constexpr int kFilterRun = 4;
 __host__ __device__ inline int FilterSumsChannels(int out_depth) { return out_depth < 32 ? out_depth : 32; }
+__host__ __device__ inline int FilterSumsTileTaps(int out_depth) {
+  return kPrepThreads / FilterSumsChannels(out_depth) * kFilterRun;
+}
+inline bool FilterPlanesInline(const GpuGeometry& g) {
+  return g.cg % kChunk == 0 && FilterSumsTileTaps(g.out_depth) % kChunk == 0;
+}
 // The grid: at most one block per weight (< 2^31), at least one (no taps: sums of 0).
 inline int64_t FilterSumsBlocks(const GpuGeometry& g) {
-  const int channels = FilterSumsChannels(g.out_depth), tile_taps = kPrepThreads / channels * kFilterRun;
+  const int channels = FilterSumsChannels(g.out_depth), tile_taps = FilterSumsTileTaps(g.out_depth);
   const int64_t blocks =
       static_cast<int64_t>((g.out_depth + channels - 1) / channels) * ((g.taps + tile_taps - 1) / tile_taps);
   return blocks > 1 ? blocks : 1;
 }
 
 template <typename T>
-__device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const GpuGeometry& g,
+__device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const GpuGeometry& g, const Layout& l,
                                 const GpuDecomposition& d, const GpuQuant* __restrict__ quant,
-                                unsigned long long* __restrict__ sums, uint8_t* __restrict__ codes_out) {
+                                unsigned long long* __restrict__ sums, uint8_t* __restrict__ codes_out,
+                                int8_t* __restrict__ b_planes) {
   __shared__ long long s_beta[kPrepThreads], s_code[kPrepThreads];
-  __shared__ uint8_t s_codes[kPrepThreads * kFilterRun];  // [channel][tap of the tile]
+  __shared__ __align__(16) uint8_t s_codes[kPrepThreads * kFilterRun];  // [channel][tap of the tile]
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint8_t* s_v = smem;  // [terms][256], with b_planes only
   const int channels = FilterSumsChannels(g.out_depth), rows = kPrepThreads / channels;
-  const int tile_taps = rows * kFilterRun;
+  const int tile_taps = FilterSumsTileTaps(g.out_depth);
   const int channel_tiles = (g.out_depth + channels - 1) / channels;
   const int c0 = (block % channel_tiles) * channels;
   const int k0 = (block / channel_tiles) * tile_taps;
   const int tid = threadIdx.x, c = tid % channels, row = tid / channels, co = c0 + c;
+  if (b_planes != nullptr) {
+    for (int i = tid; i < d.terms * 256; i += kPrepThreads) s_v[i] = static_cast<uint8_t>(d.v[i]);
+  }
   long long beta_sum = 0, code_sum = 0;
   if (row < rows && co < g.out_depth) {
     // Taps k0 + row + j * rows: a warp's loads of one j are adjacent channels of one or more taps.
@@ -394,10 +414,39 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
     atomicAdd(&sums[g.out_depth + co], static_cast<unsigned long long>(code_sum));
   }
   const int taps_here = min(tile_taps, g.taps - k0);
-  for (int i = tid; i < channels * tile_taps; i += kPrepThreads) {
-    const int ci = i / tile_taps, kk = i - ci * tile_taps;
-    if (kk < taps_here && c0 + ci < g.out_depth) {
-      codes_out[static_cast<int64_t>(c0 + ci) * g.taps + k0 + kk] = s_codes[i];
+  if (b_planes == nullptr) {
+    for (int i = tid; i < channels * tile_taps; i += kPrepThreads) {
+      const int ci = i / tile_taps, kk = i - ci * tile_taps;
+      if (kk < taps_here && c0 + ci < g.out_depth) {
+        codes_out[static_cast<int64_t>(c0 + ci) * g.taps + k0 + kk] = s_codes[i];
+      }
+    }
+    return;
+  }
+  // The planes: chunk (channel ci of the tile, 16 taps kk.. of the tile, term r), the runs of 16 taps
+  // adjacent in i: of one spatial tap, they are adjacent in B too (whole 32-byte sectors per pair of
+  // lanes). taps_here is a multiple of 16 (taps = spatial taps * cg and k0 are), so a chunk is all inside
+  // K or all past it.
+  const int runs = tile_taps / kChunk;
+  for (int i = tid; i < channels * runs * d.terms; i += kPrepThreads) {
+    const int run = i % runs, r = i / runs % d.terms, ci = i / runs / d.terms;
+    const int kk = run * kChunk, t = k0 + kk;
+    if (kk >= taps_here || c0 + ci >= g.out_depth) continue;
+    const int spatial = t / g.cg, channel = t - spatial * g.cg;
+    const uint4 codes = *reinterpret_cast<const uint4*>(s_codes + ci * tile_taps + kk);
+    const uint8_t* v = s_v + r * 256;
+    *reinterpret_cast<uint4*>(b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded +
+                              static_cast<int64_t>(spatial) * l.slice_bytes + r * g.cg + channel) =
+        make_uint4(LookupBytes(v, codes.x), LookupBytes(v, codes.y), LookupBytes(v, codes.z), LookupBytes(v, codes.w));
+  }
+  if (k0 == 0) {
+    const int pad_chunks = static_cast<int>(l.k_padded / kChunk - l.k_chunks);  // < kMaxBK / kChunk
+    for (int i = tid; i < channels * pad_chunks; i += kPrepThreads) {
+      const int ci = i / pad_chunks, q = static_cast<int>(l.k_chunks) + i % pad_chunks;
+      if (c0 + ci < g.out_depth) {
+        *reinterpret_cast<uint4*>(b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded + q * kChunk) =
+            make_uint4(0, 0, 0, 0);
+      }
     }
   }
 }
@@ -407,25 +456,26 @@ __global__ void __launch_bounds__(kPrepThreads)
     FilterSumsKernel(const T* __restrict__ filter, GpuGeometry g, GpuDecomposition d,
                      const GpuQuant* __restrict__ quant, unsigned long long* __restrict__ sums,
                      uint8_t* __restrict__ codes_out) {
-  FilterSumsBlock<T>(static_cast<int>(blockIdx.x), filter, g, d, quant, sums, codes_out);
+  FilterSumsBlock<T>(static_cast<int>(blockIdx.x), filter, g, Layout(), d, quant, sums, codes_out, nullptr);
 }
 
-// The default pre-pass launch: blocks [0, filter_blocks) the filter's codes and sums (FilterSumsBlock),
-// the rest the fused input pass (InputPassBlock). Neither reads what the other writes (the one the filter,
-// beta and the sums, zeroed before the launch; the other the input, u and alpha), so they share a launch:
-// the filter's few blocks, a latency chain of loads and atomics that took a launch of its own after the
-// input pass (7 us of 133 on 56x56 64->64, one term), run beside the input pass's many. They come first
-// so that they start in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
+// The default pre-pass launch: blocks [0, filter_blocks) the filter's codes and sums (FilterSumsBlock; its
+// planes too where b_planes is given, see there), the rest the fused input pass (InputPassBlock). Neither
+// reads what the other writes (the one the filter, beta, v and the sums, zeroed before the launch; the
+// other the input, u and alpha), so they share a launch: the filter's few blocks, a latency chain of
+// loads and atomics that took launches of their own after the input pass (sums 7 us and planes 5 us of
+// 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
+// in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
 template <typename T>
 __global__ void __launch_bounds__(kPrepThreads)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
                   int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
                   int32_t* __restrict__ code_sums, unsigned long long* __restrict__ channel_sums,
-                  uint8_t* __restrict__ filter_codes) {
+                  uint8_t* __restrict__ filter_codes, int8_t* __restrict__ b_planes) {
   const int block = static_cast<int>(blockIdx.x);
   if (block < filter_blocks) {
-    FilterSumsBlock<T>(block, filter, g, d, quant, channel_sums, filter_codes);
+    FilterSumsBlock<T>(block, filter, g, l, d, quant, channel_sums, filter_codes, b_planes);
   } else {
     InputPassBlock<T>(block - filter_blocks, input, g, l, d, quant, per_block, lanes, planes, alpha_sums,
                       code_sums);
