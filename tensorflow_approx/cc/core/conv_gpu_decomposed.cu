@@ -46,20 +46,18 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 // multiprocessor it is built for (__launch_bounds__' minimum, which caps its registers: 64K / (threads x
 // blocks); and ChooseTile's block slots), the K bytes per stage and the stages (BK 128: four mma k steps
 // per barrier instead of two, three stages to stay in shared memory), and a throughput guess relative to
-// 128 x 128 (to be measured with the harness's --decomposed-tiles; it only matters when two tiles fit a
-// shape about equally well). Warp
-// tiles of 64 x 64 (256 x 128, 128 x 256) read each fragment for twice the mma of 64 x 32 but hold 128
-// accumulators a thread: one block of 8 warps per multiprocessor.
+// 128 x 128, from the harness's --decomposed-tiles (it only matters when two tiles fit a shape about
+// equally well). H200, seed 601, G LUT-MAC/s of the five performance layers, exact table / 16 terms:
+// 128x128k128 led on the 128-512-channel 3x3 layers (81.8-102.0 T / 8.9-13.6 T, 128x128's 77.1-98.9 T
+// / 7.9-12.2 T), 128x64 and 64x64 on 56x56 64->64 (62.7 T and 9.1 T). Larger tiles (256x64; 256x128 and
+// 128x256 with 64 x 64 warp tiles; 256x128 with 128-byte stages) were slower than the best of these on
+// every layer and table, and were dropped.
 #define TFAPPROX_DECOMPOSED_TILES(X)                      \
   X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0)          \
   X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7)              \
   X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55)           \
   X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85)           \
-  X(kTile256x64, 256, 64, 4, 2, 2, 64, 4, 0.95)           \
-  X(kTile256x128, 256, 128, 4, 2, 1, 64, 4, 1.05)         \
-  X(kTile128x256, 128, 256, 2, 4, 1, 64, 4, 1.05)         \
-  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02)    \
-  X(kTile256x128k128, 256, 128, 4, 2, 1, 128, 3, 1.07)
+  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02)
 
 struct TileConfig {
   GpuDecomposedTile tile;
@@ -146,11 +144,7 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTile64x64: return "mma64x64";
     case GpuDecomposedTile::kTile128x32: return "mma128x32";
     case GpuDecomposedTile::kTile128x64: return "mma128x64";
-    case GpuDecomposedTile::kTile256x64: return "mma256x64";
-    case GpuDecomposedTile::kTile256x128: return "mma256x128";
-    case GpuDecomposedTile::kTile128x256: return "mma128x256";
     case GpuDecomposedTile::kTile128x128k128: return "mma128x128k128";
-    case GpuDecomposedTile::kTile256x128k128: return "mma256x128k128";
     default: return "?";
   }
 }

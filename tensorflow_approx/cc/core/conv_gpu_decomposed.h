@@ -72,14 +72,10 @@ enum class GpuDecomposedTile : int {
   kTile128x128 = 0,  // 8 warps, 64 x 32 each: large layers
   kTile64x64 = 1,    // 4 warps, 32 x 32 each: layers too small to fill the GPU with 128 x 128 tiles
   kTile128x32 = 2,   // 4 warps, 32 x 32 each: groups of at most 32 output channels
-  kTile128x64 = 3,   // 4 warps, 64 x 32 each
-  kTile256x64 = 4,   // 8 warps, 64 x 32 each
-  kTile256x128 = 5,  // 8 warps, 64 x 64 each (one block per multiprocessor)
-  kTile128x256 = 6,  // 8 warps, 64 x 64 each (one block per multiprocessor)
-  // The same as 128x128 and 256x128 with stages of 128 K bytes (half the barriers per K), three deep.
-  kTile128x128k128 = 7,
-  kTile256x128k128 = 8,
-  kCount = 9,
+  kTile128x64 = 3,   // 4 warps, 64 x 32 each: groups of 64 channels
+  // 128x128 with stages of 128 K bytes (half the barriers per K), three deep: groups of 128+ channels.
+  kTile128x128k128 = 4,
+  kCount = 5,
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 
