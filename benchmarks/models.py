@@ -389,13 +389,15 @@ def main(_):
                 # Keras' predict loop costs some milliseconds per call of its predict function on the host;
                 # compiled with steps_per_execution, one call runs that many batches.
                 with tf.device(DEVICE.value):
-                    spe = {}
+                    spe, spe_data = {}, {}
                     for m in ((approx, model) if FLOAT_KERAS.value else (approx,)):
                         m.compile(steps_per_execution=STEPS_PER_EXECUTION.value)
                         spe[m] = seconds(lambda: m.predict(x, batch_size=batch, verbose=0))
+                        spe_data[m] = seconds(lambda: m.predict(dataset_of(x, batch), verbose=0))
                         m.compile()  # back to one batch per call
-                rows.append((f"predict batch {batch}, steps_per_execution {STEPS_PER_EXECUTION.value}", spe[approx],
-                             spe.get(model, t_float)))
+                for label, times in (("", spe), (", tf.data input", spe_data)):
+                    rows.append((f"predict batch {batch}, steps_per_execution {STEPS_PER_EXECUTION.value}{label}",
+                                 times[approx], times.get(model, t_float)))
             rows.append((f"forward batch {batch}, on the device", forward_seconds(approx, x, batch), t_float))
             floor_numpy, floor_data = pipeline_floor(x, batch)
             for label, t in (("NumPy", floor_numpy), ("tf.data", floor_data)):
