@@ -55,27 +55,39 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
   uint16_t* cols = reinterpret_cast<uint16_t*>(smem);
   uint16_t* codes = reinterpret_cast<uint16_t*>(smem + layout.codes_offset);
   Real* filter_terms = reinterpret_cast<Real*>(smem + layout.terms_offset);
+  // Both ways below issue a thread's loads of the table 8 vectors at a time before storing any: the table
+  // is often out of L2 by the next call (a layer's outputs pass through it), and a load at a time waited
+  // for memory 16 times in a row (H200: the stem 0.307 -> 0.301 ms, 2% of its call).
+  constexpr int kBatch = 8;
   if (lut_by_weight != nullptr) {  // the caller's copy of it: coalesced 16-byte loads
     const uint4* src = reinterpret_cast<const uint4*>(lut_by_weight);
     uint4* dst = reinterpret_cast<uint4*>(cols);
-    for (int i = threadIdx.x; i < kLutEntries / 8; i += kColumnThreads) dst[i] = __ldg(src + i);
+    constexpr int kVectors = kLutEntries / 8;
+    static_assert(kVectors % (kBatch * kColumnThreads) == 0, "the table's vectors come in whole batches");
+    for (int i = threadIdx.x; i < kVectors; i += kBatch * kColumnThreads) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) v[u] = __ldg(src + i + u * kColumnThreads);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) dst[i + u * kColumnThreads] = v[u];
+    }
   } else {
     // The table by weight code: cols[(w << 8) | a] = LUT[(a << 8) | w]. Item i reads LUT row a = i % 256,
     // entries w0 .. w0 + 15 (w0 = 16 * (i / 256)): one whole 32-byte sector per lane (the table is 16-byte
     // aligned); adjacent lanes take adjacent rows, so their stores of one w land on adjacent shared
-    // addresses, free of bank conflicts. Two items per round, their loads issued together.
-    constexpr int kItems = kLutEntries / 16;
-    for (int i = threadIdx.x; i < kItems; i += 2 * kColumnThreads) {
-      uint4 v[2][2];
+    // addresses, free of bank conflicts. kBatch / 2 items per round.
+    constexpr int kItems = kLutEntries / 16, kRound = kBatch / 2;
+    for (int i = threadIdx.x; i < kItems; i += kRound * kColumnThreads) {
+      uint4 v[kRound][2];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int item = i + u * kColumnThreads;  // kItems is a multiple of 2 * kColumnThreads
+      for (int u = 0; u < kRound; ++u) {
+        const int item = i + u * kColumnThreads;  // kItems is a multiple of kRound * kColumnThreads
         const uint4* src = reinterpret_cast<const uint4*>(lut + ((item & 255) << 8) + (item >> 8) * 16);
         v[u][0] = __ldg(src);
         v[u][1] = __ldg(src + 1);
       }
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
+      for (int u = 0; u < kRound; ++u) {
         const int item = i + u * kColumnThreads;
         const int a = item & 255, w0 = (item >> 8) * 16;
         const uint32_t words[8] = {v[u][0].x, v[u][0].y, v[u][0].z, v[u][0].w, v[u][1].x, v[u][1].y, v[u][1].z, v[u][1].w};
@@ -83,7 +95,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
         for (int k = 0; k < 16; ++k) cols[((w0 + k) << 8) | a] = static_cast<uint16_t>(words[k / 2] >> (16 * (k % 2)));
       }
     }
-    static_assert(kLutEntries / 16 % (2 * kColumnThreads) == 0, "the table's items come in whole rounds");
+    static_assert(kItems % (kRound * kColumnThreads) == 0, "the table's items come in whole rounds");
   }
   {
     // The filter's codes, times 256 (the offset of their column).
