@@ -70,8 +70,12 @@ constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)
 #undef TFAPPROX_TILE_CONFIG
 
 // Estimated speed of a tile on a shape: the share of its outputs that are real x the share of the
-// last wave's block slots that are busy (the tile's blocks per multiprocessor) x its rate.
-GpuDecomposedTile ChooseTile(const ConvShape& s, int sms) {
+// last wave's block slots that are busy (the tile's blocks per multiprocessor) x its rate. With one term
+// (the exact table) and groups of 128+ channels, 128x128k128 outright: it led on every such layer of the
+// tile table, also where it leaves multiprocessors idle, which the wave model counts against it (7x7
+// 512->512: 88.2 T against the model's 64x64, 66.9 T; with 16 terms 64x64 led there, 10.0 T against 8.9 T).
+GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms) {
+  if (terms <= 1 && s.out_depth_per_group() >= 128) return GpuDecomposedTile::kTile128x128k128;
   double best_score = -1;
   GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
   for (const TileConfig& t : kTiles) {
@@ -227,10 +231,10 @@ size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms) {
   return MakeLayout(shape, std::max(terms, 1)).bytes;
 }
 
-GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int /*terms*/) {
+GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {
   DeviceInfo dev;
   if (!GetDeviceInfo(&dev).empty()) return GpuDecomposedTile::kTile128x128;
-  return ChooseTile(shape, dev.sms);
+  return ChooseTile(shape, terms, dev.sms);
 }
 
 std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes) {
@@ -409,7 +413,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.taps_c0 = static_cast<long long>(s.taps()) * d.c0;
   args.l = l;
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
-  const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, dev.sms) : options.tile;
+  const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms) : options.tile;
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
