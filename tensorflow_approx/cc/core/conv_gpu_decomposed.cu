@@ -61,21 +61,26 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 
 struct TileConfig {
   GpuDecomposedTile tile;
-  int bm, bn, blocks_per_sm;
+  int bm, bn, blocks_per_sm, bk;
   double rate;
 };
 #define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, bk, stages, rate) \
-  {GpuDecomposedTile::tile, bm, bn, blocks, rate},
+  {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 
-// Estimated speed of a tile on a shape: the share of its outputs that are real x the share of the
-// last wave's block slots that are busy (the tile's blocks per multiprocessor) x its rate. With one term
-// (the exact table) and groups of 128+ channels, 128x128k128 outright: it led on every such layer of the
+// Estimated speed of a tile on a shape: the share of its outputs that are real x the share of its K
+// stages that are real K (not zero padding) x the share of the last wave's block slots that are busy
+// (the tile's blocks per multiprocessor) x its rate. With one term (the exact table), groups of 128+
+// channels and a K that fills 128-byte stages, 128x128k128 outright: it led on every such layer of the
 // tile table, also where it leaves multiprocessors idle, which the wave model counts against it (7x7
 // 512->512: 88.2 T against the model's 64x64, 66.9 T; with 16 terms 64x64 led there, 10.0 T against 8.9 T).
+// (On 1x1 56x56 64->256, one term, K is 64 bytes: half of a 128-byte stage is padding, and 128x128 led,
+// 18.0 T against 16.5 T.)
 GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms) {
-  if (terms <= 1 && s.out_depth_per_group() >= 128) return GpuDecomposedTile::kTile128x128k128;
+  const int64_t k_bytes = MakeLayout(s, std::max(terms, 1)).k_chunks * kChunk;
+  auto k_fill = [&](int bk) { return static_cast<double>(k_bytes) / static_cast<double>((k_bytes + bk - 1) / bk * bk); };
+  if (terms <= 1 && s.out_depth_per_group() >= 128 && k_fill(128) >= 0.9) return GpuDecomposedTile::kTile128x128k128;
   double best_score = -1;
   GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
   for (const TileConfig& t : kTiles) {
@@ -86,7 +91,7 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms) {
     const int64_t waves = (blocks + slots - 1) / slots;
     const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
                         (static_cast<double>(m_tiles * t.bm) * static_cast<double>(n_tiles * t.bn));
-    const double score = fill * static_cast<double>(blocks) / static_cast<double>(waves * slots) * t.rate;
+    const double score = fill * k_fill(t.bk) * static_cast<double>(blocks) / static_cast<double>(waves * slots) * t.rate;
     if (score > best_score + 1e-9) {
       best_score = score;
       best = t.tile;
