@@ -16,7 +16,7 @@ DequantizeRows::DequantizeRows(const std::vector<DequantizeTerms<float>>& terms,
     const DequantizeTerms<float>& t = terms[co];
     acc_scale.push_back(t.acc_scale);
     act_sum_scale.push_back(t.act_sum_scale);
-    filter_term.push_back(t.filter_sum_scale * static_cast<float>(filter_sum[co] - t.filter_sum_offset));
+    filter_term.push_back(t.FilterTerm(filter_sum[co]));
     constant.push_back(t.constant);
     acc_offset.push_back(t.acc_offset);
     act_sum_offset.push_back(t.act_sum_offset);

@@ -43,7 +43,7 @@ enum class GpuKernel : int {
   kTile128x128W16 = 6,
   kTile64x128W16 = 7,
   kDirect = 8,         // one thread per output: where nothing else fits
-  kColumns = 9,        // one thread per pixel and 16 channels of a group: groups of <= 32 channels
+  kColumns = 9,        // one thread per pixel and 16 or 32 channels of a group: groups of <= 32 channels
   kCount = 10,
 };
 

@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
       sum = __reduce_add_sync(0xffffffffu, sum);
       if (lane == 0) {
         const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
-        filter_terms[co] = deq.filter_sum_scale * Real(static_cast<int64_t>(sum) - deq.filter_sum_offset);
+        filter_terms[co] = deq.FilterTerm(sum);
       }
     }
     __syncthreads();
@@ -224,16 +224,13 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
         }
       }
     }
-    // DequantizeTerms' sum in its order, ((acc term + act_sum term) + filter term) + constant, on the same
-    // values (no FMA: -fmad=false), with the conversions of the pixel's code sum done once (its offset,
-    // taps * the input's code_shift, is every channel's: one input range) and each channel's filter term
-    // once per block: the same bits.
-    const Real act = Real(a_sum - deq_tensor.act_sum_offset);
+    // DequantizeTerms in pieces: the pixel's code sum converted once (its offset, taps * the input's
+    // code_shift, is every channel's: one input range) and each channel's filter term once per block.
+    const Real act = deq_tensor.Act(a_sum);
     auto value = [&](int j) -> T {
       const int co = co0 + j;
       const DequantizeTerms<Real> deq = ChannelTerms(epi.quant, per_channel, co, deq_tensor);
-      return FromReal<T>(deq.acc_scale * Real(static_cast<int64_t>(acc[j]) - deq.acc_offset) + deq.act_sum_scale * act +
-                         filter_terms[co] + deq.constant);
+      return FromReal<T>(deq.Combine(static_cast<int64_t>(acc[j]) - deq.acc_offset, act, filter_terms[co]));
     };
     // Each value stored as soon as it is made (holding a row of 32 outputs spilled registers).
     bool stored = false;

@@ -248,13 +248,12 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   }
 
   // Meanwhile the free terms of the tile's pixels: alpha and the codes over the patch, a padded tap
-  // counting cg zero-point codes; the code sum kept as DequantizeTerms converts it, Real(act_sum -
-  // act_sum_offset): the same for the pixel's every channel, also with per-channel ranges (act_sum_offset
+  // counting cg zero-point codes; the code sum kept as DequantizeTerms converts it (Act): the same for the pixel's every channel, also with per-channel ranges (act_sum_offset
   // is taps * the input's code_shift, and every entry holds the one input range, MakeGpuQuant's
   // input_q, as the input pass and the zero point below assume). (Read in the epilogue, after the main
   // loop's barriers.)
   {
-    const int64_t act_sum_offset = TermsOf<Real>(epi.quant).act_sum_offset;
+    const DequantizeTerms<Real> deq_tensor = TermsOf<Real>(epi.quant);
     const int zp = epi.quant->input.zero_point;
     const long long pad_alpha = static_cast<long long>(g.cg) * __ldg(args.alpha + zp);
     const long long pad_codes = static_cast<long long>(g.cg) * zp;
@@ -292,7 +291,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
         }
       }
       s_alpha[i] = alpha_sum;
-      s_act[i] = Real(code_sum - act_sum_offset);
+      s_act[i] = deq_tensor.Act(code_sum);
     }
   }
 
@@ -379,7 +378,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     const bool second = channel0 + 1 < g.npg;
     const int co0 = grp * g.npg + channel0;
     // Per channel, once: the integers added to every acc (beta sum + taps * c0 - acc_offset) and the
-    // filter codes' term filter_sum_scale * Real(filter_sum - filter_sum_offset).
+    // filter codes' term (FilterTerm).
     long long channel_term[2] = {0, 0};
     Real filter_term[2] = {0, 0};
     DequantizeTerms<Real> terms[2];
@@ -390,15 +389,13 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       channel_term[e] =
           static_cast<long long>(__ldg(args.channel_sums + co0 + e)) + args.taps_c0 - terms[e].acc_offset;
       const long long w_sum = static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co0 + e));
-      filter_term[e] = terms[e].filter_sum_scale * Real(w_sum - terms[e].filter_sum_offset);
+      filter_term[e] = terms[e].FilterTerm(w_sum);
     }
-    // terms[e](sum, act_sum, filter_sum) for the lookups' sum = acc + alpha sum + beta sum + taps * c0, from
-    // net = sum - acc_offset: DequantizeTerms::operator()'s operations in its order, ((A + B) + C) + D
-    // (no FMA: -fmad=false), on the same values (net is the same int64 whichever way the adds go; the
-    // conversions of act_sum and filter_sum done once per pixel and per channel): the same bits.
+    // terms[e](sum, act_sum, filter_sum) for the lookups' sum = acc + alpha sum + beta sum + taps * c0, as
+    // DequantizeTerms::Combine of net = sum - acc_offset (the same int64 whichever way the adds go) and the
+    // per-pixel and per-channel conversions above: the same bits.
     auto dequantize = [&](int e, int row, int64_t net) -> T {
-      return FromReal<T>(terms[e].acc_scale * Real(net) + terms[e].act_sum_scale * s_act[row] + filter_term[e] +
-                         terms[e].constant);
+      return FromReal<T>(terms[e].Combine(net, s_act[row], filter_term[e]));
     };
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {

@@ -152,8 +152,19 @@ struct DequantizeTerms {
   }
 
   TFAPPROX_HOST_DEVICE Real operator()(int64_t acc, int64_t act_sum, int64_t filter_sum) const {
-    return acc_scale * Real(acc - acc_offset) + act_sum_scale * Real(act_sum - act_sum_offset) +
-           filter_sum_scale * Real(filter_sum - filter_sum_offset) + constant;
+    return Combine(acc - acc_offset, Act(act_sum), FilterTerm(filter_sum));
+  }
+
+  // operator() in pieces, for kernels that convert a pixel's code sum once for all its channels (Act) and
+  // take a channel's filter term once for all its pixels (FilterTerm): Combine(acc - acc_offset,
+  // Act(act_sum), FilterTerm(filter_sum)) is operator(), the same operations in the same order,
+  // ((A + B) + C) + D with no fused multiply-add (the builds forbid contraction): the same bits.
+  TFAPPROX_HOST_DEVICE Real Act(int64_t act_sum) const { return Real(act_sum - act_sum_offset); }
+  TFAPPROX_HOST_DEVICE Real FilterTerm(int64_t filter_sum) const {
+    return filter_sum_scale * Real(filter_sum - filter_sum_offset);
+  }
+  TFAPPROX_HOST_DEVICE Real Combine(int64_t net_acc, Real act, Real filter_term) const {
+    return acc_scale * Real(net_acc) + act_sum_scale * act + filter_term + constant;
   }
 };
 
@@ -162,8 +173,8 @@ struct DequantizeTerms {
 struct DequantizeRows {
   std::vector<float> acc_scale, act_sum_scale, filter_term, constant;
   std::vector<int64_t> acc_offset, act_sum_offset;
-  // filter_sum[co]: the channel's filter code sum (its term filter_sum_scale * (filter_sum - offset) is
-  // the same for every pixel, computed once here as DequantizeTerms computes it).
+  // filter_sum[co]: the channel's filter code sum (its term, DequantizeTerms::FilterTerm, is the same for
+  // every pixel: computed once here).
   DequantizeRows(const std::vector<DequantizeTerms<float>>& terms, const int64_t* filter_sum);
 };
 
