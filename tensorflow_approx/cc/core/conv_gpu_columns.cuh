@@ -143,6 +143,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
     const int grp = slice / chunks;
     const int c0 = (slice % chunks) * kChannels;
     const int nc = min(kChannels, g.npg - c0);
+    const bool full = nc == kChannels;  // the thread has all its channels (every chunk but a group's last)
     const int co0 = grp * g.npg + c0;
     const int ow = p % g.out_w, oh = (p / g.out_w) % g.out_h, n = p / g.out_w / g.out_h;
     Acc acc[kChannels];
@@ -169,9 +170,18 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
 #pragma unroll
         for (int j = 0; j < kChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
       }
+      // The activation's column: each lookup's address is then one shift-add of its weight's offset.
+      const uint16_t* col = cols + a;
+      if (full) {
+        // No predicates: the lookups issue back to back. Predicated on j < nc, the compiler (at the
+        // register limit) chained each lookup's add behind its load, one lookup in flight at a time.
 #pragma unroll
-      for (int j = 0; j < kChannels; ++j) {
-        if (j < nc) acc[j] += cols[wc[j] + a];
+        for (int j = 0; j < kChannels; ++j) acc[j] += col[wc[j]];
+      } else {
+#pragma unroll
+        for (int j = 0; j < kChannels; ++j) {
+          if (j < nc) acc[j] += col[wc[j]];
+        }
       }
     };
     for (int kh = 0; kh < g.filter_h; ++kh) {
