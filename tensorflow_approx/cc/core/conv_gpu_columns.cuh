@@ -41,6 +41,13 @@ struct ColumnsShared {
   }
 };
 
+// A 16-bit load from a shared-memory address.
+__device__ __forceinline__ uint32_t LoadShared16(uint32_t address) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(address));
+  return v;
+}
+
 template <typename T, bool kWide, int kChannels>
 __global__ void __launch_bounds__(kColumnThreads, 1)
     ColumnsConvKernel(const T* __restrict__ input, const T* __restrict__ filter, const uint16_t* __restrict__ lut,
@@ -55,6 +62,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
   uint16_t* cols = reinterpret_cast<uint16_t*>(smem);
   uint16_t* codes = reinterpret_cast<uint16_t*>(smem + layout.codes_offset);
   Real* filter_terms = reinterpret_cast<Real*>(smem + layout.terms_offset);
+  const uint32_t cols_address = static_cast<uint32_t>(__cvta_generic_to_shared(cols));
   // Both ways below issue a thread's loads of the table 8 vectors at a time before storing any: the table
   // is often out of L2 by the next call (a layer's outputs pass through it), and a load at a time waited
   // for memory 16 times in a row (H200: the stem 0.307 -> 0.301 ms, 2% of its call).
@@ -170,13 +178,16 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
 #pragma unroll
         for (int j = 0; j < kChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
       }
-      // The activation's column: each lookup's address is then one shift-add of its weight's offset.
-      const uint16_t* col = cols + a;
+      const uint16_t* col = cols + a;  // the activation's column
       if (full) {
         // No predicates: the lookups issue back to back. Predicated on j < nc, the compiler (at the
         // register limit) chained each lookup's add behind its load, one lookup in flight at a time.
+        // Shared addresses as 32-bit integers: one shift-add of the weight's offset to the column's address
+        // per lookup (from pointers, the compiler added the codes first and then scaled and based the sum).
+        uint32_t col_address;
+        asm("add.u32 %0, %1, %2;\n" : "=r"(col_address) : "r"(cols_address), "r"(2 * a));
 #pragma unroll
-        for (int j = 0; j < kChannels; ++j) acc[j] += col[wc[j]];
+        for (int j = 0; j < kChannels; ++j) acc[j] += LoadShared16(col_address + 2 * wc[j]);
       } else {
 #pragma unroll
         for (int j = 0; j < kChannels; ++j) {
