@@ -6,7 +6,7 @@
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
 //               [--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases]
-//               [--decomposed-tiles] [--profile LAYER [--kernel K | --terms N]]
+//               [--decomposed-tiles] [--decomposed-orders] [--profile LAYER [--kernel K | --terms N]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
@@ -15,7 +15,9 @@
 // then each launch's time for 1 and 16 terms, fused and separate input passes); --decomposed-phases runs
 // only the per-launch table; --decomposed-tiles runs only a table of every GEMM tile's rate on the five
 // layers for 1 and 16 terms, each tile's outputs held bit for bit to the lookups' (ChooseGpuDecomposedTile's
-// pick marked); --lookups-only leaves the decomposed kernel out.
+// pick marked); --decomposed-orders runs only a table of both K orders (GpuKOrder) on every benchmark layer
+// with a 3x3 filter for 4, 8 and 16 terms, checked the same way (ChooseGpuKOrder's pick marked);
+// --lookups-only leaves the decomposed kernel out.
 //
 // Exit status 0 only when every check passed.
 #include <cuda_bf16.h>
@@ -1986,6 +1988,44 @@ void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
   }
 }
 
+// Both K orders of the decomposed GEMM (GpuKOrder) on every benchmark layer, the auto tile, 4, 8 and 16
+// terms: whole calls timed (G LUT-MAC/s), each order's outputs held bit for bit to the lookups'. `*` marks
+// ChooseGpuKOrder's pick, which this table is what to check against.
+void DecomposedOrders(std::mt19937_64& rng, int runs, Counts* counts) {
+  QuantParams qi, qf;
+  BenchQuantParams(&qi, &qf);
+  BenchDecompositions decs;
+  if (!UploadBenchDecompositions({RandomDecomposition(rng, 4), RandomDecomposition(rng, 8), RandomDecomposition(rng, 16)},
+                                 &decs, counts)) {
+    return;
+  }
+  std::printf("\nDecomposed K orders: G LUT-MAC/s, whole calls, median of %d runs (float32 NHWC, realistic data, the "
+              "auto tile); * = ChooseGpuKOrder's pick\n%-20s %5s %12s %12s\n",
+              runs, "shape", "terms", GpuKOrderName(GpuKOrder::kTapsOuter), GpuKOrderName(GpuKOrder::kTapsInner));
+  for (const BenchShape& b : kBenchShapes) {
+    if (b.k == 1) continue;  // one spatial tap: one order
+    DecomposedBenchLayer layer(rng, b, qi, qf);
+    for (size_t i = 0; i < decs.host.size(); ++i) {
+      const int terms = decs.d[i]->d.terms;
+      const GpuKOrder pick = ChooseGpuKOrder(layer.data.s, terms);
+      std::printf("%-20s %5d", b.name, terms);
+      for (GpuKOrder order : {GpuKOrder::kTapsOuter, GpuKOrder::kTapsInner}) {
+        GpuDecomposedOptions opts;
+        opts.k_order = order;
+        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, opts, runs, counts,
+                                               std::string(b.name) + " (" + decs.host[i].name + ", " +
+                                                   GpuKOrderName(order) + ")");
+        if (rate < 0) {
+          std::printf(" %12s", "n/a");
+        } else {
+          std::printf(" %11.0f%c", rate, order == pick ? '*' : ' ');
+        }
+      }
+      std::printf("\n");
+    }
+  }
+}
+
 // Where a decomposed call's time goes: per benchmark layer, 1 and 16 terms, the fused input pass (the
 // default) and the first version's separate input kernels, the median over `runs` calls of each launch's
 // time (cudaEvents recorded between the launches through GpuDecomposedOptions::phase_events; a phase a path
@@ -2117,7 +2157,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 20261128;
   int decomposed_cases = 300;
   bool bench = true, sweep = false, decomposed_only = false, phases_only = false, tiles_only = false,
-       lookups_only = false;
+       orders_only = false, lookups_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
   int profile_terms = 0;  // with --profile: the decomposed kernel with this many terms
   GpuKernel kernel = GpuKernel::kAuto;
@@ -2143,10 +2183,11 @@ int main(int argc, char** argv) {
     else if (a == "--lookups-only") lookups_only = true;
     else if (a == "--decomposed-phases") phases_only = true;
     else if (a == "--decomposed-tiles") tiles_only = true;
+    else if (a == "--decomposed-orders") orders_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
-                   "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] "
+                   "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] [--decomposed-orders] "
                    "[--profile LAYER [--kernel K | --terms N]]\n",
                    argv[0]);
       return 2;
@@ -2171,6 +2212,12 @@ int main(int argc, char** argv) {
   if (phases_only) {  // only the decomposed kernel's phase breakdown (no checks)
     DecomposedPhases(rng, runs, &counts);
     std::printf("\n%s\n", counts.failures == 0 ? "PHASES DONE" : "PHASES FAILED");
+    return counts.failures == 0 ? 0 : 1;
+  }
+  if (orders_only) {  // only the decomposed kernel's K-order table (its outputs checked, no other checks)
+    DecomposedOrders(rng, runs, &counts);
+    std::printf("\norders: %d calls checked, %d failures (output bits vs the lookups)\n%s\n", counts.cases,
+                counts.failures, counts.failures == 0 ? "ORDERS PASSED" : "ORDERS FAILED");
     return counts.failures == 0 ? 0 : 1;
   }
   if (tiles_only) {  // only the decomposed kernel's per-tile table (its outputs checked, no other checks)

@@ -146,6 +146,26 @@ std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& ar
 
 }  // namespace
 
+const char* GpuKOrderName(GpuKOrder order) {
+  switch (order) {
+    case GpuKOrder::kAuto: return "auto";
+    case GpuKOrder::kTapsOuter: return "taps-outer";
+    case GpuKOrder::kTapsInner: return "taps-inner";
+    default: return "?";
+  }
+}
+
+// From the harness's --decomposed-orders table (H200, docs/decomposition.md): taps inner won on slices of
+// at most 256 bytes (4 terms of 64 channels: 13-17% on the ResNet-20 16x16 32->32 and 8x8 64->64 layers)
+// and where the planes are far past the L2 (205 MB, 56x56 64->64 with 16 terms: 15%); elsewhere it was
+// even or lost, by up to 26% on 7x7 512->512 (slices of 2-8 KB, planes of 6-25 MB that stay in L2 in
+// either order) and 9-13% on the ResNet-20 layers with slices of 512 bytes to 1 KB.
+GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms) {
+  const Layout l = MakeLayout(s, terms);
+  const int64_t planes = l.items * l.slice_bytes;
+  return l.slice_bytes <= 256 || planes >= (int64_t{192} << 20) ? GpuKOrder::kTapsInner : GpuKOrder::kTapsOuter;
+}
+
 const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
   switch (tile) {
     case GpuDecomposedTile::kAuto: return "auto";
@@ -319,6 +339,10 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0) {
     return "ApproxConvGpuDecomposed: the workspace must be 16-byte aligned";
   }
+  if (options.k_order != GpuKOrder::kAuto && options.k_order != GpuKOrder::kTapsOuter &&
+      options.k_order != GpuKOrder::kTapsInner) {
+    return "ApproxConvGpuDecomposed: options.k_order is not a GpuKOrder";
+  }
   if (options.tile != GpuDecomposedTile::kAuto &&
       (static_cast<int>(options.tile) < 0 || static_cast<int>(options.tile) >= static_cast<int>(GpuDecomposedTile::kCount))) {
     return "ApproxConvGpuDecomposed: unknown tile";
@@ -419,6 +443,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.l = l;
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
   const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms) : options.tile;
+  const GpuKOrder k_order = options.k_order == GpuKOrder::kAuto ? ChooseGpuKOrder(s, d.terms) : options.k_order;
+  args.taps_inner = k_order == GpuKOrder::kTapsInner;
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};

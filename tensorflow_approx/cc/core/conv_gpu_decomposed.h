@@ -80,8 +80,18 @@ enum class GpuDecomposedTile : int {
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 
 // The harness's knobs and the debug outputs (the same role as GpuOptions' fields of those names).
+// The order of the GEMM's K stages: a 3x3 (or larger) filter's K is spatial taps x slice bytes (the
+// planes' order). kTapsInner walks the taps innermost, BK bytes of the slice at a time, where a slice is
+// whole stages: a tile then reads the same slice bytes of neighbouring pixels for all its taps back to
+// back. Both give the same integers (a permutation of an int32 sum that is exact as a whole); kAuto picks
+// by shape (ChooseGpuKOrder).
+enum class GpuKOrder : int { kAuto = -1, kTapsOuter = 0, kTapsInner = 1 };
+const char* GpuKOrderName(GpuKOrder order);
+GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms);
+
 struct GpuDecomposedOptions {
   GpuDecomposedTile tile = GpuDecomposedTile::kAuto;
+  GpuKOrder k_order = GpuKOrder::kAuto;
   // Fragments read from shared memory with plain 32-bit loads instead of ldmatrix: slower, for telling a
   // fragment-layout fault of one from the other.
   bool plain_fragment_loads = false;
