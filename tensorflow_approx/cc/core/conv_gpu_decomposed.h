@@ -79,7 +79,6 @@ enum class GpuDecomposedTile : int {
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 
-// The harness's knobs and the debug outputs (the same role as GpuOptions' fields of those names).
 // The order of the GEMM's K stages: a 3x3 (or larger) filter's K is spatial taps x slice bytes (the
 // planes' order). kTapsInner walks the taps innermost, BK bytes of the slice at a time, where a slice is
 // whole stages: a tile then reads the same slice bytes of neighbouring pixels for all its taps back to
@@ -89,6 +88,7 @@ enum class GpuKOrder : int { kAuto = -1, kTapsOuter = 0, kTapsInner = 1 };
 const char* GpuKOrderName(GpuKOrder order);
 GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms);
 
+// The harness's knobs and the debug outputs (the same role as GpuOptions' fields of those names).
 struct GpuDecomposedOptions {
   GpuDecomposedTile tile = GpuDecomposedTile::kAuto;
   GpuKOrder k_order = GpuKOrder::kAuto;

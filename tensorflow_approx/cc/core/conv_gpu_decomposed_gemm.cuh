@@ -205,10 +205,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // from DRAM once per tap (ncu: L2 hit rate 33%). B's rows are read in the same order.
   const int spatial_taps = g.filter_h * g.filter_w;
   const bool taps_inner = args.taps_inner && spatial_taps > 1 && l.slice_bytes % BK == 0;
-  int b_tap = 0;       // taps_inner: the tap and the slice's byte offset of B's next stage
-  int64_t b_byte = 0;
   // Stage `slot` <- K tile kt: A chunk c of pixel row r is chunk j of spatial tap `tap` of the pixel's
-  // patch; B chunk c of channel row r is bytes kt * BK + 16c of that channel's filter row.
+  // patch; B chunk c of channel row r is the same K bytes of that channel's filter row: bytes kt * BK + 16c
+  // tap by tap, tap * slice_bytes + (j - c) * 16 + 16c with taps inner.
   auto load_stage = [&](int slot, int kt) {
     const uint32_t a_base = SharedAddress(s_a + slot * BM * BK);
     const bool k_inside = a_kc < k_chunks;
@@ -231,13 +230,13 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       }
       CopyChunkAsync(a_base + StageOffset<BK>(row, load_col), src, fill);
     }
-    // Step to the next stage's chunk: kChunksPerRow chunks on, across as many slice ends as it passes
-    // (slices of fewer than kChunksPerRow chunks: several).
-    int64_t b_offset = static_cast<int64_t>(kt) * BK;  // B's bytes of this stage in a filter row
+    const int64_t b_offset = taps_inner ? static_cast<int64_t>(a_kh * g.filter_w + a_kw) * l.slice_bytes +
+                                              (a_j - load_col) * kChunk
+                                        : static_cast<int64_t>(kt) * BK;
+    // Step to the next stage's chunk. Taps inner (every stage inside K: K is whole stages): the next tap, or
+    // after the last the next BK bytes of the slice at tap 0. Tap by tap: kChunksPerRow chunks on, across
+    // as many slice ends as it passes (slices of fewer than kChunksPerRow chunks: several).
     if (taps_inner) {
-      // Every stage inside K (K is whole stages); the next tap, or the next BK bytes of the slice at tap 0.
-      b_offset = static_cast<int64_t>(b_tap) * l.slice_bytes + b_byte;
-      if (++b_tap == spatial_taps) b_tap = 0, b_byte += BK;
       if (++a_kw == g.filter_w) {
         a_kw = 0;
         if (++a_kh == g.filter_h) a_kh = 0, a_j += kChunksPerRow;
