@@ -399,15 +399,16 @@ def main(_):
                     rows.append((f"predict batch {batch}, steps_per_execution {STEPS_PER_EXECUTION.value}{label}",
                                  times[approx], times.get(model, t_float)))
             rows.append((f"forward batch {batch}, on the device", forward_seconds(approx, x, batch), t_float))
+            for label, t, t_float in rows:
+                ratio = f"{t / t_float:.1f}x" if t_float else "-"
+                print(f"| {label} | {t:.3f} | {IMAGES.value / t:.0f} | {macs * IMAGES.value / t / 1e9:.0f} | "
+                      f"{fmt(t_float, '.3f')} | {ratio} |")
+            # The do-nothing model: images/s only (it does no LUT-MACs, and has no float counterpart).
             floor_numpy, floor_data = pipeline_floor(x, batch)
             for label, t in (("NumPy", floor_numpy), ("tf.data", floor_data)):
                 if t is not None:
-                    rows.append((f"predict batch {batch}, a model that does nothing, {label} input", t, None, False))
-            for label, t, t_float, *network in rows:  # (network: False for the do-nothing model's rows)
-                ratio = f"{t / t_float:.1f}x" if t_float else "-"
-                rate = macs * IMAGES.value / t / 1e9 if network != [False] else None
-                print(f"| {label} | {t:.3f} | {IMAGES.value / t:.0f} | {fmt(rate, '.0f')} | "
-                      f"{fmt(t_float, '.3f')} | {ratio} |")
+                    print(f"| predict batch {batch}, a model that does nothing, {label} input | {t:.3f} | "
+                          f"{IMAGES.value / t:.0f} | - | - | - |")
         if FIT.value:
             with tf.device(DEVICE.value):
                 for m in (approx, model):

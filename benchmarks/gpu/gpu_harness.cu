@@ -1950,37 +1950,40 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   for (const std::string& w : wrong_picks) std::printf("  wrong pick: %s\n", w.c_str());
 }
 
-// Every GEMM tile on performance.md's five benchmark layers, for the exact table (1 term)
-// and 16 terms: whole calls timed (G LUT-MAC/s), each tile's outputs held bit for bit to the lookups'.
-// `*` marks ChooseGpuDecomposedTile's pick: what the tile table's rate guesses are checked against.
-void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
+// A table of variants of the decomposed kernel's options: a row per layer and decomposition, a column per
+// variant, whole calls timed (G LUT-MAC/s), each variant's outputs held bit for bit to the lookups'
+// (n/a where a variant does not run). `*` marks the variant `pick` returns for the row's shape and terms:
+// what the auto choice is checked against.
+struct DecomposedVariant {
+  const char* name;
+  GpuDecomposedOptions opts;
+};
+void DecomposedVariantTable(std::mt19937_64& rng, int runs, Counts* counts, const char* title,
+                            const std::vector<HostDecomposition>& decompositions,
+                            const std::vector<const BenchShape*>& layers, const std::vector<DecomposedVariant>& variants,
+                            const std::function<size_t(const ConvShape&, int)>& pick) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchDecompositions decs;
-  if (!UploadBenchDecompositions({ExactDecomposition(), RandomDecomposition(rng, 16)}, &decs, counts)) return;
-  constexpr int kTiles = static_cast<int>(GpuDecomposedTile::kCount);
-  std::printf("\nDecomposed tiles: G LUT-MAC/s per GEMM tile, whole calls, median of %d runs (float32 NHWC, "
-              "realistic data); * = ChooseGpuDecomposedTile's pick\n", runs);
-  std::printf("%-20s %5s", "shape", "terms");
-  for (int t = 0; t < kTiles; ++t) std::printf(" %15s", GpuDecomposedTileName(static_cast<GpuDecomposedTile>(t)));
+  if (!UploadBenchDecompositions(decompositions, &decs, counts)) return;
+  std::printf("\n%s: G LUT-MAC/s, whole calls, median of %d runs (float32 NHWC, realistic data); * = the auto "
+              "choice\n%-20s %5s", title, runs, "shape", "terms");
+  for (const DecomposedVariant& v : variants) std::printf(" %15s", v.name);
   std::printf("\n");
-  for (int li = 0; li < kPerformanceLayers; ++li) {
-    const BenchShape& b = kBenchShapes[li];
-    DecomposedBenchLayer layer(rng, b, qi, qf);
+  for (const BenchShape* b : layers) {
+    DecomposedBenchLayer layer(rng, *b, qi, qf);
     for (size_t i = 0; i < decs.host.size(); ++i) {
       const int terms = decs.d[i]->d.terms;
-      const GpuDecomposedTile pick = ChooseGpuDecomposedTile(layer.data.s, terms);
-      std::printf("%-20s %5d", b.name, terms);
-      for (int t = 0; t < kTiles; ++t) {
-        GpuDecomposedOptions opts;
-        opts.tile = static_cast<GpuDecomposedTile>(t);
-        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, opts, runs, counts,
-                                               std::string(b.name) + " (" + decs.host[i].name + ", " +
-                                                   GpuDecomposedTileName(opts.tile) + ")");
+      const size_t picked = pick(layer.data.s, terms);
+      std::printf("%-20s %5d", b->name, terms);
+      for (size_t v = 0; v < variants.size(); ++v) {
+        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, variants[v].opts, runs, counts,
+                                               std::string(b->name) + " (" + decs.host[i].name + ", " +
+                                                   variants[v].name + ")");
         if (rate < 0) {
           std::printf(" %15s", "n/a");
         } else {
-          std::printf(" %14.0f%c", rate, opts.tile == pick ? '*' : ' ');
+          std::printf(" %14.0f%c", rate, v == picked ? '*' : ' ');
         }
       }
       std::printf("\n");
@@ -1988,42 +1991,41 @@ void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
   }
 }
 
-// Both K orders of the decomposed GEMM (GpuKOrder) on every benchmark layer, the auto tile, 4, 8 and 16
-// terms: whole calls timed (G LUT-MAC/s), each order's outputs held bit for bit to the lookups'. `*` marks
-// ChooseGpuKOrder's pick, which this table is what to check against.
+// Every GEMM tile on performance.md's five benchmark layers, for the exact table (1 term) and 16 terms;
+// the pick is ChooseGpuDecomposedTile's: what the tile table's rate guesses are checked against.
+void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
+  std::vector<DecomposedVariant> tiles;
+  for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount); ++t) {
+    DecomposedVariant v{GpuDecomposedTileName(static_cast<GpuDecomposedTile>(t)), GpuDecomposedOptions()};
+    v.opts.tile = static_cast<GpuDecomposedTile>(t);
+    tiles.push_back(v);
+  }
+  std::vector<const BenchShape*> layers;
+  for (int li = 0; li < kPerformanceLayers; ++li) layers.push_back(&kBenchShapes[li]);
+  const std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 16)};
+  DecomposedVariantTable(rng, runs, counts, "Decomposed tiles (GpuDecomposedTile)", decompositions, layers, tiles,
+                         [](const ConvShape& s, int terms) {
+                           return static_cast<size_t>(ChooseGpuDecomposedTile(s, terms));
+                         });
+}
+
+// Both K orders of the decomposed GEMM (GpuKOrder) on every benchmark layer with a 3x3 filter (one
+// spatial tap has one order), the auto tile, 4, 8 and 16 terms; the pick is ChooseGpuKOrder's.
 void DecomposedOrders(std::mt19937_64& rng, int runs, Counts* counts) {
-  QuantParams qi, qf;
-  BenchQuantParams(&qi, &qf);
-  BenchDecompositions decs;
-  if (!UploadBenchDecompositions({RandomDecomposition(rng, 4), RandomDecomposition(rng, 8), RandomDecomposition(rng, 16)},
-                                 &decs, counts)) {
-    return;
+  std::vector<DecomposedVariant> orders;
+  for (GpuKOrder order : {GpuKOrder::kTapsOuter, GpuKOrder::kTapsInner}) {  // in enum order: index = value
+    DecomposedVariant v{GpuKOrderName(order), GpuDecomposedOptions()};
+    v.opts.k_order = order;
+    orders.push_back(v);
   }
-  std::printf("\nDecomposed K orders: G LUT-MAC/s, whole calls, median of %d runs (float32 NHWC, realistic data, the "
-              "auto tile); * = ChooseGpuKOrder's pick\n%-20s %5s %12s %12s\n",
-              runs, "shape", "terms", GpuKOrderName(GpuKOrder::kTapsOuter), GpuKOrderName(GpuKOrder::kTapsInner));
+  std::vector<const BenchShape*> layers;
   for (const BenchShape& b : kBenchShapes) {
-    if (b.k == 1) continue;  // one spatial tap: one order
-    DecomposedBenchLayer layer(rng, b, qi, qf);
-    for (size_t i = 0; i < decs.host.size(); ++i) {
-      const int terms = decs.d[i]->d.terms;
-      const GpuKOrder pick = ChooseGpuKOrder(layer.data.s, terms);
-      std::printf("%-20s %5d", b.name, terms);
-      for (GpuKOrder order : {GpuKOrder::kTapsOuter, GpuKOrder::kTapsInner}) {
-        GpuDecomposedOptions opts;
-        opts.k_order = order;
-        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, opts, runs, counts,
-                                               std::string(b.name) + " (" + decs.host[i].name + ", " +
-                                                   GpuKOrderName(order) + ")");
-        if (rate < 0) {
-          std::printf(" %12s", "n/a");
-        } else {
-          std::printf(" %11.0f%c", rate, order == pick ? '*' : ' ');
-        }
-      }
-      std::printf("\n");
-    }
+    if (b.k > 1) layers.push_back(&b);
   }
+  const std::vector<HostDecomposition> decompositions = {RandomDecomposition(rng, 4), RandomDecomposition(rng, 8),
+                                                         RandomDecomposition(rng, 16)};
+  DecomposedVariantTable(rng, runs, counts, "Decomposed K orders (GpuKOrder)", decompositions, layers, orders,
+                         [](const ConvShape& s, int terms) { return static_cast<size_t>(ChooseGpuKOrder(s, terms)); });
 }
 
 // Where a decomposed call's time goes: per benchmark layer, 1 and 16 terms, the fused input pass (the

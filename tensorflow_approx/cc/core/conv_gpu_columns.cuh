@@ -178,20 +178,21 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
 #pragma unroll
         for (int j = 0; j < kChannels; ++j) wc[j] = j < nc ? w[j] : 0u;
       }
-      const uint16_t* col = cols + a;  // the activation's column
+      // A lookup: the entry of the activation's column at row wc[j]. Shared addresses as 32-bit integers:
+      // one shift-add of the weight's offset to the column's address per lookup (from pointers, the
+      // compiler added the codes first and then scaled and based the sum).
+      uint32_t col_address;
+      asm("add.u32 %0, %1, %2;\n" : "=r"(col_address) : "r"(cols_address), "r"(2 * a));
+      auto lookup = [&](int j) { return LoadShared16(col_address + 2 * wc[j]); };
       if (full) {
         // No predicates: the lookups issue back to back. Predicated on j < nc, the compiler (at the
         // register limit) chained each lookup's add behind its load, one lookup in flight at a time.
-        // Shared addresses as 32-bit integers: one shift-add of the weight's offset to the column's address
-        // per lookup (from pointers, the compiler added the codes first and then scaled and based the sum).
-        uint32_t col_address;
-        asm("add.u32 %0, %1, %2;\n" : "=r"(col_address) : "r"(cols_address), "r"(2 * a));
 #pragma unroll
-        for (int j = 0; j < kChannels; ++j) acc[j] += LoadShared16(col_address + 2 * wc[j]);
+        for (int j = 0; j < kChannels; ++j) acc[j] += lookup(j);
       } else {
 #pragma unroll
         for (int j = 0; j < kChannels; ++j) {
-          if (j < nc) acc[j] += col[wc[j]];
+          if (j < nc) acc[j] += lookup(j);
         }
       }
     };

@@ -168,6 +168,11 @@ __device__ __forceinline__ uint32_t LookupBytes(const uint8_t* table, uint32_t c
   return static_cast<uint32_t>(table[codes & 0xFF]) | static_cast<uint32_t>(table[(codes >> 8) & 0xFF]) << 8 |
          static_cast<uint32_t>(table[(codes >> 16) & 0xFF]) << 16 | static_cast<uint32_t>(table[codes >> 24]) << 24;
 }
+// A chunk of 16 codes -> a chunk of their 16 table entries (a term's u or v: a chunk of its planes).
+__device__ __forceinline__ uint4 LookupChunk(const uint8_t* table, uint4 codes) {
+  return make_uint4(LookupBytes(table, codes.x), LookupBytes(table, codes.y), LookupBytes(table, codes.z),
+                    LookupBytes(table, codes.w));
+}
 
 template <typename T>
 __device__ void InputPassBlock(int block, const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
@@ -303,7 +308,7 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
       for (int q = tid; q < chunks; q += kPrepThreads) {
         const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + ci);
         const uint8_t* u = reinterpret_cast<const uint8_t*>(s_u) + r * 256;
-        out[q] = make_uint4(LookupBytes(u, c.x), LookupBytes(u, c.y), LookupBytes(u, c.z), LookupBytes(u, c.w));
+        out[q] = LookupChunk(u, c);
         item += step_item, j += step_j, r += step_r, ci += step_ci;
         if (ci >= g.cg) ci -= g.cg, ++r;
         if (j >= l.slice_chunks) j -= l.slice_chunks, ++item, r -= d.terms;
@@ -437,7 +442,7 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
     const uint8_t* v = s_v + r * 256;
     *reinterpret_cast<uint4*>(b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded +
                               static_cast<int64_t>(spatial) * l.slice_bytes + r * g.cg + channel) =
-        make_uint4(LookupBytes(v, codes.x), LookupBytes(v, codes.y), LookupBytes(v, codes.z), LookupBytes(v, codes.w));
+        LookupChunk(v, codes);
   }
   if (k0 == 0) {
     const int pad_chunks = static_cast<int>(l.k_padded / kChunk - l.k_chunks);  // < kMaxBK / kChunk
@@ -508,14 +513,13 @@ __global__ void __launch_bounds__(kPrepThreads)
       if (g.cg % kChunk == 0) {
         // As in InputPassBlock: one term, 16 consecutive channels, one aligned 16-byte read (f_codes is
         // 16-byte aligned, taps and tap * cg + ci are multiples of 16).
+        uint4 chunk = make_uint4(0, 0, 0, 0);
         if (e0 < used) {
           const int r = e0 / g.cg, ci = e0 - r * g.cg;
-          const uint4 c = __ldg(reinterpret_cast<const uint4*>(codes + ci));
-          const uint8_t* v = reinterpret_cast<const uint8_t*>(s_v) + r * 256;
-          words[0] = LookupBytes(v, c.x), words[1] = LookupBytes(v, c.y);
-          words[2] = LookupBytes(v, c.z), words[3] = LookupBytes(v, c.w);
+          chunk = LookupChunk(reinterpret_cast<const uint8_t*>(s_v) + r * 256,
+                              __ldg(reinterpret_cast<const uint4*>(codes + ci)));
         }
-        *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+        *reinterpret_cast<uint4*>(b_planes + i * kChunk) = chunk;
         continue;
       }
       int r = e0 / g.cg, ci = e0 - r * g.cg;
