@@ -5,6 +5,7 @@
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_GEMM_CUH_
 
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_prepasses.cuh"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed_wgmma.cuh"
 
 namespace tfapprox {
 namespace decomposed_internal {
@@ -68,6 +69,11 @@ __device__ __forceinline__ int StageOffset(int row, int chunk) {
 // The implicit GEMM. A block computes a BM x BN tile (pixels x output channels of one group) over the
 // whole K; warps are arranged WARPS_M x WARPS_N, each owning (BM / WARPS_M) x (BN / WARPS_N) outputs as
 // MT x NT mma tiles of 16 x 8; BLOCKS blocks per multiprocessor (the registers are capped to fit them).
+// kWgmma (sm_90a, the wgmma tiles): the same loaders, pipeline and epilogue, the tensor-core work done by
+// warpgroup MMAs reading both operands from shared memory (conv_gpu_decomposed_wgmma.cuh): warpgroup
+// wg (warps 4wg .. 4wg + 3) computes rows 64wg .. 64wg + 63 x all BN columns, one m64nBNk32 per 32 K
+// bytes; WARPS_M = BM / 16, WARPS_N = 1, so that warp w's accumulators are those of a 16 x BN warp tile
+// (MT = 1, NT = BN / 8) in mma.sync's fragment order and the epilogue is the same code.
 // Stages of BK bytes of K (BK / 32 mma k steps between two barriers) in a STAGES-deep cp.async pipeline:
 // the copies of the next stages are in flight while the tensor cores work on the current one. K is
 // BK-tiled per tile (GemmKTiles); B's rows are padded to kMaxBK, a multiple of every BK, and A's chunks
@@ -108,14 +114,33 @@ inline int64_t GemmKTiles(const Layout& l) {
   return (l.k_chunks * kChunk + BK - 1) / BK;
 }
 
-template <int BM, int BN, int BK, int STAGES>
+// kWgmma: 1 KB more, for rounding the stages up to wgmma's 1024-byte swizzle atoms (see the kernel).
+template <int BM, int BN, int BK, int STAGES, bool kWgmma = false>
 constexpr int GemmSmemBytes() {
-  return STAGES * (BM + BN) * BK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long));
+  return STAGES * (BM + BN) * BK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long)) +
+         (kWgmma ? 1024 : 0);
 }
 
-template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, bool kLdmatrix>
+// wgmma groups a warpgroup leaves in flight past a stage (kWgmma): one where the pipeline is deep enough
+// (STAGES >= 4) to keep two stages of copies in flight besides the one being read and the one still read
+// by the previous stage's wgmma; else none (the wgmma of a stage finish before the next barrier, as
+// mma.sync does). mma.sync: none.
+template <bool kWgmma, int STAGES>
+__host__ __device__ constexpr int GemmMmaInFlight() {
+  return kWgmma && STAGES >= 4 ? 1 : 0;
+}
+
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, bool kLdmatrix,
+          bool kWgmma = false>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
+  if constexpr (kWgmma) {
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // A device pass without wgmma (sm_90, the compute_90 PTX): no body. LaunchGemm never launches this
+    // (WgmmaAvailable: g_wgmma_built of the loaded module, conv_gpu_decomposed.cu).
+    return;
+#endif
+  }
   constexpr int NT_THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
   constexpr int MT = WM / 16, NT = WN / 8;
@@ -126,11 +151,24 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   static_assert(A_CHUNKS >= 1 && A_CHUNKS * NT_THREADS == BM * kChunksPerRow, "A loader");
   static_assert(B_CHUNKS >= 1 && B_CHUNKS * NT_THREADS == BN * kChunksPerRow, "B loader");
   static_assert(STAGES >= 2 && kMaxBK % BK == 0, "a pipeline; B's rows padded to whole stages");
+  static_assert(!kWgmma || (WARPS_N == 1 && WM == 16 && WARPS_M % 4 == 0 && (BN == 64 || BN == 128) &&
+                            (BK == 64 || BK == 128) && STAGES >= 2 + GemmMmaInFlight<kWgmma, STAGES>()),
+                "wgmma: whole warpgroups of 64 rows x BN (64 or 128) columns, 64- or 128-byte swizzled stages");
+  // The pipeline: kPrefetch stages of copies in flight ahead of the one being multiplied, and kInFlight
+  // stages whose wgmma may still be reading shared memory; the stage a load overwrites is the one
+  // kInFlight + 1 before the current, which every warp has finished with by the current barrier.
+  constexpr int kInFlight = GemmMmaInFlight<kWgmma, STAGES>();
+  constexpr int kPrefetch = STAGES - 1 - kInFlight;
   using Real = typename RealOf<T>::type;
 
   // (Dynamic shared memory starts at offset 0 of the block's: aligned for 16-byte copies and ldmatrix,
   // and rows of a stage start on BK-byte boundaries, which the swizzle's bank reasoning assumes.)
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // wgmma: the swizzle atoms (8 rows of BK bytes: 1024 bytes for BK = 128) must start on multiples of their
+  // size in the shared address space, so the stages start at the first 1024-byte boundary (the launch
+  // gave 1 KB more). mma.sync: as they come.
+  unsigned char* smem = smem_raw;
+  if constexpr (kWgmma) smem += (1024 - (SharedAddress(smem_raw) & 1023)) & 1023;
   unsigned char* s_a = smem;                                       // [STAGES][BM][BK]
   unsigned char* s_b = s_a + STAGES * BM * BK;                     // [STAGES][BN][BK]
   int4* s_pix = reinterpret_cast<int4*>(s_b + STAGES * BN * BK);   // [BM]
@@ -258,10 +296,10 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     }
   };
 
-  // The first STAGES - 1 stages in flight (a group per stage, empty past K, so that the count of
+  // The first kPrefetch stages in flight (a group per stage, empty past K, so that the count of
   // groups stays uniform for WaitCopies).
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < kPrefetch; ++s) {
     if (s < args.k_tiles) load_stage(s, s);
     CommitCopies();
   }
@@ -325,58 +363,87 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   const int group_id = lane >> 2, in_group = lane & 3;  // the fragments' g and t
   const int matrix = lane >> 3, matrix_row = lane & 7;   // ldmatrix: which matrix and row lane gives
   for (int kt = 0; kt < args.k_tiles; ++kt) {
-    WaitCopies<STAGES - 2>();  // this thread's copies of stage kt have landed...
-    __syncthreads();            // ...and everyone's; everyone is also done with stage kt - 1
-    if (kt + STAGES - 1 < args.k_tiles) load_stage((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
-    CommitCopies();
+    WaitCopies<kPrefetch - 1>();  // this thread's copies of stage kt have landed...
+    if constexpr (kWgmma) FenceProxyAsyncShared();  // ...and are visible to wgmma's (async proxy) reads...
+    __syncthreads();  // ...and everyone's; everyone is also done with stage kt - 1 - kInFlight (mma.sync:
+                      // kt - 1; wgmma with one group in flight: every warpgroup has waited for kt - 2's)
+    auto load_next = [&] {
+      if (kt + kPrefetch < args.k_tiles) load_stage((kt + kPrefetch) % STAGES, kt + kPrefetch);
+      CommitCopies();
+    };
+    // wgmma: the copies are issued after this stage's wgmma, so that their address work overlaps them.
+    if constexpr (!kWgmma) load_next();
 
     const unsigned char* a_stage = s_a + (kt % STAGES) * BM * BK;
     const unsigned char* b_stage = s_b + (kt % STAGES) * BN * BK;
+    if constexpr (kWgmma) {
+      // Warpgroup warp / 4: its 64 rows of A (64 * BK bytes on: whole swizzle atoms), all of B; k step ks
+      // 32 bytes into the rows (see WgmmaDescriptor).
+      const uint32_t a_base = SharedAddress(a_stage) + (warp >> 2) * 64 * BK;
+      const uint32_t b_base = SharedAddress(b_stage);
+      WgmmaFenceAccumulators(acc[0]);
+      WgmmaFence();
 #pragma unroll
-    for (int ks = 0; ks < BK / 32; ++ks) {
-      uint32_t a[MT][4], b[NT][2];
+      for (int ks = 0; ks < BK / 32; ++ks) {
+        WgmmaS8(acc[0], WgmmaDescriptor<BK>(a_base + 32 * ks), WgmmaDescriptor<BK>(b_base + 32 * ks));
+      }
+      WgmmaCommit();
+      load_next();
+      // At most kInFlight stages' wgmma still running: the stage the next iteration's load overwrites
+      // (kInFlight + 1 before that iteration's) is no longer read by this warpgroup, and the next
+      // barrier makes that true of every warpgroup.
+      WgmmaWait<kInFlight>();
+    } else {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int row0 = warp_m * WM + mt * 16;
-        if (kLdmatrix) {
-          // Matrices 0..3: rows +0 / +8 (bit 0 of m) x k bytes +0 / +16 (bit 1): a[0..3] in order.
-          const int row = row0 + (matrix & 1) * 8 + matrix_row;
-          LoadMatrices(SharedAddress(a_stage + StageOffset<BK>(row, 2 * ks + (matrix >> 1))), a[mt]);
-        } else {
+      for (int ks = 0; ks < BK / 32; ++ks) {
+        uint32_t a[MT][4], b[NT][2];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int row = row0 + group_id + (i & 1) * 8;
-            a[mt][i] =
-                *reinterpret_cast<const uint32_t*>(a_stage + StageOffset<BK>(row, 2 * ks + (i >> 1)) + 4 * in_group);
+        for (int mt = 0; mt < MT; ++mt) {
+          const int row0 = warp_m * WM + mt * 16;
+          if (kLdmatrix) {
+            // Matrices 0..3: rows +0 / +8 (bit 0 of m) x k bytes +0 / +16 (bit 1): a[0..3] in order.
+            const int row = row0 + (matrix & 1) * 8 + matrix_row;
+            LoadMatrices(SharedAddress(a_stage + StageOffset<BK>(row, 2 * ks + (matrix >> 1))), a[mt]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int row = row0 + group_id + (i & 1) * 8;
+              a[mt][i] =
+                  *reinterpret_cast<const uint32_t*>(a_stage + StageOffset<BK>(row, 2 * ks + (i >> 1)) + 4 * in_group);
+            }
           }
         }
-      }
 #pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        const int row0 = warp_n * WN + np * 16;
-        if (kLdmatrix) {
-          // Matrices 0..3: channels +0 / +8 (bit 1 of m) x k bytes +0 / +16 (bit 0): b[2np][0..1],
-          // b[2np + 1][0..1].
-          uint32_t r[4];
-          const int row = row0 + (matrix >> 1) * 8 + matrix_row;
-          LoadMatrices(SharedAddress(b_stage + StageOffset<BK>(row, 2 * ks + (matrix & 1))), r);
-          b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
-        } else {
+        for (int np = 0; np < NT / 2; ++np) {
+          const int row0 = warp_n * WN + np * 16;
+          if (kLdmatrix) {
+            // Matrices 0..3: channels +0 / +8 (bit 1 of m) x k bytes +0 / +16 (bit 0): b[2np][0..1],
+            // b[2np + 1][0..1].
+            uint32_t r[4];
+            const int row = row0 + (matrix >> 1) * 8 + matrix_row;
+            LoadMatrices(SharedAddress(b_stage + StageOffset<BK>(row, 2 * ks + (matrix & 1))), r);
+            b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
+          } else {
 #pragma unroll
-          for (int h = 0; h < 2; ++h)
+            for (int h = 0; h < 2; ++h)
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-              const int row = row0 + h * 8 + group_id;
-              b[2 * np + h][i] =
-                  *reinterpret_cast<const uint32_t*>(b_stage + StageOffset<BK>(row, 2 * ks + i) + 4 * in_group);
-            }
+              for (int i = 0; i < 2; ++i) {
+                const int row = row0 + h * 8 + group_id;
+                b[2 * np + h][i] =
+                    *reinterpret_cast<const uint32_t*>(b_stage + StageOffset<BK>(row, 2 * ks + i) + 4 * in_group);
+              }
+          }
         }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) MmaInt8(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
       }
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) MmaInt8(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
     }
+  }
+  if constexpr (kWgmma) {
+    WgmmaWait<0>();  // the last stages' wgmma have written the accumulators...
+    WgmmaFenceAccumulators(acc[0]);  // ...before any read of them below
   }
   WaitCopies<0>();  // only empty groups remain; nothing may be in flight when the block exits
   __syncthreads();  // s_alpha and s_act of every thread (the loop's barriers order them too, K >= 1)
