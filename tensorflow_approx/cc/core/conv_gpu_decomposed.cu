@@ -27,6 +27,7 @@
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <string>
 #include <vector>
@@ -52,20 +53,29 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 // / 7.9-12.2 T), 128x64 and 64x64 on 56x56 64->64 (62.7 T and 9.1 T). Larger tiles (256x64; 256x128 and
 // 128x256 with 64 x 64 warp tiles; 256x128 with 128-byte stages) were slower than the best of these on
 // every layer and table, and were dropped.
-#define TFAPPROX_DECOMPOSED_TILES(X)                      \
-  X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0)          \
-  X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7)              \
-  X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55)           \
-  X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85)           \
-  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02)
+// The last column: 1 for the wgmma tiles (sm_90a; DecomposedGemmKernel's kWgmma: two warpgroups of 64
+// rows, WARPS_M = 8 x WARPS_N = 1 as its epilogue sees them, 128-byte swizzled stages). DRAFT, not yet
+// run on a GPU: ChooseTile never picks them (rate 0 and skipped), only GpuDecomposedOptions::tile does,
+// until the harness's --decomposed-tiles has held them to the lookups and timed them. 128x64: four
+// stages (two of copies in flight, one wgmma group left in flight), two blocks; 128x128: three stages
+// (the wgmma of a stage finish before the next barrier), two blocks.
+#define TFAPPROX_DECOMPOSED_TILES(X)                       \
+  X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0, 0)        \
+  X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7, 0)            \
+  X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55, 0)         \
+  X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85, 0)         \
+  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02, 0)  \
+  X(kTileWgmma128x64, 128, 64, 8, 1, 2, 128, 4, 0, 1)      \
+  X(kTileWgmma128x128, 128, 128, 8, 1, 2, 128, 3, 0, 1)
 
 struct TileConfig {
   GpuDecomposedTile tile;
   int bm, bn, blocks_per_sm, bk;
   double rate;
+  bool wgmma;
 };
-#define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, bk, stages, rate) \
-  {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate},
+#define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, bk, stages, rate, wgmma) \
+  {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate, wgmma != 0},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 
@@ -84,6 +94,7 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms) {
   double best_score = -1;
   GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
   for (const TileConfig& t : kTiles) {
+    if (t.wgmma) continue;  // not measured yet: only an explicit GpuDecomposedOptions::tile runs them
     const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
     const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
     const int64_t blocks = m_tiles * n_tiles * s.groups();
@@ -105,9 +116,53 @@ unsigned PrepBlocks(int64_t work, int sms) {
       std::max<int64_t>(1, std::min<int64_t>((work + kPrepThreads - 1) / kPrepThreads, int64_t{8} * std::max(sms, 1))));
 }
 
-template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES>
+// 1 in the device code of a module built with sm_90a's features (the wgmma kernels' bodies), else 0:
+// which cubin the driver loaded for this file decides whether the wgmma tiles can run, so it is asked.
+__device__ int g_wgmma_built =
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    1;
+#else
+    0;
+#endif
+
+// "" where the wgmma tiles can run on the current device, else why not. Asked once per device (a
+// synchronous copy of g_wgmma_built: the first call, not every launch; the wgmma tiles are only ever
+// chosen explicitly, so no auto-chosen call pays it).
+std::string WgmmaAvailable() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices];  // 0 not asked yet, 1 available, 2 not built for sm_90a
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaError("cudaGetDevice", e);
+  int major = 0, minor = 0;
+  e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
+  if (major != 9 || minor != 0) {
+    return "ApproxConvGpuDecomposed: the wgmma tile needs sm_90a (compute capability 9.0); this device is " +
+           std::to_string(major) + "." + std::to_string(minor);
+  }
+  int state = device < kDevices ? known[device].load(std::memory_order_relaxed) : 0;
+  if (state == 0) {
+    int built = 0;
+    e = cudaMemcpyFromSymbol(&built, g_wgmma_built, sizeof(built));
+    if (e != cudaSuccess) return CudaError("cudaMemcpyFromSymbol of the wgmma flag", e);
+    state = built == 1 ? 1 : 2;
+    if (device < kDevices) known[device].store(state, std::memory_order_relaxed);
+  }
+  return state == 1 ? ""
+                    : "ApproxConvGpuDecomposed: the wgmma tile needs sm_90a: this build's device code for the GPU "
+                      "has no sm_90a cubin (add -gencode arch=compute_90a,code=sm_90a)";
+}
+
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, int kWgmmaTile>
 std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi, T* output,
                        cudaStream_t stream) {
+  constexpr bool kWgmma = kWgmmaTile != 0;
+  if (kWgmma) {
+    const std::string error = WgmmaAvailable();
+    if (!error.empty()) return error;
+  }
   GemmArgs args = base;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (static_cast<int64_t>(g.npg) + BN - 1) / BN;
@@ -118,10 +173,16 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
   args.m_tiles = static_cast<int>(m_tiles);
   args.n_tiles = static_cast<int>(n_tiles);
   args.k_tiles = static_cast<int>(k_tiles);
-  constexpr int smem = GemmSmemBytes<BM, BN, BK, STAGES>();
+  constexpr int smem = GemmSmemBytes<BM, BN, BK, STAGES, kWgmma>();
   static_assert(BLOCKS * (smem + 1024) <= 228 * 1024, "BLOCKS blocks fit a multiprocessor's shared memory");
-  auto kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true>
-                         : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, false>;
+  void (*kernel)(GemmArgs, GpuGeometry, Epilogue, T*) = nullptr;
+  if constexpr (kWgmma) {
+    // wgmma reads shared memory itself: ldmatrix and plain_fragment_loads do not apply; one kernel.
+    kernel = DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true, true>;
+  } else {
+    kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true>
+                      : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, false>;
+  }
   // A constant per kernel (unlike the columns kernel's), so concurrent callers set the same value.
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
@@ -133,9 +194,9 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
 template <typename T>
 std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& args, const GpuGeometry& g,
                        const Epilogue& epi, T* output, cudaStream_t stream) {
-#define TFAPPROX_TILE_CASE(name, bm, bn, wm, wn, blocks, bk, stages, rate) \
-  case GpuDecomposedTile::name:                                            \
-    return LaunchGemm<T, bm, bn, wm, wn, blocks, bk, stages>(ldmatrix, args, g, epi, output, stream);
+#define TFAPPROX_TILE_CASE(name, bm, bn, wm, wn, blocks, bk, stages, rate, wgmma) \
+  case GpuDecomposedTile::name:                                                   \
+    return LaunchGemm<T, bm, bn, wm, wn, blocks, bk, stages, wgmma>(ldmatrix, args, g, epi, output, stream);
   switch (tile) {
     TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CASE)
     default:
@@ -174,6 +235,8 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTile128x32: return "mma128x32";
     case GpuDecomposedTile::kTile128x64: return "mma128x64";
     case GpuDecomposedTile::kTile128x128k128: return "mma128x128k128";
+    case GpuDecomposedTile::kTileWgmma128x64: return "wgmma128x64";
+    case GpuDecomposedTile::kTileWgmma128x128: return "wgmma128x128";
     default: return "?";
   }
 }
@@ -254,6 +317,14 @@ std::string GpuDecomposedSupports(const ConvShape& s, int terms) {
 
 size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms) {
   return MakeLayout(shape, std::max(terms, 1)).bytes;
+}
+
+std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) {
+#define TFAPPROX_TILE_WGMMA(name, bm, bn, wm, wn, blocks, bk, stages, rate, wgmma) \
+  if (tile == GpuDecomposedTile::name && (wgmma)) return WgmmaAvailable();
+  TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_WGMMA)
+#undef TFAPPROX_TILE_WGMMA
+  return "";
 }
 
 GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {

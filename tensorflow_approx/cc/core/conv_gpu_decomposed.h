@@ -75,9 +75,18 @@ enum class GpuDecomposedTile : int {
   kTile128x64 = 3,   // 4 warps, 64 x 32 each: groups of 64 channels
   // 128x128 with stages of 128 K bytes (half the barriers per K), three deep: groups of 128+ channels.
   kTile128x128k128 = 4,
-  kCount = 5,
+  // DRAFT, not yet run on a GPU: the same GEMM on Hopper's warpgroup MMA (wgmma, both operands from
+  // shared memory), 128 x 64 and 128 x 128 with 128-byte stages. Only where this library's device code
+  // was built for sm_90a (the harness's build is; the Bazel wheel's, sm_90 only, is not: these tiles then
+  // return an error) and only when asked for: kAuto never picks them.
+  kTileWgmma128x64 = 5,
+  kTileWgmma128x128 = 6,
+  kCount = 7,
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
+// "" where `tile` can run on the current device, else why not (the wgmma tiles need a CC 9.0 device and
+// device code built for sm_90a; every other tile: "").
+std::string GpuDecomposedTileSupported(GpuDecomposedTile tile);
 
 // The order of the GEMM's K stages: a 3x3 (or larger) filter's K is spatial taps x slice bytes (the
 // planes' order). kTapsInner walks the taps innermost, BK bytes of the slice at a time, where a slice is
