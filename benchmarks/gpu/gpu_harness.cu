@@ -1631,6 +1631,10 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   }
   GpuDecomposedOptions opts;
   opts.tile = static_cast<GpuDecomposedTile>(ri(-1, static_cast<int>(GpuDecomposedTile::kCount) - 1));
+  // A tile that cannot run here (a wgmma tile without sm_90a): the auto-choice instead, the case kept.
+  if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileSupported(opts.tile).empty()) {
+    opts.tile = GpuDecomposedTile::kAuto;
+  }
   opts.plain_fragment_loads = ri(0, 4) == 0;
   opts.separate_prepasses = ri(0, 3) == 0;  // the first version's pre-passes, still held to the reference
   char label[256];
@@ -1840,12 +1844,14 @@ struct DecomposedBenchLayer {
   }
 
   // The median time of whole decomposed calls with `opts` as G LUT-MAC/s (-1 where the kernel refuses
-  // the shape), then the last call's outputs held bit for bit to the lookups' on `lut` (a case counted; a
-  // failure counted and reported with `label`).
+  // the shape, or `opts.tile` cannot run here: a wgmma tile without an sm_90a build or device), then the
+  // last call's outputs held bit for bit to the lookups' on `lut` (a case counted; a failure counted and
+  // reported with `label`).
   double TimeAndCheck(const GpuDecomposition& d, const uint16_t* lut, const GpuDecomposedOptions& opts, int runs,
                       Counts* counts, const std::string& label) {
     const ConvShape& s = data.s;
     if (!GpuDecomposedSupports(s, d.terms).empty()) return -1;
+    if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileSupported(opts.tile).empty()) return -1;
     DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d.terms));
     data.d_out.Poison(0xFF);
     std::string err;
@@ -1999,6 +2005,9 @@ void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
     DecomposedVariant v{GpuDecomposedTileName(static_cast<GpuDecomposedTile>(t)), GpuDecomposedOptions()};
     v.opts.tile = static_cast<GpuDecomposedTile>(t);
     tiles.push_back(v);
+    // A tile that cannot run here (a wgmma tile without sm_90a) shows n/a in its column; why, once.
+    const std::string why = GpuDecomposedTileSupported(v.opts.tile);
+    if (!why.empty()) std::printf("  %s: n/a (%s)\n", v.name, why.c_str());
   }
   std::vector<const BenchShape*> layers;
   for (int li = 0; li < kPerformanceLayers; ++li) layers.push_back(&kBenchShapes[li]);
