@@ -23,9 +23,9 @@ sources=("$core/quantize.cc" "$core/lut.cc" "$core/conv_shape.cc" "$core/conv_re
 flags=(-std=c++17 -O3 -I. -fmad=false -Xcompiler -ffp-contract=off
        -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90)
 # The decomposed kernel's file also for sm_90a: its wgmma tiles (GpuDecomposedTile::kTileWgmma*) exist only
-# in sm_90a device code; the sm_90 cubin keeps empty stubs that the host refuses to launch (n/a in
-# --decomposed-tiles). Only that file: every other kernel keeps exactly the device code it had. (The
-# Bazel wheel, tensorflow_approx/BUILD, is sm_90 only: there the wgmma tiles return an error.)
+# in sm_90a device code, which the driver loads on compute capability 9.0; the sm_90 cubin keeps empty
+# stubs that the host never launches. Only that file, as in tensorflow_approx/BUILD: every other kernel
+# keeps exactly the device code it had.
 sm90a=(-gencode arch=compute_90a,code=sm_90a)
 bin=$build/gpu_harness
 stamp=$(cat "${sources[@]}" $core/*.h $core/*.cuh "$0" | sha256sum | cut -c1-16)

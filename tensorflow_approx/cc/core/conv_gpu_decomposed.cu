@@ -54,19 +54,27 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 // 128x256 with 64 x 64 warp tiles; 256x128 with 128-byte stages) were slower than the best of these on
 // every layer and table, and were dropped.
 // The last column: 1 for the wgmma tiles (sm_90a; DecomposedGemmKernel's kWgmma: two warpgroups of 64
-// rows, WARPS_M = 8 x WARPS_N = 1 as its epilogue sees them, 128-byte swizzled stages). DRAFT, not yet
-// run on a GPU: ChooseTile never picks them (rate 0 and skipped), only GpuDecomposedOptions::tile does,
-// until the harness's --decomposed-tiles has held them to the lookups and timed them. 128x64: four
-// stages (two of copies in flight, one wgmma group left in flight), two blocks; 128x128: three stages
-// (the wgmma of a stage finish before the next barrier), two blocks.
+// rows, WARPS_M = 8 x WARPS_N = 1 as its epilogue sees them, swizzled stages of 128 or 64 K bytes),
+// which ChooseTile takes only where WgmmaAvailable. 128x64: four stages (two of copies in flight, one
+// wgmma group left in flight), two blocks; 128x128: three stages (the wgmma of a stage finish before the
+// next barrier), two blocks; 128x64k64: four stages of 64 bytes, three blocks. H200, seed 622, exact /
+// 16 terms: wgmma128x128 led on 14x14 256->256 and 7x7 512->512 (117.6 T / 18.7 T, 106.3 T / 13.8 T)
+// and with 16 terms on 28x28 128->128 (19.0 T against 128x128k128's 14.3 T); on 56x56 64->64
+// wgmma128x64k64 led the exact table (63.7 T against 128x64's 61.8 T) and wgmma128x64 16 terms (10.0 T
+// against 9.5 T). A 128x128 with four stages of 64 bytes was never first and was dropped. 256x64k64 (two
+// wgmma blocks of 64 rows per warpgroup, four stages of 64 bytes, two blocks: half the filter's reads per
+// pixel of the 128-row tiles) then led on 56x56 64->64, seed 626: 61.6 T exact, 14.0 T with 16 terms
+// (wgmma128x64 12.5 T).
 #define TFAPPROX_DECOMPOSED_TILES(X)                       \
   X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0, 0)        \
   X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7, 0)            \
   X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55, 0)         \
   X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85, 0)         \
   X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02, 0)  \
-  X(kTileWgmma128x64, 128, 64, 8, 1, 2, 128, 4, 0, 1)      \
-  X(kTileWgmma128x128, 128, 128, 8, 1, 2, 128, 3, 0, 1)
+  X(kTileWgmma128x64, 128, 64, 8, 1, 2, 128, 4, 0.9, 1)    \
+  X(kTileWgmma128x128, 128, 128, 8, 1, 2, 128, 3, 1.6, 1)  \
+  X(kTileWgmma128x64k64, 128, 64, 8, 1, 3, 64, 4, 0.88, 1)  \
+  X(kTileWgmma256x64k64, 256, 64, 8, 1, 2, 64, 4, 0.95, 1)
 
 struct TileConfig {
   GpuDecomposedTile tile;
@@ -78,43 +86,6 @@ struct TileConfig {
   {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate, wgmma != 0},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
-
-// Estimated speed of a tile on a shape: the share of its outputs that are real x the share of its K
-// stages that are real K (not zero padding) x the share of the last wave's block slots that are busy
-// (the tile's blocks per multiprocessor) x its rate. With one term (the exact table), groups of 128+
-// channels and a K that fills 128-byte stages, 128x128k128 outright: it led on every such layer of the
-// tile table, also where it leaves multiprocessors idle, which the wave model counts against it (7x7
-// 512->512: 88.2 T against the model's 64x64, 66.9 T; with 16 terms 64x64 led there, 10.0 T against 8.9 T).
-// (On 1x1 56x56 64->256, one term, K is 64 bytes: half of a 128-byte stage is padding, and 128x128 led,
-// 18.0 T against 16.5 T.)
-GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms) {
-  const int64_t k_bytes = MakeLayout(s, std::max(terms, 1)).k_chunks * kChunk;
-  auto k_fill = [&](int bk) { return static_cast<double>(k_bytes) / static_cast<double>((k_bytes + bk - 1) / bk * bk); };
-  if (terms <= 1 && s.out_depth_per_group() >= 128 && k_fill(128) >= 0.9) return GpuDecomposedTile::kTile128x128k128;
-  double best_score = -1;
-  GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
-  for (const TileConfig& t : kTiles) {
-    if (t.wgmma) continue;  // not measured yet: only an explicit GpuDecomposedOptions::tile runs them
-    const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
-    const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
-    const int64_t blocks = m_tiles * n_tiles * s.groups();
-    const int64_t slots = t.blocks_per_sm * static_cast<int64_t>(std::max(sms, 1));
-    const int64_t waves = (blocks + slots - 1) / slots;
-    const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
-                        (static_cast<double>(m_tiles * t.bm) * static_cast<double>(n_tiles * t.bn));
-    const double score = fill * k_fill(t.bk) * static_cast<double>(blocks) / static_cast<double>(waves * slots) * t.rate;
-    if (score > best_score + 1e-9) {
-      best_score = score;
-      best = t.tile;
-    }
-  }
-  return best;
-}
-
-unsigned PrepBlocks(int64_t work, int sms) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((work + kPrepThreads - 1) / kPrepThreads, int64_t{8} * std::max(sms, 1))));
-}
 
 // 1 in the device code of a module built with sm_90a's features (the wgmma kernels' bodies), else 0:
 // which cubin the driver loaded for this file decides whether the wgmma tiles can run, so it is asked.
@@ -153,6 +124,67 @@ std::string WgmmaAvailable() {
   return state == 1 ? ""
                     : "ApproxConvGpuDecomposed: the wgmma tile needs sm_90a: this build's device code for the GPU "
                       "has no sm_90a cubin (add -gencode arch=compute_90a,code=sm_90a)";
+}
+
+// Planes (the input's int8 terms, Layout items x slice_bytes) of at least this many bytes are far past the
+// H200's 50 MB L2: whatever a tile streams between two reads of the same plane bytes comes from DRAM again.
+// Both the K order (ChooseGpuKOrder) and the 256-row tile (ChooseTile) pay off only there.
+constexpr int64_t kPlanesPastL2Bytes = int64_t{192} << 20;
+int64_t PlanesBytes(const ConvShape& s, int terms) {
+  const Layout l = MakeLayout(s, std::max(terms, 1));
+  return l.items * l.slice_bytes;
+}
+
+// Estimated speed of a tile on a shape: the share of its outputs that are real x the share of its K
+// stages that are real K (not zero padding) x the share of the last wave's block slots that are busy
+// (the tile's blocks per multiprocessor) x its rate. Groups of 128+ channels with a K that fills
+// 128-byte stages take one tile outright, as the tile table had them (H200, seed 622):
+// - where the wgmma tiles run (`wgmma_available`, WgmmaAvailable), wgmma128x128 for any number of terms: it led on
+//   14x14 256->256 and 7x7 512->512 (exact 117.6 T and 106.3 T, 16 terms 18.7 T and 13.8 T) and with 16
+//   terms on 28x28 128->128 (19.0 T; exact 85.9 T, within 5% of the first). The wave model would count
+//   its idle multiprocessors on 7x7 512->512 against it (100 blocks), where it was a third faster than the
+//   tile the model picked;
+// - else 128x128k128 for one term (the exact table): it led among the mma.sync tiles on every such layer,
+//   also where the wave model counts idle multiprocessors against it (7x7 512->512: 88.2 T against the
+//   model's 64x64, 66.9 T).
+// (On 1x1 56x56 64->256, one term, K is 64 bytes: half of a 128-byte stage is padding, and 128x128 led,
+// 18.0 T against 16.5 T.) Filters of one spatial tap (1x1) keep the mma.sync tiles: on 1x1 56x56 64->256
+// they led with the wgmma tiles there too (seed 626: exact 17.3 T against 15.6 T, 16 terms 128x128k128's
+// 8.4 T against 7.3 T). The 256-row tile only where the planes are past the L2 (kPlanesPastL2Bytes), where
+// halving the filter's reads pays: on 56x56 64->64 with 16 terms (205 MB) it led, 14.0 T against 12.6 T;
+// on ResNet-20's 8x8 64->64 (batch 1000, 16-65 MB) it lost to 128x64 by 18-26% with 4-16 terms (seed 629).
+GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_available) {
+  const bool wgmma = wgmma_available && s.filter_h * s.filter_w > 1;
+  const bool planes_past_l2 = PlanesBytes(s, terms) >= kPlanesPastL2Bytes;
+  const int64_t k_bytes = MakeLayout(s, std::max(terms, 1)).k_chunks * kChunk;
+  auto k_fill = [&](int bk) { return static_cast<double>(k_bytes) / static_cast<double>((k_bytes + bk - 1) / bk * bk); };
+  if (s.out_depth_per_group() >= 128 && k_fill(128) >= 0.9) {
+    if (wgmma) return GpuDecomposedTile::kTileWgmma128x128;
+    if (terms <= 1) return GpuDecomposedTile::kTile128x128k128;
+  }
+  double best_score = -1;
+  GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
+  for (const TileConfig& t : kTiles) {
+    if ((t.wgmma && !wgmma) || (t.bm == 256 && !planes_past_l2)) continue;
+    const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
+    const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
+    const int64_t blocks = m_tiles * n_tiles * s.groups();
+    const int64_t slots = t.blocks_per_sm * static_cast<int64_t>(std::max(sms, 1));
+    const int64_t waves = (blocks + slots - 1) / slots;
+    const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
+                        (static_cast<double>(m_tiles * t.bm) * static_cast<double>(n_tiles * t.bn));
+    const double score = fill * k_fill(t.bk) * static_cast<double>(blocks) / static_cast<double>(waves * slots) * t.rate;
+    if (score > best_score + 1e-9) {
+      best_score = score;
+      best = t.tile;
+    }
+  }
+  return best;
+}
+
+unsigned PrepBlocks(int64_t work, int sms) {
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((work + kPrepThreads - 1) / kPrepThreads, int64_t{8} * std::max(sms, 1))));
 }
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, int kWgmmaTile>
@@ -222,9 +254,8 @@ const char* GpuKOrderName(GpuKOrder order) {
 // even or lost, by up to 26% on 7x7 512->512 (slices of 2-8 KB, planes of 6-25 MB that stay in L2 in
 // either order) and 9-13% on the ResNet-20 layers with slices of 512 bytes to 1 KB.
 GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms) {
-  const Layout l = MakeLayout(s, terms);
-  const int64_t planes = l.items * l.slice_bytes;
-  return l.slice_bytes <= 256 || planes >= (int64_t{192} << 20) ? GpuKOrder::kTapsInner : GpuKOrder::kTapsOuter;
+  return MakeLayout(s, terms).slice_bytes <= 256 || PlanesBytes(s, terms) >= kPlanesPastL2Bytes ? GpuKOrder::kTapsInner
+                                                                                                 : GpuKOrder::kTapsOuter;
 }
 
 const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
@@ -237,6 +268,8 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTile128x128k128: return "mma128x128k128";
     case GpuDecomposedTile::kTileWgmma128x64: return "wgmma128x64";
     case GpuDecomposedTile::kTileWgmma128x128: return "wgmma128x128";
+    case GpuDecomposedTile::kTileWgmma128x64k64: return "wgmma128x64k64";
+    case GpuDecomposedTile::kTileWgmma256x64k64: return "wgmma256x64k64";
     default: return "?";
   }
 }
@@ -330,7 +363,7 @@ std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) {
 GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {
   DeviceInfo dev;
   if (!GetDeviceInfo(&dev).empty()) return GpuDecomposedTile::kTile128x128;
-  return ChooseTile(shape, terms, dev.sms);
+  return ChooseTile(shape, terms, dev.sms, WgmmaAvailable().empty());
 }
 
 std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes) {
@@ -470,7 +503,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
     if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
     // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
-    const size_t smem = 256 * sizeof(long long) + static_cast<size_t>(d.terms) * 256 +
+    const size_t smem = 256 * sizeof(long long) + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
                         static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
     PrepassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
         input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
@@ -513,7 +546,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.taps_c0 = static_cast<long long>(s.taps()) * d.c0;
   args.l = l;
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
-  const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms) : options.tile;
+  const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms, WgmmaAvailable().empty()) : options.tile;
   const GpuKOrder k_order = options.k_order == GpuKOrder::kAuto ? ChooseGpuKOrder(s, d.terms) : options.k_order;
   args.taps_inner = k_order == GpuKOrder::kTapsInner;
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&

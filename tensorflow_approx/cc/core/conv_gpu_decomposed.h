@@ -75,13 +75,15 @@ enum class GpuDecomposedTile : int {
   kTile128x64 = 3,   // 4 warps, 64 x 32 each: groups of 64 channels
   // 128x128 with stages of 128 K bytes (half the barriers per K), three deep: groups of 128+ channels.
   kTile128x128k128 = 4,
-  // DRAFT, not yet run on a GPU: the same GEMM on Hopper's warpgroup MMA (wgmma, both operands from
-  // shared memory), 128 x 64 and 128 x 128 with 128-byte stages. Only where this library's device code
-  // was built for sm_90a (the harness's build is; the Bazel wheel's, sm_90 only, is not: these tiles then
-  // return an error) and only when asked for: kAuto never picks them.
+  // The same GEMM on Hopper's warpgroup MMA (wgmma, both operands read from shared memory), 128 x 64
+  // and 128 x 128 with 128-byte stages. Only on a compute capability 9.0 device with this library's
+  // sm_90a device code (the wheel and the harness build it); elsewhere asking for one is an error and
+  // kAuto takes the mma.sync tiles.
   kTileWgmma128x64 = 5,
   kTileWgmma128x128 = 6,
-  kCount = 7,
+  kTileWgmma128x64k64 = 7,  // stages of 64 K bytes (64-byte swizzle), four deep, three blocks
+  kTileWgmma256x64k64 = 8,  // 256 rows: half the filter's reads per output of 128 rows
+  kCount = 9,
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 // "" where `tile` can run on the current device, else why not (the wgmma tiles need a CC 9.0 device and

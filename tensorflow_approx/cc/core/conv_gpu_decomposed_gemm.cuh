@@ -70,10 +70,11 @@ __device__ __forceinline__ int StageOffset(int row, int chunk) {
 // whole K; warps are arranged WARPS_M x WARPS_N, each owning (BM / WARPS_M) x (BN / WARPS_N) outputs as
 // MT x NT mma tiles of 16 x 8; BLOCKS blocks per multiprocessor (the registers are capped to fit them).
 // kWgmma (sm_90a, the wgmma tiles): the same loaders, pipeline and epilogue, the tensor-core work done by
-// warpgroup MMAs reading both operands from shared memory (conv_gpu_decomposed_wgmma.cuh): warpgroup
-// wg (warps 4wg .. 4wg + 3) computes rows 64wg .. 64wg + 63 x all BN columns, one m64nBNk32 per 32 K
-// bytes; WARPS_M = BM / 16, WARPS_N = 1, so that warp w's accumulators are those of a 16 x BN warp tile
-// (MT = 1, NT = BN / 8) in mma.sync's fragment order and the epilogue is the same code.
+// warpgroup MMAs reading both operands from shared memory (conv_gpu_decomposed_wgmma.cuh): with WARPS_N
+// = 1 and MT = BM / WARPS_M / 16, warpgroup wg (warps 4wg .. 4wg + 3) computes MT blocks of 64 rows from
+// row 64 MT wg on x all BN columns, one m64nBNk32 per block and 32 K bytes. Warp w's accumulators of a
+// block are those of a 16 x BN warp tile (NT = BN / 8) in mma.sync's fragment order, rows 16 (w % 4) on
+// in the block: the epilogue is the same code with that row.
 // Stages of BK bytes of K (BK / 32 mma k steps between two barriers) in a STAGES-deep cp.async pipeline:
 // the copies of the next stages are in flight while the tensor cores work on the current one. K is
 // BK-tiled per tile (GemmKTiles); B's rows are padded to kMaxBK, a multiple of every BK, and A's chunks
@@ -151,9 +152,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   static_assert(A_CHUNKS >= 1 && A_CHUNKS * NT_THREADS == BM * kChunksPerRow, "A loader");
   static_assert(B_CHUNKS >= 1 && B_CHUNKS * NT_THREADS == BN * kChunksPerRow, "B loader");
   static_assert(STAGES >= 2 && kMaxBK % BK == 0, "a pipeline; B's rows padded to whole stages");
-  static_assert(!kWgmma || (WARPS_N == 1 && WM == 16 && WARPS_M % 4 == 0 && (BN == 64 || BN == 128) &&
-                            (BK == 64 || BK == 128) && STAGES >= 2 + GemmMmaInFlight<kWgmma, STAGES>()),
-                "wgmma: whole warpgroups of 64 rows x BN (64 or 128) columns, 64- or 128-byte swizzled stages");
+  static_assert(!kWgmma || (WARPS_N == 1 && WARPS_M % 4 == 0 && (BN == 64 || BN == 128) && (BK == 64 || BK == 128) &&
+                            STAGES >= 2 + GemmMmaInFlight<kWgmma, STAGES>()),
+                "wgmma: whole warpgroups of MT x 64 rows x BN (64 or 128) columns, 64- or 128-byte swizzled stages");
   // The pipeline: kPrefetch stages of copies in flight ahead of the one being multiplied, and kInFlight
   // stages whose wgmma may still be reading shared memory; the stage a load overwrites is the one
   // kInFlight + 1 before the current, which every warp has finished with by the current barrier.
@@ -377,15 +378,19 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     const unsigned char* a_stage = s_a + (kt % STAGES) * BM * BK;
     const unsigned char* b_stage = s_b + (kt % STAGES) * BN * BK;
     if constexpr (kWgmma) {
-      // Warpgroup warp / 4: its 64 rows of A (64 * BK bytes on: whole swizzle atoms), all of B; k step ks
-      // 32 bytes into the rows (see WgmmaDescriptor).
-      const uint32_t a_base = SharedAddress(a_stage) + (warp >> 2) * 64 * BK;
+      // Warpgroup warp / 4: its MT blocks of 64 rows of A (each 64 * BK bytes on: whole swizzle atoms), all
+      // of B; k step ks 32 bytes into the rows (see WgmmaDescriptor).
+      const uint32_t a_base = SharedAddress(a_stage) + (warp >> 2) * MT * 64 * BK;
       const uint32_t b_base = SharedAddress(b_stage);
-      WgmmaFenceAccumulators(acc[0]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) WgmmaFenceAccumulators(acc[mt]);
       WgmmaFence();
 #pragma unroll
       for (int ks = 0; ks < BK / 32; ++ks) {
-        WgmmaS8(acc[0], WgmmaDescriptor<BK>(a_base + 32 * ks), WgmmaDescriptor<BK>(b_base + 32 * ks));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          WgmmaS8(acc[mt], WgmmaDescriptor<BK>(a_base + mt * 64 * BK + 32 * ks), WgmmaDescriptor<BK>(b_base + 32 * ks));
+        }
       }
       WgmmaCommit();
       load_next();
@@ -443,7 +448,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   }
   if constexpr (kWgmma) {
     WgmmaWait<0>();  // the last stages' wgmma have written the accumulators...
-    WgmmaFenceAccumulators(acc[0]);  // ...before any read of them below
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) WgmmaFenceAccumulators(acc[mt]);  // ...before any read of them below
   }
   WaitCopies<0>();  // only empty groups remain; nothing may be in flight when the block exits
   __syncthreads();  // s_alpha and s_act of every thread (the loop's barriers order them too, K >= 1)
@@ -487,7 +493,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int row = warp_m * WM + mt * 16 + group_id + half * 8;
+        // wgmma: warp w holds rows 16 (w % 4) .. + 15 of each of its warpgroup's MT blocks of 64 rows.
+        const int row = (kWgmma ? (warp >> 2) * MT * 64 + mt * 64 + (warp & 3) * 16 : warp_m * WM + mt * 16) +
+                        group_id + half * 8;
         const int p = m0 + row;
         if (p >= g.pixels) continue;
         const long long alpha_sum = s_alpha[row];

@@ -174,6 +174,46 @@ __device__ __forceinline__ uint4 LookupChunk(const uint8_t* table, uint4 codes) 
                     LookupBytes(table, codes.w));
 }
 
+// With two or more terms the planes are written a quad of terms at a time: a term table (u or v, [terms]
+// [256] int8) as quad words, word quad * 256 + code holding the entries of terms 4 quad .. 4 quad + 3 in
+// bytes 0..3 (0 past terms), so that one 32-bit lookup gives a code's entries of four terms: a quarter of
+// the shared-memory lookups of one byte per entry, which bound the pre-pass with many terms (ncu, 16 terms
+// on 56x56 64->64: 92% of the memory pipes' throughput, 20% of DRAM's; its input pass 245 -> 93 us).
+// Filled by the block's threads (`tid` of `threads`) into (terms + 3) / 4 * 1024 bytes.
+__device__ __forceinline__ void FillQuadWords(const int8_t* __restrict__ table, int terms, uint32_t* words, int tid,
+                                              int threads) {
+  for (int i = tid; i < (terms + 3) / 4 * 256; i += threads) {
+    const int quad = i >> 8, code = i & 255;
+    uint32_t word = 0;
+    for (int k = 0; k < 4 && 4 * quad + k < terms; ++k) {
+      word |= static_cast<uint32_t>(static_cast<uint8_t>(table[(4 * quad + k) * 256 + code])) << (8 * k);
+    }
+    words[i] = word;
+  }
+}
+// 16 codes (16 channels) -> the chunks of a quad's four terms (`quad_words`: its 256 words): chunk k holds
+// term k's entries of the 16 channels in order. The 16 words looked up hold the four terms' entries
+// channel by channel; a 4 x 4 byte transpose per 4 channels turns them term by term.
+__device__ __forceinline__ void LookupQuadChunks(const uint32_t* quad_words, uint4 codes, uint4 (&chunks)[4]) {
+  const uint32_t code_words[4] = {codes.x, codes.y, codes.z, codes.w};
+  uint32_t term_words[4][4];  // [term in the quad][4 channels]
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t w = code_words[j];
+    const uint32_t e0 = quad_words[w & 0xFF], e1 = quad_words[(w >> 8) & 0xFF];
+    const uint32_t e2 = quad_words[(w >> 16) & 0xFF], e3 = quad_words[w >> 24];
+    // e_i: channel 4j + i's entries of terms 0..3 in bytes 0..3.
+    const uint32_t lo01 = __byte_perm(e0, e1, 0x5140), lo23 = __byte_perm(e2, e3, 0x5140);
+    const uint32_t hi01 = __byte_perm(e0, e1, 0x7362), hi23 = __byte_perm(e2, e3, 0x7362);
+    term_words[0][j] = __byte_perm(lo01, lo23, 0x5410);
+    term_words[1][j] = __byte_perm(lo01, lo23, 0x7632);
+    term_words[2][j] = __byte_perm(hi01, hi23, 0x5410);
+    term_words[3][j] = __byte_perm(hi01, hi23, 0x7632);
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) chunks[k] = make_uint4(term_words[k][0], term_words[k][1], term_words[k][2], term_words[k][3]);
+}
+
 template <typename T>
 __device__ void InputPassBlock(int block, const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
@@ -182,11 +222,20 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   extern __shared__ __align__(16) unsigned char smem[];
   // alpha widened to int64 once here, not at each of its lookups (the sums are int64).
   long long* s_alpha = reinterpret_cast<long long*>(smem);
+  // u as bytes, [terms][256]; or, where the planes are written a quad of terms at a time (step 3), as
+  // quad words (FillQuadWords). quads * 1024 bytes hold either.
+  const bool quad_words = g.cg % kChunk == 0 && d.terms >= 2;
+  const int quads = (d.terms + 3) / 4;
   int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(long long));
-  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(long long) + d.terms * 256);  // [per_block][cg]
+  uint32_t* s_u4 = reinterpret_cast<uint32_t*>(s_u);
+  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(long long) + quads * 1024);  // [per_block][cg]
   const int tid = threadIdx.x;
   for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
-  for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
+  if (quad_words) {
+    FillQuadWords(d.u, d.terms, s_u4, tid, blockDim.x);
+  } else {
+    for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
+  }
   const int64_t slices = l.items + g.groups;
   const int64_t first = static_cast<int64_t>(block) * per_block;  // the block's first slice
   const int count = static_cast<int>(min(static_cast<int64_t>(per_block), slices - first));
@@ -287,31 +336,51 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   }
 
   // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
-  // terms * cg are 0), chunk q of the block at chunk q of its region. A thread's chunks q = tid, tid +
-  // kPrepThreads, ...: its slice `item` and chunk j in the slice step by fixed amounts, not a division of
-  // q per chunk by a runtime value (nor, with cg a multiple of 16, of the chunk's first entry: together
-  // most of the fast path's instructions).
+  // terms * cg are 0), chunk q of the block at chunk q of its region.
   {
     const int used = d.terms * g.cg;
     const int chunks = count * l.slice_chunks;
+    if (quad_words) {
+      // Whole chunks of one term and 16 consecutive channels (cg is a multiple of 16, slice_bytes = terms *
+      // cg: no chunk is padding). A thread's unit is 16 channels x a quad of terms (LookupQuadChunks): the
+      // 16 codes are one aligned 16-byte read (s_codes and item * cg + 16 c are multiples of 16). Units
+      // u = tid, tid + kPrepThreads, ...: its slice `item`, quad and channel chunk c step by fixed amounts
+      // (no division per unit by a runtime value).
+      const int cc = g.cg / kChunk, per_slice = quads * cc, units = count * per_slice;
+      const int step_item = kPrepThreads / per_slice, step_rest = kPrepThreads - step_item * per_slice;
+      const int step_quad = step_rest / cc, step_c = step_rest - step_quad * cc;
+      int item = tid / per_slice, rest = tid - item * per_slice;
+      int quad = rest / cc, c = rest - quad * cc;
+      for (int unit = tid; unit < units; unit += kPrepThreads) {
+        uint4 chunks[4];
+        LookupQuadChunks(s_u4 + quad * 256, *reinterpret_cast<const uint4*>(s_codes + item * g.cg + c * kChunk), chunks);
+        int8_t* dst = planes + (first + item) * l.slice_bytes + 4 * quad * g.cg + c * kChunk;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (4 * quad + k < d.terms) *reinterpret_cast<uint4*>(dst + k * g.cg) = chunks[k];
+        }
+        item += step_item, quad += step_quad, c += step_c;
+        if (c >= cc) c -= cc, ++quad;
+        if (quad >= quads) quad -= quads, ++item;
+      }
+      return;
+    }
+    // A thread's chunks q = tid, tid + kPrepThreads, ...: its slice `item` and chunk j in the slice step by
+    // fixed amounts, not a division of q per chunk by a runtime value (nor, with cg a multiple of 16, of
+    // the chunk's first entry: together most of the fast path's instructions).
     uint4* out = reinterpret_cast<uint4*>(planes + first * l.slice_bytes);
     const int step_item = kPrepThreads / l.slice_chunks, step_j = kPrepThreads - step_item * l.slice_chunks;
     int item = tid / l.slice_chunks, j = tid - item * l.slice_chunks;
     if (g.cg % kChunk == 0) {
-      // Whole chunks of one term and 16 consecutive channels (entry e0 = j * 16 is a multiple of 16, so is
-      // cg; slice_bytes = terms * cg, so no chunk is padding): the codes are one aligned 16-byte read
-      // (s_codes and item * cg + ci are multiples of 16), the entries u[r][code] byte for byte in the
-      // same order as below. The chunk's term r and channel ci step too (j * 16 = r * cg + ci, ci < cg;
-      // a slice further on, j * 16 is terms * cg less).
-      const int step_r = step_j * kChunk / g.cg, step_ci = step_j * kChunk - step_r * g.cg;
-      int r = j * kChunk / g.cg, ci = j * kChunk - r * g.cg;
+      // One term (else quad_words): whole chunks of 16 consecutive channels (entry e0 = j * 16 is a
+      // multiple of 16, so is cg; slice_bytes = cg, so no chunk is padding): the codes are one aligned
+      // 16-byte read (s_codes and item * cg + ci are multiples of 16), the entries u[code] byte for byte
+      // in the same order as below.
       for (int q = tid; q < chunks; q += kPrepThreads) {
-        const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + ci);
-        const uint8_t* u = reinterpret_cast<const uint8_t*>(s_u) + r * 256;
-        out[q] = LookupChunk(u, c);
-        item += step_item, j += step_j, r += step_r, ci += step_ci;
-        if (ci >= g.cg) ci -= g.cg, ++r;
-        if (j >= l.slice_chunks) j -= l.slice_chunks, ++item, r -= d.terms;
+        const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + j * kChunk);
+        out[q] = LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
+        item += step_item, j += step_j;
+        if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
       }
       return;
     }
@@ -352,7 +421,7 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
 // term's slice, whose entries are FilterPlanesKernel's for the same codes (its cg % 16 path: term r,
 // channels ci .. ci + 15, no padding inside a slice); the blocks of the first tap tile also zero their
 // channels' rows past K (to k_padded). v then sits in the launch's dynamic shared memory (the input pass's:
-// more than terms * 256 bytes).
+// more than (terms + 3) / 4 * 1024 bytes).
 constexpr int kFilterRun = 4;
 __host__ __device__ inline int FilterSumsChannels(int out_depth) { return out_depth < 32 ? out_depth : 32; }
 __host__ __device__ inline int FilterSumsTileTaps(int out_depth) {
@@ -377,15 +446,19 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
   __shared__ long long s_beta[kPrepThreads], s_code[kPrepThreads];
   __shared__ __align__(16) uint8_t s_codes[kPrepThreads * kFilterRun];  // [channel][tap of the tile]
   extern __shared__ __align__(16) unsigned char smem[];
-  uint8_t* s_v = smem;  // [terms][256], with b_planes only
+  uint8_t* s_v = smem;  // with b_planes only: [terms][256], or quad words (FillQuadWords) for 2+ terms
   const int channels = FilterSumsChannels(g.out_depth), rows = kPrepThreads / channels;
   const int tile_taps = FilterSumsTileTaps(g.out_depth);
   const int channel_tiles = (g.out_depth + channels - 1) / channels;
   const int c0 = (block % channel_tiles) * channels;
   const int k0 = (block / channel_tiles) * tile_taps;
   const int tid = threadIdx.x, c = tid % channels, row = tid / channels, co = c0 + c;
-  if (b_planes != nullptr) {
-    for (int i = tid; i < d.terms * 256; i += kPrepThreads) s_v[i] = static_cast<uint8_t>(d.v[i]);
+  if (b_planes != nullptr) {  // (cg is a multiple of 16: FilterPlanesInline)
+    if (d.terms >= 2) {
+      FillQuadWords(d.v, d.terms, reinterpret_cast<uint32_t*>(s_v), tid, kPrepThreads);
+    } else {
+      for (int i = tid; i < d.terms * 256; i += kPrepThreads) s_v[i] = static_cast<uint8_t>(d.v[i]);
+    }
   }
   long long beta_sum = 0, code_sum = 0;
   if (row < rows && co < g.out_depth) {
@@ -433,16 +506,36 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
   // lanes). taps_here is a multiple of 16 (taps = spatial taps * cg and k0 are), so a chunk is all inside
   // K or all past it.
   const int runs = tile_taps / kChunk;
-  for (int i = tid; i < channels * runs * d.terms; i += kPrepThreads) {
-    const int run = i % runs, r = i / runs % d.terms, ci = i / runs / d.terms;
-    const int kk = run * kChunk, t = k0 + kk;
-    if (kk >= taps_here || c0 + ci >= g.out_depth) continue;
-    const int spatial = t / g.cg, channel = t - spatial * g.cg;
-    const uint4 codes = *reinterpret_cast<const uint4*>(s_codes + ci * tile_taps + kk);
-    const uint8_t* v = s_v + r * 256;
-    *reinterpret_cast<uint4*>(b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded +
-                              static_cast<int64_t>(spatial) * l.slice_bytes + r * g.cg + channel) =
-        LookupChunk(v, codes);
+  if (d.terms >= 2) {
+    // A quad of terms at a time (LookupQuadChunks on the quad words of v).
+    const int quads = (d.terms + 3) / 4;
+    for (int i = tid; i < channels * runs * quads; i += kPrepThreads) {
+      const int run = i % runs, quad = i / runs % quads, ci = i / runs / quads;
+      const int kk = run * kChunk, t = k0 + kk;
+      if (kk >= taps_here || c0 + ci >= g.out_depth) continue;
+      const int spatial = t / g.cg, channel = t - spatial * g.cg;
+      uint4 chunks[4];
+      LookupQuadChunks(reinterpret_cast<const uint32_t*>(s_v) + quad * 256,
+                       *reinterpret_cast<const uint4*>(s_codes + ci * tile_taps + kk), chunks);
+      int8_t* dst = b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded + static_cast<int64_t>(spatial) * l.slice_bytes +
+                    4 * quad * g.cg + channel;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (4 * quad + k < d.terms) *reinterpret_cast<uint4*>(dst + k * g.cg) = chunks[k];
+      }
+    }
+  } else {
+    for (int i = tid; i < channels * runs * d.terms; i += kPrepThreads) {
+      const int run = i % runs, r = i / runs % d.terms, ci = i / runs / d.terms;
+      const int kk = run * kChunk, t = k0 + kk;
+      if (kk >= taps_here || c0 + ci >= g.out_depth) continue;
+      const int spatial = t / g.cg, channel = t - spatial * g.cg;
+      const uint4 codes = *reinterpret_cast<const uint4*>(s_codes + ci * tile_taps + kk);
+      const uint8_t* v = s_v + r * 256;
+      *reinterpret_cast<uint4*>(b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded +
+                                static_cast<int64_t>(spatial) * l.slice_bytes + r * g.cg + channel) =
+          LookupChunk(v, codes);
+    }
   }
   if (k0 == 0) {
     const int pad_chunks = static_cast<int>(l.k_padded / kChunk - l.k_chunks);  // < kMaxBK / kChunk
