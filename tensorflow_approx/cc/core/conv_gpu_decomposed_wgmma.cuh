@@ -113,67 +113,43 @@ __device__ __forceinline__ void WgmmaFenceAccumulators(int (&d)[NT][4]) {
 // 8j + 2t, 8j + 2t + 1; d[j][2], d[j][3] row g + 8, the same columns. d[j][e] below is register 4j + e,
 // so the kernel's acc[0][j][e] and its mma.sync epilogue (warp w as warp row w of 16 rows, n8 tile j)
 // read the right outputs.
+// The four accumulator registers of n8 block i as read-write asm operands (a block's 4 x %n in the list).
+#define TFAPPROX_WGMMA_ACC(i) "+r"(d[i][0]), "+r"(d[i][1]), "+r"(d[i][2]), "+r"(d[i][3])
+// One wgmma.m64nNk32 with scale-d true (D = A B + D): N as a literal, the accumulators' %-list and the two
+// descriptors' operand numbers as strings, then the accumulator operands.
+#define TFAPPROX_WGMMA_S8(N, ACC_LIST, DESCS, ...)                                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned.m64n" #N            \
+               "k32.s32.s8.s8 {" ACC_LIST "}, " DESCS ", p;\n}\n"                                         \
+               : __VA_ARGS__                                                                             \
+               : "l"(a_desc), "l"(b_desc))
+
 __device__ __forceinline__ void WgmmaS8(int (&d)[8][4], uint64_t a_desc, uint64_t b_desc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, 1, 0;\n"  // scale-d true: D = A B + D
-      "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p;\n"
-      "}\n"
-      : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]),
-        "+r"(d[1][0]), "+r"(d[1][1]), "+r"(d[1][2]), "+r"(d[1][3]),
-        "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]),
-        "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3]),
-        "+r"(d[4][0]), "+r"(d[4][1]), "+r"(d[4][2]), "+r"(d[4][3]),
-        "+r"(d[5][0]), "+r"(d[5][1]), "+r"(d[5][2]), "+r"(d[5][3]),
-        "+r"(d[6][0]), "+r"(d[6][1]), "+r"(d[6][2]), "+r"(d[6][3]),
-        "+r"(d[7][0]), "+r"(d[7][1]), "+r"(d[7][2]), "+r"(d[7][3])
-      : "l"(a_desc), "l"(b_desc));
+  TFAPPROX_WGMMA_S8(64,
+                    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31",
+                    "%32, %33", TFAPPROX_WGMMA_ACC(0), TFAPPROX_WGMMA_ACC(1), TFAPPROX_WGMMA_ACC(2),
+                    TFAPPROX_WGMMA_ACC(3), TFAPPROX_WGMMA_ACC(4), TFAPPROX_WGMMA_ACC(5), TFAPPROX_WGMMA_ACC(6),
+                    TFAPPROX_WGMMA_ACC(7));
 #endif
 }
 
 __device__ __forceinline__ void WgmmaS8(int (&d)[16][4], uint64_t a_desc, uint64_t b_desc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, 1, 0;\n"  // scale-d true: D = A B + D
-      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, "
-      "%40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p;\n"
-      "}\n"
-      : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]),
-        "+r"(d[1][0]), "+r"(d[1][1]), "+r"(d[1][2]), "+r"(d[1][3]),
-        "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]),
-        "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3]),
-        "+r"(d[4][0]), "+r"(d[4][1]), "+r"(d[4][2]), "+r"(d[4][3]),
-        "+r"(d[5][0]), "+r"(d[5][1]), "+r"(d[5][2]), "+r"(d[5][3]),
-        "+r"(d[6][0]), "+r"(d[6][1]), "+r"(d[6][2]), "+r"(d[6][3]),
-        "+r"(d[7][0]), "+r"(d[7][1]), "+r"(d[7][2]), "+r"(d[7][3]),
-        "+r"(d[8][0]), "+r"(d[8][1]), "+r"(d[8][2]), "+r"(d[8][3]),
-        "+r"(d[9][0]), "+r"(d[9][1]), "+r"(d[9][2]), "+r"(d[9][3]),
-        "+r"(d[10][0]), "+r"(d[10][1]), "+r"(d[10][2]), "+r"(d[10][3]),
-        "+r"(d[11][0]), "+r"(d[11][1]), "+r"(d[11][2]), "+r"(d[11][3]),
-        "+r"(d[12][0]), "+r"(d[12][1]), "+r"(d[12][2]), "+r"(d[12][3]),
-        "+r"(d[13][0]), "+r"(d[13][1]), "+r"(d[13][2]), "+r"(d[13][3]),
-        "+r"(d[14][0]), "+r"(d[14][1]), "+r"(d[14][2]), "+r"(d[14][3]),
-        "+r"(d[15][0]), "+r"(d[15][1]), "+r"(d[15][2]), "+r"(d[15][3])
-      : "l"(a_desc), "l"(b_desc));
+  TFAPPROX_WGMMA_S8(128,
+                    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63",
+                    "%64, %65", TFAPPROX_WGMMA_ACC(0), TFAPPROX_WGMMA_ACC(1), TFAPPROX_WGMMA_ACC(2),
+                    TFAPPROX_WGMMA_ACC(3), TFAPPROX_WGMMA_ACC(4), TFAPPROX_WGMMA_ACC(5), TFAPPROX_WGMMA_ACC(6),
+                    TFAPPROX_WGMMA_ACC(7), TFAPPROX_WGMMA_ACC(8), TFAPPROX_WGMMA_ACC(9), TFAPPROX_WGMMA_ACC(10),
+                    TFAPPROX_WGMMA_ACC(11), TFAPPROX_WGMMA_ACC(12), TFAPPROX_WGMMA_ACC(13), TFAPPROX_WGMMA_ACC(14),
+                    TFAPPROX_WGMMA_ACC(15));
 #endif
 }
+#undef TFAPPROX_WGMMA_S8
+#undef TFAPPROX_WGMMA_ACC
 
 }  // namespace decomposed_internal
 }  // namespace tfapprox
