@@ -565,7 +565,7 @@ __global__ void __launch_bounds__(kPrepThreads)
 // 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
 // in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
 template <typename T>
-__global__ void __launch_bounds__(kPrepThreads)
+__global__ void __launch_bounds__(kPrepThreads, 6)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
                   int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
