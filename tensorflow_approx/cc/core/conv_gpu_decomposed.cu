@@ -53,7 +53,7 @@ using namespace decomposed_internal;  // NOLINT: this file's kernels and layout,
 // / 7.9-12.2 T), 128x64 and 64x64 on 56x56 64->64 (62.7 T and 9.1 T). Larger tiles (256x64; 256x128 and
 // 128x256 with 64 x 64 warp tiles; 256x128 with 128-byte stages) were slower than the best of these on
 // every layer and table, and were dropped.
-// The last column: 1 for the wgmma tiles (sm_90a; DecomposedGemmKernel's kWgmma: two warpgroups of 64
+// The last column: 1 for the wgmma tiles (sm_90a; DecomposedGemmKernel's kWgmma: two warpgroups of BM / 2
 // rows, WARPS_M = 8 x WARPS_N = 1 as its epilogue sees them, swizzled stages of 128 or 64 K bytes),
 // which ChooseTile takes only where WgmmaAvailable. 128x64: four stages (two of copies in flight, one
 // wgmma group left in flight), two blocks; 128x128: three stages (the wgmma of a stage finish before the
@@ -96,9 +96,9 @@ __device__ int g_wgmma_built =
     0;
 #endif
 
-// "" where the wgmma tiles can run on the current device, else why not. Asked once per device (a
-// synchronous copy of g_wgmma_built: the first call, not every launch; the wgmma tiles are only ever
-// chosen explicitly, so no auto-chosen call pays it).
+// "" where the wgmma tiles can run on the current device, else why not. The module flag is read once per
+// device (a synchronous copy of g_wgmma_built, at the first decomposed call there); later calls cost two
+// cached attribute queries.
 std::string WgmmaAvailable() {
   constexpr int kDevices = 64;
   static std::atomic<int> known[kDevices];  // 0 not asked yet, 1 available, 2 not built for sm_90a
