@@ -86,6 +86,21 @@ def test_registered_tables_give_the_lookups_outputs(terms, signed, shape, kwargs
     np.testing.assert_array_equal(run(x, f, table, **kwargs), before)
 
 
+def run_traced(script, name):
+    """Runs `script` in a fresh Python with TFAPPROX_TRACE (read once, at the op's first call): its stdout
+    and the kernels the trace names, in order (a line per configuration and kernel)."""
+    trace = os.path.join(os.environ.get("TEST_TMPDIR", "/tmp"), f"{name}_trace_{os.getpid()}.tsv")
+    if os.path.exists(trace):
+        os.remove(trace)
+    env = {**os.environ, "TFAPPROX_TRACE": trace, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(trace) as f:
+        kernels = [dict(field.split("=", 1) for field in line.split("\t"))["kernel"] for line in f.read().split("\n")
+                   if line]
+    return out.stdout, kernels
+
+
 def test_decomposed_kernel_is_the_one_that_runs():
     """In a fresh process with TFAPPROX_TRACE: the unregistered table takes the lookups, the registered
     one the decomposed kernel where the processor has VNNI (the lookups elsewhere), same outputs."""
@@ -100,16 +115,8 @@ def test_decomposed_kernel_is_the_one_that_runs():
         ta.register_decomposition("drum6")
         print("equal", np.array_equal(before, call()))
     """)
-    trace = os.path.join(os.environ.get("TEST_TMPDIR", "/tmp"), f"decomposed_trace_{os.getpid()}.tsv")
-    if os.path.exists(trace):
-        os.remove(trace)
-    env = {**os.environ, "TFAPPROX_TRACE": trace, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "equal True" in out.stdout
-    with open(trace) as f:
-        kernels = [dict(field.split("=", 1) for field in line.split("\t"))["kernel"] for line in f.read().split("\n")
-                   if line]
+    stdout, kernels = run_traced(script, "decomposed")
+    assert "equal True" in stdout
     assert kernels[0] != "avx512vnni-decomposed"
     assert kernels[-1] == ("avx512vnni-decomposed" if VNNI else kernels[0])
 
@@ -152,3 +159,35 @@ def test_layers_register_their_tables_and_keep_their_outputs():
     values = approx_conv_ops.lut_values("drum5")[0]
     assert any(key[0] == __import__("hashlib").sha1(values.tobytes()).hexdigest()
                for key in approx_conv_ops._registered)
+
+
+def test_keras_layers_register_tables_of_up_to_16_terms():
+    """A Keras layer registers its table's decomposition when built, up to 16 terms (the GPU kernel's
+    reach; the budget was 4). In a fresh process with TFAPPROX_TRACE: a 6-term table, once a layer with it
+    is built, takes the decomposed kernel on a 3x3 64->64 call (576 taps, where PreferDecomposed takes 5-8
+    terms) on a VNNI processor, with the lookups' outputs; a table that needs more than 16 terms keeps the
+    lookups."""
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        import tensorflow_approx as ta
+        rng = np.random.default_rng(7)
+        def table(terms):  # c0 + alpha[a] + beta[w] + `terms` int8 products, inside uint16
+            u, v = rng.integers(-60, 61, (terms, 256)), rng.integers(-60, 61, (terms, 256))
+            return (rng.integers(0, 900, 256)[:, None] + rng.integers(0, 900, 256)[None, :] + u.T @ v
+                    + 30000).reshape(-1).astype(np.uint16)
+        x = tf.constant(np.maximum(rng.normal(size=(2, 8, 8, 64)), 0).astype("float32"))
+        f = tf.constant(rng.normal(0, 0.2, (3, 3, 64, 64)).astype("float32"))
+        for terms in (6, 20):
+            t = table(terms)
+            call = lambda: ta.approx_conv2d_with_table(x, f, 0.0, 3.0, -0.5, 0.5, tf.constant(t), [1, 1, 1, 1],
+                                                       "SAME").numpy()
+            before = call()
+            ta.FakeApproxConv2D(64, 3, padding="same", mul_map_file=t).build(x.shape)
+            print(terms, "equal", np.array_equal(before, call()))
+    """)
+    stdout, kernels = run_traced(script, "layer_terms")
+    assert "6 equal True" in stdout and "20 equal True" in stdout
+    # The 6-term table: lookups, then (registered) the decomposed kernel; the 20-term one: lookups only.
+    assert kernels.count("avx512vnni-decomposed") == (1 if VNNI else 0), kernels
+    if VNNI:
+        assert kernels.index("avx512vnni-decomposed") == 1, kernels
