@@ -105,18 +105,11 @@ def _check_approx_args(num_bits, range_mode, ema_decay, weight_bits=None, weight
             raise ValueError(f"{name} must be None (from the table's signedness) or one of {SCHEMES}, got {scheme!r}")
 
 
-# Terms up to which the layers register their tables' decompositions: GpuPreferDecomposed's reach (16
-# terms; PreferDecomposed takes up to 8 on the CPU), each kernel choosing it only where it is faster. 21 of
-# the 36 EvoApprox tables decompose within 16 terms (7 within 4), all 36 tried in 1.2 s on the CPU machine,
-# the slowest 0.26 s.
-_LAYER_MAX_TERMS = 16
-
-
 def _register(values):
-    """Registers a layer's table decomposition for the CPU kernel (register_decomposition), outside any
-    graph being traced."""
+    """Registers a layer's table decomposition for the CPU and GPU kernels (register_decomposition, its
+    default budget of terms), outside any graph being traced."""
     with tf.init_scope():
-        register_decomposition(values, max_terms=_LAYER_MAX_TERMS)
+        register_decomposition(values)
 
 
 def _layer_lut(table, name):

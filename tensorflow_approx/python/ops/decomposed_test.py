@@ -162,8 +162,8 @@ def test_layers_register_their_tables_and_keep_their_outputs():
 
 
 def test_keras_layers_register_tables_of_up_to_16_terms():
-    """A Keras layer registers its table's decomposition when built, up to 16 terms (the GPU kernel's
-    reach; the budget was 4). In a fresh process with TFAPPROX_TRACE: a 6-term table, once a layer with it
+    """A Keras layer registers its table's decomposition when built, up to 16 terms (DEFAULT_MAX_TERMS,
+    the GPU kernel's reach; the budget was 4). In a fresh process with TFAPPROX_TRACE: a 6-term table, once a layer with it
     is built, takes the decomposed kernel on a 3x3 64->64 call (576 taps, where PreferDecomposed takes 5-8
     terms) on a VNNI processor, with the lookups' outputs; a table that needs more than 16 terms keeps the
     lookups."""
