@@ -34,13 +34,21 @@ struct QuantizedConv {
 // emit(nullptr) for a padded tap.
 template <typename Emit>
 inline void WalkPatch(const QuantizedConv& conv, int64_t n, int64_t oh, int64_t ow, int64_t g, Emit&& emit) {
+  // The shape's fields in locals and the image's and row's offsets out of the inner loop: read through
+  // `conv` at every tap (emit's stores may alias it, as far as the compiler knows) and recomputed from n,
+  // this walk was 29% of a 16-channel decomposed call (perf, 3x3 16->16).
   const ConvShape& s = conv.shape;
-  for (int64_t kh = 0; kh < s.filter_h; ++kh) {
-    const int64_t ih = oh * s.stride_h - s.pad_top + kh * s.dilation_h;
-    for (int64_t kw = 0; kw < s.filter_w; ++kw) {
-      const int64_t iw = ow * s.stride_w - s.pad_left + kw * s.dilation_w;
-      const bool inside = ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w;
-      emit(inside ? conv.input + ((n * s.in_h + ih) * s.in_w + iw) * s.in_depth + g * s.filter_depth : nullptr);
+  const int64_t filter_h = s.filter_h, filter_w = s.filter_w, in_h = s.in_h, in_w = s.in_w, depth = s.in_depth;
+  const int64_t dil_h = s.dilation_h, dil_w = s.dilation_w;
+  const int64_t ih0 = oh * s.stride_h - s.pad_top, iw0 = ow * s.stride_w - s.pad_left;
+  const uint8_t* image = conv.input + n * in_h * in_w * depth + g * s.filter_depth;
+  for (int64_t kh = 0; kh < filter_h; ++kh) {
+    const int64_t ih = ih0 + kh * dil_h;
+    const bool row_inside = ih >= 0 && ih < in_h;
+    const int64_t row = ih * in_w;
+    for (int64_t kw = 0; kw < filter_w; ++kw) {
+      const int64_t iw = iw0 + kw * dil_w;
+      emit(row_inside && iw >= 0 && iw < in_w ? image + (row + iw) * depth : nullptr);
     }
   }
 }
