@@ -518,6 +518,34 @@ void TestDecomposedKernelMatchesReference() {
       EXPECT(sum == ref_sum, "decomposed act_sum differs (portable %d): %s", int(portable), c.name.c_str());
     }
   }
+  // Groups of 16 and 32 channels (the gather's 16- and 32-byte tap copies; RandomCase's depths stay
+  // under 9), two groups, SAME padding (padded taps take the zero code), one and three terms.
+  for (int64_t depth : {16, 32}) {
+    for (int terms : {1, 3}) {
+      const DecomposedTable t = MakeDecomposedTable(rng, terms, terms == 1);
+      ConvAttrs attrs;
+      attrs.strides = {1, 1, 1, 1};
+      attrs.dilations = {1, 1, 1, 1};
+      attrs.padding = Padding::kSame;
+      const int64_t in_dims[4] = {2, 7, 9, 2 * depth}, f_dims[4] = {3, 3, depth, 24};
+      ConvShape s;
+      const std::string error = ComputeConvShape(in_dims, f_dims, attrs, &s);
+      EXPECT(error.empty(), "%s", error.c_str());
+      std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+      for (auto& v : input) v = static_cast<uint8_t>(rng());
+      for (auto& v : filter) v = static_cast<uint8_t>(rng());
+      const QuantizedConv conv{s, input.data(), filter.data(), static_cast<uint8_t>(rng()), t.lut.data()};
+      const int64_t pixels = s.out_pixels();
+      std::vector<int64_t> ref_acc(pixels * s.out_depth), ref_sum(pixels * s.groups());
+      ReferenceConvAccumulate(conv, 0, pixels, ref_acc.data(), ref_sum.data());
+      for (bool portable : {false, true}) {
+        std::vector<int64_t> acc(pixels * s.out_depth, -7), sum(pixels * s.groups(), -7);
+        DecomposedConvAccumulate(conv, t.d, 0, pixels, ThreadedFor(2), acc.data(), sum.data(), portable);
+        EXPECT(acc == ref_acc && sum == ref_sum, "decomposed, groups of %lld channels, %d terms (portable %d)",
+               (long long)depth, terms, int(portable));
+      }
+    }
+  }
   // Reductions past the 65536 entries whose 32-bit sums are exact, every product at its largest: the
   // chunks must add in 64 bits. One output pixel, 3 * 12000 taps x 2 terms = 72000 entries.
   const DecomposedTable t = MakeDecomposedTable(rng, 2, false, true);
