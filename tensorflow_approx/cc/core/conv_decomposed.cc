@@ -127,6 +127,14 @@ void CopyTapsPortable(const uint8_t* const* taps, int64_t count, int64_t depth, 
   }
 }
 
+// Taps of exactly kBytes bytes: copies of a constant size, which the compiler turns into vector moves.
+template <int kBytes>
+inline void CopyFixedTaps(const uint8_t* const* taps, int64_t count, uint8_t zero_code, uint8_t* codes) {
+  uint8_t zeros[kBytes];
+  std::memset(zeros, zero_code, kBytes);
+  for (int64_t t = 0; t < count; ++t, codes += kBytes) std::memcpy(codes, taps[t] != nullptr ? taps[t] : zeros, kBytes);
+}
+
 // The same 64 bytes at a time (memcpy of a tap's few dozen bytes was a libc call each, 7% of a
 // 32-channel layer's time with one term): masked loads, whole stores, whose bytes past the tap the
 // next tap's overwrite (AVX-512 masked stores are slow on Zen 4). Writes up to 63 bytes past the K codes.
@@ -134,22 +142,8 @@ TFAPPROX_VNNI void CopyTapsAvx512(const uint8_t* const* taps, int64_t count, int
                                   uint8_t* codes) {
   // Taps of 16 or 32 bytes (16 or 32 channels a group): moves of their size. A 64-byte store at a tap's
   // 16- or 32-byte offset splits across two cache lines three times in four, or every other time.
-  if (depth == 16) {
-    const __m128i zero16 = _mm_set1_epi8(static_cast<char>(zero_code));
-    for (int64_t t = 0; t < count; ++t, codes += 16) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
-                       taps[t] != nullptr ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(taps[t])) : zero16);
-    }
-    return;
-  }
-  if (depth == 32) {
-    const __m256i zero32 = _mm256_set1_epi8(static_cast<char>(zero_code));
-    for (int64_t t = 0; t < count; ++t, codes += 32) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes),
-                          taps[t] != nullptr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(taps[t])) : zero32);
-    }
-    return;
-  }
+  if (depth == 16) return CopyFixedTaps<16>(taps, count, zero_code, codes);
+  if (depth == 32) return CopyFixedTaps<32>(taps, count, zero_code, codes);
   const __m512i zero = _mm512_set1_epi8(static_cast<char>(zero_code));
   for (int64_t t = 0; t < count; ++t, codes += depth) {
     for (int64_t c = 0; c < depth; c += 64) {
