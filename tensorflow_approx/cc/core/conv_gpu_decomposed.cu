@@ -86,6 +86,18 @@ struct TileConfig {
   {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate, wgmma != 0},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
+constexpr bool TilesInEnumOrder() {
+  for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount); ++t) {
+    if (static_cast<int>(kTiles[t].tile) != t) return false;
+  }
+  return true;
+}
+static_assert(sizeof(kTiles) / sizeof(kTiles[0]) == static_cast<size_t>(GpuDecomposedTile::kCount) && TilesInEnumOrder(),
+              "kTiles[t] is tile t");
+bool IsWgmmaTile(GpuDecomposedTile tile) {
+  const int t = static_cast<int>(tile);
+  return t >= 0 && t < static_cast<int>(GpuDecomposedTile::kCount) && kTiles[t].wgmma;
+}
 
 // 1 in the device code of a module built with sm_90a's features (the wgmma kernels' bodies), else 0:
 // which cubin the driver loaded for this file decides whether the wgmma tiles can run, so it is asked.
@@ -130,10 +142,7 @@ std::string WgmmaAvailable() {
 // H200's 50 MB L2: whatever a tile streams between two reads of the same plane bytes comes from DRAM again.
 // Both the K order (ChooseGpuKOrder) and the 256-row tile (ChooseTile) pay off only there.
 constexpr int64_t kPlanesPastL2Bytes = int64_t{192} << 20;
-int64_t PlanesBytes(const ConvShape& s, int terms) {
-  const Layout l = MakeLayout(s, std::max(terms, 1));
-  return l.items * l.slice_bytes;
-}
+int64_t PlanesBytes(const Layout& l) { return l.items * l.slice_bytes; }
 
 // Estimated speed of a tile on a shape: the share of its outputs that are real x the share of its K
 // stages that are real K (not zero padding) x the share of the last wave's block slots that are busy
@@ -155,8 +164,9 @@ int64_t PlanesBytes(const ConvShape& s, int terms) {
 // on ResNet-20's 8x8 64->64 (batch 1000, 16-65 MB) it lost to 128x64 by 18-26% with 4-16 terms (seed 629).
 GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_available) {
   const bool wgmma = wgmma_available && s.filter_h * s.filter_w > 1;
-  const bool planes_past_l2 = PlanesBytes(s, terms) >= kPlanesPastL2Bytes;
-  const int64_t k_bytes = MakeLayout(s, std::max(terms, 1)).k_chunks * kChunk;
+  const Layout l = MakeLayout(s, std::max(terms, 1));
+  const bool planes_past_l2 = PlanesBytes(l) >= kPlanesPastL2Bytes;
+  const int64_t k_bytes = l.k_chunks * kChunk;
   auto k_fill = [&](int bk) { return static_cast<double>(k_bytes) / static_cast<double>((k_bytes + bk - 1) / bk * bk); };
   if (s.out_depth_per_group() >= 128 && k_fill(128) >= 0.9) {
     if (wgmma) return GpuDecomposedTile::kTileWgmma128x128;
@@ -190,11 +200,7 @@ unsigned PrepBlocks(int64_t work, int sms) {
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, int kWgmmaTile>
 std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi, T* output,
                        cudaStream_t stream) {
-  constexpr bool kWgmma = kWgmmaTile != 0;
-  if (kWgmma) {
-    const std::string error = WgmmaAvailable();
-    if (!error.empty()) return error;
-  }
+  constexpr bool kWgmma = kWgmmaTile != 0;  // (ApproxConvGpuDecomposed checked that it can run here)
   GemmArgs args = base;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (static_cast<int64_t>(g.npg) + BN - 1) / BN;
@@ -254,8 +260,8 @@ const char* GpuKOrderName(GpuKOrder order) {
 // even or lost, by up to 26% on 7x7 512->512 (slices of 2-8 KB, planes of 6-25 MB that stay in L2 in
 // either order) and 9-13% on the ResNet-20 layers with slices of 512 bytes to 1 KB.
 GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms) {
-  return MakeLayout(s, terms).slice_bytes <= 256 || PlanesBytes(s, terms) >= kPlanesPastL2Bytes ? GpuKOrder::kTapsInner
-                                                                                                 : GpuKOrder::kTapsOuter;
+  const Layout l = MakeLayout(s, terms);
+  return l.slice_bytes <= 256 || PlanesBytes(l) >= kPlanesPastL2Bytes ? GpuKOrder::kTapsInner : GpuKOrder::kTapsOuter;
 }
 
 const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
@@ -352,13 +358,7 @@ size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms) {
   return MakeLayout(shape, std::max(terms, 1)).bytes;
 }
 
-std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) {
-#define TFAPPROX_TILE_WGMMA(name, bm, bn, wm, wn, blocks, bk, stages, rate, wgmma) \
-  if (tile == GpuDecomposedTile::name && (wgmma)) return WgmmaAvailable();
-  TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_WGMMA)
-#undef TFAPPROX_TILE_WGMMA
-  return "";
-}
+std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) { return IsWgmmaTile(tile) ? WgmmaAvailable() : ""; }
 
 GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {
   DeviceInfo dev;
@@ -546,7 +546,11 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.taps_c0 = static_cast<long long>(s.taps()) * d.c0;
   args.l = l;
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
-  const GpuDecomposedTile tile = options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms, WgmmaAvailable().empty()) : options.tile;
+  // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
+  const std::string wgmma_error = WgmmaAvailable();
+  const GpuDecomposedTile tile =
+      options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms, wgmma_error.empty()) : options.tile;
+  if (IsWgmmaTile(tile) && !wgmma_error.empty()) return wgmma_error;
   const GpuKOrder k_order = options.k_order == GpuKOrder::kAuto ? ChooseGpuKOrder(s, d.terms) : options.k_order;
   args.taps_inner = k_order == GpuKOrder::kTapsInner;
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&

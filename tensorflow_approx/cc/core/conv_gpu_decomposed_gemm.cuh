@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
   if constexpr (kWgmma) {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    // A device pass without wgmma (sm_90, the compute_90 PTX): no body. LaunchGemm never launches this
+    // A device pass without wgmma (sm_90, the compute_90 PTX): no body. ApproxConvGpuDecomposed never launches this
     // (WgmmaAvailable: g_wgmma_built of the loaded module, conv_gpu_decomposed.cu).
     return;
 #endif
