@@ -771,6 +771,71 @@ void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
   if (failures > 0) std::printf("FAIL GpuQuantFromRanges: %d of 2000 random ranges differ from the host\n", failures);
 }
 
+// DivideByScale (quantize.h: QuantizeToCode's division on the GPU) against the device's IEEE division
+// (x / scale: div.rn.f32), bit for bit (NaN as NaN): for edge scales every float x in [2^-40, 2^40], where it
+// takes its own FMA path; for random scales (a few outside [2^-40, 2^40]) random bit patterns x of every kind
+// (zeros, negatives, subnormals, infinities, NaN, out of range).
+__global__ void DivisionKernel(const float* __restrict__ scales, int n_scales, uint32_t first_bits, uint64_t count,
+                               uint64_t random_seed, unsigned long long* __restrict__ mismatches) {
+  unsigned long long local = 0;
+  for (int si = 0; si < n_scales; ++si) {
+    const float scale = scales[si];
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+      uint32_t bits = first_bits + static_cast<uint32_t>(i);
+      if (random_seed != 0) {  // splitmix64 of (seed, scale, i)
+        uint64_t z = random_seed + (static_cast<uint64_t>(si) << 40) + i * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        bits = static_cast<uint32_t>(z ^ (z >> 31));
+      }
+      const float x = __uint_as_float(bits);
+      const float want = x / scale, got = DivideByScale(x, scale);
+      local += __float_as_uint(want) != __float_as_uint(got) && !(isnan(want) && isnan(got));
+    }
+  }
+  if (local != 0) atomicAdd(mismatches, local);
+}
+
+void DivisionChecks(std::mt19937_64& rng, Counts* counts) {
+  const float edges[] = {0x1p-40f, 0x1p40f, 1.f, 1.f / 255, 6.f / 255, 3.14159265f / 255, 0.1f, 0x1.fffffep-1f,
+                         0x1.fffffep0f, 0x1.000002p0f, 0x1.fffffep39f, 0x1.000002p-40f};
+  std::vector<float> randoms(1024);
+  for (size_t i = 0; i < randoms.size(); ++i) {
+    // Mostly inside [2^-40, 2^40], some outside (exponents -48 .. 47).
+    const int exponent = static_cast<int>(rng() % 96) - 48;
+    randoms[i] = std::ldexp(1.f + static_cast<float>(rng() % (1u << 23)) / (1u << 23), exponent);
+  }
+  DeviceBuffer<unsigned long long> d_mismatches(1);
+  int failures = 0;
+  const auto run = [&](const std::vector<float>& scales, uint32_t first_bits, uint64_t count, uint64_t seed,
+                       const char* what) {
+    DeviceBuffer<float> d_scales(scales.size());
+    d_scales.Upload(scales);
+    d_mismatches.Poison(0);
+    DivisionKernel<<<2048, 256>>>(d_scales.ptr, static_cast<int>(scales.size()), first_bits, count, seed,
+                                            d_mismatches.ptr);
+    CUDA_OR_DIE(cudaGetLastError());
+    const unsigned long long mismatches = d_mismatches.Download()[0];
+    ++counts->cases;
+    if (mismatches != 0) {
+      ++failures;
+      std::printf("FAIL DivideByScale: %llu of %zu x %llu divisions (%s) differ from x / scale\n", mismatches,
+                  scales.size(), static_cast<unsigned long long>(count), what);
+    }
+  };
+  uint32_t lo = 0, hi = 0;
+  const float lo_f = 0x1p-40f, hi_f = 0x1p40f;
+  std::memcpy(&lo, &lo_f, 4);
+  std::memcpy(&hi, &hi_f, 4);
+  run(std::vector<float>(std::begin(edges), std::end(edges)), lo, uint64_t{hi} - lo + 1, 0,
+      "every x in [2^-40, 2^40], edge scales");
+  run(randoms, 0, uint64_t{1} << 20, rng() | 1, "random x, random scales");
+  counts->failures += failures;
+  std::printf("DivideByScale: %s (12 edge scales x every float in [2^-40, 2^40]; 1024 random scales x 2^20 "
+              "random floats)\n", failures == 0 ? "equal to x / scale" : "DIFFERS");
+}
+
 // GpuRangeWithZero (the Keras layers' batch ranges on the GPU) against the host's RangeKeys and
 // RangeFromKeys, bit for bit (any NaN as NaN): random rows x channels up to a ResNet-20 activation at batch
 // 1000 (many blocks meeting in the atomics), empty ones, with -0, infinities, subnormals and NaN of either
@@ -2220,6 +2285,7 @@ int main(int argc, char** argv) {
               table_dir.c_str());
 
   Counts counts;
+  DivisionChecks(rng, &counts);
   if (phases_only) {  // only the decomposed kernel's phase breakdown (no checks)
     DecomposedPhases(rng, runs, &counts);
     std::printf("\n%s\n", counts.failures == 0 ? "PHASES DONE" : "PHASES FAILED");

@@ -148,11 +148,16 @@ int64_t PlanesBytes(const Layout& l) { return l.items * l.slice_bytes; }
 // stages that are real K (not zero padding) x the share of the last wave's block slots that are busy
 // (the tile's blocks per multiprocessor) x its rate. Groups of 128+ channels with a K that fills
 // 128-byte stages take one tile outright, as the tile table had them (H200, seed 622):
-// - where the wgmma tiles run (`wgmma_available`, WgmmaAvailable), wgmma128x128 for any number of terms: it led on
+// - where the wgmma tiles run (`wgmma_available`, WgmmaAvailable), wgmma128x128 for any number of terms (but
+//   see the exact table below): it led on
 //   14x14 256->256 and 7x7 512->512 (exact 117.6 T and 106.3 T, 16 terms 18.7 T and 13.8 T) and with 16
 //   terms on 28x28 128->128 (19.0 T; exact 85.9 T, within 5% of the first). The wave model would count
 //   its idle multiprocessors on 7x7 512->512 against it (100 blocks), where it was a third faster than the
-//   tile the model picked;
+//   tile the model picked. The exact table (one term: K a few stages, so a block is mostly its fixed
+//   costs) takes wgmma128x64k64 instead where wgmma128x128 needs more than one wave and leaves the last
+//   under three quarters full: on 28x28 128->128 (392 blocks on 264 slots; 784 on 396 for 128x64k64)
+//   it was 83.7 T against 76.4 T (seed 628). With one wave, however empty (14x14 256->256, 196 blocks),
+//   wgmma128x128 led by 44%;
 // - else 128x128k128 for one term (the exact table): it led among the mma.sync tiles on every such layer,
 //   also where the wave model counts idle multiprocessors against it (7x7 512->512: 88.2 T against the
 //   model's 64x64, 66.9 T).
@@ -168,22 +173,37 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_
   const bool planes_past_l2 = PlanesBytes(l) >= kPlanesPastL2Bytes;
   const int64_t k_bytes = l.k_chunks * kChunk;
   auto k_fill = [&](int bk) { return static_cast<double>(k_bytes) / static_cast<double>((k_bytes + bk - 1) / bk * bk); };
+  // A tile's tiles of pixels and of channels on this shape, its blocks, the device's block slots for it,
+  // and the waves the blocks take.
+  struct Waves {
+    int64_t m_tiles, n_tiles, blocks, slots, waves;
+  };
+  auto waves_of = [&](const TileConfig& t) {
+    const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
+    const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
+    const int64_t blocks = m_tiles * n_tiles * s.groups();
+    const int64_t slots = t.blocks_per_sm * static_cast<int64_t>(std::max(sms, 1));
+    return Waves{m_tiles, n_tiles, blocks, slots, (blocks + slots - 1) / slots};
+  };
   if (s.out_depth_per_group() >= 128 && k_fill(128) >= 0.9) {
-    if (wgmma) return GpuDecomposedTile::kTileWgmma128x128;
+    if (wgmma) {
+      const Waves w = waves_of(kTiles[static_cast<int>(GpuDecomposedTile::kTileWgmma128x128)]);
+      if (terms <= 1 && w.waves > 1 && w.blocks - (w.waves - 1) * w.slots < w.slots * 3 / 4) {
+        return GpuDecomposedTile::kTileWgmma128x64k64;
+      }
+      return GpuDecomposedTile::kTileWgmma128x128;
+    }
     if (terms <= 1) return GpuDecomposedTile::kTile128x128k128;
   }
   double best_score = -1;
   GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
   for (const TileConfig& t : kTiles) {
     if ((t.wgmma && !wgmma) || (t.bm == 256 && !planes_past_l2)) continue;
-    const int64_t m_tiles = (s.out_pixels() + t.bm - 1) / t.bm;
-    const int64_t n_tiles = (s.out_depth_per_group() + t.bn - 1) / t.bn;
-    const int64_t blocks = m_tiles * n_tiles * s.groups();
-    const int64_t slots = t.blocks_per_sm * static_cast<int64_t>(std::max(sms, 1));
-    const int64_t waves = (blocks + slots - 1) / slots;
+    const Waves w = waves_of(t);
     const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
-                        (static_cast<double>(m_tiles * t.bm) * static_cast<double>(n_tiles * t.bn));
-    const double score = fill * k_fill(t.bk) * static_cast<double>(blocks) / static_cast<double>(waves * slots) * t.rate;
+                        (static_cast<double>(w.m_tiles * t.bm) * static_cast<double>(w.n_tiles * t.bn));
+    const double score =
+        fill * k_fill(t.bk) * static_cast<double>(w.blocks) / static_cast<double>(w.waves * w.slots) * t.rate;
     if (score > best_score + 1e-9) {
       best_score = score;
       best = t.tile;

@@ -109,6 +109,31 @@ TFAPPROX_HOST_DEVICE inline RangeError NudgeRange(float min, float max, int num_
 std::string MakeQuantParams(float min, float max, int num_bits, const char* name_min,
                             const char* name_max, QuantParams* q, bool symmetric = false, bool narrow = false);
 
+#if defined(__CUDACC__)
+// x / scale, correctly rounded like the IEEE division the host does, for scale in [2^-40, 2^40] (else
+// the division itself). nvcc's division (div.rn.f32) is a reciprocal approximation (MUFU.RCP), one Newton
+// step, the quotient and one correction, all FMAs, with a check (FCHK) that sends operands it cannot vouch
+// for (zero, denormal, huge or tiny ratios) to a slow subroutine: in the harness's data (inputs clamped
+// low) a quarter of the warps' divisions went there, and every ReLU zero would. Here x = 0 returns x itself
+// (+-0 / scale with scale > 0), and x in [2^-40, 2^40] takes the division's own FMA sequence without the
+// check: there the quotient and the correction are far from underflow and overflow. Anything else divides.
+// (nvcc hoists the reciprocal out of a loop over x, not its Newton step.) The GPU harness holds this to
+// the division bit for bit on every float x in [2^-40, 2^40] with edge scales (DivisionChecks).
+__device__ __forceinline__ float DivideByScale(float x, float scale) {
+  float y0;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(scale));
+  const float y1 = __fmaf_rn(y0, __fmaf_rn(-scale, y0, 1.f), y0);
+  if (scale >= 0x1p-40f && scale <= 0x1p40f) {
+    if (x >= 0x1p-40f && x <= 0x1p40f) {
+      const float q = __fmaf_rn(y1, x, 0.f);
+      return __fmaf_rn(y1, __fmaf_rn(-scale, q, x), q);
+    }
+    if (x == 0.f) return x;
+  }
+  return x / scale;
+}
+#endif
+
 // The code of x. Values outside the nudged range are clamped; NaN maps to code quant_min here (0, or 1
 // with a narrow range; 0 for a zero-width range), and the kernels make NaN the outputs it reaches
 // (PropagateNan).
@@ -116,12 +141,17 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
 // the scale, the zero code subtracted before rounding), so codes agree with
 // tf.quantization.fake_quant_with_min_max_vars bit for bit. The build passes -ffp-contract=off so that
 // no step is fused.
+// On the GPU the division is DivideByScale's: the same quotient in fewer instructions.
 TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q) {
   if (q.scale == 0.f) return 0;
   float clamped = x > q.nudged_min ? x : q.nudged_min;  // NaN fails the test and becomes nudged_min
   clamped = clamped < q.nudged_max ? clamped : q.nudged_max;
   const float shifted = clamped - q.nudged_min;
+#if defined(__CUDA_ARCH__)
+  float code = DivideByScale(shifted, q.scale) - q.quant_zero + 0.5f;
+#else
   float code = shifted / q.scale - q.quant_zero + 0.5f;
+#endif
   code = FloorF(code) + q.quant_zero;
   // The code counted from quant_min (TensorFlow's steps count from nudged_min), then made absolute.
   const float top = static_cast<float>(q.quant_max - q.quant_min);
