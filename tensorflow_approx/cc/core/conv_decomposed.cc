@@ -52,11 +52,14 @@ struct PackedFilter {
   int64_t PanelWidth(int64_t c0) const { return std::min<int64_t>(kPanel, channels - c0); }
 };
 
-TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t taps, const int8_t* v, int64_t width, int8_t* lanes);
+TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t row_stride, int64_t count, const int8_t* v, int64_t width,
+                                int8_t* lanes);
 
-// `fast`: pack with PackTermVbmi where it applies.
+// `fast`: pack with PackTermVbmi where it applies. `tap_major`: the reduction in the direct path's order
+// (DirectImage), spatial tap, then term, then channel: entry (t * terms + r) * cg + ci, where the gather
+// path's is term-major, r * K + k (k = t * cg + ci). With one term both are k.
 PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for,
-                        bool fast) {
+                        bool fast, bool tap_major) {
   const ConvShape& s = conv.shape;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   PackedFilter f;
@@ -83,14 +86,22 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
       int8_t* lanes = f.b.get() + g * f.reduction * f.channels + panel0 * f.reduction + (j0 - panel0) * 4;
       const uint8_t* rows = conv.filter + (g * per_group + j0) * taps;
       // A whole block, taps a multiple of 4 (each step within one term) and 16 * taps an int32 offset.
-      const bool vector = fast && count == kChannelBlock && taps % 4 == 0 && taps < (int64_t{1} << 26);
+      const int64_t cg = s.filter_depth;
+      const bool vector = fast && count == kChannelBlock && (tap_major ? cg : taps) % 4 == 0 && taps < (int64_t{1} << 26);
       for (int r = 0; r < d.terms; ++r) {
         const int8_t* v = d.v + r * 256;
-        if (vector) {
-          PackTermVbmi(rows, taps, v, width, lanes + r * taps / 4 * width * 4);
+        if (vector && !tap_major) {
+          PackTermVbmi(rows, taps, taps, v, width, lanes + r * taps / 4 * width * 4);
           continue;
         }
-        for (int64_t k = 0, e = r * taps; k < taps; ++k, ++e) {
+        if (vector) {  // term r's cg entries of each spatial tap t
+          for (int64_t t = 0; t < taps / cg; ++t) {
+            PackTermVbmi(rows + t * cg, taps, cg, v, width, lanes + (t * d.terms + r) * cg / 4 * width * 4);
+          }
+          continue;
+        }
+        for (int64_t k = 0; k < taps; ++k) {
+          const int64_t e = tap_major ? (k / cg * d.terms + r) * cg + k % cg : r * taps + k;
           int8_t* out = lanes + (e / 4) * width * 4 + e % 4;
           if (count == kChannelBlock) {
             for (int64_t j = 0; j < kChannelBlock; ++j) out[j * 4] = v[rows[j * taps + k]];
@@ -232,16 +243,18 @@ TFAPPROX_VNNI inline __m512i Lookup256(__m512i t0, __m512i t1, __m512i t2, __m51
   return _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high);
 }
 
-// B's bytes of one term for a block of 16 channels (rows: their filter rows), when taps is a multiple
-// of 4: a step's 16 x 4 codes by one gather of 4 bytes per channel, translated through the term's v by
+// B's bytes of one term for a block of 16 channels: `count` consecutive codes (a multiple of 4) of each
+// channel's filter row (rows: the first channel's, row_stride bytes apart), packed as consecutive steps:
+// a step's 16 x 4 codes by one gather of 4 bytes per channel, translated through the term's v by
 // byte permutes, stored as one vector. A byte at a time, packing a 3x3 512->512 layer's 8 terms took
 // 10 ms, half as long as its GEMM; this way 3.5 ms.
-TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t taps, const int8_t* v, int64_t width, int8_t* lanes) {
+TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t row_stride, int64_t count, const int8_t* v, int64_t width,
+                                int8_t* lanes) {
   const __m512i t0 = _mm512_loadu_si512(v), t1 = _mm512_loadu_si512(v + 64), t2 = _mm512_loadu_si512(v + 128),
                 t3 = _mm512_loadu_si512(v + 192);
   const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32(static_cast<int>(taps)));
-  for (int64_t k = 0; k < taps; k += 4, lanes += width * 4) {
+                                           _mm512_set1_epi32(static_cast<int>(row_stride)));
+  for (int64_t k = 0; k < count; k += 4, lanes += width * 4) {
     const __m512i codes = _mm512_i32gather_epi32(index, rows + k, 1);
     _mm512_storeu_si512(lanes, Lookup256(t0, t1, t2, t3, codes));
   }
@@ -324,46 +337,52 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, 
 
 using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
 
-// sums[i][c] += sum over the steps in [step_begin, step_end) of A[i] . B[c] for kPixelBlock rows of A
-// (stride `reduction` bytes) and the NV * kChannelBlock channels of a panel of B (packed as
-// PackedFilter::b, `width` channels a step); = for the first chunk (step_begin 0), so the caller need
-// not zero sums (its memset was 5% of a 64-channel layer).
+// sums[i][c] (= for `first`, else +=) the dot products of A's row i and B's channel c for kPixelBlock rows
+// of A and the NV * kChannelBlock channels of a panel of B (packed as PackedFilter::b, `width` channels a
+// step, from b on), over `segments` runs of `segment_steps` steps (four reduction entries each): run j of
+// row i starts at rows[i] + offsets[j]. The gather path passes one run of each row of its gathered tile;
+// the direct path one run per spatial tap, each starting at the tap's pixel in the padded image (rows[i]:
+// output pixel i's pixel at tap (0, 0), so that a block's pixels may lie on two output rows). With
+// `first` the caller need not zero sums (its memset was 5% of a 64-channel layer).
 //
 // The 24 accumulators are named variables, not an array: GCC at -O2 (the build's) keeps an array of
 // vectors in memory even once its loops are unrolled, every vpdpbusd then waiting on a store and a
 // reload (the 8 x 2 kernel this replaced ran at a fraction of vpdpbusd's rate for that reason).
 static_assert(kPixelBlock == 6 && kMaxVectors == 4, "MicroKernelVnni spells out a 6 x 4 tile");
 template <int NV>
-TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t width,
-                                   int64_t step_begin, int64_t step_end, Sums& sums) {
+TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
+                                   int64_t segment_steps, const int8_t* b, int64_t width, bool first, Sums& sums) {
   const __m512i zero = _mm512_setzero_si512();
   __m512i s00 = zero, s01 = zero, s02 = zero, s03 = zero, s10 = zero, s11 = zero, s12 = zero, s13 = zero,
           s20 = zero, s21 = zero, s22 = zero, s23 = zero, s30 = zero, s31 = zero, s32 = zero, s33 = zero,
           s40 = zero, s41 = zero, s42 = zero, s43 = zero, s50 = zero, s51 = zero, s52 = zero, s53 = zero;
-  const int8_t* bp = b + step_begin * width * 4;
-  const uint8_t* ap = a + step_begin * 4;
-  for (int64_t step = step_begin; step < step_end; ++step, bp += width * 4, ap += 4) {
-    const __m512i b0 = _mm512_loadu_si512(bp);
-    const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : zero;
-    const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : zero;
-    const __m512i b3 = NV > 3 ? _mm512_loadu_si512(bp + 192) : zero;
+  const int8_t* bp = b;
+  for (int64_t j = 0; j < segments; ++j) {
+    const uint8_t *a0 = rows[0] + offsets[j], *a1 = rows[1] + offsets[j], *a2 = rows[2] + offsets[j];
+    const uint8_t *a3 = rows[3] + offsets[j], *a4 = rows[4] + offsets[j], *a5 = rows[5] + offsets[j];
+    for (int64_t step = 0; step < segment_steps; ++step, bp += width * 4) {
+      const __m512i b0 = _mm512_loadu_si512(bp);
+      const __m512i b1 = NV > 1 ? _mm512_loadu_si512(bp + 64) : zero;
+      const __m512i b2 = NV > 2 ? _mm512_loadu_si512(bp + 128) : zero;
+      const __m512i b3 = NV > 3 ? _mm512_loadu_si512(bp + 192) : zero;
 #define TFAPPROX_DECOMPOSED_ROW(i)                                            \
   {                                                                           \
     int32_t four;                                                             \
-    std::memcpy(&four, ap + (i) * reduction, 4);                              \
+    std::memcpy(&four, a##i + 4 * step, 4);                                   \
     const __m512i av = _mm512_set1_epi32(four);                               \
     s##i##0 = _mm512_dpbusd_epi32(s##i##0, av, b0);                           \
     if (NV > 1) s##i##1 = _mm512_dpbusd_epi32(s##i##1, av, b1);               \
     if (NV > 2) s##i##2 = _mm512_dpbusd_epi32(s##i##2, av, b2);               \
     if (NV > 3) s##i##3 = _mm512_dpbusd_epi32(s##i##3, av, b3);               \
   }
-    TFAPPROX_DECOMPOSED_ROW(0)
-    TFAPPROX_DECOMPOSED_ROW(1)
-    TFAPPROX_DECOMPOSED_ROW(2)
-    TFAPPROX_DECOMPOSED_ROW(3)
-    TFAPPROX_DECOMPOSED_ROW(4)
-    TFAPPROX_DECOMPOSED_ROW(5)
+      TFAPPROX_DECOMPOSED_ROW(0)
+      TFAPPROX_DECOMPOSED_ROW(1)
+      TFAPPROX_DECOMPOSED_ROW(2)
+      TFAPPROX_DECOMPOSED_ROW(3)
+      TFAPPROX_DECOMPOSED_ROW(4)
+      TFAPPROX_DECOMPOSED_ROW(5)
 #undef TFAPPROX_DECOMPOSED_ROW
+    }
   }
   const __m512i acc[kPixelBlock][kMaxVectors] = {{s00, s01, s02, s03}, {s10, s11, s12, s13},
                                                  {s20, s21, s22, s23}, {s30, s31, s32, s33},
@@ -372,7 +391,7 @@ TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const in
     for (int n = 0; n < NV; ++n) {
       alignas(64) int32_t lanes[kChannelBlock];
       _mm512_store_si512(lanes, acc[i][n]);
-      if (step_begin == 0) {
+      if (first) {
         for (int c = 0; c < kChannelBlock; ++c) sums[i][n * kChannelBlock + c] = lanes[c];
       } else {
         for (int c = 0; c < kChannelBlock; ++c) sums[i][n * kChannelBlock + c] += lanes[c];
@@ -382,17 +401,19 @@ TFAPPROX_VNNI void MicroKernelVnni(const uint8_t* a, int64_t reduction, const in
 }
 
 template <int NV>
-void MicroKernelPortable(const uint8_t* a, int64_t reduction, const int8_t* b, int64_t width,
-                         int64_t step_begin, int64_t step_end, Sums& sums) {
+void MicroKernelPortable(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
+                         int64_t segment_steps, const int8_t* b, int64_t width, bool first, Sums& sums) {
   for (int i = 0; i < kPixelBlock; ++i) {
     for (int c = 0; c < NV * kChannelBlock; ++c) {
       int64_t sum = 0;
-      for (int64_t step = step_begin; step < step_end; ++step) {
-        for (int q = 0; q < 4; ++q) {
-          sum += static_cast<int64_t>(a[i * reduction + step * 4 + q]) * b[(step * width + c) * 4 + q];
+      const int8_t* bp = b;
+      for (int64_t j = 0; j < segments; ++j) {
+        const uint8_t* ap = rows[i] + offsets[j];
+        for (int64_t step = 0; step < segment_steps; ++step, bp += width * 4, ap += 4) {
+          for (int q = 0; q < 4; ++q) sum += static_cast<int64_t>(ap[q]) * bp[c * 4 + q];
         }
       }
-      sums[i][c] = (step_begin == 0 ? 0 : sums[i][c]) + sum;
+      sums[i][c] = (first ? 0 : sums[i][c]) + sum;
     }
   }
 }
@@ -414,6 +435,90 @@ TFAPPROX_VNNI void WriteSumsAvx512(const int64_t* sums, int64_t alpha_sum, const
   }
 }
 
+constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at the row
+
+// The direct path (ungrouped convolutions, cg a multiple of 4, a reduction within one exact chunk, VNNI):
+// instead of gathering and translating every output pixel's patch (K codes, each input pixel's codes
+// copied and translated once per spatial tap: on ResNet-20's 16->16 layer perf had the gather and the
+// translation at 40% of the op, the GEMM at 18%), the input is translated once into a padded image of
+// A's bytes, u[r][code] + 128 per pixel, term and channel ([batch][ph][pw][terms * cg], padding pixels
+// those of the zero code), with each pixel's code and alpha sums beside it; the micro-kernel then reads a
+// block's rows tap by tap straight from the image (MicroKernelVnni's runs), and a pixel's patch sums are
+// its taps' sums added. B's reduction is tap-major to match (PackFilter). Built by PrepareDecomposed for
+// the input conv.input points to then; DecomposedConvAccumulate takes it only for that input.
+struct DirectImage {
+  const uint8_t* input = nullptr;   // the codes it was built from
+  int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
+  int64_t pixel_bytes = 0;          // terms * cg
+  std::vector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
+  std::vector<int64_t> code_sums;   // [batch][ph][pw]
+  std::vector<int64_t> alpha_sums;  // [batch][ph][pw]
+  std::vector<int64_t> tap_pixels;  // per spatial tap (kh, kw): its pixel's offset from (kh, kw) = (0, 0)
+  std::vector<int64_t> tap_bytes;   // the same in bytes
+};
+
+bool DirectApplies(const ConvShape& s, int terms, bool fast) {
+  return fast && s.groups() == 1 && s.filter_depth % 4 == 0 && s.taps() * terms <= kChunk;
+}
+
+// The padded image of conv.input's codes (VNNI: TranslateVbmi, SumsVbmi), in parallel over its rows.
+std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
+                                              const int32_t* alpha, const AlphaPlanes& alpha_planes,
+                                              const ParallelFor& parallel_for) {
+  const ConvShape& s = conv.shape;
+  const int64_t cg = s.filter_depth;
+  auto image = std::make_unique<DirectImage>();
+  DirectImage& m = *image;
+  m.input = conv.input;
+  m.pixel_bytes = terms * cg;
+  // The farthest row and column a tap reaches (from the padding's top left), and the input's.
+  const int64_t rows = (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h + 1;
+  const int64_t cols = (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1;
+  m.ph = std::max(rows, s.pad_top + s.in_h);
+  m.pw = std::max(cols, s.pad_left + s.in_w);
+  const int64_t pixels = s.batch * m.ph * m.pw;
+  m.bytes.resize(static_cast<size_t>(pixels * m.pixel_bytes));
+  m.code_sums.resize(static_cast<size_t>(pixels));
+  m.alpha_sums.resize(static_cast<size_t>(pixels));
+  for (int64_t kh = 0; kh < s.filter_h; ++kh) {
+    for (int64_t kw = 0; kw < s.filter_w; ++kw) {
+      m.tap_pixels.push_back(kh * s.dilation_h * m.pw + kw * s.dilation_w);
+      m.tap_bytes.push_back(m.tap_pixels.back() * m.pixel_bytes);
+    }
+  }
+  // A padding pixel: the zero code's bytes and sums.
+  std::vector<uint8_t> zero_pixel(static_cast<size_t>(m.pixel_bytes));
+  for (int r = 0; r < terms; ++r)
+    std::fill(zero_pixel.begin() + r * cg, zero_pixel.begin() + (r + 1) * cg, u_plus[r * 256 + conv.input_zero_code]);
+  const int64_t zero_code_sum = cg * conv.input_zero_code, zero_alpha_sum = cg * int64_t{alpha[conv.input_zero_code]};
+  parallel_for(s.batch * m.ph, m.pw * m.pixel_bytes * 2, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / m.ph, ih = row % m.ph - s.pad_top;
+      uint8_t* bytes = m.bytes.data() + row * m.pw * m.pixel_bytes;
+      int64_t* code_sums = m.code_sums.data() + row * m.pw;
+      int64_t* alpha_sums = m.alpha_sums.data() + row * m.pw;
+      const bool inside = ih >= 0 && ih < s.in_h;
+      for (int64_t c = 0; c < m.pw; ++c) {
+        if (inside && c == s.pad_left) {  // the input row: translated, summed
+          const uint8_t* codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
+          if (terms == 1) {
+            TranslateVbmi(codes, 1, s.in_w * cg, u_plus, 1, s.in_w * cg, bytes + c * m.pixel_bytes);
+          } else {
+            TranslateVbmi(codes, s.in_w, cg, u_plus, terms, m.pixel_bytes, bytes + c * m.pixel_bytes);
+          }
+          SumsVbmi(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
+          c += s.in_w - 1;
+          continue;
+        }
+        std::memcpy(bytes + c * m.pixel_bytes, zero_pixel.data(), static_cast<size_t>(m.pixel_bytes));
+        code_sums[c] = zero_code_sum;
+        alpha_sums[c] = zero_alpha_sum;
+      }
+    }
+  });
+  return image;
+}
+
 }  // namespace
 
 // What DecomposedConvAccumulate needs of the filter and the decomposition, built once per convolution.
@@ -424,6 +529,7 @@ struct DecomposedPlan {
   std::vector<uint8_t> u_plus;  // [terms][256]: u + 128
   int terms = 0;
   bool fast = false;  // the VNNI / VBMI kernels
+  std::unique_ptr<DirectImage> direct;  // where DirectApplies (B then tap-major)
 };
 
 // Measured on a 2-core Zen 4 against the lookups (CpuConvAccumulate) in the same run, one thread, N = 8,
@@ -454,21 +560,97 @@ const char* DecomposedKernelName(bool portable) {
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
                                                         const ParallelFor& parallel_for, bool portable) {
   auto plan = std::make_shared<DecomposedPlan>();
-  plan->filter = PackFilter(conv, d, parallel_for, !portable && HasVnni());
+  const bool direct = DirectApplies(conv.shape, d.terms, !portable && HasVnni());
+  plan->filter = PackFilter(conv, d, parallel_for, !portable && HasVnni(), direct);
   plan->alpha.assign(d.alpha, d.alpha + 256);
   plan->alpha_planes = AlphaPlanes(d.alpha);
   plan->terms = d.terms;
   plan->u_plus.resize(static_cast<size_t>(d.terms) * 256);
   for (size_t i = 0; i < plan->u_plus.size(); ++i) plan->u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
   plan->fast = !portable && HasVnni();
+  if (direct) {
+    plan->direct = BuildDirectImage(conv, d.terms, plan->u_plus.data(), plan->alpha.data(), plan->alpha_planes,
+                                    parallel_for);
+  }
   return plan;
 }
+
+namespace {
+
+// DecomposedConvAccumulate's direct path (DirectImage): tiles of kTile pixels in parallel, each in blocks
+// of up to kPixelBlock pixels of one output row.
+void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, const DirectImage& m,
+                          int64_t pixel_begin, int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc,
+                          int64_t* act_sum) {
+  const ConvShape& s = conv.shape;
+  const PackedFilter& f = plan.filter;
+  const int64_t pixels = pixel_end - pixel_begin, per_group = s.out_depth_per_group();
+  const int64_t spatial_taps = s.filter_h * s.filter_w, tap_steps = m.pixel_bytes / 4;
+  decltype(&MicroKernelVnni<1>) kernels[kMaxVectors] = {MicroKernelVnni<1>, MicroKernelVnni<2>, MicroKernelVnni<3>,
+                                                         MicroKernelVnni<4>};
+  const int64_t tiles = (pixels + kTile - 1) / kTile;
+  parallel_for(tiles, kTile * f.reduction * f.channels / 16 + 1, [&](int64_t begin, int64_t end) {
+    // A tile's pixels: each one's image pixel at tap (0, 0) and sums; then the panels of B outer and the
+    // blocks of kPixelBlock pixels inner (a block's pixels may lie on two output rows: a 7- or 8-pixel
+    // row would leave blocks mostly empty), so a panel is read from cache by every block of the tile.
+    // Rows past the tile's pixels repeat its last one (their sums are dropped).
+    const uint8_t* pixel_rows[kTile];
+    int64_t alpha_sums[kTile];
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
+      const int64_t p = pixel_begin + first;
+      int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t at = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
+        int64_t codes = 0, alphas = 0;
+        for (int64_t t = 0; t < spatial_taps; ++t) {
+          codes += m.code_sums[at + m.tap_pixels[t]];
+          alphas += m.alpha_sums[at + m.tap_pixels[t]];
+        }
+        act_sum[first + i] = codes;
+        alpha_sums[i] = alphas;
+        pixel_rows[i] = m.bytes.data() + at * m.pixel_bytes;
+        if (++ow == s.out_w) {
+          ow = 0;
+          if (++oh == s.out_h) oh = 0, ++n;
+        }
+      }
+      const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
+      for (int64_t i = count; i < blocks * kPixelBlock; ++i) pixel_rows[i] = pixel_rows[count - 1];
+      for (int64_t c0 = 0; c0 < per_group;) {
+        const int64_t width = f.PanelWidth(c0);
+        for (int64_t block = 0; block < blocks; ++block) {
+          Sums sums;
+          kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, m.tap_bytes.data(), spatial_taps,
+                                             tap_steps, f.b.get() + c0 * f.reduction, width, true, sums);
+          for (int64_t i = block * kPixelBlock; i < std::min(count, (block + 1) * kPixelBlock); ++i) {
+            WriteSumsAvx512(sums[i - block * kPixelBlock], alpha_sums[i], f.offset.data() + c0,
+                            std::min(width, per_group - c0), acc + (first + i) * s.out_depth + c0);
+          }
+        }
+        c0 += width;
+      }
+    }
+  });
+}
+
+}  // namespace
 
 void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
                               int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum) {
   const ConvShape& s = conv.shape;
   const int64_t pixels = pixel_end - pixel_begin;
   if (pixels <= 0) return;
+  if (plan.direct != nullptr) {
+    // The image serves the codes it was built from; for others (a plan reused), one for them.
+    std::unique_ptr<DirectImage> own;
+    if (plan.direct->input != conv.input) {
+      own = BuildDirectImage(conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes, parallel_for);
+    }
+    DirectConvAccumulate(conv, plan, own != nullptr ? *own : *plan.direct, pixel_begin, pixel_end, parallel_for, acc,
+                         act_sum);
+    return;
+  }
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   const PackedFilter& f = plan.filter;
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
@@ -508,9 +690,10 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
             Sums sums;  // set by the first chunk's kernel
             if (steps == 0) std::memset(sums, 0, sizeof(sums));  // no terms: nothing to multiply
             for (int64_t step = 0; step < steps; step += chunk_steps) {
-              kernels[vectors - 1](rows.data() + block * kPixelBlock * f.reduction, f.reduction,
-                                   group_b + c0 * f.reduction, width, step, std::min(steps, step + chunk_steps),
-                                   sums);
+              const uint8_t* block_rows[kPixelBlock];
+              for (int i = 0; i < kPixelBlock; ++i) block_rows[i] = rows.data() + (block * kPixelBlock + i) * f.reduction + step * 4;
+              kernels[vectors - 1](block_rows, &kNoOffset, 1, std::min(steps, step + chunk_steps) - step,
+                                   group_b + c0 * f.reduction + step * width * 4, width, step == 0, sums);
             }
             for (int i = 0; i < kPixelBlock; ++i) {
               const int64_t row = block * kPixelBlock + i;
