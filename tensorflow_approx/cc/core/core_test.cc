@@ -546,6 +546,45 @@ void TestDecomposedKernelMatchesReference() {
       }
     }
   }
+  // The direct path (ungrouped, cg a multiple of 4: the padded image, B tap-major, PackTermVbmi per spatial
+  // tap for whole blocks of 16 output channels; RandomCase's depths stay under 9 and its out_depth under
+  // 16): 16 and 32 channels, 32 output channels, SAME padding, strides 1 and 2 (output rows of 7 and 4
+  // pixels: blocks span rows), one and three terms, in two pixel ranges through one plan; then the plan
+  // with a second input (another buffer: its image is built again).
+  for (int64_t depth : {16, 32}) {
+    for (int terms : {1, 3}) {
+      for (int64_t stride : {1, 2}) {
+        const DecomposedTable t = MakeDecomposedTable(rng, terms, terms == 1);
+        ConvAttrs attrs;
+        attrs.strides = {1, stride, stride, 1};
+        attrs.dilations = {1, 1, 1, 1};
+        attrs.padding = Padding::kSame;
+        const int64_t in_dims[4] = {2, 7, 7, depth}, f_dims[4] = {3, 3, depth, 32};
+        ConvShape s;
+        const std::string error = ComputeConvShape(in_dims, f_dims, attrs, &s);
+        EXPECT(error.empty(), "%s", error.c_str());
+        std::vector<uint8_t> input(s.input_elements()), second(s.input_elements()), filter(s.filter_elements());
+        for (auto& v : input) v = static_cast<uint8_t>(rng());
+        for (auto& v : second) v = static_cast<uint8_t>(rng());
+        for (auto& v : filter) v = static_cast<uint8_t>(rng());
+        const uint8_t zero_code = static_cast<uint8_t>(rng());
+        const QuantizedConv conv{s, input.data(), filter.data(), zero_code, t.lut.data()};
+        const QuantizedConv conv2{s, second.data(), filter.data(), zero_code, t.lut.data()};
+        const int64_t pixels = s.out_pixels(), split = pixels / 3;
+        const auto plan = PrepareDecomposed(conv, t.d, ThreadedFor(2));
+        for (const QuantizedConv* c : {&conv, &conv2}) {
+          std::vector<int64_t> ref_acc(pixels * s.out_depth), ref_sum(pixels);
+          ReferenceConvAccumulate(*c, 0, pixels, ref_acc.data(), ref_sum.data());
+          std::vector<int64_t> acc(pixels * s.out_depth, -7), sum(pixels, -7);
+          DecomposedConvAccumulate(*c, *plan, 0, split, ThreadedFor(2), acc.data(), sum.data());
+          DecomposedConvAccumulate(*c, *plan, split, pixels, ThreadedFor(2), acc.data() + split * s.out_depth,
+                                   sum.data() + split);
+          EXPECT(acc == ref_acc && sum == ref_sum, "decomposed direct path, %lld channels, %d terms, stride %lld%s",
+                 (long long)depth, terms, (long long)stride, c == &conv ? "" : ", plan reused for another input");
+        }
+      }
+    }
+  }
   // Reductions past the 65536 entries whose 32-bit sums are exact, every product at its largest: the
   // chunks must add in 64 bits. One output pixel, 3 * 12000 taps x 2 terms = 72000 entries.
   const DecomposedTable t = MakeDecomposedTable(rng, 2, false, true);
