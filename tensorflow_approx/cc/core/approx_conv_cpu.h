@@ -182,7 +182,15 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     if (kernel == CpuKernel::kReference) {
       ReferenceConvAccumulate(conv, begin, end, acc.data(), act_sum.data());
     } else if (plan != nullptr) {
-      DecomposedConvAccumulate(conv, *plan, begin, end, parallel_for, acc.data(), act_sum.data());
+      // float32 NHWC with one group: the decomposed kernel's direct path writes the outputs itself.
+      FloatOutputs outputs;
+      if constexpr (std::is_same<T, float>::value) {
+        if (rows != nullptr && groups == 1) outputs = FloatOutputs{rows.get(), output + begin * s.out_depth};
+      }
+      if (DecomposedConvAccumulate(conv, *plan, begin, end, parallel_for, acc.data(), act_sum.data(),
+                                   outputs.rows != nullptr ? &outputs : nullptr)) {
+        continue;
+      }
     } else {
       CpuConvAccumulate(conv, begin, end, parallel_for, acc.data(), act_sum.data());
     }

@@ -32,14 +32,14 @@ inline float DequantizeOne(const DequantizeRows& r, int64_t co, int64_t acc, int
 }
 
 // Channels co .. co + n - 1 of `pixels` pixels, pixel p's sums at acc + p * stride, its outputs at
-// out + p * stride and its code sum at act_sum[p * act_sum_stride]: the products and the three
+// out + p * out_stride and its code sum at act_sum[p * act_sum_stride]: the products and the three
 // additions in DequantizeTerms' order, 16 channels a vector (vcvtqq2ps rounds as the scalar
 // conversion does; a last partial vector masked, its lanes the same operations). Each vector of
 // channels takes its terms into registers once for all the pixels (reloaded for each pixel, they
 // cost as much as the arithmetic): callers pass a few pixels at a time, whose sums stay in cache.
 TFAPPROX_AVX512DQ void DequantizeTileAvx512(const DequantizeRows& r, int64_t co, int64_t n, int64_t pixels,
                                             int64_t stride, const int64_t* acc, const int64_t* act_sum,
-                                            int64_t act_sum_stride, float* out) {
+                                            int64_t act_sum_stride, float* out, int64_t out_stride) {
   for (int64_t j = 0; j < n; j += 16) {
     const int64_t c = co + j;
     const __mmask16 m = n - j >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - j)) - 1);
@@ -64,7 +64,7 @@ TFAPPROX_AVX512DQ void DequantizeTileAvx512(const DequantizeRows& r, int64_t co,
       __m512 v = _mm512_add_ps(_mm512_mul_ps(acc_scale, acc_value), _mm512_mul_ps(act_sum_scale, act_value));
       v = _mm512_add_ps(v, filter_term);
       v = _mm512_add_ps(v, constant);
-      _mm512_mask_storeu_ps(out + p * stride + j, m, v);
+      _mm512_mask_storeu_ps(out + p * out_stride + j, m, v);
     }
   }
 }
@@ -75,7 +75,7 @@ constexpr int64_t kDequantizeTilePixels = 16;
 
 void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int64_t* acc, int64_t act_sum, float* out,
                    bool portable) {
-  if (!portable && HasAvx512Dq()) return DequantizeTileAvx512(rows, co, n, 1, n, acc, &act_sum, 1, out);
+  if (!portable && HasAvx512Dq()) return DequantizeTileAvx512(rows, co, n, 1, n, acc, &act_sum, 1, out, n);
   for (int64_t j = 0; j < n; ++j) out[j] = DequantizeOne(rows, co + j, acc[j], act_sum);
 }
 
@@ -85,11 +85,17 @@ void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t*
   if (!portable && HasAvx512Dq()) {
     for (int64_t p = 0; p < pixels; p += kDequantizeTilePixels) {
       DequantizeTileAvx512(rows, 0, n, std::min(kDequantizeTilePixels, pixels - p), n, acc + p * n, act_sum + p, 1,
-                           out + p * n);
+                           out + p * n, n);
     }
     return;
   }
   for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, 0, n, acc + p * n, act_sum[p], out + p * n, true);
+}
+
+void DequantizeBlock(const DequantizeRows& rows, int64_t co, int64_t n, int64_t pixels, const int64_t* acc,
+                     int64_t acc_stride, const int64_t* act_sum, float* out, int64_t out_stride) {
+  if (HasAvx512Dq()) return DequantizeTileAvx512(rows, co, n, pixels, acc_stride, acc, act_sum, 1, out, out_stride);
+  for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, co, n, acc + p * acc_stride, act_sum[p], out + p * out_stride, true);
 }
 
 }  // namespace tfapprox

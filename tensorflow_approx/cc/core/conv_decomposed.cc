@@ -581,7 +581,7 @@ namespace {
 // of up to kPixelBlock pixels of one output row.
 void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, const DirectImage& m,
                           int64_t pixel_begin, int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc,
-                          int64_t* act_sum) {
+                          int64_t* act_sum, const FloatOutputs* outputs) {
   const ConvShape& s = conv.shape;
   const PackedFilter& f = plan.filter;
   const int64_t pixels = pixel_end - pixel_begin, per_group = s.out_depth_per_group();
@@ -623,9 +623,20 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           Sums sums;
           kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, m.tap_bytes.data(), spatial_taps,
                                              tap_steps, f.b.get() + c0 * f.reduction, width, true, sums);
-          for (int64_t i = block * kPixelBlock; i < std::min(count, (block + 1) * kPixelBlock); ++i) {
-            WriteSumsAvx512(sums[i - block * kPixelBlock], alpha_sums[i], f.offset.data() + c0,
-                            std::min(width, per_group - c0), acc + (first + i) * s.out_depth + c0);
+          const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;
+          const int64_t real_width = std::min(width, per_group - c0);
+          if (outputs != nullptr) {  // the block's sums, then its outputs
+            int64_t block_acc[kPixelBlock][kPanel];
+            for (int64_t i = 0; i < n; ++i) {
+              WriteSumsAvx512(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width, block_acc[i]);
+            }
+            DequantizeBlock(*outputs->rows, c0, real_width, n, block_acc[0], kPanel, act_sum + first + i0,
+                            outputs->out + (first + i0) * s.out_depth + c0, s.out_depth);
+            continue;
+          }
+          for (int64_t i = 0; i < n; ++i) {
+            WriteSumsAvx512(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width,
+                            acc + (first + i0 + i) * s.out_depth + c0);
           }
         }
         c0 += width;
@@ -636,11 +647,12 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
 
 }  // namespace
 
-void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
-                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum) {
+bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                              const FloatOutputs* outputs) {
   const ConvShape& s = conv.shape;
   const int64_t pixels = pixel_end - pixel_begin;
-  if (pixels <= 0) return;
+  if (pixels <= 0) return outputs != nullptr && plan.direct != nullptr;
   if (plan.direct != nullptr) {
     // The image serves the codes it was built from; for others (a plan reused), one for them.
     std::unique_ptr<DirectImage> own;
@@ -648,8 +660,8 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
       own = BuildDirectImage(conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes, parallel_for);
     }
     DirectConvAccumulate(conv, plan, own != nullptr ? *own : *plan.direct, pixel_begin, pixel_end, parallel_for, acc,
-                         act_sum);
-    return;
+                         act_sum, outputs);
+    return outputs != nullptr;
   }
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   const PackedFilter& f = plan.filter;
@@ -709,6 +721,7 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
       }
     }
   });
+  return false;
 }
 
 void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,

@@ -118,10 +118,20 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
 // once into a padded image), the codes conv.input holds; it serves every range of that convolution, and
 // for another conv.input the image is built again per call. `d` need not outlive it.
 struct DecomposedPlan;
+struct DequantizeRows;
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
                                                         const ParallelFor& parallel_for, bool portable = false);
-void DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
-                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum);
+// With `outputs` (float32 NHWC, one group), the direct path dequantizes each block's sums as it finishes
+// them (DequantizeBlock) into outputs->out (pixel pixel_begin's outputs first) and writes no acc: the
+// int64 sums of a 16->16 layer were 8 MB written and read again per call. Returns whether it did; else
+// acc holds the sums as without `outputs`. act_sum is written either way.
+struct FloatOutputs {
+  const DequantizeRows* rows = nullptr;
+  float* out = nullptr;
+};
+bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
+                              int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                              const FloatOutputs* outputs = nullptr);
 // "avx512vnni-decomposed" or "decomposed-portable".
 const char* DecomposedKernelName(bool portable = false);
 // Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI).
@@ -197,6 +207,10 @@ void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int6
 // acc + p * out_depth and out + p * out_depth, its activation code sum act_sum[p].
 void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t* acc, const int64_t* act_sum,
                       float* out, bool portable = false);
+// DequantizeRow for channels co .. co + n - 1 of `pixels` pixels, pixel p's sums at acc + p * acc_stride,
+// its code sum act_sum[p], its outputs at out + p * out_stride.
+void DequantizeBlock(const DequantizeRows& rows, int64_t co, int64_t n, int64_t pixels, const int64_t* acc,
+                     int64_t acc_stride, const int64_t* act_sum, float* out, int64_t out_stride);
 
 }  // namespace tfapprox
 

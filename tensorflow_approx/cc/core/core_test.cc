@@ -644,6 +644,43 @@ void TestPipelineKernelsAgree() {
                      fast.data(), CpuKernel::kFast);
     EXPECT(ref == fast, "pipeline outputs differ: %s", c.name.c_str());
   }
+  // With a decomposition, on shapes where PreferDecomposed takes it (RandomCase's are too small): the
+  // direct path's outputs written by the kernel itself (float32 NHWC: FloatOutputs), its int64 sums
+  // dequantized by the pipeline otherwise (double, NCHW), and the gather path (two groups).
+  for (int iter = 0; iter < 12; ++iter) {
+    const int64_t depth = iter % 3 == 2 ? 32 : 16, groups = iter % 4 == 3 ? 2 : 1, terms = 1 + iter % 3;
+    const DecomposedTable t = MakeDecomposedTable(rng, static_cast<int>(terms), terms == 1);
+    ConvAttrs attrs;
+    const int64_t stride = 1 + iter % 2;
+    attrs.data_format = iter % 5 == 4 ? DataFormat::kNCHW : DataFormat::kNHWC;
+    attrs.strides = attrs.data_format == DataFormat::kNCHW ? std::vector<int64_t>{1, 1, stride, stride}
+                                                           : std::vector<int64_t>{1, stride, stride, 1};
+    attrs.dilations = {1, 1, 1, 1};
+    attrs.padding = Padding::kSame;
+    const int64_t in_dims[4] = {2, 9, 11, depth * groups}, f_dims[4] = {3, 3, depth, 32};
+    int64_t dims[4];
+    std::copy(in_dims, in_dims + 4, dims);
+    if (attrs.data_format == DataFormat::kNCHW) dims[1] = in_dims[3], dims[2] = in_dims[1], dims[3] = in_dims[2];
+    ConvShape s;
+    const std::string error = ComputeConvShape(dims, f_dims, attrs, &s);
+    EXPECT(error.empty(), "%s", error.c_str());
+    EXPECT(PreferDecomposed(s, static_cast<int>(terms)), "the decomposed kernel should run on %lld channels",
+           (long long)depth);
+    std::vector<T> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : input) v = static_cast<T>(normal(rng));
+    for (auto& v : filter) v = static_cast<T>(0.3f * normal(rng));
+    QuantParams in_q, f_q;
+    EXPECT(MakeQuantParams(-1.5f, 2.f, 8, "a", "b", &in_q).empty(), "range");
+    EXPECT(MakeQuantParams(-0.7f, 0.5f, 8, "a", "b", &f_q).empty(), "range");
+    std::vector<T> ref(s.output_elements(), T(-123)), fast(s.output_elements(), T(-456));
+    ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, t.lut.data(), SerialFor(), ref.data(),
+                     CpuKernel::kReference);
+    ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, t.lut.data(), ThreadedFor(2), fast.data(),
+                     CpuKernel::kFast, 0, &t.d);
+    EXPECT(ref == fast, "pipeline outputs differ with the decomposition: %lld channels x %lld groups, %lld terms, "
+           "stride %lld, %s", (long long)depth, (long long)groups, (long long)terms, (long long)stride,
+           attrs.data_format == DataFormat::kNCHW ? "NCHW" : "NHWC");
+  }
 }
 
 // The whole op in double with both ranges [0, 255] (scale 1, zero point 0): every output is its
