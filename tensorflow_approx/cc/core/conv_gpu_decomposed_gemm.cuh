@@ -24,6 +24,14 @@ __device__ __forceinline__ void CopyChunkAsync(uint32_t dst, const void* src, bo
                "r"(fill ? 16 : 0)
                : "memory");
 }
+// The same through L1 (.ca), for A's chunks where the tile leaves L1 room (DecomposedGemmKernel's
+// kCacheA): a block reads each plane chunk again at the neighbouring taps (pixel p at tap (kh, kw + 1) is
+// pixel p + 1 at (kh, kw)), from L1 instead of L2.
+__device__ __forceinline__ void CopyChunkAsyncL1(uint32_t dst, const void* src, bool fill) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(__cvta_generic_to_global(src)),
+               "r"(fill ? 16 : 0)
+               : "memory");
+}
 __device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most `kPending` committed groups of this thread's copies are still in flight.
 template <int kPending>
@@ -160,6 +168,12 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // kInFlight + 1 before the current, which every warp has finished with by the current barrier.
   constexpr int kInFlight = GemmMmaInFlight<kWgmma, STAGES>();
   constexpr int kPrefetch = STAGES - 1 - kInFlight;
+  // A's copies through L1 for the mma.sync tiles of 64-byte stages, whose shared memory leaves L1 room.
+  // H200, --decomposed-phases, A/B in one lease (seeds 651-652): their GEMMs 1.3-2.4x faster on ResNet-20's
+  // layers at batch 1000 (16->16 with 16 terms 784 -> 538 us, the stem 443 -> 187 us, 8x8 64->64 exact
+  // 34 -> 26 us) and even on 1x1 56x56 64->256; the wgmma tiles and 128x128k128 took 2-7% off the exact
+  // table's GEMMs but lost 3-6% with 16 terms (56x56 64->64 435 -> 455 us), so they keep .cg.
+  constexpr bool kCacheA = !kWgmma && BK == 64;
   using Real = typename RealOf<T>::type;
 
   // (Dynamic shared memory starts at offset 0 of the block's: aligned for 16-byte copies and ldmatrix,
@@ -267,7 +281,11 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
         src = inside ? args.planes + (a_slice[i] + tap_bytes) : zero_point_slice + a_j * kChunk;
         fill = true;
       }
-      CopyChunkAsync(a_base + StageOffset<BK>(row, load_col), src, fill);
+      if constexpr (kCacheA) {
+        CopyChunkAsyncL1(a_base + StageOffset<BK>(row, load_col), src, fill);
+      } else {
+        CopyChunkAsync(a_base + StageOffset<BK>(row, load_col), src, fill);
+      }
     }
     const int64_t b_offset = taps_inner ? static_cast<int64_t>(a_kh * g.filter_w + a_kw) * l.slice_bytes +
                                               (a_j - load_col) * kChunk
