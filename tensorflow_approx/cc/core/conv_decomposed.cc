@@ -445,7 +445,8 @@ constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at
 // those of the zero code), with each pixel's code and alpha sums beside it; the micro-kernel then reads a
 // block's rows tap by tap straight from the image (MicroKernelVnni's runs), and a pixel's patch sums are
 // its taps' sums added. B's reduction is tap-major to match (PackFilter). Built by PrepareDecomposed for
-// the input conv.input points to then; DecomposedConvAccumulate takes it only for that input.
+// the input conv.input points to then; DecomposedConvAccumulate builds another for a call whose conv.input
+// is another buffer.
 struct DirectImage {
   const uint8_t* input = nullptr;   // the codes it was built from
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
@@ -578,7 +579,8 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
 namespace {
 
 // DecomposedConvAccumulate's direct path (DirectImage): tiles of kTile pixels in parallel, each in blocks
-// of up to kPixelBlock pixels of one output row.
+// of kPixelBlock consecutive pixels (the last one of a tile partial), with acc or, given `outputs`, the
+// float32 outputs written block by block.
 void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, const DirectImage& m,
                           int64_t pixel_begin, int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc,
                           int64_t* act_sum, const FloatOutputs* outputs) {
