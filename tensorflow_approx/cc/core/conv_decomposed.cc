@@ -547,11 +547,18 @@ struct DecomposedPlan {
 // four (too close to call), so up to three terms there. Not re-measured, so still excluded: 1x1 layers
 // of 16-64 taps (even or slower before), and more than 8 terms (the lookups' cost does not grow with
 // terms).
+// Re-measured with the direct path (68b0b4b; this machine, one thread, plan included, a driver calling
+// CpuConvAccumulate and DecomposedConvAccumulate interleaved, medians of 7, random decompositions), the
+// speed-up over the lookups by terms 1..8: 3x3 32x32 16->16 N=16 2.0 2.1 1.7 1.6 1.0 1.2 1.0 0.9; 16x16
+// 32->32 N=32 4.3 3.1 2.3 1.7 1.4 1.1 1.1 0.9; 8x8 64->64 N=64 5.2 3.3 2.4 1.9 1.5 1.2 1.1 1.0; 3x3 s2
+// 16->32 N=16 1.4 1.9 1.3 1.1 1.0 0.9 0.8 0.7. So groups of 16-31 channels now take up to four terms, and
+// five terms run from 288 taps; eight terms at 512+ taps stay as measured on the big layers above (on
+// 8x8 64->64 they are even with the lookups, 0.97x).
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
   if (!HasVnni() || per_group < 16 || taps < 128) return false;
-  if (per_group < 32) return terms <= 3;
-  return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || taps >= 512);
+  if (per_group < 32) return terms <= 4;
+  return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms == 5 && taps >= 288) || taps >= 512);
 }
 
 const char* DecomposedKernelName(bool portable) {
