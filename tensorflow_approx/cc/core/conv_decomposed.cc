@@ -594,7 +594,12 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   const ConvShape& s = conv.shape;
   const PackedFilter& f = plan.filter;
   const int64_t pixels = pixel_end - pixel_begin, per_group = s.out_depth_per_group();
-  const int64_t spatial_taps = s.filter_h * s.filter_w, tap_steps = m.pixel_bytes / 4;
+  const int64_t spatial_taps = s.filter_h * s.filter_w, tap_steps = m.pixel_bytes / 4, taps = s.taps();
+  const AlphaPlanes& alpha = plan.alpha_planes;
+  const bool affine = alpha.count == 0;
+  // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
+  const int64_t* code_sums = m.code_sums.data();
+  const int64_t* tap_pixels = m.tap_pixels.data();
   decltype(&MicroKernelVnni<1>) kernels[kMaxVectors] = {MicroKernelVnni<1>, MicroKernelVnni<2>, MicroKernelVnni<3>,
                                                          MicroKernelVnni<4>};
   const int64_t tiles = (pixels + kTile - 1) / kTile;
@@ -612,9 +617,14 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       for (int64_t i = 0; i < count; ++i) {
         const int64_t at = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
         int64_t codes = 0, alphas = 0;
-        for (int64_t t = 0; t < spatial_taps; ++t) {
-          codes += m.code_sums[at + m.tap_pixels[t]];
-          alphas += m.alpha_sums[at + m.tap_pixels[t]];
+        if (affine) {  // alpha's sum follows from the codes' (AlphaPlanes): half the loads
+          for (int64_t t = 0; t < spatial_taps; ++t) codes += code_sums[at + tap_pixels[t]];
+          alphas = alpha.base * taps + alpha.slope * codes;
+        } else {
+          for (int64_t t = 0; t < spatial_taps; ++t) {
+            codes += code_sums[at + tap_pixels[t]];
+            alphas += m.alpha_sums[at + tap_pixels[t]];
+          }
         }
         act_sum[first + i] = codes;
         alpha_sums[i] = alphas;
