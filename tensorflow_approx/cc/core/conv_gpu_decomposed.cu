@@ -140,7 +140,7 @@ std::string WgmmaAvailable() {
 
 // Planes (the input's int8 terms, Layout items x slice_bytes) of at least this many bytes are far past the
 // H200's 50 MB L2: whatever a tile streams between two reads of the same plane bytes comes from DRAM again.
-// Both the K order (ChooseGpuKOrder) and the 256-row tile (ChooseTile) pay off only there.
+// The 256-row tile (ChooseTile) pays off only there (the K order from less: ChooseGpuKOrder).
 constexpr int64_t kPlanesPastL2Bytes = int64_t{192} << 20;
 int64_t PlanesBytes(const Layout& l) { return l.items * l.slice_bytes; }
 
@@ -279,9 +279,16 @@ const char* GpuKOrderName(GpuKOrder order) {
 // and where the planes are far past the L2 (205 MB, 56x56 64->64 with 16 terms: 15%); elsewhere it was
 // even or lost, by up to 26% on 7x7 512->512 (slices of 2-8 KB, planes of 6-25 MB that stay in L2 in
 // either order) and 9-13% on the ResNet-20 layers with slices of 512 bytes to 1 KB.
+// Re-measured after A's copies through L1 (5ca4f19; --decomposed-orders --runs 5, seeds 670 and 671): taps
+// inner also led on 28x28 128->128 with 16 terms (planes of 103 MB: 21.7 T against 18.3 T, then 21.7 T
+// against 21.0 T), ResNet-20's 16x16 32->32 and 8x8 64->64 with 16 terms (131 and 65.5 MB: 5% both runs;
+// 9% and 3%), and lost where the planes fit the H200's 50 MB L2 (14x14 256->256 with 16 terms, 51 MB: 4-5%;
+// 8x8 64->64 with 8 terms, 33 MB: 4%). So planes of 56 MiB (59 MB) or more take taps inner
+// (kKOrderPlanesBytes), whatever the slice: the line between 51 and 65.5 MB.
+constexpr int64_t kKOrderPlanesBytes = int64_t{56} << 20;
 GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms) {
   const Layout l = MakeLayout(s, terms);
-  return l.slice_bytes <= 256 || PlanesBytes(l) >= kPlanesPastL2Bytes ? GpuKOrder::kTapsInner : GpuKOrder::kTapsOuter;
+  return l.slice_bytes <= 256 || PlanesBytes(l) >= kKOrderPlanesBytes ? GpuKOrder::kTapsInner : GpuKOrder::kTapsOuter;
 }
 
 const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
