@@ -31,14 +31,14 @@ inline float DequantizeOne(const DequantizeRows& r, int64_t co, int64_t acc, int
          r.act_sum_scale[co] * static_cast<float>(act_sum - r.act_sum_offset[co]) + r.filter_term[co] + r.constant[co];
 }
 
-// Channels co .. co + n - 1 of `pixels` pixels, pixel p's sums at acc + p * stride, its outputs at
+// Channels co .. co + n - 1 of `pixels` pixels, pixel p's sums at acc + p * acc_stride, its outputs at
 // out + p * out_stride and its code sum at act_sum[p * act_sum_stride]: the products and the three
 // additions in DequantizeTerms' order, 16 channels a vector (vcvtqq2ps rounds as the scalar
 // conversion does; a last partial vector masked, its lanes the same operations). Each vector of
 // channels takes its terms into registers once for all the pixels (reloaded for each pixel, they
 // cost as much as the arithmetic): callers pass a few pixels at a time, whose sums stay in cache.
 TFAPPROX_AVX512DQ void DequantizeTileAvx512(const DequantizeRows& r, int64_t co, int64_t n, int64_t pixels,
-                                            int64_t stride, const int64_t* acc, const int64_t* act_sum,
+                                            int64_t acc_stride, const int64_t* acc, const int64_t* act_sum,
                                             int64_t act_sum_stride, float* out, int64_t out_stride) {
   for (int64_t j = 0; j < n; j += 16) {
     const int64_t c = co + j;
@@ -53,7 +53,7 @@ TFAPPROX_AVX512DQ void DequantizeTileAvx512(const DequantizeRows& r, int64_t co,
     const __m512i act_sum_offset[2] = {_mm512_maskz_loadu_epi64(m0, &r.act_sum_offset[c]),
                                        _mm512_maskz_loadu_epi64(m1, &r.act_sum_offset[c] + 8)};
     for (int64_t p = 0; p < pixels; ++p) {
-      const int64_t* a = acc + p * stride + j;
+      const int64_t* a = acc + p * acc_stride + j;
       const __m512i act = _mm512_set1_epi64(act_sum[p * act_sum_stride]);
       const __m256 acc_lo = _mm512_cvtepi64_ps(_mm512_sub_epi64(_mm512_maskz_loadu_epi64(m0, a), acc_offset[0]));
       const __m256 acc_hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(_mm512_maskz_loadu_epi64(m1, a + 8), acc_offset[1]));
@@ -79,23 +79,21 @@ void DequantizeRow(const DequantizeRows& rows, int64_t co, int64_t n, const int6
   for (int64_t j = 0; j < n; ++j) out[j] = DequantizeOne(rows, co + j, acc[j], act_sum);
 }
 
+void DequantizeBlock(const DequantizeRows& rows, int64_t co, int64_t n, int64_t pixels, const int64_t* acc,
+                     int64_t acc_stride, const int64_t* act_sum, float* out, int64_t out_stride, bool portable) {
+  if (!portable && HasAvx512Dq()) {
+    return DequantizeTileAvx512(rows, co, n, pixels, acc_stride, acc, act_sum, 1, out, out_stride);
+  }
+  for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, co, n, acc + p * acc_stride, act_sum[p], out + p * out_stride, true);
+}
+
 void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t* acc, const int64_t* act_sum,
                       float* out, bool portable) {
   const int64_t n = static_cast<int64_t>(rows.acc_scale.size());
-  if (!portable && HasAvx512Dq()) {
-    for (int64_t p = 0; p < pixels; p += kDequantizeTilePixels) {
-      DequantizeTileAvx512(rows, 0, n, std::min(kDequantizeTilePixels, pixels - p), n, acc + p * n, act_sum + p, 1,
-                           out + p * n, n);
-    }
-    return;
+  for (int64_t p = 0; p < pixels; p += kDequantizeTilePixels) {
+    DequantizeBlock(rows, 0, n, std::min(kDequantizeTilePixels, pixels - p), acc + p * n, n, act_sum + p, out + p * n, n,
+                    portable);
   }
-  for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, 0, n, acc + p * n, act_sum[p], out + p * n, true);
-}
-
-void DequantizeBlock(const DequantizeRows& rows, int64_t co, int64_t n, int64_t pixels, const int64_t* acc,
-                     int64_t acc_stride, const int64_t* act_sum, float* out, int64_t out_stride) {
-  if (HasAvx512Dq()) return DequantizeTileAvx512(rows, co, n, pixels, acc_stride, acc, act_sum, 1, out, out_stride);
-  for (int64_t p = 0; p < pixels; ++p) DequantizeRow(rows, co, n, acc + p * acc_stride, act_sum[p], out + p * out_stride, true);
 }
 
 }  // namespace tfapprox

@@ -418,6 +418,13 @@ void MicroKernelPortable(const uint8_t* const* rows, const int64_t* offsets, int
   }
 }
 
+// The micro-kernels by the vectors of channels they take (index NV - 1).
+using MicroKernel = decltype(&MicroKernelPortable<1>);
+constexpr MicroKernel kVnniKernels[kMaxVectors] = {MicroKernelVnni<1>, MicroKernelVnni<2>, MicroKernelVnni<3>,
+                                                   MicroKernelVnni<4>};
+constexpr MicroKernel kPortableKernels[kMaxVectors] = {MicroKernelPortable<1>, MicroKernelPortable<2>,
+                                                       MicroKernelPortable<3>, MicroKernelPortable<4>};
+
 // out[c] = sums[c] + alpha_sum + offset[c] for c < n: one pixel's sums in a panel, into acc.
 void WriteSumsPortable(const int64_t* sums, int64_t alpha_sum, const int64_t* offset, int64_t n, int64_t* out) {
   for (int64_t c = 0; c < n; ++c) out[c] = sums[c] + alpha_sum + offset[c];
@@ -600,8 +607,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
   const int64_t* code_sums = m.code_sums.data();
   const int64_t* tap_pixels = m.tap_pixels.data();
-  decltype(&MicroKernelVnni<1>) kernels[kMaxVectors] = {MicroKernelVnni<1>, MicroKernelVnni<2>, MicroKernelVnni<3>,
-                                                         MicroKernelVnni<4>};
+  const MicroKernel* kernels = kVnniKernels;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
   parallel_for(tiles, kTile * f.reduction * f.channels / 16 + 1, [&](int64_t begin, int64_t end) {
     // A tile's pixels: each one's image pixel at tap (0, 0) and sums; then the panels of B outer and the
@@ -686,13 +692,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
   const PackedFilter& f = plan.filter;
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
   const bool fast = plan.fast;
-  // Micro-kernels by the vectors of channels they take (index NV - 1).
-  decltype(&MicroKernelPortable<1>) kernels[kMaxVectors] = {MicroKernelPortable<1>, MicroKernelPortable<2>,
-                                                             MicroKernelPortable<3>, MicroKernelPortable<4>};
-  if (fast) {
-    kernels[0] = MicroKernelVnni<1>, kernels[1] = MicroKernelVnni<2>;
-    kernels[2] = MicroKernelVnni<3>, kernels[3] = MicroKernelVnni<4>;
-  }
+  const MicroKernel* kernels = fast ? kVnniKernels : kPortableKernels;
   const CopyTaps copy = fast ? CopyTapsAvx512 : CopyTapsPortable;
   const auto translate = fast ? TranslateVbmi : TranslatePortable;
   const auto sum_codes = fast ? SumsVbmi : SumsPortable;

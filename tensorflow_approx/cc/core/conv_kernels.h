@@ -210,7 +210,7 @@ void DequantizePixels(const DequantizeRows& rows, int64_t pixels, const int64_t*
 // DequantizeRow for channels co .. co + n - 1 of `pixels` pixels, pixel p's sums at acc + p * acc_stride,
 // its code sum act_sum[p], its outputs at out + p * out_stride.
 void DequantizeBlock(const DequantizeRows& rows, int64_t co, int64_t n, int64_t pixels, const int64_t* acc,
-                     int64_t acc_stride, const int64_t* act_sum, float* out, int64_t out_stride);
+                     int64_t acc_stride, const int64_t* act_sum, float* out, int64_t out_stride, bool portable = false);
 
 }  // namespace tfapprox
 
