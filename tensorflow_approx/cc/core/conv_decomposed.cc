@@ -469,6 +469,16 @@ bool DirectApplies(const ConvShape& s, int terms, bool fast) {
   return fast && s.groups() == 1 && s.filter_depth % 4 == 0 && s.taps() * terms <= kChunk;
 }
 
+// out[c] = sum of rows[j][c] over j < count, for c < n.
+TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int64_t n, int64_t* out) {
+  for (int64_t c = 0; c < n; c += 8) {
+    const __mmask8 valid = static_cast<__mmask8>(n - c >= 8 ? 0xff : (1u << (n - c)) - 1);
+    __m512i sum = _mm512_maskz_loadu_epi64(valid, rows[0] + c);
+    for (int64_t j = 1; j < count; ++j) sum = _mm512_add_epi64(sum, _mm512_maskz_loadu_epi64(valid, rows[j] + c));
+    _mm512_mask_storeu_epi64(out + c, valid, sum);
+  }
+}
+
 // The padded image of conv.input's codes (VNNI: TranslateVbmi, SumsVbmi), in parallel over its rows.
 std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
                                               const int32_t* alpha, const AlphaPlanes& alpha_planes,
@@ -615,30 +625,37 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     // row would leave blocks mostly empty), so a panel is read from cache by every block of the tile.
     // Rows past the tile's pixels repeat its last one (their sums are dropped).
     const uint8_t* pixel_rows[kTile];
-    int64_t alpha_sums[kTile];
+    int64_t at[kTile], alpha_sums[kTile];
+    std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
       const int64_t p = pixel_begin + first;
       int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t at = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
-        int64_t codes = 0, alphas = 0;
-        if (affine) {  // alpha's sum follows from the codes' (AlphaPlanes): half the loads
-          for (int64_t t = 0; t < spatial_taps; ++t) codes += code_sums[at + tap_pixels[t]];
-          alphas = alpha.base * taps + alpha.slope * codes;
-        } else {
-          for (int64_t t = 0; t < spatial_taps; ++t) {
-            codes += code_sums[at + tap_pixels[t]];
-            alphas += m.alpha_sums[at + tap_pixels[t]];
-          }
-        }
-        act_sum[first + i] = codes;
-        alpha_sums[i] = alphas;
-        pixel_rows[i] = m.bytes.data() + at * m.pixel_bytes;
+        at[i] = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
+        pixel_rows[i] = m.bytes.data() + at[i] * m.pixel_bytes;
         if (++ow == s.out_w) {
           ow = 0;
           if (++oh == s.out_h) oh = 0, ++n;
         }
+      }
+      // The patch sums: its taps' pixel sums added. Where consecutive pixels' patches start at consecutive
+      // image pixels (along an output row with stride 1), a run of them takes vectors of 8 sums per tap;
+      // pixel by pixel, the scalar loads and adds were a fifth of the op on ResNet-20's 16->16 layer.
+      for (int64_t i = 0; i < count;) {
+        int64_t run = 1;
+        while (s.stride_w == 1 && i + run < count && at[i + run] == at[i] + run) ++run;
+        for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = code_sums + at[i] + tap_pixels[t];
+        AddRowsAvx512(tap_sums.data(), spatial_taps, run, act_sum + first + i);
+        if (!affine) {
+          for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = m.alpha_sums.data() + at[i] + tap_pixels[t];
+          AddRowsAvx512(tap_sums.data(), spatial_taps, run, alpha_sums + i);
+        }
+        i += run;
+      }
+      // An affine alpha's sum follows from the codes' (AlphaPlanes): half the loads.
+      if (affine) {
+        for (int64_t i = 0; i < count; ++i) alpha_sums[i] = alpha.base * taps + alpha.slope * act_sum[first + i];
       }
       const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
       for (int64_t i = count; i < blocks * kPixelBlock; ++i) pixel_rows[i] = pixel_rows[count - 1];
