@@ -645,10 +645,14 @@ void TestPipelineKernelsAgree() {
     EXPECT(ref == fast, "pipeline outputs differ: %s", c.name.c_str());
   }
   // With a decomposition, on shapes where PreferDecomposed takes it (RandomCase's are too small): the
-  // direct path's outputs written by the kernel itself (float32 NHWC: FloatOutputs), its int64 sums
-  // dequantized by the pipeline otherwise (double, NCHW), and the gather path (two groups).
-  for (int iter = 0; iter < 12; ++iter) {
-    const int64_t depth = iter % 3 == 2 ? 32 : 16, groups = iter % 4 == 3 ? 2 : 1, terms = 1 + iter % 3;
+  // direct path's outputs written by the kernel itself (float32 NHWC: FloatOutputs) from int32 sums
+  // (BlockOutputs; a symmetric input for act_sum_offset) or, past int32's bounds (the last case: 36864
+  // reduction entries of the exact table), from int64 ones; its int64 sums dequantized by the pipeline
+  // otherwise (double, NCHW); and the gather path (two groups).
+  for (int iter = 0; iter < 13; ++iter) {
+    const bool wide = iter == 12;
+    const int64_t depth = wide ? 4096 : iter % 3 == 2 ? 32 : 16, groups = iter % 4 == 3 ? 2 : 1;
+    const int64_t terms = wide ? 1 : 1 + iter % 3;
     const DecomposedTable t = MakeDecomposedTable(rng, static_cast<int>(terms), terms == 1);
     ConvAttrs attrs;
     const int64_t stride = 1 + iter % 2;
@@ -658,7 +662,9 @@ void TestPipelineKernelsAgree() {
     attrs.dilations = {1, 1, 1, 1};
     attrs.padding = Padding::kSame;
     // (The first iteration's 2 x 64 x 80 outputs are two of the pipeline's passes of 8192 pixels.)
-    const int64_t in_dims[4] = {2, iter == 0 ? 64 : 9, iter == 0 ? 80 : 11, depth * groups}, f_dims[4] = {3, 3, depth, 32};
+    const int64_t side = wide ? 3 : 9;
+    const int64_t in_dims[4] = {2, iter == 0 ? 64 : side, iter == 0 ? 80 : side + 2, depth * groups};
+    const int64_t f_dims[4] = {3, 3, depth, 32};
     int64_t dims[4];
     std::copy(in_dims, in_dims + 4, dims);
     if (attrs.data_format == DataFormat::kNCHW) dims[1] = in_dims[3], dims[2] = in_dims[1], dims[3] = in_dims[2];
@@ -668,10 +674,11 @@ void TestPipelineKernelsAgree() {
     EXPECT(PreferDecomposed(s, static_cast<int>(terms)), "the decomposed kernel should run on %lld channels",
            (long long)depth);
     std::vector<T> input(s.input_elements()), filter(s.filter_elements());
-    for (auto& v : input) v = static_cast<T>(normal(rng));
-    for (auto& v : filter) v = static_cast<T>(0.3f * normal(rng));
+    // (The wide case's codes are all 255: its sums, 36864 * 255 * 255, leave int32.)
+    for (auto& v : input) v = static_cast<T>(wide ? 2.f : normal(rng));
+    for (auto& v : filter) v = static_cast<T>(wide ? 0.5f : 0.3f * normal(rng));
     QuantParams in_q, f_q;
-    EXPECT(MakeQuantParams(-1.5f, 2.f, 8, "a", "b", &in_q).empty(), "range");
+    EXPECT(MakeQuantParams(-1.5f, 2.f, 8, "a", "b", &in_q, /*symmetric=*/iter % 4 == 1).empty(), "range");
     EXPECT(MakeQuantParams(-0.7f, 0.5f, 8, "a", "b", &f_q).empty(), "range");
     std::vector<T> ref(s.output_elements(), T(-123)), fast(s.output_elements(), T(-456));
     ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, t.lut.data(), SerialFor(), ref.data(),
