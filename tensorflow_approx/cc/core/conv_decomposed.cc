@@ -641,9 +641,19 @@ struct DecomposedPlan {
 // 16->32 N=16 1.4 1.9 1.3 1.1 1.0 0.9 0.8 0.7. So groups of 16-31 channels now take up to four terms, and
 // five terms run from 288 taps; eight terms at 512+ taps stay as measured on the big layers above (on
 // 8x8 64->64 they are even with the lookups, 0.97x).
+// Layers of 16-127 taps (1x1 filters) take the direct path since its outputs come from int32 sums
+// (BlockOutputs); `benchmarks/cpu_benchmark.py --decomposed` with 16-tap layers admitted, lookups /
+// decomposed ms by terms 1, 1, 2, 4: 1x1 56x56 64->256 N=8 16.0 / 5.6, 5.6, 6.8, 9.2; 1x1 16x16 16->16 N=8
+// 0.32-0.36 / 0.28, 0.28, 0.28, 0.32; with stride 2 (the image then holds the pixels the taps skip) 16x16
+// 32->64 N=64 0.73 / 0.58, 0.63, 0.68, 0.76 and 32x32 16->32 N=64 1.08 / 0.91, 1.02, 1.18, 1.32. So up to
+// three terms there with strides 1, one term otherwise.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
-  if (!HasVnni() || per_group < 16 || taps < 128) return false;
+  if (!HasVnni() || per_group < 16 || taps < 16) return false;
+  if (taps < 128) {
+    const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
+    return DirectApplies(shape, terms, true) && terms <= (strided ? 1 : 3);
+  }
   if (per_group < 32) return terms <= 4;
   return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms == 5 && taps >= 288) || taps >= 512);
 }

@@ -648,11 +648,11 @@ void TestPipelineKernelsAgree() {
   // direct path's outputs written by the kernel itself (float32 NHWC: FloatOutputs) from int32 sums
   // (BlockOutputs; a symmetric input for act_sum_offset) or, past int32's bounds (the last case: 36864
   // reduction entries of the exact table), from int64 ones; its int64 sums dequantized by the pipeline
-  // otherwise (double, NCHW); and the gather path (two groups).
-  for (int iter = 0; iter < 13; ++iter) {
-    const bool wide = iter == 12;
+  // otherwise (double, NCHW); the gather path (two groups); 1x1 filters (the last two cases).
+  for (int iter = 0; iter < 15; ++iter) {
+    const bool wide = iter == 12, pointwise = iter >= 13;
     const int64_t depth = wide ? 4096 : iter % 3 == 2 ? 32 : 16, groups = iter % 4 == 3 ? 2 : 1;
-    const int64_t terms = wide ? 1 : 1 + iter % 3;
+    const int64_t terms = wide || iter == 13 ? 1 : 1 + iter % 3;
     const DecomposedTable t = MakeDecomposedTable(rng, static_cast<int>(terms), terms == 1);
     ConvAttrs attrs;
     const int64_t stride = 1 + iter % 2;
@@ -664,7 +664,7 @@ void TestPipelineKernelsAgree() {
     // (The first iteration's 2 x 64 x 80 outputs are two of the pipeline's passes of 8192 pixels.)
     const int64_t side = wide ? 3 : 9;
     const int64_t in_dims[4] = {2, iter == 0 ? 64 : side, iter == 0 ? 80 : side + 2, depth * groups};
-    const int64_t f_dims[4] = {3, 3, depth, 32};
+    const int64_t k = pointwise ? 1 : 3, f_dims[4] = {k, k, depth, 32};
     int64_t dims[4];
     std::copy(in_dims, in_dims + 4, dims);
     if (attrs.data_format == DataFormat::kNCHW) dims[1] = in_dims[3], dims[2] = in_dims[1], dims[3] = in_dims[2];
