@@ -647,6 +647,13 @@ struct DecomposedPlan {
 // 0.32-0.36 / 0.28, 0.28, 0.28, 0.32; with stride 2 (the image then holds the pixels the taps skip) 16x16
 // 32->64 N=64 0.73 / 0.58, 0.63, 0.68, 0.76 and 32x32 16->32 N=64 1.08 / 0.91, 1.02, 1.18, 1.32. So up to
 // three terms there with strides 1, one term otherwise.
+// And with int32 outputs, 5-8 real tables through the op (ResNet-20 layers, N=64, the decomposed kernel
+// forced, alternated with conv2d, medians of 15, two runs), lookups / decomposed ms: 3x3 32x32 16->16
+// mul8u_125K (5 terms) 4.96 / 3.91 and 4.80 / 3.69, mul8u_18DU (6) 4.75 / 4.38 (and 1.14x in the other
+// run), mul8u_2P7 (7) 4.81 / 4.71 and 4.77 / 4.81, mul8u_GS2 (8) 4.85 / 5.19; 16x16 32->32 (288 taps) 5
+// terms 3.83 / 2.70 and 5.62 / 4.16, 6 terms 3.77 / 3.13 and 5.35 / 4.41, 7 terms 1.04-1.06x, 8 even; the
+// stride-2 16->32 (144 taps) 5 terms even, 6-8 slower. So groups of 16-31 channels take up to six terms,
+// and six terms run from 288 taps.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
   if (!HasVnni() || per_group < 16 || taps < 16) return false;
@@ -654,8 +661,8 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
     const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
     return DirectApplies(shape, terms, true) && terms <= (strided ? 1 : 3);
   }
-  if (per_group < 32) return terms <= 4;
-  return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms == 5 && taps >= 288) || taps >= 512);
+  if (per_group < 32) return terms <= 6;
+  return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms <= 6 && taps >= 288) || taps >= 512);
 }
 
 const char* DecomposedKernelName(bool portable) {
