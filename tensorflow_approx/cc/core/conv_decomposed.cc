@@ -350,8 +350,9 @@ using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
 // vectors in memory even once its loops are unrolled, every vpdpbusd then waiting on a store and a
 // reload (the 8 x 2 kernel this replaced ran at a fraction of vpdpbusd's rate for that reason).
 //
-// With `outputs` (the direct path's float32 outputs, where Int32Outputs holds) the tile's outputs are
-// written from its int32 sums in registers (StoreOutputsVnni) instead of its int64 sums.
+// With `outputs` (the direct path's float32 outputs, where their integers fit in int32: see
+// DirectConvAccumulate) the tile's outputs are written from its int32 sums in registers
+// (StoreOutputsVnni) instead of its int64 sums.
 struct BlockOutputs;
 template <int NV>
 TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMaxVectors], const BlockOutputs& o);
@@ -425,10 +426,10 @@ TFAPPROX_VNNI void MicroKernelOutputsVnni(const uint8_t* const* rows, const int6
 // What StoreOutputsVnni needs to write a block's float32 outputs straight from its int32 sums: output
 // (i, c) = acc_scale[c] * float(sum + pixel_add[i] + channel_add[c]) + act_sum_scale[c] * float(act[i] -
 // channel_act[c]) + filter_term[c] + constant[c], DequantizeBlock's float operations in its order. The two
-// integers are acc - acc_offset and act_sum - act_sum_offset; where Int32Outputs holds they fit in int32, so
-// the int32 arithmetic (modulo 2^32) gives them exactly and converts them to the same floats as
-// DequantizeBlock's int64 ones. It saves writing, reloading and widening the int64 sums: WriteSumsAvx512
-// and DequantizeTileAvx512 were a quarter of the op on ResNet-20's 16->16 layer.
+// integers are acc - acc_offset and act_sum - act_sum_offset; where DirectConvAccumulate takes this route
+// they fit in int32, so the int32 arithmetic (modulo 2^32) gives them exactly and converts them to the
+// same floats as DequantizeBlock's int64 ones. It saves writing, reloading and widening the int64 sums:
+// WriteSumsAvx512 and DequantizeTileAvx512 were a quarter of the op on ResNet-20's 16->16 layer.
 struct BlockOutputs {
   const DequantizeRows* rows = nullptr;
   const int32_t* channel_add = nullptr;  // [channels]: offset - acc_offset of the panel's channels
