@@ -56,15 +56,22 @@ struct PackedFilter {
 TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t row_stride, int64_t count, const int8_t* v, int64_t width,
                                 int8_t* lanes);
 
+// A term's bytes per pixel in the direct path's image (DirectImage) and per spatial tap in its B: the
+// input depth rounded up to whole 4-byte steps (B zero past the depth), so that each tap's run starts on a
+// step (a 3-channel stem takes 4).
+int64_t DirectDepth(const ConvShape& s) { return (s.filter_depth + 3) / 4 * 4; }
+
 // `fast`: pack with PackTermVbmi where it applies. `tap_major`: the reduction in the direct path's order
-// (DirectImage), spatial tap, then term, then channel: entry (t * terms + r) * cg + ci, where the gather
-// path's is term-major, r * K + k (k = t * cg + ci). With one term both are k.
+// (DirectImage), spatial tap, then term, then channel: entry (t * terms + r) * depth + ci with depth =
+// DirectDepth (zeros for ci >= cg), where the gather path's is term-major, r * K + k (k = t * cg + ci).
+// With one term and depth = cg both are k.
 PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for,
                         bool fast, bool tap_major) {
   const ConvShape& s = conv.shape;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
+  const int64_t cg = s.filter_depth, depth = tap_major ? DirectDepth(s) : cg;
   PackedFilter f;
-  f.reduction = (taps * d.terms + 3) / 4 * 4;
+  f.reduction = (taps / cg * depth * d.terms + 3) / 4 * 4;
   f.channels = (per_group + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
   // Not zeroed here: the blocks below write every byte, padding included (a serial memset of B was a
   // few ms on the large layers).
@@ -78,7 +85,7 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
   // (64 contiguous bytes per step) and offsets. Serial, packing was most of a 3x3 512->512 layer's time.
   // Each block fills its bytes in memory order, a step's 16 channels together: walking one channel at a
   // time wrote one byte per cache line, and packing took longer than the GEMM on 512-channel layers.
-  const int64_t entries = taps * d.terms, blocks_per_group = f.channels / kChannelBlock;
+  const int64_t entries = taps / cg * depth * d.terms, blocks_per_group = f.channels / kChannelBlock;
   parallel_for(groups * blocks_per_group, kChannelBlock * taps * d.terms * 4, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t g = block / blocks_per_group, j0 = block % blocks_per_group * kChannelBlock;
@@ -87,8 +94,10 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
       int8_t* lanes = f.b.get() + g * f.reduction * f.channels + panel0 * f.reduction + (j0 - panel0) * 4;
       const uint8_t* rows = conv.filter + (g * per_group + j0) * taps;
       // A whole block, taps a multiple of 4 (each step within one term) and 16 * taps an int32 offset.
-      const int64_t cg = s.filter_depth;
       const bool vector = fast && count == kChannelBlock && (tap_major ? cg : taps) % 4 == 0 && taps < (int64_t{1} << 26);
+      if (depth != cg) {  // the entries past each tap's cg stay zero: the loop below writes only the others
+        for (int64_t e = 0; e < f.reduction; e += 4) std::memset(lanes + (e / 4) * width * 4, 0, kChannelBlock * 4);
+      }
       for (int r = 0; r < d.terms; ++r) {
         const int8_t* v = d.v + r * 256;
         if (vector && !tap_major) {
@@ -102,7 +111,7 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
           continue;
         }
         for (int64_t k = 0; k < taps; ++k) {
-          const int64_t e = tap_major ? (k / cg * d.terms + r) * cg + k % cg : r * taps + k;
+          const int64_t e = tap_major ? (k / cg * d.terms + r) * depth + k % cg : r * taps + k;
           int8_t* out = lanes + (e / 4) * width * 4 + e % 4;
           if (count == kChannelBlock) {
             for (int64_t j = 0; j < kChannelBlock; ++j) out[j * 4] = v[rows[j * taps + k]];
@@ -306,21 +315,23 @@ TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t n, int64_t taps, const
   }
 }
 
-// A's rows from the codes of n pixels (codes: [n][K], rows: [n][reduction]): row[r * K + k] =
+// A's rows from the codes of n pixels (codes: [n][K], rows: [n][reduction]): row[r * term_stride + k] =
 // u[r][codes[k]] + 128 (u_plus holds u + 128), padded to `reduction` with 128 (u = 0: adds nothing).
+// term_stride is K, or more where B has zero entries between the terms (DirectDepth); those bytes are
+// left as they are (they meet zeros).
 void TranslatePortable(const uint8_t* codes, int64_t n, int64_t taps, const uint8_t* u_plus, int terms,
-                       int64_t reduction, uint8_t* rows) {
+                       int64_t term_stride, int64_t reduction, uint8_t* rows) {
   for (int64_t i = 0; i < n; ++i) {
     uint8_t* row = rows + i * reduction;
     for (int r = 0; r < terms; ++r)
-      for (int64_t k = 0; k < taps; ++k) row[r * taps + k] = u_plus[r * 256 + codes[i * taps + k]];
-    std::fill(row + terms * taps, row + reduction, uint8_t{128});
+      for (int64_t k = 0; k < taps; ++k) row[r * term_stride + k] = u_plus[r * 256 + codes[i * taps + k]];
+    std::fill(row + (terms - 1) * term_stride + taps, row + reduction, uint8_t{128});
   }
 }
 
 // The same, 64 codes at a time, a term's table loaded once for all n pixels.
 TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, const uint8_t* u_plus, int terms,
-                                 int64_t reduction, uint8_t* rows) {
+                                 int64_t term_stride, int64_t reduction, uint8_t* rows) {
   for (int r = 0; r < terms; ++r) {
     const uint8_t* table = u_plus + r * 256;
     const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64),
@@ -329,11 +340,13 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, 
       for (int64_t k = 0; k < taps; k += 64) {
         const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
         const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + i * taps + k);
-        _mm512_mask_storeu_epi8(rows + i * reduction + r * taps + k, valid, Lookup256(t0, t1, t2, t3, c));
+        _mm512_mask_storeu_epi8(rows + i * reduction + r * term_stride + k, valid, Lookup256(t0, t1, t2, t3, c));
       }
     }
   }
-  for (int64_t i = 0; i < n; ++i) std::fill(rows + i * reduction + terms * taps, rows + (i + 1) * reduction, uint8_t{128});
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill(rows + i * reduction + (terms - 1) * term_stride + taps, rows + (i + 1) * reduction, uint8_t{128});
+  }
 }
 
 using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
@@ -537,7 +550,7 @@ struct DirectImage {
 };
 
 bool DirectApplies(const ConvShape& s, int terms, bool fast) {
-  return fast && s.groups() == 1 && s.filter_depth % 4 == 0 && s.taps() * terms <= kChunk;
+  return fast && s.groups() == 1 && s.filter_h * s.filter_w * terms * DirectDepth(s) <= kChunk;
 }
 
 // out[c] = sum of rows[j][c] over j < count, for c < n.
@@ -555,11 +568,11 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
                                               const int32_t* alpha, const AlphaPlanes& alpha_planes,
                                               const ParallelFor& parallel_for) {
   const ConvShape& s = conv.shape;
-  const int64_t cg = s.filter_depth;
+  const int64_t cg = s.filter_depth, depth = DirectDepth(s);
   auto image = std::make_unique<DirectImage>();
   DirectImage& m = *image;
   m.input = conv.input;
-  m.pixel_bytes = terms * cg;
+  m.pixel_bytes = terms * depth;
   // The farthest row and column a tap reaches (from the padding's top left), and the input's.
   const int64_t rows = (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h + 1;
   const int64_t cols = (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1;
@@ -578,7 +591,7 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
   // A padding pixel: the zero code's bytes and sums.
   std::vector<uint8_t> zero_pixel(static_cast<size_t>(m.pixel_bytes));
   for (int r = 0; r < terms; ++r)
-    std::fill(zero_pixel.begin() + r * cg, zero_pixel.begin() + (r + 1) * cg, u_plus[r * 256 + conv.input_zero_code]);
+    std::fill(zero_pixel.begin() + r * depth, zero_pixel.begin() + r * depth + cg, u_plus[r * 256 + conv.input_zero_code]);
   const int64_t zero_code_sum = cg * conv.input_zero_code, zero_alpha_sum = cg * int64_t{alpha[conv.input_zero_code]};
   parallel_for(s.batch * m.ph, m.pw * m.pixel_bytes * 2, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -590,10 +603,10 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
       for (int64_t c = 0; c < m.pw; ++c) {
         if (inside && c == s.pad_left) {  // the input row: translated, summed
           const uint8_t* codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
-          if (terms == 1) {
-            TranslateVbmi(codes, 1, s.in_w * cg, u_plus, 1, s.in_w * cg, bytes + c * m.pixel_bytes);
+          if (terms == 1 && depth == cg) {  // the row's bytes in one run
+            TranslateVbmi(codes, 1, s.in_w * cg, u_plus, 1, s.in_w * cg, s.in_w * cg, bytes + c * m.pixel_bytes);
           } else {
-            TranslateVbmi(codes, s.in_w, cg, u_plus, terms, m.pixel_bytes, bytes + c * m.pixel_bytes);
+            TranslateVbmi(codes, s.in_w, cg, u_plus, terms, depth, m.pixel_bytes, bytes + c * m.pixel_bytes);
           }
           SumsVbmi(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
           c += s.in_w - 1;
@@ -655,6 +668,9 @@ struct DecomposedPlan {
 // terms 3.83 / 2.70 and 5.62 / 4.16, 6 terms 3.77 / 3.13 and 5.35 / 4.41, 7 terms 1.04-1.06x, 8 even; the
 // stride-2 16->32 (144 taps) 5 terms even, 6-8 slower. So groups of 16-31 channels take up to six terms,
 // and six terms run from 288 taps.
+// Input depths that are not a multiple of 4 take the direct path too, padded (DirectDepth): ResNet-20's
+// 3->16 stem (27 taps, N=64), lookups / decomposed ms, two runs: exact 2.46 / 1.44 and 3.00 / 2.27,
+// mul8u_1446 (2 terms) 1.90 / 1.64 and 1.99 / 1.78 (tf.nn.conv2d about 0.8-1.3 ms); a 3x3 6->32 even.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
   if (!HasVnni() || per_group < 16 || taps < 16) return false;
@@ -858,7 +874,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
         // Rows past the tile's pixels repeat its last one: the micro-kernel keeps its full height.
         GatherTile(conv, pixel_begin + first, count, height, g, copy, tap_scratch.data(), codes.data());
         sum_codes(codes.data(), count, taps, plan.alpha.data(), plan.alpha_planes, code_sums.data(), alpha_sums.data());
-        translate(codes.data(), height, taps, plan.u_plus.data(), plan.terms, f.reduction, rows.data());
+        translate(codes.data(), height, taps, plan.u_plus.data(), plan.terms, taps, f.reduction, rows.data());
         for (int64_t i = 0; i < count; ++i) act_sum[(first + i) * groups + g] = code_sums[i];
         const int8_t* group_b = f.b.get() + g * f.reduction * f.channels;
         for (int64_t c0 = 0; c0 < per_group;) {

@@ -699,11 +699,12 @@ void TestPipelineKernelsAgree() {
   // direct path's outputs written by the kernel itself (float32 NHWC: FloatOutputs) from int32 sums
   // (BlockOutputs; a symmetric input for act_sum_offset) or, past int32's bounds (the last case: 36864
   // reduction entries of the exact table), from int64 ones; its int64 sums dequantized by the pipeline
-  // otherwise (double, NCHW); the gather path (two groups); 1x1 filters (the last two cases).
-  for (int iter = 0; iter < 15; ++iter) {
-    const bool wide = iter == 12, pointwise = iter >= 13;
-    const int64_t depth = wide ? 4096 : iter % 3 == 2 ? 32 : 16, groups = iter % 4 == 3 ? 2 : 1;
-    const int64_t terms = wide || iter == 13 ? 1 : 1 + iter % 3;
+  // otherwise (double, NCHW); the gather path (two groups); 1x1 filters (cases 13, 14); 3-channel stems,
+  // whose image and B pad each tap to 4 bytes (DirectDepth: cases 15, 16).
+  for (int iter = 0; iter < 17; ++iter) {
+    const bool wide = iter == 12, pointwise = iter == 13 || iter == 14, stem = iter >= 15;
+    const int64_t depth = wide ? 4096 : stem ? 3 : iter % 3 == 2 ? 32 : 16, groups = stem ? 1 : iter % 4 == 3 ? 2 : 1;
+    const int64_t terms = wide || iter == 13 || iter == 15 ? 1 : stem ? 2 : 1 + iter % 3;
     const DecomposedTable t = MakeDecomposedTable(rng, static_cast<int>(terms), terms == 1);
     ConvAttrs attrs;
     const int64_t stride = 1 + iter % 2;
