@@ -44,7 +44,8 @@ constexpr int kTile = 48;          // pixels gathered at a time (a multiple of k
 // constant its sums take: -128 * (sum of B, the + 128 correction) + (sum of beta over its weights) +
 // taps * c0.
 struct PackedFilter {
-  int64_t reduction = 0;  // R * K, padded to a multiple of 4 (zeros in B)
+  // R * K (tap-major: R * spatial taps * DirectDepth), padded to a multiple of 4 (zeros in B)
+  int64_t reduction = 0;
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
   std::unique_ptr<int8_t[]> b;  // [groups][panels][reduction / 4][width][4]
   std::vector<int64_t> offset;  // [out_depth]
@@ -528,20 +529,20 @@ TFAPPROX_VNNI void WriteSumsAvx512(const int64_t* sums, int64_t alpha_sum, const
 
 constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at the row
 
-// The direct path (ungrouped convolutions, cg a multiple of 4, a reduction within one exact chunk, VNNI):
+// The direct path (ungrouped convolutions, a reduction within one exact chunk, VNNI):
 // instead of gathering and translating every output pixel's patch (K codes, each input pixel's codes
 // copied and translated once per spatial tap: on ResNet-20's 16->16 layer perf had the gather and the
 // translation at 40% of the op, the GEMM at 18%), the input is translated once into a padded image of
-// A's bytes, u[r][code] + 128 per pixel, term and channel ([batch][ph][pw][terms * cg], padding pixels
-// those of the zero code), with each pixel's code and alpha sums beside it; the micro-kernel then reads a
-// block's rows tap by tap straight from the image (MicroKernelVnni's runs), and a pixel's patch sums are
-// its taps' sums added. B's reduction is tap-major to match (PackFilter). Built by PrepareDecomposed for
+// A's bytes, u[r][code] + 128 per pixel, term and channel ([batch][ph][pw][terms * depth], depth =
+// DirectDepth; padding pixels those of the zero code), with each pixel's code and alpha sums beside it;
+// the micro-kernel then reads a block's rows tap by tap straight from the image (MicroKernelVnni's runs),
+// and a pixel's patch sums are its taps' sums added (a run of pixels at a time). B's reduction is tap-major to match (PackFilter). Built by PrepareDecomposed for
 // the input conv.input points to then; DecomposedConvAccumulate builds another for a call whose conv.input
 // is another buffer.
 struct DirectImage {
   const uint8_t* input = nullptr;   // the codes it was built from
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
-  int64_t pixel_bytes = 0;          // terms * cg
+  int64_t pixel_bytes = 0;          // terms * DirectDepth
   std::vector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
   std::vector<int64_t> code_sums;   // [batch][ph][pw]
   std::vector<int64_t> alpha_sums;  // [batch][ph][pw]

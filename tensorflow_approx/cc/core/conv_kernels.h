@@ -114,8 +114,8 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
                               bool portable = false);
 // The same in two steps, for callers that accumulate a convolution in several pixel ranges: the plan
 // (the packed filter and the decomposition's tables, built in parallel) depends on conv.shape,
-// conv.filter, `d` and, where the direct path applies (ungrouped, cg a multiple of 4: the input translated
-// once into a padded image), the codes conv.input holds; it serves every range of that convolution, and
+// conv.filter, `d` and, where the direct path applies (ungrouped: the input translated once into a padded
+// image), the codes conv.input holds; it serves every range of that convolution, and
 // for another conv.input the image is built again per call. `d` need not outlive it.
 struct DecomposedPlan;
 struct DequantizeRows;
