@@ -596,8 +596,13 @@ __global__ void __launch_bounds__(kPrepThreads)
 // loads and atomics that took launches of their own after the input pass (sums 7 us and planes 5 us of
 // 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
 // in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
+// Launch bounds for five blocks a multiprocessor (48 registers): with six (40 registers) the float
+// kernel spills since the thresholds' code (16 bytes; 12 before), and five took 3-8% off one-term passes
+// (H200, --decomposed-phases, two rounds: 56x56 64->64 34.6 -> 33.1 us, 28x28 128->128 23.7 -> 22.0, ResNet-20
+// 16->16 40.0 -> 38.2), 16-term passes within 1% (they are bound by writing their planes: ncu, L2 at 64-78%
+// of its throughput). Four were no better.
 template <typename T>
-__global__ void __launch_bounds__(kPrepThreads, 6)
+__global__ void __launch_bounds__(kPrepThreads, 5)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
                   int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
