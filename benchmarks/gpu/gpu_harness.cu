@@ -147,7 +147,6 @@ struct DeviceQuant : DeviceBuffer<GpuQuant> {
     for (int64_t c = 0; c < qf.count; ++c) {
       entries.push_back(MakeGpuQuant(qi, qf.params[c], taps, lut_offset, static_cast<int32_t>(qf.count)));
     }
-    FillCodeThresholds(qi, 0, 1, &entries[0].input_codes);  // as GpuQuantFromRanges fills them
     Upload(entries);
   }
 };
@@ -758,19 +757,6 @@ int QuantFromRangesCase(std::mt19937_64& rng) {
   for (int c = 0; c < channels; ++c) {
     if (!SameGpuQuant(got_all[c], MakeGpuQuant(qi, qf[c], taps, offset, channels))) return 1;
   }
-  // Entry 0's code thresholds: those the host fills, bit for bit.
-  CodeThresholds want;
-  FillCodeThresholds(qi, 0, 1, &want);
-  const CodeThresholds& got = got_all[0].input_codes;
-  if (got.ready != want.ready) return 1;
-  if (want.ready != 0) {
-    const int entries = static_cast<int>(want.top) + 2;
-    if (got.quant_min != want.quant_min || std::memcmp(&got.inv_scale, &want.inv_scale, 4) != 0 ||
-        std::memcmp(&got.bias, &want.bias, 4) != 0 || std::memcmp(&got.top, &want.top, 4) != 0 ||
-        std::memcmp(got.at, want.at, static_cast<size_t>(entries) * 4) != 0) {
-      return 1;
-    }
-  }
   return 0;
 }
 
@@ -809,76 +795,6 @@ __global__ void DivisionKernel(const float* __restrict__ scales, int n_scales, u
     }
   }
   if (local != 0) atomicAdd(mismatches, local);
-}
-
-// CodeByThresholds (the input pass's quantization) against QuantizeToCode on every float (all 2^32 bit
-// patterns: NaNs, infinities, zeros, subnormals), for ranges of every kind: random ones of every code width
-// and scheme, and edge ones (zero point 0 and at the top, tiny and huge scales at the thresholds' limits).
-__global__ void ThresholdKernel(const QuantParams* __restrict__ params, const CodeThresholds* __restrict__ tables,
-                                int n, unsigned long long* __restrict__ mismatches) {
-  unsigned long long local = 0;
-  for (int r = 0; r < n; ++r) {
-    const QuantParams q = params[r];
-    const CodeThresholds& t = tables[r];
-    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (uint64_t{1} << 32);
-         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
-      const float x = __uint_as_float(static_cast<uint32_t>(i));
-      local += CodeByThresholds(x, t.at, t) != QuantizeToCode(x, q);
-    }
-  }
-  if (local != 0) atomicAdd(mismatches, local);
-}
-
-void ThresholdChecks(std::mt19937_64& rng, Counts* counts) {
-  std::vector<QuantParams> params;
-  std::vector<CodeThresholds> tables;
-  int not_ready = 0;
-  auto add = [&](float min, float max, int bits, bool symmetric, bool narrow) {
-    QuantParams q;
-    if (NudgeRange(min, max, bits, symmetric, &q, narrow) != kRangeOk) return;
-    CodeThresholds t;
-    FillCodeThresholds(q, 0, 1, &t);
-    if (t.ready == 0) {
-      ++not_ready;
-      return;
-    }
-    params.push_back(q);
-    tables.push_back(t);
-  };
-  const float edges[][2] = {{0.f, 1.f},     {-1.f, 0.f},        {-1.f, 1.f},          {0.f, 255.f},
-                            {-3.f, 5.f},    {0.f, 0x1p-92f},    {-0x1p99f, 0x1p100f}, {-1e-30f, 3e-28f},
-                            {-6.f, 0x1p-20f}, {-0x1p-20f, 6.f}, {0.1f, 0.7f},         {-0.7f, -0.1f}};
-  for (const auto& e : edges) {
-    add(e[0], e[1], 8, false, false);
-    add(e[0], e[1], 8, true, false);
-    add(e[0], e[1], 8, true, true);
-  }
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  while (params.size() < 64) {
-    const int exponent = static_cast<int>(rng() % 80) - 40;
-    float a = std::ldexp(u(rng), exponent), b = std::ldexp(u(rng), exponent);
-    if (a > b) std::swap(a, b);
-    const int bits = kMinNumBits + static_cast<int>(rng() % (kMaxNumBits - kMinNumBits + 1));
-    const bool symmetric = rng() % 3 == 0;
-    add(a, b, bits, symmetric, symmetric && rng() % 2);
-  }
-  DeviceBuffer<QuantParams> d_params(params.size());
-  DeviceBuffer<CodeThresholds> d_tables(tables.size());
-  DeviceBuffer<unsigned long long> d_mismatches(1);
-  d_params.Upload(params);
-  d_tables.Upload(tables);
-  d_mismatches.Poison(0);
-  ThresholdKernel<<<4096, 256>>>(d_params.ptr, d_tables.ptr, static_cast<int>(params.size()), d_mismatches.ptr);
-  CUDA_OR_DIE(cudaGetLastError());
-  const unsigned long long mismatches = d_mismatches.Download()[0];
-  ++counts->cases;
-  if (mismatches != 0) {
-    ++counts->failures;
-    std::printf("FAIL CodeByThresholds: %llu of %zu x 2^32 codes differ from QuantizeToCode\n", mismatches,
-                params.size());
-  }
-  std::printf("CodeByThresholds: %s (%zu ranges x every float; %d edge ranges outside the thresholds' scales)\n",
-              mismatches == 0 ? "equal to QuantizeToCode" : "DIFFERS", params.size(), not_ready);
 }
 
 void DivisionChecks(std::mt19937_64& rng, Counts* counts) {
@@ -2370,7 +2286,6 @@ int main(int argc, char** argv) {
 
   Counts counts;
   DivisionChecks(rng, &counts);
-  ThresholdChecks(rng, &counts);
   if (phases_only) {  // only the decomposed kernel's phase breakdown (no checks)
     DecomposedPhases(rng, runs, &counts);
     std::printf("\n%s\n", counts.failures == 0 ? "PHASES DONE" : "PHASES FAILED");

@@ -91,9 +91,6 @@ struct GpuQuant {
   DequantizeTerms<float> terms_float;    // outputs of float, half and bfloat16 calls
   DequantizeTerms<double> terms_double;  // of double calls
   int32_t channels = 1;                  // entries of the call: 1, or out_depth
-  // The input's codes by thresholds (FillCodeThresholds), filled in entry 0 only (GpuQuantFromRanges;
-  // MakeGpuQuant leaves them not ready, and kernels then quantize with QuantizeToCode).
-  CodeThresholds input_codes;
 
   // The entry of output channel co (this one, per tensor).
   TFAPPROX_HOST_DEVICE const GpuQuant& ChannelQuant(int64_t co) const { return channels == 1 ? *this : this[co]; }

@@ -530,7 +530,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
     if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
     // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
-    const size_t smem = kInputPassSmemBytes + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
+    const size_t smem = 256 * sizeof(long long) + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
                         static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
     PrepassKernel<T><<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
         input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,

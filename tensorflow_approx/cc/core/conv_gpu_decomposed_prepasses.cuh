@@ -161,8 +161,6 @@ __global__ void __launch_bounds__(kPrepThreads)
 // results as the separate kernels: the same codes (QuantizeToCode), entries, sums. Run by
 // PrepassKernel's blocks from filter_blocks on (InputPassBlock: `block` is the block's index among them).
 constexpr int kInputCodesPerBlock = 8192;  // codes a block of the fused input pass stages (bytes)
-// Its shared memory besides u's quads * 1024 bytes and the codes: alpha as int64, the code thresholds.
-constexpr int kInputPassSmemBytes = 256 * sizeof(long long) + ((1 << kMaxNumBits) + 1 + 3) / 4 * 16;
 
 // Four codes packed little-endian in a word (byte b: the code of entry b) -> their table entries packed
 // the same way.
@@ -230,21 +228,9 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   const int quads = (d.terms + 3) / 4;
   int8_t* s_u = reinterpret_cast<int8_t*>(smem + 256 * sizeof(long long));
   uint32_t* s_u4 = reinterpret_cast<uint32_t*>(s_u);
-  // The input's code thresholds (CodeByThresholds), after u.
-  float* s_at = reinterpret_cast<float*>(smem + 256 * sizeof(long long) + quads * 1024);
-  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + kInputPassSmemBytes + quads * 1024);  // [per_block][cg]
+  uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(long long) + quads * 1024);  // [per_block][cg]
   const int tid = threadIdx.x;
   for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
-  // The codes by thresholds (CodeByThresholds) with one term. H200, --decomposed-phases, two rounds each
-  // with and without: one term's pass 5-20% faster (56x56 64->64 37.0 -> 34.0 us, 14x14 256->256 22.5 ->
-  // 17.9, ResNet-20 16->16 42.9 -> 39.3, 8x8 64->64 15.8 -> 13.5); with 16 terms, where the pass is bound
-  // by its table lookups in shared memory, -4% to +5% (28x28 128->128 46.2 -> 48.7 us), so not there.
-  const CodeThresholds& thresholds = quant->input_codes;
-  const bool by_thresholds = thresholds.ready != 0 && d.terms == 1;
-  if (by_thresholds) {
-    for (int i = tid; i <= static_cast<int>(thresholds.top) + 1; i += blockDim.x) s_at[i] = thresholds.at[i];
-    __syncthreads();  // (uniform: every thread reads the same flag)
-  }
   if (quad_words) {
     FillQuadWords(d.u, d.terms, s_u4, tid, blockDim.x);
   } else {
@@ -285,18 +271,11 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
         for (int k = 0; k < kLoads; ++k) {
           const int e = e0 + k * kPrepThreads;
           if (e >= n4) break;
-          if (e >= real4) {
-            dst[e] = zp * 0x01010101u;
-          } else if (by_thresholds) {
-            dst[e] = CodeByThresholds(v[k].x, s_at, thresholds) | CodeByThresholds(v[k].y, s_at, thresholds) << 8 |
-                     CodeByThresholds(v[k].z, s_at, thresholds) << 16 |
-                     CodeByThresholds(v[k].w, s_at, thresholds) << 24;
-          } else {
-            dst[e] = static_cast<uint32_t>(QuantizeToCode(v[k].x, qi)) |
-                     static_cast<uint32_t>(QuantizeToCode(v[k].y, qi)) << 8 |
-                     static_cast<uint32_t>(QuantizeToCode(v[k].z, qi)) << 16 |
-                     static_cast<uint32_t>(QuantizeToCode(v[k].w, qi)) << 24;
-          }
+          dst[e] = e < real4 ? static_cast<uint32_t>(QuantizeToCode(v[k].x, qi)) |
+                                   static_cast<uint32_t>(QuantizeToCode(v[k].y, qi)) << 8 |
+                                   static_cast<uint32_t>(QuantizeToCode(v[k].z, qi)) << 16 |
+                                   static_cast<uint32_t>(QuantizeToCode(v[k].w, qi)) << 24
+                             : zp * 0x01010101u;
         }
       }
     } else {
@@ -310,8 +289,7 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
             const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
             src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
           }
-          const float x = ToFloat(input[src]);
-          code = by_thresholds ? CodeByThresholds(x, s_at, thresholds) : QuantizeToCode(x, qi);
+          code = QuantizeToCode(ToFloat(input[src]), qi);
         }
         s_codes[e] = code;
       }
@@ -596,13 +574,8 @@ __global__ void __launch_bounds__(kPrepThreads)
 // loads and atomics that took launches of their own after the input pass (sums 7 us and planes 5 us of
 // 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
 // in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
-// Launch bounds for five blocks a multiprocessor (48 registers): with six (40 registers) the float
-// kernel spills since the thresholds' code (16 bytes; 12 before), and five took 3-8% off one-term passes
-// (H200, --decomposed-phases, two rounds: 56x56 64->64 34.6 -> 33.1 us, 28x28 128->128 23.7 -> 22.0, ResNet-20
-// 16->16 40.0 -> 38.2), 16-term passes within 1% (they are bound by writing their planes: ncu, L2 at 64-78%
-// of its throughput). Four were no better.
 template <typename T>
-__global__ void __launch_bounds__(kPrepThreads, 5)
+__global__ void __launch_bounds__(kPrepThreads, 6)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
                   int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,

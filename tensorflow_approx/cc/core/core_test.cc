@@ -238,57 +238,6 @@ void TestQuantizeCodesVectorized() {
 // DequantizeTerms' bits:
 // random per-channel terms (schemes, bits, offsets of signed tables), sums up to 2^40 of either sign, rows
 // of 1-40 channels starting anywhere.
-// The GPU's quantization by thresholds (CodeThresholds, CodeByThresholds) on the host: each threshold is
-// the least float of its code (the float below has a lower one), and the codes equal QuantizeToCode's on
-// random floats of every kind and on each threshold's neighbours, for random and edge ranges of every code
-// width and scheme. (The GPU harness checks every float.)
-void TestCodeThresholds() {
-  std::mt19937 rng(21);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  int ready = 0;
-  for (int iter = 0; iter < 60; ++iter) {
-    float lo = 0.f, hi = 0.f;
-    if (iter < 6) {
-      const float edges[][2] = {{0.f, 1.f}, {-1.f, 0.f}, {-3.f, 5.f}, {0.f, 0x1p-92f}, {-0x1p99f, 0x1p100f}, {0.f, 0.f}};
-      lo = edges[iter][0], hi = edges[iter][1];
-    } else {
-      const int exponent = static_cast<int>(rng() % 60) - 30;
-      lo = std::ldexp(u(rng), exponent), hi = std::ldexp(u(rng), exponent);
-      if (lo > hi) std::swap(lo, hi);
-    }
-    const int bits = kMinNumBits + iter % (kMaxNumBits - kMinNumBits + 1);
-    const bool symmetric = iter % 3 == 1, narrow = symmetric && iter % 2 == 0;
-    QuantParams q;
-    EXPECT(MakeQuantParams(lo, hi, bits, "a", "b", &q, symmetric, narrow).empty(), "range [%g, %g]", lo, hi);
-    CodeThresholds t;
-    FillCodeThresholds(q, 0, 1, &t);
-    if (q.scale == 0.f) EXPECT(t.ready == 0, "a zero-width range is left to QuantizeToCode");
-    if (t.ready == 0) continue;
-    ++ready;
-    const int top = q.quant_max - q.quant_min;
-    std::vector<float> v = {0.f, -0.f, INFINITY, -INFINITY, NAN, 1e-40f, -1e-40f, q.nudged_min, q.nudged_max};
-    for (int k = 1; k <= top; ++k) {
-      const float below = std::nextafter(t.at[k], -INFINITY);
-      EXPECT(QuantizeToCode(t.at[k], q) - q.quant_min >= k && QuantizeToCode(below, q) - q.quant_min < k,
-             "threshold %d of [%g, %g] is not the least float of its code", k, lo, hi);
-      float x = t.at[k];
-      for (int i = 0; i < 3; ++i) x = std::nextafter(x, -INFINITY);
-      for (int i = 0; i < 6; ++i, x = std::nextafter(x, INFINITY)) v.push_back(x);
-    }
-    for (int i = 0; i < 20000; ++i) {
-      const uint32_t bits_of = static_cast<uint32_t>(rng());
-      float x;
-      std::memcpy(&x, &bits_of, 4);
-      v.push_back(i % 2 ? x : std::ldexp(u(rng), static_cast<int>(rng() % 8) - 4) * (hi - lo) + lo);
-    }
-    for (float x : v) {
-      EXPECT(CodeByThresholds(x, t.at, t) == QuantizeToCode(x, q), "value %.9g of [%g, %g], %d bits: %u vs %d", x,
-             lo, hi, bits, CodeByThresholds(x, t.at, t), QuantizeToCode(x, q));
-    }
-  }
-  EXPECT(ready >= 50, "only %d of 60 ranges had thresholds", ready);
-}
-
 void TestDequantizeRowMatchesTerms() {
   std::mt19937_64 rng(17);
   std::uniform_real_distribution<float> lo(-4.f, 0.f), hi(0.f, 4.f);
@@ -1026,7 +975,6 @@ int main() {
   tfapprox::TestHugeShapeValues();
   tfapprox::TestLargeKExactSum();
   tfapprox::TestQuantizeCodesVectorized();
-  tfapprox::TestCodeThresholds();
   tfapprox::TestDequantizeRowMatchesTerms();
   tfapprox::TestLargeSumsEveryCpuPath();
   tfapprox::TestColumnPathMatchesReference();

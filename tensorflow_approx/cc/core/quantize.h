@@ -160,93 +160,6 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
   return static_cast<uint8_t>(static_cast<int32_t>(code) + q.quant_min);
 }
 
-template <typename To, typename From>
-TFAPPROX_HOST_DEVICE inline To BitCast(From v) {  // v's bits as a To of the same size (host and device)
-  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
-  To out;
-  __builtin_memcpy(&out, &v, sizeof(out));
-  return out;
-}
-
-// QuantizeToCode by thresholds, for the GPU kernels, where quantizing was most of the instructions of the
-// decomposed input pass (ncu: issue-bound). The code is a non-decreasing function of x (clamping,
-// subtracting, dividing by scale > 0, flooring: each step is), equal for -0 and +0, quant_min for NaN. So
-// with at[k] the least float whose code is at least quant_min + k (k = 1 .. top, top = quant_max -
-// quant_min), the code is quant_min plus the number of at[k] <= x. The kernels estimate that count as
-// e = floor(clamp(x * inv_scale + bias, 0, top)) (bias = 0.5 - 2^-7 - nudged_min * inv_scale: one FMA)
-// and add 1 where x >= at[e + 1] (at[top + 1] = NaN, which no x reaches): one shared-memory load. The
-// estimate is the code or one less: both round (x - nudged_min) / scale + 0.5 down, the code with errors
-// of a few float32 roundings of numbers below 2^9 (the nudged range holds 0, so |nudged_min| / scale <=
-// 255), about 2^-12 at most, and the estimate that less 2^-7; outside the range both are clamped. A first
-// version, with the estimate unbiased and corrected both ways (two loads), took 3-5% off the exact table's
-// input pass and added 3% to the 16-term one. The GPU harness holds CodeByThresholds to QuantizeToCode on
-// every float for random and edge ranges (ThresholdChecks).
-struct CodeThresholds {
-  int32_t ready = 0;  // 0: not filled, or a range they do not serve (the kernels use QuantizeToCode)
-  int32_t quant_min = 0;
-  float inv_scale = 0.f, bias = 0.f, top = 0.f;
-  float at[(1 << kMaxNumBits) + 1];  // at[1 .. top + 1] (at[0] = -inf is never read)
-};
-
-// The ordered key of a float (unsigned order is float order, -0 just below +0; NaNs beyond +-inf) and back.
-TFAPPROX_HOST_DEVICE inline uint32_t OrderKey(float x) {
-  const uint32_t bits = BitCast<uint32_t>(x);
-  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
-}
-TFAPPROX_HOST_DEVICE inline float OrderKeyValue(uint32_t key) {
-  return BitCast<float>(key & 0x80000000u ? key & 0x7fffffffu : ~key);
-}
-
-// at[k] (1 <= k <= top): the least float whose code is at least quant_min + k, by bisection over the floats
-// from -inf (code quant_min) to +inf (code quant_max): 32 QuantizeToCode calls.
-TFAPPROX_HOST_DEVICE inline float CodeThreshold(const QuantParams& q, int k) {
-  uint32_t below = OrderKey(-__builtin_huge_valf()), at = OrderKey(__builtin_huge_valf());
-  while (at - below > 1) {
-    const uint32_t mid = below + (at - below) / 2;
-    if (QuantizeToCode(OrderKeyValue(mid), q) - q.quant_min >= k) {
-      at = mid;
-    } else {
-      below = mid;
-    }
-  }
-  return OrderKeyValue(at);
-}
-
-// Fills t for q's codes: entries k = first, first + step, ... of at (threads of a block share the work),
-// and with first == 0 the rest (ready last; a kernel reading t runs after the one filling it). Scales
-// outside [2^-100, 2^100] (and zero-width ranges) are left to QuantizeToCode: there 1 / scale or the
-// estimate could leave float32's normal range.
-TFAPPROX_HOST_DEVICE inline void FillCodeThresholds(const QuantParams& q, int first, int step, CodeThresholds* t) {
-  if (!(q.scale >= 0x1p-100f && q.scale <= 0x1p100f)) {
-    if (first == 0) t->ready = 0;
-    return;
-  }
-  const int top = q.quant_max - q.quant_min;
-  for (int k = first; k <= top + 1; k += step) {
-    t->at[k] = k == 0 ? -__builtin_huge_valf() : k > top ? __builtin_nanf("") : CodeThreshold(q, k);
-  }
-  if (first == 0) {
-    t->quant_min = q.quant_min;
-    t->inv_scale = 1.f / q.scale;
-    t->bias = (0.5f - 0x1p-7f) - q.nudged_min * t->inv_scale;
-    t->top = static_cast<float>(top);
-    t->ready = 1;
-  }
-}
-
-// QuantizeToCode(x, q) for t filled from q (t.ready), `at` being t.at (or a copy in shared memory). (The
-// estimate's clamp sends NaN to 0: fmaxf returns its other operand.)
-TFAPPROX_HOST_DEVICE inline uint32_t CodeByThresholds(float x, const float* at, const CodeThresholds& t) {
-#if defined(__CUDA_ARCH__)
-  const float estimate = fminf(fmaxf(__fmaf_rn(x, t.inv_scale, t.bias), 0.f), t.top);
-  const int e = __float2int_rd(estimate);
-#else
-  const float estimate = __builtin_fminf(__builtin_fmaxf(__builtin_fmaf(x, t.inv_scale, t.bias), 0.f), t.top);
-  const int e = static_cast<int>(estimate);  // (estimate >= 0: truncation is the floor)
-#endif
-  return static_cast<uint32_t>(e + (x >= at[e + 1]) + t.quant_min);
-}
-
 // codes[i] = QuantizeToCode(values[i], q) for i < n, bit for bit, 16 at a time where the processor
 // has AVX-512F (the same float32 operations in the same order, so the same codes; `portable` forces the
 // scalar loop, for the tests). Returns whether any value was NaN.
@@ -260,6 +173,13 @@ bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t
 // the max(v, 0) side), and the same with the sign bit flipped (the -min(v, 0) side). A NaN's keys exceed
 // every float's on the side of its sign bit. Integer maxima are exact and order-free: any split of the
 // work, any device, gives the same keys.
+template <typename To, typename From>
+TFAPPROX_HOST_DEVICE inline To BitCast(From v) {  // v's bits as a To of the same size (host and device)
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To out;
+  __builtin_memcpy(&out, &v, sizeof(out));
+  return out;
+}
 TFAPPROX_HOST_DEVICE inline int32_t RangeKey(float v) { return BitCast<int32_t>(v); }
 TFAPPROX_HOST_DEVICE inline float RangeKeyValue(int32_t key) { return BitCast<float>(key); }  // `key`'s float
 constexpr int32_t kRangeKeySign = INT32_MIN;  // key ^ kRangeKeySign: the key of -v
