@@ -214,7 +214,7 @@ __device__ __forceinline__ void LookupQuadChunks(const uint32_t* quad_words, uin
   for (int k = 0; k < 4; ++k) chunks[k] = make_uint4(term_words[k][0], term_words[k][1], term_words[k][2], term_words[k][3]);
 }
 
-template <typename T>
+template <typename T, bool kPairStores>
 __device__ void InputPassBlock(int block, const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
                                int lanes, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
@@ -361,13 +361,48 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
       const int step_quad = step_rest / cc, step_c = step_rest - step_quad * cc;
       int item = tid / per_slice, rest = tid - item * per_slice;
       int quad = rest / cc, c = rest - quad * cc;
-      for (int unit = tid; unit < units; unit += kPrepThreads) {
-        uint4 chunks[4];
-        LookupQuadChunks(s_u4 + quad * 256, *reinterpret_cast<const uint4*>(s_codes + item * g.cg + c * kChunk), chunks);
+      // With cg = 16 and whole quads (terms a multiple of 4) a unit's four chunks are 64 contiguous bytes and
+      // consecutive units are adjacent: stored as they are, each store instruction writes 16 bytes at a
+      // 64-byte stride, half sectors (ncu: the 16-term pass on ResNet-20's 16->16 at 78% of L2's throughput,
+      // DRAM 36%). There the two lanes of a pair (units u and u + 1: 128 contiguous bytes) swap two chunks
+      // each, so that every store writes 32 contiguous bytes per pair: whole sectors. The warp's lanes then
+      // run the loop together (the shuffles need all of them; a pair is both in or both out, units being
+      // even), and units past the block's are neither looked up nor stored.
+      // (Only in the kernel built for it, PrepassKernel<T, true>: its shuffles cost the other layers' pass
+      // registers, 3-8% of its time, when both paths shared one kernel.)
+      const int lane = tid & 31;
+      const bool pair_stores = kPairStores && g.cg == kChunk && d.terms % 4 == 0 && units % 2 == 0;
+      for (int u0 = pair_stores ? tid - lane : tid; u0 < units; u0 += kPrepThreads) {
+        const int unit = pair_stores ? u0 + lane : u0;
+        const bool active = unit < units;
+        uint4 chunks[4] = {};
+        if (active) {
+          LookupQuadChunks(s_u4 + quad * 256, *reinterpret_cast<const uint4*>(s_codes + item * g.cg + c * kChunk),
+                           chunks);
+        }
         int8_t* dst = planes + (first + item) * l.slice_bytes + 4 * quad * g.cg + c * kChunk;
+        if (pair_stores) {
+          // The even lane keeps its chunks 0 and 2 and gets the odd lane's 0 and 2; the odd lane keeps 1 and 3
+          // and gets the even lane's 1 and 3. Store s of the pair: bytes 32 s .. 32 s + 31 of its 128.
+          const bool odd = (lane & 1) != 0;
+          const uint4 send1 = odd ? chunks[0] : chunks[1], send2 = odd ? chunks[2] : chunks[3];
+          uint4 got1, got2;
+          got1.x = __shfl_xor_sync(0xFFFFFFFFu, send1.x, 1), got1.y = __shfl_xor_sync(0xFFFFFFFFu, send1.y, 1);
+          got1.z = __shfl_xor_sync(0xFFFFFFFFu, send1.z, 1), got1.w = __shfl_xor_sync(0xFFFFFFFFu, send1.w, 1);
+          got2.x = __shfl_xor_sync(0xFFFFFFFFu, send2.x, 1), got2.y = __shfl_xor_sync(0xFFFFFFFFu, send2.y, 1);
+          got2.z = __shfl_xor_sync(0xFFFFFFFFu, send2.z, 1), got2.w = __shfl_xor_sync(0xFFFFFFFFu, send2.w, 1);
+          if (active) {
+            int8_t* pair = dst - (odd ? 64 - 16 : 0);  // the pair's first byte, plus 16 for the odd lane
+            *reinterpret_cast<uint4*>(pair) = odd ? got1 : chunks[0];
+            *reinterpret_cast<uint4*>(pair + 32) = odd ? got2 : chunks[2];
+            *reinterpret_cast<uint4*>(pair + 64) = odd ? chunks[1] : got1;
+            *reinterpret_cast<uint4*>(pair + 96) = odd ? chunks[3] : got2;
+          }
+        } else {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          if (4 * quad + k < d.terms) *reinterpret_cast<uint4*>(dst + k * g.cg) = chunks[k];
+          for (int k = 0; k < 4; ++k) {
+            if (4 * quad + k < d.terms) *reinterpret_cast<uint4*>(dst + k * g.cg) = chunks[k];
+          }
         }
         item += step_item, quad += step_quad, c += step_c;
         if (c >= cc) c -= cc, ++quad;
@@ -573,8 +608,9 @@ __global__ void __launch_bounds__(kPrepThreads)
 // other the input, u and alpha), so they share a launch: the filter's few blocks, a latency chain of
 // loads and atomics that took launches of their own after the input pass (sums 7 us and planes 5 us of
 // 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
-// in the first wave. (Every block holds both roles' static shared memory, 5 KB.)
-template <typename T>
+// in the first wave. (Every block holds both roles' static shared memory, 5 KB.) kPairStores: the input
+// pass's whole-sector stores for 16-channel slices of whole quads of terms (InputPassBlock).
+template <typename T, bool kPairStores>
 __global__ void __launch_bounds__(kPrepThreads, 6)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
@@ -585,8 +621,8 @@ __global__ void __launch_bounds__(kPrepThreads, 6)
   if (block < filter_blocks) {
     FilterSumsBlock<T>(block, filter, g, l, d, quant, channel_sums, filter_codes, b_planes);
   } else {
-    InputPassBlock<T>(block - filter_blocks, input, g, l, d, quant, per_block, lanes, planes, alpha_sums,
-                      code_sums);
+    InputPassBlock<T, kPairStores>(block - filter_blocks, input, g, l, d, quant, per_block, lanes, planes,
+                                   alpha_sums, code_sums);
   }
 }
 
