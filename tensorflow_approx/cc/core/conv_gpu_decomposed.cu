@@ -532,9 +532,9 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
     const size_t smem = 256 * sizeof(long long) + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
                         static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
-    // The build with whole-sector stores where InputPassBlock can take them (16 channels, whole quads).
-    const bool pair_stores = s.filter_depth == kChunk && d.terms % 4 == 0;
-    const auto prepass = pair_stores ? PrepassKernel<T, true> : PrepassKernel<T, false>;
+    // The build with whole-sector stores where InputPassBlock can take them.
+    const auto prepass = PairStoresApply(static_cast<int>(s.filter_depth), d.terms) ? PrepassKernel<T, true>
+                                                                                     : PrepassKernel<T, false>;
     prepass<<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
         input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
         code_sums, channel_sums, filter_codes, FilterPlanesInline(g) ? b_planes : nullptr);

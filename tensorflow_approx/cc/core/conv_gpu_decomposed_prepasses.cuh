@@ -214,6 +214,17 @@ __device__ __forceinline__ void LookupQuadChunks(const uint32_t* quad_words, uin
   for (int k = 0; k < 4; ++k) chunks[k] = make_uint4(term_words[k][0], term_words[k][1], term_words[k][2], term_words[k][3]);
 }
 
+// Whether the input pass's planes take pair stores (InputPassBlock, PrepassKernel<T, true>): slices of 16
+// channels and whole quads of terms. The host picks the kernel build by it; the kernel also needs an even
+// number of units in its block.
+__host__ __device__ inline bool PairStoresApply(int cg, int terms) { return cg == kChunk && terms % 4 == 0; }
+
+// v from the lane whose index differs in bit `mask` (every lane of the warp takes part).
+__device__ __forceinline__ uint4 ShuffleXor(uint4 v, int mask) {
+  return make_uint4(__shfl_xor_sync(0xFFFFFFFFu, v.x, mask), __shfl_xor_sync(0xFFFFFFFFu, v.y, mask),
+                    __shfl_xor_sync(0xFFFFFFFFu, v.z, mask), __shfl_xor_sync(0xFFFFFFFFu, v.w, mask));
+}
+
 template <typename T, bool kPairStores>
 __device__ void InputPassBlock(int block, const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
@@ -371,7 +382,7 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
       // (Only in the kernel built for it, PrepassKernel<T, true>: its shuffles cost the other layers' pass
       // registers, 3-8% of its time, when both paths shared one kernel.)
       const int lane = tid & 31;
-      const bool pair_stores = kPairStores && g.cg == kChunk && d.terms % 4 == 0 && units % 2 == 0;
+      const bool pair_stores = kPairStores && PairStoresApply(g.cg, d.terms) && units % 2 == 0;
       for (int u0 = pair_stores ? tid - lane : tid; u0 < units; u0 += kPrepThreads) {
         const int unit = pair_stores ? u0 + lane : u0;
         const bool active = unit < units;
@@ -385,12 +396,8 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
           // The even lane keeps its chunks 0 and 2 and gets the odd lane's 0 and 2; the odd lane keeps 1 and 3
           // and gets the even lane's 1 and 3. Store s of the pair: bytes 32 s .. 32 s + 31 of its 128.
           const bool odd = (lane & 1) != 0;
-          const uint4 send1 = odd ? chunks[0] : chunks[1], send2 = odd ? chunks[2] : chunks[3];
-          uint4 got1, got2;
-          got1.x = __shfl_xor_sync(0xFFFFFFFFu, send1.x, 1), got1.y = __shfl_xor_sync(0xFFFFFFFFu, send1.y, 1);
-          got1.z = __shfl_xor_sync(0xFFFFFFFFu, send1.z, 1), got1.w = __shfl_xor_sync(0xFFFFFFFFu, send1.w, 1);
-          got2.x = __shfl_xor_sync(0xFFFFFFFFu, send2.x, 1), got2.y = __shfl_xor_sync(0xFFFFFFFFu, send2.y, 1);
-          got2.z = __shfl_xor_sync(0xFFFFFFFFu, send2.z, 1), got2.w = __shfl_xor_sync(0xFFFFFFFFu, send2.w, 1);
+          const uint4 got1 = ShuffleXor(odd ? chunks[0] : chunks[1], 1);
+          const uint4 got2 = ShuffleXor(odd ? chunks[2] : chunks[3], 1);
           if (active) {
             int8_t* pair = dst - (odd ? 64 - 16 : 0);  // the pair's first byte, plus 16 for the odd lane
             *reinterpret_cast<uint4*>(pair) = odd ? got1 : chunks[0];
