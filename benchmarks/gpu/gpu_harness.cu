@@ -6,7 +6,7 @@
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
 //               [--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases]
-//               [--decomposed-tiles] [--decomposed-orders] [--profile LAYER [--kernel K | --terms N]]
+//               [--decomposed-tiles] [--decomposed-orders] [--profile LAYER [--kernel K | --terms N [--tile T]]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
@@ -1168,8 +1168,7 @@ const BenchShape kBenchShapes[] = {{"3x3 56x56 64->64", 64, 56, 64, 64, 3},
                                    {"R20 3x3 s2 16->32", 1000, 32, 16, 32, 3, 2},
                                    {"R20 1x1 s2 16->32", 1000, 32, 16, 32, 1, 2},
                                    {"R20 1x1 s2 32->64", 1000, 16, 32, 64, 1, 2}};
-// The first kPerformanceLayers of kBenchShapes are performance.md's five layers.
-constexpr int kPerformanceLayers = 5;
+// (The first five of kBenchShapes are performance.md's five layers.)
 
 // The ranges of the benchmark layers: input [-2, 6] (zero point 64), filter [-1, 1] (zero point 128).
 void BenchQuantParams(QuantParams* qi, QuantParams* qf) {
@@ -1696,8 +1695,9 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   }
   GpuDecomposedOptions opts;
   opts.tile = static_cast<GpuDecomposedTile>(ri(-1, static_cast<int>(GpuDecomposedTile::kCount) - 1));
-  // A tile that cannot run here (a wgmma tile without sm_90a): the auto-choice instead, the case kept.
-  if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileSupported(opts.tile).empty()) {
+  // A tile that cannot run here (a wgmma tile without sm_90a, the halo tile on a shape whose filter rows
+  // and halos do not fit): the auto-choice instead, the case kept.
+  if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileFits(opts.tile, s, decomposition.terms).empty()) {
     opts.tile = GpuDecomposedTile::kAuto;
   }
   opts.plain_fragment_loads = ri(0, 4) == 0;
@@ -1916,7 +1916,7 @@ struct DecomposedBenchLayer {
                       Counts* counts, const std::string& label) {
     const ConvShape& s = data.s;
     if (!GpuDecomposedSupports(s, d.terms).empty()) return -1;
-    if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileSupported(opts.tile).empty()) return -1;
+    if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileFits(opts.tile, s, d.terms).empty()) return -1;
     DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, d.terms));
     data.d_out.Poison(0xFF);
     std::string err;
@@ -2062,8 +2062,9 @@ void DecomposedVariantTable(std::mt19937_64& rng, int runs, Counts* counts, cons
   }
 }
 
-// Every GEMM tile on performance.md's five benchmark layers, for the exact table (1 term) and 16 terms;
-// the pick is ChooseGpuDecomposedTile's: what the tile table's rate guesses are checked against.
+// Every GEMM tile on every benchmark layer, for the exact table (1 term), 5 terms (the count of
+// mul8u_125K, the table of benchmarks/gpu/README.md's ResNet-20 runs) and 16 terms; the pick is
+// ChooseGpuDecomposedTile's: what the tile table's rate guesses and the halo rule are checked against.
 void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
   std::vector<DecomposedVariant> tiles;
   for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount); ++t) {
@@ -2075,8 +2076,9 @@ void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
     if (!why.empty()) std::printf("  %s: n/a (%s)\n", v.name, why.c_str());
   }
   std::vector<const BenchShape*> layers;
-  for (int li = 0; li < kPerformanceLayers; ++li) layers.push_back(&kBenchShapes[li]);
-  const std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 16)};
+  for (const BenchShape& b : kBenchShapes) layers.push_back(&b);
+  const std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 5),
+                                                         RandomDecomposition(rng, 16)};
   DecomposedVariantTable(rng, runs, counts, "Decomposed tiles (GpuDecomposedTile)", decompositions, layers, tiles,
                          [](const ConvShape& s, int terms) {
                            return static_cast<size_t>(ChooseGpuDecomposedTile(s, terms));
@@ -2188,7 +2190,7 @@ void DecomposedPhases(std::mt19937_64& rng, int runs, Counts* counts) {
 
 // Launches one benchmark layer's convolution once (for ncu): the lookup kernel (`kernel`), or with
 // `terms` > 0 the decomposed kernel on the exact product (1 term) or a random decomposition.
-int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms) {
+int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms, GpuDecomposedTile tile) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchData data(rng, kBenchShapes[index], qi, qf);
@@ -2206,10 +2208,13 @@ int Profile(std::mt19937_64& rng, int index, GpuKernel kernel, int terms) {
       return 1;
     }
     DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, terms));
+    GpuDecomposedOptions opts;
+    opts.tile = tile;
     const std::string err = ApproxConvGpuDecomposed<float>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_dec.d, d_out.ptr, 0,
-                                                           d_ws.ptr, d_ws.count, GpuDecomposedOptions());
+                                                           d_ws.ptr, d_ws.count, opts);
     CUDA_OR_DIE(cudaDeviceSynchronize());
-    std::printf("profiled %s with the decomposed kernel, %d terms%s%s\n", kBenchShapes[index].name, terms,
+    std::printf("profiled %s with the decomposed kernel, %d terms, tile %s%s%s\n", kBenchShapes[index].name, terms,
+                GpuDecomposedTileName(tile == GpuDecomposedTile::kAuto ? ChooseGpuDecomposedTile(s, terms) : tile),
                 err.empty() ? "" : ": ", err.c_str());
     return err.empty() ? 0 : 1;
   }
@@ -2236,6 +2241,7 @@ int main(int argc, char** argv) {
        orders_only = false, lookups_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
   int profile_terms = 0;  // with --profile: the decomposed kernel with this many terms
+  GpuDecomposedTile profile_tile = GpuDecomposedTile::kAuto;  // with --terms: this tile (its enum value)
   GpuKernel kernel = GpuKernel::kAuto;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -2255,6 +2261,7 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile = std::atoi(next());
     else if (a == "--kernel") kernel = static_cast<GpuKernel>(std::atoi(next()));
     else if (a == "--terms") profile_terms = std::max(0, std::atoi(next()));
+    else if (a == "--tile") profile_tile = static_cast<GpuDecomposedTile>(std::atoi(next()));
     else if (a == "--decomposed-only") decomposed_only = true;
     else if (a == "--lookups-only") lookups_only = true;
     else if (a == "--decomposed-phases") phases_only = true;
@@ -2264,7 +2271,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
                    "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] [--decomposed-orders] "
-                   "[--profile LAYER [--kernel K | --terms N]]\n",
+                   "[--profile LAYER [--kernel K | --terms N [--tile T]]]\n",
                    argv[0]);
       return 2;
     }
@@ -2278,7 +2285,8 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   if (profile >= 0) {
     if (profile >= static_cast<int>(sizeof(kBenchShapes) / sizeof(kBenchShapes[0]))) return 2;
-    return Profile(rng, profile, kernel, profile_terms);
+    if (profile_tile < GpuDecomposedTile::kAuto || profile_tile >= GpuDecomposedTile::kCount) return 2;
+    return Profile(rng, profile, kernel, profile_terms, profile_tile);
   }
   const Tables tables = LoadTables(table_dir);
   std::printf("tables: %zu (exact + %zu files from %s) + random tables\n", tables.luts.size(), tables.luts.size() - 1,

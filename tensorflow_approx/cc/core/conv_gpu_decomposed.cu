@@ -22,7 +22,8 @@
 // and the epilogue are in int64.
 //
 // By concern: conv_gpu_decomposed_prepasses.cuh (the workspace layout and the pre-passes),
-// conv_gpu_decomposed_gemm.cuh (the GEMM and its epilogue), this file (tiles, the auto-choice, the
+// conv_gpu_decomposed_gemm.cuh (the GEMM and its epilogue), conv_gpu_decomposed_halo.cuh (the GEMM
+// reading A from input halos in shared memory), this file (tiles, the auto-choice, the
 // decomposition's device form and the launches).
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_gemm.cuh"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed_halo.cuh"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_prepasses.cuh"
 
 namespace tfapprox {
@@ -87,16 +89,17 @@ struct TileConfig {
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 constexpr bool TilesInEnumOrder() {
-  for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount); ++t) {
+  for (int t = 0; t < static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0])); ++t) {
     if (static_cast<int>(kTiles[t].tile) != t) return false;
   }
   return true;
 }
-static_assert(sizeof(kTiles) / sizeof(kTiles[0]) == static_cast<size_t>(GpuDecomposedTile::kCount) && TilesInEnumOrder(),
-              "kTiles[t] is tile t");
+constexpr int kGemmTiles = static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0]));
+static_assert(kGemmTiles == static_cast<int>(GpuDecomposedTile::kTileHalo) && TilesInEnumOrder(),
+              "kTiles[t] is tile t, for every tile of DecomposedGemmKernel (the halo tile is the last)");
 bool IsWgmmaTile(GpuDecomposedTile tile) {
   const int t = static_cast<int>(tile);
-  return t >= 0 && t < static_cast<int>(GpuDecomposedTile::kCount) && kTiles[t].wgmma;
+  return t >= 0 && t < kGemmTiles && kTiles[t].wgmma;
 }
 
 // 1 in the device code of a module built with sm_90a's features (the wgmma kernels' bodies), else 0:
@@ -167,7 +170,24 @@ int64_t PlanesBytes(const Layout& l) { return l.items * l.slice_bytes; }
 // 8.4 T against 7.3 T). The 256-row tile only where the planes are past the L2 (kPlanesPastL2Bytes), where
 // halving the filter's reads pays: on 56x56 64->64 with 16 terms (205 MB) it led, 14.0 T against 12.6 T;
 // on ResNet-20's 8x8 64->64 (batch 1000, 16-65 MB) it lost to 128x64 by 18-26% with 4-16 terms (seed 629).
+//
+// The halo tile (conv_gpu_decomposed_halo.cuh) first, where it fits and the tile table had it ahead of every
+// GEMM tile (H200, --decomposed-tiles, seeds 830 and 840, G LUT-MAC/s, halo against the best GEMM tile,
+// exact / 5 / 16 terms): groups of at most 16 output channels with any number of terms (ResNet-20's stem
+// 4.2 / 3.9 / 1.8 T against 2.6 / 2.4 / 1.6 T, its 16->16 layer 21.5 / 9.3 / 4.3 T against 13.2 / 7.5 /
+// 3.5 T), and groups of 17-32 channels with the exact table and a filter of several taps (16x16 32->32
+// 35.6 T against 30.5 T, the stride-2 3x3 16->32 13.8 T against 11.9 T; with 5 terms it lost there, 14.0
+// T against 15.3 T and 6.4 T against 7.1 T). It lost on every layer of 64+ channels (8x8 64->64 exact
+// 41.2 T against 53.4 T, 56x56 64->64 64.5 T against 66.1 T) and on the 1x1 stride-2 projections but the
+// smallest (16->32 exact 1.66 T against 1.60 T: within the spread, left to the GEMM tiles).
+bool HaloPreferred(const ConvShape& s, int terms) {
+  const int64_t npg = s.out_depth_per_group();
+  const bool fits = GpuDecomposedTileFits(GpuDecomposedTile::kTileHalo, s, terms).empty();
+  return fits && (npg <= 16 || (npg <= 32 && terms <= 1 && s.filter_h * s.filter_w > 1));
+}
+
 GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_available) {
+  if (HaloPreferred(s, terms)) return GpuDecomposedTile::kTileHalo;
   const bool wgmma = wgmma_available && s.filter_h * s.filter_w > 1;
   const Layout l = MakeLayout(s, std::max(terms, 1));
   const bool planes_past_l2 = PlanesBytes(l) >= kPlanesPastL2Bytes;
@@ -263,6 +283,119 @@ std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& ar
 #undef TFAPPROX_TILE_CASE
 }
 
+// The halo tile's plan for a shape: the block (BM rows x BN channels), its rectangle and halo, the
+// shared-memory pitches. bm == 0: the tile does not take the shape (`why`).
+struct HaloPlan {
+  int bm = 0, bn = 0;
+  HaloArgs h{};
+  std::string why;
+};
+
+// A block's shared memory at most: two blocks a multiprocessor (228 KB, 1 KB of each block's reserved).
+constexpr int kHaloSmemLimit = 112 * 1024;
+
+// An odd count of chunks at least `chunks`: the pitch whose rows an ldmatrix phase reads conflict-free.
+int OddPitch(int chunks) { return chunks | 1; }
+
+HaloPlan MakeHaloPlan(const ConvShape& s, int terms) {
+  HaloPlan plan;
+  const Layout l = MakeLayout(s, std::max(terms, 1));
+  const int64_t npg = s.out_depth_per_group();
+  const int bn = npg <= 16 ? 16 : npg <= 32 ? 32 : 64;
+  const int64_t q_steps = (l.k_chunks + 3) / 4 * 2;  // k steps of two chunks, an even count of them
+  const int64_t b_bytes = bn * (2 * q_steps + 1) * kChunk;  // at least OddPitch(2 q_steps) chunks a row
+  if (b_bytes > kHaloSmemLimit) {
+    plan.why = "ApproxConvGpuDecomposed: the halo tile needs the filter's rows (" + std::to_string(b_bytes) +
+               " bytes) and two input halos in " + std::to_string(kHaloSmemLimit) + " bytes of shared memory";
+    return plan;
+  }
+  // Rectangles: BM = 128 or 64 pixels, TW = 8, 16 or 32 wide; the one with the least shared-memory
+  // traffic and copies in all: per rectangle and K chunk, ldmatrix reads BM rows of A and 4 x BN rows of
+  // B (every warp reads all of B) and the halo copies halo_pixels chunks; the larger block on a tie.
+  int64_t best_cost = -1;
+  for (int bm : {128, 64}) {
+    for (int shift : {3, 4, 5}) {
+      const int tw = 1 << shift, th = bm / tw;
+      const int64_t halo_h = (th - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h + 1;
+      const int64_t halo_w = (tw - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1;
+      if (halo_h * halo_w > kHaloSmemLimit) continue;
+      HaloArgs h{};
+      h.tile_w_shift = shift;
+      h.tiles_w = static_cast<int>((s.out_w + tw - 1) / tw);
+      h.tiles_h = static_cast<int>((s.out_h + th - 1) / th);
+      h.halo_w = static_cast<int>(halo_w);
+      h.halo_pixels = static_cast<int>(halo_h * halo_w);
+      h.a_pitch = OddPitch(l.slice_chunks);
+      h.b_pitch = OddPitch(static_cast<int>(2 * q_steps));
+      h.q_chunks = static_cast<int>(l.k_chunks);
+      h.q_steps = static_cast<int>(q_steps);
+      if (HaloSmemBytes(bm, bn, static_cast<int>(sizeof(double)), h) > kHaloSmemLimit) continue;
+      const int64_t tiles = s.batch * h.tiles_h * static_cast<int64_t>(h.tiles_w);
+      const int64_t cost = tiles * (bm + 4 * bn + h.halo_pixels);
+      if (best_cost >= 0 && cost >= best_cost) continue;
+      best_cost = cost;
+      plan.bm = bm;
+      plan.bn = bn;
+      h.gemm.m_tiles = static_cast<int>(std::min<int64_t>(tiles, INT_MAX));
+      h.gemm.n_tiles = static_cast<int>((npg + bn - 1) / bn);
+      plan.h = h;
+    }
+  }
+  if (plan.bm == 0) {
+    plan.why = "ApproxConvGpuDecomposed: the halo tile needs the filter's rows (" + std::to_string(b_bytes) +
+               " bytes) and two input halos in " + std::to_string(kHaloSmemLimit) + " bytes of shared memory";
+  } else if (s.batch * plan.h.tiles_h * static_cast<int64_t>(plan.h.tiles_w) > INT_MAX ||
+             static_cast<int64_t>(plan.h.gemm.n_tiles) * s.groups() > 65535) {
+    plan.bm = 0;
+    plan.why = "ApproxConvGpuDecomposed: convolution too large for the halo tile's launch";
+  }
+  return plan;
+}
+
+template <typename T, int BM, int BN>
+std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi,
+                            T* output, int sms, cudaStream_t stream) {
+  HaloArgs h = plan.h;
+  const int m_tiles = h.gemm.m_tiles, n_tiles = h.gemm.n_tiles;
+  h.gemm = base;
+  h.gemm.m_tiles = m_tiles;
+  h.gemm.n_tiles = n_tiles;
+  const int smem = HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h);
+  const auto kernel = DecomposedHaloKernel<T, BM, BN>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
+  int per_sm = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem);
+  if (e != cudaSuccess) return CudaError("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  // Persistent blocks: as many as fit at once, spread over the channel tiles and groups (grid y); each
+  // walks rectangles blockIdx.x, + gridDim.x, ...
+  const int64_t columns = static_cast<int64_t>(n_tiles) * g.groups;
+  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * std::max(sms, 1);
+  const int64_t blocks_x = std::max<int64_t>(1, std::min<int64_t>(m_tiles, (slots + columns - 1) / columns));
+  kernel<<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(columns)), 128, smem, stream>>>(h, g, epi,
+                                                                                                       output);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? "" : CudaError("the decomposed halo launch", e);
+}
+
+template <typename T>
+std::string LaunchHalo(const HaloPlan& plan, const GemmArgs& args, const GpuGeometry& g, const Epilogue& epi,
+                       T* output, int sms, cudaStream_t stream) {
+  if (plan.bm == 0) return plan.why;
+  const bool tall = plan.bm == 128;
+  switch (plan.bn) {
+    case 16:
+      return tall ? LaunchHaloBlock<T, 128, 16>(plan, args, g, epi, output, sms, stream)
+                  : LaunchHaloBlock<T, 64, 16>(plan, args, g, epi, output, sms, stream);
+    case 32:
+      return tall ? LaunchHaloBlock<T, 128, 32>(plan, args, g, epi, output, sms, stream)
+                  : LaunchHaloBlock<T, 64, 32>(plan, args, g, epi, output, sms, stream);
+    default:
+      return tall ? LaunchHaloBlock<T, 128, 64>(plan, args, g, epi, output, sms, stream)
+                  : LaunchHaloBlock<T, 64, 64>(plan, args, g, epi, output, sms, stream);
+  }
+}
+
 }  // namespace
 
 const char* GpuKOrderName(GpuKOrder order) {
@@ -303,6 +436,7 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTileWgmma128x128: return "wgmma128x128";
     case GpuDecomposedTile::kTileWgmma128x64k64: return "wgmma128x64k64";
     case GpuDecomposedTile::kTileWgmma256x64k64: return "wgmma256x64k64";
+    case GpuDecomposedTile::kTileHalo: return "halo";
     default: return "?";
   }
 }
@@ -337,8 +471,10 @@ const char* GpuDecomposedPhaseName(int phase) {
 //   1-4 terms:   K >= 27  and m >= 72    (slowest picked row 1.43x: the stem; the 1x1 stride-2 projections,
 //                                         m of 8 and 16, left out)
 //   5-8 terms:   K >= 64  and m >= 72    (slowest picked 1.75x; the stem's 1.26x left out)
-//   9-16 terms:  K >= 288 and m >= 144   (slowest picked 1.33x: R20 8x8 64->64; 16->16 and the stride-2
-//                                         layers, 0.66-0.78x, and the 1x1 56x56's 1.40x left out)
+//   9-16 terms:  K >= 144 and m >= 144   (slowest picked 1.33x: R20 8x8 64->64; the stride-2 layers,
+//                                         0.66x, and the 1x1 56x56's 1.40x left out; K was 288 until the
+//                                         halo tile took ResNet-20's 16->16 with 16 terms to 1.7x the
+//                                         lookups, docs/decomposition.md)
 //   more terms:  never (not measured).
 // And only inside what the figures cover: groups 1 (grouped and depthwise layers were not measured; their
 // K is small anyway), NHWC (NCHW adds a transposing input pass to both kernels, not measured), and calls of
@@ -357,7 +493,7 @@ bool GpuPreferDecomposed(const ConvShape& s, int terms) {
   const double m = static_cast<double>(s.lut_macs()) / static_cast<double>(input_elements);
   if (terms <= 4) return k >= 27 && m >= 72;
   if (terms <= 8) return k >= 64 && m >= 72;
-  return k >= 288 && m >= 144;
+  return k >= 144 && m >= 144;
 }
 
 std::string GpuDecomposedSupports(const ConvShape& s, int terms) {
@@ -386,6 +522,12 @@ size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms) {
 }
 
 std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) { return IsWgmmaTile(tile) ? WgmmaAvailable() : ""; }
+
+std::string GpuDecomposedTileFits(GpuDecomposedTile tile, const ConvShape& shape, int terms) {
+  std::string why = GpuDecomposedTileSupported(tile);
+  if (why.empty() && tile == GpuDecomposedTile::kTileHalo) why = MakeHaloPlan(shape, terms).why;
+  return why;
+}
 
 GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {
   DeviceInfo dev;
@@ -586,7 +728,11 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
-  error = LaunchTile<T>(tile, !options.plain_fragment_loads, args, g, epi, output, stream);
+  if (tile == GpuDecomposedTile::kTileHalo) {
+    error = LaunchHalo<T>(MakeHaloPlan(s, d.terms), args, g, epi, output, dev.sms, stream);
+  } else {
+    error = LaunchTile<T>(tile, !options.plain_fragment_loads, args, g, epi, output, stream);
+  }
   if (!error.empty()) return error;
   return mark(6);
 }

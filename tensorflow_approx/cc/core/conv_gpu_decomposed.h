@@ -83,12 +83,18 @@ enum class GpuDecomposedTile : int {
   kTileWgmma128x128 = 6,
   kTileWgmma128x64k64 = 7,  // stages of 64 K bytes (64-byte swizzle), four deep, three blocks
   kTileWgmma256x64k64 = 8,  // 256 rows: half the filter's reads per output of 128 rows
-  kCount = 9,
+  // Rectangles of one image's output pixels, A read from their input halo in shared memory, all of the
+  // filter's K kept there (conv_gpu_decomposed_halo.cuh): only where that fits (GpuDecomposedTileFits).
+  kTileHalo = 9,
+  kCount = 10,
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 // "" where `tile` can run on the current device, else why not (the wgmma tiles need a CC 9.0 device and
 // device code built for sm_90a; every other tile: "").
 std::string GpuDecomposedTileSupported(GpuDecomposedTile tile);
+// "" where `tile` can run this shape with `terms` terms on the current device, else why not: the halo
+// tile needs the filter's rows of a block and two halos in shared memory; the others take every shape.
+std::string GpuDecomposedTileFits(GpuDecomposedTile tile, const ConvShape& shape, int terms);
 
 // The order of the GEMM's K stages: a 3x3 (or larger) filter's K is spatial taps x slice bytes (the
 // planes' order). kTapsInner walks the taps innermost, BK bytes of the slice at a time, where a slice is
