@@ -189,15 +189,17 @@ def check_decomposed(rng, trace_path):
     """Tables registered with ta.register_decomposition (up to 16 terms) on layer shapes where the GPU
     picks its tensor-core kernel: the GPU's outputs bit for bit the CPU's, asymmetric and symmetric codes
     (the decomposition rearranged for shifted codes). Returns (cases, outputs, mismatches, GPU
-    configurations the trace names the decomposed kernel for, of them with a wgmma tile)."""
+    configurations the trace names the decomposed kernel for, of them with a wgmma tile, of them with the
+    halo tile)."""
     tables = []
     for name in ("exact", "drum4", "optrunc3", "coltrunc8", "etm3"):
         lut = np.asarray(mx.get(name).lut, np.uint16)
         if ta.register_decomposition(lut, max_terms=16) is not None:
             tables.append((name, lut))
-    # Calls of 2e9 LUT-MACs and more (GpuPreferDecomposed's floor): batch 1000 of ResNet-20's 32-channel layer,
-    # and big layers at batch 32.
-    shapes = [(32, 28, 128, 128, 3), (32, 14, 256, 256, 3), (1000, 16, 32, 32, 3), (32, 56, 64, 64, 3)]
+    # Calls past GpuPreferDecomposed's floor: batch 1000 of ResNet-20's 16- and 32-channel layers (the halo
+    # tile's), and big layers at batch 32.
+    shapes = [(32, 28, 128, 128, 3), (32, 14, 256, 256, 3), (1000, 16, 32, 32, 3), (1000, 32, 16, 16, 3),
+              (32, 56, 64, 64, 3)]
     cases, outputs, mismatches = 0, 0, 0
     for name, lut in tables:
         for batch, size, cin, cout, k in shapes:
@@ -220,7 +222,8 @@ def check_decomposed(rng, trace_path):
                 print("  decomposed case differs:", name, (batch, size, cin, cout, k), scheme, dtype.name)
     with open(trace_path) as f:
         picked = [line for line in f if "device=GPU" in line and "kernel=tensor-cores-decomposed" in line]
-    return cases, outputs, mismatches, len(picked), sum("-wgmma" in line for line in picked)
+    return (cases, outputs, mismatches, len(picked), sum("-wgmma" in line for line in picked),
+            sum("-halo" in line for line in picked))
 
 
 def check_invalid_ranges():
@@ -431,7 +434,7 @@ def main():
     print(f"| registered decompositions (<= 16 terms) on big layers, GPU vs CPU | {decomposed[0]} cases, "
           f"{decomposed[1]} outputs, {decomposed[2]} mismatches; tensor-core kernel traced for {decomposed[3]} "
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
-          f"capability 9.0: {hopper}) |")
+          f"capability 9.0: {hopper}), {decomposed[5]} with the halo tile |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are host variables | {lut_on_host} |")
