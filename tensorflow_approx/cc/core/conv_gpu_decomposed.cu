@@ -304,9 +304,11 @@ HaloPlan MakeHaloPlan(const ConvShape& s, int terms) {
   const int bn = npg <= 16 ? 16 : npg <= 32 ? 32 : 64;
   const int64_t q_steps = (l.k_chunks + 3) / 4 * 2;  // k steps of two chunks, an even count of them
   const int64_t b_bytes = bn * (2 * q_steps + 1) * kChunk;  // at least OddPitch(2 q_steps) chunks a row
+  const std::string too_big = "ApproxConvGpuDecomposed: the halo tile needs the filter's rows (" +
+                              std::to_string(b_bytes) + " bytes) and two input halos in " +
+                              std::to_string(kHaloSmemLimit) + " bytes of shared memory";
   if (b_bytes > kHaloSmemLimit) {
-    plan.why = "ApproxConvGpuDecomposed: the halo tile needs the filter's rows (" + std::to_string(b_bytes) +
-               " bytes) and two input halos in " + std::to_string(kHaloSmemLimit) + " bytes of shared memory";
+    plan.why = too_big;
     return plan;
   }
   // Rectangles: BM = 128 or 64 pixels, TW = 8, 16 or 32 wide; the one with the least shared-memory
@@ -342,8 +344,7 @@ HaloPlan MakeHaloPlan(const ConvShape& s, int terms) {
     }
   }
   if (plan.bm == 0) {
-    plan.why = "ApproxConvGpuDecomposed: the halo tile needs the filter's rows (" + std::to_string(b_bytes) +
-               " bytes) and two input halos in " + std::to_string(kHaloSmemLimit) + " bytes of shared memory";
+    plan.why = too_big;
   } else if (s.batch * plan.h.tiles_h * static_cast<int64_t>(plan.h.tiles_w) > INT_MAX ||
              static_cast<int64_t>(plan.h.gemm.n_tiles) * s.groups() > 65535) {
     plan.bm = 0;
@@ -360,7 +361,7 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   h.gemm = base;
   h.gemm.m_tiles = m_tiles;
   h.gemm.n_tiles = n_tiles;
-  const int smem = HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h);
+  const int smem = static_cast<int>(HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h));
   const auto kernel = DecomposedHaloKernel<T, BM, BN>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);

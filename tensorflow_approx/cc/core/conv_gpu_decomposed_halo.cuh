@@ -44,11 +44,11 @@ struct HaloChannel {
 // Shared memory of a block: the filter rows, two halos (the next rectangle's copies land while the tensor
 // cores read the current one) with their pixels' alpha and code sums, per row of the rectangle the alpha
 // sum, the output pixel and the converted code sum, per chunk of K its offset in a halo, and the block's
-// channels (HaloChannel). real_bytes: sizeof(Real).
-__host__ __device__ inline int HaloSmemBytes(int bm, int bn, int real_bytes, const HaloArgs& h) {
-  return bn * h.b_pitch * kChunk + 2 * h.halo_pixels * (h.a_pitch * kChunk + static_cast<int>(sizeof(long long) + sizeof(int))) +
-         bm * (static_cast<int>(sizeof(long long) + sizeof(int)) + real_bytes) + 2 * h.q_steps * static_cast<int>(sizeof(int)) +
-         bn * (2 * static_cast<int>(sizeof(long long)) + 4 * real_bytes);
+// channels (HaloChannel). real_bytes: sizeof(Real). (64-bit: MakeHaloPlan sizes candidates past any limit.)
+inline int64_t HaloSmemBytes(int bm, int bn, int real_bytes, const HaloArgs& h) {
+  constexpr int64_t kLong = sizeof(long long), kInt = sizeof(int);
+  return int64_t{bn} * h.b_pitch * kChunk + 2 * int64_t{h.halo_pixels} * (int64_t{h.a_pitch} * kChunk + kLong + kInt) +
+         bm * (kLong + kInt + real_bytes) + 2 * int64_t{h.q_steps} * kInt + bn * (2 * kLong + 4 * real_bytes);
 }
 
 // 8 or 4 bytes from global to shared memory (through L1: .cg takes 16-byte copies only).
@@ -295,13 +295,7 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
       }
     }
 
-    int acc[MT][NT][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0;
+    int acc[MT][NT][4] = {};
     uint32_t a_rows[MT];  // in this rectangle's buffer
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) a_rows[mt] = Opaque(a_row[mt] + ((it & 1) ? halo_bytes : 0));
