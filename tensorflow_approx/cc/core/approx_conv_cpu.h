@@ -13,6 +13,7 @@
 
 #include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/quantize.h"
+#include "tensorflow_approx/cc/core/uninitialized_vector.h"
 
 namespace tfapprox {
 
@@ -79,8 +80,8 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   using Real = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   if (s.output_elements() == 0) return;
 
-  // Input codes in NHWC whatever the data format.
-  std::vector<uint8_t> input_codes(static_cast<size_t>(s.input_elements()));
+  // Input codes in NHWC whatever the data format (every one written below).
+  UninitializedVector<uint8_t> input_codes(static_cast<size_t>(s.input_elements()));
   const int64_t hw = s.in_h * s.in_w;
   std::atomic<bool> input_nan{false};
   if (std::is_same<T, float>::value && s.data_format == DataFormat::kNHWC) {
@@ -168,8 +169,6 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   const int64_t groups = s.groups();
   const int64_t pixels = s.out_pixels();
   const int64_t pass = std::max<int64_t>(1, kAccumulatorElementsPerPass / s.out_depth);
-  std::vector<int64_t> acc(static_cast<size_t>(std::min(pass, pixels) * s.out_depth));
-  std::vector<int64_t> act_sum(static_cast<size_t>(std::min(pass, pixels) * groups));
   const int64_t out_hw = s.out_h * s.out_w;
   const int64_t out_per_group = s.out_depth_per_group();
   // float32 NHWC: a pixel's channels are contiguous, dequantized a vector at a time (the same bits).
@@ -177,6 +176,12 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   if constexpr (std::is_same<T, float>::value) {
     if (s.data_format == DataFormat::kNHWC) rows.reset(new DequantizeRows(dequantize, filter_sum.data()));
   }
+  // The int64 sums, unless the decomposed kernel writes the outputs itself (its direct path with rows): 2
+  // MB zeroed a call that nothing read (with the image's and the input codes' zeroing, 8-15% of ResNet-20's
+  // small layers on the decomposed kernel; docs/decomposition.md).
+  const bool outputs_direct = plan != nullptr && rows != nullptr && groups == 1 && DecomposedWritesOutputs(*plan);
+  std::vector<int64_t> acc(outputs_direct ? 0 : static_cast<size_t>(std::min(pass, pixels) * s.out_depth));
+  std::vector<int64_t> act_sum(static_cast<size_t>(std::min(pass, pixels) * groups));
   for (int64_t begin = 0; begin < pixels; begin += pass) {
     const int64_t end = std::min(pixels, begin + pass);
     if (kernel == CpuKernel::kReference) {

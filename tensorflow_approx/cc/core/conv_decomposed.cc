@@ -21,6 +21,7 @@
 
 #include "tensorflow_approx/cc/core/conv_kernels.h"
 #include "tensorflow_approx/cc/core/cpu_features.h"
+#include "tensorflow_approx/cc/core/uninitialized_vector.h"
 
 namespace tfapprox {
 namespace {
@@ -539,13 +540,15 @@ constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at
 // and a pixel's patch sums are its taps' sums added (a run of pixels at a time). B's reduction is tap-major to match (PackFilter). Built by PrepareDecomposed for
 // the input conv.input points to then; DecomposedConvAccumulate builds another for a call whose conv.input
 // is another buffer.
+// BuildDirectImage writes every pixel's sums and every byte but the pads past cg in a translated pixel's
+// terms (DirectDepth), which B's zeros multiply (PackFilter).
 struct DirectImage {
   const uint8_t* input = nullptr;   // the codes it was built from
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
   int64_t pixel_bytes = 0;          // terms * DirectDepth
-  std::vector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
-  std::vector<int64_t> code_sums;   // [batch][ph][pw]
-  std::vector<int64_t> alpha_sums;  // [batch][ph][pw]
+  UninitializedVector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
+  UninitializedVector<int64_t> code_sums;   // [batch][ph][pw]
+  UninitializedVector<int64_t> alpha_sums;  // [batch][ph][pw]
   std::vector<int64_t> tap_pixels;  // per spatial tap (kh, kw): its pixel's offset from (kh, kw) = (0, 0)
   std::vector<int64_t> tap_bytes;   // the same in bytes
 };
@@ -682,6 +685,8 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
   if (per_group < 32) return terms <= 6;
   return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms <= 6 && taps >= 288) || taps >= 512);
 }
+
+bool DecomposedWritesOutputs(const DecomposedPlan& plan) { return plan.direct != nullptr; }
 
 const char* DecomposedKernelName(bool portable) {
   return portable || !HasVnni() ? "decomposed-portable" : "avx512vnni-decomposed";

@@ -132,6 +132,9 @@ struct FloatOutputs {
 bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
                               int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                               const FloatOutputs* outputs = nullptr);
+// Whether DecomposedConvAccumulate with `outputs` writes them itself for this plan (the direct path): then
+// it neither reads nor writes acc, which may be null.
+bool DecomposedWritesOutputs(const DecomposedPlan& plan);
 // "avx512vnni-decomposed" or "decomposed-portable".
 const char* DecomposedKernelName(bool portable = false);
 // Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI).
