@@ -707,6 +707,11 @@ struct DecomposedPlan {
 // terms 3.83 / 2.70 and 5.62 / 4.16, 6 terms 3.77 / 3.13 and 5.35 / 4.41, 7 terms 1.04-1.06x, 8 even; the
 // stride-2 16->32 (144 taps) 5 terms even, 6-8 slower. So groups of 16-31 channels take up to six terms,
 // and six terms run from 288 taps.
+// With the buffers no longer zeroed first (UninitializedVector, 47be5f4), 7-8 terms again (the decomposed
+// kernel forced for groups of 16-31 channels against this build's lookups, alternated processes, three
+// pairs, ms): 3x3 32x32 16->16 mul8u_2P7 (7) 4.16 / 4.63, 4.24 / 4.71, 4.15 / 4.65; mul8u_GS2 (8) 5.09 /
+// 4.76, 4.65 / 4.78, 5.15 / 5.81; the stride-2 16->32 (144 taps) 7 terms 2.45 / 2.39, 2.51 / 2.47, 2.49 /
+// 2.44, 8 terms even. So seven terms at strides 1.
 // Input depths that are not a multiple of 4 take the direct path too, padded (DirectDepth): ResNet-20's
 // 3->16 stem (27 taps, N=64), lookups / decomposed ms, two runs: exact 2.46 / 1.44 and 3.00 / 2.27,
 // mul8u_1446 (2 terms) 1.90 / 1.64 and 1.99 / 1.78 (tf.nn.conv2d about 0.8-1.3 ms); a 3x3 6->32 even.
@@ -717,7 +722,7 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
     const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
     return DirectApplies(shape, terms, true) && terms <= (strided ? 1 : 3);
   }
-  if (per_group < 32) return terms <= 6;
+  if (per_group < 32) return terms <= 6 || (terms == 7 && shape.stride_h == 1 && shape.stride_w == 1);
   return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms <= 6 && taps >= 288) || taps >= 512);
 }
 

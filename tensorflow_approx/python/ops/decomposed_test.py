@@ -54,7 +54,7 @@ def low_rank_table(rng, terms, signed):
 CASES = [
     # terms, signed products, shape (batch, size, in, out, k), op arguments
     # (the decomposed kernel runs where PreferDecomposed says: 128+ taps; 16-31 channels per group with up
-    # to 6 terms; 32+ channels with up to 8 terms and 36864 entries, 5-6 terms from 288 taps, 7-8 terms
+    # to 6 terms, 7 at strides 1; 32+ channels with up to 8 terms and 36864 entries, 5-6 terms from 288 taps, 7-8 terms
     # from 512; 1x1
     # filters of 16+ channels in one group with up to 3 terms: the last two cases; a case it declines keeps
     # the lookups, same outputs)
@@ -72,6 +72,7 @@ CASES = [
     (2, False, (1, 6, 16, 16, 1), {}),
     (1, False, (2, 9, 32, 64, 1), {"per_channel": True}),
     (6, False, (2, 8, 16, 16, 3), {"per_channel": True}),
+    (7, False, (2, 8, 16, 16, 3), {}),
 ]
 
 
