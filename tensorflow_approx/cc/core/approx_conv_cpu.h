@@ -176,10 +176,11 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
   if constexpr (std::is_same<T, float>::value) {
     if (s.data_format == DataFormat::kNHWC) rows.reset(new DequantizeRows(dequantize, filter_sum.data()));
   }
+  const bool row_outputs = rows != nullptr && groups == 1;  // outputs a pixel's row of channels at a time
   // The int64 sums, unless the decomposed kernel writes the outputs itself (its direct path with rows): 2
   // MB zeroed a call that nothing read (with the image's and the input codes' zeroing, 8-15% of ResNet-20's
   // small layers on the decomposed kernel; docs/decomposition.md).
-  const bool outputs_direct = plan != nullptr && rows != nullptr && groups == 1 && DecomposedWritesOutputs(*plan);
+  const bool outputs_direct = plan != nullptr && row_outputs && DecomposedWritesOutputs(*plan);
   std::vector<int64_t> acc(outputs_direct ? 0 : static_cast<size_t>(std::min(pass, pixels) * s.out_depth));
   std::vector<int64_t> act_sum(static_cast<size_t>(std::min(pass, pixels) * groups));
   for (int64_t begin = 0; begin < pixels; begin += pass) {
@@ -190,7 +191,7 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
       // float32 NHWC with one group: the decomposed kernel's direct path writes the outputs itself.
       FloatOutputs outputs;
       if constexpr (std::is_same<T, float>::value) {
-        if (rows != nullptr && groups == 1) outputs = FloatOutputs{rows.get(), output + begin * s.out_depth};
+        if (row_outputs) outputs = FloatOutputs{rows.get(), output + begin * s.out_depth};
       }
       if (DecomposedConvAccumulate(conv, *plan, begin, end, parallel_for, acc.data(), act_sum.data(),
                                    outputs.rows != nullptr ? &outputs : nullptr)) {
@@ -201,7 +202,7 @@ void ApproxConvCpu(const ConvShape& s, const T* input, const T* filter, const Qu
     }
     parallel_for(end - begin, s.out_depth * 4, [&](int64_t q_begin, int64_t q_end) {
       if constexpr (std::is_same<T, float>::value) {
-        if (rows != nullptr && groups == 1) {
+        if (row_outputs) {
           DequantizePixels(*rows, q_end - q_begin, &acc[q_begin * s.out_depth], &act_sum[q_begin],
                            output + (begin + q_begin) * s.out_depth);
           return;

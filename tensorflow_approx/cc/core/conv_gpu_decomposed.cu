@@ -88,13 +88,13 @@ struct TileConfig {
   {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate, wgmma != 0},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
+constexpr int kGemmTiles = static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0]));
 constexpr bool TilesInEnumOrder() {
-  for (int t = 0; t < static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0])); ++t) {
+  for (int t = 0; t < kGemmTiles; ++t) {
     if (static_cast<int>(kTiles[t].tile) != t) return false;
   }
   return true;
 }
-constexpr int kGemmTiles = static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0]));
 static_assert(kGemmTiles == static_cast<int>(GpuDecomposedTile::kTileHalo) && TilesInEnumOrder(),
               "kTiles[t] is tile t, for every tile of DecomposedGemmKernel (the halo tile is the last)");
 bool IsWgmmaTile(GpuDecomposedTile tile) {

@@ -33,12 +33,13 @@ struct HaloArgs {
   int q_chunks, q_steps;
 };
 
-// A channel's part of DequantizeTerms::Combine, once per block (the same for every rectangle): the
-// integers added to every acc (beta sum + taps * c0 - acc_offset), the scales, the filter codes' term.
+// A channel's dequantization, once per block (the same for every rectangle): its DequantizeTerms, the
+// integers added to every acc (beta sum + taps * c0 - acc_offset) and the filter codes' term (FilterTerm).
 template <typename Real>
 struct HaloChannel {
-  long long net_offset, acc_offset;
-  Real acc_scale, act_scale, filter_term, constant;
+  DequantizeTerms<Real> terms;
+  long long net_offset;
+  Real filter_term;
 };
 
 // Shared memory of a block: the filter rows, two halos (the next rectangle's copies land while the tensor
@@ -48,7 +49,8 @@ struct HaloChannel {
 inline int64_t HaloSmemBytes(int bm, int bn, int real_bytes, const HaloArgs& h) {
   constexpr int64_t kLong = sizeof(long long), kInt = sizeof(int);
   return int64_t{bn} * h.b_pitch * kChunk + 2 * int64_t{h.halo_pixels} * (int64_t{h.a_pitch} * kChunk + kLong + kInt) +
-         bm * (kLong + kInt + real_bytes) + 2 * int64_t{h.q_steps} * kInt + bn * (2 * kLong + 4 * real_bytes);
+         bm * (kLong + kInt + real_bytes) + 2 * int64_t{h.q_steps} * kInt +
+         bn * (real_bytes == 4 ? int64_t{sizeof(HaloChannel<float>)} : int64_t{sizeof(HaloChannel<double>)});
 }
 
 // 8 or 4 bytes from global to shared memory (through L1: .cg takes 16-byte copies only).
@@ -156,12 +158,9 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
       if (n0 + c < g.npg) {
         const int co = grp * g.npg + n0 + c;
         const DequantizeTerms<Real> terms = ChannelTerms(epi.quant, per_channel, co, deq);
-        ch.acc_offset = terms.acc_offset;
+        ch.terms = terms;
         ch.net_offset = static_cast<long long>(__ldg(args.channel_sums + co)) + args.taps_c0 - terms.acc_offset;
         ch.filter_term = terms.FilterTerm(static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co)));
-        ch.acc_scale = terms.acc_scale;
-        ch.act_scale = terms.act_sum_scale;
-        ch.constant = terms.constant;
       }
       s_channel[c] = ch;
     }
@@ -330,7 +329,7 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     __syncthreads();  // every row's sums and pixel (written above by other threads)
 
     // Epilogue: acc + the row's alpha sum + the channel's net offset is the lookups' sum less acc_offset;
-    // then DequantizeTerms::Combine's operations in its order (the same bits). The lane's rows (mma
+    // then DequantizeTerms::Combine with the row's and the channel's parts (the same bits). The lane's rows (mma
     // tile mt, half: rows + 0 / + 8) once, then channel pairs (2t, 2t + 1 of each n8 tile).
     int row_p[MT][2];
     long long row_alpha[MT][2];
@@ -361,8 +360,8 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
           const int64_t net0 = static_cast<int64_t>(acc[mt][nt][2 * half]) + row_alpha[mt][half] + ch0.net_offset;
           const int64_t net1 = static_cast<int64_t>(acc[mt][nt][2 * half + 1]) + row_alpha[mt][half] + ch1.net_offset;
           const Real act = row_act[mt][half];
-          const T v0 = FromReal<T>(ch0.acc_scale * Real(net0) + ch0.act_scale * act + ch0.filter_term + ch0.constant);
-          const T v1 = FromReal<T>(ch1.acc_scale * Real(net1) + ch1.act_scale * act + ch1.filter_term + ch1.constant);
+          const T v0 = FromReal<T>(ch0.terms.Combine(net0, act, ch0.filter_term));
+          const T v1 = FromReal<T>(ch1.terms.Combine(net1, act, ch1.filter_term));
           if (second && args.pair_stores) {
             StorePair(output + static_cast<int64_t>(p) * g.out_depth + co0, v0, v1);
           } else {
@@ -370,8 +369,8 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
             if (second) StoreOutput(g, output, p, co0 + 1, v1);
           }
           if (epi.debug_acc != nullptr) {  // the lookups' sums
-            epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = net0 + ch0.acc_offset;
-            if (second) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + 1] = net1 + ch1.acc_offset;
+            epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0] = net0 + ch0.terms.acc_offset;
+            if (second) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co0 + 1] = net1 + ch1.terms.acc_offset;
           }
         }
     }
