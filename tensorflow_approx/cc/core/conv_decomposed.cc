@@ -317,6 +317,92 @@ TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t n, int64_t taps, const
   }
 }
 
+// Pixels of at most 16 codes, several to a vector: a row of n pixels' codes (codes: [n][cg], contiguous) to
+// their direct image bytes (pixel i's term r at out + i * terms * w + r * w, w = DirectDepth: TranslateVbmi's
+// bytes, its pads past cg unspecified) and sums (SumsVbmi's). Pixel by pixel, a vector's masked load,
+// lookups and store per term and two reductions for 3 or 16 codes were 16% of ResNet-20's stem.
+bool NarrowPixelsApply(int64_t cg) { return cg <= 4 || cg == 8 || cg == 16; }
+
+// The int64 sums of each w-byte pixel (w = 4, 8 or 16) of a vector, in qword lanes: *lo the first 8 pixels
+// (4 for w = 16), *hi pixels 8..15 (w = 4; else 0). 4-byte pixels by vpdpbusd against ones, wider ones by
+// vpsadbw (a qword per 8 bytes; a 16-byte pixel's two added and the pixels' sums packed low).
+TFAPPROX_VNNI inline void PixelSums(int64_t w, __m512i bytes, __m512i* lo, __m512i* hi) {
+  const __m512i zero = _mm512_setzero_si512();
+  *hi = zero;
+  if (w == 4) {
+    const __m512i d = _mm512_dpbusd_epi32(zero, bytes, _mm512_set1_epi8(1));
+    *lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(d));
+    *hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(d, 1));
+    return;
+  }
+  const __m512i q = _mm512_sad_epu8(bytes, zero);
+  *lo = w == 8 ? q : _mm512_maskz_compress_epi64(0x55, _mm512_add_epi64(q, _mm512_shuffle_epi32(q, _MM_PERM_BADC)));
+}
+
+// Byte 4p + k of a row of 3-code (2-, 1-code) pixels spread to 4 bytes: code k of pixel p (k < cg), and
+// the bytes that hold codes.
+struct Spread {
+  alignas(64) uint8_t index[64];
+  __mmask64 keep = 0;
+  explicit Spread(int cg) {
+    for (int b = 0; b < 64; ++b) {
+      index[b] = static_cast<uint8_t>(b % 4 < cg ? b / 4 * cg + b % 4 : 0);
+      if (b % 4 < cg) keep |= __mmask64{1} << b;
+    }
+  }
+};
+const Spread kSpreads[4] = {Spread(0), Spread(1), Spread(2), Spread(3)};
+
+TFAPPROX_VNNI inline __mmask64 FirstBytes(int64_t n) { return n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1; }
+
+TFAPPROX_VNNI void NarrowPixelsVbmi(const uint8_t* codes, int64_t n, int64_t cg, const uint8_t* u_plus, int terms,
+                                    const AlphaPlanes& alpha, uint8_t* out, int64_t* code_sum, int64_t* alpha_sum) {
+  const int64_t w = cg <= 4 ? 4 : cg, per = 64 / w, pixel_bytes = terms * w;
+  const Spread& spread = kSpreads[cg < 4 ? cg : 0];
+  const __m512i spread_index = _mm512_load_si512(spread.index);
+  const __m512i base = _mm512_set1_epi64(alpha.base * cg), slope = _mm512_set1_epi64(alpha.slope);
+  alignas(64) uint8_t looked_up[64];
+  for (int64_t i = 0; i < n; i += per) {
+    const int64_t count = std::min(per, n - i);
+    __m512i c = _mm512_maskz_loadu_epi8(FirstBytes(count * cg), codes + i * cg);
+    if (cg < 4) c = _mm512_maskz_permutexvar_epi8(spread.keep, spread_index, c);
+    // The sums: alpha's as SumsVbmi's, base * cg + slope * code sum + its planes' sums shifted to their bytes
+    // (|slope| < 2^32 / 255, since 255 * slope is a difference of int32: vpmuldq is exact).
+    __m512i code_lo, code_hi, planes_lo = _mm512_setzero_si512(), planes_hi = _mm512_setzero_si512();
+    PixelSums(w, c, &code_lo, &code_hi);
+    for (int j = 0; j < alpha.count; ++j) {
+      const uint8_t* plane = alpha.planes.data() + j * 256;
+      const __m512i looked = Lookup256(_mm512_loadu_si512(plane), _mm512_loadu_si512(plane + 64),
+                                       _mm512_loadu_si512(plane + 128), _mm512_loadu_si512(plane + 192), c);
+      __m512i lo, hi;
+      PixelSums(w, cg < 4 ? _mm512_maskz_mov_epi8(spread.keep, looked) : looked, &lo, &hi);  // (pads: code 0)
+      planes_lo = _mm512_add_epi64(planes_lo, _mm512_slli_epi64(lo, 8 * j));
+      planes_hi = _mm512_add_epi64(planes_hi, _mm512_slli_epi64(hi, 8 * j));
+    }
+    const __mmask8 lo_mask = static_cast<__mmask8>(FirstBytes(std::min<int64_t>(count, 8)));
+    _mm512_mask_storeu_epi64(code_sum + i, lo_mask, code_lo);
+    _mm512_mask_storeu_epi64(alpha_sum + i, lo_mask,
+                             _mm512_add_epi64(_mm512_add_epi64(base, _mm512_mul_epi32(code_lo, slope)), planes_lo));
+    if (count > 8) {
+      const __mmask8 hi_mask = static_cast<__mmask8>(FirstBytes(count - 8));
+      _mm512_mask_storeu_epi64(code_sum + i + 8, hi_mask, code_hi);
+      _mm512_mask_storeu_epi64(alpha_sum + i + 8, hi_mask,
+                               _mm512_add_epi64(_mm512_add_epi64(base, _mm512_mul_epi32(code_hi, slope)), planes_hi));
+    }
+    for (int r = 0; r < terms; ++r) {
+      const uint8_t* table = u_plus + r * 256;
+      const __m512i v = Lookup256(_mm512_loadu_si512(table), _mm512_loadu_si512(table + 64),
+                                  _mm512_loadu_si512(table + 128), _mm512_loadu_si512(table + 192), c);
+      if (terms == 1) {  // the pixels' bytes are contiguous
+        _mm512_mask_storeu_epi8(out + i * w, FirstBytes(count * w), v);
+        continue;
+      }
+      _mm512_store_si512(looked_up, v);
+      for (int64_t p = 0; p < count; ++p) std::memcpy(out + (i + p) * pixel_bytes + r * w, looked_up + p * w, w);
+    }
+  }
+}
+
 // A's rows from the codes of n pixels (codes: [n][K], rows: [n][reduction]): row[r * term_stride + k] =
 // u[r][codes[k]] + 128 (u_plus holds u + 128), padded to `reduction` with 128 (u = 0: adds nothing).
 // term_stride is K, or more where B has zero entries between the terms (DirectDepth); those bytes are
@@ -553,9 +639,6 @@ constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at
 struct DirectImage {
   const uint8_t* input = nullptr;   // the codes it was built from
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
-  // Image pixels from one output pixel to the next along a column and a row: the convolution's strides,
-  // or 1 where the image holds only the pixels a strided 1x1 filter reads (Subsampled).
-  int64_t stride_h = 1, stride_w = 1;
   int64_t pixel_bytes = 0;          // terms * DirectDepth
   UninitializedVector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
   UninitializedVector<int64_t> code_sums;   // [batch][ph][pw]
@@ -578,14 +661,6 @@ TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int6
   }
 }
 
-// A 1x1 filter with strides that reads no padding reads one input pixel in stride_h x stride_w: the image
-// then holds only those (out_h x out_w a picture), at strides 1. ResNet-20's 1x1 stride-2 projections
-// translated and summed four times the pixels they read (perf: the pixel sums alone 15% of the layer).
-bool Subsampled(const ConvShape& s) {
-  return s.filter_h == 1 && s.filter_w == 1 && (s.stride_h > 1 || s.stride_w > 1) && s.pad_top == 0 &&
-         s.pad_left == 0 && (s.out_h - 1) * s.stride_h < s.in_h && (s.out_w - 1) * s.stride_w < s.in_w;
-}
-
 // The padded image of conv.input's codes (VNNI: TranslateVbmi, SumsVbmi), in parallel over its rows.
 std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
                                               const int32_t* alpha, const AlphaPlanes& alpha_planes,
@@ -596,30 +671,6 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
   DirectImage& m = *image;
   m.input = conv.input;
   m.pixel_bytes = terms * depth;
-  if (Subsampled(s)) {
-    m.ph = s.out_h;
-    m.pw = s.out_w;
-    m.tap_pixels.push_back(0);
-    m.tap_bytes.push_back(0);
-    m.bytes.resize(static_cast<size_t>(s.batch * m.ph * m.pw * m.pixel_bytes));
-    m.code_sums.resize(static_cast<size_t>(s.batch * m.ph * m.pw));
-    m.alpha_sums.resize(static_cast<size_t>(s.batch * m.ph * m.pw));
-    parallel_for(s.batch * m.ph, m.pw * m.pixel_bytes * 4, [&](int64_t begin, int64_t end) {
-      std::vector<uint8_t> codes(static_cast<size_t>(m.pw * cg));  // the row's read pixels, gathered
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / m.ph, ih = row % m.ph * s.stride_h;
-        const uint8_t* in = conv.input + (n * s.in_h + ih) * s.in_w * cg;
-        for (int64_t c = 0; c < m.pw; ++c) std::memcpy(&codes[c * cg], in + c * s.stride_w * cg, cg);
-        TranslateVbmi(codes.data(), m.pw, cg, u_plus, terms, depth, m.pixel_bytes,
-                      m.bytes.data() + row * m.pw * m.pixel_bytes);
-        SumsVbmi(codes.data(), m.pw, cg, alpha, alpha_planes, m.code_sums.data() + row * m.pw,
-                 m.alpha_sums.data() + row * m.pw);
-      }
-    });
-    return image;
-  }
-  m.stride_h = s.stride_h;
-  m.stride_w = s.stride_w;
   // The farthest row and column a tap reaches (from the padding's top left), and the input's.
   const int64_t rows = (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h + 1;
   const int64_t cols = (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1;
@@ -650,6 +701,12 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
       for (int64_t c = 0; c < m.pw; ++c) {
         if (inside && c == s.pad_left) {  // the input row: translated, summed
           const uint8_t* codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
+          if (NarrowPixelsApply(cg)) {
+            NarrowPixelsVbmi(codes, s.in_w, cg, u_plus, terms, alpha_planes, bytes + c * m.pixel_bytes, code_sums + c,
+                             alpha_sums + c);
+            c += s.in_w - 1;
+            continue;
+          }
           if (terms == 1 && depth == cg) {  // the row's bytes in one run
             TranslateVbmi(codes, 1, s.in_w * cg, u_plus, 1, s.in_w * cg, s.in_w * cg, bytes + c * m.pixel_bytes);
           } else {
@@ -770,6 +827,12 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   const PackedFilter& f = plan.filter;
   const int64_t pixels = pixel_end - pixel_begin, per_group = s.out_depth_per_group();
   const int64_t spatial_taps = s.filter_h * s.filter_w, tap_steps = m.pixel_bytes / 4, taps = s.taps();
+  // The micro-kernel's runs: with dilation_w 1 a filter row's taps are adjacent pixels of the image and
+  // consecutive in B (tap-major), so one run per filter row (ResNet-20's stem: 3 runs of 3 steps, not 9 of
+  // one, whose row pointers were most of its micro-kernel's work); else one per tap.
+  std::vector<int64_t> run_bytes;
+  for (int64_t t = 0; t < spatial_taps; t += s.dilation_w == 1 ? s.filter_w : 1) run_bytes.push_back(m.tap_bytes[t]);
+  const int64_t runs = static_cast<int64_t>(run_bytes.size()), run_steps = spatial_taps / runs * tap_steps;
   const AlphaPlanes& alpha = plan.alpha_planes;
   const bool affine = alpha.count == 0;
   // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
@@ -814,7 +877,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       const int64_t p = pixel_begin + first;
       int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
       for (int64_t i = 0; i < count; ++i) {
-        at[i] = (n * m.ph + oh * m.stride_h) * m.pw + ow * m.stride_w;  // image pixel of tap (0, 0)
+        at[i] = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
         pixel_rows[i] = m.bytes.data() + at[i] * m.pixel_bytes;
         if (++ow == s.out_w) {
           ow = 0;
@@ -826,7 +889,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       // pixel by pixel, the scalar loads and adds were a fifth of the op on ResNet-20's 16->16 layer.
       for (int64_t i = 0; i < count;) {
         int64_t run = 1;
-        while (m.stride_w == 1 && i + run < count && at[i + run] == at[i] + run) ++run;
+        while (s.stride_w == 1 && i + run < count && at[i + run] == at[i] + run) ++run;
         for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = code_sums + at[i] + tap_pixels[t];
         AddRowsAvx512(tap_sums.data(), spatial_taps, run, act_sum + first + i);
         if (!affine) {
@@ -859,14 +922,14 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
               o.act[i] = static_cast<int32_t>(act_sum[first + i0 + i]);
               o.out[i] = outputs->out + (first + i0 + i) * s.out_depth + c0;
             }
-            kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, m.tap_bytes.data(),
-                                                          spatial_taps, tap_steps, f.b.get() + c0 * f.reduction,
+            kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
+                                                          runs, run_steps, f.b.get() + c0 * f.reduction,
                                                           width, o);
             continue;
           }
           Sums sums;
-          kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, m.tap_bytes.data(), spatial_taps,
-                                             tap_steps, f.b.get() + c0 * f.reduction, width, true, sums);
+          kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps,
+                                             f.b.get() + c0 * f.reduction, width, true, sums);
           if (outputs != nullptr) {  // the block's sums, then its outputs
             int64_t block_acc[kPixelBlock][kPanel];
             for (int64_t i = 0; i < n; ++i) {

@@ -188,4 +188,17 @@ std::string ComputeConvShape(const int64_t input_dims[4], const int64_t filter_d
   return "";
 }
 
+bool SubsampledShape(const ConvShape& s, ConvShape* dense) {
+  if (s.filter_h != 1 || s.filter_w != 1 || (s.stride_h == 1 && s.stride_w == 1) || s.pad_top != 0 ||
+      s.pad_left != 0 || (s.out_h - 1) * s.stride_h >= s.in_h || (s.out_w - 1) * s.stride_w >= s.in_w) {
+    return false;
+  }
+  *dense = s;
+  dense->in_h = s.out_h;
+  dense->in_w = s.out_w;
+  dense->stride_h = dense->stride_w = 1;
+  dense->dilation_h = dense->dilation_w = 1;
+  return true;
+}
+
 }  // namespace tfapprox

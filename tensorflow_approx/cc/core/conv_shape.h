@@ -38,6 +38,11 @@ struct ConvShape {
   int64_t lut_macs() const { return output_elements() * taps(); }
 };
 
+// A strided 1x1 filter that reads no padding reads input pixel (oh * stride_h, ow * stride_w) alone for
+// output pixel (oh, ow): the same convolution as a 1x1 filter at strides 1 over those pixels (an out_h x
+// out_w picture per image). True, with that convolution's shape in *dense, where s is such a filter.
+bool SubsampledShape(const ConvShape& s, ConvShape* dense);
+
 // Largest element count of any tensor the kernels index (int32 indices on the GPU).
 constexpr int64_t kMaxTensorElements = (int64_t{1} << 31) - 1;
 

@@ -230,6 +230,31 @@ void TestQuantizeCodesVectorized() {
       }
       std::vector<float> finite(40, 0.25f);
       EXPECT(!QuantizeCodes(finite.data(), 40, q, fast.data()), "no NaN");
+      // Runs (QuantizeRuns): 3 runs of `length` values `stride` apart, the gaps between them NaN, which
+      // must neither be quantized nor seen; then a NaN inside the last run's last value.
+      for (const int64_t length : {1, 3, 16, 17, 40}) {
+        const int64_t stride = length + 5, runs = 3;
+        std::vector<float> strided(static_cast<size_t>(stride * runs), NAN);
+        for (int64_t j = 0; j < runs; ++j) {
+          for (int64_t i = 0; i < length; ++i) {
+            const float x = v[(j * length + i) % v.size()];
+            strided[j * stride + i] = x != x ? 1.5f : x;  // v's special values but NaN
+          }
+        }
+        for (const bool portable : {false, true}) {
+          std::vector<uint8_t> codes(static_cast<size_t>(runs * length + 1), 77);
+          EXPECT(!QuantizeRuns(strided.data(), runs, length, stride, q, codes.data(), portable),
+                 "runs: a NaN between runs was seen");
+          for (int64_t j = 0; j < runs; ++j)
+            for (int64_t i = 0; i < length; ++i)
+              EXPECT(codes[j * length + i] == QuantizeToCode(strided[j * stride + i], q), "run %lld value %lld",
+                     (long long)j, (long long)i);
+          EXPECT(codes[runs * length] == 77, "runs: a code written past the last run");
+          strided[(runs - 1) * stride + length - 1] = NAN;
+          EXPECT(QuantizeRuns(strided.data(), runs, length, stride, q, codes.data(), portable), "runs: NaN seen");
+          strided[(runs - 1) * stride + length - 1] = 0.f;
+        }
+      }
     }
   }
 }
@@ -692,6 +717,73 @@ void TestPipelineKernelsAgree() {
   }
 }
 
+// Strided 1x1 filters that read no padding run as strides 1 over the pixels they read (SubsampledShape,
+// ApproxConvCpu's fast kernels): the same outputs as the reference on the given convolution, bit for bit,
+// NaN included: a NaN in a read pixel makes its output pixel NaN, one in a pixel no tap reads changes
+// nothing. Strides (2, 2), (3, 2), (1, 3) on heights and widths that leave bottom rows and right columns
+// unread or not, NHWC and NCHW, with the lookups and with a decomposition (PreferDecomposed's: one term).
+template <typename T>
+void TestSubsampledPipeline() {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const DecomposedTable t = MakeDecomposedTable(rng, 1, true);
+  const int64_t strides[][2] = {{2, 2}, {3, 2}, {1, 3}};
+  for (int iter = 0; iter < 12; ++iter) {
+    ConvAttrs attrs;
+    const int64_t sh = strides[iter % 3][0], sw = strides[iter % 3][1];
+    attrs.data_format = iter % 2 ? DataFormat::kNCHW : DataFormat::kNHWC;
+    const bool nchw = attrs.data_format == DataFormat::kNCHW;
+    attrs.strides = nchw ? std::vector<int64_t>{1, 1, sh, sw} : std::vector<int64_t>{1, sh, sw, 1};
+    attrs.dilations = {1, 1, 1, 1};
+    attrs.padding = Padding::kValid;
+    const int64_t n = 2, h = 8 + iter % 3, w = 7 + iter % 4, c = 16;
+    const int64_t nhwc[4] = {n, h, w, c}, nchw_dims[4] = {n, c, h, w}, f_dims[4] = {1, 1, c, 32};
+    ConvShape s, dense;
+    EXPECT(ComputeConvShape(nchw ? nchw_dims : nhwc, f_dims, attrs, &s).empty(), "shape");
+    EXPECT(SubsampledShape(s, &dense) && dense.in_h == s.out_h && dense.in_w == s.out_w && dense.stride_h == 1,
+           "a strided 1x1 filter reading no padding is subsampled");
+    std::vector<T> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : input) v = static_cast<T>(normal(rng));
+    for (auto& v : filter) v = static_cast<T>(0.3f * normal(rng));
+    // A NaN at pixel (0, 1, 1), which no tap reads with these strides (h, w below the stride are read
+    // only at 0), and from iteration 6 on one at (1, 0, 0), which output pixel (1, 0, 0) reads.
+    const auto element = [&](int64_t b, int64_t y, int64_t x, int64_t ch) {
+      return nchw ? ((b * c + ch) * h + y) * w + x : ((b * h + y) * w + x) * c + ch;
+    };
+    const int64_t unread_y = sh > 1 ? 1 : 0, unread_x = sw > 1 ? 1 : 0;
+    if (unread_y + unread_x > 0) input[element(0, unread_y, unread_x, 3)] = std::numeric_limits<T>::quiet_NaN();
+    if (iter >= 6) input[element(1, 0, 0, 5)] = std::numeric_limits<T>::quiet_NaN();
+    QuantParams in_q, f_q;
+    EXPECT(MakeQuantParams(-1.5f, 2.f, 8, "a", "b", &in_q).empty(), "range");
+    EXPECT(MakeQuantParams(-0.7f, 0.5f, 8, "a", "b", &f_q).empty(), "range");
+    for (const bool decomposed : {false, true}) {
+      std::vector<T> ref(s.output_elements(), T(-123)), fast(s.output_elements(), T(-456));
+      ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, t.lut.data(), SerialFor(), ref.data(),
+                       CpuKernel::kReference);
+      ApproxConvCpu<T>(s, input.data(), filter.data(), in_q, f_q, t.lut.data(), ThreadedFor(2), fast.data(),
+                       CpuKernel::kFast, 0, decomposed ? &t.d : nullptr);
+      EXPECT(std::memcmp(ref.data(), fast.data(), ref.size() * sizeof(T)) == 0,
+             "subsampled outputs differ: strides %lld x %lld, %s, decomposed %d", (long long)sh, (long long)sw,
+             nchw ? "NCHW" : "NHWC", int(decomposed));
+      int64_t nan = 0;
+      for (const T v : fast) nan += v != v;
+      EXPECT(nan == (iter >= 6 ? s.out_depth : 0), "NaN outputs: %lld (strides %lld x %lld)", (long long)nan,
+             (long long)sh, (long long)sw);
+    }
+  }
+  // Padding read (explicit top padding) or a dilated 3x3 filter: not subsampled.
+  ConvShape padded = ValidShape({1, 8, 8, 4}, {1, 1, 4, 4}), dense;
+  padded.stride_h = padded.stride_w = 2;
+  padded.out_h = padded.out_w = 4;
+  EXPECT(SubsampledShape(padded, &dense), "the plain strided 1x1 is subsampled");
+  padded.pad_top = 1;
+  EXPECT(!SubsampledShape(padded, &dense), "a 1x1 filter reading top padding is not subsampled");
+  ConvShape three = ValidShape({1, 9, 9, 4}, {3, 3, 4, 4});
+  three.stride_h = three.stride_w = 2;
+  three.out_h = three.out_w = 4;
+  EXPECT(!SubsampledShape(three, &dense), "a 3x3 filter is not subsampled");
+}
+
 // The whole op in double with both ranges [0, 255] (scale 1, zero point 0): every output is its
 // integer sum (the other dequantization terms are 0), compared exactly with the reference's, for
 // both kernels. Random codes in [0, 255], given as the values themselves in the op's layouts.
@@ -985,6 +1077,8 @@ int main() {
   tfapprox::TestDecomposedKernelMatchesReference();
   tfapprox::TestPipelineKernelsAgree<float>();
   tfapprox::TestPipelineKernelsAgree<double>();
+  tfapprox::TestSubsampledPipeline<float>();
+  tfapprox::TestSubsampledPipeline<double>();
   if (tfapprox::failures) {
     std::fprintf(stderr, "%d failures\n", tfapprox::failures);
     return 1;

@@ -35,45 +35,57 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
 
 namespace {
 
-bool QuantizeCodesScalar(const float* values, int64_t n, const QuantParams& q, uint8_t* codes) {
+bool QuantizeRunsScalar(const float* values, int64_t runs, int64_t length, int64_t stride, const QuantParams& q,
+                        uint8_t* codes) {
   bool nan = false;
-  for (int64_t i = 0; i < n; ++i) {
-    nan |= values[i] != values[i];
-    codes[i] = QuantizeToCode(values[i], q);
+  for (int64_t j = 0; j < runs; ++j, values += stride, codes += length) {
+    for (int64_t i = 0; i < length; ++i) {
+      nan |= values[i] != values[i];
+      codes[i] = QuantizeToCode(values[i], q);
+    }
   }
   return nan;
 }
 
 // QuantizeToCode's steps on 16 lanes. max_ps(x, lo) is x > lo ? x : lo (NaN gives lo, as the scalar
-// test does) and min_ps(c, hi) is c < hi ? c : hi: the same selections, the same roundings.
-__attribute__((target("avx512f"))) bool QuantizeCodesAvx512(const float* values, int64_t n,
-                                                            const QuantParams& q, uint8_t* codes) {
+// test does) and min_ps(c, hi) is c < hi ? c : hi: the same selections, the same roundings. A run's last
+// partial vector is masked (its other lanes load 0 and store nothing), so a short run costs a vector,
+// not a scalar loop.
+__attribute__((target("avx512f"))) bool QuantizeRunsAvx512(const float* values, int64_t runs, int64_t length,
+                                                           int64_t stride, const QuantParams& q, uint8_t* codes) {
   const __m512 lo = _mm512_set1_ps(q.nudged_min), hi = _mm512_set1_ps(q.nudged_max);
   const __m512 scale = _mm512_set1_ps(q.scale), zero = _mm512_set1_ps(q.quant_zero);
   const __m512 half = _mm512_set1_ps(0.5f), top = _mm512_set1_ps(static_cast<float>(q.quant_max - q.quant_min));
   const __m512i quant_min = _mm512_set1_epi32(q.quant_min);
   __mmask16 nan = 0;
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 x = _mm512_loadu_ps(values + i);
-    nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    __m512 code = _mm512_add_ps(_mm512_sub_ps(_mm512_div_ps(_mm512_sub_ps(clamped, lo), scale), zero), half);
-    code = _mm512_add_ps(_mm512_roundscale_ps(code, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zero);
-    code = _mm512_min_ps(_mm512_max_ps(code, _mm512_setzero_ps()), top);
-    const __m512i absolute = _mm512_add_epi32(_mm512_cvttps_epi32(code), quant_min);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(absolute));
+  for (int64_t j = 0; j < runs; ++j, values += stride, codes += length) {
+    for (int64_t i = 0; i < length; i += 16) {
+      const __mmask16 valid = length - i >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (length - i)) - 1);
+      const __m512 x = _mm512_maskz_loadu_ps(valid, values + i);
+      nan |= _mm512_mask_cmp_ps_mask(valid, x, x, _CMP_UNORD_Q);
+      const __m512 clamped = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+      __m512 code = _mm512_add_ps(_mm512_sub_ps(_mm512_div_ps(_mm512_sub_ps(clamped, lo), scale), zero), half);
+      code = _mm512_add_ps(_mm512_roundscale_ps(code, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zero);
+      code = _mm512_min_ps(_mm512_max_ps(code, _mm512_setzero_ps()), top);
+      const __m512i absolute = _mm512_add_epi32(_mm512_cvttps_epi32(code), quant_min);
+      _mm512_mask_cvtepi32_storeu_epi8(codes + i, valid, absolute);
+    }
   }
-  return QuantizeCodesScalar(values + i, n - i, q, codes + i) || nan != 0;
+  return nan != 0;
 }
 
 }  // namespace
 
-bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes, bool portable) {
+bool QuantizeRuns(const float* values, int64_t runs, int64_t length, int64_t stride, const QuantParams& q,
+                  uint8_t* codes, bool portable) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   // A zero-width range has no division to vectorize: every code is 0.
-  if (portable || !avx512 || q.scale == 0.f) return QuantizeCodesScalar(values, n, q, codes);
-  return QuantizeCodesAvx512(values, n, q, codes);
+  if (portable || !avx512 || q.scale == 0.f) return QuantizeRunsScalar(values, runs, length, stride, q, codes);
+  return QuantizeRunsAvx512(values, runs, length, stride, q, codes);
+}
+
+bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes, bool portable) {
+  return QuantizeRuns(values, 1, n, n, q, codes, portable);
 }
 
 void RangeKeys(const float* x, int64_t rows, int64_t channels, int32_t* pos, int32_t* neg) {

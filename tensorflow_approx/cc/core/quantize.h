@@ -165,6 +165,10 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
 // scalar loop, for the tests). Returns whether any value was NaN.
 bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes,
                    bool portable = false);
+// The same for `runs` runs of `length` values, run j at values + j * stride, its codes at codes + j * length
+// (the pixels a strided filter reads, say).
+bool QuantizeRuns(const float* values, int64_t runs, int64_t length, int64_t stride, const QuantParams& q,
+                  uint8_t* codes, bool portable = false);
 
 // The ranges of the Keras layers' "batch" mode: min and max of a tensor widened to hold 0, both NaN where
 // the tensor holds a NaN, +0 for a side without values beyond 0; per channel (the last axis) or for the
