@@ -65,9 +65,19 @@ struct FilterQuant {
   int64_t count;
 };
 
-// Whether the fast kernel takes the decomposed kernel for this shape with decomposition d (null: none).
+// The convolution the fast kernels run for `given`: itself, or for a strided 1x1 filter that reads no
+// padding the same at strides 1 over the pixels it reads (SubsampledShape), so that only those are
+// quantized and translated (ResNet-20's 1x1 stride-2 projections quantized four times the pixels they
+// read: 13% of the layer).
+inline ConvShape FastKernelShape(const ConvShape& given) {
+  ConvShape dense;
+  return SubsampledShape(given, &dense) ? dense : given;
+}
+
+// Whether the fast kernel takes the decomposed kernel for this convolution (FastKernelShape's) with
+// decomposition d (null: none).
 inline bool UseDecomposed(const ConvShape& s, const TableDecomposition* d) {
-  return d != nullptr && PreferDecomposed(s, d->terms);
+  return d != nullptr && PreferDecomposed(FastKernelShape(s), d->terms);
 }
 
 // decomposition: the table's, when it has one (table_decompositions.h); the fast kernel then takes the
@@ -79,12 +89,9 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
                    const TableDecomposition* decomposition = nullptr) {
   using Real = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   if (given.output_elements() == 0) return;
-  // The convolution the kernels run: the given one, or for a strided 1x1 filter that reads no padding the
-  // same at strides 1 over the pixels it reads (SubsampledShape), so that only those are quantized and
-  // translated (ResNet-20's 1x1 stride-2 projections quantized four times the pixels they read: 13% of
-  // the layer). The reference kernel keeps the given convolution.
-  ConvShape s = given;
-  const bool subsampled = kernel != CpuKernel::kReference && SubsampledShape(given, &s);
+  // The convolution the kernels run (the reference kernel: the given one).
+  const ConvShape s = kernel == CpuKernel::kReference ? given : FastKernelShape(given);
+  const bool subsampled = s.stride_h != given.stride_h || s.stride_w != given.stride_w;
   // The given input's pixel (n * in_h + ih) * in_w + iw that pixel nhw of s's input is.
   const auto given_pixel = [&](int64_t nhw) {
     if (!subsampled) return nhw;

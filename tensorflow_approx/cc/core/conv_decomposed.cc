@@ -539,15 +539,17 @@ TFAPPROX_VNNI void MicroKernelOutputsVnni(const uint8_t* const* rows, const int6
 // they fit in int32, so the int32 arithmetic (modulo 2^32) gives them exactly and converts them to the
 // same floats as DequantizeBlock's int64 ones. It saves writing, reloading and widening the int64 sums:
 // WriteSumsAvx512 and DequantizeTileAvx512 were a quarter of the op on ResNet-20's 16->16 layer.
+// The per-pixel fields point into arrays the tile fills once for all its blocks (filled per block, in a
+// zero-initialized struct, they were a fifth of ResNet-20's stem).
 struct BlockOutputs {
   const DequantizeRows* rows = nullptr;
   const int32_t* channel_add = nullptr;  // [channels]: offset - acc_offset of the panel's channels
   const int32_t* channel_act = nullptr;  // [channels]: act_sum_offset
   int64_t c0 = 0, width = 0;             // the panel's first channel and its real channels
   int64_t pixels = 0;                    // the block's real pixels
-  int32_t pixel_add[kPixelBlock] = {};   // alpha sums
-  int32_t act[kPixelBlock] = {};         // code sums
-  float* out[kPixelBlock] = {};          // each pixel's output at channel c0
+  const int32_t* pixel_add = nullptr;    // [pixels] alpha sums
+  const int32_t* act = nullptr;          // [pixels] code sums
+  float* const* out = nullptr;           // [pixels] each pixel's outputs (channel 0)
 };
 
 template <int NV>
@@ -572,7 +574,7 @@ TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMa
                                _mm512_mul_ps(act_sum_scale, _mm512_cvtepi32_ps(act)));
       v = _mm512_add_ps(v, filter_term);
       v = _mm512_add_ps(v, constant);
-      _mm512_mask_storeu_ps(o.out[i] + n * kChannelBlock, m, v);
+      _mm512_mask_storeu_ps(o.out[i] + c, m, v);
     }
   }
 }
@@ -871,17 +873,22 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     // Rows past the tile's pixels repeat its last one (their sums are dropped).
     const uint8_t* pixel_rows[kTile];
     int64_t at[kTile], alpha_sums[kTile];
+    int32_t pixel_add32[kTile], act32[kTile];  // BlockOutputs' per-pixel fields
+    float* outs[kTile];
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
       const int64_t p = pixel_begin + first;
       int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
+      int64_t pixel = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
       for (int64_t i = 0; i < count; ++i) {
-        at[i] = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
-        pixel_rows[i] = m.bytes.data() + at[i] * m.pixel_bytes;
+        at[i] = pixel;
+        pixel_rows[i] = m.bytes.data() + pixel * m.pixel_bytes;
+        pixel += s.stride_w;
         if (++ow == s.out_w) {
           ow = 0;
           if (++oh == s.out_h) oh = 0, ++n;
+          pixel = (n * m.ph + oh * s.stride_h) * m.pw;
         }
       }
       // The patch sums: its taps' pixel sums added. Where consecutive pixels' patches start at consecutive
@@ -904,6 +911,13 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       }
       const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
       for (int64_t i = count; i < blocks * kPixelBlock; ++i) pixel_rows[i] = pixel_rows[count - 1];
+      if (!channel_add.empty()) {
+        for (int64_t i = 0; i < count; ++i) {
+          pixel_add32[i] = static_cast<int32_t>(alpha_sums[i]);
+          act32[i] = static_cast<int32_t>(act_sum[first + i]);
+          outs[i] = outputs->out + (first + i) * s.out_depth;
+        }
+      }
       for (int64_t c0 = 0; c0 < per_group;) {
         const int64_t width = f.PanelWidth(c0);
         for (int64_t block = 0; block < blocks; ++block) {
@@ -917,11 +931,9 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
             o.c0 = c0;
             o.width = real_width;
             o.pixels = n;
-            for (int64_t i = 0; i < n; ++i) {
-              o.pixel_add[i] = static_cast<int32_t>(alpha_sums[i0 + i]);
-              o.act[i] = static_cast<int32_t>(act_sum[first + i0 + i]);
-              o.out[i] = outputs->out + (first + i0 + i) * s.out_depth + c0;
-            }
+            o.pixel_add = pixel_add32 + i0;
+            o.act = act32 + i0;
+            o.out = outs + i0;
             kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
                                                           runs, run_steps, f.b.get() + c0 * f.reduction,
                                                           width, o);

@@ -63,8 +63,9 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
     const tfapprox::TableDecomposition* decomposition = table->decomposed ? &table->decomposition.view : nullptr;
     if (this->Tracing()) {
       this->Trace(shape, "CPU",
-                  tfapprox::UseDecomposed(shape, decomposition) ? tfapprox::DecomposedKernelName()
-                                                                : tfapprox::CpuKernelName(shape),
+                  tfapprox::UseDecomposed(shape, decomposition)
+                      ? tfapprox::DecomposedKernelName()
+                      : tfapprox::CpuKernelName(tfapprox::FastKernelShape(shape)),
                   false);
     }
     tfapprox::ApproxConvCpu<T>(shape, input.flat<T>().data(), filter.flat<T>().data(), input_q,

@@ -126,6 +126,39 @@ def test_decomposed_kernel_is_the_one_that_runs():
     assert kernels[-1] == ("avx512vnni-decomposed" if VNNI else kernels[0])
 
 
+def test_strided_pointwise_filters_run_over_the_pixels_they_read():
+    """A 1x1 stride-2 projection (ResNet-20's 16->32) runs at strides 1 over the pixels it reads
+    (FastKernelShape): with a 2-term table the trace names the decomposed kernel on a VNNI processor (as
+    PreferDecomposed takes up to three terms on a 1x1 filter at strides 1), the outputs are the lookups' and
+    the NumPy model's, and a NaN in a pixel the filter skips changes nothing."""
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        import tensorflow_approx as ta
+        from tensorflow_approx.testing import reference as ref
+        rng = np.random.default_rng(5)
+        x = np.maximum(rng.normal(size=(2, 9, 11, 16)), 0).astype("float32")
+        x[0, 1, 1, 3] = np.nan  # (odd row and column: no tap reads it at stride 2)
+        f = rng.normal(0, 0.2, (1, 1, 16, 32)).astype("float32")
+        u, v = rng.integers(-60, 61, (2, 256)), rng.integers(-60, 61, (2, 256))  # a 2-term table
+        lut = (rng.integers(0, 900, 256)[:, None] + rng.integers(0, 900, 256)[None, :] + u.T @ v
+               + 30000).reshape(-1).astype(np.uint16)
+        table = tf.constant(lut)
+        call = lambda: ta.approx_conv2d_with_table(tf.constant(x), tf.constant(f), 0.0, 3.0, -0.5, 0.5, table,
+                                                   [1, 2, 2, 1], "SAME").numpy()
+        before = call()
+        assert ta.register_decomposition(table).terms == 2
+        after = call()
+        want = ref.approx_conv_scheme(np.nan_to_num(x), f, (0.0, 3.0), (-0.5, 0.5), lut.astype(np.int64),
+                                      strides=(2, 2))
+        print("equal", np.array_equal(before, after), "nan", int(np.isnan(after).sum()),
+              "close", np.allclose(after, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()))
+    """)
+    stdout, kernels = run_traced(script, "subsampled")
+    assert "equal True nan 0 close True" in stdout, stdout
+    assert kernels[-1] == ("avx512vnni-decomposed" if VNNI else kernels[0]), kernels
+    assert kernels[0] != "avx512vnni-decomposed", kernels
+
+
 def test_tables_without_a_small_decomposition_are_not_registered():
     random_table = np.random.default_rng(3).integers(0, 65536, 65536).astype(np.uint16)
     assert ta.register_decomposition(random_table) is None
