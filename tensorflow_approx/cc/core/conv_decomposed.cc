@@ -799,14 +799,20 @@ struct DecomposedPlan {
 // Input depths that are not a multiple of 4 take the direct path too, padded (DirectDepth): ResNet-20's
 // 3->16 stem (27 taps, N=64), lookups / decomposed ms, two runs: exact 2.46 / 1.44 and 3.00 / 2.27,
 // mul8u_1446 (2 terms) 1.90 / 1.64 and 1.99 / 1.78 (tf.nn.conv2d about 0.8-1.3 ms); a 3x3 6->32 even.
+// With the narrow pixels (NarrowPixelsVbmi), the tile-filled outputs and the 1x1 projections at strides 1
+// (FastKernelShape), re-measured (the decomposed kernel forced against the lookups in one process, N=64
+// unless given, ms): the stem 4 / 5 / 6 / 7 / 8 / 9 / 12 / 16 terms 1.70 / 1.12, 1.62 / 1.18, 1.63 / 1.32,
+// 1.67 / 1.42, 1.73 / 1.56, 1.65 / 1.62, 1.65 / 1.96, 1.61 / 2.25; 1x1 s2 16->32 0.88 / 0.56 at 4 terms to
+// 0.89 / 0.66 at 8, 0.85 / 0.77 at 9, 0.88 / 0.84 at 16; 1x1 56x56 64->256 N=8 4 terms 13.5 / 7.3, 8 terms
+// 13.1 / 12.3, 9 even, 12 and 16 terms 13.8 / 16.8-21.0. So up to 8 terms below 128 taps. And on 3x3
+// 16->16 (16-31 channels), 7 terms 4.49-4.57 / 3.71-3.72 and 8 terms 4.40-4.61 / 3.91-3.93; the stride-2
+// 16->32 even with both: 7-8 terms at strides 1.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
   if (!HasVnni() || per_group < 16 || taps < 16) return false;
-  if (taps < 128) {
-    const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
-    return DirectApplies(shape, terms, true) && terms <= (strided ? 1 : 3);
-  }
-  if (per_group < 32) return terms <= 6 || (terms == 7 && shape.stride_h == 1 && shape.stride_w == 1);
+  const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
+  if (taps < 128) return DirectApplies(shape, terms, true) && terms <= (strided ? 1 : 8);
+  if (per_group < 32) return terms <= 6 || (terms <= 8 && !strided);
   return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms <= 6 && taps >= 288) || taps >= 512);
 }
 

@@ -44,8 +44,11 @@ def run(x, f, table, **kwargs):
 def low_rank_table(rng, terms, signed):
     """A table of our own, never registered before (each test draws a new one): products c0 + alpha[a]
     + beta[w] + sum of `terms` int8 products, inside uint16 (unsigned) or int16 (signed)."""
-    u = rng.integers(-60, 61, (terms, 256))
-    v = rng.integers(-60, 61, (terms, 256))
+    # (Factors up to 60 in size: past 7 terms the decomposer's integer factors of such a table leave int8,
+    # so 8 terms take factors up to 20.)
+    limit = 60 if terms <= 7 else 20
+    u = rng.integers(-limit, limit + 1, (terms, 256))
+    v = rng.integers(-limit, limit + 1, (terms, 256))
     products = (rng.integers(0, 900, 256)[:, None] + rng.integers(0, 900, 256)[None, :] + u.T @ v
                 + (0 if signed else 30000))
     return products.reshape(-1).astype(np.int16 if signed else np.uint16)
@@ -54,10 +57,9 @@ def low_rank_table(rng, terms, signed):
 CASES = [
     # terms, signed products, shape (batch, size, in, out, k), op arguments
     # (the decomposed kernel runs where PreferDecomposed says: 128+ taps; 16-31 channels per group with up
-    # to 6 terms, 7 at strides 1; 32+ channels with up to 8 terms and 36864 entries, 5-6 terms from 288 taps, 7-8 terms
-    # from 512; 1x1
-    # filters of 16+ channels in one group with up to 3 terms: the last two cases; a case it declines keeps
-    # the lookups, same outputs)
+    # to 6 terms, 8 at strides 1; 32+ channels with up to 8 terms and 36864 entries, 5-6 terms from 288
+    # taps, 7-8 terms from 512; fewer taps (1x1 filters, 3-channel stems) in one group with up to 8 terms
+    # at strides 1; a case it declines keeps the lookups, same outputs)
     (1, False, (2, 9, 32, 64, 3), {}),
     (2, False, (1, 7, 40, 64, 3), {"per_channel": True}),
     (2, False, (2, 6, 16, 96, 3), {"num_bits": 6, "filter_num_bits": 4}),
@@ -73,6 +75,9 @@ CASES = [
     (1, False, (2, 9, 32, 64, 1), {"per_channel": True}),
     (6, False, (2, 8, 16, 16, 3), {"per_channel": True}),
     (7, False, (2, 8, 16, 16, 3), {}),
+    (8, False, (2, 8, 16, 16, 3), {"per_channel": True}),
+    (6, False, (2, 9, 16, 32, 1), {}),
+    (5, False, (2, 10, 3, 16, 3), {}),
 ]
 
 
@@ -129,7 +134,7 @@ def test_decomposed_kernel_is_the_one_that_runs():
 def test_strided_pointwise_filters_run_over_the_pixels_they_read():
     """A 1x1 stride-2 projection (ResNet-20's 16->32) runs at strides 1 over the pixels it reads
     (FastKernelShape): with a 2-term table the trace names the decomposed kernel on a VNNI processor (as
-    PreferDecomposed takes up to three terms on a 1x1 filter at strides 1), the outputs are the lookups' and
+    PreferDecomposed takes up to eight terms on a 1x1 filter at strides 1), the outputs are the lookups' and
     the NumPy model's, and a NaN in a pixel the filter skips changes nothing."""
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf
