@@ -180,10 +180,17 @@ int64_t PlanesBytes(const Layout& l) { return l.items * l.slice_bytes; }
 // T against 15.3 T and 6.4 T against 7.1 T). It lost on every layer of 64+ channels (8x8 64->64 exact
 // 41.2 T against 53.4 T, 56x56 64->64 64.5 T against 66.1 T) and on the 1x1 stride-2 projections but the
 // smallest (16->32 exact 1.66 T against 1.60 T: within the spread, left to the GEMM tiles).
+// Its halo then copied whole pixels through L1 (load_halo), and the same table (seed 1010, before / after,
+// against the best GEMM tile) had it ahead on every group of at most 32 channels where it fits (32->32 with
+// 5 terms 14.1 / 17.6 T against 15.4 T, the stride-2 16->32 6.4 / 8.0 T against 7.1 T; 16->16 with 5 terms
+// 9.1 / 13.6 T) and, with the exact table, on layers of at most 64 input channels a group (3x3 56x56 64->64
+// 65.9 / 74.4 T against 65.9 T, 1x1 56x56 64->256 15.9 / 20.9 T against 18.1 T, ResNet-20's 8x8 64->64 42.1 /
+// 54.7 T against 52.8-54.6 T), not on 28x28 128->128 (81.6 / 85.8 T against 90.2 T) nor with 5 terms on
+// 1x1 56x56 64->256 (12.2 T against 13.4 T).
 bool HaloPreferred(const ConvShape& s, int terms) {
   const int64_t npg = s.out_depth_per_group();
   const bool fits = GpuDecomposedTileFits(GpuDecomposedTile::kTileHalo, s, terms).empty();
-  return fits && (npg <= 16 || (npg <= 32 && terms <= 1 && s.filter_h * s.filter_w > 1));
+  return fits && (npg <= 32 || (terms <= 1 && s.filter_depth <= 64));
 }
 
 GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_available) {

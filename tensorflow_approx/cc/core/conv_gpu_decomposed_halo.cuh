@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
   const int zero_point = epi.quant->input.zero_point;
   const long long pad_alpha = static_cast<long long>(g.cg) * __ldg(args.alpha + zero_point);
   const int pad_codes = g.cg * zero_point;
-  const SmallDivisor slice_div(sc), halo_div(h.halo_w);
+  const SmallDivisor halo_div(h.halo_w);
   // Rectangle `tile`: image n, first output row oh0 and column ow0.
   auto origin = [&](int tile, int* n, int* oh0, int* ow0) {
     const int tx = tile % h.tiles_w, rest = tile / h.tiles_w;
@@ -183,33 +183,31 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     *oh0 = ty * tile_h;
     *ow0 = tx << h.tile_w_shift;
   };
-  // Its halo into buffer `buf`: every (pixel, chunk) of the input rows and columns its taps read, the
-  // zero point's slice where they are padding; and each halo pixel's alpha and code sums (the
-  // pre-pass's), a padded tap's where it is padding (stored, not copied).
+  // Its halo into buffer `buf`: every chunk of every pixel of the input rows and columns its taps read, the
+  // zero point's slice where they are padding; and each halo pixel's alpha and code sums (the pre-pass's),
+  // a padded tap's where it is padding (stored, not copied). A thread takes whole pixels: one division and
+  // one bounds check per pixel (per chunk, with the sums' in a second walk, they were a fifth to a quarter
+  // of the kernel's instructions with 5 terms). Its chunks go through L1 (.ca): a warp's lanes copy chunk c
+  // of consecutive pixels, slices apart, and the next chunks come from the sectors the first brought in;
+  // through L2 alone (.cg) the same walk lost a third with 5 terms (H200, --decomposed-tiles, seed 1010).
   auto load_halo = [&](int tile, int buf) {
     int n, oh0, ow0;
     origin(tile, &n, &oh0, &ow0);
     const int ih0 = oh0 * g.stride_h - g.pad_top, iw0 = ow0 * g.stride_w - g.pad_left;
     const int8_t* image = args.planes + static_cast<int64_t>(n) * in_hw * pixel_bytes + static_cast<int64_t>(grp) * l.slice_bytes;
     const uint32_t base = SharedAddress(s_halo + buf * halo_bytes);
-    const int total = h.halo_pixels * sc;  // < 2^22: the halos fit shared memory
-    for (int idx = tid; idx < total; idx += kThreads) {
-      int c, hx;
-      const int hp = slice_div.Divide(idx, &c);
-      const int hy = halo_div.Divide(hp, &hx);
-      const int ih = ih0 + hy, iw = iw0 + hx;
-      const bool inside =
-          static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) && static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w);
-      const int8_t* src = inside ? image + (ih * g.in_w + iw) * pixel_bytes + c * kChunk : zero_point_slice + c * kChunk;
-      CopyChunkAsync(base + (hp * h.a_pitch + c) * kChunk, src, true);
-    }
     long long* alphas = s_halo_alpha + buf * h.halo_pixels;
     int* codes = s_halo_codes + buf * h.halo_pixels;
     for (int hp = tid; hp < h.halo_pixels; hp += kThreads) {
       int hx;
       const int hy = halo_div.Divide(hp, &hx);
       const int ih = ih0 + hy, iw = iw0 + hx;
-      if (static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) && static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w)) {
+      const bool inside =
+          static_cast<unsigned>(ih) < static_cast<unsigned>(g.in_h) && static_cast<unsigned>(iw) < static_cast<unsigned>(g.in_w);
+      const int8_t* src = inside ? image + (ih * g.in_w + iw) * pixel_bytes : zero_point_slice;
+      const uint32_t dst = base + hp * h.a_pitch * kChunk;
+      for (int c = 0; c < sc; ++c) CopyChunkAsyncL1(dst + c * kChunk, src + c * kChunk, true);
+      if (inside) {
         const int64_t item = (static_cast<int64_t>(n) * in_hw + ih * g.in_w + iw) * g.groups + grp;
         CopySmallAsync<8>(SharedAddress(alphas + hp), args.alpha_sums + item);
         CopySmallAsync<4>(SharedAddress(codes + hp), args.code_sums + item);
