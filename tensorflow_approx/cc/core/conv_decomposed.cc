@@ -158,6 +158,9 @@ inline void CopyFixedTaps(const uint8_t* const* taps, int64_t count, uint8_t zer
   for (int64_t t = 0; t < count; ++t, codes += kBytes) std::memcpy(codes, taps[t] != nullptr ? taps[t] : zeros, kBytes);
 }
 
+// The mask of a vector's first n bytes (all 64 from n = 64 on).
+TFAPPROX_VNNI inline __mmask64 FirstBytes(int64_t n) { return n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1; }
+
 // The same 64 bytes at a time (memcpy of a tap's few dozen bytes was a libc call each, 7% of a
 // 32-channel layer's time with one term): masked loads, whole stores, whose bytes past the tap the
 // next tap's overwrite (AVX-512 masked stores are slow on Zen 4). Writes up to 63 bytes past the K codes.
@@ -170,7 +173,7 @@ TFAPPROX_VNNI void CopyTapsAvx512(const uint8_t* const* taps, int64_t count, int
   const __m512i zero = _mm512_set1_epi8(static_cast<char>(zero_code));
   for (int64_t t = 0; t < count; ++t, codes += depth) {
     for (int64_t c = 0; c < depth; c += 64) {
-      const __mmask64 valid = depth - c >= 64 ? ~__mmask64{0} : (__mmask64{1} << (depth - c)) - 1;
+      const __mmask64 valid = FirstBytes(depth - c);
       _mm512_storeu_si512(codes + c, taps[t] != nullptr ? _mm512_maskz_loadu_epi8(valid, taps[t] + c) : zero);
     }
   }
@@ -297,7 +300,7 @@ TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t n, int64_t taps, const
   for (int64_t i = 0; i < n; ++i, codes += taps) {
     __m512i sums = zero, p0 = zero, p1 = zero, p2 = zero, p3 = zero;
     for (int64_t k = 0; k < taps; k += 64) {
-      const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
+      const __mmask64 valid = FirstBytes(taps - k);
       const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + k);
       sums = _mm512_add_epi64(sums, _mm512_sad_epu8(c, zero));
       if (count > 0)
@@ -317,10 +320,7 @@ TFAPPROX_VNNI void SumsVbmi(const uint8_t* codes, int64_t n, int64_t taps, const
   }
 }
 
-// Pixels of at most 16 codes, several to a vector: a row of n pixels' codes (codes: [n][cg], contiguous) to
-// their direct image bytes (pixel i's term r at out + i * terms * w + r * w, w = DirectDepth: TranslateVbmi's
-// bytes, its pads past cg unspecified) and sums (SumsVbmi's). Pixel by pixel, a vector's masked load,
-// lookups and store per term and two reductions for 3 or 16 codes were 16% of ResNet-20's stem.
+// Whether NarrowPixelsVbmi takes pixels of cg codes.
 bool NarrowPixelsApply(int64_t cg) { return cg <= 4 || cg == 8 || cg == 16; }
 
 // The int64 sums of each w-byte pixel (w = 4, 8 or 16) of a vector, in qword lanes: *lo the first 8 pixels
@@ -353,8 +353,6 @@ struct Spread {
 };
 const Spread kSpreads[4] = {Spread(0), Spread(1), Spread(2), Spread(3)};
 
-TFAPPROX_VNNI inline __mmask64 FirstBytes(int64_t n) { return n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1; }
-
 // count pixels of W bytes, consecutive in src, to dst every `stride` bytes (W a constant: a call of memcpy
 // per pixel was a third of NarrowPixelsVbmi's time with 7 terms).
 template <int W>
@@ -362,6 +360,10 @@ inline void CopyPixels(const uint8_t* src, int64_t count, int64_t stride, uint8_
   for (int64_t p = 0; p < count; ++p) std::memcpy(dst + p * stride, src + p * W, W);
 }
 
+// Pixels of at most 16 codes, several to a vector: a row of n pixels' codes (codes: [n][cg], contiguous) to
+// their direct image bytes (pixel i's term r at out + i * terms * w + r * w, w = DirectDepth: TranslateVbmi's
+// bytes, its pads past cg unspecified) and sums (SumsVbmi's). Pixel by pixel, a vector's masked load,
+// lookups and store per term and two reductions for 3 or 16 codes were 16% of ResNet-20's stem.
 TFAPPROX_VNNI void NarrowPixelsVbmi(const uint8_t* codes, int64_t n, int64_t cg, const uint8_t* u_plus, int terms,
                                     const AlphaPlanes& alpha, uint8_t* out, int64_t* code_sum, int64_t* alpha_sum) {
   const int64_t w = cg <= 4 ? 4 : cg, per = 64 / w, pixel_bytes = terms * w;
@@ -440,7 +442,7 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, 
                   t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t k = 0; k < taps; k += 64) {
-        const __mmask64 valid = taps - k >= 64 ? ~__mmask64{0} : (__mmask64{1} << (taps - k)) - 1;
+        const __mmask64 valid = FirstBytes(taps - k);
         const __m512i c = _mm512_maskz_loadu_epi8(valid, codes + i * taps + k);
         _mm512_mask_storeu_epi8(rows + i * reduction + r * term_stride + k, valid, Lookup256(t0, t1, t2, t3, c));
       }
@@ -451,7 +453,7 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, 
   const int64_t pad_begin = (terms - 1) * term_stride + taps, pad = reduction - pad_begin;
   if (pad <= 0) return;
   if (pad <= 64) {
-    const __mmask64 valid = pad == 64 ? ~__mmask64{0} : (__mmask64{1} << pad) - 1;
+    const __mmask64 valid = FirstBytes(pad);
     const __m512i fill = _mm512_set1_epi8(static_cast<char>(128));
     for (int64_t i = 0; i < n; ++i) _mm512_mask_storeu_epi8(rows + i * reduction + pad_begin, valid, fill);
     return;
