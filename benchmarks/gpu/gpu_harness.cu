@@ -1992,7 +1992,7 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
         std::printf(" %12.0f", r);
       }
     }
-    std::printf(" %-11s", GpuDecomposedTileName(ChooseGpuDecomposedTile(s, 1)));
+    std::printf(" %-11s", GpuDecomposedTileName(GpuDecomposedPlanFor(s, 1, GpuDtype::kFloat).tile));
     if (rates[0] < 0) {
       std::printf(" %8s", "n/a");
     } else {
@@ -2032,7 +2032,9 @@ struct DecomposedVariant {
 void DecomposedVariantTable(std::mt19937_64& rng, int runs, Counts* counts, const char* title,
                             const std::vector<HostDecomposition>& decompositions,
                             const std::vector<const BenchShape*>& layers, const std::vector<DecomposedVariant>& variants,
-                            const std::function<size_t(const ConvShape&, int)>& pick) {
+                            const std::function<size_t(const ConvShape&, int)>& pick,
+                            const std::function<void(const BenchShape&, int, const std::vector<double>&, size_t)>&
+                                on_row = nullptr) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchDecompositions decs;
@@ -2045,19 +2047,23 @@ void DecomposedVariantTable(std::mt19937_64& rng, int runs, Counts* counts, cons
     DecomposedBenchLayer layer(rng, *b, qi, qf);
     for (size_t i = 0; i < decs.host.size(); ++i) {
       const int terms = decs.d[i]->d.terms;
-      const size_t picked = pick(layer.data.s, terms);
+      std::vector<double> rates;
+      for (size_t v = 0; v < variants.size(); ++v) {
+        rates.push_back(layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, variants[v].opts, runs, counts,
+                                           std::string(b->name) + " (" + decs.host[i].name + ", " + variants[v].name +
+                                               ")"));
+      }
+      const size_t picked = pick(layer.data.s, terms);  // (after the row's calls: a default call tunes)
       std::printf("%-20s %5d", b->name, terms);
       for (size_t v = 0; v < variants.size(); ++v) {
-        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, variants[v].opts, runs, counts,
-                                               std::string(b->name) + " (" + decs.host[i].name + ", " +
-                                                   variants[v].name + ")");
-        if (rate < 0) {
+        if (rates[v] < 0) {
           std::printf(" %15s", "n/a");
         } else {
-          std::printf(" %14.0f%c", rate, v == picked ? '*' : ' ');
+          std::printf(" %14.0f%c", rates[v], v == picked ? '*' : ' ');
         }
       }
       std::printf("\n");
+      if (on_row) on_row(*b, terms, rates, picked);
     }
   }
 }
@@ -2077,12 +2083,38 @@ void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
   }
   std::vector<const BenchShape*> layers;
   for (const BenchShape& b : kBenchShapes) layers.push_back(&b);
+  // The last column: default calls, whose first tunes the plan (GpuDecomposedOptions::tune); `*` marks the tile
+  // it settled on, and each row's rule pick (ChooseGpuDecomposedTile) is summed up below against the fastest.
+  tiles.push_back(DecomposedVariant{"tuned", GpuDecomposedOptions()});
   const std::vector<HostDecomposition> decompositions = {ExactDecomposition(), RandomDecomposition(rng, 5),
                                                          RandomDecomposition(rng, 16)};
-  DecomposedVariantTable(rng, runs, counts, "Decomposed tiles (GpuDecomposedTile)", decompositions, layers, tiles,
-                         [](const ConvShape& s, int terms) {
-                           return static_cast<size_t>(ChooseGpuDecomposedTile(s, terms));
-                         });
+  std::vector<std::string> misses;
+  double worst_tuned = 1, worst_rule = 1;
+  int rows = 0;
+  DecomposedVariantTable(
+      rng, runs, counts, "Decomposed tiles (GpuDecomposedTile)", decompositions, layers, tiles,
+      [](const ConvShape& s, int terms) {
+        return static_cast<size_t>(GpuDecomposedPlanFor(s, terms, GpuDtype::kFloat).tile);
+      },
+      [&](const BenchShape& b, int terms, const std::vector<double>& rates, size_t) {
+        const size_t n = rates.size() - 1;  // the tiles' columns
+        const double best = *std::max_element(rates.begin(), rates.begin() + n);
+        const double tuned = rates[n];
+        const double rule = rates[static_cast<size_t>(ChooseGpuDecomposedTile(MakeBenchShape(b, b.batch), terms))];
+        if (best <= 0 || tuned <= 0) return;
+        ++rows;
+        worst_tuned = std::min(worst_tuned, tuned / best);
+        if (rule > 0) worst_rule = std::min(worst_rule, rule / best);
+        if (tuned < 0.9 * best) {
+          char line[160];
+          std::snprintf(line, sizeof(line), "%s, %d terms: tuned %.0f against the fastest tile's %.0f", b.name, terms,
+                        tuned, best);
+          misses.push_back(line);
+        }
+      });
+  std::printf("tuned plans: %d rows, worst tuned / fastest tile %.2f (the rule's pick: %.2f); %zu rows below 0.9\n",
+              rows, worst_tuned, worst_rule, misses.size());
+  for (const std::string& m : misses) std::printf("  below 0.9: %s\n", m.c_str());
 }
 
 // Both K orders of the decomposed GEMM (GpuKOrder) on every benchmark layer with a 3x3 filter (one

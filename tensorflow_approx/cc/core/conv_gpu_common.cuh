@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <string>
+#include <type_traits>
 
 #include "tensorflow_approx/cc/core/conv_gpu.h"
 #include "tensorflow_approx/cc/core/conv_kernels.h"
@@ -122,9 +123,10 @@ inline std::string CudaError(const char* what, cudaError_t e) {
          ")";
 }
 
-// The current device's multiprocessors and opt-in shared memory per block (what the plans size grids
-// and tiles by).
+// The current device (its ordinal), its multiprocessors and opt-in shared memory per block (what the plans
+// size grids and tiles by).
 struct DeviceInfo {
+  int ordinal = 0;
   int sms = 0;
   int smem_optin = 0;
 };
@@ -133,11 +135,24 @@ inline std::string GetDeviceInfo(DeviceInfo* info) {
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return CudaError("cudaGetDevice", e);
+  info->ordinal = device;
   e = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
   e = cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
   return "";
+}
+
+// The GpuDtype of T (WithGpuType's inverse).
+template <typename T>
+constexpr GpuDtype GpuDtypeOf() {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value || std::is_same<T, __half>::value ||
+                    std::is_same<T, __nv_bfloat16>::value,
+                "a GpuDtype element type");
+  return std::is_same<T, float>::value    ? GpuDtype::kFloat
+         : std::is_same<T, double>::value ? GpuDtype::kDouble
+         : std::is_same<T, __half>::value ? GpuDtype::kHalf
+                                          : GpuDtype::kBfloat16;
 }
 
 // f(T{}) for the element type `dtype` names (the untyped entry points' one dispatch); `what` names the

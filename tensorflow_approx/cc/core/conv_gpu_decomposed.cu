@@ -28,8 +28,14 @@
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -404,6 +410,132 @@ std::string LaunchHalo(const HaloPlan& plan, const GemmArgs& args, const GpuGeom
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Tuning. ChooseTile and ChooseGpuKOrder are rules fitted to the harness's benchmark layers; on some of
+// those layers, and on any layer off them, they can miss the fastest tile by far (H200, --decomposed-tiles
+// --seed 1100: ResNet-20's 8x8 64->64 with 5 terms took wgmma128x64 at 15.4 T where mma128x64 ran 25.0 T;
+// 56x56 64->64 with 5 terms wgmma128x64 at 28.8 T against wgmma256x64k64's 33.2 T). So a default call
+// (tile and K order kAuto, GpuDecomposedOptions::tune) the first time it meets a (device, shape, terms,
+// type) times itself whole (pre-passes and GEMM) with every tile that takes the shape, on its own data,
+// then with the other K order and the fastest tile, and keeps the fastest plan for every later call.
+// Every tile and order gives the same integers and output bits (the harness holds each to the lookups),
+// so tuning changes the time only (docs/decomposition.md, "Tuned plans").
+
+// What a tuned plan is kept under: the shape, the terms, the type and the device.
+using TuningKey = std::array<int64_t, 20>;
+TuningKey MakeTuningKey(const ConvShape& s, int terms, GpuDtype dtype, int device) {
+  return {s.batch,    s.in_h,       s.in_w,       s.in_depth,   s.filter_h, s.filter_w,
+          s.filter_depth, s.out_depth, s.stride_h, s.stride_w, s.dilation_h, s.dilation_w,
+          s.pad_top,  s.pad_left,   s.out_h,      s.out_w,      static_cast<int64_t>(s.data_format),
+          terms,      static_cast<int64_t>(dtype), device};
+}
+struct TunedPlan {
+  GpuDecomposedTile tile;
+  GpuKOrder k_order;
+};
+// At most this many plans are kept (a few hundred bytes each); shapes past it take the rules.
+constexpr size_t kMaxTunedPlans = 1 << 14;
+std::mutex g_tuned_mutex;
+std::map<TuningKey, TunedPlan>& TunedPlans() {  // (never destroyed: calls may run during exit)
+  static auto* plans = new std::map<TuningKey, TunedPlan>();
+  return *plans;
+}
+bool FindTunedPlan(const TuningKey& key, TunedPlan* plan) {
+  std::lock_guard<std::mutex> lock(g_tuned_mutex);
+  const auto it = TunedPlans().find(key);
+  if (it == TunedPlans().end()) return false;
+  *plan = it->second;
+  return true;
+}
+
+// Whether this call may tune: TFAPPROX_GPU_TUNING=0 turns tuning off (every call takes the rules), and a
+// stream being captured into a CUDA graph cannot wait for the timings.
+bool TuningAllowed(cudaStream_t stream) {
+  const char* env = std::getenv("TFAPPROX_GPU_TUNING");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+    (void)cudaGetLastError();  // (not sticky: only this answer is lost)
+    return false;
+  }
+  return capture == cudaStreamCaptureStatusNone;
+}
+
+// Times `launch` (a whole call with one plan, on the stream) and returns the fastest plan in *best: every
+// tile that runs here and takes the shape, with the rule's K order, then the other order with the fastest
+// tile where that tile reads K in the order (a filter of several spatial taps, a slice of whole stages; the
+// halo tile keeps every tap's K at once). A plan's time is the least of kRuns calls after one untimed call;
+// a plan whose launch fails is passed over. The host waits for the timings. Returns "" or a CUDA error of
+// the events, or the last launch error where no plan ran.
+std::string TunePlan(const ConvShape& s, int terms, bool wgmma, const Layout& l,
+                     const std::function<std::string(GpuDecomposedTile, GpuKOrder)>& launch, cudaStream_t stream,
+                     TunedPlan* best) {
+  constexpr int kRuns = 3;
+  cudaEvent_t events[kRuns + 1] = {};
+  std::string error;
+  for (cudaEvent_t& e : events) {
+    const cudaError_t r = cudaEventCreate(&e);
+    if (r != cudaSuccess) {
+      error = CudaError("cudaEventCreate for tuning", r);
+      break;
+    }
+  }
+  float best_ms = -1;
+  std::string launch_error;
+  // The plan's time in *ms, or false where its launch failed (launch_error) or an event did (error).
+  auto time_plan = [&](GpuDecomposedTile tile, GpuKOrder order, float* ms) -> bool {
+    std::string e = launch(tile, order);
+    for (int r = 0; r < kRuns && e.empty(); ++r) {
+      const cudaError_t ev = cudaEventRecord(events[r], stream);
+      if (ev != cudaSuccess) {
+        error = CudaError("cudaEventRecord for tuning", ev);
+        return false;
+      }
+      e = launch(tile, order);
+    }
+    if (!e.empty()) {
+      launch_error = e;
+      return false;
+    }
+    cudaError_t ev = cudaEventRecord(events[kRuns], stream);
+    if (ev == cudaSuccess) ev = cudaEventSynchronize(events[kRuns]);
+    *ms = -1;
+    for (int r = 0; r < kRuns && ev == cudaSuccess; ++r) {
+      float t = 0;
+      ev = cudaEventElapsedTime(&t, events[r], events[r + 1]);  // run r: from its start to the next's
+      if (*ms < 0 || t < *ms) *ms = t;
+    }
+    if (ev != cudaSuccess) {
+      error = CudaError("the tuning's timings", ev);
+      return false;
+    }
+    return true;
+  };
+  const GpuKOrder rule_order = ChooseGpuKOrder(s, terms);
+  for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount) && error.empty(); ++t) {
+    const GpuDecomposedTile tile = static_cast<GpuDecomposedTile>(t);
+    if ((IsWgmmaTile(tile) && !wgmma) || (tile == GpuDecomposedTile::kTileHalo && MakeHaloPlan(s, terms).bm == 0)) {
+      continue;
+    }
+    float ms = 0;
+    if (time_plan(tile, rule_order, &ms) && (best_ms < 0 || ms < best_ms)) {
+      best_ms = ms;
+      *best = TunedPlan{tile, rule_order};
+    }
+  }
+  if (error.empty() && best_ms >= 0 && best->tile != GpuDecomposedTile::kTileHalo && s.filter_h * s.filter_w > 1 &&
+      l.slice_bytes % kTiles[static_cast<int>(best->tile)].bk == 0) {
+    const GpuKOrder other = rule_order == GpuKOrder::kTapsInner ? GpuKOrder::kTapsOuter : GpuKOrder::kTapsInner;
+    float ms = 0;
+    if (time_plan(best->tile, other, &ms) && ms < best_ms) best->k_order = other;
+  }
+  for (cudaEvent_t e : events) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
+  if (!error.empty()) return error;
+  return best_ms < 0 ? launch_error : "";
+}
+
 }  // namespace
 
 const char* GpuKOrderName(GpuKOrder order) {
@@ -543,6 +675,15 @@ GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {
   return ChooseTile(shape, terms, dev.sms, WgmmaAvailable().empty());
 }
 
+GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDtype dtype) {
+  DeviceInfo dev;
+  TunedPlan tuned{};
+  if (GetDeviceInfo(&dev).empty() && FindTunedPlan(MakeTuningKey(shape, terms, dtype, dev.ordinal), &tuned)) {
+    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true};
+  }
+  return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false};
+}
+
 std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes) {
   if (host.terms < 0 || host.terms > kGpuDecomposedMaxTerms) {
     return "GpuDecompositionPack: " + std::to_string(host.terms) + " terms (0 to " +
@@ -648,73 +789,81 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     const cudaError_t r = cudaEventRecord(options.phase_events[event], stream);
     return r == cudaSuccess ? "" : CudaError("cudaEventRecord of a phase event", r);
   };
-  if (!(error = mark(0)).empty()) return error;
-  cudaError_t e = cudaSuccess;
-  // The fused input pass stages a block's codes in shared memory: slices of at most kInputCodesPerBlock
-  // channels (every layer of a real network; the reduction-limit tests have wider ones).
-  const bool fused = !options.separate_prepasses && s.filter_depth <= kInputCodesPerBlock;
-  const int64_t slices = l.items + s.groups();
-  // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path): a
-  // memset, as the fused path's filter blocks run beside the input pass, not after one of its blocks
-  // could zero them.
-  e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
-  if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
-  if (!(error = mark(1)).empty()) return error;
-  if (!fused && s.input_elements() > 0) {
-    InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
-        input, g, s.input_elements(), quant, codes);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return CudaError("the input codes launch", e);
-  }
-  if (!(error = mark(2)).empty()) return error;
-  if (fused) {
-    const int per_block = static_cast<int>(kInputCodesPerBlock / s.filter_depth);  // >= 1
-    // Lanes per slice for its sums: a power of two <= 32 that leaves each lane at least 4 reads (words of
-    // 4 codes where cg is a multiple of 4, else codes), or 1.
-    const int64_t reads = s.filter_depth % 4 == 0 ? s.filter_depth / 4 : s.filter_depth;
-    int lanes = 1;
-    while (lanes < 32 && 8 * lanes <= reads) lanes *= 2;
-    // The filter's codes and sums in the same launch (phase 3 records zero time), and its planes where
-    // FilterPlanesInline holds (then phase 4 too).
-    const int64_t filter_blocks = FilterSumsBlocks(g);
-    const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
-    if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
-    // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
-    const size_t smem = 256 * sizeof(long long) + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
-                        static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
-    // The build with whole-sector stores where InputPassBlock can take them.
-    const auto prepass = PairStoresApply(static_cast<int>(s.filter_depth), d.terms) ? PrepassKernel<T, true>
-                                                                                     : PrepassKernel<T, false>;
-    prepass<<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
-        input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
-        code_sums, channel_sums, filter_codes, FilterPlanesInline(g) ? b_planes : nullptr);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return CudaError("the input pass launch", e);
-  } else {
-    // A warp per slice (the zero point's slices are always there).
-    const size_t planes_smem = 256 * sizeof(int32_t) + static_cast<size_t>(d.terms) * 256;
-    InputPlanesKernel<<<PrepBlocks(slices * 32, dev.sms), kPrepThreads, planes_smem, stream>>>(
-        codes, g, l, d, quant, planes, alpha_sums, code_sums);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return CudaError("the input planes launch", e);
-  }
-  if (!(error = mark(3)).empty()) return error;
-  // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
-  if (!fused) {
-    FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
-        filter, g, d, quant, channel_sums, filter_codes);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return CudaError("the filter sums launch", e);
-  }
-  if (!(error = mark(4)).empty()) return error;
-  if (!fused || !FilterPlanesInline(g)) {
-    const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
-    FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256,
-                         stream>>>(filter_codes, g, l, d, b_planes);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return CudaError("the filter planes launch", e);
-  }
-  if (!(error = mark(5)).empty()) return error;
+  auto mark_if = [&](bool record, int event) -> std::string { return record ? mark(event) : ""; };
+
+  // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
+  // events before each).
+  auto prepasses = [&](bool record) -> std::string {
+    std::string error;
+    if (!(error = mark_if(record, 0)).empty()) return error;
+    cudaError_t e = cudaSuccess;
+    // The fused input pass stages a block's codes in shared memory: slices of at most kInputCodesPerBlock
+    // channels (every layer of a real network; the reduction-limit tests have wider ones).
+    const bool fused = !options.separate_prepasses && s.filter_depth <= kInputCodesPerBlock;
+    const int64_t slices = l.items + s.groups();
+    // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path): a
+    // memset, as the fused path's filter blocks run beside the input pass, not after one of its blocks
+    // could zero them.
+    e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
+    if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
+    if (!(error = mark_if(record, 1)).empty()) return error;
+    if (!fused && s.input_elements() > 0) {
+      InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
+          input, g, s.input_elements(), quant, codes);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the input codes launch", e);
+    }
+    if (!(error = mark_if(record, 2)).empty()) return error;
+    if (fused) {
+      const int per_block = static_cast<int>(kInputCodesPerBlock / s.filter_depth);  // >= 1
+      // Lanes per slice for its sums: a power of two <= 32 that leaves each lane at least 4 reads (words of
+      // 4 codes where cg is a multiple of 4, else codes), or 1.
+      const int64_t reads = s.filter_depth % 4 == 0 ? s.filter_depth / 4 : s.filter_depth;
+      int lanes = 1;
+      while (lanes < 32 && 8 * lanes <= reads) lanes *= 2;
+      // The filter's codes and sums in the same launch (phase 3 records zero time), and its planes where
+      // FilterPlanesInline holds (then phase 4 too).
+      const int64_t filter_blocks = FilterSumsBlocks(g);
+      const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
+      if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
+      // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
+      const size_t smem = 256 * sizeof(long long) + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
+                          static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
+      // The build with whole-sector stores where InputPassBlock can take them.
+      const auto prepass = PairStoresApply(static_cast<int>(s.filter_depth), d.terms) ? PrepassKernel<T, true>
+                                                                                       : PrepassKernel<T, false>;
+      prepass<<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
+          input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
+          code_sums, channel_sums, filter_codes, FilterPlanesInline(g) ? b_planes : nullptr);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the input pass launch", e);
+    } else {
+      // A warp per slice (the zero point's slices are always there).
+      const size_t planes_smem = 256 * sizeof(int32_t) + static_cast<size_t>(d.terms) * 256;
+      InputPlanesKernel<<<PrepBlocks(slices * 32, dev.sms), kPrepThreads, planes_smem, stream>>>(
+          codes, g, l, d, quant, planes, alpha_sums, code_sums);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the input planes launch", e);
+    }
+    if (!(error = mark_if(record, 3)).empty()) return error;
+    // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
+    if (!fused) {
+      FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
+          filter, g, d, quant, channel_sums, filter_codes);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the filter sums launch", e);
+    }
+    if (!(error = mark_if(record, 4)).empty()) return error;
+    if (!fused || !FilterPlanesInline(g)) {
+      const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
+      FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256,
+                           stream>>>(filter_codes, g, l, d, b_planes);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the filter planes launch", e);
+    }
+    if (!(error = mark_if(record, 5)).empty()) return error;
+    return "";
+  };
 
   GemmArgs args;
   args.planes = planes;
@@ -726,22 +875,41 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.taps_c0 = static_cast<long long>(s.taps()) * d.c0;
   args.l = l;
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
-  // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
-  const std::string wgmma_error = WgmmaAvailable();
-  const GpuDecomposedTile tile =
-      options.tile == GpuDecomposedTile::kAuto ? ChooseTile(s, d.terms, dev.sms, wgmma_error.empty()) : options.tile;
-  if (IsWgmmaTile(tile) && !wgmma_error.empty()) return wgmma_error;
-  const GpuKOrder k_order = options.k_order == GpuKOrder::kAuto ? ChooseGpuKOrder(s, d.terms) : options.k_order;
-  args.taps_inner = k_order == GpuKOrder::kTapsInner;
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
-  if (tile == GpuDecomposedTile::kTileHalo) {
-    error = LaunchHalo<T>(MakeHaloPlan(s, d.terms), args, g, epi, output, dev.sms, stream);
-  } else {
-    error = LaunchTile<T>(tile, !options.plain_fragment_loads, args, g, epi, output, stream);
+  auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order) -> std::string {
+    GemmArgs a = args;
+    a.taps_inner = k_order == GpuKOrder::kTapsInner;
+    if (tile == GpuDecomposedTile::kTileHalo) {
+      return LaunchHalo<T>(MakeHaloPlan(s, d.terms), a, g, epi, output, dev.sms, stream);
+    }
+    return LaunchTile<T>(tile, !options.plain_fragment_loads, a, g, epi, output, stream);
+  };
+  // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
+  const std::string wgmma_error = WgmmaAvailable();
+  TunedPlan plan{options.tile, options.k_order};
+  if (plan.tile == GpuDecomposedTile::kAuto && plan.k_order == GpuKOrder::kAuto && options.tune &&
+      options.debug_acc == nullptr && options.debug_act_sum == nullptr && TuningAllowed(stream)) {
+    const TuningKey key = MakeTuningKey(s, d.terms, GpuDtypeOf<T>(), dev.ordinal);
+    if (!FindTunedPlan(key, &plan)) {
+      // Whole calls are timed: the input pass leaves the planes' last bytes in L2, which the GEMM's order
+      // of reading them meets (GEMMs timed back to back had the K orders of 28x28 128->128 with 16 terms
+      // the wrong way round: H200, --decomposed-tiles --seed 1110).
+      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order) -> std::string {
+        const std::string e = prepasses(false);
+        return e.empty() ? launch(tile, k_order) : e;
+      };
+      if (!(error = TunePlan(s, d.terms, wgmma_error.empty(), l, call, stream, &plan)).empty()) return error;
+      std::lock_guard<std::mutex> lock(g_tuned_mutex);
+      if (TunedPlans().size() < kMaxTunedPlans) TunedPlans()[key] = plan;
+    }
   }
-  if (!error.empty()) return error;
+  if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());
+  if (IsWgmmaTile(plan.tile) && !wgmma_error.empty()) return wgmma_error;
+  if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
+  if (!(error = prepasses(true)).empty()) return error;
+  if (!(error = launch(plan.tile, plan.k_order)).empty()) return error;
   return mark(6);
 }
 

@@ -109,6 +109,12 @@ GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms);
 struct GpuDecomposedOptions {
   GpuDecomposedTile tile = GpuDecomposedTile::kAuto;
   GpuKOrder k_order = GpuKOrder::kAuto;
+  // With tile and k_order kAuto (and no debug outputs): the first call for a shape, number of terms and
+  // element type on a device times itself with every tile that takes it (then the other K order with the
+  // fastest) on its own data, waiting for the timings, and keeps the fastest plan for every later call;
+  // false, or the environment's TFAPPROX_GPU_TUNING=0, or a stream being captured into a CUDA graph, takes
+  // the rules (ChooseGpuDecomposedTile, ChooseGpuKOrder). Every plan gives the same outputs, bit for bit.
+  bool tune = true;
   // Fragments read from shared memory with plain 32-bit loads instead of ldmatrix: slower, for telling a
   // fragment-layout fault of one from the other.
   bool plain_fragment_loads = false;
@@ -152,8 +158,17 @@ std::string GpuDecomposedSupports(const ConvShape& shape, int terms);
 // per-channel sums and the filter codes (one byte per filter element).
 size_t GpuDecomposedWorkspaceBytes(const ConvShape& shape, int terms);
 
-// What a call runs for this shape (kAuto resolved) on the current device.
+// The rule's tile for this shape on the current device (what kAuto runs without tuning).
 GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms);
+
+// What a default call (kAuto, tuning on) with this shape, terms and element type runs on the current
+// device: the plan tuned by an earlier call (tuned = true), else the rules' (a first call tunes instead).
+struct GpuDecomposedPlan {
+  GpuDecomposedTile tile;
+  GpuKOrder k_order;
+  bool tuned;
+};
+GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDtype dtype);
 
 // Whether the decomposed kernel should be auto-chosen over the lookups (ApproxConvGpu) for this shape and
 // a decomposition of `terms` terms: never where the kernel refuses it (GpuDecomposedSupports), and

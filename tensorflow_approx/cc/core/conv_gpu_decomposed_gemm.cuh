@@ -193,11 +193,14 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   const Layout& l = args.l;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp / WARPS_N, warp_n = warp % WARPS_N;
+  // Block order: channel tiles fastest, then groups, then pixel tiles. The blocks of one tile of pixels run
+  // side by side and read its A rows (every group's slices of the same pixels, which lie together) from L2
+  // once between them; with pixel tiles fastest, planes past the L2 came from DRAM once per channel tile.
   const int tile = blockIdx.x;
-  const int mt_index = tile % args.m_tiles;
-  const int rest = tile / args.m_tiles;
-  const int nt_index = rest % args.n_tiles;
-  const int grp = rest / args.n_tiles;
+  const int nt_index = tile % args.n_tiles;
+  const int rest = tile / args.n_tiles;
+  const int grp = rest % g.groups;
+  const int mt_index = rest / g.groups;
   const int m0 = mt_index * BM, n0 = nt_index * BN;
   const int in_hw = g.in_h * g.in_w;
 

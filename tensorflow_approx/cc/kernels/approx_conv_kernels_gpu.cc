@@ -242,16 +242,18 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       Tensor workspace;
       const size_t bytes = tfapprox::GpuDecomposedWorkspaceBytes(shape, decomposition.terms);
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_UINT8, TensorShape({static_cast<int64_t>(bytes)}), &workspace));
-      if (this->Tracing()) {
-        const std::string name = absl::StrCat("tensor-cores-decomposed-", decomposition.terms, "-terms-",
-                                              tfapprox::GpuDecomposedTileName(
-                                                  tfapprox::ChooseGpuDecomposedTile(shape, decomposition.terms)));
-        this->Trace(shape, "GPU", name.c_str(), false);
-      }
       OP_REQUIRES_OK(ctx, ScanNan(dtype, shape, in, filt, flag_ptr, stream));
       OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::ApproxConvGpuDecomposedUntyped(
                               dtype, shape, in, filt, quant_ptr, decomposition, out, stream,
                               workspace.flat<uint8_t>().data(), bytes)));
+      if (this->Tracing()) {  // after the call: its first call for a shape tunes the plan (conv_gpu_decomposed.h)
+        const tfapprox::GpuDecomposedPlan plan =
+            tfapprox::GpuDecomposedPlanFor(shape, decomposition.terms, dtype);
+        const std::string name = absl::StrCat("tensor-cores-decomposed-", decomposition.terms, "-terms-",
+                                              tfapprox::GpuDecomposedTileName(plan.tile), "-",
+                                              tfapprox::GpuKOrderName(plan.k_order), plan.tuned ? "-tuned" : "-rule");
+        this->Trace(shape, "GPU", name.c_str(), false);
+      }
       OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
       return;
     }
