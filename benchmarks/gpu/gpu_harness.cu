@@ -13,9 +13,10 @@
 // export_decompositions.py) and timed in a table of its own after the lookups' timings;
 // --decomposed-only runs only its checks and its tables (the timings, with GpuPreferDecomposed's picks,
 // then each launch's time for 1 and 16 terms, fused and separate input passes); --decomposed-phases runs
-// only the per-launch table; --decomposed-tiles runs only a table of every GEMM tile's rate on the five
-// layers for 1 and 16 terms, each tile's outputs held bit for bit to the lookups' (ChooseGpuDecomposedTile's
-// pick marked); --decomposed-orders runs only a table of both K orders (GpuKOrder) on every benchmark layer
+// only the per-launch table; --decomposed-tiles runs only a table of every GEMM tile's rate on the
+// benchmark layers for 1, 5 and 16 terms and of default calls (whose first tunes the plan), each call's
+// outputs held bit for bit to the lookups' (the tuned plan's tile marked; the rule's pick summed up against
+// the fastest tile below it); --decomposed-orders runs only a table of both K orders (GpuKOrder) on every benchmark layer
 // with a 3x3 filter for 4, 8 and 16 terms, checked the same way (ChooseGpuKOrder's pick marked);
 // --lookups-only leaves the decomposed kernel out.
 //

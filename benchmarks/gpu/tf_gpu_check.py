@@ -189,8 +189,8 @@ def check_decomposed(rng, trace_path):
     """Tables registered with ta.register_decomposition (up to 16 terms) on layer shapes where the GPU
     picks its tensor-core kernel: the GPU's outputs bit for bit the CPU's, asymmetric and symmetric codes
     (the decomposition rearranged for shifted codes). Returns (cases, outputs, mismatches, GPU
-    configurations the trace names the decomposed kernel for, of them with a wgmma tile, of them with the
-    halo tile)."""
+    configurations the trace names the decomposed kernel for, of them with a wgmma tile, with the halo
+    tile, with a plan the first call tuned)."""
     tables = []
     for name in ("exact", "drum4", "optrunc3", "coltrunc8", "etm3"):
         lut = np.asarray(mx.get(name).lut, np.uint16)
@@ -223,7 +223,7 @@ def check_decomposed(rng, trace_path):
     with open(trace_path) as f:
         picked = [line for line in f if "device=GPU" in line and "kernel=tensor-cores-decomposed" in line]
     return (cases, outputs, mismatches, len(picked), sum("-wgmma" in line for line in picked),
-            sum("-halo" in line for line in picked))
+            sum("-halo" in line for line in picked), sum("-tuned\t" in line for line in picked))
 
 
 def check_invalid_ranges():
@@ -434,7 +434,7 @@ def main():
     print(f"| registered decompositions (<= 16 terms) on big layers, GPU vs CPU | {decomposed[0]} cases, "
           f"{decomposed[1]} outputs, {decomposed[2]} mismatches; tensor-core kernel traced for {decomposed[3]} "
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
-          f"capability 9.0: {hopper}), {decomposed[5]} with the halo tile |")
+          f"capability 9.0: {hopper}), {decomposed[5]} with the halo tile, {decomposed[6]} with a tuned plan |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are host variables | {lut_on_host} |")
