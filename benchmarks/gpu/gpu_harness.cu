@@ -6,7 +6,8 @@
 //
 //   gpu_harness [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep]
 //               [--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases]
-//               [--decomposed-tiles] [--decomposed-orders] [--profile LAYER [--kernel K | --terms N [--tile T]]]
+//               [--decomposed-tiles] [--decomposed-orders] [--decomposed-batches]
+//               [--profile LAYER [--kernel K | --terms N [--tile T]]]
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
@@ -18,6 +19,8 @@
 // outputs held bit for bit to the lookups' (the tuned plan's tile marked; the rule's pick summed up against
 // the fastest tile below it); --decomposed-orders runs only a table of both K orders (GpuKOrder) on every benchmark layer
 // with a 3x3 filter for 4, 8 and 16 terms, checked the same way (ChooseGpuKOrder's pick marked);
+// --decomposed-batches runs only a table of the decomposed kernel against the lookups on the benchmark
+// layers at smaller batches (GpuPreferDecomposed's picks marked), checked the same way;
 // --lookups-only leaves the decomposed kernel out.
 //
 // Exit status 0 only when every check passed.
@@ -2022,6 +2025,67 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   for (const std::string& w : wrong_picks) std::printf("  wrong pick: %s\n", w.c_str());
 }
 
+// The decomposed kernel against the lookups at smaller batches: every benchmark layer at its batch / 4, /
+// 16 and / 64 (ResNet-20's batch 1000 down to 15; the big layers' 64 down to 1), the exact table and 4, 8
+// and 16 terms, default calls (tuned plans) timed whole against ApproxConvGpu kAuto, outputs held bit for
+// bit to the lookups'. What GpuPreferDecomposed's floor of LUT-MACs per call is set from.
+void DecomposedBatches(std::mt19937_64& rng, int runs, Counts* counts) {
+  QuantParams qi, qf;
+  BenchQuantParams(&qi, &qf);
+  BenchDecompositions decs;
+  if (!UploadBenchDecompositions({ExactDecomposition(), RandomDecomposition(rng, 4), RandomDecomposition(rng, 8),
+                                  RandomDecomposition(rng, 16)},
+                                 &decs, counts)) {
+    return;
+  }
+  std::printf("\nDecomposed at smaller batches: decomposed (tuned) / lookups time, whole calls, median of %d runs "
+              "(float32 NHWC, realistic data); the call's LUT-MACs; auto: GpuPreferDecomposed per column\n", runs);
+  std::printf("%-20s %6s %10s %9s %9s %9s %9s %5s\n", "shape", "batch", "LUT-MACs", "exact", "4 terms", "8 terms",
+              "16 terms", "auto");
+  int picks = 0, wrong = 0;
+  for (const BenchShape& full : kBenchShapes) {
+    for (int div : {4, 16, 64}) {
+      BenchShape b = full;
+      b.batch = std::max(1, full.batch / div);
+      DecomposedBenchLayer layer(rng, b, qi, qf);
+      const ConvShape& s = layer.data.s;
+      std::string err;
+      const double lookup_ms = MedianMs(
+          [&] {
+            const std::string e = layer.Lookups(decs.luts[0]->ptr, layer.d_ref.ptr);
+            if (!e.empty()) err = e;
+          },
+          runs);
+      if (!err.empty()) {
+        ++counts->failures;
+        std::printf("FAIL decomposed batches %s: ApproxConvGpu failed: %s\n", b.name, err.c_str());
+      }
+      std::printf("%-20s %6d %10.2e", b.name, b.batch, static_cast<double>(s.lut_macs()));
+      char picked[5] = "----";
+      for (size_t i = 0; i < decs.host.size() && i < 4; ++i) {
+        const double rate = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, GpuDecomposedOptions(), runs, counts,
+                                               std::string(b.name) + " batch " + std::to_string(b.batch) + " (" +
+                                                   decs.host[i].name + ")");
+        const double ms = rate > 0 ? static_cast<double>(s.lut_macs()) / rate * 1e-6 : -1;
+        if (ms < 0) {
+          std::printf(" %9s", "n/a");
+        } else {
+          std::printf(" %9.2f", ms / lookup_ms);
+        }
+        const bool pick = GpuPreferDecomposed(s, decs.d[i]->d.terms);
+        picked[i] = pick ? 'y' : 'n';
+        if (pick) {
+          ++picks;
+          if (ms < 0 || ms > lookup_ms) ++wrong;
+        }
+      }
+      std::printf(" %5s\n", picked);
+    }
+  }
+  std::printf("auto (GpuPreferDecomposed): %d picks of the decomposed kernel, %d slower than the lookups\n", picks,
+              wrong);
+}
+
 // A table of variants of the decomposed kernel's options: a row per layer and decomposition, a column per
 // variant, whole calls timed (G LUT-MAC/s), each variant's outputs held bit for bit to the lookups'
 // (n/a where a variant does not run). `*` marks the variant `pick` returns for the row's shape and terms:
@@ -2270,6 +2334,7 @@ int main(int argc, char** argv) {
   int cases = 400, runs = 30;
   uint64_t seed = 20261128;
   int decomposed_cases = 300;
+  bool batches_only = false;
   bool bench = true, sweep = false, decomposed_only = false, phases_only = false, tiles_only = false,
        orders_only = false, lookups_only = false;
   int profile = -1;  // a benchmark layer to launch once (for ncu), nothing else
@@ -2299,12 +2364,13 @@ int main(int argc, char** argv) {
     else if (a == "--lookups-only") lookups_only = true;
     else if (a == "--decomposed-phases") phases_only = true;
     else if (a == "--decomposed-tiles") tiles_only = true;
+    else if (a == "--decomposed-batches") batches_only = true;
     else if (a == "--decomposed-orders") orders_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
     else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
                    "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] [--decomposed-orders] "
-                   "[--profile LAYER [--kernel K | --terms N [--tile T]]]\n",
+                   "[--decomposed-batches] [--profile LAYER [--kernel K | --terms N [--tile T]]]\n",
                    argv[0]);
       return 2;
     }
@@ -2336,6 +2402,12 @@ int main(int argc, char** argv) {
     DecomposedOrders(rng, runs, &counts);
     std::printf("\norders: %d calls checked, %d failures (output bits vs the lookups)\n%s\n", counts.cases,
                 counts.failures, counts.failures == 0 ? "ORDERS PASSED" : "ORDERS FAILED");
+    return counts.failures == 0 ? 0 : 1;
+  }
+  if (batches_only) {  // only the decomposed kernel against the lookups at smaller batches (outputs checked)
+    DecomposedBatches(rng, runs, &counts);
+    std::printf("\nbatches: %d calls checked, %d failures (output bits vs the lookups)\n%s\n", counts.cases,
+                counts.failures, counts.failures == 0 ? "BATCHES PASSED" : "BATCHES FAILED");
     return counts.failures == 0 ? 0 : 1;
   }
   if (tiles_only) {  // only the decomposed kernel's per-tile table (its outputs checked, no other checks)

@@ -605,35 +605,54 @@ const char* GpuDecomposedPhaseName(int phase) {
 //   R20 3x3 s2 16->32   K  144  m   72  1.2e9   4.66 3.49 1.75 0.66
 //   R20 1x1 s2 16->32   K   16  m    8  0.13e9  1.04 0.79 0.42 0.15
 //   R20 1x1 s2 32->64   K   32  m   16  0.13e9  1.17 0.88 0.52 0.20
-// The rule keeps to rows measured at least about 1.3x faster (a margin for run-to-run noise and for
+// The rule kept to rows measured at least about 1.3x faster (a margin for run-to-run noise and for
 // shapes between the rows); a decomposition's terms are rounded up to the next measured count (1, 4, 8,
 // 16: more terms are never faster):
 //   1-4 terms:   K >= 27  and m >= 72    (slowest picked row 1.43x: the stem; the 1x1 stride-2 projections,
 //                                         m of 8 and 16, left out)
 //   5-8 terms:   K >= 64  and m >= 72    (slowest picked 1.75x; the stem's 1.26x left out)
-//   9-16 terms:  K >= 144 and m >= 144   (slowest picked 1.33x: R20 8x8 64->64; the stride-2 layers,
-//                                         0.66x, and the 1x1 56x56's 1.40x left out; K was 288 until the
-//                                         halo tile took ResNet-20's 16->16 with 16 terms to 1.7x the
-//                                         lookups, docs/decomposition.md)
+//   9-16 terms:  K >= 64  and m >= 144   (the stride-2 layers left out; K was 288 until the halo tile took
+//                                         ResNet-20's 16->16 with 16 terms to 1.7x the lookups, then 144
+//                                         until the 1x1 56x56 64->256 measured 2.0-2.5x at every batch
+//                                         below)
 //   more terms:  never (not measured).
 // And only inside what the figures cover: groups 1 (grouped and depthwise layers were not measured; their
-// K is small anyway), NHWC (NCHW adds a transposing input pass to both kernels, not measured), and calls of
-// at least 4e8 LUT-MACs (the smallest measured row that wins is 4.4e8; in smaller calls the fixed costs,
-// launches above all, weigh more, and the decomposed path has more launches). Stride and dilation enter
-// through m. (The first kernel version, 9cbe7cd, won by 0.24-10x on the same rows, and its rule was
-// narrower: at least 2e9 LUT-MACs, K >= 64 for one term and 288 for more.) The harness's "auto" column and
-// its "wrong pick" count check the rule against each run.
+// K is small anyway) and NHWC (NCHW adds a transposing input pass to both kernels, not measured).
+// Call size. The GEMM has no split K: a call with few output tiles runs a few blocks down the whole K,
+// where the lookups split K over the GPU. At smaller batches (H200, `--decomposed-batches --runs 5 --seed
+// 1150`, every benchmark layer at its batch / 4, / 16 and / 64, tuned plans) the decomposed call lost where
+// outputs / (K x terms) was small: 7x7 512->512 at batch 4 with 8 and 16 terms (1.6x and 3.2x the lookups'
+// time; outputs / (K x terms) 5.4 and 2.7), 14x14 256->256 at batch 4 with 16 terms (1.55x; 10.9), 7x7
+// 512->512 at batch 16 with 16 terms (1.09x; 5.4), and short of 1.3x faster up to 27.6 (ResNet-20's 8x8
+// 64->64 at batch 62 with 16 terms, 0.96x). It won at any call size with enough outputs per K x terms:
+// ResNet-20's 16x16 32->32 at batch 15 (3.5e7 LUT-MACs) took 0.10-0.25x the lookups' time. So a call
+// needs outputs >= 16 x K x terms (rounded as above), and either 4e8 LUT-MACs (the old floor: the big
+// layers at batch 64, where 7x7 512->512 with 16 terms has 21.8 and wins 2.6x) or K >= 64 and 32 x K x
+// terms outputs (the stem, K of 27, lost 1.4-3x at batches 15 and 62 to the lookups' columns kernel). Over
+// that table and the batch-64/1000 bench (seeds 1150 and 1121, 192 rows) this picks 118 rows, none slower
+// than the lookups (the old floor of 4e8 LUT-MACs alone: 83 picks, 4 slower); it leaves out 5 rows that
+// were at least 2x faster (14x14 and 7x7 at batch 1 exact, the stride-2 and 32->32 layers at batch 15-62
+// with 16 terms). A default call in TensorFlow takes this rule; the harness's "auto" columns and its
+// "wrong pick" counts check it against each run.
 bool GpuPreferDecomposed(const ConvShape& s, int terms) {
   if (!GpuDecomposedSupports(s, terms).empty()) return false;
   if (terms > 16 || s.groups() != 1 || s.data_format != DataFormat::kNHWC) return false;
-  if (s.lut_macs() < int64_t{400000000}) return false;
   const int64_t k = s.taps();
   const int64_t input_elements = s.input_elements();
   if (input_elements <= 0) return false;
   const double m = static_cast<double>(s.lut_macs()) / static_cast<double>(input_elements);
-  if (terms <= 4) return k >= 27 && m >= 72;
-  if (terms <= 8) return k >= 64 && m >= 72;
-  return k >= 144 && m >= 144;
+  const int measured_terms = terms <= 1 ? 1 : terms <= 4 ? 4 : terms <= 8 ? 8 : 16;
+  bool shape_ok = false;
+  if (measured_terms <= 4) {
+    shape_ok = k >= 27 && m >= 72;
+  } else if (measured_terms <= 8) {
+    shape_ok = k >= 64 && m >= 72;
+  } else {
+    shape_ok = k >= 64 && m >= 144;
+  }
+  if (!shape_ok) return false;
+  const double per_k = static_cast<double>(s.output_elements()) / (static_cast<double>(k) * measured_terms);
+  return per_k >= 16 && (s.lut_macs() >= int64_t{400000000} || (k >= 64 && per_k >= 32));
 }
 
 std::string GpuDecomposedSupports(const ConvShape& s, int terms) {
