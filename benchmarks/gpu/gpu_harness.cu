@@ -30,6 +30,7 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -2040,8 +2041,8 @@ void DecomposedBatches(std::mt19937_64& rng, int runs, Counts* counts) {
   }
   std::printf("\nDecomposed at smaller batches: decomposed (tuned) / lookups time, whole calls, median of %d runs "
               "(float32 NHWC, realistic data); the call's LUT-MACs; auto: GpuPreferDecomposed per column\n", runs);
-  std::printf("%-20s %6s %10s %9s %9s %9s %9s %5s\n", "shape", "batch", "LUT-MACs", "exact", "4 terms", "8 terms",
-              "16 terms", "auto");
+  std::printf("%-20s %6s %10s %9s %9s %9s %9s %5s %8s %8s\n", "shape", "batch", "LUT-MACs", "exact", "4 terms",
+              "8 terms", "16 terms", "auto", "host lk", "host dc");
   int picks = 0, wrong = 0;
   for (const BenchShape& full : kBenchShapes) {
     for (int div : {4, 16, 64}) {
@@ -2079,11 +2080,28 @@ void DecomposedBatches(std::mt19937_64& rng, int runs, Counts* counts) {
           if (ms < 0 || ms > lookup_ms) ++wrong;
         }
       }
-      std::printf(" %5s\n", picked);
+      // The host's time to queue a call (no waiting in it): what a framework pays per call when the device
+      // is faster than its host, as at small batches.
+      auto host_us = [&](const std::function<void()>& fn) {
+        CUDA_OR_DIE(cudaDeviceSynchronize());
+        constexpr int kCalls = 20;
+        const auto start = std::chrono::steady_clock::now();
+        for (int c = 0; c < kCalls; ++c) fn();
+        const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+        CUDA_OR_DIE(cudaDeviceSynchronize());
+        return us / kCalls;
+      };
+      DeviceBuffer<uint8_t> d_ws(GpuDecomposedWorkspaceBytes(s, 1));
+      const double lookups_host = host_us([&] { (void)layer.Lookups(decs.luts[0]->ptr, layer.d_ref.ptr); });
+      const double decomposed_host = host_us([&] {
+        (void)ApproxConvGpuDecomposed<float>(s, layer.data.d_in.ptr, layer.data.d_flt.ptr, layer.d_q.ptr, decs.d[0]->d,
+                                             layer.data.d_out.ptr, 0, d_ws.ptr, d_ws.count);
+      });
+      std::printf(" %5s %8.1f %8.1f\n", picked, lookups_host, decomposed_host);
     }
   }
-  std::printf("auto (GpuPreferDecomposed): %d picks of the decomposed kernel, %d slower than the lookups\n", picks,
-              wrong);
+  std::printf("auto (GpuPreferDecomposed): %d picks of the decomposed kernel, %d slower than the lookups; host: us "
+              "to queue a call of the lookups and of the exact table's decomposed kernel\n", picks, wrong);
 }
 
 // A table of variants of the decomposed kernel's options: a row per layer and decomposition, a column per

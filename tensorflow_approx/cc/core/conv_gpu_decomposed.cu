@@ -250,6 +250,40 @@ unsigned PrepBlocks(int64_t work, int sms) {
       std::max<int64_t>(1, std::min<int64_t>((work + kPrepThreads - 1) / kPrepThreads, int64_t{8} * std::max(sms, 1))));
 }
 
+// A kernel's launch set-up, done once: its dynamic shared-memory limit raised to `smem` on the current
+// device where it is lower, and with `per_sm` its resident blocks per multiprocessor at `threads` and
+// `smem` (asked once per kernel, device and size). Each of those runtime calls costs the host microseconds,
+// and at small batches a framework's calls wait for their host, not for the device.
+std::string SetUpKernel(const void* kernel, int smem, int threads, int* per_sm) {
+  struct Setup {
+    int smem_limit = 0;
+    std::map<int, int> blocks_per_sm;  // by shared memory
+  };
+  static std::mutex mutex;
+  static auto* setups = new std::map<std::pair<const void*, int>, Setup>();  // (never destroyed)
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return CudaError("cudaGetDevice", e);
+  std::lock_guard<std::mutex> lock(mutex);
+  Setup& setup = (*setups)[{kernel, device}];
+  if (setup.smem_limit < smem) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
+    setup.smem_limit = smem;
+  }
+  if (per_sm != nullptr) {
+    const auto it = setup.blocks_per_sm.find(smem);
+    if (it != setup.blocks_per_sm.end()) {
+      *per_sm = it->second;
+    } else {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, threads, smem);
+      if (e != cudaSuccess) return CudaError("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+      setup.blocks_per_sm[smem] = *per_sm;
+    }
+  }
+  return "";
+}
+
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, int kWgmmaTile>
 std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi, T* output,
                        cudaStream_t stream) {
@@ -274,11 +308,10 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
     kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true>
                       : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, false>;
   }
-  // A constant per kernel (unlike the columns kernel's), so concurrent callers set the same value.
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
+  const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, 0, nullptr);
+  if (!setup.empty()) return setup;
   kernel<<<static_cast<unsigned>(blocks), WARPS_M * WARPS_N * 32, smem, stream>>>(args, g, epi, output);
-  e = cudaGetLastError();
+  const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the decomposed GEMM launch", e);
 }
 
@@ -376,11 +409,9 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   h.gemm.n_tiles = n_tiles;
   const int smem = static_cast<int>(HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h));
   const auto kernel = DecomposedHaloKernel<T, BM, BN>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return CudaError("cudaFuncSetAttribute", e);
   int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, smem);
-  if (e != cudaSuccess) return CudaError("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, 128, &per_sm);
+  if (!setup.empty()) return setup;
   // Persistent blocks: as many as fit at once, spread over the channel tiles and groups (grid y); each
   // walks rectangles blockIdx.x, + gridDim.x, ...
   const int64_t columns = static_cast<int64_t>(n_tiles) * g.groups;
@@ -388,7 +419,7 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   const int64_t blocks_x = std::max<int64_t>(1, std::min<int64_t>(m_tiles, (slots + columns - 1) / columns));
   kernel<<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(columns)), 128, smem, stream>>>(h, g, epi,
                                                                                                        output);
-  e = cudaGetLastError();
+  const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the decomposed halo launch", e);
 }
 
