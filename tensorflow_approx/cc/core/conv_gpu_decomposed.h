@@ -172,9 +172,10 @@ GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDty
 
 // Whether the decomposed kernel should be auto-chosen over the lookups (ApproxConvGpu) for this shape and
 // a decomposition of `terms` terms: never where the kernel refuses it (GpuDecomposedSupports), and
-// otherwise only in the region where H200 measurements showed it clearly faster (the rule and its figures
-// are in conv_gpu_decomposed.cu). Conservative: false outside the measured region (groups, NCHW, small
-// calls, many terms), so that an auto-chosen decomposed call is never slower than the lookups would be.
+// otherwise only in the region where H200 measurements showed it faster (the rule and its figures are in
+// conv_gpu_decomposed_plan.cuh). Conservative: false outside the measured region (groups, NCHW, calls of
+// few outputs for their K and terms, many terms), so that an auto-chosen decomposed call is never slower
+// than the lookups would be.
 bool GpuPreferDecomposed(const ConvShape& shape, int terms);
 
 // Runs the op on `stream` with the decomposed table: T is float, double, __half or __nv_bfloat16; input

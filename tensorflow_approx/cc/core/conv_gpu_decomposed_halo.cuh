@@ -12,7 +12,7 @@
 // cores read every tap's A straight from it: ldmatrix takes a row address per lane, so the rows of an
 // mma tile at tap (kh, kw) are the halo pixels under the tile shifted by the tap.
 // Only where the filter rows and two halos fit a multiprocessor's shared memory twice over
-// (MakeHaloPlan, conv_gpu_decomposed.cu).
+// (MakeHaloPlan, conv_gpu_decomposed_plan.cuh).
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_HALO_CUH_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_HALO_CUH_
 
