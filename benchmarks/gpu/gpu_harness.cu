@@ -1948,6 +1948,14 @@ struct DecomposedBenchLayer {
   }
 };
 
+// The decomposed tables' columns: the exact product as one term, then synthetic decompositions of 4, 8 and
+// 16 terms (false, a failure counted, as UploadBenchDecompositions).
+bool UploadTermColumns(std::mt19937_64& rng, BenchDecompositions* decs, Counts* counts) {
+  return UploadBenchDecompositions(
+      {ExactDecomposition(), RandomDecomposition(rng, 4), RandomDecomposition(rng, 8), RandomDecomposition(rng, 16)},
+      decs, counts);
+}
+
 // The decomposed kernel against the lookups on the benchmark layers (realistic data, float32 NHWC):
 // the exact product as one term, then synthetic decompositions of 4, 8 and 16 terms. Rates in G
 // LUT-MAC/s: table lookups replaced per second (N * OH * OW * OC * taps), not int8 MACs. Every timed
@@ -1956,11 +1964,7 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchDecompositions decs;
-  if (!UploadBenchDecompositions({ExactDecomposition(), RandomDecomposition(rng, 4), RandomDecomposition(rng, 8),
-                                  RandomDecomposition(rng, 16)},
-                                 &decs, counts)) {
-    return;
-  }
+  if (!UploadTermColumns(rng, &decs, counts)) return;
   std::printf("\nDecomposed (int8 tensor cores): G LUT-MAC/s (table lookups replaced per second), float32 NHWC, "
               "realistic data, median of %d runs;\nlookups = ApproxConvGpu (kAuto) on the exact table; "
               "every call timed whole (quantization and planes included)\n", runs);
@@ -2029,16 +2033,12 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
 // The decomposed kernel against the lookups at smaller batches: every benchmark layer at its batch / 4, /
 // 16 and / 64 (ResNet-20's batch 1000 down to 15; the big layers' 64 down to 1), the exact table and 4, 8
 // and 16 terms, default calls (tuned plans) timed whole against ApproxConvGpu kAuto, outputs held bit for
-// bit to the lookups'. What GpuPreferDecomposed's floor of LUT-MACs per call is set from.
+// bit to the lookups'. What GpuPreferDecomposed's condition on the call's outputs is set from.
 void DecomposedBatches(std::mt19937_64& rng, int runs, Counts* counts) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchDecompositions decs;
-  if (!UploadBenchDecompositions({ExactDecomposition(), RandomDecomposition(rng, 4), RandomDecomposition(rng, 8),
-                                  RandomDecomposition(rng, 16)},
-                                 &decs, counts)) {
-    return;
-  }
+  if (!UploadTermColumns(rng, &decs, counts)) return;
   std::printf("\nDecomposed at smaller batches: decomposed (tuned) / lookups time, whole calls, median of %d runs "
               "(float32 NHWC, realistic data); the call's LUT-MACs; auto: GpuPreferDecomposed per column\n", runs);
   std::printf("%-20s %6s %10s %9s %9s %9s %9s %5s %8s %8s\n", "shape", "batch", "LUT-MACs", "exact", "4 terms",
