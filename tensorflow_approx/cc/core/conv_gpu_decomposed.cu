@@ -296,7 +296,8 @@ GpuDecomposedTile ChooseGpuDecomposedTile(const ConvShape& shape, int terms) {
 GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDtype dtype) {
   DeviceInfo dev;
   TunedPlan tuned{};
-  if (GetDeviceInfo(&dev).empty() && FindTunedPlan(MakeTuningKey(shape, terms, dtype, dev.ordinal), &tuned)) {
+  if (!TuningOff() && GetDeviceInfo(&dev).empty() &&
+      FindTunedPlan(MakeTuningKey(shape, terms, dtype, dev.ordinal), &tuned)) {
     return GpuDecomposedPlan{tuned.tile, tuned.k_order, true};
   }
   return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false};
@@ -508,9 +509,9 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   const std::string wgmma_error = WgmmaAvailable();
   TunedPlan plan{options.tile, options.k_order};
   if (plan.tile == GpuDecomposedTile::kAuto && plan.k_order == GpuKOrder::kAuto && options.tune &&
-      options.debug_acc == nullptr && options.debug_act_sum == nullptr && TuningAllowed(stream)) {
+      options.debug_acc == nullptr && options.debug_act_sum == nullptr && !TuningOff()) {
     const TuningKey key = MakeTuningKey(s, d.terms, GpuDtypeOf<T>(), dev.ordinal);
-    if (!FindTunedPlan(key, &plan)) {
+    if (!FindTunedPlan(key, &plan) && StreamCanWait(stream)) {
       // Whole calls are timed: the input pass leaves the planes' last bytes in L2, which the GEMM's order
       // of reading them meets (GEMMs timed back to back had the K orders of 28x28 128->128 with 16 terms
       // the wrong way round: H200, --decomposed-tiles --seed 1110).

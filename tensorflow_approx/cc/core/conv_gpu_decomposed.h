@@ -111,9 +111,10 @@ struct GpuDecomposedOptions {
   GpuKOrder k_order = GpuKOrder::kAuto;
   // With tile and k_order kAuto (and no debug outputs): the first call for a shape, number of terms and
   // element type on a device times itself with every tile that takes it (then the other K order with the
-  // fastest) on its own data, waiting for the timings, and keeps the fastest plan for every later call;
-  // false, or the environment's TFAPPROX_GPU_TUNING=0, or a stream being captured into a CUDA graph, takes
-  // the rules (ChooseGpuDecomposedTile, ChooseGpuKOrder). Every plan gives the same outputs, bit for bit.
+  // fastest) on its own data, waiting for the timings, and keeps the fastest plan for every later call.
+  // false, or the environment's TFAPPROX_GPU_TUNING=0, takes the rules (ChooseGpuDecomposedTile,
+  // ChooseGpuKOrder); so does a call on a stream being captured into a CUDA graph, which cannot wait, where
+  // no plan was tuned before. Every plan gives the same outputs, bit for bit.
   bool tune = true;
   // Fragments read from shared memory with plain 32-bit loads instead of ldmatrix: slower, for telling a
   // fragment-layout fault of one from the other.

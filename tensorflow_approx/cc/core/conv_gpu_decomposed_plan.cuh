@@ -287,11 +287,16 @@ bool FindTunedPlan(const TuningKey& key, TunedPlan* plan) {
   return true;
 }
 
-// Whether this call may tune: TFAPPROX_GPU_TUNING=0 turns tuning off (every call takes the rules), and a
-// stream being captured into a CUDA graph cannot wait for the timings.
-bool TuningAllowed(cudaStream_t stream) {
+// TFAPPROX_GPU_TUNING=0 in the environment: tuned plans are neither made nor used (every call takes the
+// rules).
+bool TuningOff() {
   const char* env = std::getenv("TFAPPROX_GPU_TUNING");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  return env != nullptr && std::strcmp(env, "0") == 0;
+}
+
+// Whether a call on `stream` may wait for timings: not while the stream is being captured into a CUDA graph
+// (such a call uses a plan tuned before, else the rules).
+bool StreamCanWait(cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
     (void)cudaGetLastError();  // (not sticky: only this answer is lost)
