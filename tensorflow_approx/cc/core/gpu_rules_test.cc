@@ -1,0 +1,118 @@
+// The GPU decomposed kernel's host-side rules, held to the H200 measurements they were set from; needs the
+// CUDA build (conv_gpu_decomposed.cu), not a GPU. GpuPreferDecomposed must not pick a call that was
+// measured slower than the lookups, and must pick the calls that were measured far faster where the rule
+// claims them (docs/decomposition.md, "Smaller batches"). Without a GPU no plan is tuned:
+// GpuDecomposedPlanFor gives the rules' plan.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#if defined(TFAPPROX_HAVE_CUDA)
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
+#include "tensorflow_approx/cc/core/conv_shape.h"
+
+namespace {
+
+using tfapprox::ConvShape;
+
+int failures = 0;
+
+void Check(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+// A SAME-padded square layer, NHWC unless nchw.
+ConvShape Layer(int batch, int hw, int cin, int cout, int k, int stride, bool nchw = false, int groups = 1) {
+  tfapprox::ConvAttrs attrs;
+  attrs.strides = {1, stride, stride, 1};
+  attrs.dilations = {1, 1, 1, 1};
+  attrs.padding = tfapprox::Padding::kSame;
+  const int64_t in[4] = {batch, hw, hw, cin}, f[4] = {k, k, cin / groups, cout};
+  ConvShape s;
+  const std::string err = tfapprox::ComputeConvShape(in, f, attrs, &s);
+  if (!err.empty()) {
+    std::printf("FAIL layer shape: %s\n", err.c_str());
+    std::exit(1);
+  }
+  if (nchw) s.data_format = tfapprox::DataFormat::kNCHW;
+  return s;
+}
+
+// A measured call: the decomposed kernel's time over the lookups' (H200, float32 NHWC, tuned plans;
+// gpu_harness --decomposed-batches --seed 1160 and --decomposed-only --seed 1161).
+struct Measured {
+  const char* name;
+  int batch, hw, cin, cout, k, stride, terms;
+  double ratio;
+};
+constexpr Measured kMeasured[] = {
+    // Slower than the lookups: few outputs for a long K, the stem's short K, the 1x1 stride-2 projections.
+    {"3x3 56x56 64->64", 1, 56, 64, 64, 3, 1, 16, 1.05},
+    {"3x3 28x28 128->128", 1, 28, 128, 128, 3, 1, 16, 1.52},
+    {"3x3 14x14 256->256", 4, 14, 256, 256, 3, 1, 16, 1.56},
+    {"3x3 14x14 256->256", 1, 14, 256, 256, 3, 1, 8, 1.51},
+    {"3x3 7x7 512->512", 16, 7, 512, 512, 3, 1, 16, 1.09},
+    {"3x3 7x7 512->512", 4, 7, 512, 512, 3, 1, 8, 1.60},
+    {"3x3 7x7 512->512", 4, 7, 512, 512, 3, 1, 16, 3.16},
+    {"3x3 7x7 512->512", 1, 7, 512, 512, 3, 1, 8, 1.49},
+    {"R20 stem 3->16", 250, 32, 3, 16, 3, 1, 8, 1.09},
+    {"R20 stem 3->16", 62, 32, 3, 16, 3, 1, 1, 1.39},
+    {"R20 stem 3->16", 15, 32, 3, 16, 3, 1, 4, 1.64},
+    {"R20 8x8 64->64", 15, 8, 64, 64, 3, 1, 16, 1.55},
+    {"R20 1x1 s2 16->32", 250, 32, 16, 32, 1, 2, 4, 1.16},
+    {"R20 1x1 s2 16->32", 1000, 32, 16, 32, 1, 2, 1, 1.03},
+    {"R20 1x1 s2 32->64", 250, 16, 32, 64, 1, 2, 16, 1.12},
+    // Far faster: must be picked.
+    {"3x3 56x56 64->64", 64, 56, 64, 64, 3, 1, 16, 0.28},
+    {"3x3 7x7 512->512", 64, 7, 512, 512, 3, 1, 16, 0.38},
+    {"1x1 56x56 64->256", 1, 56, 64, 256, 1, 1, 16, 0.49},
+    {"R20 16->16", 62, 32, 16, 16, 3, 1, 4, 0.38},
+    {"R20 16x16 32->32", 15, 16, 32, 32, 3, 1, 8, 0.17},
+    {"R20 8x8 64->64", 62, 8, 64, 64, 3, 1, 4, 0.43},
+    {"R20 3x3 s2 16->32", 62, 32, 16, 32, 3, 2, 4, 0.22},
+};
+
+}  // namespace
+
+int main() {
+  int picks = 0;
+  for (const Measured& m : kMeasured) {
+    const ConvShape s = Layer(m.batch, m.hw, m.cin, m.cout, m.k, m.stride);
+    const bool pick = tfapprox::GpuPreferDecomposed(s, m.terms);
+    const std::string row = std::string(m.name) + " batch " + std::to_string(m.batch) + ", " +
+                            std::to_string(m.terms) + " terms (measured " + std::to_string(m.ratio) + "x the lookups' time)";
+    if (m.ratio > 1.0) Check(!pick, "picked though slower: " + row);
+    if (m.ratio < 0.5) Check(pick, "not picked though far faster: " + row);
+    picks += pick;
+  }
+  // ResNet-20 at batch 128 with a 5-term table (mul8u_125K): every 3x3 layer but the stem takes the kernel.
+  struct R20Layer {
+    int hw, cin, cout, stride;
+  };
+  for (const R20Layer& l : {R20Layer{32, 16, 16, 1}, R20Layer{32, 16, 32, 2}, R20Layer{16, 32, 32, 1},
+                            R20Layer{16, 32, 64, 2}, R20Layer{8, 64, 64, 1}}) {
+    Check(tfapprox::GpuPreferDecomposed(Layer(128, l.hw, l.cin, l.cout, 3, l.stride), 5),
+          "ResNet-20 batch 128, 5 terms: " + std::to_string(l.cin) + "->" + std::to_string(l.cout) + " not picked");
+  }
+  // Outside what was measured: never.
+  Check(!tfapprox::GpuPreferDecomposed(Layer(64, 56, 64, 64, 3, 1), 17), "17 terms picked");
+  Check(!tfapprox::GpuPreferDecomposed(Layer(64, 56, 64, 64, 3, 1, /*nchw=*/true), 1), "NCHW picked");
+  Check(!tfapprox::GpuPreferDecomposed(Layer(64, 56, 64, 64, 3, 1, false, /*groups=*/2), 1), "groups picked");
+  // No GPU here, so nothing was tuned: the rules' plan.
+  const tfapprox::GpuDecomposedPlan plan =
+      tfapprox::GpuDecomposedPlanFor(Layer(64, 56, 64, 64, 3, 1), 5, tfapprox::GpuDtype::kFloat);
+  Check(!plan.tuned, "a plan reported tuned without a tuning call");
+  std::printf("gpu_rules_test: %zu measured calls, %d picked; %d failures\n", sizeof(kMeasured) / sizeof(kMeasured[0]),
+              picks, failures);
+  return failures == 0 ? 0 : 1;
+}
+
+#else
+int main() {
+  std::printf("gpu_rules_test: skipped, the op library was built without CUDA (./configure.sh found no nvcc)\n");
+  return 0;
+}
+#endif
