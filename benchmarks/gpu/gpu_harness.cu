@@ -2116,8 +2116,8 @@ void DecomposedVariantTable(std::mt19937_64& rng, int runs, Counts* counts, cons
                             const std::vector<HostDecomposition>& decompositions,
                             const std::vector<const BenchShape*>& layers, const std::vector<DecomposedVariant>& variants,
                             const std::function<size_t(const ConvShape&, int)>& pick,
-                            const std::function<void(const BenchShape&, int, const std::vector<double>&, size_t)>&
-                                on_row = nullptr) {
+                            const std::function<void(const BenchShape&, const ConvShape&, int,
+                                                     const std::vector<double>&)>& on_row = nullptr) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchDecompositions decs;
@@ -2146,7 +2146,7 @@ void DecomposedVariantTable(std::mt19937_64& rng, int runs, Counts* counts, cons
         }
       }
       std::printf("\n");
-      if (on_row) on_row(*b, terms, rates, picked);
+      if (on_row) on_row(*b, layer.data.s, terms, rates);
     }
   }
 }
@@ -2179,11 +2179,11 @@ void DecomposedTiles(std::mt19937_64& rng, int runs, Counts* counts) {
       [](const ConvShape& s, int terms) {
         return static_cast<size_t>(GpuDecomposedPlanFor(s, terms, GpuDtype::kFloat).tile);
       },
-      [&](const BenchShape& b, int terms, const std::vector<double>& rates, size_t) {
+      [&](const BenchShape& b, const ConvShape& s, int terms, const std::vector<double>& rates) {
         const size_t n = rates.size() - 1;  // the tiles' columns
         const double best = *std::max_element(rates.begin(), rates.begin() + n);
         const double tuned = rates[n];
-        const double rule = rates[static_cast<size_t>(ChooseGpuDecomposedTile(MakeBenchShape(b, b.batch), terms))];
+        const double rule = rates[static_cast<size_t>(ChooseGpuDecomposedTile(s, terms))];
         if (best <= 0 || tuned <= 0) return;
         ++rows;
         worst_tuned = std::min(worst_tuned, tuned / best);

@@ -413,8 +413,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
   // events before each).
   auto prepasses = [&](bool record) -> std::string {
-    std::string error;
-    if (!(error = mark_if(record, 0)).empty()) return error;
+    std::string err;
+    if (!(err = mark_if(record, 0)).empty()) return err;
     cudaError_t e = cudaSuccess;
     // The fused input pass stages a block's codes in shared memory: slices of at most kInputCodesPerBlock
     // channels (every layer of a real network; the reduction-limit tests have wider ones).
@@ -425,14 +425,14 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     // could zero them.
     e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
     if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
-    if (!(error = mark_if(record, 1)).empty()) return error;
+    if (!(err = mark_if(record, 1)).empty()) return err;
     if (!fused && s.input_elements() > 0) {
       InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
           input, g, s.input_elements(), quant, codes);
       e = cudaGetLastError();
       if (e != cudaSuccess) return CudaError("the input codes launch", e);
     }
-    if (!(error = mark_if(record, 2)).empty()) return error;
+    if (!(err = mark_if(record, 2)).empty()) return err;
     if (fused) {
       const int per_block = static_cast<int>(kInputCodesPerBlock / s.filter_depth);  // >= 1
       // Lanes per slice for its sums: a power of two <= 32 that leaves each lane at least 4 reads (words of
@@ -464,7 +464,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       e = cudaGetLastError();
       if (e != cudaSuccess) return CudaError("the input planes launch", e);
     }
-    if (!(error = mark_if(record, 3)).empty()) return error;
+    if (!(err = mark_if(record, 3)).empty()) return err;
     // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
     if (!fused) {
       FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
@@ -472,7 +472,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       e = cudaGetLastError();
       if (e != cudaSuccess) return CudaError("the filter sums launch", e);
     }
-    if (!(error = mark_if(record, 4)).empty()) return error;
+    if (!(err = mark_if(record, 4)).empty()) return err;
     if (!fused || !FilterPlanesInline(g)) {
       const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
       FilterPlanesKernel<<<PrepBlocks(b_chunks, dev.sms), kPrepThreads, static_cast<size_t>(d.terms) * 256,
@@ -480,7 +480,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       e = cudaGetLastError();
       if (e != cudaSuccess) return CudaError("the filter planes launch", e);
     }
-    if (!(error = mark_if(record, 5)).empty()) return error;
+    if (!(err = mark_if(record, 5)).empty()) return err;
     return "";
   };
 
@@ -519,7 +519,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
         const std::string e = prepasses(false);
         return e.empty() ? launch(tile, k_order) : e;
       };
-      if (!(error = TunePlan(s, d.terms, wgmma_error.empty(), l, call, stream, &plan)).empty()) return error;
+      if (!(error = TunePlan(s, d.terms, l, call, stream, &plan)).empty()) return error;
       std::lock_guard<std::mutex> lock(g_tuned_mutex);
       if (TunedPlans().size() < kMaxTunedPlans) TunedPlans()[key] = plan;
     }

@@ -116,6 +116,12 @@ __device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __n
   *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
 }
 
+// Whether a GEMM tile of BK-byte stages reads K in the order GpuKOrder names: a filter of several spatial
+// taps whose slice is whole stages (else it reads K tap by tap whatever the order asked).
+__host__ __device__ inline bool KOrderApplies(int spatial_taps, int slice_bytes, int bk) {
+  return spatial_taps > 1 && slice_bytes % bk == 0;
+}
+
 // K tiles of BK bytes: the K bytes rounded up (not k_padded / BK: with BK = 64, a K tile of nothing but
 // B's padding to kMaxBK would be a whole stage of zeros).
 template <int BK>
@@ -260,7 +266,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // pixels between a pixel's reads at two taps: with 16 terms on 56x56 64->64 the planes (205 MB) came
   // from DRAM once per tap (ncu: L2 hit rate 33%). B's rows are read in the same order.
   const int spatial_taps = g.filter_h * g.filter_w;
-  const bool taps_inner = args.taps_inner && spatial_taps > 1 && l.slice_bytes % BK == 0;
+  const bool taps_inner = args.taps_inner && KOrderApplies(spatial_taps, l.slice_bytes, BK);
   // Stage `slot` <- K tile kt: A chunk c of pixel row r is chunk j of spatial tap `tap` of the pixel's
   // patch; B chunk c of channel row r is the same K bytes of that channel's filter row: bytes kt * BK + 16c
   // tap by tap, tap * slice_bytes + (j - c) * 16 + 16c with taps inner.

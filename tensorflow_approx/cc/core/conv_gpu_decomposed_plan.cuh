@@ -306,12 +306,12 @@ bool StreamCanWait(cudaStream_t stream) {
 }
 
 // Times `launch` (a whole call with one plan, on the stream) and returns the fastest plan in *best: every
-// tile that runs here and takes the shape, with the rule's K order, then the other order with the fastest
-// tile where that tile reads K in the order (a filter of several spatial taps, a slice of whole stages; the
-// halo tile keeps every tap's K at once). A plan's time is the least of kRuns calls after one untimed call;
+// tile that runs here and takes the shape (GpuDecomposedTileFits), with the rule's K order, then the other
+// order with the fastest tile where that tile reads K in an order (KOrderApplies; the halo tile keeps every
+// tap's K at once). A plan's time is the least of kRuns calls after one untimed call;
 // a plan whose launch fails is passed over. The host waits for the timings. Returns "" or a CUDA error of
 // the events, or the last launch error where no plan ran.
-std::string TunePlan(const ConvShape& s, int terms, bool wgmma, const Layout& l,
+std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
                      const std::function<std::string(GpuDecomposedTile, GpuKOrder)>& launch, cudaStream_t stream,
                      TunedPlan* best) {
   constexpr int kRuns = 3;
@@ -358,17 +358,15 @@ std::string TunePlan(const ConvShape& s, int terms, bool wgmma, const Layout& l,
   const GpuKOrder rule_order = ChooseGpuKOrder(s, terms);
   for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount) && error.empty(); ++t) {
     const GpuDecomposedTile tile = static_cast<GpuDecomposedTile>(t);
-    if ((IsWgmmaTile(tile) && !wgmma) || (tile == GpuDecomposedTile::kTileHalo && MakeHaloPlan(s, terms).bm == 0)) {
-      continue;
-    }
+    if (!GpuDecomposedTileFits(tile, s, terms).empty()) continue;
     float ms = 0;
     if (time_plan(tile, rule_order, &ms) && (best_ms < 0 || ms < best_ms)) {
       best_ms = ms;
       *best = TunedPlan{tile, rule_order};
     }
   }
-  if (error.empty() && best_ms >= 0 && best->tile != GpuDecomposedTile::kTileHalo && s.filter_h * s.filter_w > 1 &&
-      l.slice_bytes % kTiles[static_cast<int>(best->tile)].bk == 0) {
+  if (error.empty() && best_ms >= 0 && best->tile != GpuDecomposedTile::kTileHalo &&
+      KOrderApplies(static_cast<int>(s.filter_h * s.filter_w), l.slice_bytes, kTiles[static_cast<int>(best->tile)].bk)) {
     const GpuKOrder other = rule_order == GpuKOrder::kTapsInner ? GpuKOrder::kTapsOuter : GpuKOrder::kTapsInner;
     float ms = 0;
     if (time_plan(best->tile, other, &ms) && ms < best_ms) best->k_order = other;
