@@ -841,6 +841,86 @@ void DivisionChecks(std::mt19937_64& rng, Counts* counts) {
               "random floats)\n", failures == 0 ? "equal to x / scale" : "DIFFERS");
 }
 
+// FastQuantizer (quantize.h: QuantizeToCode for many values of one QuantParams) against QuantizeToCode on
+// the device, code for code, for every QuantParams where it applies: per value a splitmix64 draw of random
+// bits (every kind of float), a value a few ulps from a code's rounding boundary nudged_min + (k + 1/2)
+// scale, a value across the range and a little past it, or a special one (zeros of both signs, the
+// range's ends and their neighbours, infinities, NaN, subnormals).
+__global__ void FastQuantizerKernel(const QuantParams* __restrict__ params, int n_params, uint64_t count,
+                                    uint64_t seed, unsigned long long* __restrict__ mismatches,
+                                    unsigned long long* __restrict__ applied) {
+  unsigned long long local = 0;
+  for (int pi = 0; pi < n_params; ++pi) {
+    const QuantParams q = params[pi];
+    const FastQuantizer fast(q);
+    if (!fast.applies) continue;
+    if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(applied, 1ull);
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+      uint64_t z = seed + (static_cast<uint64_t>(pi) << 40) + i * 0x9E3779B97F4A7C15ull;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      const uint32_t hi = static_cast<uint32_t>(z >> 32);
+      const int ulps = static_cast<int>((z >> 8) % 9) - 4;
+      float x;
+      switch (z & 3) {
+        case 0: x = __uint_as_float(hi); break;
+        case 1: {
+          const float k = static_cast<float>(static_cast<int>(hi % 262) - 3);
+          x = __uint_as_float(__float_as_uint(q.nudged_min + (k + 0.5f) * q.scale) + ulps);
+          break;
+        }
+        case 2: x = q.nudged_min + (static_cast<float>(hi >> 8) / 16777216.f * 1.2f - 0.1f) * (q.nudged_max - q.nudged_min); break;
+        default: {
+          const float specials[] = {0.f, -0.f, q.nudged_min, q.nudged_max, INFINITY, -INFINITY, NAN, 1e-45f, -1e-45f,
+                                    0x1p-41f, 0x1p-40f};
+          x = specials[hi % 11];
+          if ((hi >> 8) & 1) x = __uint_as_float(__float_as_uint(x) + ulps);
+        }
+      }
+      local += fast.Code(x) != QuantizeToCode(x, q);
+    }
+  }
+  if (local != 0) atomicAdd(mismatches, local);
+}
+
+void FastQuantizerChecks(std::mt19937_64& rng, Counts* counts) {
+  std::vector<QuantParams> params;
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  for (int i = 0; i < 400; ++i) {
+    // Ranges of every size (widths 2^-50 .. 2^50: some scales outside [2^-40, 2^40]), placed anywhere
+    // about 0, with 2-8 bits, narrow and symmetric schemes; [0, 0] and ranges off zero.
+    const float width = std::ldexp(1.f + unit(rng), static_cast<int>(rng() % 101) - 50);
+    const float lo = -width * unit(rng) * (rng() % 8 == 0 ? 3.f : 1.f);
+    const float hi = i == 0 ? 0.f : lo + width;
+    QuantParams q;
+    const bool symmetric = rng() % 4 == 0, narrow = rng() % 4 == 0;
+    if (!MakeQuantParams(i == 0 ? 0.f : lo, hi, 2 + static_cast<int>(rng() % 7), "min", "max", &q, symmetric, narrow)
+             .empty()) {
+      continue;
+    }
+    params.push_back(q);
+  }
+  DeviceBuffer<QuantParams> d_params(params.size());
+  d_params.Upload(params);
+  DeviceBuffer<unsigned long long> d_mismatches(1), d_applied(1);
+  d_mismatches.Poison(0);
+  d_applied.Poison(0);
+  const uint64_t per_params = uint64_t{1} << 20;
+  FastQuantizerKernel<<<1024, 256>>>(d_params.ptr, static_cast<int>(params.size()), per_params, rng() | 1,
+                                     d_mismatches.ptr, d_applied.ptr);
+  CUDA_OR_DIE(cudaGetLastError());
+  const unsigned long long mismatches = d_mismatches.Download()[0], applied = d_applied.Download()[0];
+  ++counts->cases;
+  // Most draws must take the fast path, else the check checks little.
+  const bool failed = mismatches != 0 || applied * 2 < params.size();
+  if (failed) ++counts->failures;
+  std::printf("FastQuantizer: %s (%llu of %zu random quantizations applied x %llu values: %llu codes differ "
+              "from QuantizeToCode)\n", failed ? "FAIL" : "equal to QuantizeToCode", applied, params.size(),
+              static_cast<unsigned long long>(per_params), mismatches);
+}
+
 // GpuRangeWithZero (the Keras layers' batch ranges on the GPU) against the host's RangeKeys and
 // RangeFromKeys, bit for bit (any NaN as NaN): random rows x channels up to a ResNet-20 activation at batch
 // 1000 (many blocks meeting in the atomics), empty ones, with -0, infinities, subnormals and NaN of either
@@ -1680,8 +1760,32 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   std::shared_ptr<const Lut> lut;
   const int dk = ri(0, 9);
   if (dk < 2) {
+    // The exact product's decomposition (the input pass's flipped-bit planes and affine alpha), its mirror
+    // u = 127 - a, v = 127 - w (the same table; alpha affine, u looked up), or alpha off affine at a few
+    // codes (its own table; flipped-bit planes, alpha looked up).
     decomposition = ExactDecomposition();
     lut = ExactLut();
+    const int variant = ri(0, 2);
+    if (variant == 1) {
+      for (int c = 0; c < 256; ++c) {
+        decomposition.u[c] = decomposition.v[c] = static_cast<int8_t>(127 - c);
+        decomposition.alpha[c] = decomposition.beta[c] = 127 * c;
+      }
+      decomposition.c0 = -127 * 127;
+      decomposition.name = "exact, mirrored";
+    } else if (variant == 2) {
+      for (int i = 0; i < 4; ++i) decomposition.alpha[ri(0, 255)] += ri(1, 100);
+      decomposition.name = "exact, alpha not affine";
+      auto table = std::make_shared<Lut>();
+      const std::string err = TableOf(decomposition, table.get());
+      if (!err.empty()) {
+        ++counts->cases;
+        ++counts->failures;
+        std::printf("FAIL exact decomposition with alpha not affine: %s\n", err.c_str());
+        return true;
+      }
+      lut = table;
+    }
   } else if (dk < 5 && !files.empty()) {
     const DecomposedTable& t = files[ri(0, static_cast<int>(files.size()) - 1)];
     decomposition = t.decomposition;
@@ -2411,6 +2515,7 @@ int main(int argc, char** argv) {
 
   Counts counts;
   DivisionChecks(rng, &counts);
+  FastQuantizerChecks(rng, &counts);
   if (phases_only) {  // only the decomposed kernel's phase breakdown (no checks)
     DecomposedPhases(rng, runs, &counts);
     std::printf("\n%s\n", counts.failures == 0 ? "PHASES DONE" : "PHASES FAILED");

@@ -55,6 +55,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
                       GpuGeometry g, Epilogue epi) {
   using Real = typename RealOf<T>::type;
   const QuantParams qi = epi.quant->input;
+  const FastQuantizer quantizer(qi);
   const DequantizeTerms<Real> deq_tensor = TermsOf<Real>(epi.quant);
   const bool per_channel = epi.quant->channels != 1;
   using Acc = typename std::conditional<kWide, unsigned long long, uint32_t>::type;
@@ -221,10 +222,10 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
               for (int k = min(4, quads - cb); k > 0; --k) {
                 uint32_t word = qi.zero_point * 0x01010101u;
                 if (inside) {
-                  word = static_cast<uint32_t>(QuantizeToCode(v0.x, qi)) |
-                         static_cast<uint32_t>(QuantizeToCode(v0.y, qi)) << 8 |
-                         static_cast<uint32_t>(QuantizeToCode(v0.z, qi)) << 16 |
-                         static_cast<uint32_t>(QuantizeToCode(v0.w, qi)) << 24;
+                  word = static_cast<uint32_t>(quantizer.Quantize(v0.x)) |
+                         static_cast<uint32_t>(quantizer.Quantize(v0.y)) << 8 |
+                         static_cast<uint32_t>(quantizer.Quantize(v0.z)) << 16 |
+                         static_cast<uint32_t>(quantizer.Quantize(v0.w)) << 24;
                 }
                 v0 = v1, v1 = v2, v2 = v3;
 #pragma unroll 1
@@ -240,7 +241,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
           if (inside) {
             const int64_t off = g.nchw ? (static_cast<int64_t>(n) * g.in_depth + c) * in_hw + ih * g.in_w + iw
                                        : ((static_cast<int64_t>(n) * g.in_h + ih) * g.in_w + iw) * g.in_depth + c;
-            a = QuantizeToCode(ToFloat(input[off]), qi);
+            a = quantizer.Quantize(ToFloat(input[off]));
           }
           lookups(a);
         }

@@ -241,7 +241,19 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   uint32_t* s_u4 = reinterpret_cast<uint32_t*>(s_u);
   uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(long long) + quads * 1024);  // [per_block][cg]
   const int tid = threadIdx.x;
-  for (int i = tid; i < 256; i += blockDim.x) s_alpha[i] = d.alpha[i];
+  // Whether alpha is affine in the code (alpha[c] = alpha[0] + c * slope) and whether, with one term, u is
+  // the code shifted into int8 (u[c] = c - 128: its byte is the code's with the top bit flipped), as in the
+  // exact product's decomposition (alpha[c] = 128 c). Then step (2) sums the codes alone and step (3)
+  // flips bits instead of looking entries up: after quantizing, those lookups were most of the pass's
+  // instructions (ncu, exact table on 28x28 128->128). Each thread tests its entries; the block agrees
+  // at the barrier after step (1).
+  const long long alpha0 = d.alpha[0], slope = static_cast<long long>(d.alpha[1]) - alpha0;
+  bool affine = true, shifted_u = d.terms == 1;
+  for (int i = tid; i < 256; i += blockDim.x) {
+    s_alpha[i] = d.alpha[i];
+    affine = affine && d.alpha[i] == alpha0 + i * slope;
+    shifted_u = shifted_u && d.u[i] == static_cast<int8_t>(i - 128);
+  }
   if (quad_words) {
     FillQuadWords(d.u, d.terms, s_u4, tid, blockDim.x);
   } else {
@@ -255,8 +267,10 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   const QuantParams qi = quant->input;
   const uint8_t zp = static_cast<uint8_t>(qi.zero_point);
 
-  // (1) The codes of the block's slices.
-  {
+  // (1) The codes of the block's slices, with FastQuantizer where it applies (quantize: the code of one
+  // value, either way the same).
+  const FastQuantizer fast(qi);
+  const auto codes_pass = [&](auto quantize) {
     const int n = count * g.cg, real_n = real * g.cg;
     const int64_t base = first * g.cg;  // element index (NHWC order) of the block's first code
     const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
@@ -282,10 +296,9 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
         for (int k = 0; k < kLoads; ++k) {
           const int e = e0 + k * kPrepThreads;
           if (e >= n4) break;
-          dst[e] = e < real4 ? static_cast<uint32_t>(QuantizeToCode(v[k].x, qi)) |
-                                   static_cast<uint32_t>(QuantizeToCode(v[k].y, qi)) << 8 |
-                                   static_cast<uint32_t>(QuantizeToCode(v[k].z, qi)) << 16 |
-                                   static_cast<uint32_t>(QuantizeToCode(v[k].w, qi)) << 24
+          dst[e] = e < real4 ? static_cast<uint32_t>(quantize(v[k].x)) | static_cast<uint32_t>(quantize(v[k].y)) << 8 |
+                                   static_cast<uint32_t>(quantize(v[k].z)) << 16 |
+                                   static_cast<uint32_t>(quantize(v[k].w)) << 24
                              : zp * 0x01010101u;
         }
       }
@@ -300,13 +313,19 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
             const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
             src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
           }
-          code = QuantizeToCode(ToFloat(input[src]), qi);
+          code = quantize(ToFloat(input[src]));
         }
         s_codes[e] = code;
       }
     }
+  };
+  if (fast.applies) {
+    codes_pass([&](float x) { return fast.Code(x); });
+  } else {
+    codes_pass([&](float x) { return QuantizeToCode(x, qi); });
   }
-  __syncthreads();
+  affine = __syncthreads_and(affine);
+  shifted_u = __syncthreads_and(shifted_u);
 
   // (2) The sums of the input pixels' slices: `lanes` lanes per slice, 32 / lanes slices per warp and
   // round. Every lane of a warp runs the same rounds (the shuffles need all of them); the xor offsets
@@ -314,8 +333,10 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   // the codes four at a time, as 32-bit words (aligned: s_codes and item * cg are multiples of 4), and
   // sums them with one dp4a; the host gives a slice few enough lanes that each reads several words (a
   // shuffle round costs as much as a word, and was most of the pass with one code per lane and 32 lanes
-  // per slice). Integer sums: the same in any order.
-  {
+  // per slice). Integer sums: the same in any order. With an affine alpha its sum is alpha[0] cg + slope
+  // times the code sum (kLookups false), else entry by entry.
+  const auto sums_pass = [&](auto lookups_tag) {
+    constexpr bool kLookups = decltype(lookups_tag)::value;
     const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
     const int per_warp = 32 / lanes;
     const int sub = lane / lanes, li = lane - sub * lanes;
@@ -334,26 +355,33 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
         for (int k = li; k < wps; k += lanes) {
           const int w = k + rotate < wps ? k + rotate : k + rotate - wps;
           const uint32_t c = in[w];
-          alpha_sum += s_alpha[c & 0xFF] + s_alpha[(c >> 8) & 0xFF] + s_alpha[(c >> 16) & 0xFF] + s_alpha[c >> 24];
+          if (kLookups) {
+            alpha_sum += s_alpha[c & 0xFF] + s_alpha[(c >> 8) & 0xFF] + s_alpha[(c >> 16) & 0xFF] + s_alpha[c >> 24];
+          }
           code_sum = static_cast<int>(__dp4a(c, 0x01010101u, static_cast<unsigned>(code_sum)));
         }
       } else if (item < real) {
         const uint8_t* in = s_codes + item * g.cg;
         for (int ci = li; ci < g.cg; ci += lanes) {
           const int code = in[ci];
-          alpha_sum += s_alpha[code];
+          if (kLookups) alpha_sum += s_alpha[code];
           code_sum += code;
         }
       }
       for (int offset = lanes / 2; offset > 0; offset /= 2) {
-        alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
+        if (kLookups) alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
         code_sum += __shfl_xor_sync(0xFFFFFFFFu, code_sum, offset);
       }
       if (li == 0 && item < real) {
-        alpha_sums[first + item] = alpha_sum;
+        alpha_sums[first + item] = kLookups ? alpha_sum : alpha0 * g.cg + slope * code_sum;
         code_sums[first + item] = code_sum;
       }
     }
+  };
+  if (affine) {
+    sums_pass(std::false_type());
+  } else {
+    sums_pass(std::true_type());
   }
 
   // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
@@ -428,9 +456,12 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
       // multiple of 16, so is cg; slice_bytes = cg, so no chunk is padding): the codes are one aligned
       // 16-byte read (s_codes and item * cg + ci are multiples of 16), the entries u[code] byte for byte
       // in the same order as below.
+      // With u shifted (above) an entry is its code with the top bit flipped.
       for (int q = tid; q < chunks; q += kPrepThreads) {
         const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + j * kChunk);
-        out[q] = LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
+        constexpr uint32_t kTop = 0x80808080u;
+        out[q] = shifted_u ? make_uint4(c.x ^ kTop, c.y ^ kTop, c.z ^ kTop, c.w ^ kTop)
+                           : LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
         item += step_item, j += step_j;
         if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
       }
@@ -516,6 +547,7 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
   if (row < rows && co < g.out_depth) {
     // Taps k0 + row + j * rows: a warp's loads of one j are adjacent channels of one or more taps.
     const QuantParams qf = quant->ChannelQuant(co).filter;
+    const FastQuantizer fast(qf);
     float x[kFilterRun];
 #pragma unroll
     for (int j = 0; j < kFilterRun; ++j) {
@@ -525,7 +557,7 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
 #pragma unroll
     for (int j = 0; j < kFilterRun; ++j) {
       if (k0 + row + j * rows < g.taps) {
-        const uint32_t code = QuantizeToCode(x[j], qf);
+        const uint32_t code = fast.Quantize(x[j]);
         beta_sum += __ldg(d.beta + code);
         code_sum += code;
         s_codes[c * tile_taps + row + j * rows] = static_cast<uint8_t>(code);
