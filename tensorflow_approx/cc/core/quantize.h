@@ -110,6 +110,18 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
                             const char* name_max, QuantParams* q, bool symmetric = false, bool narrow = false);
 
 #if defined(__CUDACC__)
+// DivideByScale's two steps (below): the reciprocal of the scale after one Newton step, then x / scale
+// from it (the quotient and one correction), for x and scale in [2^-40, 2^40].
+__device__ __forceinline__ float ScaleReciprocal(float scale) {
+  float y0;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(scale));
+  return __fmaf_rn(y0, __fmaf_rn(-scale, y0, 1.f), y0);
+}
+__device__ __forceinline__ float DivideInRange(float x, float scale, float reciprocal) {
+  const float q = __fmaf_rn(reciprocal, x, 0.f);
+  return __fmaf_rn(reciprocal, __fmaf_rn(-scale, q, x), q);
+}
+
 // x / scale, correctly rounded like the IEEE division the host does, for scale in [2^-40, 2^40] (else
 // the division itself). nvcc's division (div.rn.f32) is a reciprocal approximation (MUFU.RCP), one Newton
 // step, the quotient and one correction, all FMAs, with a check (FCHK) that sends operands it cannot vouch
@@ -120,14 +132,9 @@ std::string MakeQuantParams(float min, float max, int num_bits, const char* name
 // (nvcc hoists the reciprocal out of a loop over x, not its Newton step.) The GPU harness holds this to
 // the division bit for bit on every float x in [2^-40, 2^40] with edge scales (DivisionChecks).
 __device__ __forceinline__ float DivideByScale(float x, float scale) {
-  float y0;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(scale));
-  const float y1 = __fmaf_rn(y0, __fmaf_rn(-scale, y0, 1.f), y0);
+  const float y1 = ScaleReciprocal(scale);
   if (scale >= 0x1p-40f && scale <= 0x1p40f) {
-    if (x >= 0x1p-40f && x <= 0x1p40f) {
-      const float q = __fmaf_rn(y1, x, 0.f);
-      return __fmaf_rn(y1, __fmaf_rn(-scale, q, x), q);
-    }
+    if (x >= 0x1p-40f && x <= 0x1p40f) return DivideInRange(x, scale, y1);
     if (x == 0.f) return x;
   }
   return x / scale;
@@ -169,9 +176,9 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
 // where `applies` (a nonzero scale in [2^-40, 2^40] and that bound); elsewhere the caller quantizes with
 // QuantizeToCode. The clamps are one min or max each: fmaxf(x, nudged_min) is QuantizeToCode's
 // x > nudged_min ? x : nudged_min for every x (NaN: nudged_min) but where x and nudged_min are zeros of
-// opposite signs, and a zero's sign cannot reach the code: the clamped value is only subtracted from
-// (its sign then that of a zero difference, which the division keeps and subtracting quant_zero and
-// adding 0.5 erase); the final clamps see no NaN, and -0 and +0 convert alike.
+// opposite signs, and a zero's sign cannot reach the code: the clamped value only enters clamped -
+// nudged_min, which for equal values is a zero whose sign the division keeps and the subtraction of
+// quant_zero and the addition of 0.5 erase; the final clamps see no NaN, and -0 and +0 convert alike.
 struct FastQuantizer {
   QuantParams q;
   float y1 = 0.f;  // DivideByScale's reciprocal of the scale after its Newton step
@@ -179,9 +186,7 @@ struct FastQuantizer {
 
   __device__ explicit FastQuantizer(const QuantParams& params) : q(params) {
     if (!(q.scale >= 0x1p-40f && q.scale <= 0x1p40f) || !(q.nudged_max - q.nudged_min <= 0x1p40f)) return;
-    float y0;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(q.scale));
-    y1 = __fmaf_rn(y0, __fmaf_rn(-q.scale, y0, 1.f), y0);
+    y1 = ScaleReciprocal(q.scale);
     applies = true;
   }
 
@@ -189,10 +194,10 @@ struct FastQuantizer {
   __device__ __forceinline__ uint8_t Code(float x) const {
     const float clamped = fminf(fmaxf(x, q.nudged_min), q.nudged_max);
     const float shifted = clamped - q.nudged_min;  // in [0, 2^40]
+    // DivideByScale(shifted, q.scale), its range tests on the scale and the top made by `applies`.
     float quotient;
-    if (shifted >= 0x1p-40f) {  // DivideByScale's own sequence
-      const float guess = __fmaf_rn(y1, shifted, 0.f);
-      quotient = __fmaf_rn(y1, __fmaf_rn(-q.scale, guess, shifted), guess);
+    if (shifted >= 0x1p-40f) {
+      quotient = DivideInRange(shifted, q.scale, y1);
     } else {
       quotient = shifted == 0.f ? shifted : shifted / q.scale;
     }
