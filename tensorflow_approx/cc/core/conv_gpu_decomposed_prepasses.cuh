@@ -505,7 +505,12 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
 // channels ci .. ci + 15, no padding inside a slice); the blocks of the first tap tile also zero their
 // channels' rows past K (to k_padded). v then sits in the launch's dynamic shared memory (the input pass's:
 // more than (terms + 3) / 4 * 1024 bytes).
-constexpr int kFilterRun = 4;
+// kFilterRun 8 (it was 4): a block's fixed work (its v table, the channel's quantization, the sums'
+// meeting, the atomics) was most of the filter blocks' instructions, 115 a weight on 7x7 512->512 (ncu);
+// H200, `--decomposed-phases --seed 1370`, two rounds, 4 / 8 / 16: 14x14 256->256 exact input pass
+// 18.6-18.7 / 14.1-14.2 / 14.7-15.1 us, 7x7 512->512 with 16 terms 53.6 / 48.1-48.8 / 43.3, 28x28
+// 128->128 exact 20.6-20.8 / 21.2-21.5 / 25.2-25.4 (16: fewer, longer blocks), the rest within 1 us.
+constexpr int kFilterRun = 8;
 __host__ __device__ inline int FilterSumsChannels(int out_depth) { return out_depth < 32 ? out_depth : 32; }
 __host__ __device__ inline int FilterSumsTileTaps(int out_depth) {
   return kPrepThreads / FilterSumsChannels(out_depth) * kFilterRun;
