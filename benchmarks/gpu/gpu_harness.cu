@@ -1760,9 +1760,9 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   std::shared_ptr<const Lut> lut;
   const int dk = ri(0, 9);
   if (dk < 2) {
-    // The exact product's decomposition (the input pass's flipped-bit planes and affine alpha), its mirror
-    // u = 127 - a, v = 127 - w (the same table; alpha affine, u looked up), or alpha off affine at a few
-    // codes (its own table; flipped-bit planes, alpha looked up).
+    // The exact product's decomposition (the pre-pass's flipped-bit planes, affine alpha and beta), its
+    // mirror u = 127 - a, v = 127 - w (the same table; alpha and beta affine, u and v looked up), or alpha
+    // and beta off affine at a few codes (its own table; flipped-bit planes, alpha and beta looked up).
     decomposition = ExactDecomposition();
     lut = ExactLut();
     const int variant = ri(0, 2);
@@ -1775,13 +1775,14 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
       decomposition.name = "exact, mirrored";
     } else if (variant == 2) {
       for (int i = 0; i < 4; ++i) decomposition.alpha[ri(0, 255)] += ri(1, 100);
-      decomposition.name = "exact, alpha not affine";
+      for (int i = 0; i < 4; ++i) decomposition.beta[ri(0, 255)] += ri(1, 100);
+      decomposition.name = "exact, alpha and beta not affine";
       auto table = std::make_shared<Lut>();
       const std::string err = TableOf(decomposition, table.get());
       if (!err.empty()) {
         ++counts->cases;
         ++counts->failures;
-        std::printf("FAIL exact decomposition with alpha not affine: %s\n", err.c_str());
+        std::printf("FAIL exact decomposition with alpha and beta not affine: %s\n", err.c_str());
         return true;
       }
       lut = table;

@@ -173,6 +173,12 @@ __device__ __forceinline__ uint4 LookupChunk(const uint8_t* table, uint4 codes) 
   return make_uint4(LookupBytes(table, codes.x), LookupBytes(table, codes.y), LookupBytes(table, codes.z),
                     LookupBytes(table, codes.w));
 }
+// The same where the table is the code shifted into int8 (entry c - 128, the exact product's u and v): the
+// codes with their top bits flipped.
+__device__ __forceinline__ uint4 ShiftedChunk(uint4 codes) {
+  constexpr uint32_t kTop = 0x80808080u;
+  return make_uint4(codes.x ^ kTop, codes.y ^ kTop, codes.z ^ kTop, codes.w ^ kTop);
+}
 
 // With two or more terms the planes are written a quad of terms at a time: a term table (u or v, [terms]
 // [256] int8) as quad words, word quad * 256 + code holding the entries of terms 4 quad .. 4 quad + 3 in
@@ -459,9 +465,7 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
       // With u shifted (above) an entry is its code with the top bit flipped.
       for (int q = tid; q < chunks; q += kPrepThreads) {
         const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + j * kChunk);
-        constexpr uint32_t kTop = 0x80808080u;
-        out[q] = shifted_u ? make_uint4(c.x ^ kTop, c.y ^ kTop, c.z ^ kTop, c.w ^ kTop)
-                           : LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
+        out[q] = shifted_u ? ShiftedChunk(c) : LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
         item += step_item, j += step_j;
         if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
       }
@@ -548,26 +552,42 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
       for (int i = tid; i < d.terms * 256; i += kPrepThreads) s_v[i] = static_cast<uint8_t>(d.v[i]);
     }
   }
+  const bool active = row < rows && co < g.out_depth;
+  // Taps k0 + row + j * rows: a warp's loads of one j are adjacent channels of one or more taps. Issued
+  // before the tables below are tested, whose barriers they then overlap.
+  float x[kFilterRun];
+#pragma unroll
+  for (int j = 0; j < kFilterRun; ++j) {
+    const int k = k0 + row + j * rows;
+    x[j] = active && k < g.taps ? ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]) : 0.f;
+  }
+  // beta and v tested like the input pass's alpha and u (InputPassBlock): with an affine beta a thread's
+  // beta sum is beta[0] times its taps plus slope times its code sum, and with one term whose v is the
+  // shifted code the planes are ShiftedChunk's; else beta is looked up in shared memory (a global load per
+  // weight, waited for before its sum, until it was staged).
+  static_assert(kPrepThreads == 256, "one beta entry a thread");
+  __shared__ int s_beta_table[256];
+  const long long beta0 = d.beta[0], beta_slope = static_cast<long long>(d.beta[1]) - beta0;
+  const int beta_entry = d.beta[tid];
+  s_beta_table[tid] = beta_entry;
+  const bool beta_affine = __syncthreads_and(beta_entry == beta0 + tid * beta_slope);
+  const bool shifted_v = __syncthreads_and(d.terms == 1 && d.v[tid] == static_cast<int8_t>(tid - 128));
   long long beta_sum = 0, code_sum = 0;
-  if (row < rows && co < g.out_depth) {
-    // Taps k0 + row + j * rows: a warp's loads of one j are adjacent channels of one or more taps.
+  if (active) {
     const QuantParams qf = quant->ChannelQuant(co).filter;
     const FastQuantizer fast(qf);
-    float x[kFilterRun];
-#pragma unroll
-    for (int j = 0; j < kFilterRun; ++j) {
-      const int k = k0 + row + j * rows;
-      x[j] = k < g.taps ? ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]) : 0.f;
-    }
+    int taps = 0;
 #pragma unroll
     for (int j = 0; j < kFilterRun; ++j) {
       if (k0 + row + j * rows < g.taps) {
         const uint32_t code = fast.Quantize(x[j]);
-        beta_sum += __ldg(d.beta + code);
+        if (!beta_affine) beta_sum += s_beta_table[code];
         code_sum += code;
+        ++taps;
         s_codes[c * tile_taps + row + j * rows] = static_cast<uint8_t>(code);
       }
     }
+    if (beta_affine) beta_sum = beta0 * taps + beta_slope * code_sum;
   }
   s_beta[tid] = beta_sum;
   s_code[tid] = code_sum;
@@ -623,7 +643,7 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
       const uint8_t* v = s_v + r * 256;
       *reinterpret_cast<uint4*>(b_planes + static_cast<int64_t>(c0 + ci) * l.k_padded +
                                 static_cast<int64_t>(spatial) * l.slice_bytes + r * g.cg + channel) =
-          LookupChunk(v, codes);
+          shifted_v ? ShiftedChunk(codes) : LookupChunk(v, codes);
     }
   }
   if (k0 == 0) {
