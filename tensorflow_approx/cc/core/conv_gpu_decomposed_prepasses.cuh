@@ -180,6 +180,20 @@ __device__ __forceinline__ uint4 ShiftedChunk(uint4 codes) {
   return make_uint4(codes.x ^ kTop, codes.y ^ kTop, codes.z ^ kTop, codes.w ^ kTop);
 }
 
+// The exact product's forms, which the pre-passes take without lookups: whether entry i of a free-term
+// table (alpha or beta) lies on the line through its first two (then a sum of entries is the first entry
+// times their count plus the slope times the sum of their codes), and whether entry i of a term's table
+// (u or v) is the code shifted into int8 (ShiftedChunk). A block tests every entry and agrees at a barrier.
+__device__ __forceinline__ long long FreeTermSlope(const int32_t* table) {
+  return static_cast<long long>(table[1]) - table[0];
+}
+__device__ __forceinline__ bool OnFreeTermLine(const int32_t* table, int i) {
+  return table[i] == table[0] + i * FreeTermSlope(table);
+}
+__device__ __forceinline__ bool ShiftedEntry(const int8_t* table, int i) {
+  return table[i] == static_cast<int8_t>(i - 128);
+}
+
 // With two or more terms the planes are written a quad of terms at a time: a term table (u or v, [terms]
 // [256] int8) as quad words, word quad * 256 + code holding the entries of terms 4 quad .. 4 quad + 3 in
 // bytes 0..3 (0 past terms), so that one 32-bit lookup gives a code's entries of four terms: a quarter of
@@ -247,18 +261,16 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   uint32_t* s_u4 = reinterpret_cast<uint32_t*>(s_u);
   uint8_t* s_codes = reinterpret_cast<uint8_t*>(smem + 256 * sizeof(long long) + quads * 1024);  // [per_block][cg]
   const int tid = threadIdx.x;
-  // Whether alpha is affine in the code (alpha[c] = alpha[0] + c * slope) and whether, with one term, u is
-  // the code shifted into int8 (u[c] = c - 128: its byte is the code's with the top bit flipped), as in the
-  // exact product's decomposition (alpha[c] = 128 c). Then step (2) sums the codes alone and step (3)
-  // flips bits instead of looking entries up: after quantizing, those lookups were most of the pass's
-  // instructions (ncu, exact table on 28x28 128->128). Each thread tests its entries; the block agrees
-  // at the barrier after step (1).
-  const long long alpha0 = d.alpha[0], slope = static_cast<long long>(d.alpha[1]) - alpha0;
+  // Whether alpha is affine in the code and whether, with one term, u is the shifted code (OnFreeTermLine,
+  // ShiftedEntry: the exact product's forms). Then step (2) sums the codes alone and step (3) flips bits
+  // instead of looking entries up: after quantizing, those lookups were most of the pass's instructions
+  // (ncu, exact table on 28x28 128->128). The block agrees at the barrier after step (1).
+  const long long alpha0 = d.alpha[0], slope = FreeTermSlope(d.alpha);
   bool affine = true, shifted_u = d.terms == 1;
   for (int i = tid; i < 256; i += blockDim.x) {
     s_alpha[i] = d.alpha[i];
-    affine = affine && d.alpha[i] == alpha0 + i * slope;
-    shifted_u = shifted_u && d.u[i] == static_cast<int8_t>(i - 128);
+    affine = affine && OnFreeTermLine(d.alpha, i);
+    shifted_u = shifted_u && ShiftedEntry(d.u, i);
   }
   if (quad_words) {
     FillQuadWords(d.u, d.terms, s_u4, tid, blockDim.x);
@@ -561,17 +573,16 @@ __device__ void FilterSumsBlock(int block, const T* __restrict__ filter, const G
     const int k = k0 + row + j * rows;
     x[j] = active && k < g.taps ? ToFloat(filter[static_cast<int64_t>(k) * g.out_depth + co]) : 0.f;
   }
-  // beta and v tested like the input pass's alpha and u (InputPassBlock): with an affine beta a thread's
-  // beta sum is beta[0] times its taps plus slope times its code sum, and with one term whose v is the
-  // shifted code the planes are ShiftedChunk's; else beta is looked up in shared memory (a global load per
-  // weight, waited for before its sum, until it was staged).
+  // beta and v tested like the input pass's alpha and u (OnFreeTermLine, ShiftedEntry): with an affine beta
+  // a thread's beta sum is beta[0] times its taps plus the slope times its code sum, and with one term whose
+  // v is the shifted code the planes are ShiftedChunk's; else beta is looked up in shared memory (a global
+  // load per weight, waited for before its sum, until it was staged).
   static_assert(kPrepThreads == 256, "one beta entry a thread");
   __shared__ int s_beta_table[256];
-  const long long beta0 = d.beta[0], beta_slope = static_cast<long long>(d.beta[1]) - beta0;
-  const int beta_entry = d.beta[tid];
-  s_beta_table[tid] = beta_entry;
-  const bool beta_affine = __syncthreads_and(beta_entry == beta0 + tid * beta_slope);
-  const bool shifted_v = __syncthreads_and(d.terms == 1 && d.v[tid] == static_cast<int8_t>(tid - 128));
+  const long long beta0 = d.beta[0], beta_slope = FreeTermSlope(d.beta);
+  s_beta_table[tid] = d.beta[tid];
+  const bool beta_affine = __syncthreads_and(OnFreeTermLine(d.beta, tid));
+  const bool shifted_v = __syncthreads_and(d.terms == 1 && ShiftedEntry(d.v, tid));
   long long beta_sum = 0, code_sum = 0;
   if (active) {
     const QuantParams qf = quant->ChannelQuant(co).filter;
