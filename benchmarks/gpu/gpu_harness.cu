@@ -776,6 +776,14 @@ void QuantFromRangesChecks(std::mt19937_64& rng, Counts* counts) {
   if (failures > 0) std::printf("FAIL GpuQuantFromRanges: %d of 2000 random ranges differ from the host\n", failures);
 }
 
+// splitmix64 of (seed, a table's index, a value's index): the device checks' random bit patterns.
+__device__ __forceinline__ uint64_t SplitMix(uint64_t seed, int index, uint64_t i) {
+  uint64_t z = seed + (static_cast<uint64_t>(index) << 40) + i * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 // DivideByScale (quantize.h: QuantizeToCode's division on the GPU) against the device's IEEE division
 // (x / scale: div.rn.f32), bit for bit (NaN as NaN): for edge scales every float x in [2^-40, 2^40], where it
 // takes its own FMA path; for random scales (a few outside [2^-40, 2^40]) random bit patterns x of every kind
@@ -788,12 +796,7 @@ __global__ void DivisionKernel(const float* __restrict__ scales, int n_scales, u
     for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
          i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
       uint32_t bits = first_bits + static_cast<uint32_t>(i);
-      if (random_seed != 0) {  // splitmix64 of (seed, scale, i)
-        uint64_t z = random_seed + (static_cast<uint64_t>(si) << 40) + i * 0x9E3779B97F4A7C15ull;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        bits = static_cast<uint32_t>(z ^ (z >> 31));
-      }
+      if (random_seed != 0) bits = static_cast<uint32_t>(SplitMix(random_seed, si, i));
       const float x = __uint_as_float(bits);
       const float want = x / scale, got = DivideByScale(x, scale);
       local += __float_as_uint(want) != __float_as_uint(got) && !(isnan(want) && isnan(got));
@@ -857,10 +860,7 @@ __global__ void FastQuantizerKernel(const QuantParams* __restrict__ params, int 
     if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(applied, 1ull);
     for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
          i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
-      uint64_t z = seed + (static_cast<uint64_t>(pi) << 40) + i * 0x9E3779B97F4A7C15ull;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
+      const uint64_t z = SplitMix(seed, pi, i);
       const uint32_t hi = static_cast<uint32_t>(z >> 32);
       const int ulps = static_cast<int>((z >> 8) % 9) - 4;
       float x;

@@ -520,8 +520,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
         return e.empty() ? launch(tile, k_order) : e;
       };
       if (!(error = TunePlan(s, d.terms, l, call, stream, &plan)).empty()) return error;
-      std::lock_guard<std::mutex> lock(g_tuned_mutex);
-      if (TunedPlans().size() < kMaxTunedPlans) TunedPlans()[key] = plan;
+      StoreTunedPlan(key, plan);
     }
   }
   if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());

@@ -286,6 +286,10 @@ bool FindTunedPlan(const TuningKey& key, TunedPlan* plan) {
   *plan = it->second;
   return true;
 }
+void StoreTunedPlan(const TuningKey& key, const TunedPlan& plan) {
+  std::lock_guard<std::mutex> lock(g_tuned_mutex);
+  if (TunedPlans().size() < kMaxTunedPlans) TunedPlans()[key] = plan;
+}
 
 // TFAPPROX_GPU_TUNING=0 in the environment: tuned plans are neither made nor used (every call takes the
 // rules).
