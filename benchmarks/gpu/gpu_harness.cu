@@ -1698,6 +1698,19 @@ std::string CheckDecomposedOne(const ConvShape& s, const std::vector<T>& input, 
   if (std::memcmp(out.data(), lookup.data(), out.size() * sizeof(T)) != 0) {
     return "outputs differ from ApproxConvGpu's on the same table";
   }
+  // Again without the debug sums, as the op calls it: the epilogues then take their narrow paths
+  // (NarrowSumsFit), which the call above leaves out. (Untuned: the same tile as above.)
+  opts.debug_acc = nullptr;
+  opts.debug_act_sum = nullptr;
+  opts.tune = false;
+  d_out.Poison(0xFF);
+  err = ApproxConvGpuDecomposed<T>(s, d_in.ptr, d_flt.ptr, d_q.ptr, d_dec.d, d_out.ptr, 0, d_ws.ptr, d_ws.count, opts);
+  if (!err.empty()) return "ApproxConvGpuDecomposed (no debug sums) failed: " + err;
+  err = GpuPropagateNan(DtypeOf<T>(), s, d_in.ptr, d_flt.ptr, d_out.ptr, d_flags.ptr, 0);
+  if (!err.empty()) return "GpuPropagateNan failed: " + err;
+  if (std::memcmp(out.data(), d_out.Download().data(), out.size() * sizeof(T)) != 0) {
+    return "outputs without the debug sums differ from those with them";
+  }
   return "";
 }
 

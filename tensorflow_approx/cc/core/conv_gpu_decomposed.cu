@@ -496,6 +496,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.m_tiles = args.n_tiles = args.k_tiles = 0;  // set by LaunchGemm for its tile
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
+  args.narrow_sums = NarrowSumsFit(s.taps());
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
   auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order) -> std::string {
     GemmArgs a = args;

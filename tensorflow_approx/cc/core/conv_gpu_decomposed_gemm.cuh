@@ -99,7 +99,44 @@ struct GemmArgs {
   int m_tiles, n_tiles, k_tiles;
   bool pair_stores;  // NHWC, even npg, output aligned to two elements (see the epilogue)
   bool taps_inner;   // GpuKOrder::kTapsInner (the kernel takes it where a slice is whole stages)
+  bool narrow_sums;  // every output's net sum fits an int32 (NarrowSumsFit): the epilogue adds in 32 bits
 };
+
+// Whether every net sum (the lookups' sum less acc_offset) of a call fits an int32: each of its `taps`
+// products is a table entry in [0, 65535], less 32768 for a signed table (acc_offset), so |net| <= 65535
+// taps. Then acc + alpha sum + net offset taken modulo 2^32 is the net sum itself (whatever the terms'
+// own sizes), and converting it from an int32 gives the same Real as from an int64.
+inline bool NarrowSumsFit(int64_t taps) { return taps <= (int64_t{INT32_MAX} / 65535); }
+
+// An output channel's share of the dequantization: its DequantizeTerms, the integers added to every acc
+// (beta sum + taps * c0 - acc_offset) and the filter codes' term (FilterTerm).
+template <typename Real>
+struct ChannelEpilogue {
+  DequantizeTerms<Real> terms;
+  long long net_offset;
+  Real filter_term;
+};
+
+template <typename Real>
+__device__ __forceinline__ ChannelEpilogue<Real> MakeChannelEpilogue(const GemmArgs& args, const GpuGeometry& g,
+                                                                      const Epilogue& epi, bool per_channel, int co,
+                                                                      const DequantizeTerms<Real>& tensor_terms) {
+  ChannelEpilogue<Real> ch;
+  ch.terms = ChannelTerms(epi.quant, per_channel, co, tensor_terms);
+  ch.net_offset = static_cast<long long>(__ldg(args.channel_sums + co)) + args.taps_c0 - ch.terms.acc_offset;
+  ch.filter_term = ch.terms.FilterTerm(static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co)));
+  return ch;
+}
+
+// One output when the call's sums are narrow (GemmArgs::narrow_sums): the net sum in 32 bits (modulo 2^32,
+// see NarrowSumsFit), then DequantizeTerms::Combine as the general path does: the same bits, in about
+// eight instructions where the 64-bit adds and their conversion took about twice that.
+template <typename T, typename Real>
+__device__ __forceinline__ T NarrowOutput(int acc, int row_alpha, Real act, const ChannelEpilogue<Real>& ch) {
+  const int net = static_cast<int>(static_cast<unsigned>(acc) + static_cast<unsigned>(row_alpha) +
+                                   static_cast<unsigned>(ch.net_offset));
+  return FromReal<T>(ch.terms.Combine(net, act, ch.filter_term));
+}
 
 // Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
 // address, as two scalar stores would put them.
@@ -490,6 +527,50 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // 2-element store: a warp's store then fills 8 whole 32-byte sectors (float; 16-byte halves of them
   // for half types) instead of touching 8 sectors twice at half use, with half the store instructions.
   const bool pair_stores = args.pair_stores;
+  // The lane's rows (mma tile mt, half: rows + 0 / + 8).
+  auto row_of = [&](int mt, int half) {
+    // wgmma: warp w holds rows 16 (w % 4) .. + 15 of each of its warpgroup's MT blocks of 64 rows.
+    return (kWgmma ? (warp >> 2) * MT * 64 + mt * 64 + (warp & 3) * 16 : warp_m * WM + mt * 16) + group_id + half * 8;
+  };
+  const int lane_channel0 = n0 + warp_n * WN + 2 * in_group;  // its first channel in the group (even)
+  // The common case without a branch per output: 32-bit sums (NarrowOutput), pair stores, every channel of
+  // the warp's tile inside the group; rows past the last pixel are stores left out. Only in the tiles of
+  // at most 64 channels a warp: in wgmma128x128 its registers pushed nvcc to recompute addresses inside
+  // the main loop (+37 instructions a stage), and many-term calls lost 9-19% (H200, --decomposed-phases);
+  // the mma.sync tiles of 16 mma a warp (128 x 128, 128 x 64) spilled more.
+  constexpr bool kNarrowPath = kWgmma ? BN <= 64 : MT * NT <= 8;
+  if (kNarrowPath && args.narrow_sums && pair_stores && epi.debug_acc == nullptr && n0 + warp_n * WN + NT * 8 <= g.npg) {
+    T* row_out[MT][2];
+    bool row_ok[MT][2];
+    int row_alpha[MT][2];
+    Real row_act[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = row_of(mt, half), p = m0 + row;
+        row_ok[mt][half] = p < g.pixels;
+        row_out[mt][half] =
+            output + static_cast<int64_t>(p < g.pixels ? p : 0) * g.out_depth + grp * g.npg + lane_channel0;
+        row_alpha[mt][half] = static_cast<int>(s_alpha[row]);
+        row_act[mt][half] = s_act[row];
+      }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int co0 = grp * g.npg + lane_channel0 + nt * 8;
+      const ChannelEpilogue<Real> ch0 = MakeChannelEpilogue(args, g, epi, per_channel, co0, deq);
+      const ChannelEpilogue<Real> ch1 = MakeChannelEpilogue(args, g, epi, per_channel, co0 + 1, deq);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const T v0 = NarrowOutput<T>(acc[mt][nt][2 * half], row_alpha[mt][half], row_act[mt][half], ch0);
+          const T v1 = NarrowOutput<T>(acc[mt][nt][2 * half + 1], row_alpha[mt][half], row_act[mt][half], ch1);
+          if (row_ok[mt][half]) StorePair(row_out[mt][half] + nt * 8, v0, v1);
+        }
+    }
+    return;
+  }
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int channel0 = n0 + warp_n * WN + nt * 8 + 2 * in_group;  // even

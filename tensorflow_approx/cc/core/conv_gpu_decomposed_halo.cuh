@@ -33,24 +33,15 @@ struct HaloArgs {
   int q_chunks, q_steps;
 };
 
-// A channel's dequantization, once per block (the same for every rectangle): its DequantizeTerms, the
-// integers added to every acc (beta sum + taps * c0 - acc_offset) and the filter codes' term (FilterTerm).
-template <typename Real>
-struct HaloChannel {
-  DequantizeTerms<Real> terms;
-  long long net_offset;
-  Real filter_term;
-};
-
 // Shared memory of a block: the filter rows, two halos (the next rectangle's copies land while the tensor
 // cores read the current one) with their pixels' alpha and code sums, per row of the rectangle the alpha
 // sum, the output pixel and the converted code sum, per chunk of K its offset in a halo, and the block's
-// channels (HaloChannel). real_bytes: sizeof(Real). (64-bit: MakeHaloPlan sizes candidates past any limit.)
+// channels (ChannelEpilogue, once per block: the same for every rectangle). real_bytes: sizeof(Real). (64-bit: MakeHaloPlan sizes candidates past any limit.)
 inline int64_t HaloSmemBytes(int bm, int bn, int real_bytes, const HaloArgs& h) {
   constexpr int64_t kLong = sizeof(long long), kInt = sizeof(int);
   return int64_t{bn} * h.b_pitch * kChunk + 2 * int64_t{h.halo_pixels} * (int64_t{h.a_pitch} * kChunk + kLong + kInt) +
          bm * (kLong + kInt + real_bytes) + 2 * int64_t{h.q_steps} * kInt +
-         bn * (real_bytes == 4 ? int64_t{sizeof(HaloChannel<float>)} : int64_t{sizeof(HaloChannel<double>)});
+         bn * (real_bytes == 4 ? int64_t{sizeof(ChannelEpilogue<float>)} : int64_t{sizeof(ChannelEpilogue<double>)});
 }
 
 // 8 or 4 bytes from global to shared memory (through L1: .cg takes 16-byte copies only).
@@ -113,13 +104,13 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
   unsigned char* s_halo = s_b + BN * h.b_pitch * kChunk;              // [2][halo_pixels][a_pitch chunks]
   const int halo_bytes = h.halo_pixels * h.a_pitch * kChunk;
   long long* s_halo_alpha = reinterpret_cast<long long*>(s_halo + 2 * halo_bytes);  // [2][halo_pixels]
-  HaloChannel<Real>* s_channel = reinterpret_cast<HaloChannel<Real>*>(s_halo_alpha + 2 * h.halo_pixels);  // [BN]
+  ChannelEpilogue<Real>* s_channel = reinterpret_cast<ChannelEpilogue<Real>*>(s_halo_alpha + 2 * h.halo_pixels);  // [BN]
   long long* s_alpha = reinterpret_cast<long long*>(s_channel + BN);                   // [BM]
   int* s_halo_codes = reinterpret_cast<int*>(s_alpha + BM);                             // [2][halo_pixels]
   int* s_p = s_halo_codes + 2 * h.halo_pixels;                                          // [BM]: pixel or -1
   int* s_koff = s_p + BM;                                                               // [2 q_steps]
   Real* s_act = reinterpret_cast<Real*>(s_koff + 2 * h.q_steps);                        // [BM]
-  // (Every long long, double and HaloChannel above starts at a multiple of 8 bytes.)
+  // (Every long long, double and ChannelEpilogue above starts at a multiple of 8 bytes.)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nt_index = blockIdx.y % args.n_tiles, grp = blockIdx.y / args.n_tiles;
@@ -129,9 +120,12 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
   const int tw_mask = (1 << h.tile_w_shift) - 1;
   const int tile_h = BM >> h.tile_w_shift;
 
-  // The block's filter rows, all of K, once: zeros past the group's channels and past K.
+  // The block's filter rows, all of K, once: zeros past the group's channels and past K. (Rows by
+  // SmallDivisor: an integer division per chunk was most of the block's set-up on 56x56 64->64.)
+  const SmallDivisor q_div(q_padded);
   for (int idx = tid; idx < BN * q_padded; idx += kThreads) {
-    const int row = idx / q_padded, q = idx - row * q_padded;
+    int q;
+    const int row = q_div.Divide(idx, &q);
     const int channel = n0 + row;
     const bool fill = channel < g.npg && q < h.q_chunks;
     const int8_t* src =
@@ -154,14 +148,8 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     const DequantizeTerms<Real> deq = TermsOf<Real>(epi.quant);
     const bool per_channel = epi.quant->channels != 1;
     for (int c = tid; c < BN; c += kThreads) {
-      HaloChannel<Real> ch{};
-      if (n0 + c < g.npg) {
-        const int co = grp * g.npg + n0 + c;
-        const DequantizeTerms<Real> terms = ChannelTerms(epi.quant, per_channel, co, deq);
-        ch.terms = terms;
-        ch.net_offset = static_cast<long long>(__ldg(args.channel_sums + co)) + args.taps_c0 - terms.acc_offset;
-        ch.filter_term = terms.FilterTerm(static_cast<long long>(__ldg(args.channel_sums + g.out_depth + co)));
-      }
+      ChannelEpilogue<Real> ch{};
+      if (n0 + c < g.npg) ch = MakeChannelEpilogue(args, g, epi, per_channel, grp * g.npg + n0 + c, deq);
       s_channel[c] = ch;
     }
   }
@@ -251,6 +239,9 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
 
   const DequantizeTerms<Real> deq_tensor = TermsOf<Real>(epi.quant);
   const int group_id = lane >> 2, in_group = lane & 3;  // the mma fragments' g and t
+  // The epilogue's common case (below); out_channel0: the lane's first output channel there.
+  const bool narrow = args.narrow_sums && args.pair_stores && epi.debug_acc == nullptr && n0 + BN <= g.npg;
+  const int out_channel0 = grp * g.npg + n0 + 2 * in_group;
   int tile = blockIdx.x;
   if (tile < args.m_tiles) load_halo(tile, 0);
   CommitCopies();  // (with the filter rows' copies)
@@ -329,6 +320,39 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     // Epilogue: acc + the row's alpha sum + the channel's net offset is the lookups' sum less acc_offset;
     // then DequantizeTerms::Combine with the row's and the channel's parts (the same bits). The lane's rows (mma
     // tile mt, half: rows + 0 / + 8) once, then channel pairs (2t, 2t + 1 of each n8 tile).
+    if (narrow) {
+      // The common case without a branch per output (they were most of this kernel's instructions): 32-bit
+      // sums (NarrowOutput), pair stores, every channel of the tile inside the group; rows past the image
+      // are stores left out.
+      T* row_out[MT][2];
+      bool row_ok[MT][2];
+      int row_alpha[MT][2];
+      Real row_act[MT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = warp * WM + mt * 16 + half * 8 + group_id;
+          const int p = s_p[row];
+          row_ok[mt][half] = p >= 0;
+          row_out[mt][half] = output + static_cast<int64_t>(p < 0 ? 0 : p) * g.out_depth + out_channel0;
+          row_alpha[mt][half] = static_cast<int>(s_alpha[row]);
+          row_act[mt][half] = s_act[row];
+        }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const ChannelEpilogue<Real> ch0 = s_channel[nt * 8 + 2 * in_group], ch1 = s_channel[nt * 8 + 2 * in_group + 1];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const T v0 = NarrowOutput<T>(acc[mt][nt][2 * half], row_alpha[mt][half], row_act[mt][half], ch0);
+            const T v1 = NarrowOutput<T>(acc[mt][nt][2 * half + 1], row_alpha[mt][half], row_act[mt][half], ch1);
+            if (row_ok[mt][half]) StorePair(row_out[mt][half] + nt * 8, v0, v1);
+          }
+      }
+      continue;
+    }
     int row_p[MT][2];
     long long row_alpha[MT][2];
     Real row_act[MT][2];
@@ -347,7 +371,7 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
       const int channel0 = n0 + c0;
       if (channel0 >= g.npg) continue;
       const bool second = channel0 + 1 < g.npg;
-      const HaloChannel<Real> ch0 = s_channel[c0], ch1 = s_channel[c0 + 1];
+      const ChannelEpilogue<Real> ch0 = s_channel[c0], ch1 = s_channel[c0 + 1];
       const int co0 = grp * g.npg + channel0;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)

@@ -186,7 +186,9 @@ struct DequantizeTerms {
   TFAPPROX_HOST_DEVICE Real FilterTerm(int64_t filter_sum) const {
     return filter_sum_scale * Real(filter_sum - filter_sum_offset);
   }
-  TFAPPROX_HOST_DEVICE Real Combine(int64_t net_acc, Real act, Real filter_term) const {
+  // net_acc: an int64_t, or an int holding the same value (Real of either is the same).
+  template <typename Int>
+  TFAPPROX_HOST_DEVICE Real Combine(Int net_acc, Real act, Real filter_term) const {
     return acc_scale * Real(net_acc) + act_sum_scale * act + filter_term + constant;
   }
 };
