@@ -11,7 +11,8 @@
 //
 // The decomposed tensor-core kernel (conv_gpu_decomposed.cu) is checked too (--decomposed-cases random
 // cases, default 300, with random decompositions, the exact product and DIR/NAME.decomp files from
-// export_decompositions.py) and timed in a table of its own after the lookups' timings;
+// export_decompositions.py: sums and outputs against the CPU reference and the lookups, then the outputs
+// again without the debug sums, as the op calls it) and timed in a table of its own after the lookups' timings;
 // --decomposed-only runs only its checks and its tables (the timings, with GpuPreferDecomposed's picks,
 // then each launch's time for 1 and 16 terms, fused and separate input passes); --decomposed-phases runs
 // only the per-launch table; --decomposed-tiles runs only a table of every GEMM tile's rate on the
