@@ -102,6 +102,21 @@ struct GemmArgs {
   bool narrow_sums;  // every output's net sum fits an int32 (NarrowSumsFit): the epilogue adds in 32 bits
 };
 
+// Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
+// address, as two scalar stores would put them.
+__device__ __forceinline__ void StorePair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void StorePair(double* p, double a, double b) {
+  *reinterpret_cast<double2*>(p) = make_double2(a, b);
+}
+__device__ __forceinline__ void StorePair(__half* p, __half a, __half b) {
+  *reinterpret_cast<__half2*>(p) = __halves2half2(a, b);
+}
+__device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __nv_bfloat16 b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
+}
+
 // Whether every net sum (the lookups' sum less acc_offset) of a call fits an int32: each of its `taps`
 // products is a table entry in [0, 65535], less 32768 for a signed table (acc_offset), so |net| <= 65535
 // taps. Then acc + alpha sum + net offset taken modulo 2^32 is the net sum itself (whatever the terms'
@@ -138,20 +153,36 @@ __device__ __forceinline__ T NarrowOutput(int acc, int row_alpha, Real act, cons
   return FromReal<T>(ch.terms.Combine(net, act, ch.filter_term));
 }
 
-// Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
-// address, as two scalar stores would put them.
-__device__ __forceinline__ void StorePair(float* p, float a, float b) {
-  *reinterpret_cast<float2*>(p) = make_float2(a, b);
-}
-__device__ __forceinline__ void StorePair(double* p, double a, double b) {
-  *reinterpret_cast<double2*>(p) = make_double2(a, b);
-}
-__device__ __forceinline__ void StorePair(__half* p, __half a, __half b) {
-  *reinterpret_cast<__half2*>(p) = __halves2half2(a, b);
-}
-__device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __nv_bfloat16 b) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
-}
+// A lane's rows in the narrow epilogue: per mma tile mt and half (rows + 0 / + 8) the address of its first
+// output channel (`ok` false: a row past the image or the last pixel, nothing stored), its alpha sum taken
+// modulo 2^32 and its converted code sum. Store writes one n8 tile's channel pair (8 nt + 2t, + 1) of every
+// row, each pair one store under its row's predicate.
+template <typename T, typename Real, int MT>
+struct NarrowRows {
+  T* out[MT][2];
+  bool ok[MT][2];
+  int alpha[MT][2];
+  Real act[MT][2];
+
+  __device__ __forceinline__ void Set(int mt, int half, bool valid, T* first_output, long long alpha_sum, Real code_act) {
+    ok[mt][half] = valid;
+    out[mt][half] = first_output;
+    alpha[mt][half] = static_cast<int>(alpha_sum);
+    act[mt][half] = code_act;
+  }
+  template <int NT>
+  __device__ __forceinline__ void Store(const int (&acc)[MT][NT][4], int nt, const ChannelEpilogue<Real>& ch0,
+                                        const ChannelEpilogue<Real>& ch1) const {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const T v0 = NarrowOutput<T>(acc[mt][nt][2 * half], alpha[mt][half], act[mt][half], ch0);
+        const T v1 = NarrowOutput<T>(acc[mt][nt][2 * half + 1], alpha[mt][half], act[mt][half], ch1);
+        if (ok[mt][half]) StorePair(out[mt][half] + nt * 8, v0, v1);
+      }
+  }
+};
 
 // Whether a GEMM tile of BK-byte stages reads K in the order GpuKOrder names: a filter of several spatial
 // taps whose slice is whole stages (else it reads K tap by tap whatever the order asked).
@@ -540,34 +571,21 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // the mma.sync tiles of 16 mma a warp (128 x 128, 128 x 64) spilled more.
   constexpr bool kNarrowPath = kWgmma ? BN <= 64 : MT * NT <= 8;
   if (kNarrowPath && args.narrow_sums && pair_stores && epi.debug_acc == nullptr && n0 + warp_n * WN + NT * 8 <= g.npg) {
-    T* row_out[MT][2];
-    bool row_ok[MT][2];
-    int row_alpha[MT][2];
-    Real row_act[MT][2];
+    NarrowRows<T, Real, MT> rows;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = row_of(mt, half), p = m0 + row;
-        row_ok[mt][half] = p < g.pixels;
-        row_out[mt][half] =
-            output + static_cast<int64_t>(p < g.pixels ? p : 0) * g.out_depth + grp * g.npg + lane_channel0;
-        row_alpha[mt][half] = static_cast<int>(s_alpha[row]);
-        row_act[mt][half] = s_act[row];
+        rows.Set(mt, half, p < g.pixels,
+                 output + static_cast<int64_t>(p < g.pixels ? p : 0) * g.out_depth + grp * g.npg + lane_channel0,
+                 s_alpha[row], s_act[row]);
       }
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int co0 = grp * g.npg + lane_channel0 + nt * 8;
-      const ChannelEpilogue<Real> ch0 = MakeChannelEpilogue(args, g, epi, per_channel, co0, deq);
-      const ChannelEpilogue<Real> ch1 = MakeChannelEpilogue(args, g, epi, per_channel, co0 + 1, deq);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const T v0 = NarrowOutput<T>(acc[mt][nt][2 * half], row_alpha[mt][half], row_act[mt][half], ch0);
-          const T v1 = NarrowOutput<T>(acc[mt][nt][2 * half + 1], row_alpha[mt][half], row_act[mt][half], ch1);
-          if (row_ok[mt][half]) StorePair(row_out[mt][half] + nt * 8, v0, v1);
-        }
+      rows.Store(acc, nt, MakeChannelEpilogue(args, g, epi, per_channel, co0, deq),
+                 MakeChannelEpilogue(args, g, epi, per_channel, co0 + 1, deq));
     }
     return;
   }

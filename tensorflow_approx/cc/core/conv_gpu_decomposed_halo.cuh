@@ -324,32 +324,19 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
       // The common case without a branch per output (they were most of this kernel's instructions): 32-bit
       // sums (NarrowOutput), pair stores, every channel of the tile inside the group; rows past the image
       // are stores left out.
-      T* row_out[MT][2];
-      bool row_ok[MT][2];
-      int row_alpha[MT][2];
-      Real row_act[MT][2];
+      NarrowRows<T, Real, MT> rows;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int row = warp * WM + mt * 16 + half * 8 + group_id;
           const int p = s_p[row];
-          row_ok[mt][half] = p >= 0;
-          row_out[mt][half] = output + static_cast<int64_t>(p < 0 ? 0 : p) * g.out_depth + out_channel0;
-          row_alpha[mt][half] = static_cast<int>(s_alpha[row]);
-          row_act[mt][half] = s_act[row];
+          rows.Set(mt, half, p >= 0, output + static_cast<int64_t>(p < 0 ? 0 : p) * g.out_depth + out_channel0,
+                   s_alpha[row], s_act[row]);
         }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const ChannelEpilogue<Real> ch0 = s_channel[nt * 8 + 2 * in_group], ch1 = s_channel[nt * 8 + 2 * in_group + 1];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const T v0 = NarrowOutput<T>(acc[mt][nt][2 * half], row_alpha[mt][half], row_act[mt][half], ch0);
-            const T v1 = NarrowOutput<T>(acc[mt][nt][2 * half + 1], row_alpha[mt][half], row_act[mt][half], ch1);
-            if (row_ok[mt][half]) StorePair(row_out[mt][half] + nt * 8, v0, v1);
-          }
+        rows.Store(acc, nt, s_channel[nt * 8 + 2 * in_group], s_channel[nt * 8 + 2 * in_group + 1]);
       }
       continue;
     }
