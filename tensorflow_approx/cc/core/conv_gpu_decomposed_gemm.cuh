@@ -164,7 +164,8 @@ struct NarrowRows {
   int alpha[MT][2];
   Real act[MT][2];
 
-  __device__ __forceinline__ void Set(int mt, int half, bool valid, T* first_output, long long alpha_sum, Real code_act) {
+  __device__ __forceinline__ void Set(int mt, int half, bool valid, T* first_output, long long alpha_sum,
+                                      Real code_act) {
     ok[mt][half] = valid;
     out[mt][half] = first_output;
     alpha[mt][half] = static_cast<int>(alpha_sum);
@@ -567,10 +568,11 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // The common case without a branch per output: 32-bit sums (NarrowOutput), pair stores, every channel of
   // the warp's tile inside the group; rows past the last pixel are stores left out. Only in the tiles of
   // at most 64 channels a warp: in wgmma128x128 its registers pushed nvcc to recompute addresses inside
-  // the main loop (+37 instructions a stage), and many-term calls lost 9-19% (H200, --decomposed-phases);
+  // the main loop (321 -> 360 instructions a stage), and many-term calls lost 9-19% (H200, --decomposed-phases);
   // the mma.sync tiles of 16 mma a warp (128 x 128, 128 x 64) spilled more.
   constexpr bool kNarrowPath = kWgmma ? BN <= 64 : MT * NT <= 8;
-  if (kNarrowPath && args.narrow_sums && pair_stores && epi.debug_acc == nullptr && n0 + warp_n * WN + NT * 8 <= g.npg) {
+  if (kNarrowPath && args.narrow_sums && pair_stores && epi.debug_acc == nullptr &&
+      n0 + warp_n * WN + NT * 8 <= g.npg) {
     NarrowRows<T, Real, MT> rows;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)

@@ -36,7 +36,8 @@ struct HaloArgs {
 // Shared memory of a block: the filter rows, two halos (the next rectangle's copies land while the tensor
 // cores read the current one) with their pixels' alpha and code sums, per row of the rectangle the alpha
 // sum, the output pixel and the converted code sum, per chunk of K its offset in a halo, and the block's
-// channels (ChannelEpilogue, once per block: the same for every rectangle). real_bytes: sizeof(Real). (64-bit: MakeHaloPlan sizes candidates past any limit.)
+// channels (ChannelEpilogue, once per block: the same for every rectangle). real_bytes: sizeof(Real).
+// (64-bit: MakeHaloPlan sizes candidates past any limit.)
 inline int64_t HaloSmemBytes(int bm, int bn, int real_bytes, const HaloArgs& h) {
   constexpr int64_t kLong = sizeof(long long), kInt = sizeof(int);
   return int64_t{bn} * h.b_pitch * kChunk + 2 * int64_t{h.halo_pixels} * (int64_t{h.a_pitch} * kChunk + kLong + kInt) +
@@ -104,7 +105,7 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
   unsigned char* s_halo = s_b + BN * h.b_pitch * kChunk;              // [2][halo_pixels][a_pitch chunks]
   const int halo_bytes = h.halo_pixels * h.a_pitch * kChunk;
   long long* s_halo_alpha = reinterpret_cast<long long*>(s_halo + 2 * halo_bytes);  // [2][halo_pixels]
-  ChannelEpilogue<Real>* s_channel = reinterpret_cast<ChannelEpilogue<Real>*>(s_halo_alpha + 2 * h.halo_pixels);  // [BN]
+  auto* s_channel = reinterpret_cast<ChannelEpilogue<Real>*>(s_halo_alpha + 2 * h.halo_pixels);   // [BN]
   long long* s_alpha = reinterpret_cast<long long*>(s_channel + BN);                   // [BM]
   int* s_halo_codes = reinterpret_cast<int*>(s_alpha + BM);                             // [2][halo_pixels]
   int* s_p = s_halo_codes + 2 * h.halo_pixels;                                          // [BM]: pixel or -1
@@ -321,9 +322,9 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     // then DequantizeTerms::Combine with the row's and the channel's parts (the same bits). The lane's rows (mma
     // tile mt, half: rows + 0 / + 8) once, then channel pairs (2t, 2t + 1 of each n8 tile).
     if (narrow) {
-      // The common case without a branch per output (they were most of this kernel's instructions): 32-bit
-      // sums (NarrowOutput), pair stores, every channel of the tile inside the group; rows past the image
-      // are stores left out.
+      // The common case without a branch per output (the general path below was 44% of this kernel's
+      // instructions on 56x56 64->64): 32-bit sums (NarrowRows), pair stores, every channel of the tile
+      // inside the group; rows past the image are stores left out.
       NarrowRows<T, Real, MT> rows;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
