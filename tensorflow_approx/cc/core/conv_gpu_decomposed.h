@@ -52,6 +52,13 @@ constexpr int kGpuDecomposedMaxTerms = 64;
 // lookup kernels take them, with 64-bit sums).
 constexpr int64_t kGpuDecomposedMaxReduction = 131071;
 
+// Whether every net sum (the lookups' sum less acc_offset) of a call of `taps` products per output fits an
+// int32: each product is a table entry in [0, 65535], less 32768 for a signed table (acc_offset), so |net|
+// <= 65535 taps. Then the GEMMs' epilogues add acc + alpha sum + net offset in 32 bits (modulo 2^32 that
+// is the net sum itself, whatever the terms' own sizes) and convert it to the same float as from an int64.
+constexpr int64_t kGpuNarrowSumsMaxTaps = INT32_MAX / 65535;  // 32768
+constexpr bool NarrowSumsFit(int64_t taps) { return taps <= kGpuNarrowSumsMaxTaps; }
+
 // A host decomposition as the one block of bytes its device copy is: alpha and beta (int32), then u and
 // v, one zero term where it has none. Returns "" or what is wrong (terms outside
 // [0, kGpuDecomposedMaxTerms], a null array). GpuDecompositionAt gives the decomposition whose arrays are

@@ -117,12 +117,6 @@ __device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __n
   *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
 }
 
-// Whether every net sum (the lookups' sum less acc_offset) of a call fits an int32: each of its `taps`
-// products is a table entry in [0, 65535], less 32768 for a signed table (acc_offset), so |net| <= 65535
-// taps. Then acc + alpha sum + net offset taken modulo 2^32 is the net sum itself (whatever the terms'
-// own sizes), and converting it from an int32 gives the same Real as from an int64.
-inline bool NarrowSumsFit(int64_t taps) { return taps <= (int64_t{INT32_MAX} / 65535); }
-
 // An output channel's share of the dequantization: its DequantizeTerms, the integers added to every acc
 // (beta sum + taps * c0 - acc_offset) and the filter codes' term (FilterTerm).
 template <typename Real>
@@ -144,8 +138,8 @@ __device__ __forceinline__ ChannelEpilogue<Real> MakeChannelEpilogue(const GemmA
 }
 
 // One output when the call's sums are narrow (GemmArgs::narrow_sums): the net sum in 32 bits (modulo 2^32,
-// see NarrowSumsFit), then DequantizeTerms::Combine as the general path does: the same bits, in about
-// eight instructions where the 64-bit adds and their conversion took about twice that.
+// see NarrowSumsFit, conv_gpu_decomposed.h), then DequantizeTerms::Combine as the general path does: the
+// same bits, in about eight instructions where the 64-bit adds and their conversion took about twice that.
 template <typename T, typename Real>
 __device__ __forceinline__ T NarrowOutput(int acc, int row_alpha, Real act, const ChannelEpilogue<Real>& ch) {
   const int net = static_cast<int>(static_cast<unsigned>(acc) + static_cast<unsigned>(row_alpha) +

@@ -3,6 +3,7 @@
 // measured slower than the lookups, and must pick the calls that were measured far faster where the rule
 // claims them (docs/decomposition.md, "Smaller batches"). Without a GPU no plan is tuned:
 // GpuDecomposedPlanFor gives the rules' plan.
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -101,6 +102,14 @@ int main() {
   Check(!tfapprox::GpuPreferDecomposed(Layer(64, 56, 64, 64, 3, 1), 17), "17 terms picked");
   Check(!tfapprox::GpuPreferDecomposed(Layer(64, 56, 64, 64, 3, 1, /*nchw=*/true), 1), "NCHW picked");
   Check(!tfapprox::GpuPreferDecomposed(Layer(64, 56, 64, 64, 3, 1, false, /*groups=*/2), 1), "groups picked");
+  // The epilogues' 32-bit sums (NarrowSumsFit): a net sum of `taps` entries of 0-65535 (less 32768 each for a
+  // signed table) fits an int32 exactly up to the bound, and the bound is the largest that does; every
+  // benchmark layer (at most 3x3 x 512 products an output) is under it.
+  const int64_t max_taps = tfapprox::kGpuNarrowSumsMaxTaps;
+  Check(tfapprox::NarrowSumsFit(max_taps) && !tfapprox::NarrowSumsFit(max_taps + 1), "NarrowSumsFit's bound");
+  Check(65535 * max_taps <= INT32_MAX && 65535 * (max_taps + 1) > INT32_MAX,
+        "NarrowSumsFit's bound is not the largest taps whose sums fit an int32");
+  Check(tfapprox::NarrowSumsFit(Layer(64, 7, 512, 512, 3, 1).taps()), "7x7 512->512 without 32-bit sums");
   // No GPU here, so nothing was tuned: the rules' plan.
   const tfapprox::GpuDecomposedPlan plan =
       tfapprox::GpuDecomposedPlanFor(Layer(64, 56, 64, 64, 3, 1), 5, tfapprox::GpuDtype::kFloat);
