@@ -99,7 +99,10 @@ struct GemmArgs {
   int m_tiles, n_tiles, k_tiles;
   bool pair_stores;  // NHWC, even npg, output aligned to two elements (see the epilogue)
   bool taps_inner;   // GpuKOrder::kTapsInner (the kernel takes it where a slice is whole stages)
-  bool narrow_sums;  // every output's net sum fits an int32 (NarrowSumsFit): the epilogue adds in 32 bits
+  // Every output's net sum fits an int32 (NarrowSumsFit): the epilogue adds in 32 bits. (The kernels test
+  // pair_stores and the debug sums beside it themselves: folding them into this flag on the host moved
+  // nvcc's register allocation and cost 2-10% on some tiles, H200 --decomposed-phases seed 1511.)
+  bool narrow_sums;
 };
 
 // Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
@@ -592,7 +595,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     const bool second = channel0 + 1 < g.npg;
     const int co0 = grp * g.npg + channel0;
     // Per channel, once: the integers added to every acc (beta sum + taps * c0 - acc_offset) and the
-    // filter codes' term (FilterTerm).
+    // filter codes' term (FilterTerm). MakeChannelEpilogue's work written out: through ChannelEpilogue here
+    // nvcc recomputed addresses inside wgmma128x128's main loop (321 -> 360 instructions a stage).
     long long channel_term[2] = {0, 0};
     Real filter_term[2] = {0, 0};
     DequantizeTerms<Real> terms[2];
