@@ -221,12 +221,7 @@ __global__ void __launch_bounds__(kColumnThreads, 1)
 #pragma unroll 1
               for (int k = min(4, quads - cb); k > 0; --k) {
                 uint32_t word = qi.zero_point * 0x01010101u;
-                if (inside) {
-                  word = static_cast<uint32_t>(quantizer.Quantize(v0.x)) |
-                         static_cast<uint32_t>(quantizer.Quantize(v0.y)) << 8 |
-                         static_cast<uint32_t>(quantizer.Quantize(v0.z)) << 16 |
-                         static_cast<uint32_t>(quantizer.Quantize(v0.w)) << 24;
-                }
+                if (inside) word = quantizer.Quantize4(v0);
                 v0 = v1, v1 = v2, v2 = v3;
 #pragma unroll 1
                 for (int e = 0; e < 4; ++e, word >>= 8) lookups(word & 0xFFu);

@@ -286,9 +286,9 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   const uint8_t zp = static_cast<uint8_t>(qi.zero_point);
 
   // (1) The codes of the block's slices, with FastQuantizer where it applies (quantize: the code of one
-  // value, either way the same).
+  // value, quantize4: of four, packed; either way the same).
   const FastQuantizer fast(qi);
-  const auto codes_pass = [&](auto quantize) {
+  const auto codes_pass = [&](auto quantize, auto quantize4) {
     const int n = count * g.cg, real_n = real * g.cg;
     const int64_t base = first * g.cg;  // element index (NHWC order) of the block's first code
     const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
@@ -314,10 +314,7 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
         for (int k = 0; k < kLoads; ++k) {
           const int e = e0 + k * kPrepThreads;
           if (e >= n4) break;
-          dst[e] = e < real4 ? static_cast<uint32_t>(quantize(v[k].x)) | static_cast<uint32_t>(quantize(v[k].y)) << 8 |
-                                   static_cast<uint32_t>(quantize(v[k].z)) << 16 |
-                                   static_cast<uint32_t>(quantize(v[k].w)) << 24
-                             : zp * 0x01010101u;
+          dst[e] = e < real4 ? quantize4(v[k]) : zp * 0x01010101u;
         }
       }
     } else {
@@ -331,16 +328,19 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
             const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
             src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
           }
-          code = quantize(ToFloat(input[src]));
+          code = static_cast<uint8_t>(quantize(ToFloat(input[src])));
         }
         s_codes[e] = code;
       }
     }
   };
   if (fast.applies) {
-    codes_pass([&](float x) { return fast.Code(x); });
+    codes_pass([&](float x) { return fast.Code(x); }, [&](float4 v) { return fast.Code4(v); });
   } else {
-    codes_pass([&](float x) { return QuantizeToCode(x, qi); });
+    const auto quantize = [&](float x) { return static_cast<uint32_t>(QuantizeToCode(x, qi)); };
+    codes_pass(quantize, [&](float4 v) {
+      return quantize(v.x) | quantize(v.y) << 8 | quantize(v.z) << 16 | quantize(v.w) << 24;
+    });
   }
   affine = __syncthreads_and(affine);
   shifted_u = __syncthreads_and(shifted_u);
