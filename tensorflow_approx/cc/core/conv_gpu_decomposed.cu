@@ -248,7 +248,7 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
 }
 
 const char* GpuDecomposedPhaseName(int phase) {
-  static const char* const kNames[kGpuDecomposedPhases] = {"memset",       "in codes",      "in planes",
+  static const char* const kNames[kGpuDecomposedPhases] = {"zero sums",    "in codes",      "in planes",
                                                            "flt sums",     "flt planes",    "gemm"};
   return phase >= 0 && phase < kGpuDecomposedPhases ? kNames[phase] : "?";
 }
@@ -420,11 +420,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     // channels (every layer of a real network; the reduction-limit tests have wider ones).
     const bool fused = !options.separate_prepasses && s.filter_depth <= kInputCodesPerBlock;
     const int64_t slices = l.items + s.groups();
-    // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path): a
-    // memset, as the fused path's filter blocks run beside the input pass, not after one of its blocks
-    // could zero them.
-    e = cudaMemsetAsync(channel_sums, 0, static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long), stream);
-    if (e != cudaSuccess) return CudaError("cudaMemsetAsync of the workspace", e);
+    // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path),
+    // zeroed by a launch of their own, as the fused path's filter blocks run beside the input pass, not
+    // after one of its blocks could zero them; the fused pre-pass launches beside it (ZeroSumsKernel).
+    const int sum_count = static_cast<int>(s.out_depth * 2);
+    ZeroSumsKernel<<<(sum_count + kPrepThreads - 1) / kPrepThreads, kPrepThreads, 0, stream>>>(channel_sums, sum_count);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return CudaError("the channel sums' zeroing launch", e);
     if (!(err = mark_if(record, 1)).empty()) return err;
     if (!fused && s.input_elements() > 0) {
       InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
@@ -451,10 +453,21 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // The build with whole-sector stores where InputPassBlock can take them.
       const auto prepass = PairStoresApply(static_cast<int>(s.filter_depth), d.terms) ? PrepassKernel<T, true>
                                                                                        : PrepassKernel<T, false>;
-      prepass<<<static_cast<unsigned>(blocks), kPrepThreads, smem, stream>>>(
-          input, filter, g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
-          code_sums, channel_sums, filter_codes, FilterPlanesInline(g) ? b_planes : nullptr);
-      e = cudaGetLastError();
+      // Launched beside ZeroSumsKernel (programmatic stream serialization): its filter blocks wait for it.
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(blocks));
+      config.blockDim = dim3(kPrepThreads);
+      config.dynamicSmemBytes = smem;
+      config.stream = stream;
+      cudaLaunchAttribute attribute;
+      attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attribute.val.programmaticStreamSerializationAllowed = 1;
+      config.attrs = &attribute;
+      config.numAttrs = 1;
+      e = cudaLaunchKernelEx(&config, prepass, input, filter, g, l, d, quant, per_block, lanes,
+                             static_cast<int>(filter_blocks), planes, alpha_sums, code_sums, channel_sums, filter_codes,
+                             FilterPlanesInline(g) ? b_planes : nullptr);
+      if (e == cudaSuccess) e = cudaGetLastError();
       if (e != cudaSuccess) return CudaError("the input pass launch", e);
     } else {
       // A warp per slice (the zero point's slices are always there).
