@@ -929,7 +929,8 @@ void FastQuantizerChecks(std::mt19937_64& rng, Counts* counts) {
   const bool failed = mismatches != 0 || applied * 2 < params.size();
   if (failed) ++counts->failures;
   std::printf("FastQuantizer: %s (%llu of %zu random quantizations applied x %llu values: %llu codes or "
-              "groups of four (Code4) differ from QuantizeToCode)\n", failed ? "FAIL" : "equal to QuantizeToCode", applied, params.size(),
+              "groups of four (Code4) differ from QuantizeToCode)\n",
+              failed ? "FAIL" : "equal to QuantizeToCode", applied, params.size(),
               static_cast<unsigned long long>(per_params), mismatches);
 }
 
