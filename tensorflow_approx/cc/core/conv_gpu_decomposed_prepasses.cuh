@@ -693,7 +693,7 @@ __global__ void __launch_bounds__(kPrepThreads) ZeroSumsKernel(unsigned long lon
 
 // The default pre-pass launch: blocks [0, filter_blocks) the filter's codes and sums (FilterSumsBlock; its
 // planes too where b_planes is given, see there), the rest the fused input pass (InputPassBlock). Neither
-// reads what the other writes (the one the filter, beta, v and the sums, zeroed before the launch; the
+// reads what the other writes (the one the filter, beta, v and the sums, which ZeroSumsKernel zeroes; the
 // other the input, u and alpha), so they share a launch: the filter's few blocks, a latency chain of
 // loads and atomics that took launches of their own after the input pass (sums 7 us and planes 5 us of
 // 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
