@@ -1741,10 +1741,11 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
   if (counts->failures <= 10) {
     const GpuDecomposedTile tile =
         opts.tile == GpuDecomposedTile::kAuto ? ChooseGpuDecomposedTile(s, decomposition.terms) : opts.tile;
-    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s%s]: %s\n", label.c_str(), TypeName<T>(),
+    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s%s%s]: %s\n", label.c_str(), TypeName<T>(),
                 decomposition.name.c_str(), decomposition.terms, GpuDecomposedTileName(tile),
                 opts.plain_fragment_loads ? ", plain loads" : "",
-                opts.separate_prepasses ? ", separate pre-passes" : "", err.c_str());
+                opts.separate_prepasses ? ", separate pre-passes" : "",
+                opts.halo_beside == GpuBeside::kOn ? ", halo beside" : "", err.c_str());
   }
   return false;
 }
@@ -1838,6 +1839,8 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   }
   opts.plain_fragment_loads = ri(0, 4) == 0;
   opts.separate_prepasses = ri(0, 3) == 0;  // the first version's pre-passes, still held to the reference
+  // The halo GEMM beside the pre-pass (where it fits), after it, or as tuned.
+  opts.halo_beside = static_cast<GpuBeside>(ri(0, 2));
   char label[256];
   std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d,%d b%d%s %s",
                 nchw ? "NCHW" : "NHWC", batch, in_h, in_w, groups * cg, groups, kernel, kernel, cg, groups * npg, sh,

@@ -223,7 +223,8 @@ def check_decomposed(rng, trace_path):
     with open(trace_path) as f:
         picked = [line for line in f if "device=GPU" in line and "kernel=tensor-cores-decomposed" in line]
     return (cases, outputs, mismatches, len(picked), sum("-wgmma" in line for line in picked),
-            sum("-halo" in line for line in picked), sum("-tuned\t" in line for line in picked))
+            sum("-halo" in line for line in picked), sum("-tuned\t" in line for line in picked),
+            sum("-halo-beside-" in line for line in picked))
 
 
 def check_invalid_ranges():
@@ -434,7 +435,8 @@ def main():
     print(f"| registered decompositions (<= 16 terms) on big layers, GPU vs CPU | {decomposed[0]} cases, "
           f"{decomposed[1]} outputs, {decomposed[2]} mismatches; tensor-core kernel traced for {decomposed[3]} "
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
-          f"capability 9.0: {hopper}), {decomposed[5]} with the halo tile, {decomposed[6]} with a tuned plan |")
+          f"capability 9.0: {hopper}), {decomposed[5]} with the halo tile ({decomposed[7]} of them beside the pre-pass), {decomposed[6]} with "
+          f"a tuned plan |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are host variables | {lut_on_host} |")

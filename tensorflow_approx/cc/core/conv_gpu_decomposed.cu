@@ -175,16 +175,23 @@ std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& ar
 }
 
 
+// ready: where the pre-pass was launched just before with its Layout::ready words (PrepassKernel), which
+// this launch then runs beside (programmatic stream serialization); else null. filter_blocks: the
+// pre-pass's.
 template <typename T, int BM, int BN>
 std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi,
-                            T* output, int sms, cudaStream_t stream) {
+                            T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks) {
   HaloArgs h = plan.h;
   const int m_tiles = h.gemm.m_tiles, n_tiles = h.gemm.n_tiles;
   h.gemm = base;
   h.gemm.m_tiles = m_tiles;
   h.gemm.n_tiles = n_tiles;
+  h.ready = ready;
+  h.filter_blocks = filter_blocks;
+  if (ready != nullptr) h.zero_chunks = ZeroChunksOf(base.l, g.groups);
+  h.halo_h = h.halo_pixels / h.halo_w;
   const int smem = static_cast<int>(HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h));
-  const auto kernel = DecomposedHaloKernel<T, BM, BN>;
+  const auto kernel = ready != nullptr ? DecomposedHaloKernel<T, BM, BN, true> : DecomposedHaloKernel<T, BM, BN, false>;
   int per_sm = 0;
   const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, 128, &per_sm);
   if (!setup.empty()) return setup;
@@ -193,28 +200,38 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   const int64_t columns = static_cast<int64_t>(n_tiles) * g.groups;
   const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * std::max(sms, 1);
   const int64_t blocks_x = std::max<int64_t>(1, std::min<int64_t>(m_tiles, (slots + columns - 1) / columns));
-  kernel<<<dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(columns)), 128, smem, stream>>>(h, g, epi,
-                                                                                                       output);
-  const cudaError_t e = cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(columns));
+  config.blockDim = dim3(128);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = ready != nullptr ? 1 : 0;
+  cudaError_t e = cudaLaunchKernelEx(&config, kernel, h, g, epi, output);
+  if (e == cudaSuccess) e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the decomposed halo launch", e);
 }
 
 template <typename T>
 std::string LaunchHalo(const HaloPlan& plan, const GemmArgs& args, const GpuGeometry& g, const Epilogue& epi,
-                       T* output, int sms, cudaStream_t stream) {
+                       T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks) {
   if (plan.bm == 0) return plan.why;
   const bool tall = plan.bm == 128;
+#define TFAPPROX_HALO_CASE(bn)                                                                          \
+  return tall ? LaunchHaloBlock<T, 128, bn>(plan, args, g, epi, output, sms, stream, ready, filter_blocks) \
+              : LaunchHaloBlock<T, 64, bn>(plan, args, g, epi, output, sms, stream, ready, filter_blocks)
   switch (plan.bn) {
     case 16:
-      return tall ? LaunchHaloBlock<T, 128, 16>(plan, args, g, epi, output, sms, stream)
-                  : LaunchHaloBlock<T, 64, 16>(plan, args, g, epi, output, sms, stream);
+      TFAPPROX_HALO_CASE(16);
     case 32:
-      return tall ? LaunchHaloBlock<T, 128, 32>(plan, args, g, epi, output, sms, stream)
-                  : LaunchHaloBlock<T, 64, 32>(plan, args, g, epi, output, sms, stream);
+      TFAPPROX_HALO_CASE(32);
     default:
-      return tall ? LaunchHaloBlock<T, 128, 64>(plan, args, g, epi, output, sms, stream)
-                  : LaunchHaloBlock<T, 64, 64>(plan, args, g, epi, output, sms, stream);
+      TFAPPROX_HALO_CASE(64);
   }
+#undef TFAPPROX_HALO_CASE
 }
 
 
@@ -298,9 +315,9 @@ GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDty
   TunedPlan tuned{};
   if (!TuningOff() && GetDeviceInfo(&dev).empty() &&
       FindTunedPlan(MakeTuningKey(shape, terms, dtype, dev.ordinal), &tuned)) {
-    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true};
+    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true, tuned.beside};
   }
-  return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false};
+  return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false, false};
 }
 
 std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes) {
@@ -384,6 +401,10 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       options.k_order != GpuKOrder::kTapsInner) {
     return "ApproxConvGpuDecomposed: options.k_order is not a GpuKOrder";
   }
+  if (options.halo_beside != GpuBeside::kAuto && options.halo_beside != GpuBeside::kOff &&
+      options.halo_beside != GpuBeside::kOn) {
+    return "ApproxConvGpuDecomposed: options.halo_beside is not a GpuBeside";
+  }
   if (options.tile != GpuDecomposedTile::kAuto &&
       (static_cast<int>(options.tile) < 0 || static_cast<int>(options.tile) >= static_cast<int>(GpuDecomposedTile::kCount))) {
     return "ApproxConvGpuDecomposed: unknown tile";
@@ -401,6 +422,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   unsigned long long* channel_sums = reinterpret_cast<unsigned long long*>(ws + l.channel_sums);
 
   uint8_t* filter_codes = ws + l.filter_codes;
+  uint32_t* ready = reinterpret_cast<uint32_t*>(ws + l.ready);
 
   // The phase events (a test hook): event 0 before the first launch, event i + 1 after phase i.
   auto mark = [&](int event) -> std::string {
@@ -410,21 +432,29 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   };
   auto mark_if = [&](bool record, int event) -> std::string { return record ? mark(event) : ""; };
 
+  // The fused input pass stages a block's codes in shared memory: slices of at most kInputCodesPerBlock
+  // channels (every layer of a real network; the reduction-limit tests have wider ones).
+  const bool fused = !options.separate_prepasses && l.input_blocks > 0;
+  // Whether the GEMM may run beside the pre-pass (PrepassKernel's kBeside; GpuDecomposedOptions::halo_beside):
+  // the halo GEMM, where one pre-pass launch writes all it reads (the fused pass, the filter's planes
+  // inline). (Its flags are read in 32-bit arithmetic: the slices' count must fit.)
+  const bool beside_fits = fused && FilterPlanesInline(g) && s.input_elements() > 0 && l.items + s.groups() <= INT_MAX;
+
   // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
-  // events before each).
-  auto prepasses = [&](bool record) -> std::string {
+  // events before each); with `overlap`, for a GEMM launched beside them (`beside`).
+  auto prepasses = [&](bool record, bool overlap) -> std::string {
     std::string err;
     if (!(err = mark_if(record, 0)).empty()) return err;
     cudaError_t e = cudaSuccess;
-    // The fused input pass stages a block's codes in shared memory: slices of at most kInputCodesPerBlock
-    // channels (every layer of a real network; the reduction-limit tests have wider ones).
-    const bool fused = !options.separate_prepasses && s.filter_depth <= kInputCodesPerBlock;
     const int64_t slices = l.items + s.groups();
     // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path),
     // zeroed by a launch of their own, as the fused path's filter blocks run beside the input pass, not
-    // after one of its blocks could zero them; the fused pre-pass launches beside it (ZeroSumsKernel).
+    // after one of its blocks could zero them; the fused pre-pass launches beside it (ZeroSumsKernel). With
+    // `overlap`, the words of Layout::ready too.
     const int sum_count = static_cast<int>(s.out_depth * 2);
-    ZeroSumsKernel<<<(sum_count + kPrepThreads - 1) / kPrepThreads, kPrepThreads, 0, stream>>>(channel_sums, sum_count);
+    const int ready_count = overlap ? static_cast<int>(kReadyChunks + l.input_blocks) : 0;
+    ZeroSumsKernel<<<(sum_count + ready_count + kPrepThreads - 1) / kPrepThreads, kPrepThreads, 0, stream>>>(
+        channel_sums, sum_count, ready, ready_count);
     e = cudaGetLastError();
     if (e != cudaSuccess) return CudaError("the channel sums' zeroing launch", e);
     if (!(err = mark_if(record, 1)).empty()) return err;
@@ -436,7 +466,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     }
     if (!(err = mark_if(record, 2)).empty()) return err;
     if (fused) {
-      const int per_block = static_cast<int>(kInputCodesPerBlock / s.filter_depth);  // >= 1
+      const int per_block = static_cast<int>(l.input_slices);  // >= 1
       // Lanes per slice for its sums: a power of two <= 32 that leaves each lane at least 4 reads (words of
       // 4 codes where cg is a multiple of 4, else codes), or 1.
       const int64_t reads = s.filter_depth % 4 == 0 ? s.filter_depth / 4 : s.filter_depth;
@@ -445,14 +475,19 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // The filter's codes and sums in the same launch (phase 3 records zero time), and its planes where
       // FilterPlanesInline holds (then phase 4 too).
       const int64_t filter_blocks = FilterSumsBlocks(g);
-      const int64_t blocks = filter_blocks + (slices + per_block - 1) / per_block;
+      // Beside the halo GEMM, persistent input blocks (PrepassKernel): kBesideInputBlocksPerSm a
+      // multiprocessor at most.
+      const int64_t input_grid =
+          overlap ? std::min<int64_t>(l.input_blocks, int64_t{kBesideInputBlocksPerSm} * dev.sms) : l.input_blocks;
+      const int64_t blocks = filter_blocks + input_grid;
       if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
       // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
       const size_t smem = 256 * sizeof(long long) + static_cast<size_t>((d.terms + 3) / 4) * 1024 +
                           static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
       // The build with whole-sector stores where InputPassBlock can take them.
-      const auto prepass = PairStoresApply(static_cast<int>(s.filter_depth), d.terms) ? PrepassKernel<T, true>
-                                                                                       : PrepassKernel<T, false>;
+      const bool pair_stores = PairStoresApply(static_cast<int>(s.filter_depth), d.terms);
+      const auto prepass = overlap ? (pair_stores ? PrepassKernel<T, true, true> : PrepassKernel<T, false, true>)
+                                   : (pair_stores ? PrepassKernel<T, true, false> : PrepassKernel<T, false, false>);
       // Launched beside ZeroSumsKernel (programmatic stream serialization): its filter blocks wait for it.
       cudaLaunchConfig_t config = {};
       config.gridDim = dim3(static_cast<unsigned>(blocks));
@@ -466,7 +501,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       config.numAttrs = 1;
       e = cudaLaunchKernelEx(&config, prepass, input, filter, g, l, d, quant, per_block, lanes,
                              static_cast<int>(filter_blocks), planes, alpha_sums, code_sums, channel_sums, filter_codes,
-                             FilterPlanesInline(g) ? b_planes : nullptr);
+                             FilterPlanesInline(g) ? b_planes : nullptr, ready, ZeroChunksOf(l, g.groups));
       if (e == cudaSuccess) e = cudaGetLastError();
       if (e != cudaSuccess) return CudaError("the input pass launch", e);
     } else {
@@ -511,17 +546,19 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   args.narrow_sums = NarrowSumsFit(s.taps());
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
-  auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order) -> std::string {
+  // beside: the halo GEMM beside the pre-pass (which prepasses() launched for it).
+  auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside) -> std::string {
     GemmArgs a = args;
     a.taps_inner = k_order == GpuKOrder::kTapsInner;
     if (tile == GpuDecomposedTile::kTileHalo) {
-      return LaunchHalo<T>(MakeHaloPlan(s, d.terms), a, g, epi, output, dev.sms, stream);
+      return LaunchHalo<T>(MakeHaloPlan(s, d.terms), a, g, epi, output, dev.sms, stream, beside ? ready : nullptr,
+                           static_cast<int>(FilterSumsBlocks(g)));
     }
     return LaunchTile<T>(tile, !options.plain_fragment_loads, a, g, epi, output, stream);
   };
   // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
   const std::string wgmma_error = WgmmaAvailable();
-  TunedPlan plan{options.tile, options.k_order};
+  TunedPlan plan{options.tile, options.k_order, false};
   if (plan.tile == GpuDecomposedTile::kAuto && plan.k_order == GpuKOrder::kAuto && options.tune &&
       options.debug_acc == nullptr && options.debug_act_sum == nullptr && !TuningOff()) {
     const TuningKey key = MakeTuningKey(s, d.terms, GpuDtypeOf<T>(), dev.ordinal);
@@ -529,19 +566,22 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // Whole calls are timed: the input pass leaves the planes' last bytes in L2, which the GEMM's order
       // of reading them meets (GEMMs timed back to back had the K orders of 28x28 128->128 with 16 terms
       // the wrong way round: H200, --decomposed-tiles --seed 1110).
-      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order) -> std::string {
-        const std::string e = prepasses(false);
-        return e.empty() ? launch(tile, k_order) : e;
+      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside) -> std::string {
+        const std::string e = prepasses(false, beside);
+        return e.empty() ? launch(tile, k_order, beside) : e;
       };
-      if (!(error = TunePlan(s, d.terms, l, call, stream, &plan)).empty()) return error;
+      const bool may_beside = beside_fits && options.halo_beside != GpuBeside::kOff;
+      if (!(error = TunePlan(s, d.terms, l, call, may_beside, stream, &plan)).empty()) return error;
       StoreTunedPlan(key, plan);
     }
   }
   if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());
   if (IsWgmmaTile(plan.tile) && !wgmma_error.empty()) return wgmma_error;
   if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
-  if (!(error = prepasses(true)).empty()) return error;
-  if (!(error = launch(plan.tile, plan.k_order)).empty()) return error;
+  if (options.halo_beside != GpuBeside::kAuto) plan.beside = options.halo_beside == GpuBeside::kOn;
+  const bool beside = plan.tile == GpuDecomposedTile::kTileHalo && plan.beside && beside_fits;
+  if (!(error = prepasses(true, beside)).empty()) return error;
+  if (!(error = launch(plan.tile, plan.k_order, beside)).empty()) return error;
   return mark(6);
 }
 

@@ -112,17 +112,25 @@ enum class GpuKOrder : int { kAuto = -1, kTapsOuter = 0, kTapsInner = 1 };
 const char* GpuKOrderName(GpuKOrder order);
 GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms);
 
+enum class GpuBeside : int { kAuto = 0, kOff = 1, kOn = 2 };
+
 // The harness's knobs and the debug outputs (the same role as GpuOptions' fields of those names).
 struct GpuDecomposedOptions {
   GpuDecomposedTile tile = GpuDecomposedTile::kAuto;
   GpuKOrder k_order = GpuKOrder::kAuto;
   // With tile and k_order kAuto (and no debug outputs): the first call for a shape, number of terms and
-  // element type on a device times itself with every tile that takes it (then the other K order with the
-  // fastest) on its own data, waiting for the timings, and keeps the fastest plan for every later call.
+  // element type on a device times itself with every tile that takes it (the halo tile both beside the
+  // pre-pass and after it, see halo_beside; then the other K order with the fastest) on its own data,
+  // waiting for the timings, and keeps the fastest plan for every later call.
   // false, or the environment's TFAPPROX_GPU_TUNING=0, takes the rules (ChooseGpuDecomposedTile,
   // ChooseGpuKOrder); so does a call on a stream being captured into a CUDA graph, which cannot wait, where
   // no plan was tuned before. Every plan gives the same outputs, bit for bit.
   bool tune = true;
+  // Whether the halo GEMM runs beside the fused pre-pass (programmatic dependent launch, reading each chunk
+  // of the planes once the pre-pass marks it ready) or after it: kAuto takes the tuned plan's choice (the
+  // rules: after), kOn where the shape allows (the fused pre-pass with the filter's planes inline: input
+  // channels per group a multiple of 16), kOff never. Either gives the same outputs, bit for bit.
+  GpuBeside halo_beside = GpuBeside::kAuto;
   // Fragments read from shared memory with plain 32-bit loads instead of ldmatrix: slower, for telling a
   // fragment-layout fault of one from the other.
   bool plain_fragment_loads = false;
@@ -175,6 +183,7 @@ struct GpuDecomposedPlan {
   GpuDecomposedTile tile;
   GpuKOrder k_order;
   bool tuned;
+  bool beside;  // the halo GEMM beside the pre-pass (GpuDecomposedOptions::halo_beside)
 };
 GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDtype dtype);
 

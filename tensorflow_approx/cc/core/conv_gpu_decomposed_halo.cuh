@@ -31,6 +31,12 @@ struct HaloArgs {
   int halo_w, halo_pixels;
   int a_pitch, b_pitch;  // 16-byte chunks per halo pixel and per filter row in shared memory: odd (below)
   int q_chunks, q_steps;
+  // Where the pre-pass runs beside this launch (PrepassKernel's kBeside build): its Layout::ready words,
+  // filter blocks and zero point's chunks (WaitHaloInputs). Else null.
+  const uint32_t* ready;
+  int filter_blocks;
+  ZeroChunks zero_chunks;
+  int halo_h;  // input rows of a halo
 };
 
 // Shared memory of a block: the filter rows, two halos (the next rectangle's copies land while the tensor
@@ -77,6 +83,57 @@ struct SmallDivisor {
   }
 };
 
+// What a halo block needs to wait for its rectangles' inputs (WaitHaloInputs), held in shared memory.
+struct HaloWait {
+  const uint32_t* ready;
+  int m_tiles, tiles_w, tiles_h, tile_rows, stride_h, pad_top, halo_h, in_h;
+  unsigned row_items, slices;  // input slices per row of the input and per chunk
+  int zero_first, zero_last, input_chunks, filter_blocks;
+};
+
+// Called by warp 0 of a halo block whose pre-pass runs beside it (HaloArgs::ready): returns once the
+// pre-pass has written what rectangle `tile` reads (tile >= m_tiles: none): the chunks of input slices
+// that its halo's input rows span and the zero point's chunks; with `filter`, also once every filter block
+// is done (B and the channel sums). The caller's barrier passes that on to the block. Returns whether every
+// input block is done: then the block need not ask again. A lane a flag, read with acquire: what the
+// writer stored before its flag (PrepassKernel: a fence, then the flag) is then visible.
+// Its operands are read from shared memory where it runs: taken from the kernel's arguments, they held
+// registers through the kernel's main loop, which is at its cap (more spills on ResNet-20's 16-channel
+// layers).
+__device__ __forceinline__ bool WaitHaloInputs(const HaloWait* w, int tile, bool filter) {
+  // (32-bit: the slices' count fits an int where the GEMM runs beside the pre-pass.)
+  int lo = 0, hi = -1;
+  if (tile < w->m_tiles) {
+    const int rest = tile / w->tiles_w, ty = rest % w->tiles_h, n = rest / w->tiles_h;
+    const int ih0 = ty * w->tile_rows * w->stride_h - w->pad_top;
+    const int ih_lo = max(ih0, 0), ih_hi = min(ih0 + w->halo_h - 1, w->in_h - 1);
+    if (ih_lo <= ih_hi) {
+      lo = static_cast<int>((n * w->in_h + ih_lo) * w->row_items / w->slices);
+      hi = static_cast<int>(((n * w->in_h + ih_hi + 1) * w->row_items - 1) / w->slices);
+    }
+  }
+  const int z0 = w->zero_first, zeros = w->zero_last - z0 + 1, count = zeros + (hi - lo + 1);
+  const int lane = threadIdx.x & 31;
+  for (;;) {
+    bool done = false, filter_done = !filter;
+    if (lane == 0) {
+      done = LoadAcquire(w->ready + kReadyInputChunks) == static_cast<uint32_t>(w->input_chunks);
+      if (!filter_done) {
+        filter_done = LoadAcquire(w->ready + kReadyFilterBlocks) == static_cast<uint32_t>(w->filter_blocks);
+      }
+    }
+    bool chunks = true;
+    for (int i = lane; i < count; i += 32) {
+      chunks = chunks && LoadAcquire(w->ready + kReadyChunks + (i < zeros ? z0 + i : lo + i - zeros)) != 0;
+    }
+    done = __shfl_sync(0xFFFFFFFFu, done, 0);
+    filter_done = __shfl_sync(0xFFFFFFFFu, filter_done, 0);
+    chunks = __all_sync(0xFFFFFFFFu, chunks);
+    if (filter_done && (done || chunks)) return done;
+    __nanosleep(256);
+  }
+}
+
 // Four warps; warp w computes rows 32w .. 32w + 31 (BM = 128) or 16w .. 16w + 15 (BM = 64) of the
 // rectangle (TW-pixel lines in order) x all BN channels, as mma.m16n8k32 tiles.
 // Bank conflicts: the eight lanes of an ldmatrix phase read eight consecutive pixels of a line (A) or
@@ -90,7 +147,9 @@ constexpr int HaloBlocksPerSm() {
   return BN <= 16 ? 5 : 3;
 }
 
-template <typename T, int BM, int BN>
+// kBeside: launched beside the pre-pass (HaloArgs::ready), waiting for what it reads (WaitHaloInputs). A
+// build of its own: the waits cost the kernel registers (spills where it is at its cap).
+template <typename T, int BM, int BN, bool kBeside>
 __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     DecomposedHaloKernel(HaloArgs h, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
   constexpr int kThreads = 128, kWarps = 4;
@@ -120,6 +179,21 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
   const int q_padded = 2 * h.q_steps;
   const int tw_mask = (1 << h.tile_w_shift) - 1;
   const int tile_h = BM >> h.tile_w_shift;
+  // With the pre-pass beside this launch, warp 0 waits for what rectangle `tile` reads (and, the first
+  // time, for the filter); the barrier after it passes that on.
+  __shared__ HaloWait s_wait;
+  bool all_ready = !kBeside;
+  if (!all_ready && tid == 0) {
+    s_wait = HaloWait{h.ready, args.m_tiles, h.tiles_w, h.tiles_h, tile_h, g.stride_h, g.pad_top, h.halo_h, g.in_h,
+                      static_cast<unsigned>(g.in_w * g.groups), static_cast<unsigned>(l.input_slices),
+                      h.zero_chunks.first, h.zero_chunks.last, static_cast<int>(l.input_blocks), h.filter_blocks};
+  }
+  if (!all_ready) __syncwarp();
+  auto wait_inputs = [&](int tile, bool filter) {
+    if (!all_ready && warp == 0) all_ready = WaitHaloInputs(&s_wait, tile, filter);
+  };
+  wait_inputs(blockIdx.x, true);
+  if (kBeside) __syncthreads();
 
   // The block's filter rows, all of K, once: zeros past the group's channels and past K. (Rows by
   // SmallDivisor: an integer division per chunk was most of the block's set-up on 56x56 64->64.)
@@ -247,9 +321,10 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
   if (tile < args.m_tiles) load_halo(tile, 0);
   CommitCopies();  // (with the filter rows' copies)
   for (int it = 0; tile < args.m_tiles; tile += gridDim.x, ++it) {
+    const int next = tile + gridDim.x;
+    if (next < args.m_tiles) wait_inputs(next, false);
     WaitCopies<0>();  // this thread's copies of the halo (and, the first time, of the filter rows)...
     __syncthreads();  // ...and everyone's; every warp is done with the other buffer and the last epilogue
-    const int next = tile + gridDim.x;
     if (next < args.m_tiles) load_halo(next, (it + 1) & 1);
     CommitCopies();
 
@@ -386,6 +461,8 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     }
   }
   WaitCopies<0>();  // nothing in flight when the block exits
+  // With the pre-pass beside it, this launch ends after it (so does what the stream runs next).
+  if (kBeside) asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
 
 }  // namespace decomposed_internal

@@ -19,6 +19,11 @@ using namespace gpu_internal;  // NOLINT: the shared device pieces, written as i
 constexpr int kChunk = 16;         // bytes per cp.async and per ldmatrix row
 constexpr int kMaxBK = 128;        // K bytes per pipeline stage of the widest GEMM tile (B's rows are padded to it)
 constexpr int kPrepThreads = 256;  // threads per block of the pre-passes
+// Codes a block of the fused input pass stages (bytes): it takes kInputCodesPerBlock / cg slices (InputPassBlock).
+constexpr int kInputCodesPerBlock = 8192;
+
+// Words of Layout::ready before the per-chunk flags: the filter blocks done, the input blocks done.
+constexpr int kReadyFilterBlocks = 0, kReadyInputChunks = 1, kReadyChunks = 2;
 
 // ---------------------------------------------------------------------------------------------------
 // Workspace layout (offsets 16-byte aligned, so the planes take 16-byte copies).
@@ -36,6 +41,10 @@ struct Layout {
   size_t filter = 0;        // int8 [out_depth][k_padded]: v planes
   size_t channel_sums = 0;  // uint64 [2][out_depth]: beta sums, then filter code sums (modular adds)
   size_t filter_codes = 0;  // uint8 [out_depth][taps]: the filter codes, K-contiguous (FilterSumsKernel)
+  // The fused pre-pass's progress, which the halo GEMM launched beside it waits on (WaitHaloInputs).
+  int64_t input_slices = 0;  // slices a block of the fused input pass takes (0: no fused pass for this shape)
+  int64_t input_blocks = 0;  // its blocks: (items + groups) / input_slices rounded up
+  size_t ready = 0;          // uint32 [kReadyChunks + input_blocks]
   size_t bytes = 0;
 };
 
@@ -64,6 +73,12 @@ inline Layout MakeLayout(const ConvShape& s, int terms) {
   at = Align16(at + static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long));
   l.filter_codes = at;
   at = Align16(at + static_cast<size_t>(s.filter_elements()));
+  if (s.filter_depth >= 1 && s.filter_depth <= kInputCodesPerBlock) {
+    l.input_slices = kInputCodesPerBlock / s.filter_depth;
+    l.input_blocks = (l.items + s.groups() + l.input_slices - 1) / l.input_slices;
+  }
+  l.ready = at;
+  at = Align16(at + static_cast<size_t>(kReadyChunks + l.input_blocks) * sizeof(uint32_t));
   l.bytes = at;
   return l;
 }
@@ -160,7 +175,6 @@ __global__ void __launch_bounds__(kPrepThreads)
 // block's planes, which are consecutive too (coalesced stores, every lane busy). The same integer
 // results as the separate kernels: the same codes (QuantizeToCode), entries, sums. Run by
 // PrepassKernel's blocks from filter_blocks on (InputPassBlock: `block` is the block's index among them).
-constexpr int kInputCodesPerBlock = 8192;  // codes a block of the fused input pass stages (bytes)
 
 // Four codes packed little-endian in a word (byte b: the code of entry b) -> their table entries packed
 // the same way.
@@ -245,11 +259,13 @@ __device__ __forceinline__ uint4 ShuffleXor(uint4 v, int mask) {
                     __shfl_xor_sync(0xFFFFFFFFu, v.z, mask), __shfl_xor_sync(0xFFFFFFFFu, v.w, mask));
 }
 
-template <typename T, bool kPairStores>
-__device__ void InputPassBlock(int block, const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
+// `pass(chunk)` runs the pass over chunk `chunk` of per_block slices; `each` is called with it once, or
+// (ChunkLoop) for several chunks in turn after one set-up.
+template <typename T, bool kPairStores, typename Each>
+__device__ void InputPassBlock(const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
                                int lanes, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
-                               int32_t* __restrict__ code_sums) {
+                               int32_t* __restrict__ code_sums, Each each) {
   extern __shared__ __align__(16) unsigned char smem[];
   // alpha widened to int64 once here, not at each of its lookups (the sums are int64).
   long long* s_alpha = reinterpret_cast<long long*>(smem);
@@ -277,229 +293,231 @@ __device__ void InputPassBlock(int block, const T* __restrict__ input, const Gpu
   } else {
     for (int i = tid; i < d.terms * 256; i += blockDim.x) s_u[i] = d.u[i];
   }
-  const int64_t slices = l.items + g.groups;
-  const int64_t first = static_cast<int64_t>(block) * per_block;  // the block's first slice
-  const int count = static_cast<int>(min(static_cast<int64_t>(per_block), slices - first));
-  // Slices of input pixels; the rest (the last `groups` slices of all) are the zero point's.
-  const int real = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(count), l.items - first)));
-  const QuantParams qi = quant->input;
-  const uint8_t zp = static_cast<uint8_t>(qi.zero_point);
+  each([&](int chunk) {
+    const int64_t slices = l.items + g.groups;
+    const int64_t first = static_cast<int64_t>(chunk) * per_block;  // the chunk's first slice
+    const int count = static_cast<int>(min(static_cast<int64_t>(per_block), slices - first));
+    // Slices of input pixels; the rest (the last `groups` slices of all) are the zero point's.
+    const int real = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(count), l.items - first)));
+    const QuantParams qi = quant->input;
+    const uint8_t zp = static_cast<uint8_t>(qi.zero_point);
 
-  // (1) The codes of the block's slices, with FastQuantizer where it applies (quantize: the code of one
-  // value, quantize4: of four, packed; either way the same).
-  const FastQuantizer fast(qi);
-  const auto codes_pass = [&](auto quantize, auto quantize4) {
-    const int n = count * g.cg, real_n = real * g.cg;
-    const int64_t base = first * g.cg;  // element index (NHWC order) of the block's first code
-    const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
-    if (std::is_same<T, float>::value && !g.nchw && g.cg % 4 == 0 &&
-        (reinterpret_cast<uintptr_t>(input) & 15) == 0) {
-      // Four codes per 16-byte load (base and real_n are multiples of 4 here, the input 16-byte aligned):
-      // four times the bytes in flight per load, and the index arithmetic once per four codes. The pass
-      // is bound by its loads' latency, not by bandwidth, with one float per load. A thread issues
-      // kLoads loads before it quantizes any of their values: written as one loop with `#pragma unroll`,
-      // nvcc kept each load next to its use (ncu: one load in flight a thread).
-      constexpr int kLoads = 4;
-      const float4* src = reinterpret_cast<const float4*>(input + base);
-      uint32_t* dst = reinterpret_cast<uint32_t*>(s_codes);
-      const int n4 = n / 4, real4 = real_n / 4;  // n is a multiple of 4 too (count * cg)
-      for (int e0 = tid; e0 < n4; e0 += kLoads * kPrepThreads) {
-        float4 v[kLoads];
+    // (1) The codes of the chunk's slices, with FastQuantizer where it applies (quantize: the code of one
+    // value, quantize4: of four, packed; either way the same).
+    const FastQuantizer fast(qi);
+    const auto codes_pass = [&](auto quantize, auto quantize4) {
+      const int n = count * g.cg, real_n = real * g.cg;
+      const int64_t base = first * g.cg;  // element index (NHWC order) of the block's first code
+      const int64_t hw = static_cast<int64_t>(g.in_h) * g.in_w;
+      if (std::is_same<T, float>::value && !g.nchw && g.cg % 4 == 0 &&
+          (reinterpret_cast<uintptr_t>(input) & 15) == 0) {
+        // Four codes per 16-byte load (base and real_n are multiples of 4 here, the input 16-byte aligned):
+        // four times the bytes in flight per load, and the index arithmetic once per four codes. The pass
+        // is bound by its loads' latency, not by bandwidth, with one float per load. A thread issues
+        // kLoads loads before it quantizes any of their values: written as one loop with `#pragma unroll`,
+        // nvcc kept each load next to its use (ncu: one load in flight a thread).
+        constexpr int kLoads = 4;
+        const float4* src = reinterpret_cast<const float4*>(input + base);
+        uint32_t* dst = reinterpret_cast<uint32_t*>(s_codes);
+        const int n4 = n / 4, real4 = real_n / 4;  // n is a multiple of 4 too (count * cg)
+        for (int e0 = tid; e0 < n4; e0 += kLoads * kPrepThreads) {
+          float4 v[kLoads];
 #pragma unroll
-        for (int k = 0; k < kLoads; ++k) {
-          const int e = e0 + k * kPrepThreads;
-          if (e < real4) v[k] = __ldg(src + e);
-        }
+          for (int k = 0; k < kLoads; ++k) {
+            const int e = e0 + k * kPrepThreads;
+            if (e < real4) v[k] = __ldg(src + e);
+          }
 #pragma unroll
-        for (int k = 0; k < kLoads; ++k) {
-          const int e = e0 + k * kPrepThreads;
-          if (e >= n4) break;
-          dst[e] = e < real4 ? quantize4(v[k]) : zp * 0x01010101u;
+          for (int k = 0; k < kLoads; ++k) {
+            const int e = e0 + k * kPrepThreads;
+            if (e >= n4) break;
+            dst[e] = e < real4 ? quantize4(v[k]) : zp * 0x01010101u;
+          }
         }
-      }
-    } else {
+      } else {
 #pragma unroll 4
-      for (int e = tid; e < n; e += blockDim.x) {  // (unrolled: several loads in flight per thread)
-        uint8_t code = zp;
-        if (e < real_n) {
-          const int64_t i = base + e;
-          int64_t src = i;
-          if (g.nchw) {
-            const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
-            src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
+        for (int e = tid; e < n; e += blockDim.x) {  // (unrolled: several loads in flight per thread)
+          uint8_t code = zp;
+          if (e < real_n) {
+            const int64_t i = base + e;
+            int64_t src = i;
+            if (g.nchw) {
+              const int64_t c = i % g.in_depth, nhw = i / g.in_depth;
+              src = (nhw / hw * g.in_depth + c) * hw + nhw % hw;
+            }
+            code = static_cast<uint8_t>(quantize(ToFloat(input[src])));
           }
-          code = static_cast<uint8_t>(quantize(ToFloat(input[src])));
+          s_codes[e] = code;
         }
-        s_codes[e] = code;
       }
+    };
+    if (fast.applies) {
+      codes_pass([&](float x) { return fast.Code(x); }, [&](float4 v) { return fast.Code4(v); });
+    } else {
+      const auto quantize = [&](float x) { return static_cast<uint32_t>(QuantizeToCode(x, qi)); };
+      codes_pass(quantize, [&](float4 v) {
+        return quantize(v.x) | quantize(v.y) << 8 | quantize(v.z) << 16 | quantize(v.w) << 24;
+      });
     }
-  };
-  if (fast.applies) {
-    codes_pass([&](float x) { return fast.Code(x); }, [&](float4 v) { return fast.Code4(v); });
-  } else {
-    const auto quantize = [&](float x) { return static_cast<uint32_t>(QuantizeToCode(x, qi)); };
-    codes_pass(quantize, [&](float4 v) {
-      return quantize(v.x) | quantize(v.y) << 8 | quantize(v.z) << 16 | quantize(v.w) << 24;
-    });
-  }
-  affine = __syncthreads_and(affine);
-  shifted_u = __syncthreads_and(shifted_u);
+    affine = __syncthreads_and(affine);
+    shifted_u = __syncthreads_and(shifted_u);
 
-  // (2) The sums of the input pixels' slices: `lanes` lanes per slice, 32 / lanes slices per warp and
-  // round. Every lane of a warp runs the same rounds (the shuffles need all of them); the xor offsets
-  // stay below `lanes`, inside the slice's aligned group of lanes. With cg a multiple of 4 a lane reads
-  // the codes four at a time, as 32-bit words (aligned: s_codes and item * cg are multiples of 4), and
-  // sums them with one dp4a; the host gives a slice few enough lanes that each reads several words (a
-  // shuffle round costs as much as a word, and was most of the pass with one code per lane and 32 lanes
-  // per slice). Integer sums: the same in any order. With an affine alpha its sum is alpha[0] cg + slope
-  // times the code sum (kLookups false), else entry by entry.
-  const auto sums_pass = [&](auto lookups_tag) {
-    constexpr bool kLookups = decltype(lookups_tag)::value;
-    const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-    const int per_warp = 32 / lanes;
-    const int sub = lane / lanes, li = lane - sub * lanes;
-    const bool words = g.cg % 4 == 0;
-    for (int round = warp * per_warp; round < real; round += warps * per_warp) {
-      const int item = round + sub;
-      long long alpha_sum = 0;
-      int code_sum = 0;
-      if (item < real && words) {
-        // With a power of two of words per slice, the lane groups of a warp start their slices at words
-        // spread over the banks (a rotation of the slice: the same words, the same sums): unrotated, slices
-        // wps words apart meet on a few banks (4-way conflicts for 16 to 128 channels; none rotated; other
-        // widths gain nothing from this rotation).
-        const uint32_t* in = reinterpret_cast<const uint32_t*>(s_codes + item * g.cg);
-        const int wps = g.cg / 4, rotate = (wps & (wps - 1)) == 0 ? sub * lanes * wps / 32 : 0;  // < wps
-        for (int k = li; k < wps; k += lanes) {
-          const int w = k + rotate < wps ? k + rotate : k + rotate - wps;
-          const uint32_t c = in[w];
-          if (kLookups) {
-            alpha_sum += s_alpha[c & 0xFF] + s_alpha[(c >> 8) & 0xFF] + s_alpha[(c >> 16) & 0xFF] + s_alpha[c >> 24];
+    // (2) The sums of the input pixels' slices: `lanes` lanes per slice, 32 / lanes slices per warp and
+    // round. Every lane of a warp runs the same rounds (the shuffles need all of them); the xor offsets
+    // stay below `lanes`, inside the slice's aligned group of lanes. With cg a multiple of 4 a lane reads
+    // the codes four at a time, as 32-bit words (aligned: s_codes and item * cg are multiples of 4), and
+    // sums them with one dp4a; the host gives a slice few enough lanes that each reads several words (a
+    // shuffle round costs as much as a word, and was most of the pass with one code per lane and 32 lanes
+    // per slice). Integer sums: the same in any order. With an affine alpha its sum is alpha[0] cg + slope
+    // times the code sum (kLookups false), else entry by entry.
+    const auto sums_pass = [&](auto lookups_tag) {
+      constexpr bool kLookups = decltype(lookups_tag)::value;
+      const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+      const int per_warp = 32 / lanes;
+      const int sub = lane / lanes, li = lane - sub * lanes;
+      const bool words = g.cg % 4 == 0;
+      for (int round = warp * per_warp; round < real; round += warps * per_warp) {
+        const int item = round + sub;
+        long long alpha_sum = 0;
+        int code_sum = 0;
+        if (item < real && words) {
+          // With a power of two of words per slice, the lane groups of a warp start their slices at words
+          // spread over the banks (a rotation of the slice: the same words, the same sums): unrotated, slices
+          // wps words apart meet on a few banks (4-way conflicts for 16 to 128 channels; none rotated; other
+          // widths gain nothing from this rotation).
+          const uint32_t* in = reinterpret_cast<const uint32_t*>(s_codes + item * g.cg);
+          const int wps = g.cg / 4, rotate = (wps & (wps - 1)) == 0 ? sub * lanes * wps / 32 : 0;  // < wps
+          for (int k = li; k < wps; k += lanes) {
+            const int w = k + rotate < wps ? k + rotate : k + rotate - wps;
+            const uint32_t c = in[w];
+            if (kLookups) {
+              alpha_sum += s_alpha[c & 0xFF] + s_alpha[(c >> 8) & 0xFF] + s_alpha[(c >> 16) & 0xFF] + s_alpha[c >> 24];
+            }
+            code_sum = static_cast<int>(__dp4a(c, 0x01010101u, static_cast<unsigned>(code_sum)));
           }
-          code_sum = static_cast<int>(__dp4a(c, 0x01010101u, static_cast<unsigned>(code_sum)));
+        } else if (item < real) {
+          const uint8_t* in = s_codes + item * g.cg;
+          for (int ci = li; ci < g.cg; ci += lanes) {
+            const int code = in[ci];
+            if (kLookups) alpha_sum += s_alpha[code];
+            code_sum += code;
+          }
         }
-      } else if (item < real) {
-        const uint8_t* in = s_codes + item * g.cg;
-        for (int ci = li; ci < g.cg; ci += lanes) {
-          const int code = in[ci];
-          if (kLookups) alpha_sum += s_alpha[code];
-          code_sum += code;
+        for (int offset = lanes / 2; offset > 0; offset /= 2) {
+          if (kLookups) alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
+          code_sum += __shfl_xor_sync(0xFFFFFFFFu, code_sum, offset);
+        }
+        if (li == 0 && item < real) {
+          alpha_sums[first + item] = kLookups ? alpha_sum : alpha0 * g.cg + slope * code_sum;
+          code_sums[first + item] = code_sum;
         }
       }
-      for (int offset = lanes / 2; offset > 0; offset /= 2) {
-        if (kLookups) alpha_sum += __shfl_xor_sync(0xFFFFFFFFu, alpha_sum, offset);
-        code_sum += __shfl_xor_sync(0xFFFFFFFFu, code_sum, offset);
-      }
-      if (li == 0 && item < real) {
-        alpha_sums[first + item] = kLookups ? alpha_sum : alpha0 * g.cg + slope * code_sum;
-        code_sums[first + item] = code_sum;
-      }
+    };
+    if (affine) {
+      sums_pass(std::false_type());
+    } else {
+      sums_pass(std::true_type());
     }
-  };
-  if (affine) {
-    sums_pass(std::false_type());
-  } else {
-    sums_pass(std::true_type());
-  }
 
-  // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
-  // terms * cg are 0), chunk q of the block at chunk q of its region.
-  {
-    const int used = d.terms * g.cg;
-    const int chunks = count * l.slice_chunks;
-    if (quad_words) {
-      // Whole chunks of one term and 16 consecutive channels (cg is a multiple of 16, slice_bytes = terms *
-      // cg: no chunk is padding). A thread's unit is 16 channels x a quad of terms (LookupQuadChunks): the
-      // 16 codes are one aligned 16-byte read (s_codes and item * cg + 16 c are multiples of 16). Units
-      // u = tid, tid + kPrepThreads, ...: its slice `item`, quad and channel chunk c step by fixed amounts
-      // (no division per unit by a runtime value).
-      const int cc = g.cg / kChunk, per_slice = quads * cc, units = count * per_slice;
-      const int step_item = kPrepThreads / per_slice, step_rest = kPrepThreads - step_item * per_slice;
-      const int step_quad = step_rest / cc, step_c = step_rest - step_quad * cc;
-      int item = tid / per_slice, rest = tid - item * per_slice;
-      int quad = rest / cc, c = rest - quad * cc;
-      // With cg = 16 and whole quads (terms a multiple of 4) a unit's four chunks are 64 contiguous bytes and
-      // consecutive units are adjacent: stored as they are, each store instruction writes 16 bytes at a
-      // 64-byte stride, half sectors (ncu: the 16-term pass on ResNet-20's 16->16 at 78% of L2's throughput,
-      // DRAM 36%). There the two lanes of a pair (units u and u + 1: 128 contiguous bytes) swap two chunks
-      // each, so that every store writes 32 contiguous bytes per pair: whole sectors. The warp's lanes then
-      // run the loop together (the shuffles need all of them; a pair is both in or both out, units being
-      // even), and units past the block's are neither looked up nor stored.
-      // (Only in the kernel built for it, PrepassKernel<T, true>: its shuffles cost the other layers' pass
-      // registers, 3-8% of its time, when both paths shared one kernel.)
-      const int lane = tid & 31;
-      const bool pair_stores = kPairStores && PairStoresApply(g.cg, d.terms) && units % 2 == 0;
-      for (int u0 = pair_stores ? tid - lane : tid; u0 < units; u0 += kPrepThreads) {
-        const int unit = pair_stores ? u0 + lane : u0;
-        const bool active = unit < units;
-        uint4 chunks[4] = {};
-        if (active) {
-          LookupQuadChunks(s_u4 + quad * 256, *reinterpret_cast<const uint4*>(s_codes + item * g.cg + c * kChunk),
-                           chunks);
-        }
-        int8_t* dst = planes + (first + item) * l.slice_bytes + 4 * quad * g.cg + c * kChunk;
-        if (pair_stores) {
-          // The even lane keeps its chunks 0 and 2 and gets the odd lane's 0 and 2; the odd lane keeps 1 and 3
-          // and gets the even lane's 1 and 3. Store s of the pair: bytes 32 s .. 32 s + 31 of its 128.
-          const bool odd = (lane & 1) != 0;
-          const uint4 got1 = ShuffleXor(odd ? chunks[0] : chunks[1], 1);
-          const uint4 got2 = ShuffleXor(odd ? chunks[2] : chunks[3], 1);
+    // (3) The planes of the block's slices (entry e of a slice: term e / cg, channel e % cg; entries past
+    // terms * cg are 0), chunk q of the block at chunk q of its region.
+    {
+      const int used = d.terms * g.cg;
+      const int chunks = count * l.slice_chunks;
+      if (quad_words) {
+        // Whole chunks of one term and 16 consecutive channels (cg is a multiple of 16, slice_bytes = terms *
+        // cg: no chunk is padding). A thread's unit is 16 channels x a quad of terms (LookupQuadChunks): the
+        // 16 codes are one aligned 16-byte read (s_codes and item * cg + 16 c are multiples of 16). Units
+        // u = tid, tid + kPrepThreads, ...: its slice `item`, quad and channel chunk c step by fixed amounts
+        // (no division per unit by a runtime value).
+        const int cc = g.cg / kChunk, per_slice = quads * cc, units = count * per_slice;
+        const int step_item = kPrepThreads / per_slice, step_rest = kPrepThreads - step_item * per_slice;
+        const int step_quad = step_rest / cc, step_c = step_rest - step_quad * cc;
+        int item = tid / per_slice, rest = tid - item * per_slice;
+        int quad = rest / cc, c = rest - quad * cc;
+        // With cg = 16 and whole quads (terms a multiple of 4) a unit's four chunks are 64 contiguous bytes and
+        // consecutive units are adjacent: stored as they are, each store instruction writes 16 bytes at a
+        // 64-byte stride, half sectors (ncu: the 16-term pass on ResNet-20's 16->16 at 78% of L2's throughput,
+        // DRAM 36%). There the two lanes of a pair (units u and u + 1: 128 contiguous bytes) swap two chunks
+        // each, so that every store writes 32 contiguous bytes per pair: whole sectors. The warp's lanes then
+        // run the loop together (the shuffles need all of them; a pair is both in or both out, units being
+        // even), and units past the block's are neither looked up nor stored.
+        // (Only in the kernel built for it, PrepassKernel<T, true>: its shuffles cost the other layers' pass
+        // registers, 3-8% of its time, when both paths shared one kernel.)
+        const int lane = tid & 31;
+        const bool pair_stores = kPairStores && PairStoresApply(g.cg, d.terms) && units % 2 == 0;
+        for (int u0 = pair_stores ? tid - lane : tid; u0 < units; u0 += kPrepThreads) {
+          const int unit = pair_stores ? u0 + lane : u0;
+          const bool active = unit < units;
+          uint4 chunks[4] = {};
           if (active) {
-            int8_t* pair = dst - (odd ? 64 - 16 : 0);  // the pair's first byte, plus 16 for the odd lane
-            *reinterpret_cast<uint4*>(pair) = odd ? got1 : chunks[0];
-            *reinterpret_cast<uint4*>(pair + 32) = odd ? got2 : chunks[2];
-            *reinterpret_cast<uint4*>(pair + 64) = odd ? chunks[1] : got1;
-            *reinterpret_cast<uint4*>(pair + 96) = odd ? chunks[3] : got2;
+            LookupQuadChunks(s_u4 + quad * 256, *reinterpret_cast<const uint4*>(s_codes + item * g.cg + c * kChunk),
+                             chunks);
           }
-        } else {
+          int8_t* dst = planes + (first + item) * l.slice_bytes + 4 * quad * g.cg + c * kChunk;
+          if (pair_stores) {
+            // The even lane keeps its chunks 0 and 2 and gets the odd lane's 0 and 2; the odd lane keeps 1 and 3
+            // and gets the even lane's 1 and 3. Store s of the pair: bytes 32 s .. 32 s + 31 of its 128.
+            const bool odd = (lane & 1) != 0;
+            const uint4 got1 = ShuffleXor(odd ? chunks[0] : chunks[1], 1);
+            const uint4 got2 = ShuffleXor(odd ? chunks[2] : chunks[3], 1);
+            if (active) {
+              int8_t* pair = dst - (odd ? 64 - 16 : 0);  // the pair's first byte, plus 16 for the odd lane
+              *reinterpret_cast<uint4*>(pair) = odd ? got1 : chunks[0];
+              *reinterpret_cast<uint4*>(pair + 32) = odd ? got2 : chunks[2];
+              *reinterpret_cast<uint4*>(pair + 64) = odd ? chunks[1] : got1;
+              *reinterpret_cast<uint4*>(pair + 96) = odd ? chunks[3] : got2;
+            }
+          } else {
 #pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            if (4 * quad + k < d.terms) *reinterpret_cast<uint4*>(dst + k * g.cg) = chunks[k];
+            for (int k = 0; k < 4; ++k) {
+              if (4 * quad + k < d.terms) *reinterpret_cast<uint4*>(dst + k * g.cg) = chunks[k];
+            }
+          }
+          item += step_item, quad += step_quad, c += step_c;
+          if (c >= cc) c -= cc, ++quad;
+          if (quad >= quads) quad -= quads, ++item;
+        }
+        return;
+      }
+      // A thread's chunks q = tid, tid + kPrepThreads, ...: its slice `item` and chunk j in the slice step by
+      // fixed amounts, not a division of q per chunk by a runtime value (nor, with cg a multiple of 16, of
+      // the chunk's first entry: together most of the fast path's instructions).
+      uint4* out = reinterpret_cast<uint4*>(planes + first * l.slice_bytes);
+      const int step_item = kPrepThreads / l.slice_chunks, step_j = kPrepThreads - step_item * l.slice_chunks;
+      int item = tid / l.slice_chunks, j = tid - item * l.slice_chunks;
+      if (g.cg % kChunk == 0) {
+        // One term (else quad_words): whole chunks of 16 consecutive channels (entry e0 = j * 16 is a
+        // multiple of 16, so is cg; slice_bytes = cg, so no chunk is padding): the codes are one aligned
+        // 16-byte read (s_codes and item * cg + ci are multiples of 16), the entries u[code] byte for byte
+        // in the same order as below.
+        // With u shifted (above) an entry is its code with the top bit flipped.
+        for (int q = tid; q < chunks; q += kPrepThreads) {
+          const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + j * kChunk);
+          out[q] = shifted_u ? ShiftedChunk(c) : LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
+          item += step_item, j += step_j;
+          if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
+        }
+        return;
+      }
+      for (int q = tid; q < chunks; q += kPrepThreads) {
+        const uint8_t* in = s_codes + item * g.cg;
+        const int e0 = j * kChunk;
+        int r = e0 / g.cg, ci = e0 - r * g.cg;
+        uint32_t words[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int b = 0; b < kChunk; ++b) {
+          if (e0 + b < used) {
+            words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_u[r * 256 + in[ci]])) << (8 * (b % 4));
+            if (++ci == g.cg) ci = 0, ++r;
           }
         }
-        item += step_item, quad += step_quad, c += step_c;
-        if (c >= cc) c -= cc, ++quad;
-        if (quad >= quads) quad -= quads, ++item;
-      }
-      return;
-    }
-    // A thread's chunks q = tid, tid + kPrepThreads, ...: its slice `item` and chunk j in the slice step by
-    // fixed amounts, not a division of q per chunk by a runtime value (nor, with cg a multiple of 16, of
-    // the chunk's first entry: together most of the fast path's instructions).
-    uint4* out = reinterpret_cast<uint4*>(planes + first * l.slice_bytes);
-    const int step_item = kPrepThreads / l.slice_chunks, step_j = kPrepThreads - step_item * l.slice_chunks;
-    int item = tid / l.slice_chunks, j = tid - item * l.slice_chunks;
-    if (g.cg % kChunk == 0) {
-      // One term (else quad_words): whole chunks of 16 consecutive channels (entry e0 = j * 16 is a
-      // multiple of 16, so is cg; slice_bytes = cg, so no chunk is padding): the codes are one aligned
-      // 16-byte read (s_codes and item * cg + ci are multiples of 16), the entries u[code] byte for byte
-      // in the same order as below.
-      // With u shifted (above) an entry is its code with the top bit flipped.
-      for (int q = tid; q < chunks; q += kPrepThreads) {
-        const uint4 c = *reinterpret_cast<const uint4*>(s_codes + item * g.cg + j * kChunk);
-        out[q] = shifted_u ? ShiftedChunk(c) : LookupChunk(reinterpret_cast<const uint8_t*>(s_u), c);
+        out[q] = make_uint4(words[0], words[1], words[2], words[3]);
         item += step_item, j += step_j;
         if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
       }
-      return;
     }
-    for (int q = tid; q < chunks; q += kPrepThreads) {
-      const uint8_t* in = s_codes + item * g.cg;
-      const int e0 = j * kChunk;
-      int r = e0 / g.cg, ci = e0 - r * g.cg;
-      uint32_t words[4] = {0, 0, 0, 0};
-#pragma unroll
-      for (int b = 0; b < kChunk; ++b) {
-        if (e0 + b < used) {
-          words[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(s_u[r * 256 + in[ci]])) << (8 * (b % 4));
-          if (++ci == g.cg) ci = 0, ++r;
-        }
-      }
-      out[q] = make_uint4(words[0], words[1], words[2], words[3]);
-      item += step_item, j += step_j;
-      if (j >= l.slice_chunks) j -= l.slice_chunks, ++item;
-    }
-  }
+  });
 }
 
 // Per output channel: the sum of beta over its weights and the sum of its codes, added into zeroed
@@ -680,14 +698,21 @@ __global__ void __launch_bounds__(kPrepThreads)
   FilterSumsBlock<T>(static_cast<int>(blockIdx.x), filter, g, Layout(), d, quant, sums, codes_out, nullptr);
 }
 
-// Zeroes the per-channel sums that the filter blocks add into, first letting the pre-pass after it launch
-// (programmatic dependent launch): the input pass's blocks, which do not read the sums, then run beside it
-// and the filter blocks wait for it (griddepcontrol.wait) before their atomics. As a memset, it was a launch
-// of its own that every call waited for (2.1-3.7 us a call on the H200).
-__global__ void __launch_bounds__(kPrepThreads) ZeroSumsKernel(unsigned long long* __restrict__ sums, int count) {
+// Zeroes the per-channel sums that the filter blocks add into and the words of Layout::ready, first letting
+// the pre-pass after it launch (programmatic dependent launch): the input pass's blocks, which do not read
+// the sums, then run beside it; the filter blocks wait for it (griddepcontrol.wait) before their atomics,
+// the input blocks before they mark their chunk ready. As a memset, it was a launch of its own that every
+// call waited for (2.1-3.7 us a call on the H200).
+__global__ void __launch_bounds__(kPrepThreads)
+    ZeroSumsKernel(unsigned long long* __restrict__ sums, int count, uint32_t* __restrict__ ready, int ready_count) {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < count; i += gridDim.x * blockDim.x) {
-    sums[i] = 0;
+  const int stride = static_cast<int>(gridDim.x * blockDim.x);
+  for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < count + ready_count; i += stride) {
+    if (i < count) {
+      sums[i] = 0;
+    } else {
+      ready[i - count] = 0;
+    }
   }
 }
 
@@ -699,20 +724,86 @@ __global__ void __launch_bounds__(kPrepThreads) ZeroSumsKernel(unsigned long lon
 // 133 on 56x56 64->64, one term), run beside the input pass's many. They come first so that they start
 // in the first wave. (Every block holds both roles' static shared memory, 5 KB.) kPairStores: the input
 // pass's whole-sector stores for 16-channel slices of whole quads of terms (InputPassBlock).
-template <typename T, bool kPairStores>
-__global__ void __launch_bounds__(kPrepThreads, 6)
+//
+// kBeside: the GEMM after it is the halo GEMM, launched beside it (programmatic dependent launch,
+// DecomposedHaloKernel<..., true>), which reads a chunk of the planes once the pre-pass has marked it
+// ready in Layout::ready (zeroed by ZeroSumsKernel; WaitHaloInputs). The input blocks let the GEMM launch
+// as they start (griddepcontrol.launch_dependents), the filter blocks once they are done (past their wait
+// for ZeroSumsKernel); the input blocks are persistent (kBesideInputBlocksPerSm a multiprocessor, built
+// for one more), each taking chunks in InputChunk's order after one set-up and marking each. So the GEMM's
+// blocks start as soon as the multiprocessors have room, where they waited for the whole pre-pass and a
+// launch gap. H200, --decomposed-only (seeds 1721-1728, G LUT-MAC/s,
+// exact table, in the run with the serial launches): 56x56 64->64 95.3 T against 91.5-91.9 T, 1x1 56x56
+// 64->256 29.1 T against 27.8-28.3 T, ResNet-20's 3x3 s2 16->32 17.9 T against 16.9-17.3 T, the rest within
+// the runs' spread; with a block per chunk (not persistent) the s2 layer lost 15% and with 2-3 blocks a
+// multiprocessor 56x56 gained nothing.
+constexpr int kBesideInputBlocksPerSm = 4;
+__device__ __forceinline__ void StoreRelaxed(uint32_t* p, uint32_t v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t LoadAcquire(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// The chunks of Layout::input_slices slices that hold the zero point's slices (the last `groups`):
+// first .. last. (Not Layout fields: with them there, nvcc compiled the input pass differently.)
+struct ZeroChunks {
+  int first, last;
+};
+inline ZeroChunks ZeroChunksOf(const Layout& l, int groups) {
+  return {static_cast<int>(l.items / l.input_slices), static_cast<int>((l.items + groups - 1) / l.input_slices)};
+}
+// The chunk of slices that the input pass beside the halo GEMM takes as its `index`-th: the zero point's
+// chunks first, which padded taps read everywhere, then the others in order.
+__device__ __forceinline__ int InputChunk(ZeroChunks z, int index) {
+  const int zeros = z.last - z.first + 1;
+  return index < zeros ? z.first + index : index - zeros;
+}
+
+template <typename T, bool kPairStores, bool kBeside>
+__global__ void __launch_bounds__(kPrepThreads, kBeside ? kBesideInputBlocksPerSm + 1 : 6)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
                   int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
                   int32_t* __restrict__ code_sums, unsigned long long* __restrict__ channel_sums,
-                  uint8_t* __restrict__ filter_codes, int8_t* __restrict__ b_planes) {
+                  uint8_t* __restrict__ filter_codes, int8_t* __restrict__ b_planes, uint32_t* __restrict__ ready,
+                  ZeroChunks zero_chunks) {
   const int block = static_cast<int>(blockIdx.x);
   if (block < filter_blocks) {
     FilterSumsBlock<T>(block, filter, g, l, d, quant, channel_sums, filter_codes, b_planes);
-  } else {
-    InputPassBlock<T, kPairStores>(block - filter_blocks, input, g, l, d, quant, per_block, lanes, planes,
-                                   alpha_sums, code_sums);
+    if (!kBeside) return;
+    __syncthreads();  // (past the wait for ZeroSumsKernel, and every thread's planes stored)
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    if (threadIdx.x == 0) {
+      __threadfence();  // the block's sums and planes before the count (cumulative over the barrier)
+      atomicAdd(ready + kReadyFilterBlocks, 1u);
+    }
+    return;
   }
+  if (!kBeside) {
+    InputPassBlock<T, kPairStores>(input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums,
+                                   [&](auto pass) { pass(block - filter_blocks); });
+    return;
+  }
+  // Beside the halo GEMM: persistent input blocks, which take the chunks block, block + their count, ...
+  // (InputChunk's order) after one set-up, and mark each ready.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  InputPassBlock<T, kPairStores>(input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums,
+                                 [&](auto pass) {
+    const int input_grid = static_cast<int>(gridDim.x) - filter_blocks;
+    for (int b = block - filter_blocks; b < l.input_blocks; b += input_grid) {
+      const int chunk = InputChunk(zero_chunks, b);
+      pass(chunk);
+      __syncthreads();  // every thread's stores of the chunk (and its codes read before the next's land)
+      if (threadIdx.x == 0) {
+        asm volatile("griddepcontrol.wait;\n" ::: "memory");  // ZeroSumsKernel's zeros before the marks
+        __threadfence();
+        StoreRelaxed(ready + kReadyChunks + chunk, 1u);
+        atomicAdd(ready + kReadyInputChunks, 1u);
+      }
+    }
+  });
 }
 
 // The v planes of the filter from the codes FilterSumsKernel wrote: one thread per 16-byte chunk of B

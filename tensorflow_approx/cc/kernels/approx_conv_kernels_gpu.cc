@@ -249,9 +249,10 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
       if (this->Tracing()) {  // after the call: its first call for a shape tunes the plan (conv_gpu_decomposed.h)
         const tfapprox::GpuDecomposedPlan plan =
             tfapprox::GpuDecomposedPlanFor(shape, decomposition.terms, dtype);
-        const std::string name = absl::StrCat("tensor-cores-decomposed-", decomposition.terms, "-terms-",
-                                              tfapprox::GpuDecomposedTileName(plan.tile), "-",
-                                              tfapprox::GpuKOrderName(plan.k_order), plan.tuned ? "-tuned" : "-rule");
+        const std::string name =
+            absl::StrCat("tensor-cores-decomposed-", decomposition.terms, "-terms-",
+                         tfapprox::GpuDecomposedTileName(plan.tile), plan.beside ? "-beside-" : "-",
+                         tfapprox::GpuKOrderName(plan.k_order), plan.tuned ? "-tuned" : "-rule");
         this->Trace(shape, "GPU", name.c_str(), false);
       }
       OP_REQUIRES_OK(ctx, CoreStatus(tfapprox::GpuPropagateNan(dtype, shape, in, filt, out, flag_ptr, stream)));
