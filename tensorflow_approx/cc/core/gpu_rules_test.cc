@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #if defined(TFAPPROX_HAVE_CUDA)
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
@@ -114,6 +115,31 @@ int main() {
   const tfapprox::GpuDecomposedPlan plan =
       tfapprox::GpuDecomposedPlanFor(Layer(64, 56, 64, 64, 3, 1), 5, tfapprox::GpuDtype::kFloat);
   Check(!plan.tuned, "a plan reported tuned without a tuning call");
+  // Only a tuned plan runs the halo GEMM beside the pre-pass (GpuDecomposedOptions::halo_beside).
+  Check(!plan.beside, "the rules' plan runs the halo GEMM beside the pre-pass");
+  // A call's options are checked before any device work: an out-of-range halo_beside is refused by name.
+  // (Host buffers stand in for the device pointers; the call returns before reading them.)
+  {
+    const ConvShape s = Layer(1, 8, 16, 16, 3, 1);
+    std::vector<int8_t> uv(256, 0);
+    std::vector<int32_t> free_terms(256, 0);
+    tfapprox::GpuDecomposition d;
+    d.terms = 1;
+    d.u = d.v = uv.data();
+    d.alpha = d.beta = free_terms.data();
+    const size_t bytes = tfapprox::GpuDecomposedWorkspaceBytes(s, 1);
+    std::vector<uint64_t> workspace(bytes / 8 + 2);  // (16-byte aligned below)
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(workspace.data()) + 15) / 16 * 16);
+    std::vector<float> data(static_cast<size_t>(s.input_elements() + s.filter_elements() + s.output_elements()));
+    tfapprox::GpuQuant quant;
+    tfapprox::GpuDecomposedOptions options;
+    options.halo_beside = static_cast<tfapprox::GpuBeside>(7);
+    const std::string error = tfapprox::ApproxConvGpuDecomposed<float>(
+        s, data.data(), data.data() + s.input_elements(), &quant, d,
+        data.data() + s.input_elements() + s.filter_elements(), nullptr, aligned, bytes, options);
+    Check(error.find("options.halo_beside") != std::string::npos,
+          "an out-of-range options.halo_beside was not refused: " + error);
+  }
   std::printf("gpu_rules_test: %zu measured calls, %d picked; %d failures\n", sizeof(kMeasured) / sizeof(kMeasured[0]),
               picks, failures);
   return failures == 0 ? 0 : 1;
