@@ -175,9 +175,28 @@ std::string LaunchTile(GpuDecomposedTile tile, bool ldmatrix, const GemmArgs& ar
 }
 
 
+// kernel<<<grid, threads, smem, stream>>>(args...), with `beside` allowed to start before the launch ahead
+// of it in the stream ends (programmatic stream serialization: that launch lets it start with
+// griddepcontrol.launch_dependents, and it waits with griddepcontrol.wait for what it must).
+template <typename... Params, typename... Args>
+cudaError_t LaunchAfter(void (*kernel)(Params...), dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                        bool beside, Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = beside ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, args...);
+  return e == cudaSuccess ? cudaGetLastError() : e;
+}
+
 // ready: where the pre-pass was launched just before with its Layout::ready words (PrepassKernel), which
-// this launch then runs beside (programmatic stream serialization); else null. filter_blocks: the
-// pre-pass's.
+// this launch then runs beside; else null. filter_blocks: the pre-pass's.
 template <typename T, int BM, int BN>
 std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi,
                             T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks) {
@@ -200,18 +219,8 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   const int64_t columns = static_cast<int64_t>(n_tiles) * g.groups;
   const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) * std::max(sms, 1);
   const int64_t blocks_x = std::max<int64_t>(1, std::min<int64_t>(m_tiles, (slots + columns - 1) / columns));
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(columns));
-  config.blockDim = dim3(128);
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  config.stream = stream;
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = ready != nullptr ? 1 : 0;
-  cudaError_t e = cudaLaunchKernelEx(&config, kernel, h, g, epi, output);
-  if (e == cudaSuccess) e = cudaGetLastError();
+  const cudaError_t e = LaunchAfter(kernel, dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(columns)), 128,
+                                    static_cast<size_t>(smem), stream, ready != nullptr, h, g, epi, output);
   return e == cudaSuccess ? "" : CudaError("the decomposed halo launch", e);
 }
 
@@ -441,8 +450,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   const bool beside_fits = fused && FilterPlanesInline(g) && s.input_elements() > 0 && l.items + s.groups() <= INT_MAX;
 
   // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
-  // events before each); with `overlap`, for a GEMM launched beside them (`beside`).
-  auto prepasses = [&](bool record, bool overlap) -> std::string {
+  // events before each); with `beside`, for the halo GEMM launched beside them.
+  auto prepasses = [&](bool record, bool beside) -> std::string {
     std::string err;
     if (!(err = mark_if(record, 0)).empty()) return err;
     cudaError_t e = cudaSuccess;
@@ -450,9 +459,9 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     // The per-channel sums that the filter's codes and sums add into (FilterSumsBlock, in either path),
     // zeroed by a launch of their own, as the fused path's filter blocks run beside the input pass, not
     // after one of its blocks could zero them; the fused pre-pass launches beside it (ZeroSumsKernel). With
-    // `overlap`, the words of Layout::ready too.
+    // `beside`, the words of Layout::ready too.
     const int sum_count = static_cast<int>(s.out_depth * 2);
-    const int ready_count = overlap ? static_cast<int>(kReadyChunks + l.input_blocks) : 0;
+    const int ready_count = beside ? static_cast<int>(kReadyChunks + l.input_blocks) : 0;
     ZeroSumsKernel<<<(sum_count + ready_count + kPrepThreads - 1) / kPrepThreads, kPrepThreads, 0, stream>>>(
         channel_sums, sum_count, ready, ready_count);
     e = cudaGetLastError();
@@ -478,7 +487,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // Beside the halo GEMM, persistent input blocks (PrepassKernel): kBesideInputBlocksPerSm a
       // multiprocessor at most.
       const int64_t input_grid =
-          overlap ? std::min<int64_t>(l.input_blocks, int64_t{kBesideInputBlocksPerSm} * dev.sms) : l.input_blocks;
+          beside ? std::min<int64_t>(l.input_blocks, int64_t{kBesideInputBlocksPerSm} * dev.sms) : l.input_blocks;
       const int64_t blocks = filter_blocks + input_grid;
       if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
       // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
@@ -486,23 +495,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
                           static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
       // The build with whole-sector stores where InputPassBlock can take them.
       const bool pair_stores = PairStoresApply(static_cast<int>(s.filter_depth), d.terms);
-      const auto prepass = overlap ? (pair_stores ? PrepassKernel<T, true, true> : PrepassKernel<T, false, true>)
-                                   : (pair_stores ? PrepassKernel<T, true, false> : PrepassKernel<T, false, false>);
-      // Launched beside ZeroSumsKernel (programmatic stream serialization): its filter blocks wait for it.
-      cudaLaunchConfig_t config = {};
-      config.gridDim = dim3(static_cast<unsigned>(blocks));
-      config.blockDim = dim3(kPrepThreads);
-      config.dynamicSmemBytes = smem;
-      config.stream = stream;
-      cudaLaunchAttribute attribute;
-      attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attribute.val.programmaticStreamSerializationAllowed = 1;
-      config.attrs = &attribute;
-      config.numAttrs = 1;
-      e = cudaLaunchKernelEx(&config, prepass, input, filter, g, l, d, quant, per_block, lanes,
-                             static_cast<int>(filter_blocks), planes, alpha_sums, code_sums, channel_sums, filter_codes,
-                             FilterPlanesInline(g) ? b_planes : nullptr, ready, ZeroChunksOf(l, g.groups));
-      if (e == cudaSuccess) e = cudaGetLastError();
+      const auto prepass = beside ? (pair_stores ? PrepassKernel<T, true, true> : PrepassKernel<T, false, true>)
+                                  : (pair_stores ? PrepassKernel<T, true, false> : PrepassKernel<T, false, false>);
+      // Launched beside ZeroSumsKernel: its filter blocks wait for it.
+      e = LaunchAfter(prepass, dim3(static_cast<unsigned>(blocks)), kPrepThreads, smem, stream, true, input, filter,
+                      g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
+                      code_sums, channel_sums, filter_codes, FilterPlanesInline(g) ? b_planes : nullptr, ready,
+                      ZeroChunksOf(l, g.groups));
       if (e != cudaSuccess) return CudaError("the input pass launch", e);
     } else {
       // A warp per slice (the zero point's slices are always there).
