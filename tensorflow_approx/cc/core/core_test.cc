@@ -573,10 +573,11 @@ void TestDecomposedKernelMatchesReference() {
   }
   // The direct path (ungrouped, cg a multiple of 4: the padded image, B tap-major, PackTermVbmi per spatial
   // tap for whole blocks of 16 output channels; RandomCase's depths stay under 9 and its out_depth under
-  // 16): 16 and 32 channels, 32 output channels, SAME padding, strides 1 and 2 (output rows of 7 and 4
-  // pixels: blocks span rows), one and three terms, in two pixel ranges through one plan; then the plan
-  // with a second input (another buffer: its image is built again).
-  for (int64_t depth : {16, 32}) {
+  // 16): 3, 8, 16 and 32 channels (the first three through NarrowPixelsVbmi's 4-, 8- and 16-byte pixels,
+  // rows of 19 of them: full and partial vectors), 32 output channels, SAME padding, strides 1 and 2
+  // (output rows of 19 and 10 pixels: blocks span rows), one and three terms, in two pixel ranges through
+  // one plan; then the plan with a second input (another buffer: its image is built again).
+  for (int64_t depth : {3, 8, 16, 32}) {
     for (int terms : {1, 3}) {
       for (int64_t stride : {1, 2}) {
         const DecomposedTable t = MakeDecomposedTable(rng, terms, terms == 1);
@@ -584,7 +585,7 @@ void TestDecomposedKernelMatchesReference() {
         attrs.strides = {1, stride, stride, 1};
         attrs.dilations = {1, 1, 1, 1};
         attrs.padding = Padding::kSame;
-        const int64_t in_dims[4] = {2, 7, 7, depth}, f_dims[4] = {3, 3, depth, 32};
+        const int64_t in_dims[4] = {2, 7, 19, depth}, f_dims[4] = {3, 3, depth, 32};
         ConvShape s;
         const std::string error = ComputeConvShape(in_dims, f_dims, attrs, &s);
         EXPECT(error.empty(), "%s", error.c_str());
