@@ -99,11 +99,25 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
     return (n * given.in_h + oh * given.stride_h) * given.in_w + ow * given.stride_w;
   };
 
-  // Input codes in NHWC whatever the data format (every one written below).
-  UninitializedVector<uint8_t> input_codes(static_cast<size_t>(s.input_elements()));
-  const int64_t hw = given.in_h * given.in_w;  // the given input's pixels per image
+  const bool decomposed = kernel != CpuKernel::kReference && UseDecomposed(s, decomposition);
+  // float32 NHWC on the decomposed kernel's direct path: its image quantizes each input row as it builds
+  // it (quantize_row), so the whole input is not quantized first, in a parallel region of its own.
+  const bool rows_into_image = std::is_same<T, float>::value && s.data_format == DataFormat::kNHWC && decomposed &&
+                               DecomposedBuildsImage(s, decomposition->terms);
   std::atomic<bool> input_nan{false};
-  if (std::is_same<T, float>::value && s.data_format == DataFormat::kNHWC && !subsampled) {
+  const InputRows quantize_row = [&](int64_t r, uint8_t* codes) {
+    const float* in = reinterpret_cast<const float*>(input);
+    const bool nan = subsampled ? QuantizeRuns(in + given_pixel(r * s.in_w) * s.in_depth, s.in_w, s.in_depth,
+                                               given.stride_w * s.in_depth, input_q, codes)
+                                : QuantizeCodes(in + r * s.in_w * s.in_depth, s.in_w * s.in_depth, input_q, codes);
+    if (nan) input_nan = true;
+  };
+  // Input codes in NHWC whatever the data format (every one written below), unless the image takes them.
+  UninitializedVector<uint8_t> input_codes(rows_into_image ? 0 : static_cast<size_t>(s.input_elements()));
+  const int64_t hw = given.in_h * given.in_w;  // the given input's pixels per image
+  if (rows_into_image) {
+    // (the decomposed plan's image quantizes them below)
+  } else if (std::is_same<T, float>::value && s.data_format == DataFormat::kNHWC && !subsampled) {
     // The common case, vectorized: codes in the input's own order.
     const float* in = reinterpret_cast<const float*>(input);
     parallel_for(s.input_elements(), 8, [&](int64_t begin, int64_t end) {
@@ -111,15 +125,9 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
     });
   } else if (std::is_same<T, float>::value && s.data_format == DataFormat::kNHWC) {
     // The same a row of read pixels at a time: a pixel's channels are contiguous, stride_w pixels apart.
-    const float* in = reinterpret_cast<const float*>(input);
     const int64_t row = s.in_w * s.in_depth;
     parallel_for(s.batch * s.in_h, row * 8, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        if (QuantizeRuns(in + given_pixel(r * s.in_w) * s.in_depth, s.in_w, s.in_depth, given.stride_w * s.in_depth,
-                         input_q, &input_codes[r * row])) {
-          input_nan = true;
-        }
-      }
+      for (int64_t r = begin; r < end; ++r) quantize_row(r, &input_codes[r * row]);
     });
   } else {
     parallel_for(s.batch * s.in_h * s.in_w, s.in_depth * 8, [&](int64_t begin, int64_t end) {
@@ -179,7 +187,7 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
 
   QuantizedConv conv;
   conv.shape = s;
-  conv.input = input_codes.data();
+  conv.input = rows_into_image ? nullptr : input_codes.data();
   conv.filter = filter_codes.data();
   conv.input_zero_code = static_cast<uint8_t>(input_q.zero_point);
   conv.lut = lut;
@@ -191,15 +199,15 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
     dequantize.emplace_back(input_q, filter_q.of(co), taps);
     dequantize.back().acc_offset = lut_offset * taps;  // every entry of an offset table carries lut_offset
   }
-  // The decomposed kernel's packed filter, built once for every pass.
+  // The decomposed kernel's plan, built once for every pass: the packed filter and, on its direct path, the
+  // input's image (its rows quantized as it goes where rows_into_image).
   std::shared_ptr<const DecomposedPlan> plan;
-  if (kernel != CpuKernel::kReference && UseDecomposed(s, decomposition)) {
-    plan = PrepareDecomposed(conv, *decomposition, parallel_for);
+  if (decomposed) {
+    plan = PrepareDecomposed(conv, *decomposition, parallel_for, false, rows_into_image ? &quantize_row : nullptr);
   }
 
   const int64_t groups = s.groups();
   const int64_t pixels = s.out_pixels();
-  const int64_t pass = std::max<int64_t>(1, kAccumulatorElementsPerPass / s.out_depth);
   const int64_t out_hw = s.out_h * s.out_w;
   const int64_t out_per_group = s.out_depth_per_group();
   // float32 NHWC: a pixel's channels are contiguous, dequantized a vector at a time (the same bits).
@@ -212,8 +220,12 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
   // MB zeroed a call that nothing read (with the image's and the input codes' zeroing, 8-15% of ResNet-20's
   // small layers on the decomposed kernel; docs/decomposition.md).
   const bool outputs_direct = plan != nullptr && row_outputs && DecomposedWritesOutputs(*plan);
+  // Passes of pixels whose int64 sums fit the accumulators; where the kernel writes the outputs itself (no
+  // sums kept) one pass: one parallel region, where ResNet-20's 32x32 layers at N=64 took four, each
+  // waking the pool's threads (docs/decomposition.md, "Fewer parallel regions").
+  const int64_t pass = outputs_direct ? pixels : std::max<int64_t>(1, kAccumulatorElementsPerPass / s.out_depth);
   std::vector<int64_t> acc(outputs_direct ? 0 : static_cast<size_t>(std::min(pass, pixels) * s.out_depth));
-  std::vector<int64_t> act_sum(static_cast<size_t>(std::min(pass, pixels) * groups));
+  std::vector<int64_t> act_sum(outputs_direct ? 0 : static_cast<size_t>(std::min(pass, pixels) * groups));
   for (int64_t begin = 0; begin < pixels; begin += pass) {
     const int64_t end = std::min(pixels, begin + pass);
     if (kernel == CpuKernel::kReference) {

@@ -697,10 +697,11 @@ TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int6
   }
 }
 
-// The padded image of conv.input's codes (VNNI: TranslateVbmi, SumsVbmi), in parallel over its rows.
+// The padded image of conv.input's codes, or of those `input_rows` gives (VNNI: TranslateVbmi, SumsVbmi),
+// in parallel over its rows.
 std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
                                               const int32_t* alpha, const AlphaPlanes& alpha_planes,
-                                              const ParallelFor& parallel_for) {
+                                              const ParallelFor& parallel_for, const InputRows* input_rows = nullptr) {
   const ConvShape& s = conv.shape;
   const int64_t cg = s.filter_depth, depth = DirectDepth(s);
   auto image = std::make_unique<DirectImage>();
@@ -728,6 +729,7 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
     std::fill(zero_pixel.begin() + r * depth, zero_pixel.begin() + r * depth + cg, u_plus[r * 256 + conv.input_zero_code]);
   const int64_t zero_code_sum = cg * conv.input_zero_code, zero_alpha_sum = cg * int64_t{alpha[conv.input_zero_code]};
   parallel_for(s.batch * m.ph, m.pw * m.pixel_bytes * 2, [&](int64_t begin, int64_t end) {
+    UninitializedVector<uint8_t> row_codes(input_rows != nullptr ? static_cast<size_t>(s.in_w * cg) : 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / m.ph, ih = row % m.ph - s.pad_top;
       uint8_t* bytes = m.bytes.data() + row * m.pw * m.pixel_bytes;
@@ -736,7 +738,12 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
       const bool inside = ih >= 0 && ih < s.in_h;
       for (int64_t c = 0; c < m.pw; ++c) {
         if (inside && c == s.pad_left) {  // the input row: translated, summed
-          const uint8_t* codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
+          const uint8_t* codes = row_codes.data();
+          if (input_rows != nullptr) {
+            (*input_rows)(n * s.in_h + ih, row_codes.data());
+          } else {
+            codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
+          }
           if (NarrowPixelsApply(cg)) {
             NarrowPixelsVbmi(codes, s.in_w, cg, u_plus, terms, alpha_planes, bytes + c * m.pixel_bytes, code_sums + c,
                              alpha_sums + c);
@@ -842,10 +849,15 @@ const char* DecomposedKernelName(bool portable) {
   return portable || !HasVnni() ? "decomposed-portable" : "avx512vnni-decomposed";
 }
 
+bool DecomposedBuildsImage(const ConvShape& shape, int terms, bool portable) {
+  return DirectApplies(shape, terms, !portable && HasVnni());
+}
+
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
-                                                        const ParallelFor& parallel_for, bool portable) {
+                                                        const ParallelFor& parallel_for, bool portable,
+                                                        const InputRows* rows) {
   auto plan = std::make_shared<DecomposedPlan>();
-  const bool direct = DirectApplies(conv.shape, d.terms, !portable && HasVnni());
+  const bool direct = DecomposedBuildsImage(conv.shape, d.terms, portable);
   plan->filter = PackFilter(conv, d, parallel_for, !portable && HasVnni(), direct);
   plan->alpha.assign(d.alpha, d.alpha + 256);
   plan->alpha_planes = AlphaPlanes(d.alpha);
@@ -855,7 +867,7 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
   plan->fast = !portable && HasVnni();
   if (direct) {
     plan->direct = BuildDirectImage(conv, d.terms, plan->u_plus.data(), plan->alpha.data(), plan->alpha_planes,
-                                    parallel_for);
+                                    parallel_for, rows);
   }
   return plan;
 }
@@ -918,10 +930,12 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     int64_t at[kTile], alpha_sums[kTile];
     int32_t pixel_add32[kTile], act32[kTile];  // BlockOutputs' per-pixel fields
     float* outs[kTile];
+    int64_t tile_act[kTile];  // the tile's patch sums where the outputs are written here (act_sum unused)
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
       const int64_t p = pixel_begin + first;
+      int64_t* const act = outputs != nullptr ? tile_act : act_sum + first;  // the tile's patch sums
       int64_t ow = p % s.out_w, oh = (p / s.out_w) % s.out_h, n = p / (s.out_w * s.out_h);
       int64_t pixel = (n * m.ph + oh * s.stride_h) * m.pw + ow * s.stride_w;  // image pixel of tap (0, 0)
       for (int64_t i = 0; i < count; ++i) {
@@ -949,12 +963,12 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
             for (int64_t t = 0; t < spatial_taps; ++t) alpha_sum += m.alpha_sums[at[i] + tap_pixels[t]];
             alpha_sums[i] = alpha_sum;
           }
-          act_sum[first + i] = code_sum;
+          act[i] = code_sum;
           ++i;
           continue;
         }
         for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = code_sums + at[i] + tap_pixels[t];
-        AddRowsAvx512(tap_sums.data(), spatial_taps, run, act_sum + first + i);
+        AddRowsAvx512(tap_sums.data(), spatial_taps, run, act + i);
         if (!affine) {
           for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = m.alpha_sums.data() + at[i] + tap_pixels[t];
           AddRowsAvx512(tap_sums.data(), spatial_taps, run, alpha_sums + i);
@@ -963,14 +977,14 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       }
       // An affine alpha's sum follows from the codes' (AlphaPlanes): half the loads.
       if (affine) {
-        for (int64_t i = 0; i < count; ++i) alpha_sums[i] = alpha.base * taps + alpha.slope * act_sum[first + i];
+        for (int64_t i = 0; i < count; ++i) alpha_sums[i] = alpha.base * taps + alpha.slope * act[i];
       }
       const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
       for (int64_t i = count; i < blocks * kPixelBlock; ++i) pixel_rows[i] = pixel_rows[count - 1];
       if (!channel_add.empty()) {
         for (int64_t i = 0; i < count; ++i) {
           pixel_add32[i] = static_cast<int32_t>(alpha_sums[i]);
-          act32[i] = static_cast<int32_t>(act_sum[first + i]);
+          act32[i] = static_cast<int32_t>(act[i]);
           outs[i] = outputs->out + (first + i) * s.out_depth;
         }
       }
@@ -1003,7 +1017,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
             for (int64_t i = 0; i < n; ++i) {
               WriteSumsAvx512(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width, block_acc[i]);
             }
-            DequantizeBlock(*outputs->rows, c0, real_width, n, block_acc[0], kPanel, act_sum + first + i0,
+            DequantizeBlock(*outputs->rows, c0, real_width, n, block_acc[0], kPanel, act + i0,
                             outputs->out + (first + i0) * s.out_depth + c0, s.out_depth);
             continue;
           }

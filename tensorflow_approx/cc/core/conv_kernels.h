@@ -119,12 +119,23 @@ void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecompositio
 // for another conv.input the image is built again per call. `d` need not outlive it.
 struct DecomposedPlan;
 struct DequantizeRows;
+// A source of input codes, one row of an image at a time: row n * in_h + ih's in_w * in_depth codes (NHWC)
+// to `codes`. The direct path's image can take its codes this way as it builds each row, where the caller
+// would otherwise quantize the whole input first (one parallel region and one pass over the codes less).
+using InputRows = std::function<void(int64_t row, uint8_t* codes)>;
+// Whether PrepareDecomposed builds the direct path's image for this shape and count of terms (and would
+// then take its codes from `rows`).
+bool DecomposedBuildsImage(const ConvShape& shape, int terms, bool portable = false);
+// rows: where given (and DecomposedBuildsImage), the image's codes come from it and conv.input is not
+// read; the plan then serves a conv.input equal to the one it was built with (null, say).
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
-                                                        const ParallelFor& parallel_for, bool portable = false);
+                                                        const ParallelFor& parallel_for, bool portable = false,
+                                                        const InputRows* rows = nullptr);
 // With `outputs` (float32 NHWC, one group), the direct path dequantizes each block's sums as it finishes
 // them (DequantizeBlock) into outputs->out (pixel pixel_begin's outputs first) and writes no acc: the
-// int64 sums of a 16->16 layer were 8 MB written and read again per call. Returns whether it did; else
-// acc holds the sums as without `outputs`. act_sum is written either way.
+// int64 sums of a 16->16 layer were 8 MB written and read again per call. Returns whether it did; then
+// acc and act_sum are neither read nor written (each pixel's code sum is kept per tile), else both hold
+// the sums as without `outputs`.
 struct FloatOutputs {
   const DequantizeRows* rows = nullptr;
   float* out = nullptr;
@@ -133,7 +144,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
                               int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                               const FloatOutputs* outputs = nullptr);
 // Whether DecomposedConvAccumulate with `outputs` writes them itself for this plan (the direct path): then
-// it neither reads nor writes acc, which may be null.
+// it neither reads nor writes acc and act_sum, which may be null.
 bool DecomposedWritesOutputs(const DecomposedPlan& plan);
 // "avx512vnni-decomposed" or "decomposed-portable".
 const char* DecomposedKernelName(bool portable = false);
