@@ -199,13 +199,6 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
     dequantize.emplace_back(input_q, filter_q.of(co), taps);
     dequantize.back().acc_offset = lut_offset * taps;  // every entry of an offset table carries lut_offset
   }
-  // The decomposed kernel's plan, built once for every pass: the packed filter and, on its direct path, the
-  // input's image (its rows quantized as it goes where rows_into_image).
-  std::shared_ptr<const DecomposedPlan> plan;
-  if (decomposed) {
-    plan = PrepareDecomposed(conv, *decomposition, parallel_for, false, rows_into_image ? &quantize_row : nullptr);
-  }
-
   const int64_t groups = s.groups();
   const int64_t pixels = s.out_pixels();
   const int64_t out_hw = s.out_h * s.out_w;
@@ -216,6 +209,14 @@ void ApproxConvCpu(const ConvShape& given, const T* input, const T* filter, cons
     if (s.data_format == DataFormat::kNHWC) rows.reset(new DequantizeRows(dequantize, filter_sum.data()));
   }
   const bool row_outputs = rows != nullptr && groups == 1;  // outputs a pixel's row of channels at a time
+  // The decomposed kernel's plan, built once for every pass: the packed filter and, on its direct path, the
+  // input's image (its rows quantized as it goes where rows_into_image). With row_outputs the direct path
+  // writes the outputs and runs in one pass (below): whole images, which it builds one at a time.
+  std::shared_ptr<const DecomposedPlan> plan;
+  if (decomposed) {
+    plan = PrepareDecomposed(conv, *decomposition, parallel_for, false, rows_into_image ? &quantize_row : nullptr,
+                             row_outputs);
+  }
   // The int64 sums, unless the decomposed kernel writes the outputs itself (its direct path with rows): 2
   // MB zeroed a call that nothing read (with the image's and the input codes' zeroing, 8-15% of ResNet-20's
   // small layers on the decomposed kernel; docs/decomposition.md).

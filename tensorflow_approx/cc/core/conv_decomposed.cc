@@ -36,6 +36,9 @@ constexpr int kMaxVectors = 4;     // vectors of channels per micro-tile (4: eac
 constexpr int kPanel = kMaxVectors * kChannelBlock;  // channels of one micro-tile (a panel of B)
 constexpr int64_t kChunk = 65536;  // reduction entries whose 32-bit sums are exact (see above)
 constexpr int kTile = 48;          // pixels gathered at a time (a multiple of kPixelBlock)
+// The least batch whose direct path builds its images one at a time beside their GEMM (DirectImagesAccumulate):
+// its parallel parts are whole images, so fewer images would leave threads idle.
+constexpr int64_t kImagesPerRegion = 16;
 
 // What a convolution needs of the filter, per group: B packed for the micro-kernel in panels of kPanel
 // channels (the last one narrower: co is padded to kChannelBlock, zeros beyond), each panel
@@ -667,9 +670,10 @@ constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at
 // A's bytes, u[r][code] + 128 per pixel, term and channel ([batch][ph][pw][terms * depth], depth =
 // DirectDepth; padding pixels those of the zero code), with each pixel's code and alpha sums beside it;
 // the micro-kernel then reads a block's rows tap by tap straight from the image (MicroKernelVnni's runs),
-// and a pixel's patch sums are its taps' sums added (a run of pixels at a time). B's reduction is tap-major to match (PackFilter). Built by PrepareDecomposed for
-// the input conv.input points to then; DecomposedConvAccumulate builds another for a call whose conv.input
-// is another buffer.
+// and a pixel's patch sums are its taps' sums added (a run of pixels at a time). B's reduction is
+// tap-major to match (PackFilter). Built by PrepareDecomposed for the input conv.input points to then
+// (DecomposedConvAccumulate builds another for a call whose conv.input is another buffer), or, with its
+// whole_images, in each call one input image at a time (DirectImagesAccumulate).
 // BuildDirectImage writes every pixel's sums and every byte but the pads past cg in a translated pixel's
 // terms (DirectDepth), which B's zeros multiply (PackFilter).
 struct DirectImage {
@@ -681,6 +685,8 @@ struct DirectImage {
   UninitializedVector<int64_t> alpha_sums;  // [batch][ph][pw]
   std::vector<int64_t> tap_pixels;  // per spatial tap (kh, kw): its pixel's offset from (kh, kw) = (0, 0)
   std::vector<int64_t> tap_bytes;   // the same in bytes
+  std::vector<uint8_t> zero_pixel;  // a padding pixel's bytes (the zero code's) and sums
+  int64_t zero_code_sum = 0, zero_alpha_sum = 0;
 };
 
 bool DirectApplies(const ConvShape& s, int terms, bool fast) {
@@ -697,11 +703,9 @@ TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int6
   }
 }
 
-// The padded image of conv.input's codes, or of those `input_rows` gives (VNNI: TranslateVbmi, SumsVbmi),
-// in parallel over its rows.
-std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
-                                              const int32_t* alpha, const AlphaPlanes& alpha_planes,
-                                              const ParallelFor& parallel_for, const InputRows* input_rows = nullptr) {
+// The padded image's geometry and buffers for conv.input's shape, its rows not yet filled (FillDirectImage).
+std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
+                                             const int32_t* alpha) {
   const ConvShape& s = conv.shape;
   const int64_t cg = s.filter_depth, depth = DirectDepth(s);
   auto image = std::make_unique<DirectImage>();
@@ -724,46 +728,67 @@ std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int ter
     }
   }
   // A padding pixel: the zero code's bytes and sums.
-  std::vector<uint8_t> zero_pixel(static_cast<size_t>(m.pixel_bytes));
+  m.zero_pixel.assign(static_cast<size_t>(m.pixel_bytes), 0);
   for (int r = 0; r < terms; ++r)
-    std::fill(zero_pixel.begin() + r * depth, zero_pixel.begin() + r * depth + cg, u_plus[r * 256 + conv.input_zero_code]);
-  const int64_t zero_code_sum = cg * conv.input_zero_code, zero_alpha_sum = cg * int64_t{alpha[conv.input_zero_code]};
-  parallel_for(s.batch * m.ph, m.pw * m.pixel_bytes * 2, [&](int64_t begin, int64_t end) {
-    UninitializedVector<uint8_t> row_codes(input_rows != nullptr ? static_cast<size_t>(s.in_w * cg) : 0);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / m.ph, ih = row % m.ph - s.pad_top;
-      uint8_t* bytes = m.bytes.data() + row * m.pw * m.pixel_bytes;
-      int64_t* code_sums = m.code_sums.data() + row * m.pw;
-      int64_t* alpha_sums = m.alpha_sums.data() + row * m.pw;
-      const bool inside = ih >= 0 && ih < s.in_h;
-      for (int64_t c = 0; c < m.pw; ++c) {
-        if (inside && c == s.pad_left) {  // the input row: translated, summed
-          const uint8_t* codes = row_codes.data();
-          if (input_rows != nullptr) {
-            (*input_rows)(n * s.in_h + ih, row_codes.data());
-          } else {
-            codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
-          }
-          if (NarrowPixelsApply(cg)) {
-            NarrowPixelsVbmi(codes, s.in_w, cg, u_plus, terms, alpha_planes, bytes + c * m.pixel_bytes, code_sums + c,
-                             alpha_sums + c);
-            c += s.in_w - 1;
-            continue;
-          }
-          if (terms == 1 && depth == cg) {  // the row's bytes in one run
-            TranslateVbmi(codes, 1, s.in_w * cg, u_plus, 1, s.in_w * cg, s.in_w * cg, bytes + c * m.pixel_bytes);
-          } else {
-            TranslateVbmi(codes, s.in_w, cg, u_plus, terms, depth, m.pixel_bytes, bytes + c * m.pixel_bytes);
-          }
-          SumsVbmi(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
+    std::fill(m.zero_pixel.begin() + r * depth, m.zero_pixel.begin() + r * depth + cg, u_plus[r * 256 + conv.input_zero_code]);
+  m.zero_code_sum = cg * conv.input_zero_code;
+  m.zero_alpha_sum = cg * int64_t{alpha[conv.input_zero_code]};
+  return image;
+}
+
+// Rows [begin, end) of the image (row n * ph + r: padded row r of image n) from conv.input's codes, or
+// from those `input_rows` gives (VNNI: NarrowPixelsVbmi or TranslateVbmi and SumsVbmi).
+void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus, const int32_t* alpha,
+                     const AlphaPlanes& alpha_planes, const InputRows* input_rows, int64_t begin, int64_t end,
+                     DirectImage* image) {
+  const ConvShape& s = conv.shape;
+  const int64_t cg = s.filter_depth, depth = DirectDepth(s);
+  DirectImage& m = *image;
+  UninitializedVector<uint8_t> row_codes(input_rows != nullptr ? static_cast<size_t>(s.in_w * cg) : 0);
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / m.ph, ih = row % m.ph - s.pad_top;
+    uint8_t* bytes = m.bytes.data() + row * m.pw * m.pixel_bytes;
+    int64_t* code_sums = m.code_sums.data() + row * m.pw;
+    int64_t* alpha_sums = m.alpha_sums.data() + row * m.pw;
+    const bool inside = ih >= 0 && ih < s.in_h;
+    for (int64_t c = 0; c < m.pw; ++c) {
+      if (inside && c == s.pad_left) {  // the input row: translated, summed
+        const uint8_t* codes = row_codes.data();
+        if (input_rows != nullptr) {
+          (*input_rows)(n * s.in_h + ih, row_codes.data());
+        } else {
+          codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
+        }
+        if (NarrowPixelsApply(cg)) {
+          NarrowPixelsVbmi(codes, s.in_w, cg, u_plus, terms, alpha_planes, bytes + c * m.pixel_bytes, code_sums + c,
+                           alpha_sums + c);
           c += s.in_w - 1;
           continue;
         }
-        std::memcpy(bytes + c * m.pixel_bytes, zero_pixel.data(), static_cast<size_t>(m.pixel_bytes));
-        code_sums[c] = zero_code_sum;
-        alpha_sums[c] = zero_alpha_sum;
+        if (terms == 1 && depth == cg) {  // the row's bytes in one run
+          TranslateVbmi(codes, 1, s.in_w * cg, u_plus, 1, s.in_w * cg, s.in_w * cg, bytes + c * m.pixel_bytes);
+        } else {
+          TranslateVbmi(codes, s.in_w, cg, u_plus, terms, depth, m.pixel_bytes, bytes + c * m.pixel_bytes);
+        }
+        SumsVbmi(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
+        c += s.in_w - 1;
+        continue;
       }
+      std::memcpy(bytes + c * m.pixel_bytes, m.zero_pixel.data(), static_cast<size_t>(m.pixel_bytes));
+      code_sums[c] = m.zero_code_sum;
+      alpha_sums[c] = m.zero_alpha_sum;
     }
+  }
+}
+
+// The whole image, in parallel over its rows.
+std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
+                                              const int32_t* alpha, const AlphaPlanes& alpha_planes,
+                                              const ParallelFor& parallel_for, const InputRows* input_rows) {
+  auto image = MakeDirectImage(conv, terms, u_plus, alpha);
+  DirectImage* m = image.get();
+  parallel_for(conv.shape.batch * m->ph, m->pw * m->pixel_bytes * 2, [&](int64_t begin, int64_t end) {
+    FillDirectImage(conv, terms, u_plus, alpha, alpha_planes, input_rows, begin, end, m);
   });
   return image;
 }
@@ -778,7 +803,13 @@ struct DecomposedPlan {
   std::vector<uint8_t> u_plus;  // [terms][256]: u + 128
   int terms = 0;
   bool fast = false;  // the VNNI / VBMI kernels
-  std::unique_ptr<DirectImage> direct;  // where DirectApplies (B then tap-major)
+  bool direct = false;  // the direct path (DirectApplies; B then tap-major)
+  // Its image, built once for conv.input's codes (`input`), or null where each call builds images one
+  // at a time beside their GEMM (PrepareDecomposed's whole_images); input_rows: where the codes come from
+  // for `input`, if not from it.
+  std::unique_ptr<DirectImage> image;
+  const uint8_t* input = nullptr;
+  const InputRows* input_rows = nullptr;
 };
 
 // Measured on a 2-core Zen 4 against the lookups (CpuConvAccumulate) in the same run, one thread, N = 8,
@@ -843,7 +874,7 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
   return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms <= 6 && taps >= 288) || taps >= 512);
 }
 
-bool DecomposedWritesOutputs(const DecomposedPlan& plan) { return plan.direct != nullptr; }
+bool DecomposedWritesOutputs(const DecomposedPlan& plan) { return plan.direct; }
 
 const char* DecomposedKernelName(bool portable) {
   return portable || !HasVnni() ? "decomposed-portable" : "avx512vnni-decomposed";
@@ -855,7 +886,7 @@ bool DecomposedBuildsImage(const ConvShape& shape, int terms, bool portable) {
 
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
                                                         const ParallelFor& parallel_for, bool portable,
-                                                        const InputRows* rows) {
+                                                        const InputRows* rows, bool whole_images) {
   auto plan = std::make_shared<DecomposedPlan>();
   const bool direct = DecomposedBuildsImage(conv.shape, d.terms, portable);
   plan->filter = PackFilter(conv, d, parallel_for, !portable && HasVnni(), direct);
@@ -865,41 +896,41 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
   plan->u_plus.resize(static_cast<size_t>(d.terms) * 256);
   for (size_t i = 0; i < plan->u_plus.size(); ++i) plan->u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
   plan->fast = !portable && HasVnni();
-  if (direct) {
-    plan->direct = BuildDirectImage(conv, d.terms, plan->u_plus.data(), plan->alpha.data(), plan->alpha_planes,
-                                    parallel_for, rows);
+  plan->direct = direct;
+  plan->input = conv.input;
+  plan->input_rows = rows;
+  if (direct && !(whole_images && conv.shape.batch >= kImagesPerRegion)) {
+    plan->image = BuildDirectImage(conv, d.terms, plan->u_plus.data(), plan->alpha.data(), plan->alpha_planes,
+                                   parallel_for, rows);
   }
   return plan;
 }
 
 namespace {
 
-// DecomposedConvAccumulate's direct path (DirectImage): tiles of kTile pixels in parallel, each in blocks
-// of kPixelBlock consecutive pixels (the last one of a tile partial), with acc or, given `outputs`, the
-// float32 outputs written block by block.
-void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, const DirectImage& m,
-                          int64_t pixel_begin, int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc,
-                          int64_t* act_sum, const FloatOutputs* outputs) {
+// What the direct path's tiles share, for a plan, an image's geometry and `outputs` (DirectConvAccumulate's):
+// the micro-kernel's runs and, where the outputs come from int32 sums, the per-channel int32 addends.
+struct DirectSetup {
+  std::vector<int64_t> run_bytes;  // per run, its first tap's offset in the image
+  int64_t runs = 0, run_steps = 0;
+  std::vector<int32_t> channel_add, channel_act;  // BlockOutputs' (empty: int64 sums)
+};
+
+DirectSetup MakeDirectSetup(const QuantizedConv& conv, const DecomposedPlan& plan, const DirectImage& m,
+                            const FloatOutputs* outputs) {
   const ConvShape& s = conv.shape;
   const PackedFilter& f = plan.filter;
-  const int64_t pixels = pixel_end - pixel_begin, per_group = s.out_depth_per_group();
-  const int64_t spatial_taps = s.filter_h * s.filter_w, tap_steps = m.pixel_bytes / 4, taps = s.taps();
+  const int64_t spatial_taps = s.filter_h * s.filter_w, per_group = s.out_depth_per_group(), taps = s.taps();
+  DirectSetup d;
   // The micro-kernel's runs: with dilation_w 1 a filter row's taps are adjacent pixels of the image and
   // consecutive in B (tap-major), so one run per filter row (ResNet-20's stem: 3 runs of 3 steps, not 9 of
   // one, whose row pointers were most of its micro-kernel's work); else one per tap.
-  std::vector<int64_t> run_bytes;
-  for (int64_t t = 0; t < spatial_taps; t += s.dilation_w == 1 ? s.filter_w : 1) run_bytes.push_back(m.tap_bytes[t]);
-  const int64_t runs = static_cast<int64_t>(run_bytes.size()), run_steps = spatial_taps / runs * tap_steps;
-  const AlphaPlanes& alpha = plan.alpha_planes;
-  const bool affine = alpha.count == 0;
-  // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
-  const int64_t* code_sums = m.code_sums.data();
-  const int64_t* tap_pixels = m.tap_pixels.data();
-  const MicroKernel* kernels = kVnniKernels;
+  for (int64_t t = 0; t < spatial_taps; t += s.dilation_w == 1 ? s.filter_w : 1) d.run_bytes.push_back(m.tap_bytes[t]);
+  d.runs = static_cast<int64_t>(d.run_bytes.size());
+  d.run_steps = spatial_taps / d.runs * (m.pixel_bytes / 4);
   // The outputs from int32 sums (BlockOutputs) where both of an output's integers are bounded within
   // int32 (|sum of (u + 128) v| <= reduction * 255 * 128, |alpha sum| <= taps * max |alpha|, code sums <=
   // taps * 255) with every channel's offsets: then so are the int32 per-pixel and per-channel addends.
-  std::vector<int32_t> channel_add, channel_act;
   if (outputs != nullptr) {
     int64_t max_alpha = 0, max_add = 0, max_act = 0;
     for (int32_t a : plan.alpha) max_alpha = std::max<int64_t>(max_alpha, std::abs(int64_t{a}));
@@ -912,14 +943,37 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     const bool int32_outputs =
         f.reduction * 255 * 128 + taps * max_alpha + max_add <= kInt32Max && taps * 255 + max_act <= kInt32Max;
     if (int32_outputs) {
-      channel_add.resize(static_cast<size_t>(per_group));
-      channel_act.resize(static_cast<size_t>(per_group));
+      d.channel_add.resize(static_cast<size_t>(per_group));
+      d.channel_act.resize(static_cast<size_t>(per_group));
       for (int64_t c = 0; c < per_group; ++c) {
-        channel_add[c] = static_cast<int32_t>(f.offset[c] - r.acc_offset[c]);
-        channel_act[c] = static_cast<int32_t>(r.act_sum_offset[c]);
+        d.channel_add[c] = static_cast<int32_t>(f.offset[c] - r.acc_offset[c]);
+        d.channel_act[c] = static_cast<int32_t>(r.act_sum_offset[c]);
       }
     }
   }
+  return d;
+}
+
+// DecomposedConvAccumulate's direct path (DirectImage): tiles of kTile pixels in parallel, each in blocks
+// of kPixelBlock consecutive pixels (the last one of a tile partial), with acc or, given `outputs`, the
+// float32 outputs written block by block. setup: MakeDirectSetup's for this plan, m and outputs.
+void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, const DirectImage& m,
+                          const DirectSetup& setup, int64_t pixel_begin, int64_t pixel_end,
+                          const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
+                          const FloatOutputs* outputs) {
+  const ConvShape& s = conv.shape;
+  const PackedFilter& f = plan.filter;
+  const int64_t pixels = pixel_end - pixel_begin, per_group = s.out_depth_per_group();
+  const int64_t spatial_taps = s.filter_h * s.filter_w, taps = s.taps();
+  const int64_t runs = setup.runs, run_steps = setup.run_steps;
+  const std::vector<int64_t>& run_bytes = setup.run_bytes;
+  const std::vector<int32_t>&channel_add = setup.channel_add, &channel_act = setup.channel_act;
+  const AlphaPlanes& alpha = plan.alpha_planes;
+  const bool affine = alpha.count == 0;
+  // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
+  const int64_t* code_sums = m.code_sums.data();
+  const int64_t* tap_pixels = m.tap_pixels.data();
+  const MicroKernel* kernels = kVnniKernels;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
   parallel_for(tiles, kTile * f.reduction * f.channels / 16 + 1, [&](int64_t begin, int64_t end) {
     // A tile's pixels: each one's image pixel at tap (0, 0) and sums; then the panels of B outer and the
@@ -1032,6 +1086,44 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   });
 }
 
+// The direct path over images [first, last) of conv in one parallel region: each part builds the image of
+// one input image at a time in a buffer of its own (one image: it stays in cache for the GEMM) and runs
+// that image's pixels, acc, act_sum and the outputs starting at image first's. Where the image of every
+// input was built first, in a parallel region of its own, each region woke the pool's threads for
+// little work on ResNet-20's 32x32 layers (docs/decomposition.md, "Fewer parallel regions").
+void DirectImagesAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, const InputRows* rows,
+                            int64_t first, int64_t last, const ParallelFor& parallel_for, int64_t* acc,
+                            int64_t* act_sum, const FloatOutputs* outputs) {
+  const ConvShape& s = conv.shape;
+  const int64_t hw = s.out_h * s.out_w;
+  QuantizedConv one = conv;  // one input image's convolution
+  one.shape.batch = 1;
+  const PackedFilter& f = plan.filter;
+  parallel_for(last - first, hw * f.reduction * f.channels / 16 + 1, [&](int64_t begin, int64_t end) {
+    QuantizedConv image_conv = one;
+    std::unique_ptr<DirectImage> image;  // and its setup: made once, for a part's first image
+    DirectSetup setup;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = first + i;
+      if (conv.input != nullptr) image_conv.input = conv.input + n * s.in_h * s.in_w * s.in_depth;
+      const InputRows image_rows = [&](int64_t row, uint8_t* codes) { (*rows)(n * s.in_h + row, codes); };
+      if (image == nullptr) {
+        image = MakeDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data());
+        setup = MakeDirectSetup(image_conv, plan, *image, outputs);
+      }
+      image->input = image_conv.input;
+      FillDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes,
+                      rows != nullptr ? &image_rows : nullptr, 0, image->ph, image.get());
+      FloatOutputs image_outputs;
+      if (outputs != nullptr) image_outputs = FloatOutputs{outputs->rows, outputs->out + i * hw * s.out_depth};
+      DirectConvAccumulate(image_conv, plan, *image, setup, 0, hw, SerialFor(),
+                           acc != nullptr ? acc + i * hw * s.out_depth : nullptr,
+                           act_sum != nullptr ? act_sum + i * hw : nullptr,
+                           outputs != nullptr ? &image_outputs : nullptr);
+    }
+  });
+}
+
 }  // namespace
 
 bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan, int64_t pixel_begin,
@@ -1039,15 +1131,24 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
                               const FloatOutputs* outputs) {
   const ConvShape& s = conv.shape;
   const int64_t pixels = pixel_end - pixel_begin;
-  if (pixels <= 0) return outputs != nullptr && plan.direct != nullptr;
-  if (plan.direct != nullptr) {
-    // The image serves the codes it was built from; for others (a plan reused), one for them.
-    std::unique_ptr<DirectImage> own;
-    if (plan.direct->input != conv.input) {
-      own = BuildDirectImage(conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes, parallel_for);
+  if (pixels <= 0) return outputs != nullptr && plan.direct;
+  if (plan.direct) {
+    // Codes from the plan's input_rows for the input it was built with, else from conv.input.
+    const InputRows* rows = conv.input == plan.input ? plan.input_rows : nullptr;
+    const int64_t hw = s.out_h * s.out_w;
+    if (plan.image == nullptr && pixel_begin % hw == 0 && pixel_end % hw == 0) {
+      DirectImagesAccumulate(conv, plan, rows, pixel_begin / hw, pixel_end / hw, parallel_for, acc, act_sum, outputs);
+      return outputs != nullptr;
     }
-    DirectConvAccumulate(conv, plan, own != nullptr ? *own : *plan.direct, pixel_begin, pixel_end, parallel_for, acc,
-                         act_sum, outputs);
+    // The plan's image serves the codes it was built from; for others (a plan reused), one for them.
+    std::unique_ptr<DirectImage> own;
+    if (plan.image == nullptr || plan.image->input != conv.input) {
+      own = BuildDirectImage(conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes, parallel_for,
+                             rows);
+    }
+    const DirectImage& image = own != nullptr ? *own : *plan.image;
+    DirectConvAccumulate(conv, plan, image, MakeDirectSetup(conv, plan, image, outputs), pixel_begin, pixel_end,
+                         parallel_for, acc, act_sum, outputs);
     return outputs != nullptr;
   }
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();

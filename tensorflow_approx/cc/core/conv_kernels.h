@@ -127,10 +127,13 @@ using InputRows = std::function<void(int64_t row, uint8_t* codes)>;
 // then take its codes from `rows`).
 bool DecomposedBuildsImage(const ConvShape& shape, int terms, bool portable = false);
 // rows: where given (and DecomposedBuildsImage), the image's codes come from it and conv.input is not
-// read; the plan then serves a conv.input equal to the one it was built with (null, say).
+// read; it must outlive the plan's calls, which read it for a conv.input equal to the one the plan was built
+// with (null, say). whole_images: the caller's ranges will be whole images (pixel_begin and pixel_end
+// multiples of out_h * out_w); then, from 16 images, the image is not built here but in each call, one
+// input image at a time beside its GEMM, in one parallel region (other ranges still work, slower).
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
                                                         const ParallelFor& parallel_for, bool portable = false,
-                                                        const InputRows* rows = nullptr);
+                                                        const InputRows* rows = nullptr, bool whole_images = false);
 // With `outputs` (float32 NHWC, one group), the direct path dequantizes each block's sums as it finishes
 // them (DequantizeBlock) into outputs->out (pixel pixel_begin's outputs first) and writes no acc: the
 // int64 sums of a 16->16 layer were 8 MB written and read again per call. Returns whether it did; then

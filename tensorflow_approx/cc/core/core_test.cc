@@ -577,6 +577,8 @@ void TestDecomposedKernelMatchesReference() {
   // rows of 19 of them: full and partial vectors), 32 output channels, SAME padding, strides 1 and 2
   // (output rows of 19 and 10 pixels: blocks span rows), one and three terms, in two pixel ranges through
   // one plan; then the plan with a second input (another buffer: its image is built again).
+  // With 16 images and whole_images, the plan builds no image and each call builds them one at a time:
+  // ranges of whole images, and a range split inside an image (an image built whole for that call).
   for (int64_t depth : {3, 8, 16, 32}) {
     for (int terms : {1, 3}) {
       for (int64_t stride : {1, 2}) {
@@ -585,7 +587,8 @@ void TestDecomposedKernelMatchesReference() {
         attrs.strides = {1, stride, stride, 1};
         attrs.dilations = {1, 1, 1, 1};
         attrs.padding = Padding::kSame;
-        const int64_t in_dims[4] = {2, 7, 19, depth}, f_dims[4] = {3, 3, depth, 32};
+        const bool whole_images = depth == 8 || (depth == 16 && terms == 3);
+        const int64_t in_dims[4] = {whole_images ? 16 : 2, 7, 19, depth}, f_dims[4] = {3, 3, depth, 32};
         ConvShape s;
         const std::string error = ComputeConvShape(in_dims, f_dims, attrs, &s);
         EXPECT(error.empty(), "%s", error.c_str());
@@ -596,17 +599,22 @@ void TestDecomposedKernelMatchesReference() {
         const uint8_t zero_code = static_cast<uint8_t>(rng());
         const QuantizedConv conv{s, input.data(), filter.data(), zero_code, t.lut.data()};
         const QuantizedConv conv2{s, second.data(), filter.data(), zero_code, t.lut.data()};
-        const int64_t pixels = s.out_pixels(), split = pixels / 3;
-        const auto plan = PrepareDecomposed(conv, t.d, ThreadedFor(2));
-        for (const QuantizedConv* c : {&conv, &conv2}) {
-          std::vector<int64_t> ref_acc(pixels * s.out_depth), ref_sum(pixels);
-          ReferenceConvAccumulate(*c, 0, pixels, ref_acc.data(), ref_sum.data());
-          std::vector<int64_t> acc(pixels * s.out_depth, -7), sum(pixels, -7);
-          DecomposedConvAccumulate(*c, *plan, 0, split, ThreadedFor(2), acc.data(), sum.data());
-          DecomposedConvAccumulate(*c, *plan, split, pixels, ThreadedFor(2), acc.data() + split * s.out_depth,
-                                   sum.data() + split);
-          EXPECT(acc == ref_acc && sum == ref_sum, "decomposed direct path, %lld channels, %d terms, stride %lld%s",
-                 (long long)depth, terms, (long long)stride, c == &conv ? "" : ", plan reused for another input");
+        const int64_t pixels = s.out_pixels(), image = s.out_h * s.out_w;
+        const auto plan = PrepareDecomposed(conv, t.d, ThreadedFor(2), false, nullptr, whole_images);
+        // Whole images: 5 and 11 of 16; else a third of the pixels (inside an image).
+        for (const int64_t split : {whole_images ? 5 * image : pixels / 3, pixels / 3}) {
+          for (const QuantizedConv* c : {&conv, &conv2}) {
+            std::vector<int64_t> ref_acc(pixels * s.out_depth), ref_sum(pixels);
+            ReferenceConvAccumulate(*c, 0, pixels, ref_acc.data(), ref_sum.data());
+            std::vector<int64_t> acc(pixels * s.out_depth, -7), sum(pixels, -7);
+            DecomposedConvAccumulate(*c, *plan, 0, split, ThreadedFor(2), acc.data(), sum.data());
+            DecomposedConvAccumulate(*c, *plan, split, pixels, ThreadedFor(2), acc.data() + split * s.out_depth,
+                                     sum.data() + split);
+            EXPECT(acc == ref_acc && sum == ref_sum,
+                   "decomposed direct path, %lld channels, %d terms, stride %lld, %lld images, split at %lld%s",
+                   (long long)depth, terms, (long long)stride, (long long)s.batch, (long long)split,
+                   c == &conv ? "" : ", plan reused for another input");
+          }
         }
       }
     }
@@ -690,7 +698,10 @@ void TestPipelineKernelsAgree() {
     attrs.padding = Padding::kSame;
     // (The first iteration's 2 x 64 x 80 outputs are two of the pipeline's passes of 8192 pixels.)
     const int64_t side = wide ? 3 : 9;
-    const int64_t in_dims[4] = {2, iter == 0 ? 64 : side, iter == 0 ? 80 : side + 2, depth * groups};
+    // Iterations 1 and 16 take 16 images: the direct path then builds them one at a time beside their GEMM
+    // (PrepareDecomposed's whole_images).
+    const int64_t batch = iter == 1 || iter == 16 ? 16 : 2;
+    const int64_t in_dims[4] = {batch, iter == 0 ? 64 : side, iter == 0 ? 80 : side + 2, depth * groups};
     const int64_t k = pointwise ? 1 : 3, f_dims[4] = {k, k, depth, 32};
     int64_t dims[4];
     std::copy(in_dims, in_dims + 4, dims);
@@ -704,9 +715,12 @@ void TestPipelineKernelsAgree() {
     // (The wide case's codes are all 255: its sums, 36864 * 255 * 255, leave int32.)
     for (auto& v : input) v = static_cast<T>(wide ? 2.f : normal(rng));
     for (auto& v : filter) v = static_cast<T>(wide ? 0.5f : 0.3f * normal(rng));
-    // Odd iterations: a NaN in the input (NHWC float32: quantized as the direct path's image takes its rows),
-    // which must reach the same outputs as with the reference.
-    if (iter % 2 == 1) input[rng() % input.size()] = std::numeric_limits<T>::quiet_NaN();
+    // Odd iterations: a NaN in the input (NHWC float32: quantized as the direct path's image takes its rows)
+    // in pixel (0, 0), which every stride reads; it must reach the same outputs as with the reference.
+    if (iter % 2 == 1) {
+      const int64_t c = static_cast<int64_t>(rng() % s.in_depth);
+      input[attrs.data_format == DataFormat::kNCHW ? c * s.in_h * s.in_w : c] = std::numeric_limits<T>::quiet_NaN();
+    }
     QuantParams in_q, f_q;
     EXPECT(MakeQuantParams(-1.5f, 2.f, 8, "a", "b", &in_q, /*symmetric=*/iter % 4 == 1).empty(), "range");
     EXPECT(MakeQuantParams(-0.7f, 0.5f, 8, "a", "b", &f_q).empty(), "range");
