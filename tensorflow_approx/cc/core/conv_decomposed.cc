@@ -865,11 +865,21 @@ struct DecomposedPlan {
 // 13.1 / 12.3, 9 even, 12 and 16 terms 13.8 / 16.8-21.0. So up to 8 terms below 128 taps. And on 3x3
 // 16->16 (16-31 channels), 7 terms 4.49-4.57 / 3.71-3.72 and 8 terms 4.40-4.61 / 3.91-3.93; the stride-2
 // 16->32 even with both: 7-8 terms at strides 1.
+// With the direct path's fewer parallel regions (DirectImagesAccumulate), the decomposed kernel forced
+// against the lookups in one process (N=64, seven interleaved rounds, ms lookups / decomposed) for 5 / 6 /
+// 7 / 8 terms (mul8u_125K, 18DU, 2P7, GS2): 3x3 s2 16->32 (144 taps) 2.43 / 1.66, 2.98 / 2.03, 2.63 / 2.24,
+// 3.14 / 2.72; 16x16 32->32 (288 taps) 4.07 / 2.41, 4.03 / 2.89, 3.99 / 3.10, 5.04 / 3.71; 3x3 16->16 5.48 /
+// 3.27, 5.57 / 3.16, 5.11 / 3.74, 5.25 / 4.20; 8x8 64->64 3.90 / 2.42, 4.12 / 2.76, 3.77 / 3.13, 3.86 / 3.50.
+// With 9 / 10 / 12 / 16 terms (mul8u_7C1, 150Q, QJD, KEM; five rounds) 0.94-1.03x the lookups' time at 9
+// and slower from 10 (KEM 1.6x on 3x3 s2 16->32). So the direct path takes up to 8 terms from 128 taps at
+// any stride; the gather path (groups) keeps the limits measured before.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
   if (!HasVnni() || per_group < 16 || taps < 16) return false;
   const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
-  if (taps < 128) return DirectApplies(shape, terms, true) && terms <= (strided ? 1 : 8);
+  const bool direct = DirectApplies(shape, terms, true);
+  if (taps < 128) return direct && terms <= (strided ? 1 : 8);
+  if (direct) return terms <= 8;
   if (per_group < 32) return terms <= 6 || (terms <= 8 && !strided);
   return terms <= 8 && taps * terms <= 36864 && (terms <= 4 || (terms <= 6 && taps >= 288) || taps >= 512);
 }

@@ -56,10 +56,11 @@ def low_rank_table(rng, terms, signed):
 
 CASES = [
     # terms, signed products, shape (batch, size, in, out, k), op arguments
-    # (the decomposed kernel runs where PreferDecomposed says: 128+ taps; 16-31 channels per group with up
-    # to 6 terms, 8 at strides 1; 32+ channels with up to 8 terms and 36864 entries, 5-6 terms from 288
-    # taps, 7-8 terms from 512; fewer taps (1x1 filters, 3-channel stems) in one group with up to 8 terms
-    # at strides 1; a case it declines keeps the lookups, same outputs)
+    # (the decomposed kernel runs where PreferDecomposed says: in one group (its direct path) up to 8 terms
+    # from 128 taps, and on fewer taps (1x1 filters, 3-channel stems) at strides 1; with groups from 128
+    # taps, 16-31 channels per group with up to 6 terms, 8 at strides 1, 32+ channels with up to 8 terms
+    # and 36864 entries, 5-6 terms from 288 taps, 7-8 terms from 512; a case it declines keeps the
+    # lookups, same outputs)
     (1, False, (2, 9, 32, 64, 3), {}),
     (2, False, (1, 7, 40, 64, 3), {"per_channel": True}),
     (2, False, (2, 6, 16, 96, 3), {"num_bits": 6, "filter_num_bits": 4}),
