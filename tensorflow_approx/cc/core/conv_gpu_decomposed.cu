@@ -208,7 +208,6 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   h.ready = ready;
   h.filter_blocks = filter_blocks;
   if (ready != nullptr) h.zero_chunks = ZeroChunksOf(base.l, g.groups);
-  h.halo_h = h.halo_pixels / h.halo_w;
   const int smem = static_cast<int>(HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h));
   const auto kernel = ready != nullptr ? DecomposedHaloKernel<T, BM, BN, true> : DecomposedHaloKernel<T, BM, BN, false>;
   int per_sm = 0;

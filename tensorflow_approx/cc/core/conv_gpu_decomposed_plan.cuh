@@ -223,6 +223,7 @@ HaloPlan MakeHaloPlan(const ConvShape& s, int terms) {
       h.tiles_h = static_cast<int>((s.out_h + th - 1) / th);
       h.halo_w = static_cast<int>(halo_w);
       h.halo_pixels = static_cast<int>(halo_h * halo_w);
+      h.halo_h = static_cast<int>(halo_h);
       h.a_pitch = OddPitch(l.slice_chunks);
       h.b_pitch = OddPitch(static_cast<int>(2 * q_steps));
       h.q_chunks = static_cast<int>(l.k_chunks);

@@ -259,8 +259,8 @@ __device__ __forceinline__ uint4 ShuffleXor(uint4 v, int mask) {
                     __shfl_xor_sync(0xFFFFFFFFu, v.z, mask), __shfl_xor_sync(0xFFFFFFFFu, v.w, mask));
 }
 
-// `pass(chunk)` runs the pass over chunk `chunk` of per_block slices; `each` is called with it once, or
-// (ChunkLoop) for several chunks in turn after one set-up.
+// `pass(chunk)` runs the pass over chunk `chunk` of per_block slices; each(pass) calls it for the block's
+// one chunk, or (PrepassKernel beside the halo GEMM) for several chunks in turn after one set-up.
 template <typename T, bool kPairStores, typename Each>
 __device__ void InputPassBlock(const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
