@@ -1106,11 +1106,10 @@ void DirectImagesAccumulate(const QuantizedConv& conv, const DecomposedPlan& pla
                             int64_t* act_sum, const FloatOutputs* outputs) {
   const ConvShape& s = conv.shape;
   const int64_t hw = s.out_h * s.out_w;
-  QuantizedConv one = conv;  // one input image's convolution
-  one.shape.batch = 1;
   const PackedFilter& f = plan.filter;
   parallel_for(last - first, hw * f.reduction * f.channels / 16 + 1, [&](int64_t begin, int64_t end) {
-    QuantizedConv image_conv = one;
+    QuantizedConv image_conv = conv;  // one input image's convolution
+    image_conv.shape.batch = 1;
     std::unique_ptr<DirectImage> image;  // and its setup: made once, for a part's first image
     DirectSetup setup;
     for (int64_t i = begin; i < end; ++i) {
@@ -1121,7 +1120,6 @@ void DirectImagesAccumulate(const QuantizedConv& conv, const DecomposedPlan& pla
         image = MakeDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data());
         setup = MakeDirectSetup(image_conv, plan, *image, outputs);
       }
-      image->input = image_conv.input;
       FillDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes,
                       rows != nullptr ? &image_rows : nullptr, 0, image->ph, image.get());
       FloatOutputs image_outputs;
