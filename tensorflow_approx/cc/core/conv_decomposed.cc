@@ -677,7 +677,6 @@ constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at
 // BuildDirectImage writes every pixel's sums and every byte but the pads past cg in a translated pixel's
 // terms (DirectDepth), which B's zeros multiply (PackFilter).
 struct DirectImage {
-  const uint8_t* input = nullptr;   // the codes it was built from
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
   int64_t pixel_bytes = 0;          // terms * DirectDepth
   UninitializedVector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
@@ -710,7 +709,6 @@ std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int term
   const int64_t cg = s.filter_depth, depth = DirectDepth(s);
   auto image = std::make_unique<DirectImage>();
   DirectImage& m = *image;
-  m.input = conv.input;
   m.pixel_bytes = terms * depth;
   // The farthest row and column a tap reaches (from the padding's top left), and the input's.
   const int64_t rows = (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h + 1;
@@ -1163,7 +1161,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
     }
     // The plan's image serves the codes it was built from; for others (a plan reused), one for them.
     std::unique_ptr<DirectImage> own;
-    if (plan.image == nullptr || plan.image->input != conv.input) {
+    if (plan.image == nullptr || plan.input != conv.input) {
       own = BuildDirectImage(conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes, parallel_for,
                              rows);
     }
