@@ -46,18 +46,37 @@ def fake_quant(values, lo, hi, num_bits):
     )
 
 
+def channels_first(layer):
+    return getattr(layer, "data_format", None) == "channels_first"
+
+
 def accurate_twin(layer):
-    """The keras layer of the same configuration as an approximate layer, built, weights copied."""
+    """The keras layer of the same configuration as an approximate layer, built, weights copied.
+    A channels-first layer's twin is channels-last (call it through `twin_call`): TensorFlow's CPU
+    Conv2D takes NCHW only where oneDNN is on, which TensorFlow enables only on processors with
+    AVX-512 VNNI, BF16 or AMX (on a Zen 3 every channels-first twin failed)."""
     base = {
         ta.FakeApproxConv2D: keras.layers.Conv2D,
         ta.FakeApproxDepthwiseConv2D: keras.layers.DepthwiseConv2D,
         ta.FakeApproxDense: keras.layers.Dense,
     }[type(layer)]
     config = {k: v for k, v in layer.get_config().items() if k not in APPROX_KEYS}
+    build_config = layer.get_build_config()
+    if channels_first(layer):
+        config["data_format"] = "channels_last"
+        shape = list(build_config["input_shape"])
+        build_config = {**build_config, "input_shape": [shape[0], *shape[2:], shape[1]]}
     twin = base.from_config(config)
-    twin.build_from_config(layer.get_build_config())
+    twin.build_from_config(build_config)
     twin.set_weights(layer.get_weights()[: len(twin.weights)])
     return twin
+
+
+def twin_call(layer, twin, x):
+    """twin (accurate_twin(layer)) on x in layer's data format."""
+    if not channels_first(layer):
+        return twin(x)
+    return tf.transpose(twin(tf.transpose(x, [0, 2, 3, 1])), [0, 3, 1, 2])
 
 
 def reference(layer, x):
@@ -65,7 +84,7 @@ def reference(layer, x):
     twin = accurate_twin(layer)
     kernel = twin.kernel.numpy()
     twin.kernel.assign(fake_quant(kernel, *range_with_zero(kernel), layer.num_bits))
-    return twin(fake_quant(x, *range_with_zero(x), layer.num_bits)), twin
+    return twin_call(layer, twin, fake_quant(x, *range_with_zero(x), layer.num_bits)), twin
 
 
 def taps(layer):
@@ -291,7 +310,7 @@ def test_gradients_are_the_accurate_layers_on_fake_quantized_values(make, shape)
     x_lo, x_hi = range_with_zero(x)
     twin = accurate_twin(layer)
     twin.kernel.assign(fake_quant(kernel, k_lo, k_hi, 8))
-    rx, rk = grads(lambda v: twin(fake_quant(v, x_lo, x_hi, 8)), x, twin.kernel)
+    rx, rk = grads(lambda v: twin_call(layer, twin, fake_quant(v, x_lo, x_hi, 8)), x, twin.kernel)
     # Fake quant's straight-through gradient for the kernel: 1 inside its nudged range, else 0.
     with tf.GradientTape() as tape:
         tape.watch(kernel)
