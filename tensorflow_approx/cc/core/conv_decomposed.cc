@@ -11,6 +11,11 @@
 // Exact: every product is below 2^15 in magnitude and a 32-bit lane gains at most 4 * 255 * 128 per
 // step, so 32-bit sums are exact over kChunk = 65536 reduction entries; longer reductions add chunks
 // into 64-bit sums.
+//
+// Without AVX-512 (a Zen 3, say), AVX2 runs the direct path (below) with the same integers widened to
+// int16: vpmaddwd multiplies pairs and adds them into 32-bit lanes (two products a lane a step where
+// vpdpbusd adds four, so the same bound holds). AVX2 has no exact byte product (vpmaddubsw saturates at
+// 2^15, and (u + 128) v reaches 255 * 128 twice a pair), hence the int16 image and B.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -40,6 +45,16 @@ constexpr int kTile = 48;          // pixels gathered at a time (a multiple of k
 // its parallel parts are whole images, so fewer images would leave threads idle.
 constexpr int64_t kImagesPerRegion = 16;
 
+// The instruction set the decomposed kernels run on: VNNI (with VBMI) for every path; AVX2 for the direct
+// path only (the gather path's gathers and byte lookups are VBMI's), the portable loops otherwise.
+enum class DecomposedIsa { kPortable, kAvx2, kVnni };
+
+DecomposedIsa BestIsa(bool portable) {
+  if (portable) return DecomposedIsa::kPortable;
+  if (HasVnni()) return DecomposedIsa::kVnni;
+  return HasAvx2() ? DecomposedIsa::kAvx2 : DecomposedIsa::kPortable;
+}
+
 // What a convolution needs of the filter, per group: B packed for the micro-kernel in panels of kPanel
 // channels (the last one narrower: co is padded to kChannelBlock, zeros beyond), each panel
 // [step][width][4] with a step of four reduction entries, so the micro-tile reads one contiguous run
@@ -52,6 +67,7 @@ struct PackedFilter {
   int64_t reduction = 0;
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
   std::unique_ptr<int8_t[]> b;  // [groups][panels][reduction / 4][width][4]
+  std::unique_ptr<int16_t[]> b16;  // AVX2's direct path: b's entries widened, the same layout
   std::vector<int64_t> offset;  // [out_depth]
 
   // Channels in the panel starting at channel c0 (a multiple of kPanel).
@@ -484,6 +500,33 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, 
 
 using Sums = int64_t[kPixelBlock][kMaxVectors * kChannelBlock];
 
+// A row of n pixels' codes (codes: [n][cg]) to the AVX2 image's int16 entries (DirectImage::entry_bytes 2):
+// pixel i's term r at out + i * pixel_entries + r * depth, u + 128 of each code; the pads past cg are left
+// as they are (B's zeros meet them). A term whose u + 128 is the code itself (the exact table's u = code -
+// 128) is the codes widened, 16 at a time; others take a lookup per entry.
+TFAPPROX_AVX2 void TranslateWideAvx2(const uint8_t* codes, int64_t n, int64_t cg, const uint8_t* u_plus, int terms,
+                                     int64_t depth, int64_t pixel_entries, uint16_t* out) {
+  for (int r = 0; r < terms; ++r) {
+    const uint8_t* table = u_plus + r * 256;
+    bool identity = true;
+    for (int c = 0; c < 256; ++c) identity = identity && table[c] == c;
+    if (identity && terms == 1 && depth == cg) {  // the row's entries in one run
+      int64_t k = 0;
+      for (; k + 16 <= n * cg; k += 16) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), _mm256_cvtepu8_epi16(bytes));
+      }
+      for (; k < n * cg; ++k) out[k] = codes[k];
+      continue;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t* dst = out + i * pixel_entries + r * depth;
+      const uint8_t* src = codes + i * cg;
+      for (int64_t c = 0; c < cg; ++c) dst[c] = table[src[c]];
+    }
+  }
+}
+
 // sums[i][c] (= for `first`, else +=) the dot products of A's row i and B's channel c for kPixelBlock rows
 // of A and the NV * kChannelBlock channels of a panel of B (packed as PackedFilter::b, `width` channels a
 // step, from b on), over `segments` runs of `segment_steps` steps (four reduction entries each): run j of
@@ -616,6 +659,105 @@ TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMa
   }
 }
 
+TFAPPROX_AVX2 inline void StoreOutputsAvx2(const __m256i (&acc)[kPixelBlock], int channel, const BlockOutputs& o);
+
+// AVX2's micro-tile (the direct path without VNNI): MicroTileVnni's sums from the int16 image and B16
+// (DirectImage::entry_bytes 2). A step's four entries of a pixel are one broadcast qword; a vector of B
+// holds four channels' four entries; vpmaddwd leaves channel c's sum of entries 0-1 in lane 2c and of 2-3
+// in lane 2c + 1 (added at the end by vphaddd). kPixelBlock pixels x 8 channels at a time: 12 sums, two
+// vectors of B and a broadcast of AVX2's 16 registers.
+template <int NV>
+TFAPPROX_AVX2 __attribute__((always_inline)) inline void MicroTileAvx2(
+    const uint8_t* const* rows, const int64_t* offsets, int64_t segments, int64_t segment_steps, const int16_t* b,
+    int64_t width, bool first, Sums* sums, const BlockOutputs* outputs) {
+  // Eight channels a pass, only those holding real channels where the outputs are written here.
+  const int chunks = outputs != nullptr ? static_cast<int>((outputs->width + 7) / 8) : 2 * NV;
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero, s20 = zero, s21 = zero, s30 = zero, s31 = zero,
+            s40 = zero, s41 = zero, s50 = zero, s51 = zero;
+    const int16_t* bp = b + chunk * 8 * 4;
+    for (int64_t j = 0; j < segments; ++j) {
+      const uint8_t *a0 = rows[0] + offsets[j], *a1 = rows[1] + offsets[j], *a2 = rows[2] + offsets[j];
+      const uint8_t *a3 = rows[3] + offsets[j], *a4 = rows[4] + offsets[j], *a5 = rows[5] + offsets[j];
+      for (int64_t step = 0; step < segment_steps; ++step, bp += width * 4) {
+        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
+#define TFAPPROX_DECOMPOSED_ROW_AVX2(i)                             \
+  {                                                                 \
+    long long four;                                                 \
+    std::memcpy(&four, a##i + 8 * step, 8);                         \
+    const __m256i av = _mm256_set1_epi64x(four);                    \
+    s##i##0 = _mm256_add_epi32(s##i##0, _mm256_madd_epi16(av, b0)); \
+    s##i##1 = _mm256_add_epi32(s##i##1, _mm256_madd_epi16(av, b1)); \
+  }
+        TFAPPROX_DECOMPOSED_ROW_AVX2(0)
+        TFAPPROX_DECOMPOSED_ROW_AVX2(1)
+        TFAPPROX_DECOMPOSED_ROW_AVX2(2)
+        TFAPPROX_DECOMPOSED_ROW_AVX2(3)
+        TFAPPROX_DECOMPOSED_ROW_AVX2(4)
+        TFAPPROX_DECOMPOSED_ROW_AVX2(5)
+#undef TFAPPROX_DECOMPOSED_ROW_AVX2
+      }
+    }
+    // Per pixel its eight channels' sums in order: vphaddd gives channels 0 1 4 5 | 2 3 6 7.
+    const __m256i acc[kPixelBlock] = {
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s00, s01), 0xD8),
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s10, s11), 0xD8),
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s20, s21), 0xD8),
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s30, s31), 0xD8),
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s40, s41), 0xD8),
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s50, s51), 0xD8)};
+    if (outputs != nullptr) {
+      StoreOutputsAvx2(acc, chunk * 8, *outputs);
+      continue;
+    }
+    for (int i = 0; i < kPixelBlock; ++i) {
+      alignas(32) int32_t lanes[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i]);
+      int64_t* out = (*sums)[i] + chunk * 8;
+      for (int c = 0; c < 8; ++c) out[c] = (first ? 0 : out[c]) + lanes[c];
+    }
+  }
+}
+
+// StoreOutputsVnni's float operations for the eight channels from `channel` (relative to the panel's c0)
+// of a block's pixels, eight lanes at a time (the channels past o.width masked off).
+TFAPPROX_AVX2 inline void StoreOutputsAvx2(const __m256i (&acc)[kPixelBlock], int channel, const BlockOutputs& o) {
+  const DequantizeRows& r = *o.rows;
+  const int64_t c = o.c0 + channel, left = o.width - channel;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(left, 8))), lane);
+  const __m256 acc_scale = _mm256_maskload_ps(&r.acc_scale[c], m);
+  const __m256 act_sum_scale = _mm256_maskload_ps(&r.act_sum_scale[c], m);
+  const __m256 filter_term = _mm256_maskload_ps(&r.filter_term[c], m);
+  const __m256 constant = _mm256_maskload_ps(&r.constant[c], m);
+  const __m256i channel_add = _mm256_maskload_epi32(o.channel_add + c, m);
+  const __m256i channel_act = _mm256_maskload_epi32(o.channel_act + c, m);
+  for (int i = 0; i < kPixelBlock; ++i) {
+    if (i >= o.pixels) break;
+    const __m256i net_acc = _mm256_add_epi32(_mm256_add_epi32(acc[i], _mm256_set1_epi32(o.pixel_add[i])), channel_add);
+    const __m256i act = _mm256_sub_epi32(_mm256_set1_epi32(o.act[i]), channel_act);
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(acc_scale, _mm256_cvtepi32_ps(net_acc)),
+                             _mm256_mul_ps(act_sum_scale, _mm256_cvtepi32_ps(act)));
+    v = _mm256_add_ps(v, filter_term);
+    v = _mm256_add_ps(v, constant);
+    _mm256_maskstore_ps(o.out[i] + c, m, v);
+  }
+}
+
+template <int NV>
+TFAPPROX_AVX2 void MicroKernelAvx2(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
+                                   int64_t segment_steps, const int16_t* b, int64_t width, bool first, Sums& sums) {
+  MicroTileAvx2<NV>(rows, offsets, segments, segment_steps, b, width, first, &sums, nullptr);
+}
+template <int NV>
+TFAPPROX_AVX2 void MicroKernelOutputsAvx2(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
+                                          int64_t segment_steps, const int16_t* b, int64_t width,
+                                          const BlockOutputs& outputs) {
+  MicroTileAvx2<NV>(rows, offsets, segments, segment_steps, b, width, true, nullptr, &outputs);
+}
+
 template <int NV>
 void MicroKernelPortable(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
                          int64_t segment_steps, const int8_t* b, int64_t width, bool first, Sums& sums) {
@@ -643,6 +785,12 @@ constexpr MicroKernel kPortableKernels[kMaxVectors] = {MicroKernelPortable<1>, M
 using MicroKernelOutputs = decltype(&MicroKernelOutputsVnni<1>);
 constexpr MicroKernelOutputs kVnniOutputKernels[kMaxVectors] = {MicroKernelOutputsVnni<1>, MicroKernelOutputsVnni<2>,
                                                                 MicroKernelOutputsVnni<3>, MicroKernelOutputsVnni<4>};
+using MicroKernelAvx2Sums = decltype(&MicroKernelAvx2<1>);
+constexpr MicroKernelAvx2Sums kAvx2Kernels[kMaxVectors] = {MicroKernelAvx2<1>, MicroKernelAvx2<2>, MicroKernelAvx2<3>,
+                                                          MicroKernelAvx2<4>};
+using MicroKernelAvx2Outputs = decltype(&MicroKernelOutputsAvx2<1>);
+constexpr MicroKernelAvx2Outputs kAvx2OutputKernels[kMaxVectors] = {MicroKernelOutputsAvx2<1>, MicroKernelOutputsAvx2<2>,
+                                                                    MicroKernelOutputsAvx2<3>, MicroKernelOutputsAvx2<4>};
 
 // out[c] = sums[c] + alpha_sum + offset[c] for c < n: one pixel's sums in a panel, into acc.
 void WriteSumsPortable(const int64_t* sums, int64_t alpha_sum, const int64_t* offset, int64_t n, int64_t* out) {
@@ -678,7 +826,8 @@ constexpr int64_t kNoOffset = 0;  // the gather path's one run per row starts at
 // terms (DirectDepth), which B's zeros multiply (PackFilter).
 struct DirectImage {
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
-  int64_t pixel_bytes = 0;          // terms * DirectDepth
+  int64_t entry_bytes = 1;          // 1: u + 128 as bytes (VNNI); 2: as int16 (AVX2, vpmaddwd's operands)
+  int64_t pixel_bytes = 0;          // terms * DirectDepth * entry_bytes
   UninitializedVector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
   UninitializedVector<int64_t> code_sums;   // [batch][ph][pw]
   UninitializedVector<int64_t> alpha_sums;  // [batch][ph][pw]
@@ -688,8 +837,8 @@ struct DirectImage {
   int64_t zero_code_sum = 0, zero_alpha_sum = 0;
 };
 
-bool DirectApplies(const ConvShape& s, int terms, bool fast) {
-  return fast && s.groups() == 1 && s.filter_h * s.filter_w * terms * DirectDepth(s) <= kChunk;
+bool DirectApplies(const ConvShape& s, int terms, DecomposedIsa isa) {
+  return isa != DecomposedIsa::kPortable && s.groups() == 1 && s.filter_h * s.filter_w * terms * DirectDepth(s) <= kChunk;
 }
 
 // out[c] = sum of rows[j][c] over j < count, for c < n.
@@ -702,14 +851,23 @@ TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int6
   }
 }
 
+void AddRowsPortable(const int64_t* const* rows, int64_t count, int64_t n, int64_t* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    int64_t sum = rows[0][c];
+    for (int64_t j = 1; j < count; ++j) sum += rows[j][c];
+    out[c] = sum;
+  }
+}
+
 // The padded image's geometry and buffers for conv.input's shape, its rows not yet filled (FillDirectImage).
 std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
-                                             const int32_t* alpha) {
+                                             const int32_t* alpha, DecomposedIsa isa) {
   const ConvShape& s = conv.shape;
   const int64_t cg = s.filter_depth, depth = DirectDepth(s);
   auto image = std::make_unique<DirectImage>();
   DirectImage& m = *image;
-  m.pixel_bytes = terms * depth;
+  m.entry_bytes = isa == DecomposedIsa::kAvx2 ? 2 : 1;
+  m.pixel_bytes = terms * depth * m.entry_bytes;
   // The farthest row and column a tap reaches (from the padding's top left), and the input's.
   const int64_t rows = (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h + 1;
   const int64_t cols = (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w + 1;
@@ -727,15 +885,25 @@ std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int term
   }
   // A padding pixel: the zero code's bytes and sums.
   m.zero_pixel.assign(static_cast<size_t>(m.pixel_bytes), 0);
-  for (int r = 0; r < terms; ++r)
-    std::fill(m.zero_pixel.begin() + r * depth, m.zero_pixel.begin() + r * depth + cg, u_plus[r * 256 + conv.input_zero_code]);
+  for (int r = 0; r < terms; ++r) {
+    for (int64_t c = 0; c < cg; ++c) {
+      const uint8_t entry = u_plus[r * 256 + conv.input_zero_code];
+      if (m.entry_bytes == 1) {
+        m.zero_pixel[r * depth + c] = entry;
+      } else {
+        const uint16_t wide = entry;
+        std::memcpy(&m.zero_pixel[(r * depth + c) * 2], &wide, 2);
+      }
+    }
+  }
   m.zero_code_sum = cg * conv.input_zero_code;
   m.zero_alpha_sum = cg * int64_t{alpha[conv.input_zero_code]};
   return image;
 }
 
 // Rows [begin, end) of the image (row n * ph + r: padded row r of image n) from conv.input's codes, or
-// from those `input_rows` gives (VNNI: NarrowPixelsVbmi or TranslateVbmi and SumsVbmi).
+// from those `input_rows` gives (VNNI: NarrowPixelsVbmi or TranslateVbmi and SumsVbmi; AVX2:
+// TranslateWideAvx2 and SumsPortable).
 void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus, const int32_t* alpha,
                      const AlphaPlanes& alpha_planes, const InputRows* input_rows, int64_t begin, int64_t end,
                      DirectImage* image) {
@@ -756,6 +924,13 @@ void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus
           (*input_rows)(n * s.in_h + ih, row_codes.data());
         } else {
           codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
+        }
+        if (m.entry_bytes == 2) {
+          TranslateWideAvx2(codes, s.in_w, cg, u_plus, terms, depth, m.pixel_bytes / 2,
+                            reinterpret_cast<uint16_t*>(bytes + c * m.pixel_bytes));
+          SumsPortable(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
+          c += s.in_w - 1;
+          continue;
         }
         if (NarrowPixelsApply(cg)) {
           NarrowPixelsVbmi(codes, s.in_w, cg, u_plus, terms, alpha_planes, bytes + c * m.pixel_bytes, code_sums + c,
@@ -782,8 +957,9 @@ void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus
 // The whole image, in parallel over its rows.
 std::unique_ptr<DirectImage> BuildDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus,
                                               const int32_t* alpha, const AlphaPlanes& alpha_planes,
-                                              const ParallelFor& parallel_for, const InputRows* input_rows) {
-  auto image = MakeDirectImage(conv, terms, u_plus, alpha);
+                                              const ParallelFor& parallel_for, const InputRows* input_rows,
+                                              DecomposedIsa isa) {
+  auto image = MakeDirectImage(conv, terms, u_plus, alpha, isa);
   DirectImage* m = image.get();
   parallel_for(conv.shape.batch * m->ph, m->pw * m->pixel_bytes * 2, [&](int64_t begin, int64_t end) {
     FillDirectImage(conv, terms, u_plus, alpha, alpha_planes, input_rows, begin, end, m);
@@ -800,7 +976,7 @@ struct DecomposedPlan {
   AlphaPlanes alpha_planes;
   std::vector<uint8_t> u_plus;  // [terms][256]: u + 128
   int terms = 0;
-  bool fast = false;  // the VNNI / VBMI kernels
+  DecomposedIsa isa = DecomposedIsa::kPortable;
   bool direct = false;  // the direct path (DirectApplies; B then tap-major)
   // Its image, built once for conv.input's codes (`input`), or null where each call builds images one
   // at a time beside their GEMM (PrepareDecomposed's whole_images); input_rows: where the codes come from
@@ -873,9 +1049,11 @@ struct DecomposedPlan {
 // any stride; the gather path (groups) keeps the limits measured before.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
-  if (!HasVnni() || per_group < 16 || taps < 16) return false;
+  const DecomposedIsa isa = BestIsa(false);
+  if (isa == DecomposedIsa::kPortable || per_group < 16 || taps < 16) return false;
   const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
-  const bool direct = DirectApplies(shape, terms, true);
+  const bool direct = DirectApplies(shape, terms, isa);
+  if (isa == DecomposedIsa::kAvx2) return direct && terms <= 8;
   if (taps < 128) return direct && terms <= (strided ? 1 : 8);
   if (direct) return terms <= 8;
   if (per_group < 32) return terms <= 6 || (terms <= 8 && !strided);
@@ -885,31 +1063,46 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
 bool DecomposedWritesOutputs(const DecomposedPlan& plan) { return plan.direct; }
 
 const char* DecomposedKernelName(bool portable) {
-  return portable || !HasVnni() ? "decomposed-portable" : "avx512vnni-decomposed";
+  switch (BestIsa(portable)) {
+    case DecomposedIsa::kVnni:
+      return "avx512vnni-decomposed";
+    case DecomposedIsa::kAvx2:
+      return "avx2-decomposed";
+    default:
+      return "decomposed-portable";
+  }
 }
 
 bool DecomposedBuildsImage(const ConvShape& shape, int terms, bool portable) {
-  return DirectApplies(shape, terms, !portable && HasVnni());
+  return DirectApplies(shape, terms, BestIsa(portable));
 }
 
 std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& conv, const TableDecomposition& d,
                                                         const ParallelFor& parallel_for, bool portable,
                                                         const InputRows* rows, bool whole_images) {
   auto plan = std::make_shared<DecomposedPlan>();
-  const bool direct = DecomposedBuildsImage(conv.shape, d.terms, portable);
-  plan->filter = PackFilter(conv, d, parallel_for, !portable && HasVnni(), direct);
+  const DecomposedIsa isa = BestIsa(portable);
+  const bool direct = DirectApplies(conv.shape, d.terms, isa);
+  plan->filter = PackFilter(conv, d, parallel_for, isa == DecomposedIsa::kVnni, direct);
+  if (direct && isa == DecomposedIsa::kAvx2) {  // vpmaddwd's int16 operands
+    PackedFilter& f = plan->filter;
+    const size_t size = static_cast<size_t>(f.reduction * f.channels);
+    f.b16.reset(new int16_t[size]);
+    std::copy(f.b.get(), f.b.get() + size, f.b16.get());
+    f.b.reset();
+  }
   plan->alpha.assign(d.alpha, d.alpha + 256);
   plan->alpha_planes = AlphaPlanes(d.alpha);
   plan->terms = d.terms;
   plan->u_plus.resize(static_cast<size_t>(d.terms) * 256);
   for (size_t i = 0; i < plan->u_plus.size(); ++i) plan->u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
-  plan->fast = !portable && HasVnni();
+  plan->isa = isa;
   plan->direct = direct;
   plan->input = conv.input;
   plan->input_rows = rows;
   if (direct && !(whole_images && conv.shape.batch >= kImagesPerRegion)) {
     plan->image = BuildDirectImage(conv, d.terms, plan->u_plus.data(), plan->alpha.data(), plan->alpha_planes,
-                                   parallel_for, rows);
+                                   parallel_for, rows, isa);
   }
   return plan;
 }
@@ -935,7 +1128,7 @@ DirectSetup MakeDirectSetup(const QuantizedConv& conv, const DecomposedPlan& pla
   // one, whose row pointers were most of its micro-kernel's work); else one per tap.
   for (int64_t t = 0; t < spatial_taps; t += s.dilation_w == 1 ? s.filter_w : 1) d.run_bytes.push_back(m.tap_bytes[t]);
   d.runs = static_cast<int64_t>(d.run_bytes.size());
-  d.run_steps = spatial_taps / d.runs * (m.pixel_bytes / 4);
+  d.run_steps = spatial_taps / d.runs * (m.pixel_bytes / m.entry_bytes / 4);
   // The outputs from int32 sums (BlockOutputs) where both of an output's integers are bounded within
   // int32 (|sum of (u + 128) v| <= reduction * 255 * 128, |alpha sum| <= taps * max |alpha|, code sums <=
   // taps * 255) with every channel's offsets: then so are the int32 per-pixel and per-channel addends.
@@ -981,7 +1174,9 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
   const int64_t* code_sums = m.code_sums.data();
   const int64_t* tap_pixels = m.tap_pixels.data();
-  const MicroKernel* kernels = kVnniKernels;
+  const bool avx2 = plan.isa == DecomposedIsa::kAvx2;
+  const auto add_rows = avx2 ? AddRowsPortable : AddRowsAvx512;
+  const auto write_sums = avx2 ? WriteSumsPortable : WriteSumsAvx512;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
   parallel_for(tiles, kTile * f.reduction * f.channels / 16 + 1, [&](int64_t begin, int64_t end) {
     // A tile's pixels: each one's image pixel at tap (0, 0) and sums; then the panels of B outer and the
@@ -1043,10 +1238,10 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           continue;
         }
         for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = code_sums + at[i] + tap_pixels[t];
-        AddRowsAvx512(tap_sums.data(), spatial_taps, run, act + i);
+        add_rows(tap_sums.data(), spatial_taps, run, act + i);
         if (!affine) {
           for (int64_t t = 0; t < spatial_taps; ++t) tap_sums[t] = m.alpha_sums.data() + at[i] + tap_pixels[t];
-          AddRowsAvx512(tap_sums.data(), spatial_taps, run, alpha_sums + i);
+          add_rows(tap_sums.data(), spatial_taps, run, alpha_sums + i);
         }
         i += run;
       }
@@ -1079,26 +1274,37 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
             o.pixel_add = pixel_add32 + i0;
             o.act = act32 + i0;
             o.out = outs + i0;
-            kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
-                                                          runs, run_steps, f.b.get() + c0 * f.reduction,
-                                                          width, o);
+            if (avx2) {
+              kAvx2OutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
+                                                            runs, run_steps, f.b16.get() + c0 * f.reduction,
+                                                            width, o);
+            } else {
+              kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
+                                                            runs, run_steps, f.b.get() + c0 * f.reduction,
+                                                            width, o);
+            }
             continue;
           }
           Sums sums;
-          kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps,
-                                             f.b.get() + c0 * f.reduction, width, true, sums);
+          if (avx2) {
+            kAvx2Kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
+                                                    run_steps, f.b16.get() + c0 * f.reduction, width, true, sums);
+          } else {
+            kVnniKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
+                                                    run_steps, f.b.get() + c0 * f.reduction, width, true, sums);
+          }
           if (outputs != nullptr) {  // the block's sums, then its outputs
             int64_t block_acc[kPixelBlock][kPanel];
             for (int64_t i = 0; i < n; ++i) {
-              WriteSumsAvx512(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width, block_acc[i]);
+              write_sums(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width, block_acc[i]);
             }
             DequantizeBlock(*outputs->rows, c0, real_width, n, block_acc[0], kPanel, act + i0,
                             outputs->out + (first + i0) * s.out_depth + c0, s.out_depth);
             continue;
           }
           for (int64_t i = 0; i < n; ++i) {
-            WriteSumsAvx512(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width,
-                            acc + (first + i0 + i) * s.out_depth + c0);
+            write_sums(sums[i], alpha_sums[i0 + i], f.offset.data() + c0, real_width,
+                       acc + (first + i0 + i) * s.out_depth + c0);
           }
         }
         c0 += width;
@@ -1128,7 +1334,7 @@ void DirectImagesAccumulate(const QuantizedConv& conv, const DecomposedPlan& pla
       if (conv.input != nullptr) image_conv.input = conv.input + n * s.in_h * s.in_w * s.in_depth;
       const InputRows image_rows = [&](int64_t row, uint8_t* codes) { (*rows)(n * s.in_h + row, codes); };
       if (image == nullptr) {
-        image = MakeDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data());
+        image = MakeDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.isa);
         setup = MakeDirectSetup(image_conv, plan, *image, outputs);
       }
       FillDirectImage(image_conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes,
@@ -1163,7 +1369,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
     std::unique_ptr<DirectImage> own;
     if (plan.image == nullptr || plan.input != conv.input) {
       own = BuildDirectImage(conv, plan.terms, plan.u_plus.data(), plan.alpha.data(), plan.alpha_planes, parallel_for,
-                             rows);
+                             rows, plan.isa);
     }
     const DirectImage& image = own != nullptr ? *own : *plan.image;
     DirectConvAccumulate(conv, plan, image, MakeDirectSetup(conv, plan, image, outputs), pixel_begin, pixel_end,
@@ -1173,7 +1379,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   const PackedFilter& f = plan.filter;
   const int64_t steps = f.reduction / 4, chunk_steps = kChunk / 4;
-  const bool fast = plan.fast;
+  const bool fast = plan.isa == DecomposedIsa::kVnni;  // (the gather path has no AVX2 kernels)
   const MicroKernel* kernels = fast ? kVnniKernels : kPortableKernels;
   const CopyTaps copy = fast ? CopyTapsAvx512 : CopyTapsPortable;
   const auto translate = fast ? TranslateVbmi : TranslatePortable;

@@ -7,6 +7,8 @@
 #define TFAPPROX_AVX512DQ __attribute__((target("avx512f,avx512dq")))
 #define TFAPPROX_AVX512VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 #define TFAPPROX_VNNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
+// (No "fma": GCC would fuse the float multiplies and adds that must round as the scalar code's do.)
+#define TFAPPROX_AVX2 __attribute__((target("avx2")))
 
 namespace tfapprox {
 
@@ -22,6 +24,11 @@ inline bool HasAvx512Dq() {
 
 inline bool HasAvx512Vbmi() {
   static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vbmi");
+  return has;
+}
+
+inline bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
   return has;
 }
 

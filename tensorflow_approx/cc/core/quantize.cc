@@ -74,14 +74,45 @@ __attribute__((target("avx512f"))) bool QuantizeRunsAvx512(const float* values, 
   return nan != 0;
 }
 
+// The same steps on 8 lanes with AVX2 (without AVX-512: a Zen 3, say, where the scalar loop was a sixth of
+// a decomposed ResNet-20 layer's time). A run's last values past a whole vector take the scalar steps.
+__attribute__((target("avx2"))) bool QuantizeRunsAvx2(const float* values, int64_t runs, int64_t length,
+                                                      int64_t stride, const QuantParams& q, uint8_t* codes) {
+  const __m256 lo = _mm256_set1_ps(q.nudged_min), hi = _mm256_set1_ps(q.nudged_max);
+  const __m256 scale = _mm256_set1_ps(q.scale), zero = _mm256_set1_ps(q.quant_zero);
+  const __m256 half = _mm256_set1_ps(0.5f), top = _mm256_set1_ps(static_cast<float>(q.quant_max - q.quant_min));
+  const __m256i quant_min = _mm256_set1_epi32(q.quant_min);
+  int nan = 0;
+  for (int64_t j = 0; j < runs; ++j, values += stride, codes += length) {
+    int64_t i = 0;
+    for (; i + 8 <= length; i += 8) {
+      const __m256 x = _mm256_loadu_ps(values + i);
+      nan |= _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+      const __m256 clamped = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+      __m256 code = _mm256_add_ps(_mm256_sub_ps(_mm256_div_ps(_mm256_sub_ps(clamped, lo), scale), zero), half);
+      code = _mm256_add_ps(_mm256_round_ps(code, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zero);
+      code = _mm256_min_ps(_mm256_max_ps(code, _mm256_setzero_ps()), top);
+      const __m256i absolute = _mm256_add_epi32(_mm256_cvttps_epi32(code), quant_min);
+      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(absolute), _mm256_extracti128_si256(absolute, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(words, words));
+    }
+    for (; i < length; ++i) {
+      nan |= values[i] != values[i];
+      codes[i] = QuantizeToCode(values[i], q);
+    }
+  }
+  return nan != 0;
+}
+
 }  // namespace
 
 bool QuantizeRuns(const float* values, int64_t runs, int64_t length, int64_t stride, const QuantParams& q,
                   uint8_t* codes, bool portable) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
   // A zero-width range has no division to vectorize: every code is 0.
-  if (portable || !avx512 || q.scale == 0.f) return QuantizeRunsScalar(values, runs, length, stride, q, codes);
-  return QuantizeRunsAvx512(values, runs, length, stride, q, codes);
+  if (portable || !(avx512 || avx2) || q.scale == 0.f) return QuantizeRunsScalar(values, runs, length, stride, q, codes);
+  if (avx512) return QuantizeRunsAvx512(values, runs, length, stride, q, codes);
+  return QuantizeRunsAvx2(values, runs, length, stride, q, codes);
 }
 
 bool QuantizeCodes(const float* values, int64_t n, const QuantParams& q, uint8_t* codes, bool portable) {
