@@ -527,6 +527,32 @@ TFAPPROX_AVX2 void TranslateWideAvx2(const uint8_t* codes, int64_t n, int64_t cg
   }
 }
 
+// SumsPortable for AVX2's image rows (n pixels of cg codes): the code sums 16 bytes at a time (vpsadbw), an
+// affine alpha's sums from them (AlphaPlanes: base * cg + slope * code sum), other alphas looked up. (Per
+// code with the lookups, they were a tenth of ResNet-20's 16->16 layer with the exact table.)
+TFAPPROX_AVX2 void SumsAvx2(const uint8_t* codes, int64_t n, int64_t cg, const int32_t* alpha, const AlphaPlanes& planes,
+                            int64_t* code_sum, int64_t* alpha_sum) {
+  const bool affine = planes.count == 0;
+  for (int64_t i = 0; i < n; ++i, codes += cg) {
+    __m128i sixteens = _mm_setzero_si128();
+    int64_t k = 0;
+    for (; k + 16 <= cg; k += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k));
+      sixteens = _mm_add_epi64(sixteens, _mm_sad_epu8(bytes, _mm_setzero_si128()));
+    }
+    int64_t sum = _mm_cvtsi128_si64(sixteens) + _mm_extract_epi64(sixteens, 1);
+    for (; k < cg; ++k) sum += codes[k];
+    code_sum[i] = sum;
+    if (affine) {
+      alpha_sum[i] = planes.base * cg + planes.slope * sum;
+      continue;
+    }
+    int64_t alphas = 0;
+    for (k = 0; k < cg; ++k) alphas += alpha[codes[k]];
+    alpha_sum[i] = alphas;
+  }
+}
+
 // sums[i][c] (= for `first`, else +=) the dot products of A's row i and B's channel c for kPixelBlock rows
 // of A and the NV * kChannelBlock channels of a panel of B (packed as PackedFilter::b, `width` channels a
 // step, from b on), over `segments` runs of `segment_steps` steps (four reduction entries each): run j of
@@ -659,30 +685,28 @@ TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMa
   }
 }
 
-TFAPPROX_AVX2 inline void StoreOutputsAvx2(const __m256i (&acc)[kPixelBlock], int channel, const BlockOutputs& o);
-
-// AVX2's micro-tile (the direct path without VNNI): MicroTileVnni's sums from the int16 image and B16
-// (DirectImage::entry_bytes 2). A step's four entries of a pixel are one broadcast qword; a vector of B
-// holds four channels' four entries; vpmaddwd leaves channel c's sum of entries 0-1 in lane 2c and of 2-3
-// in lane 2c + 1 (added at the end by vphaddd). kPixelBlock pixels x 8 channels at a time: 12 sums, two
-// vectors of B and a broadcast of AVX2's 16 registers.
-template <int NV>
-TFAPPROX_AVX2 __attribute__((always_inline)) inline void MicroTileAvx2(
-    const uint8_t* const* rows, const int64_t* offsets, int64_t segments, int64_t segment_steps, const int16_t* b,
-    int64_t width, bool first, Sums* sums, const BlockOutputs* outputs) {
-  // Eight channels a pass, only those holding real channels where the outputs are written here.
-  const int chunks = outputs != nullptr ? static_cast<int>((outputs->width + 7) / 8) : 2 * NV;
-  for (int chunk = 0; chunk < chunks; ++chunk) {
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero, s20 = zero, s21 = zero, s30 = zero, s31 = zero,
-            s40 = zero, s41 = zero, s50 = zero, s51 = zero;
-    const int16_t* bp = b + chunk * 8 * 4;
-    for (int64_t j = 0; j < segments; ++j) {
-      const uint8_t *a0 = rows[0] + offsets[j], *a1 = rows[1] + offsets[j], *a2 = rows[2] + offsets[j];
-      const uint8_t *a3 = rows[3] + offsets[j], *a4 = rows[4] + offsets[j], *a5 = rows[5] + offsets[j];
-      for (int64_t step = 0; step < segment_steps; ++step, bp += width * 4) {
-        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
-        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
+// AVX2's micro-tile (the direct path without VNNI): the sums of kPixelBlock pixels and the eight channels
+// of B16 at b (a panel's chunk: b16 + c0 * reduction + chunk * 32), from the int16 image (DirectImage::
+// entry_bytes 2); rows, offsets and steps as MicroKernelVnni's. A step's four entries of a pixel are one
+// broadcast qword; a vector of B holds four channels' four entries; vpmaddwd leaves channel c's sum of
+// entries 0-1 in lane 2c and of 2-3 in lane 2c + 1 (added at the end by vphaddd). 12 sums, two vectors of
+// B and a broadcast of AVX2's 16 registers. One chunk a call, so that the caller runs a chunk over all of
+// a tile's blocks while its B (reduction x 16 bytes) stays in cache: a block at a time over a panel's
+// chunks, B was read from L3 for every block (8 terms on 7x7 512->512: 4.7 MB a panel).
+TFAPPROX_AVX2 __attribute__((always_inline)) inline void MicroChunkAvx2(const uint8_t* const* rows, const int64_t* offsets,
+                                                                       int64_t segments, int64_t segment_steps,
+                                                                       const int16_t* b, int64_t width,
+                                                                       __m256i (&acc)[kPixelBlock]) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero, s20 = zero, s21 = zero, s30 = zero, s31 = zero,
+          s40 = zero, s41 = zero, s50 = zero, s51 = zero;
+  const int16_t* bp = b;
+  for (int64_t j = 0; j < segments; ++j) {
+    const uint8_t *a0 = rows[0] + offsets[j], *a1 = rows[1] + offsets[j], *a2 = rows[2] + offsets[j];
+    const uint8_t *a3 = rows[3] + offsets[j], *a4 = rows[4] + offsets[j], *a5 = rows[5] + offsets[j];
+    for (int64_t step = 0; step < segment_steps; ++step, bp += width * 4) {
+      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp));
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + 16));
 #define TFAPPROX_DECOMPOSED_ROW_AVX2(i)                             \
   {                                                                 \
     long long four;                                                 \
@@ -691,34 +715,22 @@ TFAPPROX_AVX2 __attribute__((always_inline)) inline void MicroTileAvx2(
     s##i##0 = _mm256_add_epi32(s##i##0, _mm256_madd_epi16(av, b0)); \
     s##i##1 = _mm256_add_epi32(s##i##1, _mm256_madd_epi16(av, b1)); \
   }
-        TFAPPROX_DECOMPOSED_ROW_AVX2(0)
-        TFAPPROX_DECOMPOSED_ROW_AVX2(1)
-        TFAPPROX_DECOMPOSED_ROW_AVX2(2)
-        TFAPPROX_DECOMPOSED_ROW_AVX2(3)
-        TFAPPROX_DECOMPOSED_ROW_AVX2(4)
-        TFAPPROX_DECOMPOSED_ROW_AVX2(5)
+      TFAPPROX_DECOMPOSED_ROW_AVX2(0)
+      TFAPPROX_DECOMPOSED_ROW_AVX2(1)
+      TFAPPROX_DECOMPOSED_ROW_AVX2(2)
+      TFAPPROX_DECOMPOSED_ROW_AVX2(3)
+      TFAPPROX_DECOMPOSED_ROW_AVX2(4)
+      TFAPPROX_DECOMPOSED_ROW_AVX2(5)
 #undef TFAPPROX_DECOMPOSED_ROW_AVX2
-      }
-    }
-    // Per pixel its eight channels' sums in order: vphaddd gives channels 0 1 4 5 | 2 3 6 7.
-    const __m256i acc[kPixelBlock] = {
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s00, s01), 0xD8),
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s10, s11), 0xD8),
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s20, s21), 0xD8),
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s30, s31), 0xD8),
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s40, s41), 0xD8),
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(s50, s51), 0xD8)};
-    if (outputs != nullptr) {
-      StoreOutputsAvx2(acc, chunk * 8, *outputs);
-      continue;
-    }
-    for (int i = 0; i < kPixelBlock; ++i) {
-      alignas(32) int32_t lanes[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i]);
-      int64_t* out = (*sums)[i] + chunk * 8;
-      for (int c = 0; c < 8; ++c) out[c] = (first ? 0 : out[c]) + lanes[c];
     }
   }
+  // Per pixel its eight channels' sums in order: vphaddd gives channels 0 1 4 5 | 2 3 6 7.
+  acc[0] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s00, s01), 0xD8);
+  acc[1] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s10, s11), 0xD8);
+  acc[2] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s20, s21), 0xD8);
+  acc[3] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s30, s31), 0xD8);
+  acc[4] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s40, s41), 0xD8);
+  acc[5] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s50, s51), 0xD8);
 }
 
 // StoreOutputsVnni's float operations for the eight channels from `channel` (relative to the panel's c0)
@@ -746,16 +758,27 @@ TFAPPROX_AVX2 inline void StoreOutputsAvx2(const __m256i (&acc)[kPixelBlock], in
   }
 }
 
-template <int NV>
+// MicroKernelVnni's int64 sums (all width channels of a panel, sums set) with AVX2, chunk by chunk.
 TFAPPROX_AVX2 void MicroKernelAvx2(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
-                                   int64_t segment_steps, const int16_t* b, int64_t width, bool first, Sums& sums) {
-  MicroTileAvx2<NV>(rows, offsets, segments, segment_steps, b, width, first, &sums, nullptr);
+                                   int64_t segment_steps, const int16_t* b, int64_t width, Sums& sums) {
+  for (int64_t chunk = 0; chunk < width / 8; ++chunk) {
+    __m256i acc[kPixelBlock];
+    MicroChunkAvx2(rows, offsets, segments, segment_steps, b + chunk * 32, width, acc);
+    for (int i = 0; i < kPixelBlock; ++i) {
+      alignas(32) int32_t lanes[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i]);
+      for (int c = 0; c < 8; ++c) sums[i][chunk * 8 + c] = lanes[c];
+    }
+  }
 }
-template <int NV>
+// The float32 outputs of channels chunk * 8 .. + 7 of the panel (of B at b, the panel's), as
+// MicroKernelOutputsVnni's.
 TFAPPROX_AVX2 void MicroKernelOutputsAvx2(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
-                                          int64_t segment_steps, const int16_t* b, int64_t width,
+                                          int64_t segment_steps, const int16_t* b, int64_t width, int chunk,
                                           const BlockOutputs& outputs) {
-  MicroTileAvx2<NV>(rows, offsets, segments, segment_steps, b, width, true, nullptr, &outputs);
+  __m256i acc[kPixelBlock];
+  MicroChunkAvx2(rows, offsets, segments, segment_steps, b + chunk * 32, width, acc);
+  StoreOutputsAvx2(acc, chunk * 8, outputs);
 }
 
 template <int NV>
@@ -785,12 +808,6 @@ constexpr MicroKernel kPortableKernels[kMaxVectors] = {MicroKernelPortable<1>, M
 using MicroKernelOutputs = decltype(&MicroKernelOutputsVnni<1>);
 constexpr MicroKernelOutputs kVnniOutputKernels[kMaxVectors] = {MicroKernelOutputsVnni<1>, MicroKernelOutputsVnni<2>,
                                                                 MicroKernelOutputsVnni<3>, MicroKernelOutputsVnni<4>};
-using MicroKernelAvx2Sums = decltype(&MicroKernelAvx2<1>);
-constexpr MicroKernelAvx2Sums kAvx2Kernels[kMaxVectors] = {MicroKernelAvx2<1>, MicroKernelAvx2<2>, MicroKernelAvx2<3>,
-                                                          MicroKernelAvx2<4>};
-using MicroKernelAvx2Outputs = decltype(&MicroKernelOutputsAvx2<1>);
-constexpr MicroKernelAvx2Outputs kAvx2OutputKernels[kMaxVectors] = {MicroKernelOutputsAvx2<1>, MicroKernelOutputsAvx2<2>,
-                                                                    MicroKernelOutputsAvx2<3>, MicroKernelOutputsAvx2<4>};
 
 // out[c] = sums[c] + alpha_sum + offset[c] for c < n: one pixel's sums in a panel, into acc.
 void WriteSumsPortable(const int64_t* sums, int64_t alpha_sum, const int64_t* offset, int64_t n, int64_t* out) {
@@ -903,7 +920,7 @@ std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int term
 
 // Rows [begin, end) of the image (row n * ph + r: padded row r of image n) from conv.input's codes, or
 // from those `input_rows` gives (VNNI: NarrowPixelsVbmi or TranslateVbmi and SumsVbmi; AVX2:
-// TranslateWideAvx2 and SumsPortable).
+// TranslateWideAvx2 and SumsAvx2).
 void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus, const int32_t* alpha,
                      const AlphaPlanes& alpha_planes, const InputRows* input_rows, int64_t begin, int64_t end,
                      DirectImage* image) {
@@ -928,7 +945,7 @@ void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus
         if (m.entry_bytes == 2) {
           TranslateWideAvx2(codes, s.in_w, cg, u_plus, terms, depth, m.pixel_bytes / 2,
                             reinterpret_cast<uint16_t*>(bytes + c * m.pixel_bytes));
-          SumsPortable(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
+          SumsAvx2(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
           c += s.in_w - 1;
           continue;
         }
@@ -1047,13 +1064,18 @@ struct DecomposedPlan {
 // With 9 / 10 / 12 / 16 terms (mul8u_7C1, 150Q, QJD, KEM; five rounds) 0.94-1.03x the lookups' time at 9
 // and slower from 10 (KEM 1.6x on 3x3 s2 16->32). So the direct path takes up to 8 terms from 128 taps at
 // any stride; the gather path (groups) keeps the limits measured before.
+// Without AVX-512 (AVX2: the direct path only; the lookups then run their portable loops, ten times
+// conv2d's time), a 2-core Zen 3, the op through Python (N=64 ResNet-20 layers, N=8 big ones), medians of
+// 5, lookups / decomposed ms: 3x3 16->16 exact 43.7 / 4.0, 8 terms (GS2) 44.9 / 15.2, 16 terms (KEM) 43.8 /
+// 32.1; 8x8 64->64 16 terms 40.2 / 36.1; 3x3 56x56 64->64 16 terms 300 / 183; 1x1 s2 16->32 (16 taps) 9
+// terms (7C1) 4.38 / 3.18, 12 (QJD) 4.27 / 4.37, 16 4.25 / 5.56. So up to 16 terms from 128 taps, 9 below.
 bool PreferDecomposed(const ConvShape& shape, int terms) {
   const int64_t taps = shape.taps(), per_group = shape.out_depth_per_group();
   const DecomposedIsa isa = BestIsa(false);
   if (isa == DecomposedIsa::kPortable || per_group < 16 || taps < 16) return false;
   const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
   const bool direct = DirectApplies(shape, terms, isa);
-  if (isa == DecomposedIsa::kAvx2) return direct && terms <= 8;
+  if (isa == DecomposedIsa::kAvx2) return direct && terms <= (taps < 128 ? 9 : 16);
   if (taps < 128) return direct && terms <= (strided ? 1 : 8);
   if (direct) return terms <= 8;
   if (per_group < 32) return terms <= 6 || (terms <= 8 && !strided);
@@ -1258,37 +1280,46 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           outs[i] = outputs->out + (first + i) * s.out_depth;
         }
       }
+      // Block `block`'s outputs from its int32 sums (BlockOutputs) in the panel of width channels at c0.
+      const auto block_outputs = [&](int64_t block, int64_t c0, int64_t width) {
+        const int64_t i0 = block * kPixelBlock;
+        BlockOutputs o;
+        o.rows = outputs->rows;
+        o.channel_add = channel_add.data();
+        o.channel_act = channel_act.data();
+        o.c0 = c0;
+        o.width = std::min(width, per_group - c0);
+        o.pixels = std::min(count, i0 + kPixelBlock) - i0;
+        o.pixel_add = pixel_add32 + i0;
+        o.act = act32 + i0;
+        o.out = outs + i0;
+        return o;
+      };
       for (int64_t c0 = 0; c0 < per_group;) {
         const int64_t width = f.PanelWidth(c0);
+        if (avx2 && !channel_add.empty()) {  // a chunk of 8 channels over every block (MicroChunkAvx2)
+          for (int chunk = 0; chunk * 8 < std::min(width, per_group - c0); ++chunk) {
+            for (int64_t block = 0; block < blocks; ++block) {
+              MicroKernelOutputsAvx2(pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps,
+                                     f.b16.get() + c0 * f.reduction, width, chunk, block_outputs(block, c0, width));
+            }
+          }
+          c0 += width;
+          continue;
+        }
         for (int64_t block = 0; block < blocks; ++block) {
           const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;
           const int64_t real_width = std::min(width, per_group - c0);
-          if (!channel_add.empty()) {  // the block's outputs from its int32 sums
-            BlockOutputs o;
-            o.rows = outputs->rows;
-            o.channel_add = channel_add.data();
-            o.channel_act = channel_act.data();
-            o.c0 = c0;
-            o.width = real_width;
-            o.pixels = n;
-            o.pixel_add = pixel_add32 + i0;
-            o.act = act32 + i0;
-            o.out = outs + i0;
-            if (avx2) {
-              kAvx2OutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
-                                                            runs, run_steps, f.b16.get() + c0 * f.reduction,
-                                                            width, o);
-            } else {
-              kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(),
-                                                            runs, run_steps, f.b.get() + c0 * f.reduction,
-                                                            width, o);
-            }
+          if (!channel_add.empty()) {
+            kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
+                                                          run_steps, f.b.get() + c0 * f.reduction, width,
+                                                          block_outputs(block, c0, width));
             continue;
           }
           Sums sums;
           if (avx2) {
-            kAvx2Kernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
-                                                    run_steps, f.b16.get() + c0 * f.reduction, width, true, sums);
+            MicroKernelAvx2(pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps,
+                            f.b16.get() + c0 * f.reduction, width, sums);
           } else {
             kVnniKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
                                                     run_steps, f.b.get() + c0 * f.reduction, width, true, sums);

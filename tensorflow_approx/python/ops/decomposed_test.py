@@ -1,4 +1,4 @@
-"""Registered table decompositions: the CPU kernel's decomposed path (an int8 GEMM, AVX-512 VNNI) gives
+"""Registered table decompositions: the CPU kernel's decomposed path (an integer GEMM: AVX-512 VNNI, or AVX2 on its direct path) gives
 the lookups' outputs bit for bit, under every scheme, and the registration checks what it is given."""
 
 import os
@@ -27,6 +27,9 @@ def _cpu_has(*flags):
 
 # What the decomposed path needs; elsewhere the op keeps the lookups (and the outputs are the same).
 VNNI = _cpu_has("avx512_vnni", "avx512vbmi", "avx512bw")
+# The kernel the trace names where PreferDecomposed takes a one-group layer: VNNI's, else AVX2's (the direct
+# path only), else none.
+DECOMPOSED = "avx512vnni-decomposed" if VNNI else "avx2-decomposed" if _cpu_has("avx2") else None
 
 
 def run(x, f, table, **kwargs):
@@ -114,7 +117,7 @@ def run_traced(script, name):
 
 def test_decomposed_kernel_is_the_one_that_runs():
     """In a fresh process with TFAPPROX_TRACE: the unregistered table takes the lookups, the registered
-    one the decomposed kernel where the processor has VNNI (the lookups elsewhere), same outputs."""
+    one the decomposed kernel where the processor has VNNI or AVX2 (the lookups elsewhere), same outputs."""
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf
         import tensorflow_approx as ta
@@ -128,13 +131,13 @@ def test_decomposed_kernel_is_the_one_that_runs():
     """)
     stdout, kernels = run_traced(script, "decomposed")
     assert "equal True" in stdout
-    assert kernels[0] != "avx512vnni-decomposed"
-    assert kernels[-1] == ("avx512vnni-decomposed" if VNNI else kernels[0])
+    assert kernels[0] != DECOMPOSED
+    assert kernels[-1] == (DECOMPOSED or kernels[0])
 
 
 def test_strided_pointwise_filters_run_over_the_pixels_they_read():
     """A 1x1 stride-2 projection (ResNet-20's 16->32) runs at strides 1 over the pixels it reads
-    (FastKernelShape): with a 2-term table the trace names the decomposed kernel on a VNNI processor (as
+    (FastKernelShape): with a 2-term table the trace names the decomposed kernel on a VNNI or AVX2 processor (as
     PreferDecomposed takes up to eight terms on a 1x1 filter at strides 1), the outputs are the lookups' and
     the NumPy model's, and a NaN in a pixel the filter skips changes nothing."""
     script = textwrap.dedent("""
@@ -161,8 +164,8 @@ def test_strided_pointwise_filters_run_over_the_pixels_they_read():
     """)
     stdout, kernels = run_traced(script, "subsampled")
     assert "equal True nan 0 close True" in stdout, stdout
-    assert kernels[-1] == ("avx512vnni-decomposed" if VNNI else kernels[0]), kernels
-    assert kernels[0] != "avx512vnni-decomposed", kernels
+    assert kernels[-1] == (DECOMPOSED or kernels[0]), kernels
+    assert kernels[0] != DECOMPOSED, kernels
 
 
 def test_tables_without_a_small_decomposition_are_not_registered():
@@ -209,7 +212,7 @@ def test_keras_layers_register_tables_of_up_to_16_terms():
     """A Keras layer registers its table's decomposition when built, up to 16 terms (DEFAULT_MAX_TERMS,
     the GPU kernel's reach; the budget was 4). In a fresh process with TFAPPROX_TRACE: a 6-term table, once a layer with it
     is built, takes the decomposed kernel on a 3x3 64->64 call (576 taps, where PreferDecomposed takes 5-8
-    terms) on a VNNI processor, with the lookups' outputs; a table that needs more than 16 terms keeps the
+    terms) on a VNNI or AVX2 processor, with the lookups' outputs; a table that needs more than 16 terms keeps the
     lookups."""
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf
@@ -232,6 +235,6 @@ def test_keras_layers_register_tables_of_up_to_16_terms():
     stdout, kernels = run_traced(script, "layer_terms")
     assert "6 equal True" in stdout and "20 equal True" in stdout
     # The 6-term table: lookups, then (registered) the decomposed kernel; the 20-term one: lookups only.
-    assert kernels.count("avx512vnni-decomposed") == (1 if VNNI else 0), kernels
-    if VNNI:
-        assert kernels.index("avx512vnni-decomposed") == 1, kernels
+    assert kernels.count(DECOMPOSED) == (1 if DECOMPOSED else 0), kernels
+    if DECOMPOSED:
+        assert kernels.index(DECOMPOSED) == 1, kernels
