@@ -690,16 +690,25 @@ TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMa
 // entry_bytes 2); rows, offsets and steps as MicroKernelVnni's. A step's four entries of a pixel are one
 // broadcast qword; a vector of B holds four channels' four entries; vpmaddwd leaves channel c's sum of
 // entries 0-1 in lane 2c and of 2-3 in lane 2c + 1 (added at the end by vphaddd). 12 sums, two vectors of
-// B and a broadcast of AVX2's 16 registers. One chunk a call, so that the caller runs a chunk over all of
-// a tile's blocks while its B (reduction x 16 bytes) stays in cache: a block at a time over a panel's
-// chunks, B was read from L3 for every block (8 terms on 7x7 512->512: 4.7 MB a panel).
+// B and a broadcast of AVX2's 16 registers. One chunk a call, so that the caller can order chunks and
+// blocks for the cache (DirectConvAccumulate). carry: where the caller splits the reduction (by spatial
+// tap), the 12 sums before reduction (96 int32), taken from it first where `resume` and stored to it
+// instead of reduced where `suspend` (acc then unset).
 TFAPPROX_AVX2 __attribute__((always_inline)) inline void MicroChunkAvx2(const uint8_t* const* rows, const int64_t* offsets,
                                                                        int64_t segments, int64_t segment_steps,
                                                                        const int16_t* b, int64_t width,
-                                                                       __m256i (&acc)[kPixelBlock]) {
+                                                                       __m256i (&acc)[kPixelBlock], int32_t* carry,
+                                                                       bool resume, bool suspend) {
   const __m256i zero = _mm256_setzero_si256();
   __m256i s00 = zero, s01 = zero, s10 = zero, s11 = zero, s20 = zero, s21 = zero, s30 = zero, s31 = zero,
           s40 = zero, s41 = zero, s50 = zero, s51 = zero;
+  __m256i* const saved = reinterpret_cast<__m256i*>(carry);
+  if (resume) {
+    s00 = _mm256_load_si256(saved + 0), s01 = _mm256_load_si256(saved + 1), s10 = _mm256_load_si256(saved + 2);
+    s11 = _mm256_load_si256(saved + 3), s20 = _mm256_load_si256(saved + 4), s21 = _mm256_load_si256(saved + 5);
+    s30 = _mm256_load_si256(saved + 6), s31 = _mm256_load_si256(saved + 7), s40 = _mm256_load_si256(saved + 8);
+    s41 = _mm256_load_si256(saved + 9), s50 = _mm256_load_si256(saved + 10), s51 = _mm256_load_si256(saved + 11);
+  }
   const int16_t* bp = b;
   for (int64_t j = 0; j < segments; ++j) {
     const uint8_t *a0 = rows[0] + offsets[j], *a1 = rows[1] + offsets[j], *a2 = rows[2] + offsets[j];
@@ -723,6 +732,13 @@ TFAPPROX_AVX2 __attribute__((always_inline)) inline void MicroChunkAvx2(const ui
       TFAPPROX_DECOMPOSED_ROW_AVX2(5)
 #undef TFAPPROX_DECOMPOSED_ROW_AVX2
     }
+  }
+  if (suspend) {
+    _mm256_store_si256(saved + 0, s00), _mm256_store_si256(saved + 1, s01), _mm256_store_si256(saved + 2, s10);
+    _mm256_store_si256(saved + 3, s11), _mm256_store_si256(saved + 4, s20), _mm256_store_si256(saved + 5, s21);
+    _mm256_store_si256(saved + 6, s30), _mm256_store_si256(saved + 7, s31), _mm256_store_si256(saved + 8, s40);
+    _mm256_store_si256(saved + 9, s41), _mm256_store_si256(saved + 10, s50), _mm256_store_si256(saved + 11, s51);
+    return;
   }
   // Per pixel its eight channels' sums in order: vphaddd gives channels 0 1 4 5 | 2 3 6 7.
   acc[0] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s00, s01), 0xD8);
@@ -763,7 +779,7 @@ TFAPPROX_AVX2 void MicroKernelAvx2(const uint8_t* const* rows, const int64_t* of
                                    int64_t segment_steps, const int16_t* b, int64_t width, Sums& sums) {
   for (int64_t chunk = 0; chunk < width / 8; ++chunk) {
     __m256i acc[kPixelBlock];
-    MicroChunkAvx2(rows, offsets, segments, segment_steps, b + chunk * 32, width, acc);
+    MicroChunkAvx2(rows, offsets, segments, segment_steps, b + chunk * 32, width, acc, nullptr, false, false);
     for (int i = 0; i < kPixelBlock; ++i) {
       alignas(32) int32_t lanes[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i]);
@@ -772,13 +788,14 @@ TFAPPROX_AVX2 void MicroKernelAvx2(const uint8_t* const* rows, const int64_t* of
   }
 }
 // The float32 outputs of channels chunk * 8 .. + 7 of the panel (of B at b, the panel's), as
-// MicroKernelOutputsVnni's.
+// MicroKernelOutputsVnni's; carry, resume and suspend as MicroChunkAvx2's (no outputs where suspending).
 TFAPPROX_AVX2 void MicroKernelOutputsAvx2(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
                                           int64_t segment_steps, const int16_t* b, int64_t width, int chunk,
-                                          const BlockOutputs& outputs) {
+                                          const BlockOutputs& outputs, int32_t* carry = nullptr, bool resume = false,
+                                          bool suspend = false) {
   __m256i acc[kPixelBlock];
-  MicroChunkAvx2(rows, offsets, segments, segment_steps, b + chunk * 32, width, acc);
-  StoreOutputsAvx2(acc, chunk * 8, outputs);
+  MicroChunkAvx2(rows, offsets, segments, segment_steps, b + chunk * 32, width, acc, carry, resume, suspend);
+  if (!suspend) StoreOutputsAvx2(acc, chunk * 8, outputs);
 }
 
 template <int NV>
@@ -1197,6 +1214,10 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   const int64_t* code_sums = m.code_sums.data();
   const int64_t* tap_pixels = m.tap_pixels.data();
   const bool avx2 = plan.isa == DecomposedIsa::kAvx2;
+  // AVX2 with outputs from int32 sums: the reduction split by spatial tap (MicroChunkAvx2's carry) where a
+  // block's rows over all taps would not stay in L1 (about 24 KB of 32).
+  const int64_t tap_steps = m.pixel_bytes / m.entry_bytes / 4;
+  const bool tap_slices = avx2 && spatial_taps > 1 && kPixelBlock * spatial_taps * m.pixel_bytes > 24 * 1024;
   const auto add_rows = avx2 ? AddRowsPortable : AddRowsAvx512;
   const auto write_sums = avx2 ? WriteSumsPortable : WriteSumsAvx512;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
@@ -1210,6 +1231,10 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     int32_t pixel_add32[kTile], act32[kTile];  // BlockOutputs' per-pixel fields
     float* outs[kTile];
     int64_t tile_act[kTile];  // the tile's patch sums where the outputs are written here (act_sum unused)
+    // tap_slices: each block's and chunk's 12 sums between taps (MicroChunkAvx2's carry), 24 KB.
+    std::unique_ptr<int32_t[]> carry_buffer(tap_slices ? new int32_t[kTile / kPixelBlock * (kPanel / 8) * 96 + 8] : nullptr);
+    int32_t* const carry = carry_buffer == nullptr ? nullptr : reinterpret_cast<int32_t*>(
+        (reinterpret_cast<uintptr_t>(carry_buffer.get()) + 31) & ~uintptr_t{31});  // 32-byte aligned
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
@@ -1297,11 +1322,29 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       };
       for (int64_t c0 = 0; c0 < per_group;) {
         const int64_t width = f.PanelWidth(c0);
-        if (avx2 && !channel_add.empty()) {  // a chunk of 8 channels over every block (MicroChunkAvx2)
-          for (int chunk = 0; chunk * 8 < std::min(width, per_group - c0); ++chunk) {
+        if (avx2 && !channel_add.empty()) {
+          const int chunks = static_cast<int>((std::min(width, per_group - c0) + 7) / 8);
+          const int16_t* panel = f.b16.get() + c0 * f.reduction;
+          if (!tap_slices) {  // a chunk of 8 channels over every block
+            for (int chunk = 0; chunk < chunks; ++chunk) {
+              for (int64_t block = 0; block < blocks; ++block) {
+                MicroKernelOutputsAvx2(pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps, panel,
+                                       width, chunk, block_outputs(block, c0, width));
+              }
+            }
+            c0 += width;
+            continue;
+          }
+          // Tap by tap, a block's chunks in turn: its six rows of one tap stay in L1 over the panel's chunks.
+          // (Over whole patches, a block's rows, 6 x taps x pixel_bytes, left L1 from a few terms on: the
+          // decomposed time grew faster than the terms, 11.7x the exact table's with 8 on 28x28 128->128.)
+          for (int64_t t = 0; t < spatial_taps; ++t) {
             for (int64_t block = 0; block < blocks; ++block) {
-              MicroKernelOutputsAvx2(pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps,
-                                     f.b16.get() + c0 * f.reduction, width, chunk, block_outputs(block, c0, width));
+              for (int chunk = 0; chunk < chunks; ++chunk) {
+                MicroKernelOutputsAvx2(pixel_rows + block * kPixelBlock, &m.tap_bytes[t], 1, tap_steps,
+                                       panel + t * tap_steps * width * 4, width, chunk, block_outputs(block, c0, width),
+                                       carry + (block * (kPanel / 8) + chunk) * 96, t > 0, t + 1 < spatial_taps);
+              }
             }
           }
           c0 += width;

@@ -1,5 +1,6 @@
-"""Registered table decompositions: the CPU kernel's decomposed path (an integer GEMM: AVX-512 VNNI, or AVX2 on its direct path) gives
-the lookups' outputs bit for bit, under every scheme, and the registration checks what it is given."""
+"""Registered table decompositions: the CPU kernel's decomposed path (an integer GEMM: AVX-512 VNNI, or
+AVX2 on its direct path) gives the lookups' outputs bit for bit, under every scheme, and the registration
+checks what it is given."""
 
 import os
 import subprocess
