@@ -331,7 +331,7 @@ void TestLargeSumsEveryCpuPath() {
   // permute path (AVX-512BW) at its last tap count, 32767 = 7 * 4681, the scalar loop from
   // 32768 = 2 * 4 * 4096 (sums of 2^31 - 2^15), and at 32769 = 3 * 3 * 3641 (2^31 + 32767: an
   // int32 lane would wrap, so a limit moved past it fails here).
-  if (!__builtin_cpu_supports("avx512bw")) {
+  if (!HasAvx512Bw()) {
     std::fprintf(stderr, "note: no AVX-512BW here, the fast kernel's permute path is not tested\n");
   }
   for (int64_t out_per_group : {32, 47, 64}) {
@@ -380,9 +380,9 @@ void ExpectPathMatchesReference(const std::vector<PathLayer>& layers, const char
     ConvShape s;
     const std::string error = ComputeConvShape(input_dims, filter_dims, attrs, &s);
     EXPECT(error.empty(), "%s", error.c_str());
-    if (__builtin_cpu_supports("avx512bw")) {
+    if (HasAvx512Bw()) {
       // With VBMI, groups of fewer than 128 channels take the column path whatever their count.
-      const bool vbmi_columns = __builtin_cpu_supports("avx512vbmi") && l.out_per_group < 128;
+      const bool vbmi_columns = HasAvx512Vbmi() && l.out_per_group < 128;
       EXPECT(Contains(CpuKernelName(s), vbmi_columns ? "columns" : path), "%s", CpuKernelName(s));
       const std::string word_kernel = std::string("avx512-") + path;
       EXPECT(CpuKernelName(s, CpuIsa::kAvx512Bw) == word_kernel, "%s", CpuKernelName(s, CpuIsa::kAvx512Bw));
@@ -1085,28 +1085,38 @@ void TestHugeShapeValues() {
   }
 }
 
+void RunAll() {
+  TestQuantParams();
+  TestLutFiles();
+  TestShapeErrors();
+  TestHugeShapeValues();
+  TestLargeKExactSum();
+  TestQuantizeCodesVectorized();
+  TestDequantizeRowMatchesTerms();
+  TestLargeSumsEveryCpuPath();
+  TestColumnPathMatchesReference();
+  TestColumnGatherFromRowsMatchesReference();
+  TestRowPathMatchesReference();
+  TestWholeOpExactSums();
+  TestFastKernelMatchesReference();
+  TestDecomposedKernelMatchesReference();
+  TestPipelineKernelsAgree<float>();
+  TestPipelineKernelsAgree<double>();
+  TestSubsampledPipeline<float>();
+  TestSubsampledPipeline<double>();
+}
+
 }  // namespace
 }  // namespace tfapprox
 
 int main() {
-  tfapprox::TestQuantParams();
-  tfapprox::TestLutFiles();
-  tfapprox::TestShapeErrors();
-  tfapprox::TestHugeShapeValues();
-  tfapprox::TestLargeKExactSum();
-  tfapprox::TestQuantizeCodesVectorized();
-  tfapprox::TestDequantizeRowMatchesTerms();
-  tfapprox::TestLargeSumsEveryCpuPath();
-  tfapprox::TestColumnPathMatchesReference();
-  tfapprox::TestColumnGatherFromRowsMatchesReference();
-  tfapprox::TestRowPathMatchesReference();
-  tfapprox::TestWholeOpExactSums();
-  tfapprox::TestFastKernelMatchesReference();
-  tfapprox::TestDecomposedKernelMatchesReference();
-  tfapprox::TestPipelineKernelsAgree<float>();
-  tfapprox::TestPipelineKernelsAgree<double>();
-  tfapprox::TestSubsampledPipeline<float>();
-  tfapprox::TestSubsampledPipeline<double>();
+  // Where the processor has AVX-512, everything again as on one without (its AVX2 and portable paths).
+  for (const bool without_avx512 : {false, true}) {
+    if (without_avx512 && !tfapprox::HasAvx512F()) break;
+    tfapprox::WithoutAvx512().store(without_avx512);
+    if (without_avx512) std::fprintf(stderr, "note: again without AVX-512\n");
+    tfapprox::RunAll();
+  }
   if (tfapprox::failures) {
     std::fprintf(stderr, "%d failures\n", tfapprox::failures);
     return 1;

@@ -3,6 +3,8 @@
 #ifndef TENSORFLOW_APPROX_CC_CORE_CPU_FEATURES_H_
 #define TENSORFLOW_APPROX_CC_CORE_CPU_FEATURES_H_
 
+#include <atomic>
+
 #define TFAPPROX_AVX512BW __attribute__((target("avx512f,avx512bw")))
 #define TFAPPROX_AVX512DQ __attribute__((target("avx512f,avx512dq")))
 #define TFAPPROX_AVX512VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
@@ -12,19 +14,33 @@
 
 namespace tfapprox {
 
+// For the tests: while set, every Has*() of AVX-512 says no, so the fast CPU kernels take the paths they take
+// on a processor without AVX-512 (AVX2's or the portable loops), and one machine runs both. Process-wide.
+inline std::atomic<bool>& WithoutAvx512() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+inline bool Avx512Allowed() { return !WithoutAvx512().load(std::memory_order_relaxed); }
+
+inline bool HasAvx512F() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has && Avx512Allowed();
+}
+
 inline bool HasAvx512Bw() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return has;
+  return has && Avx512Allowed();
 }
 
 inline bool HasAvx512Dq() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  return has;
+  return has && Avx512Allowed();
 }
 
 inline bool HasAvx512Vbmi() {
-  static const bool has = HasAvx512Bw() && __builtin_cpu_supports("avx512vbmi");
-  return has;
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi");
+  return has && Avx512Allowed();
 }
 
 inline bool HasAvx2() {
@@ -34,8 +50,9 @@ inline bool HasAvx2() {
 
 // VNNI and VBMI (the decomposed kernel's byte permutes).
 inline bool HasVnni() {
-  static const bool has = HasAvx512Vbmi() && __builtin_cpu_supports("avx512vnni");
-  return has;
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+  return has && Avx512Allowed();
 }
 
 }  // namespace tfapprox

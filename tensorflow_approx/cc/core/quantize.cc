@@ -1,5 +1,7 @@
 #include "tensorflow_approx/cc/core/quantize.h"
 
+#include "tensorflow_approx/cc/core/cpu_features.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -108,7 +110,7 @@ __attribute__((target("avx2"))) bool QuantizeRunsAvx2(const float* values, int64
 
 bool QuantizeRuns(const float* values, int64_t runs, int64_t length, int64_t stride, const QuantParams& q,
                   uint8_t* codes, bool portable) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+  const bool avx512 = HasAvx512F(), avx2 = HasAvx2();
   // A zero-width range has no division to vectorize: every code is 0.
   if (portable || !(avx512 || avx2) || q.scale == 0.f) return QuantizeRunsScalar(values, runs, length, stride, q, codes);
   if (avx512) return QuantizeRunsAvx512(values, runs, length, stride, q, codes);
