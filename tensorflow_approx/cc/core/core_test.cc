@@ -684,14 +684,15 @@ void TestPipelineKernelsAgree() {
   // (BlockOutputs; a symmetric input for act_sum_offset) or, past int32's bounds (the last case: 36864
   // reduction entries of the exact table), from int64 ones; its int64 sums dequantized by the pipeline
   // otherwise (double, NCHW); the gather path (two groups); 1x1 filters (cases 13, 14); 3-channel stems,
-  // whose image and B pad each tap to 4 bytes (DirectDepth: cases 15, 16); 128 channels and two terms, whose
-  // rows AVX2 takes tap by tap (DirectConvAccumulate's tap_slices: case 17).
+  // whose image and B pad each tap to 4 bytes (DirectDepth: cases 15, 16); 132 channels and eight terms, whose
+  // rows AVX2 translates eight terms and channels at a time (and the last 4 channels one by one) and takes
+  // tap by tap (DirectConvAccumulate's tap_slices: case 17).
   for (int iter = 0; iter < 18; ++iter) {
     const bool wide = iter == 12, pointwise = iter == 13 || iter == 14, stem = iter == 15 || iter == 16;
     const bool deep = iter == 17;
-    const int64_t depth = wide ? 4096 : deep ? 128 : stem ? 3 : iter % 3 == 2 ? 32 : 16;
+    const int64_t depth = wide ? 4096 : deep ? 132 : stem ? 3 : iter % 3 == 2 ? 32 : 16;
     const int64_t groups = stem || deep ? 1 : iter % 4 == 3 ? 2 : 1;
-    const int64_t terms = wide || iter == 13 || iter == 15 ? 1 : stem || deep ? 2 : 1 + iter % 3;
+    const int64_t terms = wide || iter == 13 || iter == 15 ? 1 : deep ? 8 : stem ? 2 : 1 + iter % 3;
     const DecomposedTable t = MakeDecomposedTable(rng, static_cast<int>(terms), terms == 1);
     ConvAttrs attrs;
     const int64_t stride = 1 + iter % 2;
