@@ -107,8 +107,8 @@ struct TableDecomposition {
 };
 
 // acc and act_sum exactly as ReferenceConvAccumulate gives them for a conv.lut that `d` decomposes,
-// from an int8 GEMM over taps x terms (AVX-512 VNNI where the processor has it; `portable` forces plain
-// C++, for the tests). conv.lut is not read.
+// from an int8 GEMM over taps x terms (AVX-512 VNNI where the processor has it, else AVX2 with int16 products
+// for one group; `portable` forces plain C++, for the tests). conv.lut is not read.
 void DecomposedConvAccumulate(const QuantizedConv& conv, const TableDecomposition& d, int64_t pixel_begin,
                               int64_t pixel_end, const ParallelFor& parallel_for, int64_t* acc, int64_t* act_sum,
                               bool portable = false);
@@ -149,9 +149,11 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
 // Whether DecomposedConvAccumulate with `outputs` writes them itself for this plan (the direct path): then
 // it neither reads nor writes acc and act_sum, which may be null.
 bool DecomposedWritesOutputs(const DecomposedPlan& plan);
-// "avx512vnni-decomposed" or "decomposed-portable".
+// "avx512vnni-decomposed", "avx2-decomposed" (no AVX-512: the direct path with int16 products) or
+// "decomposed-portable".
 const char* DecomposedKernelName(bool portable = false);
-// Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI).
+// Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI, or AVX2
+// for one group).
 bool PreferDecomposed(const ConvShape& shape, int terms);
 
 // sum over taps of the filter codes of each output channel (the same for every output pixel).

@@ -289,8 +289,8 @@ DEFAULT_MAX_TERMS = 16
 def register_decomposition(table, max_terms=DEFAULT_MAX_TERMS):
     """Lets the CPU and GPU kernels run `table` as an int8 GEMM: finds an exact decomposition of its
     products (tensorflow_approx.multipliers.decompose) with at most max_terms terms and registers it for
-    this process; the op then takes the decomposed kernel (AVX-512 VNNI on the CPU, int8 tensor cores on
-    the GPU) wherever the layer's shape favours it, with the same outputs bit for bit (TFAPPROX_TRACE
+    this process; the op then takes the decomposed kernel (AVX-512 VNNI on the CPU, or AVX2 without
+    AVX-512; int8 tensor cores on the GPU) wherever the layer's shape favours it, with the same outputs bit for bit (TFAPPROX_TRACE
     names the kernel). The Keras layers register their tables themselves. Returns the Decomposition, or
     None when the table has none within the budget (the lookups stay). A table seen before is not
     decomposed again.
