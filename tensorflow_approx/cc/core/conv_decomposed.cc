@@ -506,15 +506,24 @@ constexpr int kWideTranslateTerms = 4;
 
 // A row of n pixels' codes (codes: [n][cg]) to the AVX2 image's int16 entries (DirectImage::entry_bytes 2):
 // pixel i's term r at out + i * pixel_entries + r * depth, u + 128 of each code; the pads past cg are left
-// as they are (B's zeros meet them). A term whose u + 128 is the code itself (the exact table's u = code -
-// 128) is the codes widened, 16 at a time. With u_by_code (DirectImage's, four or more terms), 8 codes x 8
+// as they are (B's zeros meet them). `widen`: one term whose u + 128 is the code itself (the exact table's
+// u = code - 128) and depth = cg (DirectImage::widened_codes): the codes widened, 16 at a time. With u_by_code (DirectImage's, four or more terms), 8 codes x 8
 // terms at a time: a load of each code's eight entries, an 8 x 8 byte transpose (three rounds of unpacks)
 // and each term's 8 entries widened and stored; one lookup per entry, they were about 30% of the 8-term
 // mul8u_GS2 on ResNet-20's 16->16 layer. The rest (other counts, a pixel's last cg % 8 channels) look up
 // each entry.
 TFAPPROX_AVX2 void TranslateWideAvx2(const uint8_t* codes, int64_t n, int64_t cg, const uint8_t* u_plus,
-                                     const uint8_t* u_by_code, int terms, int64_t depth, int64_t pixel_entries,
-                                     uint16_t* out) {
+                                     bool widen, const uint8_t* u_by_code, int terms, int64_t depth,
+                                     int64_t pixel_entries, uint16_t* out) {
+  if (widen) {  // the row's entries in one run
+    int64_t k = 0;
+    for (; k + 16 <= n * cg; k += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), _mm256_cvtepu8_epi16(bytes));
+    }
+    for (; k < n * cg; ++k) out[k] = codes[k];
+    return;
+  }
   int64_t c_done = 0;  // channels of each pixel done by the eight-term loop (all terms)
   if (u_by_code != nullptr) {
     c_done = cg / 8 * 8;
@@ -550,17 +559,6 @@ TFAPPROX_AVX2 void TranslateWideAvx2(const uint8_t* codes, int64_t n, int64_t cg
   if (c_done == cg) return;
   for (int r = 0; r < terms; ++r) {
     const uint8_t* table = u_plus + r * 256;
-    bool identity = true;
-    for (int c = 0; c < 256; ++c) identity = identity && table[c] == c;
-    if (identity && terms == 1 && depth == cg) {  // the row's entries in one run
-      int64_t k = 0;
-      for (; k + 16 <= n * cg; k += 16) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + k));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), _mm256_cvtepu8_epi16(bytes));
-      }
-      for (; k < n * cg; ++k) out[k] = codes[k];
-      continue;
-    }
     for (int64_t i = 0; i < n; ++i) {
       uint16_t* dst = out + i * pixel_entries + r * depth;
       const uint8_t* src = codes + i * cg;
@@ -904,6 +902,8 @@ struct DirectImage {
   int64_t ph = 0, pw = 0;           // padded rows and columns (the padding's top and left: pad_top, pad_left)
   int64_t entry_bytes = 1;          // 1: u + 128 as bytes (VNNI); 2: as int16 (AVX2, vpmaddwd's operands)
   int64_t pixel_bytes = 0;          // terms * DirectDepth * entry_bytes
+  // The micro-kernel's steps (four entries) in one pixel's bytes.
+  int64_t PixelSteps() const { return pixel_bytes / entry_bytes / 4; }
   UninitializedVector<uint8_t> bytes;       // [batch][ph][pw][pixel_bytes]
   UninitializedVector<int64_t> code_sums;   // [batch][ph][pw]
   UninitializedVector<int64_t> alpha_sums;  // [batch][ph][pw]
@@ -913,6 +913,9 @@ struct DirectImage {
   // AVX2 with four or more terms: u + 128 by code, [(terms + 7) / 8][256][8] (terms past the count 0), so
   // that one load gives a code's entries of eight terms (TranslateWideAvx2).
   std::vector<uint8_t> u_by_code;
+  // AVX2, one term whose u + 128 is the code (the exact table's) and DirectDepth = cg: a row's entries are
+  // its codes widened (TranslateWideAvx2's `widen`).
+  bool widened_codes = false;
   int64_t zero_code_sum = 0, zero_alpha_sum = 0;
 };
 
@@ -975,6 +978,10 @@ std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int term
       }
     }
   }
+  if (m.entry_bytes == 2 && terms == 1 && depth == cg) {
+    m.widened_codes = true;
+    for (int c = 0; c < 256; ++c) m.widened_codes = m.widened_codes && u_plus[c] == c;
+  }
   if (m.entry_bytes == 2 && terms >= kWideTranslateTerms) {
     m.u_by_code.assign(static_cast<size_t>((terms + 7) / 8 * 256 * 8), 0);
     for (int r = 0; r < terms; ++r)
@@ -1010,8 +1017,8 @@ void FillDirectImage(const QuantizedConv& conv, int terms, const uint8_t* u_plus
           codes = conv.input + (n * s.in_h + ih) * s.in_w * cg;
         }
         if (m.entry_bytes == 2) {
-          TranslateWideAvx2(codes, s.in_w, cg, u_plus, m.u_by_code.empty() ? nullptr : m.u_by_code.data(), terms,
-                            depth, m.pixel_bytes / 2,
+          TranslateWideAvx2(codes, s.in_w, cg, u_plus, m.widened_codes,
+                            m.u_by_code.empty() ? nullptr : m.u_by_code.data(), terms, depth, m.pixel_bytes / 2,
                             reinterpret_cast<uint16_t*>(bytes + c * m.pixel_bytes));
           SumsAvx2(codes, s.in_w, cg, alpha, alpha_planes, code_sums + c, alpha_sums + c);
           c += s.in_w - 1;
@@ -1218,7 +1225,7 @@ DirectSetup MakeDirectSetup(const QuantizedConv& conv, const DecomposedPlan& pla
   // one, whose row pointers were most of its micro-kernel's work); else one per tap.
   for (int64_t t = 0; t < spatial_taps; t += s.dilation_w == 1 ? s.filter_w : 1) d.run_bytes.push_back(m.tap_bytes[t]);
   d.runs = static_cast<int64_t>(d.run_bytes.size());
-  d.run_steps = spatial_taps / d.runs * (m.pixel_bytes / m.entry_bytes / 4);
+  d.run_steps = spatial_taps / d.runs * m.PixelSteps();
   // The outputs from int32 sums (BlockOutputs) where both of an output's integers are bounded within
   // int32 (|sum of (u + 128) v| <= reduction * 255 * 128, |alpha sum| <= taps * max |alpha|, code sums <=
   // taps * 255) with every channel's offsets: then so are the int32 per-pixel and per-channel addends.
@@ -1267,7 +1274,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   const bool avx2 = plan.isa == DecomposedIsa::kAvx2;
   // AVX2 with outputs from int32 sums: the reduction split by spatial tap (MicroChunkAvx2's carry) where a
   // block's rows over all taps would not stay in L1 (about 24 KB of 32).
-  const int64_t tap_steps = m.pixel_bytes / m.entry_bytes / 4;
+  const int64_t tap_steps = m.PixelSteps();
   const bool tap_slices = avx2 && spatial_taps > 1 && kPixelBlock * spatial_taps * m.pixel_bytes > 24 * 1024;
   const auto add_rows = avx2 ? AddRowsPortable : AddRowsAvx512;
   const auto write_sums = avx2 ? WriteSumsPortable : WriteSumsAvx512;
