@@ -901,9 +901,10 @@ void FastQuantizerChecks(std::mt19937_64& rng, Counts* counts) {
   std::vector<QuantParams> params;
   std::uniform_real_distribution<float> unit(0.f, 1.f);
   for (int i = 0; i < 400; ++i) {
-    // Ranges of every size (widths 2^-50 .. 2^50: some scales outside [2^-40, 2^40]), placed anywhere
-    // about 0, with 2-8 bits, narrow and symmetric schemes; [0, 0] and ranges off zero.
-    const float width = std::ldexp(1.f + unit(rng), static_cast<int>(rng() % 101) - 50);
+    // Ranges of every size (widths 2^-30 .. 2^50: some scales outside FastQuantizer's [2^-18, 2^40], many
+    // just inside it), placed anywhere about 0, with 2-8 bits, narrow and symmetric schemes; [0, 0] and
+    // ranges off zero.
+    const float width = std::ldexp(1.f + unit(rng), static_cast<int>(rng() % 81) - 30);
     const float lo = -width * unit(rng) * (rng() % 8 == 0 ? 3.f : 1.f);
     const float hi = i == 0 ? 0.f : lo + width;
     QuantParams q;

@@ -168,12 +168,13 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
 }
 
 #if defined(__CUDACC__)
-// QuantizeToCode for many values of one QuantParams on the GPU: the same codes in about 18 instructions a
-// value (72 per four values with Code4, cuobjdump) instead of 30 (ncu on the decomposed kernel's input pass:
-// quantizing was 60% of its instructions, the pass bound by their issue). What QuantizeToCode does per value
+// QuantizeToCode for many values of one QuantParams on the GPU: the same codes in about a dozen
+// instructions a value where QuantizeToCode takes 30 (ncu on the decomposed kernel's input pass: quantizing
+// was 60% of its instructions, the pass bound by their issue): two clamps and the subtraction, three FMAs
+// of the division, two additions, one add rounding down and one integer add. What QuantizeToCode does per value
 // is done here once: the scale's test for 0 and for DivideByScale's range, the reciprocal and its Newton
 // step, and the test that no clamped value exceeds that range (fl(nudged_max - nudged_min) <= 2^40 bounds
-// every clamped - nudged_min). Only where `applies` (a nonzero scale in [2^-40, 2^40] and that bound);
+// every clamped - nudged_min). Only where `applies` (a scale in [2^-18, 2^40], that bound and the top's code);
 // elsewhere the caller quantizes with QuantizeToCode. The clamps are one min or max each: fmaxf(x,
 // nudged_min) is QuantizeToCode's x > nudged_min ? x : nudged_min for every x (NaN: nudged_min) but where x
 // and nudged_min are zeros of opposite signs, and a zero's sign cannot reach the code: the clamped value only
@@ -183,66 +184,56 @@ TFAPPROX_HOST_DEVICE inline uint8_t QuantizeToCode(float x, const QuantParams& q
 struct FastQuantizer {
   QuantParams q;
   float y1 = 0.f;            // DivideByScale's reciprocal of the scale after its Newton step
-  int32_t code_offset = 0;   // quant_zero + quant_min - kFloorBits (Tail)
+  int32_t code_offset = 0;   // quant_zero + quant_min - kFloorBits (Code's last step)
   bool applies = false;
 
-  // The bits of 1.5 * 2^23, the float that Tail adds: floats in [2^23, 2^24) are the integers, so for
+  // The bits of 1.5 * 2^23, the float that Code adds: floats in [2^23, 2^24) are the integers, so for
   // |y| < 2^22, y + 1.5 * 2^23 rounded down is 1.5 * 2^23 + floor(y) exactly, with bits kFloorBits + floor(y).
   static constexpr int32_t kFloorBits = 0x4B400000;
 
   __device__ explicit FastQuantizer(const QuantParams& params) : q(params) {
-    if (!(q.scale >= 0x1p-40f && q.scale <= 0x1p40f) || !(q.nudged_max - q.nudged_min <= 0x1p40f)) return;
-    // Tail's bound |quotient - quant_zero + 0.5| < 2^22: quotients up to 2^20 (shifted <= fl(nudged_max -
+    // Scales from 2^-18 (not DivideByScale's 2^-40): Code then also divides shifted values below 2^-40
+    // (values just above nudged_min) with DivideInRange, which is exact only from 2^-40. Its quotient there
+    // is below 2^-21, and so is the true one; either gives the code quant_min (the subtraction of
+    // quant_zero, an integer, and the addition of 0.5 lose it), so no test per value sends them to the
+    // division. Ranges of 8 bits that narrow (widths below about 0.001) quantize with QuantizeToCode.
+    if (!(q.scale >= 0x1p-18f && q.scale <= 0x1p40f) || !(q.nudged_max - q.nudged_min <= 0x1p40f)) return;
+    // Unclamped's bound |quotient - quant_zero + 0.5| < 2^22: quotients up to 2^20 (shifted <= fl(nudged_max -
     // nudged_min) <= 2^20 scale, and rounding is monotone) and |quant_zero| <= 2^20. Every range of 8 bits
     // or fewer has quotients up to about 255.
     if (!(q.nudged_max - q.nudged_min <= 0x1p20f * q.scale) || !(fabsf(q.quant_zero) <= 0x1p20f)) return;
     y1 = ScaleReciprocal(q.scale);
     code_offset = static_cast<int32_t>(q.quant_zero) + q.quant_min - kFloorBits;
+    // QuantizeToCode's final clamps, left out: every step from x to Unclamped's integer is monotone (the
+    // clamps to the range, the subtraction, the correctly rounded division, the subtraction and addition,
+    // the add rounding down), so the codes lie between those of the range's ends. The bottom's, shifted = 0,
+    // is quant_min (quant_zero is an integer); the top's is tested here.
+    if (Unclamped(DivideInRange(q.nudged_max - q.nudged_min, q.scale, y1)) > q.quant_max) return;
     applies = true;
   }
 
-  // clamped - nudged_min, in [0, 2^40]: DivideByScale's dividend, its range tests on the scale and the top
+  // clamped - nudged_min, in [0, 2^40]: DivideInRange's dividend, its range tests on the scale and the top
   // made by `applies`.
   __device__ __forceinline__ float Shifted(float x) const {
     return fminf(fmaxf(x, q.nudged_min), q.nudged_max) - q.nudged_min;
   }
-  // Where DivideInRange cannot vouch for the quotient: 0 < shifted < 2^-40 (a zero it divides exactly, to a
-  // zero whose sign Tail erases). Rare: values within 2^-40 above nudged_min.
-  __device__ __forceinline__ static bool Tiny(float shifted) { return shifted < 0x1p-40f && shifted != 0.f; }
-  // QuantizeToCode's steps after the division, the same code: floor(quotient - quant_zero + 0.5) +
-  // quant_zero, clamped to [0, quant_max - quant_min], plus quant_min. The float subtraction and addition
-  // round as there; then one add rounding down (kFloorBits) and integer adds and clamps, where floorf, the
-  // float clamps and the conversion took FRND and F2I (quarter-rate) and two more instructions.
-  __device__ __forceinline__ uint32_t Tail(float quotient) const {
+  // QuantizeToCode's steps after the division without its clamps: floor(quotient - quant_zero + 0.5) +
+  // quant_zero + quant_min. The float subtraction and addition round as there; then one add rounding down
+  // (kFloorBits) and an integer add, where floorf, the float clamps and the conversion took FRND and F2I
+  // (quarter-rate) and four more instructions.
+  __device__ __forceinline__ int32_t Unclamped(float quotient) const {
     const float y = quotient - q.quant_zero + 0.5f;
-    const int32_t code = __float_as_int(__fadd_rd(y, 0x1.8p23f)) + code_offset;
-    return static_cast<uint32_t>(min(max(code, q.quant_min), q.quant_max));
+    return __float_as_int(__fadd_rd(y, 0x1.8p23f)) + code_offset;
   }
 
   // QuantizeToCode(x, q), where `applies`.
   __device__ __forceinline__ uint8_t Code(float x) const {
-    const float shifted = Shifted(x);
-    float quotient = DivideInRange(shifted, q.scale, y1);
-    if (Tiny(shifted)) quotient = shifted / q.scale;
-    return static_cast<uint8_t>(Tail(quotient));
+    return static_cast<uint8_t>(Unclamped(DivideInRange(Shifted(x), q.scale, y1)));
   }
-  // The codes of four values packed little-endian (byte k: Code of value k), where `applies`: one branch for
-  // the rare divisions of all four (per value, the branch and its reconvergence were three instructions).
+  // The codes of four values packed little-endian (byte k: Code of value k), where `applies`.
   __device__ __forceinline__ uint32_t Code4(float4 v) const {
-    float s[4] = {Shifted(v.x), Shifted(v.y), Shifted(v.z), Shifted(v.w)}, quotient[4];
-    bool tiny = false;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      quotient[k] = DivideInRange(s[k], q.scale, y1);
-      tiny |= Tiny(s[k]);
-    }
-    if (tiny) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (Tiny(s[k])) quotient[k] = s[k] / q.scale;
-      }
-    }
-    return Tail(quotient[0]) | Tail(quotient[1]) << 8 | Tail(quotient[2]) << 16 | Tail(quotient[3]) << 24;
+    const uint32_t c0 = Code(v.x), c1 = Code(v.y), c2 = Code(v.z), c3 = Code(v.w);
+    return c0 | c1 << 8 | c2 << 16 | c3 << 24;
   }
 
   // QuantizeToCode(x, q) for any QuantParams: Code where `applies`, else QuantizeToCode out of line (one
