@@ -323,7 +323,7 @@ GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDty
   TunedPlan tuned{};
   if (!TuningOff() && GetDeviceInfo(&dev).empty() &&
       FindTunedPlan(MakeTuningKey(shape, terms, dtype, dev.ordinal), &tuned)) {
-    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true, tuned.beside};
+    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true, tuned.beside_blocks > 0};
   }
   return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false, false};
 }
@@ -449,8 +449,10 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   const bool beside_fits = fused && FilterPlanesInline(g) && s.input_elements() > 0 && l.items + s.groups() <= INT_MAX;
 
   // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
-  // events before each); with `beside`, for the halo GEMM launched beside them.
-  auto prepasses = [&](bool record, bool beside) -> std::string {
+  // events before each); with `beside_blocks` input blocks a multiprocessor (not 0), for the halo GEMM
+  // launched beside them.
+  auto prepasses = [&](bool record, int beside_blocks) -> std::string {
+    const bool beside = beside_blocks > 0;
     std::string err;
     if (!(err = mark_if(record, 0)).empty()) return err;
     cudaError_t e = cudaSuccess;
@@ -483,10 +485,9 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // The filter's codes and sums in the same launch (phase 3 records zero time), and its planes where
       // FilterPlanesInline holds (then phase 4 too).
       const int64_t filter_blocks = FilterSumsBlocks(g);
-      // Beside the halo GEMM, persistent input blocks (PrepassKernel): kBesideInputBlocksPerSm a
-      // multiprocessor at most.
+      // Beside the halo GEMM, persistent input blocks (PrepassKernel): beside_blocks a multiprocessor at most.
       const int64_t input_grid =
-          beside ? std::min<int64_t>(l.input_blocks, int64_t{kBesideInputBlocksPerSm} * dev.sms) : l.input_blocks;
+          beside ? std::min<int64_t>(l.input_blocks, int64_t{beside_blocks} * dev.sms) : l.input_blocks;
       const int64_t blocks = filter_blocks + input_grid;
       if (blocks > INT_MAX) return "ApproxConvGpuDecomposed: input too large for one GPU launch";
       // With PrepassKernel's 5 KB of static shared memory: < 48 KB.
@@ -556,7 +557,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   };
   // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
   const std::string wgmma_error = WgmmaAvailable();
-  TunedPlan plan{options.tile, options.k_order, false};
+  TunedPlan plan{options.tile, options.k_order, 0};
   if (plan.tile == GpuDecomposedTile::kAuto && plan.k_order == GpuKOrder::kAuto && options.tune &&
       options.debug_acc == nullptr && options.debug_act_sum == nullptr && !TuningOff()) {
     const TuningKey key = MakeTuningKey(s, d.terms, GpuDtypeOf<T>(), dev.ordinal);
@@ -564,22 +565,27 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // Whole calls are timed: the input pass leaves the planes' last bytes in L2, which the GEMM's order
       // of reading them meets (GEMMs timed back to back had the K orders of 28x28 128->128 with 16 terms
       // the wrong way round: H200, --decomposed-tiles --seed 1110).
-      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside) -> std::string {
-        const std::string e = prepasses(false, beside);
-        return e.empty() ? launch(tile, k_order, beside) : e;
+      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order, int beside_blocks) -> std::string {
+        const std::string e = prepasses(false, beside_blocks);
+        return e.empty() ? launch(tile, k_order, beside_blocks > 0) : e;
       };
-      const bool may_beside = beside_fits && options.halo_beside != GpuBeside::kOff;
-      if (!(error = TunePlan(s, d.terms, l, call, may_beside, stream, &plan)).empty()) return error;
+      std::vector<int> beside_blocks;
+      if (beside_fits && options.halo_beside != GpuBeside::kOff) {
+        beside_blocks = {kBesideInputBlocksPerSm, kBesideInputBlocksMax};
+      }
+      if (!(error = TunePlan(s, d.terms, l, call, beside_blocks, stream, &plan)).empty()) return error;
       StoreTunedPlan(key, plan);
     }
   }
   if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());
   if (IsWgmmaTile(plan.tile) && !wgmma_error.empty()) return wgmma_error;
   if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
-  if (options.halo_beside != GpuBeside::kAuto) plan.beside = options.halo_beside == GpuBeside::kOn;
-  const bool beside = plan.tile == GpuDecomposedTile::kTileHalo && plan.beside && beside_fits;
-  if (!(error = prepasses(true, beside)).empty()) return error;
-  if (!(error = launch(plan.tile, plan.k_order, beside)).empty()) return error;
+  if (options.halo_beside != GpuBeside::kAuto) {
+    plan.beside_blocks = options.halo_beside == GpuBeside::kOn ? kBesideInputBlocksPerSm : 0;
+  }
+  const int beside_blocks = plan.tile == GpuDecomposedTile::kTileHalo && beside_fits ? plan.beside_blocks : 0;
+  if (!(error = prepasses(true, beside_blocks)).empty()) return error;
+  if (!(error = launch(plan.tile, plan.k_order, beside_blocks > 0)).empty()) return error;
   return mark(6);
 }
 

@@ -119,8 +119,9 @@ struct GpuDecomposedOptions {
   GpuDecomposedTile tile = GpuDecomposedTile::kAuto;
   GpuKOrder k_order = GpuKOrder::kAuto;
   // With tile and k_order kAuto (and no debug outputs): the first call for a shape, number of terms and
-  // element type on a device times itself with every tile that takes it (the halo tile both beside the
-  // pre-pass and after it, see halo_beside; then the other K order with the fastest) on its own data,
+  // element type on a device times itself with every tile that takes it (the halo tile after the pre-pass
+  // and beside it with four or five input blocks a multiprocessor, see halo_beside; then the other K order
+  // with the fastest) on its own data,
   // waiting for the timings, and keeps the fastest plan for every later call.
   // false, or the environment's TFAPPROX_GPU_TUNING=0, takes the rules (ChooseGpuDecomposedTile,
   // ChooseGpuKOrder); so does a call on a stream being captured into a CUDA graph, which cannot wait, where

@@ -272,7 +272,9 @@ TuningKey MakeTuningKey(const ConvShape& s, int terms, GpuDtype dtype, int devic
 struct TunedPlan {
   GpuDecomposedTile tile;
   GpuKOrder k_order;
-  bool beside;  // the halo GEMM beside the pre-pass (GpuDecomposedOptions::halo_beside)
+  // The pre-pass's input blocks a multiprocessor with the halo GEMM beside it (GpuDecomposedOptions::
+  // halo_beside); 0: the GEMM after the pre-pass.
+  int beside_blocks;
 };
 // At most this many plans are kept (a few hundred bytes each); shapes past it take the rules.
 constexpr size_t kMaxTunedPlans = 1 << 14;
@@ -317,11 +319,12 @@ bool StreamCanWait(cudaStream_t stream) {
 // tap's K at once). A plan's time is the least of kRuns calls after one untimed call;
 // a plan whose launch fails is passed over. The host waits for the timings. Returns "" or a CUDA error of
 // the events, or the last launch error where no plan ran.
-// launch(tile, order, beside) runs a whole call; `halo_beside`: whether the halo GEMM may run beside the
-// pre-pass (then it is timed both ways).
+// launch(tile, order, beside_blocks) runs a whole call (TunedPlan::beside_blocks); `beside_blocks`: the
+// counts of input blocks a multiprocessor to time the halo GEMM beside the pre-pass with, besides after it
+// (none: never beside).
 std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
-                     const std::function<std::string(GpuDecomposedTile, GpuKOrder, bool)>& launch, bool halo_beside,
-                     cudaStream_t stream, TunedPlan* best) {
+                     const std::function<std::string(GpuDecomposedTile, GpuKOrder, int)>& launch,
+                     const std::vector<int>& beside_blocks, cudaStream_t stream, TunedPlan* best) {
   constexpr int kRuns = 3;
   cudaEvent_t events[kRuns + 1] = {};
   std::string error;
@@ -335,7 +338,7 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
   float best_ms = -1;
   std::string launch_error;
   // The plan's time in *ms, or false where its launch failed (launch_error) or an event did (error).
-  auto time_plan = [&](GpuDecomposedTile tile, GpuKOrder order, bool beside, float* ms) -> bool {
+  auto time_plan = [&](GpuDecomposedTile tile, GpuKOrder order, int beside, float* ms) -> bool {
     std::string e = launch(tile, order, beside);
     for (int r = 0; r < kRuns && e.empty(); ++r) {
       const cudaError_t ev = cudaEventRecord(events[r], stream);
@@ -367,11 +370,13 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
   for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount) && error.empty(); ++t) {
     const GpuDecomposedTile tile = static_cast<GpuDecomposedTile>(t);
     if (!GpuDecomposedTileFits(tile, s, terms).empty()) continue;
-    for (int beside = 0; beside <= (tile == GpuDecomposedTile::kTileHalo && halo_beside ? 1 : 0); ++beside) {
+    const size_t choices = tile == GpuDecomposedTile::kTileHalo ? beside_blocks.size() : 0;
+    for (size_t i = 0; i <= choices; ++i) {  // i = 0: the GEMM after the pre-pass
+      const int beside = i == 0 ? 0 : beside_blocks[i - 1];
       float ms = 0;
-      if (time_plan(tile, rule_order, beside != 0, &ms) && (best_ms < 0 || ms < best_ms)) {
+      if (time_plan(tile, rule_order, beside, &ms) && (best_ms < 0 || ms < best_ms)) {
         best_ms = ms;
-        *best = TunedPlan{tile, rule_order, beside != 0};
+        *best = TunedPlan{tile, rule_order, beside};
       }
     }
   }
@@ -379,7 +384,7 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
       KOrderApplies(static_cast<int>(s.filter_h * s.filter_w), l.slice_bytes, kTiles[static_cast<int>(best->tile)].bk)) {
     const GpuKOrder other = rule_order == GpuKOrder::kTapsInner ? GpuKOrder::kTapsOuter : GpuKOrder::kTapsInner;
     float ms = 0;
-    if (time_plan(best->tile, other, false, &ms) && ms < best_ms) best->k_order = other;
+    if (time_plan(best->tile, other, 0, &ms) && ms < best_ms) best->k_order = other;
   }
   for (cudaEvent_t e : events) {
     if (e != nullptr) cudaEventDestroy(e);

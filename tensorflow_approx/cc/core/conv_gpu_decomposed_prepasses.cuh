@@ -729,15 +729,20 @@ __global__ void __launch_bounds__(kPrepThreads)
 // DecomposedHaloKernel<..., true>), which reads a chunk of the planes once the pre-pass has marked it
 // ready in Layout::ready (zeroed by ZeroSumsKernel; WaitHaloInputs). The input blocks let the GEMM launch
 // as they start (griddepcontrol.launch_dependents), the filter blocks once they are done (past their wait
-// for ZeroSumsKernel); the input blocks are persistent (kBesideInputBlocksPerSm a multiprocessor, built
-// for one more), each taking chunks in InputChunk's order after one set-up and marking each. So the GEMM's
+// for ZeroSumsKernel); the input blocks are persistent (kBesideInputBlocksPerSm a multiprocessor where the
+// plan is not tuned; tuning also times kBesideInputBlocksMax, the count the kernel is built for), each
+// taking chunks in InputChunk's order after one set-up and marking each. So the GEMM's
 // blocks start as soon as the multiprocessors have room, where they waited for the whole pre-pass and a
 // launch gap. H200, --decomposed-only (seeds 1721-1728, G LUT-MAC/s,
 // exact table, in the run with the serial launches): 56x56 64->64 95.3 T against 91.5-91.9 T, 1x1 56x56
 // 64->256 29.1 T against 27.8-28.3 T, ResNet-20's 3x3 s2 16->32 17.9 T against 16.9-17.3 T, the rest within
 // the runs' spread; with a block per chunk (not persistent) the s2 layer lost 15% and with 2-3 blocks a
-// multiprocessor 56x56 gained nothing.
+// multiprocessor 56x56 gained nothing. Five a multiprocessor once the quantizing took fewer instructions
+// (H200, seeds 2601-2603, three rounds, G LUT-MAC/s): 56x56 64->64 97.8-98.4 T against 94.4-96.4 T with
+// four, but 1x1 56x56 64->256 28.7-29.0 T against 29.4-29.8 T and ResNet-20's 1x1 s2 16->32 2.14-2.18 T
+// against 2.25-2.28 T; so the tuning times both.
 constexpr int kBesideInputBlocksPerSm = 4;
+constexpr int kBesideInputBlocksMax = 5;
 __device__ __forceinline__ void StoreRelaxed(uint32_t* p, uint32_t v) {
   asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
@@ -762,7 +767,7 @@ __device__ __forceinline__ int InputChunk(ZeroChunks z, int index) {
 }
 
 template <typename T, bool kPairStores, bool kBeside>
-__global__ void __launch_bounds__(kPrepThreads, kBeside ? kBesideInputBlocksPerSm + 1 : 6)
+__global__ void __launch_bounds__(kPrepThreads, kBeside ? kBesideInputBlocksMax : 6)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
                   int filter_blocks, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
