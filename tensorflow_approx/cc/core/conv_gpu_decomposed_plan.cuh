@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_halo.cuh"
