@@ -569,11 +569,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
         const std::string e = prepasses(false, beside_blocks);
         return e.empty() ? launch(tile, k_order, beside_blocks > 0) : e;
       };
-      std::vector<int> beside_blocks;
-      if (beside_fits && options.halo_beside != GpuBeside::kOff) {
-        beside_blocks = {kBesideInputBlocksPerSm, kBesideInputBlocksMax};
-      }
-      if (!(error = TunePlan(s, d.terms, l, call, beside_blocks, stream, &plan)).empty()) return error;
+      const bool may_beside = beside_fits && options.halo_beside != GpuBeside::kOff;
+      if (!(error = TunePlan(s, d.terms, l, call, may_beside, stream, &plan)).empty()) return error;
       StoreTunedPlan(key, plan);
     }
   }

@@ -13,7 +13,6 @@
 #include <map>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_halo.cuh"
@@ -320,12 +319,12 @@ bool StreamCanWait(cudaStream_t stream) {
 // tap's K at once). A plan's time is the least of kRuns calls after one untimed call;
 // a plan whose launch fails is passed over. The host waits for the timings. Returns "" or a CUDA error of
 // the events, or the last launch error where no plan ran.
-// launch(tile, order, beside_blocks) runs a whole call (TunedPlan::beside_blocks); `beside_blocks`: the
-// counts of input blocks a multiprocessor to time the halo GEMM beside the pre-pass with, besides after it
-// (none: never beside).
+// launch(tile, order, beside_blocks) runs a whole call (TunedPlan::beside_blocks); `halo_beside`: whether
+// the halo GEMM may run beside the pre-pass (then it is timed after it and beside it with
+// kBesideInputBlocksPerSm and kBesideInputBlocksMax input blocks a multiprocessor).
 std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
-                     const std::function<std::string(GpuDecomposedTile, GpuKOrder, int)>& launch,
-                     const std::vector<int>& beside_blocks, cudaStream_t stream, TunedPlan* best) {
+                     const std::function<std::string(GpuDecomposedTile, GpuKOrder, int)>& launch, bool halo_beside,
+                     cudaStream_t stream, TunedPlan* best) {
   constexpr int kRuns = 3;
   cudaEvent_t events[kRuns + 1] = {};
   std::string error;
@@ -371,9 +370,10 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
   for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount) && error.empty(); ++t) {
     const GpuDecomposedTile tile = static_cast<GpuDecomposedTile>(t);
     if (!GpuDecomposedTileFits(tile, s, terms).empty()) continue;
-    const size_t choices = tile == GpuDecomposedTile::kTileHalo ? beside_blocks.size() : 0;
-    for (size_t i = 0; i <= choices; ++i) {  // i = 0: the GEMM after the pre-pass
-      const int beside = i == 0 ? 0 : beside_blocks[i - 1];
+    constexpr int kBesideChoices[] = {0, kBesideInputBlocksPerSm, kBesideInputBlocksMax};  // 0: after it
+    const int choices = tile == GpuDecomposedTile::kTileHalo && halo_beside ? 3 : 1;
+    for (int i = 0; i < choices; ++i) {
+      const int beside = kBesideChoices[i];
       float ms = 0;
       if (time_plan(tile, rule_order, beside, &ms) && (best_ms < 0 || ms < best_ms)) {
         best_ms = ms;
