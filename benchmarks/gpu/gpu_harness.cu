@@ -135,6 +135,7 @@ struct Counts {
   int split = 0;        // cases whose K was split between blocks
   int per_channel = 0;  // cases with a filter range per output channel
   int decomposed = 0;   // cases of the decomposed tensor-core kernel (ApproxConvGpuDecomposed)
+  int per_tile[static_cast<int>(GpuDecomposedTile::kCount)] = {};  // those cases by the tile they ran
 
   void Add(const GpuPlan& plan, int64_t outputs) {
     ++cases;
@@ -1737,6 +1738,10 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
   ++counts->cases;
   ++counts->decomposed;
   counts->outputs_checked += s.output_elements();
+  // The tile that ran: the one asked for, else the call's plan (tuned by its first call, or the rules').
+  const GpuDecomposedTile ran =
+      opts.tile != GpuDecomposedTile::kAuto ? opts.tile : GpuDecomposedPlanFor(s, decomposition.terms, DtypeOf<T>()).tile;
+  if (ran >= GpuDecomposedTile::kTile128x128 && ran < GpuDecomposedTile::kCount) ++counts->per_tile[static_cast<int>(ran)];
   if (err.empty()) return true;
   ++counts->failures;
   if (counts->failures <= 10) {
@@ -1754,13 +1759,14 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
 // One random shape (batch 1-8, 1-20 pixels a side, 1x1 / 3x3 / 5x5 filters, strides and dilations 1-2,
 // every padding, channels mostly multiples of 16 but not always, groups), quantization, element type,
 // decomposition (random, the exact product, or a table file's) and tile; false when the attributes
-// were invalid or the case too large for the CPU reference.
+// were invalid or the case too large for the CPU reference. `tma`: a shape the TMA tile takes (64 or 128
+// input channels a group: slices of whole 64-byte stages whatever the terms; 1x1 or 3x3 filters), run on it.
 bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTable>& files, Counts* counts,
-                          int forced_type = -1) {
+                          int forced_type = -1, bool tma = false) {
   auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   const bool nchw = ri(0, 3) == 0;
   int groups = 1, cg, npg;
-  const int gk = ri(0, 9);
+  const int gk = ri(0, tma ? 8 : 9);
   if (gk < 7) {
     groups = 1;
   } else if (gk < 9) {
@@ -1769,9 +1775,9 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
     groups = ri(2, 24);  // depthwise-like
   }
   auto channels = [&](int most) { return ri(0, 4) < 3 ? 16 * ri(1, most / 16) : ri(1, most); };
-  cg = gk == 9 ? 1 : channels(groups == 1 ? 80 : 48);
+  cg = gk == 9 ? 1 : tma ? 64 * ri(1, groups == 1 ? 2 : 1) : channels(groups == 1 ? 80 : 48);
   npg = gk == 9 ? ri(1, 2) : channels(groups == 1 ? 160 : 64);
-  const int kernel = std::vector<int>{1, 3, 5}[ri(0, 2)];
+  const int kernel = std::vector<int>{1, 3, 5}[ri(0, tma ? 1 : 2)];
   const int sh = ri(1, 2), sw = ri(1, 2), dh = ri(1, 2), dw = ri(1, 2);
   const int batch = ri(1, 8), in_h = ri(1, 20), in_w = ri(1, 20);
   const int64_t in_dims[4] = {batch, in_h, in_w, groups * cg};
@@ -1833,6 +1839,7 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   }
   GpuDecomposedOptions opts;
   opts.tile = static_cast<GpuDecomposedTile>(ri(-1, static_cast<int>(GpuDecomposedTile::kCount) - 1));
+  if (tma) opts.tile = GpuDecomposedTile::kTileTma256x64k64;
   // A tile that cannot run here (a wgmma tile without sm_90a, the halo tile on a shape whose filter rows
   // and halos do not fit): the auto-choice instead, the case kept.
   if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileFits(opts.tile, s, decomposition.terms).empty()) {
@@ -2001,6 +2008,9 @@ void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int ca
       if (RandomDecomposedCase(rng, files, counts, t)) ++done;
   for (int done = 0; done < cases;)
     if (RandomDecomposedCase(rng, files, counts)) ++done;
+  // The TMA tile (its padded-tap sums) on shapes it takes, which the draw above seldom gives it.
+  for (int done = 0; done < (cases + 2) / 3;)
+    if (RandomDecomposedCase(rng, files, counts, -1, true)) ++done;
   DecomposedLimitCases(rng, counts);
   DecomposedWideSliceCases(rng, counts);
   DecomposedRefusalChecks(counts);
@@ -2599,7 +2609,10 @@ int main(int argc, char** argv) {
   std::printf("  by kernel:");
   for (int k = 0; k < static_cast<int>(GpuKernel::kCount); ++k)
     std::printf(" %s %d", GpuKernelName(static_cast<GpuKernel>(k)), counts.per_kernel[k]);
-  std::printf("; decomposed (tensor cores) %d", counts.decomposed);
+  std::printf("; decomposed (tensor cores) %d (", counts.decomposed);
+  for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount); ++t)
+    std::printf("%s%s %d", t ? " " : "", GpuDecomposedTileName(static_cast<GpuDecomposedTile>(t)), counts.per_tile[t]);
+  std::printf(")");
   std::printf("; by type: float %d double %d half %d bfloat16 %d; wide accumulation %d; K split %d; per-channel %d\n",
               counts.per_type[0], counts.per_type[1], counts.per_type[2], counts.per_type[3], counts.wide,
               counts.split, counts.per_channel);

@@ -190,7 +190,7 @@ def check_decomposed(rng, trace_path):
     picks its tensor-core kernel: the GPU's outputs bit for bit the CPU's, asymmetric and symmetric codes
     (the decomposition rearranged for shifted codes). Returns (cases, outputs, mismatches, GPU
     configurations the trace names the decomposed kernel for, of them with a wgmma tile, with the halo
-    tile, with a plan the first call tuned)."""
+    tile, with a plan the first call tuned, with the halo tile beside the pre-pass, with the TMA tile)."""
     tables = []
     for name in ("exact", "drum4", "optrunc3", "coltrunc8", "etm3"):
         lut = np.asarray(mx.get(name).lut, np.uint16)
@@ -222,9 +222,9 @@ def check_decomposed(rng, trace_path):
                 print("  decomposed case differs:", name, (batch, size, cin, cout, k), scheme, dtype.name)
     with open(trace_path) as f:
         picked = [line for line in f if "device=GPU" in line and "kernel=tensor-cores-decomposed" in line]
-    return (cases, outputs, mismatches, len(picked), sum("-wgmma" in line for line in picked),
+    return (cases, outputs, mismatches, len(picked), sum(("-wgmma" in line or "-tma" in line) for line in picked),
             sum("-halo" in line for line in picked), sum("-tuned\t" in line for line in picked),
-            sum("-halo-beside-" in line for line in picked))
+            sum("-halo-beside-" in line for line in picked), sum("-tma" in line for line in picked))
 
 
 def check_invalid_ranges():
@@ -435,7 +435,7 @@ def main():
     print(f"| registered decompositions (<= 16 terms) on big layers, GPU vs CPU | {decomposed[0]} cases, "
           f"{decomposed[1]} outputs, {decomposed[2]} mismatches; tensor-core kernel traced for {decomposed[3]} "
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
-          f"capability 9.0: {hopper}), {decomposed[5]} with the halo tile ({decomposed[7]} of them beside the "
+          f"capability 9.0: {hopper}; {decomposed[8]} with A by TMA), {decomposed[5]} with the halo tile ({decomposed[7]} of them beside the "
           f"pre-pass), {decomposed[6]} with a tuned plan |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")

@@ -133,6 +133,7 @@ template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int 
 std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi, T* output,
                        cudaStream_t stream) {
   constexpr bool kWgmma = kWgmmaTile != 0;  // (ApproxConvGpuDecomposed checked that it can run here)
+  constexpr bool kTma = kWgmmaTile == 2;    // (and, for these, TmaPlanesFit)
   GemmArgs args = base;
   const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + BM - 1) / BM;
   const int64_t n_tiles = (static_cast<int64_t>(g.npg) + BN - 1) / BN;
@@ -143,19 +144,25 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
   args.m_tiles = static_cast<int>(m_tiles);
   args.n_tiles = static_cast<int>(n_tiles);
   args.k_tiles = static_cast<int>(k_tiles);
-  constexpr int smem = GemmSmemBytes<BM, BN, BK, STAGES, kWgmma>();
+  constexpr int smem = GemmSmemBytes<BM, BN, BK, STAGES, kWgmma, kTma>();
   static_assert(BLOCKS * (smem + 1024) <= 228 * 1024, "BLOCKS blocks fit a multiprocessor's shared memory");
-  void (*kernel)(GemmArgs, GpuGeometry, Epilogue, T*) = nullptr;
+  CUtensorMap a_map = {};  // (only the TMA tiles read it)
+  if constexpr (kTma) {
+    const int64_t batch = args.l.in_pixels / (static_cast<int64_t>(g.in_h) * g.in_w);
+    const std::string e = EncodePlanesIm2col(args.planes, g, args.l.slice_bytes, batch, BM, BK, &a_map);
+    if (!e.empty()) return e;
+  }
+  void (*kernel)(GemmArgs, GpuGeometry, Epilogue, T*, const CUtensorMap) = nullptr;
   if constexpr (kWgmma) {
     // wgmma reads shared memory itself: ldmatrix and plain_fragment_loads do not apply; one kernel.
-    kernel = DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true, true>;
+    kernel = DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true, true, kTma>;
   } else {
     kernel = ldmatrix ? DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true>
                       : DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, false>;
   }
   const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, 0, nullptr);
   if (!setup.empty()) return setup;
-  kernel<<<static_cast<unsigned>(blocks), WARPS_M * WARPS_N * 32, smem, stream>>>(args, g, epi, output);
+  kernel<<<static_cast<unsigned>(blocks), WARPS_M * WARPS_N * 32, smem, stream>>>(args, g, epi, output, a_map);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the decomposed GEMM launch", e);
 }
@@ -267,6 +274,7 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTileWgmma128x128: return "wgmma128x128";
     case GpuDecomposedTile::kTileWgmma128x64k64: return "wgmma128x64k64";
     case GpuDecomposedTile::kTileWgmma256x64k64: return "wgmma256x64k64";
+    case GpuDecomposedTile::kTileTma256x64k64: return "tma256x64k64";
     case GpuDecomposedTile::kTileHalo: return "halo";
     default: return "?";
   }
@@ -309,6 +317,11 @@ std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) { return IsWgmmaT
 std::string GpuDecomposedTileFits(GpuDecomposedTile tile, const ConvShape& shape, int terms) {
   std::string why = GpuDecomposedTileSupported(tile);
   if (why.empty() && tile == GpuDecomposedTile::kTileHalo) why = MakeHaloPlan(shape, terms).why;
+  if (why.empty() && IsTmaTile(tile)) {
+    why = TmaPlanesFit(MakeGpuGeometry(shape), MakeLayout(shape, std::max(terms, 1)).slice_bytes,
+                       kTiles[static_cast<int>(tile)].bk);
+    if (!why.empty()) why = "ApproxConvGpuDecomposed: " + why;
+  }
   return why;
 }
 
@@ -544,6 +557,8 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   args.narrow_sums = NarrowSumsFit(s.taps());
+  args.padded_taps = s.pad_top > 0 || s.pad_left > 0 || (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h >= s.in_h + s.pad_top ||
+                     (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w >= s.in_w + s.pad_left;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
   // beside: the halo GEMM beside the pre-pass (which prepasses() launched for it).
   auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside) -> std::string {
@@ -576,6 +591,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   }
   if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());
   if (IsWgmmaTile(plan.tile) && !wgmma_error.empty()) return wgmma_error;
+  if (IsTmaTile(plan.tile) && !(error = GpuDecomposedTileFits(plan.tile, s, d.terms)).empty()) return error;
   if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
   if (options.halo_beside != GpuBeside::kAuto) {
     plan.beside_blocks = options.halo_beside == GpuBeside::kOn ? kBesideInputBlocksPerSm : 0;

@@ -5,6 +5,7 @@
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_GEMM_CUH_
 
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_prepasses.cuh"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed_tma.cuh"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_wgmma.cuh"
 
 namespace tfapprox {
@@ -103,6 +104,8 @@ struct GemmArgs {
   // pair_stores and the debug sums beside it themselves: folding them into this flag on the host moved
   // nvcc's register allocation and cost 2-10% on some tiles, H200 --decomposed-phases seed 1511.)
   bool narrow_sums;
+  // Some output's patch has a tap outside the input (the TMA tiles then add the padded taps' sums Z).
+  bool padded_taps;
 };
 
 // Two adjacent outputs as one aligned store (the caller checked the alignment): the first at the lower
@@ -195,11 +198,15 @@ inline int64_t GemmKTiles(const Layout& l) {
   return (l.k_chunks * kChunk + BK - 1) / BK;
 }
 
-// kWgmma: 1 KB more, for rounding the stages up to wgmma's 1024-byte swizzle atoms (see the kernel).
-template <int BM, int BN, int BK, int STAGES, bool kWgmma = false>
+// kWgmma: 1 KB more, for rounding the stages up to wgmma's 1024-byte swizzle atoms (see the kernel). kTma:
+// the pixels' padded-tap masks, the padded taps' sums Z and the stages' mbarriers.
+template <int BM, int BN, int BK, int STAGES, bool kWgmma = false, bool kTma = false>
 constexpr int GemmSmemBytes() {
   return STAGES * (BM + BN) * BK + BM * static_cast<int>(sizeof(int4)) + BM * 2 * static_cast<int>(sizeof(long long)) +
-         (kWgmma ? 1024 : 0);
+         (kWgmma ? 1024 : 0) +
+         (kTma ? BM * static_cast<int>(sizeof(uint32_t)) + kTmaMaxTaps * BN * static_cast<int>(sizeof(int)) +
+                     STAGES * static_cast<int>(sizeof(uint64_t))
+               : 0);
 }
 
 // wgmma groups a warpgroup leaves in flight past a stage (kWgmma): one where the pipeline is deep enough
@@ -211,10 +218,13 @@ __host__ __device__ constexpr int GemmMmaInFlight() {
   return kWgmma && STAGES >= 4 ? 1 : 0;
 }
 
+// kTma (with kWgmma): A's stages by im2col TMA loads (conv_gpu_decomposed_tma.cuh) of `a_map`, one thread
+// issuing a stage, mbarriers saying when it landed; B's stages as before. Other tiles ignore a_map.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, bool kLdmatrix,
-          bool kWgmma = false>
+          bool kWgmma = false, bool kTma = false>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
-    DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
+    DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output,
+                         const __grid_constant__ CUtensorMap a_map) {
   if constexpr (kWgmma) {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // A device pass without wgmma (sm_90, the compute_90 PTX): no body. ApproxConvGpuDecomposed never launches this
@@ -232,6 +242,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   static_assert(A_CHUNKS >= 1 && A_CHUNKS * NT_THREADS == BM * kChunksPerRow, "A loader");
   static_assert(B_CHUNKS >= 1 && B_CHUNKS * NT_THREADS == BN * kChunksPerRow, "B loader");
   static_assert(STAGES >= 2 && kMaxBK % BK == 0, "a pipeline; B's rows padded to whole stages");
+  static_assert(!kTma || kWgmma, "TMA loads only in the wgmma tiles");
   static_assert(!kWgmma || (WARPS_N == 1 && WARPS_M % 4 == 0 && (BN == 64 || BN == 128) && (BK == 64 || BK == 128) &&
                             STAGES >= 2 + GemmMmaInFlight<kWgmma, STAGES>()),
                 "wgmma: whole warpgroups of MT x 64 rows x BN (64 or 128) columns, 64- or 128-byte swizzled stages");
@@ -261,6 +272,11 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   int4* s_pix = reinterpret_cast<int4*>(s_b + STAGES * BN * BK);   // [BM]
   long long* s_alpha = reinterpret_cast<long long*>(s_pix + BM);   // [BM]: alpha summed over the patch
   Real* s_act = reinterpret_cast<Real*>(s_alpha + BM);             // [BM]: Real(code sum - act_sum_offset)
+  // kTma: [BM] the pixel's padded taps (bit t: tap t outside the input), [kTmaMaxTaps][BN] the padded taps'
+  // sums Z of the tile's channels, [STAGES] the mbarriers of A's stages.
+  uint32_t* s_mask = reinterpret_cast<uint32_t*>(s_act + BM);
+  int* s_z = reinterpret_cast<int*>(s_mask + BM);
+  uint64_t* s_bar = reinterpret_cast<uint64_t*>(s_z + kTmaMaxTaps * BN);
 
   const Layout& l = args.l;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -286,6 +302,12 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       info = make_int4(n * in_hw, oh * g.stride_h - g.pad_top, ow * g.stride_w - g.pad_left, 1);
     }
     s_pix[i] = info;
+  }
+  if constexpr (kTma) {
+    for (int i = tid; i < kTmaMaxTaps * BN; i += NT_THREADS) s_z[i] = 0;
+    if (tid == 0) {
+      for (int s = 0; s < STAGES; ++s) MbarrierInit(SharedAddress(s_bar + s), 1);
+    }
   }
   __syncthreads();
 
@@ -326,6 +348,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   int a_j = load_col % l.slice_chunks;
   int a_kh = (load_col / l.slice_chunks) / g.filter_w;
   int a_kw = (load_col / l.slice_chunks) - a_kh * g.filter_w;
+  // kTma: the same position for the stage being multiplied (z_*), whose B chunks add into the padded taps'
+  // sums Z.
+  int z_kc = a_kc, z_j = a_j, z_kh = a_kh, z_kw = a_kw;
   // K order (GpuKOrder). Taps inner, where a slice is whole stages: stage kt is BK bytes sb = kt / taps
   // of tap kt % taps's slice, so a tile reads the same slice bytes of neighbouring pixels for its 3 x 3
   // taps back to back, from L2. Tap by tap (the planes' own order) a tile streams a whole slice of its
@@ -333,18 +358,48 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   // from DRAM once per tap (ncu: L2 hit rate 33%). B's rows are read in the same order.
   const int spatial_taps = g.filter_h * g.filter_w;
   const bool taps_inner = args.taps_inner && KOrderApplies(spatial_taps, l.slice_bytes, BK);
+  // Step a position to the next stage's chunk. Taps inner (every stage inside K: K is whole stages): the next
+  // tap, or after the last the next BK bytes of the slice at tap 0. Tap by tap: kChunksPerRow chunks on,
+  // across as many slice ends as it passes (slices of fewer than kChunksPerRow chunks: several).
+  auto step = [&](int& kc, int& j, int& kh, int& kw) {
+    if (taps_inner) {
+      if (++kw == g.filter_w) {
+        kw = 0;
+        if (++kh == g.filter_h) kh = 0, j += kChunksPerRow;
+      }
+    } else {
+      kc += kChunksPerRow;
+      j += kChunksPerRow;
+      while (j >= l.slice_chunks) {
+        j -= l.slice_chunks;
+        if (++kw == g.filter_w) kw = 0, ++kh;
+      }
+    }
+  };
   // Stage `slot` <- K tile kt: A chunk c of pixel row r is chunk j of spatial tap `tap` of the pixel's
   // patch; B chunk c of channel row r is the same K bytes of that channel's filter row: bytes kt * BK + 16c
   // tap by tap, tap * slice_bytes + (j - c) * 16 + 16c with taps inner.
+  // kTma: the first pixel's patch origin and image, where the im2col loads start.
+  const int4 tma_pix = s_pix[0];
   auto load_stage = [&](int slot, int kt) {
     const uint32_t a_base = SharedAddress(s_a + slot * BM * BK);
     const bool k_inside = a_kc < k_chunks;
     const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
+    // kTma: thread 0's chunk is the stage's first (load_col 0), so (a_kh, a_kw) and a_j are the stage's tap and
+    // slice chunk: one load of BM pixels x BK bytes from there.
+    if constexpr (kTma) {
+      if (tid == 0) {
+        const uint32_t bar = SharedAddress(s_bar + slot);
+        MbarrierArriveExpectTx(bar, BM * BK);
+        TmaLoadIm2col(a_base, &a_map, bar, grp * l.slice_bytes + a_j * kChunk, tma_pix.z, tma_pix.y, tma_pix.x / in_hw,
+                      dw, dh);
+      }
+    }
     // Pixel (ih, iw) = (pix.y + dh, pix.z + dw) is slice (pix.x + ih * in_w + iw) * groups + grp: a_slice plus
     // this, plus the chunk's bytes in the slice (int64: dh * in_w alone may pass 2^31).
     const int64_t tap_bytes = (static_cast<int64_t>(dh) * g.in_w + dw) * pixel_bytes + a_j * kChunk;
 #pragma unroll
-    for (int i = 0; i < A_CHUNKS; ++i) {
+    for (int i = 0; i < (kTma ? 0 : A_CHUNKS); ++i) {
       const int row = load_row + i * kRowsPerPass;
       const int4 pix = a_pix[i];
       const int8_t* src = args.planes;
@@ -365,22 +420,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     const int64_t b_offset = taps_inner ? static_cast<int64_t>(a_kh * g.filter_w + a_kw) * l.slice_bytes +
                                               (a_j - load_col) * kChunk
                                         : static_cast<int64_t>(kt) * BK;
-    // Step to the next stage's chunk. Taps inner (every stage inside K: K is whole stages): the next tap, or
-    // after the last the next BK bytes of the slice at tap 0. Tap by tap: kChunksPerRow chunks on, across
-    // as many slice ends as it passes (slices of fewer than kChunksPerRow chunks: several).
-    if (taps_inner) {
-      if (++a_kw == g.filter_w) {
-        a_kw = 0;
-        if (++a_kh == g.filter_h) a_kh = 0, a_j += kChunksPerRow;
-      }
-    } else {
-      a_kc += kChunksPerRow;
-      a_j += kChunksPerRow;
-      while (a_j >= l.slice_chunks) {
-        a_j -= l.slice_chunks;
-        if (++a_kw == g.filter_w) a_kw = 0, ++a_kh;
-      }
-    }
+    step(a_kc, a_j, a_kh, a_kw);
     const uint32_t b_base = SharedAddress(s_b + slot * BN * BK);
 #pragma unroll
     for (int i = 0; i < B_CHUNKS; ++i) {
@@ -411,6 +451,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     for (int i = tid; i < BM; i += NT_THREADS) {
       const int4 pix = s_pix[i];
       long long alpha_sum = 0, code_sum = 0;
+      uint32_t padded = 0;  // kTma: bit t for tap t outside the input
       if (pix.w) {
         // kTapBatch spatial taps at a time, (kh, kw) in order, their loads issued before any is added (one
         // tap per round trip made this a latency chain ahead of the main loop). Integer sums: any order.
@@ -431,6 +472,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
             } else {
               alphas[u] = tap ? pad_alpha : 0;
               codes[u] = tap ? pad_codes : 0;
+              if (kTma && tap) padded |= 1u << (t0 + u);
             }
             if (++kw == g.filter_w) kw = 0, ++kh;
           }
@@ -443,6 +485,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       }
       s_alpha[i] = alpha_sum;
       s_act[i] = deq_tensor.Act(code_sum);
+      if constexpr (kTma) s_mask[i] = padded;
     }
   }
 
@@ -458,6 +501,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   const int matrix = lane >> 3, matrix_row = lane & 7;   // ldmatrix: which matrix and row lane gives
   for (int kt = 0; kt < args.k_tiles; ++kt) {
     WaitCopies<kPrefetch - 1>();  // this thread's copies of stage kt have landed...
+    if constexpr (kTma) MbarrierWait(SharedAddress(s_bar + kt % STAGES), (kt / STAGES) & 1);  // ...and A's load
     if constexpr (kWgmma) FenceProxyAsyncShared();  // ...and are visible to wgmma's (async proxy) reads...
     __syncthreads();  // ...and everyone's; everyone is also done with stage kt - 1 - kInFlight (mma.sync:
                       // kt - 1; wgmma with one group in flight: every warpgroup has waited for kt - 2's)
@@ -487,6 +531,27 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       }
       WgmmaCommit();
       load_next();
+      // kTma, while the wgmma run: the padded taps' sums Z[tap][channel] += u(zero point) . v over this stage's
+      // bytes, each thread on its own B chunks (landed: WaitCopies), their kChunksPerRow lanes of a row then
+      // summed by shuffles; the row's load_col 0 lane alone adds to Z, so no two threads share a word.
+      if constexpr (kTma) {
+        if (args.padded_taps) {
+          const int4 zp = __ldg(reinterpret_cast<const int4*>(zero_point_slice + z_j * kChunk));
+          const int tap = z_kh * g.filter_w + z_kw;
+#pragma unroll
+          for (int i = 0; i < B_CHUNKS; ++i) {
+            const int row = load_row + i * kRowsPerPass;
+            const int4 b = *reinterpret_cast<const int4*>(b_stage + StageOffset<BK>(row, load_col));
+            int dot = __dp4a(b.x, zp.x, __dp4a(b.y, zp.y, __dp4a(b.z, zp.z, __dp4a(b.w, zp.w, 0))));
+#pragma unroll
+            for (int o = 1; o < kChunksPerRow; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (load_col == 0) {
+              s_z[tap * BN + row] = static_cast<int>(static_cast<unsigned>(s_z[tap * BN + row]) + static_cast<unsigned>(dot));
+            }
+          }
+        }
+        step(z_kc, z_j, z_kh, z_kw);
+      }
       // At most kInFlight stages' wgmma still running: the stage the next iteration's load overwrites
       // (kInFlight + 1 before that iteration's) is no longer read by this warpgroup, and the next
       // barrier makes that true of every warpgroup.
@@ -562,6 +627,31 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     return (kWgmma ? (warp >> 2) * MT * 64 + mt * 64 + (warp & 3) * 16 : warp_m * WM + mt * 16) + group_id + half * 8;
   };
   const int lane_channel0 = n0 + warp_n * WN + 2 * in_group;  // its first channel in the group (even)
+  // kTma: the padded taps' sums, which the im2col loads' zeros left out (int32 adds modulo 2^32, as the
+  // tensor cores': the sums come out as the gathers' were).
+  if constexpr (kTma) {
+    if (args.padded_taps) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          uint32_t padded = s_mask[row_of(mt, half)];
+          while (padded != 0) {
+            const int tap = __ffs(padded) - 1;
+            padded &= padded - 1;
+            const int* z = s_z + tap * BN + warp_n * WN + 2 * in_group;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+              const int2 zz = *reinterpret_cast<const int2*>(z + nt * 8);
+              acc[mt][nt][2 * half] =
+                  static_cast<int>(static_cast<unsigned>(acc[mt][nt][2 * half]) + static_cast<unsigned>(zz.x));
+              acc[mt][nt][2 * half + 1] =
+                  static_cast<int>(static_cast<unsigned>(acc[mt][nt][2 * half + 1]) + static_cast<unsigned>(zz.y));
+            }
+          }
+        }
+    }
+  }
   // The common case without a branch per output: 32-bit sums (NarrowOutput), pair stores, every channel of
   // the warp's tile inside the group; rows past the last pixel are stores left out. Only in the tiles of
   // at most 64 channels a warp: in wgmma128x128 its registers pushed nvcc to recompute addresses inside

@@ -46,25 +46,31 @@ namespace decomposed_internal {
 // wgmma blocks of 64 rows per warpgroup, four stages of 64 bytes, two blocks: half the filter's reads per
 // pixel of the 128-row tiles) then led on 56x56 64->64, seed 626: 61.6 T exact, 14.0 T with 16 terms
 // (wgmma128x64 12.5 T).
-#define TFAPPROX_DECOMPOSED_TILES(X)                       \
-  X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0, 0)        \
-  X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7, 0)            \
-  X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55, 0)         \
-  X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85, 0)         \
-  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02, 0)  \
-  X(kTileWgmma128x64, 128, 64, 8, 1, 2, 128, 4, 0.9, 1)    \
-  X(kTileWgmma128x128, 128, 128, 8, 1, 2, 128, 3, 1.6, 1)  \
-  X(kTileWgmma128x64k64, 128, 64, 8, 1, 3, 64, 4, 0.88, 1)  \
-  X(kTileWgmma256x64k64, 256, 64, 8, 1, 2, 64, 4, 0.95, 1)
+// The wgmma column 2: A's stages by im2col TMA loads (DecomposedGemmKernel's kTma; conv_gpu_decomposed_tma.cuh),
+// only where TmaPlanesFit. Only 256x64k64 has that twin: H200, --decomposed-tiles --seed 3002, 16 terms, G
+// LUT-MAC/s, TMA / gathers: 56x56 64->64 15,790 / 14,513, 1x1 56x56 64->256 10,739 / 9,432, ResNet-20's 8x8
+// 64->64 14,327 / 5,964; wgmma128x128's twin lost to it (28x28 128->128 16,501 / 21,728, 7x7 512->512 12,581 /
+// 15,664) and was dropped. Its rate column is 0: ChooseTile takes it only in place of wgmma256x64k64.
+#define TFAPPROX_DECOMPOSED_TILES(X)                            \
+  X(kTile128x128, 128, 128, 2, 4, 2, 64, 4, 1.0, 0)             \
+  X(kTile64x64, 64, 64, 2, 2, 2, 64, 4, 0.7, 0)                 \
+  X(kTile128x32, 128, 32, 4, 1, 2, 64, 4, 0.55, 0)              \
+  X(kTile128x64, 128, 64, 2, 2, 4, 64, 4, 0.85, 0)              \
+  X(kTile128x128k128, 128, 128, 2, 4, 2, 128, 3, 1.02, 0)       \
+  X(kTileWgmma128x64, 128, 64, 8, 1, 2, 128, 4, 0.9, 1)         \
+  X(kTileWgmma128x128, 128, 128, 8, 1, 2, 128, 3, 1.6, 1)       \
+  X(kTileWgmma128x64k64, 128, 64, 8, 1, 3, 64, 4, 0.88, 1)      \
+  X(kTileWgmma256x64k64, 256, 64, 8, 1, 2, 64, 4, 0.95, 1)      \
+  X(kTileTma256x64k64, 256, 64, 8, 1, 2, 64, 4, 0, 2)
 
 struct TileConfig {
   GpuDecomposedTile tile;
   int bm, bn, blocks_per_sm, bk;
   double rate;
-  bool wgmma;
+  bool wgmma, tma;
 };
 #define TFAPPROX_TILE_CONFIG(tile, bm, bn, wm, wn, blocks, bk, stages, rate, wgmma) \
-  {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate, wgmma != 0},
+  {GpuDecomposedTile::tile, bm, bn, blocks, bk, rate, wgmma != 0, wgmma == 2},
 constexpr TileConfig kTiles[] = {TFAPPROX_DECOMPOSED_TILES(TFAPPROX_TILE_CONFIG)};
 #undef TFAPPROX_TILE_CONFIG
 constexpr int kGemmTiles = static_cast<int>(sizeof(kTiles) / sizeof(kTiles[0]));
@@ -79,6 +85,10 @@ static_assert(kGemmTiles == static_cast<int>(GpuDecomposedTile::kTileHalo) && Ti
 bool IsWgmmaTile(GpuDecomposedTile tile) {
   const int t = static_cast<int>(tile);
   return t >= 0 && t < kGemmTiles && kTiles[t].wgmma;
+}
+bool IsTmaTile(GpuDecomposedTile tile) {
+  const int t = static_cast<int>(tile);
+  return t >= 0 && t < kGemmTiles && kTiles[t].tma;
 }
 
 // Planes (the input's int8 terms, Layout items x slice_bytes) of at least this many bytes are far past the
@@ -110,6 +120,7 @@ int64_t PlanesBytes(const Layout& l) { return l.items * l.slice_bytes; }
 // 8.4 T against 7.3 T). The 256-row tile only where the planes are past the L2 (kPlanesPastL2Bytes), where
 // halving the filter's reads pays: on 56x56 64->64 with 16 terms (205 MB) it led, 14.0 T against 12.6 T;
 // on ResNet-20's 8x8 64->64 (batch 1000, 16-65 MB) it lost to 128x64 by 18-26% with 4-16 terms (seed 629).
+// With several terms, where it fits, its TMA twin (below).
 //
 // The halo tile (conv_gpu_decomposed_halo.cuh) first, where it fits and the tile table had it ahead of every
 // GEMM tile (H200, --decomposed-tiles, seeds 830 and 840, G LUT-MAC/s, halo against the best GEMM tile,
@@ -165,7 +176,7 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_
   double best_score = -1;
   GpuDecomposedTile best = GpuDecomposedTile::kTile128x128;
   for (const TileConfig& t : kTiles) {
-    if ((t.wgmma && !wgmma) || (t.bm == 256 && !planes_past_l2)) continue;
+    if ((t.wgmma && !wgmma) || (t.bm == 256 && !planes_past_l2) || t.tma) continue;
     const Waves w = waves_of(t);
     const double fill = static_cast<double>(s.out_pixels()) * s.out_depth_per_group() /
                         (static_cast<double>(w.m_tiles * t.bm) * static_cast<double>(w.n_tiles * t.bn));
@@ -175,6 +186,13 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_
       best_score = score;
       best = t.tile;
     }
+  }
+  // Its TMA twin with several terms, where it takes the shape (it lost the exact table on 56x56 64->64, 86.7 T
+  // against 88.3 T, and won with 5 and 16 terms: 38.6 / 36.6 T and 15.8 / 14.5 T; the table in kTiles).
+  if (best == GpuDecomposedTile::kTileWgmma256x64k64 && terms > 1 &&
+      TmaPlanesFit(MakeGpuGeometry(s), l.slice_bytes, kTiles[static_cast<int>(GpuDecomposedTile::kTileTma256x64k64)].bk)
+          .empty()) {
+    return GpuDecomposedTile::kTileTma256x64k64;
   }
   return best;
 }
