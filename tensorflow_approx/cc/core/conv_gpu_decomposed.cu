@@ -146,13 +146,14 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
   args.k_tiles = static_cast<int>(k_tiles);
   constexpr int smem = GemmSmemBytes<BM, BN, BK, STAGES, kWgmma, kTma>();
   static_assert(BLOCKS * (smem + 1024) <= 228 * 1024, "BLOCKS blocks fit a multiprocessor's shared memory");
-  CUtensorMap a_map = {};  // (only the TMA tiles read it)
+  CUtensorMap a_map = {}, b_map = {};  // (only the TMA tiles read them)
   if constexpr (kTma) {
     const int64_t batch = args.l.in_pixels / (static_cast<int64_t>(g.in_h) * g.in_w);
-    const std::string e = EncodePlanesIm2col(args.planes, g, args.l.slice_bytes, batch, BM, BK, &a_map);
+    std::string e = EncodePlanesIm2col(args.planes, g, args.l.slice_bytes, batch, BM, BK, &a_map);
+    if (e.empty()) e = EncodeFilterPlanesTiled(args.b_planes, g.out_depth, args.l.k_padded, BN, BK, &b_map);
     if (!e.empty()) return e;
   }
-  void (*kernel)(GemmArgs, GpuGeometry, Epilogue, T*, const CUtensorMap) = nullptr;
+  void (*kernel)(GemmArgs, GpuGeometry, Epilogue, T*, const CUtensorMap, const CUtensorMap) = nullptr;
   if constexpr (kWgmma) {
     // wgmma reads shared memory itself: ldmatrix and plain_fragment_loads do not apply; one kernel.
     kernel = DecomposedGemmKernel<T, BM, BN, WARPS_M, WARPS_N, BLOCKS, BK, STAGES, true, true, kTma>;
@@ -162,7 +163,7 @@ std::string LaunchGemm(bool ldmatrix, const GemmArgs& base, const GpuGeometry& g
   }
   const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, 0, nullptr);
   if (!setup.empty()) return setup;
-  kernel<<<static_cast<unsigned>(blocks), WARPS_M * WARPS_N * 32, smem, stream>>>(args, g, epi, output, a_map);
+  kernel<<<static_cast<unsigned>(blocks), WARPS_M * WARPS_N * 32, smem, stream>>>(args, g, epi, output, a_map, b_map);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? "" : CudaError("the decomposed GEMM launch", e);
 }

@@ -90,7 +90,7 @@ enum class GpuDecomposedTile : int {
   kTileWgmma128x128 = 6,
   kTileWgmma128x64k64 = 7,  // stages of 64 K bytes (64-byte swizzle), four deep, three blocks
   kTileWgmma256x64k64 = 8,  // 256 rows: half the filter's reads per output of 128 rows
-  // wgmma256x64k64 with A's stages loaded by the TMA unit in im2col mode (one instruction a stage, zeros at
+  // wgmma256x64k64 with its stages loaded by the TMA unit, A in im2col mode (one instruction a stage, zeros at
   // padded taps, which the epilogue makes up for): where the slices are whole stages, the filter has at
   // most 9 taps and the padding and strides fit its box (GpuDecomposedTileFits).
   kTileTma256x64k64 = 9,

@@ -218,13 +218,14 @@ __host__ __device__ constexpr int GemmMmaInFlight() {
   return kWgmma && STAGES >= 4 ? 1 : 0;
 }
 
-// kTma (with kWgmma): A's stages by im2col TMA loads (conv_gpu_decomposed_tma.cuh) of `a_map`, one thread
-// issuing a stage, mbarriers saying when it landed; B's stages as before. Other tiles ignore a_map.
+// kTma (with kWgmma): the stages by TMA loads (conv_gpu_decomposed_tma.cuh), A's im2col from `a_map`, B's
+// tiles from `b_map`, one thread issuing a stage, an mbarrier a stage saying when it landed; no cp.async.
+// Other tiles ignore the maps.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int BLOCKS, int BK, int STAGES, bool kLdmatrix,
           bool kWgmma = false, bool kTma = false>
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     DecomposedGemmKernel(GemmArgs args, GpuGeometry g, Epilogue epi, T* __restrict__ output,
-                         const __grid_constant__ CUtensorMap a_map) {
+                         const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map) {
   if constexpr (kWgmma) {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // A device pass without wgmma (sm_90, the compute_90 PTX): no body. ApproxConvGpuDecomposed never launches this
@@ -273,7 +274,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   long long* s_alpha = reinterpret_cast<long long*>(s_pix + BM);   // [BM]: alpha summed over the patch
   Real* s_act = reinterpret_cast<Real*>(s_alpha + BM);             // [BM]: Real(code sum - act_sum_offset)
   // kTma: [BM] the pixel's padded taps (bit t: tap t outside the input), [kTmaMaxTaps][BN] the padded taps'
-  // sums Z of the tile's channels, [STAGES] the mbarriers of A's stages.
+  // sums Z of the tile's channels, [STAGES] the mbarriers of the stages.
   uint32_t* s_mask = reinterpret_cast<uint32_t*>(s_act + BM);
   int* s_z = reinterpret_cast<int*>(s_mask + BM);
   uint64_t* s_bar = reinterpret_cast<uint64_t*>(s_z + kTmaMaxTaps * BN);
@@ -386,13 +387,17 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     const bool k_inside = a_kc < k_chunks;
     const int dh = a_kh * g.dil_h, dw = a_kw * g.dil_w;
     // kTma: thread 0's chunk is the stage's first (load_col 0), so (a_kh, a_kw) and a_j are the stage's tap and
-    // slice chunk: one load of BM pixels x BK bytes from there.
+    // slice chunk: one load of BM pixels x BK bytes from there, and one of the same K bytes of the tile's BN
+    // filter rows (rows past the group's channels load the next group's or zeros: their outputs are not
+    // stored).
     if constexpr (kTma) {
       if (tid == 0) {
         const uint32_t bar = SharedAddress(s_bar + slot);
-        MbarrierArriveExpectTx(bar, BM * BK);
+        MbarrierArriveExpectTx(bar, (BM + BN) * BK);
         TmaLoadIm2col(a_base, &a_map, bar, grp * l.slice_bytes + a_j * kChunk, tma_pix.z, tma_pix.y, tma_pix.x / in_hw,
                       dw, dh);
+        TmaLoadTile2d(SharedAddress(s_b + slot * BN * BK), &b_map, bar,
+                      (a_kh * g.filter_w + a_kw) * l.slice_bytes + a_j * kChunk, grp * g.npg + n0);
       }
     }
     // Pixel (ih, iw) = (pix.y + dh, pix.z + dw) is slice (pix.x + ih * in_w + iw) * groups + grp: a_slice plus
@@ -423,7 +428,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
     step(a_kc, a_j, a_kh, a_kw);
     const uint32_t b_base = SharedAddress(s_b + slot * BN * BK);
 #pragma unroll
-    for (int i = 0; i < B_CHUNKS; ++i) {
+    for (int i = 0; i < (kTma ? 0 : B_CHUNKS); ++i) {
       const int row = load_row + i * kRowsPerPass;
       const bool fill = b_src[i] != nullptr;
       CopyChunkAsync(b_base + StageOffset<BK>(row, load_col), fill ? b_src[i] + b_offset : args.b_planes, fill);
@@ -500,9 +505,12 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
   const int group_id = lane >> 2, in_group = lane & 3;  // the fragments' g and t
   const int matrix = lane >> 3, matrix_row = lane & 7;   // ldmatrix: which matrix and row lane gives
   for (int kt = 0; kt < args.k_tiles; ++kt) {
-    WaitCopies<kPrefetch - 1>();  // this thread's copies of stage kt have landed...
-    if constexpr (kTma) MbarrierWait(SharedAddress(s_bar + kt % STAGES), (kt / STAGES) & 1);  // ...and A's load
-    if constexpr (kWgmma) FenceProxyAsyncShared();  // ...and are visible to wgmma's (async proxy) reads...
+    if constexpr (kTma) {
+      MbarrierWait(SharedAddress(s_bar + kt % STAGES), (kt / STAGES) & 1);  // stage kt's loads have landed...
+    } else {
+      WaitCopies<kPrefetch - 1>();  // this thread's copies of stage kt have landed...
+      if constexpr (kWgmma) FenceProxyAsyncShared();  // ...and are visible to wgmma's (async proxy) reads...
+    }
     __syncthreads();  // ...and everyone's; everyone is also done with stage kt - 1 - kInFlight (mma.sync:
                       // kt - 1; wgmma with one group in flight: every warpgroup has waited for kt - 2's)
     auto load_next = [&] {
@@ -532,7 +540,7 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       WgmmaCommit();
       load_next();
       // kTma, while the wgmma run: the padded taps' sums Z[tap][channel] += u(zero point) . v over this stage's
-      // bytes, each thread on its own B chunks (landed: WaitCopies), their kChunksPerRow lanes of a row then
+      // bytes, each thread on the B chunks a cp.async loader would take (landed: the mbarrier), their kChunksPerRow lanes of a row then
       // summed by shuffles; the row's load_col 0 lane alone adds to Z, so no two threads share a word.
       if constexpr (kTma) {
         if (args.padded_taps) {

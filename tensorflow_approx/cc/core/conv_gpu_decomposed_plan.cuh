@@ -46,7 +46,7 @@ namespace decomposed_internal {
 // wgmma blocks of 64 rows per warpgroup, four stages of 64 bytes, two blocks: half the filter's reads per
 // pixel of the 128-row tiles) then led on 56x56 64->64, seed 626: 61.6 T exact, 14.0 T with 16 terms
 // (wgmma128x64 12.5 T).
-// The wgmma column 2: A's stages by im2col TMA loads (DecomposedGemmKernel's kTma; conv_gpu_decomposed_tma.cuh),
+// The wgmma column 2: the stages by TMA loads, A's im2col (DecomposedGemmKernel's kTma; conv_gpu_decomposed_tma.cuh),
 // only where TmaPlanesFit. Only 256x64k64 has that twin: H200, --decomposed-tiles --seed 3002, 16 terms, G
 // LUT-MAC/s, TMA / gathers: 56x56 64->64 15,790 / 14,513, 1x1 56x56 64->256 10,739 / 9,432, ResNet-20's 8x8
 // 64->64 14,327 / 5,964; wgmma128x128's twin lost to it (28x28 128->128 16,501 / 21,728, 7x7 512->512 12,581 /

@@ -1,6 +1,6 @@
-// Hopper's tensor memory accelerator (TMA) in im2col mode, for A of the decomposed GEMM's TMA tiles
-// (DecomposedGemmKernel with kTma; conv_gpu_decomposed_gemm.cuh). Internal: included by
-// conv_gpu_decomposed_gemm.cuh only.
+// Hopper's tensor memory accelerator (TMA) for the decomposed GEMM's TMA tiles (DecomposedGemmKernel with
+// kTma; conv_gpu_decomposed_gemm.cuh): A in im2col mode, B (the filter's planes) in tiles. Internal:
+// included by conv_gpu_decomposed_gemm.cuh only.
 //
 // Why: on the wgmma tiles every thread gathered A's 16-byte chunks itself (cp.async, an address and a
 // padding test per chunk and stage), and those gathers, not the tensor cores, bound the GEMM with many
@@ -11,13 +11,14 @@
 // The planes are a 4-D tensor for it: (C, W, H, N) innermost first, C = groups * slice_bytes bytes a pixel.
 // Each load reads BK bytes of C (one group's slice bytes sb .. sb + BK) at BM pixels, into a stage laid
 // out as the cp.async loaders lay it (rows of BK bytes, 64- or 128-byte swizzle: the same address bits,
-// see conv_gpu_decomposed_wgmma.cuh).
+// see conv_gpu_decomposed_wgmma.cuh). B's stage (BN filter rows x the same BK bytes of K) is one tiled load
+// of the filter's planes; both complete one mbarrier phase a stage.
 //
 // Padding: a tap outside the input is filled with zeros, where the planes' own gather reads the zero
 // point's slice (u of the zero point, not 0 in general). So the GEMM adds, per output pixel and channel,
 // Z[t][co] = sum over the slice of u(zero point) * v for each of its padded taps t (the kernel sums Z from
 // B's stages as they pass, and the epilogue adds it): the same int32 sums modulo 2^32, hence the same
-// exact sums (docs/decomposition.md, "TMA im2col loads").
+// exact sums (docs/decomposition.md, "A and B by TMA loads").
 #ifndef TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_TMA_CUH_
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_TMA_CUH_
 
@@ -80,8 +81,31 @@ __device__ __forceinline__ void TmaLoadIm2col(uint32_t dst, const CUtensorMap* m
 #endif
 }
 
+// One tiled load: the box at (x, y) of a 2-D map (x innermost), into shared memory at dst; its bytes
+// complete a phase of `bar`.
+__device__ __forceinline__ void TmaLoadTile2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int x, int y) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Host side.
+
+// The im2col box of patch origins, W then H: from -padding (lower) to the last output's origin, which the
+// driver takes as dim - 1 + upper.
+struct Im2colCorners {
+  int lower[2], upper[2];
+};
+inline Im2colCorners CornersOf(const GpuGeometry& g) {
+  return Im2colCorners{{-g.pad_left, -g.pad_top},
+                       {(g.out_w - 1) * g.stride_w - g.pad_left - (g.in_w - 1),
+                        (g.out_h - 1) * g.stride_h - g.pad_top - (g.in_h - 1)}};
+}
 
 // "" where the TMA tiles (stages of `bk` bytes) can load this call's planes, else why not: slices of whole
 // stages (a stage is one tap's bytes), at most kTmaMaxTaps taps, strides of at most 8 and paddings that the
@@ -95,12 +119,10 @@ inline std::string TmaPlanesFit(const GpuGeometry& g, int slice_bytes, int bk) {
   if (static_cast<int64_t>(g.groups) * slice_bytes * g.in_w * g.in_h >= (int64_t{1} << 40)) {
     return "the TMA tiles take images of less than 2^40 plane bytes";
   }
-  const int lower[2] = {-g.pad_left, -g.pad_top};
-  const int upper[2] = {(g.out_w - 1) * g.stride_w - g.pad_left - (g.in_w - 1),
-                        (g.out_h - 1) * g.stride_h - g.pad_top - (g.in_h - 1)};
+  const Im2colCorners box = CornersOf(g);
   const int offsets[2] = {(g.filter_w - 1) * g.dil_w, (g.filter_h - 1) * g.dil_h};
   for (int i = 0; i < 2; ++i) {
-    if (lower[i] < -128 || lower[i] > 127 || upper[i] < -128 || upper[i] > 127 || offsets[i] > 127) {
+    if (box.lower[i] < -128 || box.lower[i] > 127 || box.upper[i] < -128 || box.upper[i] > 127 || offsets[i] > 127) {
       return "the TMA tiles' im2col box does not hold this padding or filter extent";
     }
   }
@@ -128,19 +150,45 @@ inline std::string EncodePlanesIm2col(const int8_t* planes, const GpuGeometry& g
   const cuuint64_t dims[4] = {pixel_bytes, static_cast<cuuint64_t>(g.in_w), static_cast<cuuint64_t>(g.in_h),
                               static_cast<cuuint64_t>(batch)};
   const cuuint64_t strides[3] = {pixel_bytes, pixel_bytes * g.in_w, pixel_bytes * g.in_w * g.in_h};
-  // The box of patch origins: from -padding to the last output's origin (inclusive: dim - 1 + upper).
-  const int lower[2] = {-g.pad_left, -g.pad_top};
-  const int upper[2] = {(g.out_w - 1) * g.stride_w - g.pad_left - (g.in_w - 1),
-                        (g.out_h - 1) * g.stride_h - g.pad_top - (g.in_h - 1)};
+  const Im2colCorners box = CornersOf(g);
   const cuuint32_t element_strides[4] = {1, static_cast<cuuint32_t>(g.stride_w), static_cast<cuuint32_t>(g.stride_h),
                                          1};
   const CUresult r =
-      encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, const_cast<int8_t*>(planes), dims, strides, lower, upper,
+      encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, const_cast<int8_t*>(planes), dims, strides, box.lower, box.upper,
              static_cast<cuuint32_t>(bk), static_cast<cuuint32_t>(bm), element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
              bk == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? ""
                            : "ApproxConvGpuDecomposed: cuTensorMapEncodeIm2col failed (CUresult " +
+                                 std::to_string(static_cast<int>(r)) + ")";
+}
+
+// The filter's planes (Layout::filter: out_depth rows of k_padded bytes) as a 2-D map of boxes of bn rows x
+// bk bytes, in the same swizzle. Returns "" or what failed.
+inline std::string EncodeFilterPlanesTiled(const int8_t* b_planes, int64_t rows, int64_t k_padded, int bn, int bk,
+                                           CUtensorMap* map) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return "ApproxConvGpuDecomposed: the driver has no cuTensorMapEncodeTiled (TMA tiles)";
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k_padded), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k_padded)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(bk), static_cast<cuuint32_t>(bn)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(b_planes), dims, strides, box,
+                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            bk == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? ""
+                           : "ApproxConvGpuDecomposed: cuTensorMapEncodeTiled failed (CUresult " +
                                  std::to_string(static_cast<int>(r)) + ")";
 }
 
