@@ -1739,9 +1739,12 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
   ++counts->decomposed;
   counts->outputs_checked += s.output_elements();
   // The tile that ran: the one asked for, else the call's plan (tuned by its first call, or the rules').
-  const GpuDecomposedTile ran =
-      opts.tile != GpuDecomposedTile::kAuto ? opts.tile : GpuDecomposedPlanFor(s, decomposition.terms, DtypeOf<T>()).tile;
-  if (ran >= GpuDecomposedTile::kTile128x128 && ran < GpuDecomposedTile::kCount) ++counts->per_tile[static_cast<int>(ran)];
+  const GpuDecomposedTile ran = opts.tile != GpuDecomposedTile::kAuto
+                                    ? opts.tile
+                                    : GpuDecomposedPlanFor(s, decomposition.terms, DtypeOf<T>()).tile;
+  if (ran >= GpuDecomposedTile::kTile128x128 && ran < GpuDecomposedTile::kCount) {
+    ++counts->per_tile[static_cast<int>(ran)];
+  }
   if (err.empty()) return true;
   ++counts->failures;
   if (counts->failures <= 10) {

@@ -435,7 +435,8 @@ def main():
     print(f"| registered decompositions (<= 16 terms) on big layers, GPU vs CPU | {decomposed[0]} cases, "
           f"{decomposed[1]} outputs, {decomposed[2]} mismatches; tensor-core kernel traced for {decomposed[3]} "
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
-          f"capability 9.0: {hopper}; {decomposed[8]} with A by TMA), {decomposed[5]} with the halo tile ({decomposed[7]} of them beside the "
+          f"capability 9.0: {hopper}; {decomposed[8]} of them loaded by TMA), {decomposed[5]} with the halo tile "
+          f"({decomposed[7]} of them beside the "
           f"pre-pass), {decomposed[6]} with a tuned plan |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")

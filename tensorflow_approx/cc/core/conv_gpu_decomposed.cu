@@ -558,7 +558,9 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   args.narrow_sums = NarrowSumsFit(s.taps());
-  args.padded_taps = s.pad_top > 0 || s.pad_left > 0 || (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h >= s.in_h + s.pad_top ||
+  // (The last output's patch ends past the input where the padding at the bottom or right is used.)
+  args.padded_taps = s.pad_top > 0 || s.pad_left > 0 ||
+                     (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h >= s.in_h + s.pad_top ||
                      (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w >= s.in_w + s.pad_left;
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
   // beside: the halo GEMM beside the pre-pass (which prepasses() launched for it).

@@ -540,8 +540,9 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
       WgmmaCommit();
       load_next();
       // kTma, while the wgmma run: the padded taps' sums Z[tap][channel] += u(zero point) . v over this stage's
-      // bytes, each thread on the B chunks a cp.async loader would take (landed: the mbarrier), their kChunksPerRow lanes of a row then
-      // summed by shuffles; the row's load_col 0 lane alone adds to Z, so no two threads share a word.
+      // bytes, each thread on the B chunks a cp.async loader would take (landed: the mbarrier), the
+      // kChunksPerRow lanes of a row then summed by shuffles; the row's load_col 0 lane alone adds to Z, so
+      // no two threads share a word.
       if constexpr (kTma) {
         if (args.padded_taps) {
           const int4 zp = __ldg(reinterpret_cast<const int4*>(zero_point_slice + z_j * kChunk));
@@ -554,7 +555,8 @@ __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32, BLOCKS)
 #pragma unroll
             for (int o = 1; o < kChunksPerRow; o <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
             if (load_col == 0) {
-              s_z[tap * BN + row] = static_cast<int>(static_cast<unsigned>(s_z[tap * BN + row]) + static_cast<unsigned>(dot));
+              int& z = s_z[tap * BN + row];
+              z = static_cast<int>(static_cast<unsigned>(z) + static_cast<unsigned>(dot));
             }
           }
         }

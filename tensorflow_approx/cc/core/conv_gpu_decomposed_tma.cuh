@@ -86,8 +86,8 @@ __device__ __forceinline__ void TmaLoadIm2col(uint32_t dst, const CUtensorMap* m
 __device__ __forceinline__ void TmaLoadTile2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int x, int y) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
-          "r"(dst),
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+      "[%4];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
       : "memory");
 #endif
