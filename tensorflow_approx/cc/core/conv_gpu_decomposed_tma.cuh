@@ -29,8 +29,12 @@
 #include <cstdint>
 #include <string>
 
+#include "tensorflow_approx/cc/core/conv_gpu_common.cuh"
+
 namespace tfapprox {
 namespace decomposed_internal {
+
+using gpu_internal::GpuGeometry;
 
 // The TMA tiles' padded-tap sums Z are kept for at most this many spatial taps (3 x 3 and smaller
 // filters), a bit a tap in each pixel's mask.
@@ -129,22 +133,25 @@ inline std::string TmaPlanesFit(const GpuGeometry& g, int slice_bytes, int bk) {
   return "";
 }
 
+// A driver function (its CUDA 12.0 signature, Fn) through the runtime's lookup, so that nothing links
+// libcuda; null where the driver lacks it. (Callers keep it in a static: found once.)
+template <typename Fn>
+Fn DriverEntryPoint(const char* name) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  return reinterpret_cast<Fn>(fn);
+}
+
 // The im2col map of the planes (Layout::planes, the pixels' slices in NHWC order) for stages of bm pixels x
 // bk bytes; `batch` images. Returns "" or what failed.
 inline std::string EncodePlanesIm2col(const int8_t* planes, const GpuGeometry& g, int slice_bytes, int64_t batch,
                                       int bm, int bk, CUtensorMap* map) {
-  // The driver's entry point, found once (the runtime's lookup: no link to libcuda).
-  static const PFN_cuTensorMapEncodeIm2col_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeIm2col", &fn, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return static_cast<PFN_cuTensorMapEncodeIm2col_v12000>(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(fn);
-  }();
+  static const auto encode = DriverEntryPoint<PFN_cuTensorMapEncodeIm2col_v12000>("cuTensorMapEncodeIm2col");
   if (encode == nullptr) return "ApproxConvGpuDecomposed: the driver has no cuTensorMapEncodeIm2col (TMA tiles)";
   const uint64_t pixel_bytes = static_cast<uint64_t>(g.groups) * static_cast<uint64_t>(slice_bytes);
   const cuuint64_t dims[4] = {pixel_bytes, static_cast<cuuint64_t>(g.in_w), static_cast<cuuint64_t>(g.in_h),
@@ -167,17 +174,7 @@ inline std::string EncodePlanesIm2col(const int8_t* planes, const GpuGeometry& g
 // bk bytes, in the same swizzle. Returns "" or what failed.
 inline std::string EncodeFilterPlanesTiled(const int8_t* b_planes, int64_t rows, int64_t k_padded, int bn, int bk,
                                            CUtensorMap* map) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
+  static const auto encode = DriverEntryPoint<PFN_cuTensorMapEncodeTiled_v12000>("cuTensorMapEncodeTiled");
   if (encode == nullptr) return "ApproxConvGpuDecomposed: the driver has no cuTensorMapEncodeTiled (TMA tiles)";
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k_padded), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k_padded)};
