@@ -318,11 +318,7 @@ std::string GpuDecomposedTileSupported(GpuDecomposedTile tile) { return IsWgmmaT
 std::string GpuDecomposedTileFits(GpuDecomposedTile tile, const ConvShape& shape, int terms) {
   std::string why = GpuDecomposedTileSupported(tile);
   if (why.empty() && tile == GpuDecomposedTile::kTileHalo) why = MakeHaloPlan(shape, terms).why;
-  if (why.empty() && IsTmaTile(tile)) {
-    why = TmaPlanesFit(MakeGpuGeometry(shape), MakeLayout(shape, std::max(terms, 1)).slice_bytes,
-                       kTiles[static_cast<int>(tile)].bk);
-    if (!why.empty()) why = "ApproxConvGpuDecomposed: " + why;
-  }
+  if (why.empty() && IsTmaTile(tile)) why = TmaTileFits(tile, shape, MakeLayout(shape, std::max(terms, 1)).slice_bytes);
   return why;
 }
 
@@ -558,10 +554,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.pair_stores = s.data_format == DataFormat::kNHWC && s.out_depth_per_group() % 2 == 0 &&
                      reinterpret_cast<uintptr_t>(output) % (2 * sizeof(T)) == 0;
   args.narrow_sums = NarrowSumsFit(s.taps());
-  // (The last output's patch ends past the input where the padding at the bottom or right is used.)
-  args.padded_taps = s.pad_top > 0 || s.pad_left > 0 ||
-                     (s.out_h - 1) * s.stride_h + (s.filter_h - 1) * s.dilation_h >= s.in_h + s.pad_top ||
-                     (s.out_w - 1) * s.stride_w + (s.filter_w - 1) * s.dilation_w >= s.in_w + s.pad_left;
+  args.padded_taps = PaddedTaps(g);
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
   // beside: the halo GEMM beside the pre-pass (which prepasses() launched for it).
   auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside) -> std::string {
@@ -594,7 +587,11 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   }
   if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());
   if (IsWgmmaTile(plan.tile) && !wgmma_error.empty()) return wgmma_error;
-  if (IsTmaTile(plan.tile) && !(error = GpuDecomposedTileFits(plan.tile, s, d.terms)).empty()) return error;
+  // An explicit TMA tile must take the shape (tuned plans and the rules take it only where it does).
+  if (options.tile != GpuDecomposedTile::kAuto && IsTmaTile(options.tile) &&
+      !(error = TmaTileFits(options.tile, s, l.slice_bytes)).empty()) {
+    return error;
+  }
   if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
   if (options.halo_beside != GpuBeside::kAuto) {
     plan.beside_blocks = options.halo_beside == GpuBeside::kOn ? kBesideInputBlocksPerSm : 0;

@@ -90,6 +90,11 @@ bool IsTmaTile(GpuDecomposedTile tile) {
   const int t = static_cast<int>(tile);
   return t >= 0 && t < kGemmTiles && kTiles[t].tma;
 }
+// "" where the TMA tile `tile` can load this shape's planes (TmaPlanesFit at its stage width), else why not.
+std::string TmaTileFits(GpuDecomposedTile tile, const ConvShape& s, int slice_bytes) {
+  const std::string why = TmaPlanesFit(MakeGpuGeometry(s), slice_bytes, kTiles[static_cast<int>(tile)].bk);
+  return why.empty() ? "" : "ApproxConvGpuDecomposed: " + why;
+}
 
 // Planes (the input's int8 terms, Layout items x slice_bytes) of at least this many bytes are far past the
 // H200's 50 MB L2: whatever a tile streams between two reads of the same plane bytes comes from DRAM again.
@@ -190,8 +195,7 @@ GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_
   // Its TMA twin with several terms, where it takes the shape (it lost the exact table on 56x56 64->64, 86.7 T
   // against 88.3 T, and won with 5 and 16 terms: 38.6 / 36.6 T and 15.8 / 14.5 T; the table in kTiles).
   if (best == GpuDecomposedTile::kTileWgmma256x64k64 && terms > 1 &&
-      TmaPlanesFit(MakeGpuGeometry(s), l.slice_bytes, kTiles[static_cast<int>(GpuDecomposedTile::kTileTma256x64k64)].bk)
-          .empty()) {
+      TmaTileFits(GpuDecomposedTile::kTileTma256x64k64, s, l.slice_bytes).empty()) {
     return GpuDecomposedTile::kTileTma256x64k64;
   }
   return best;

@@ -101,14 +101,24 @@ __device__ __forceinline__ void TmaLoadTile2d(uint32_t dst, const CUtensorMap* m
 // Host side.
 
 // The im2col box of patch origins, W then H: from -padding (lower) to the last output's origin, which the
-// driver takes as dim - 1 + upper.
+// driver takes as dim - 1 + upper; and the last tap's offset from a patch's origin.
 struct Im2colCorners {
-  int lower[2], upper[2];
+  int lower[2], upper[2], last_tap[2];
 };
 inline Im2colCorners CornersOf(const GpuGeometry& g) {
   return Im2colCorners{{-g.pad_left, -g.pad_top},
                        {(g.out_w - 1) * g.stride_w - g.pad_left - (g.in_w - 1),
-                        (g.out_h - 1) * g.stride_h - g.pad_top - (g.in_h - 1)}};
+                        (g.out_h - 1) * g.stride_h - g.pad_top - (g.in_h - 1)},
+                       {(g.filter_w - 1) * g.dil_w, (g.filter_h - 1) * g.dil_h}};
+}
+// Whether some output's patch has a tap outside the input (GemmArgs::padded_taps): a patch origin before
+// the input, or the last patch's last tap past its end (dim - 1 + upper + last_tap > dim - 1).
+inline bool PaddedTaps(const GpuGeometry& g) {
+  const Im2colCorners box = CornersOf(g);
+  for (int i = 0; i < 2; ++i) {
+    if (box.lower[i] < 0 || box.upper[i] + box.last_tap[i] > 0) return true;
+  }
+  return false;
 }
 
 // "" where the TMA tiles (stages of `bk` bytes) can load this call's planes, else why not: slices of whole
@@ -124,9 +134,9 @@ inline std::string TmaPlanesFit(const GpuGeometry& g, int slice_bytes, int bk) {
     return "the TMA tiles take images of less than 2^40 plane bytes";
   }
   const Im2colCorners box = CornersOf(g);
-  const int offsets[2] = {(g.filter_w - 1) * g.dil_w, (g.filter_h - 1) * g.dil_h};
   for (int i = 0; i < 2; ++i) {
-    if (box.lower[i] < -128 || box.lower[i] > 127 || box.upper[i] < -128 || box.upper[i] > 127 || offsets[i] > 127) {
+    if (box.lower[i] < -128 || box.lower[i] > 127 || box.upper[i] < -128 || box.upper[i] > 127 ||
+        box.last_tap[i] > 127) {
       return "the TMA tiles' im2col box does not hold this padding or filter extent";
     }
   }
