@@ -1764,12 +1764,18 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
 // decomposition (random, the exact product, or a table file's) and tile; false when the attributes
 // were invalid or the case too large for the CPU reference. `tma`: a shape the TMA tile takes (64 or 128
 // input channels a group: slices of whole 64-byte stages whatever the terms; 1x1 or 3x3 filters), run on it.
+// forced_tile: a tile every case runs on where it takes the case (else the auto-choice), the shapes drawn
+// among those it takes: the TMA tile (64 or 128 channels a group, 1x1 or 3x3 filters), the pointwise tiles
+// (1x1 filters of one group, 16-256 input channels in steps of 16, no padding).
 bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTable>& files, Counts* counts,
-                          int forced_type = -1, bool tma = false) {
+                          int forced_type = -1, GpuDecomposedTile forced_tile = GpuDecomposedTile::kAuto) {
   auto ri = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const bool tma = forced_tile == GpuDecomposedTile::kTileTma256x64k64;
+  const bool pointwise = forced_tile == GpuDecomposedTile::kTilePointwise128x256 ||
+                         forced_tile == GpuDecomposedTile::kTilePointwise64x256;
   const bool nchw = ri(0, 3) == 0;
   int groups = 1, cg, npg;
-  const int gk = ri(0, tma ? 8 : 9);
+  const int gk = pointwise ? 0 : ri(0, tma ? 8 : 9);
   if (gk < 7) {
     groups = 1;
   } else if (gk < 9) {
@@ -1778,15 +1784,17 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
     groups = ri(2, 24);  // depthwise-like
   }
   auto channels = [&](int most) { return ri(0, 4) < 3 ? 16 * ri(1, most / 16) : ri(1, most); };
-  cg = gk == 9 ? 1 : tma ? 64 * ri(1, groups == 1 ? 2 : 1) : channels(groups == 1 ? 80 : 48);
-  npg = gk == 9 ? ri(1, 2) : channels(groups == 1 ? 160 : 64);
-  const int kernel = std::vector<int>{1, 3, 5}[ri(0, tma ? 1 : 2)];
+  cg = gk == 9 ? 1 : tma ? 64 * ri(1, groups == 1 ? 2 : 1) : pointwise ? 16 * ri(1, 16) : channels(groups == 1 ? 80 : 48);
+  npg = gk == 9 ? ri(1, 2) : pointwise ? (ri(0, 2) == 0 ? 256 : channels(320)) : channels(groups == 1 ? 160 : 64);
+  const int kernel = pointwise ? 1 : std::vector<int>{1, 3, 5}[ri(0, tma ? 1 : 2)];
   const int sh = ri(1, 2), sw = ri(1, 2), dh = ri(1, 2), dw = ri(1, 2);
   const int batch = ri(1, 8), in_h = ri(1, 20), in_w = ri(1, 20);
   const int64_t in_dims[4] = {batch, in_h, in_w, groups * cg};
   const int64_t f_dims[4] = {kernel, kernel, cg, groups * npg};
   ConvShape s;
-  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, false, 4000000, &s)) return false;
+  if (!DrawnShape(rng, nchw, in_dims, f_dims, sh, sw, dh, dw, pointwise, pointwise ? 40000000 : 4000000, &s)) {
+    return false;
+  }
 
   RandomQuant q;
   if (!DrawQuant(rng, s, forced_type, counts, &q)) return false;
@@ -1842,7 +1850,7 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   }
   GpuDecomposedOptions opts;
   opts.tile = static_cast<GpuDecomposedTile>(ri(-1, static_cast<int>(GpuDecomposedTile::kCount) - 1));
-  if (tma) opts.tile = GpuDecomposedTile::kTileTma256x64k64;
+  if (forced_tile != GpuDecomposedTile::kAuto) opts.tile = forced_tile;
   // A tile that cannot run here (a wgmma tile without sm_90a, the halo tile on a shape whose filter rows
   // and halos do not fit): the auto-choice instead, the case kept.
   if (opts.tile != GpuDecomposedTile::kAuto && !GpuDecomposedTileFits(opts.tile, s, decomposition.terms).empty()) {
@@ -2011,9 +2019,12 @@ void DecomposedChecks(std::mt19937_64& rng, const std::string& table_dir, int ca
       if (RandomDecomposedCase(rng, files, counts, t)) ++done;
   for (int done = 0; done < cases;)
     if (RandomDecomposedCase(rng, files, counts)) ++done;
-  // The TMA tile (its padded-tap sums) on shapes it takes, which the draw above seldom gives it.
-  for (int done = 0; done < (cases + 2) / 3;)
-    if (RandomDecomposedCase(rng, files, counts, -1, true)) ++done;
+  // The TMA tile (its padded-tap sums) and the pointwise tiles on shapes they take, which the draw above
+  // seldom gives them.
+  for (GpuDecomposedTile tile : {GpuDecomposedTile::kTileTma256x64k64, GpuDecomposedTile::kTilePointwise128x256,
+                                 GpuDecomposedTile::kTilePointwise64x256})
+    for (int done = 0; done < (cases + 2) / 3;)
+      if (RandomDecomposedCase(rng, files, counts, -1, tile)) ++done;
   DecomposedLimitCases(rng, counts);
   DecomposedWideSliceCases(rng, counts);
   DecomposedRefusalChecks(counts);

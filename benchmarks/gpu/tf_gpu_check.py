@@ -190,16 +190,17 @@ def check_decomposed(rng, trace_path):
     picks its tensor-core kernel: the GPU's outputs bit for bit the CPU's, asymmetric and symmetric codes
     (the decomposition rearranged for shifted codes). Returns (cases, outputs, mismatches, GPU
     configurations the trace names the decomposed kernel for, of them with a wgmma tile, with the halo
-    tile, with a plan the first call tuned, with the halo tile beside the pre-pass, with the TMA tile)."""
+    tile, with a plan the first call tuned, with the halo tile beside the pre-pass, with the TMA tile, with
+    a pointwise tile)."""
     tables = []
     for name in ("exact", "drum4", "optrunc3", "coltrunc8", "etm3"):
         lut = np.asarray(mx.get(name).lut, np.uint16)
         if ta.register_decomposition(lut, max_terms=16) is not None:
             tables.append((name, lut))
     # Calls past GpuPreferDecomposed's floor: batch 1000 of ResNet-20's 16- and 32-channel layers (the halo
-    # tile's), and big layers at batch 32.
+    # tile's), and big layers at batch 32, a 1x1 one among them (the pointwise tile's).
     shapes = [(32, 28, 128, 128, 3), (32, 14, 256, 256, 3), (1000, 16, 32, 32, 3), (1000, 32, 16, 16, 3),
-              (32, 56, 64, 64, 3)]
+              (32, 56, 64, 64, 3), (32, 56, 64, 256, 1)]
     cases, outputs, mismatches = 0, 0, 0
     for name, lut in tables:
         for batch, size, cin, cout, k in shapes:
@@ -222,9 +223,11 @@ def check_decomposed(rng, trace_path):
                 print("  decomposed case differs:", name, (batch, size, cin, cout, k), scheme, dtype.name)
     with open(trace_path) as f:
         picked = [line for line in f if "device=GPU" in line and "kernel=tensor-cores-decomposed" in line]
-    return (cases, outputs, mismatches, len(picked), sum(("-wgmma" in line or "-tma" in line) for line in picked),
+    sm90a = ("-wgmma", "-tma", "-pw")  # the tiles built for sm_90a only
+    return (cases, outputs, mismatches, len(picked), sum(any(t in line for t in sm90a) for line in picked),
             sum("-halo" in line for line in picked), sum("-tuned\t" in line for line in picked),
-            sum("-halo-beside-" in line for line in picked), sum("-tma" in line for line in picked))
+            sum("-halo-beside-" in line for line in picked), sum("-tma" in line for line in picked),
+            sum("-pw" in line for line in picked))
 
 
 def check_invalid_ranges():
@@ -437,7 +440,7 @@ def main():
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
           f"capability 9.0: {hopper}; {decomposed[8]} of them loaded by TMA), {decomposed[5]} with the halo tile "
           f"({decomposed[7]} of them beside the "
-          f"pre-pass), {decomposed[6]} with a tuned plan |")
+          f"pre-pass), {decomposed[9]} with a pointwise tile, {decomposed[6]} with a tuned plan |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are host variables | {lut_on_host} |")

@@ -40,6 +40,7 @@
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_gemm.cuh"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_halo.cuh"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_plan.cuh"
+#include "tensorflow_approx/cc/core/conv_gpu_decomposed_pointwise.cuh"
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed_prepasses.cuh"
 
 namespace tfapprox {
@@ -251,6 +252,34 @@ std::string LaunchHalo(const HaloPlan& plan, const GemmArgs& args, const GpuGeom
 }
 
 
+// The pointwise tiles (kWarpgroups 2: pw128x256, 1: pw64x256), B from `b_planes` (Layout::pointwise_filter):
+// persistent blocks, as many as fit at once.
+template <typename T, int kWarpgroups>
+std::string LaunchPointwiseBlock(const PointwiseArgs& base, const int8_t* b_planes, const GpuGeometry& g,
+                                 const Epilogue& epi, const T* input, T* output, int sms, cudaStream_t stream) {
+  constexpr int kBM = 64 * kWarpgroups;
+  PointwiseArgs args = base;
+  const int64_t m_tiles = (static_cast<int64_t>(g.pixels) + kBM - 1) / kBM;
+  const int64_t n_tiles = (static_cast<int64_t>(g.out_depth) + kPointwiseBN - 1) / kPointwiseBN;
+  if (m_tiles * n_tiles > INT_MAX) return "ApproxConvGpuDecomposed: convolution too large for one GPU launch";
+  args.n_tiles = static_cast<int>(n_tiles);
+  const int64_t k_bytes = static_cast<int64_t>(g.cg) * PointwiseTerms(args.terms);  // a multiple of 64
+  args.k_tiles = static_cast<int>(k_bytes / kPointwiseBK);
+  CUtensorMap b_map = {};
+  const std::string encoded = EncodeFilterPlanesTiled(b_planes, g.out_depth, k_bytes, kPointwiseBN, kPointwiseBK, &b_map);
+  if (!encoded.empty()) return encoded;
+  constexpr int smem = PointwiseSmemBytes<kWarpgroups, typename RealOf<T>::type>();
+  static_assert((2 / kWarpgroups) * (smem + 1024) <= 228 * 1024, "the blocks fit a multiprocessor's shared memory");
+  const auto kernel = DecomposedPointwiseKernel<T, kWarpgroups>;
+  int per_sm = 0;
+  const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, kWarpgroups * 128, &per_sm);
+  if (!setup.empty()) return setup;
+  const int64_t blocks = std::min<int64_t>(m_tiles * n_tiles, int64_t{std::max(per_sm, 1)} * std::max(sms, 1));
+  kernel<<<static_cast<unsigned>(blocks), kWarpgroups * 128, smem, stream>>>(args, g, epi, input, output, b_map);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? "" : CudaError("the decomposed pointwise launch", e);
+}
+
 }  // namespace
 
 const char* GpuKOrderName(GpuKOrder order) {
@@ -277,6 +306,8 @@ const char* GpuDecomposedTileName(GpuDecomposedTile tile) {
     case GpuDecomposedTile::kTileWgmma256x64k64: return "wgmma256x64k64";
     case GpuDecomposedTile::kTileTma256x64k64: return "tma256x64k64";
     case GpuDecomposedTile::kTileHalo: return "halo";
+    case GpuDecomposedTile::kTilePointwise128x256: return "pw128x256";
+    case GpuDecomposedTile::kTilePointwise64x256: return "pw64x256";
     default: return "?";
   }
 }
@@ -319,6 +350,7 @@ std::string GpuDecomposedTileFits(GpuDecomposedTile tile, const ConvShape& shape
   std::string why = GpuDecomposedTileSupported(tile);
   if (why.empty() && tile == GpuDecomposedTile::kTileHalo) why = MakeHaloPlan(shape, terms).why;
   if (why.empty() && IsTmaTile(tile)) why = TmaTileFits(tile, shape, MakeLayout(shape, std::max(terms, 1)).slice_bytes);
+  if (why.empty() && IsPointwiseTile(tile)) why = PointwiseFits(shape, terms);
   return why;
 }
 
@@ -461,7 +493,9 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
   // events before each); with `beside_blocks` input blocks a multiprocessor (not 0), for the halo GEMM
   // launched beside them.
-  auto prepasses = [&](bool record, int beside_blocks) -> std::string {
+  // `pointwise`: for a pointwise tile, which reads the input itself: the sums' zeroing, the filter's codes and
+  // sums, its planes in the pointwise order (phases 0, 3 and 4; the input phases record zero time).
+  auto prepasses = [&](bool record, int beside_blocks, bool pointwise) -> std::string {
     const bool beside = beside_blocks > 0;
     std::string err;
     if (!(err = mark_if(record, 0)).empty()) return err;
@@ -478,6 +512,20 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     e = cudaGetLastError();
     if (e != cudaSuccess) return CudaError("the channel sums' zeroing launch", e);
     if (!(err = mark_if(record, 1)).empty()) return err;
+    if (pointwise) {
+      if (!(err = mark_if(record, 2)).empty() || !(err = mark_if(record, 3)).empty()) return err;
+      FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
+          filter, g, d, quant, channel_sums, filter_codes);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the filter sums launch", e);
+      if (!(err = mark_if(record, 4)).empty()) return err;
+      const int64_t words = s.out_depth * s.in_depth * PointwiseTerms(d.terms) / 4;
+      PointwiseFilterPlanesKernel<<<PrepBlocks(words, dev.sms), kPrepThreads, 0, stream>>>(
+          filter_codes, g, d, reinterpret_cast<int8_t*>(ws + l.pointwise_filter));
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return CudaError("the pointwise filter planes launch", e);
+      return mark_if(record, 5);
+    }
     if (!fused && s.input_elements() > 0) {
       InputCodesKernel<T><<<PrepBlocks(s.input_elements(), dev.sms), kPrepThreads, 0, stream>>>(
           input, g, s.input_elements(), quant, codes);
@@ -564,6 +612,21 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       return LaunchHalo<T>(MakeHaloPlan(s, d.terms), a, g, epi, output, dev.sms, stream, beside ? ready : nullptr,
                            static_cast<int>(FilterSumsBlocks(g)));
     }
+    if (IsPointwiseTile(tile)) {
+      PointwiseArgs pw;
+      pw.alpha = d.alpha;
+      pw.u = d.u;
+      pw.terms = d.terms;
+      pw.channel_sums = channel_sums;
+      pw.taps_c0 = args.taps_c0;
+      pw.n_tiles = pw.k_tiles = 0;  // set by the launch
+      pw.pair_stores = args.pair_stores;
+      pw.narrow_sums = args.narrow_sums;
+      const int8_t* b = reinterpret_cast<const int8_t*>(ws + l.pointwise_filter);
+      return tile == GpuDecomposedTile::kTilePointwise128x256
+                 ? LaunchPointwiseBlock<T, 2>(pw, b, g, epi, input, output, dev.sms, stream)
+                 : LaunchPointwiseBlock<T, 1>(pw, b, g, epi, input, output, dev.sms, stream);
+    }
     return LaunchTile<T>(tile, !options.plain_fragment_loads, a, g, epi, output, stream);
   };
   // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
@@ -577,7 +640,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // of reading them meets (GEMMs timed back to back had the K orders of 28x28 128->128 with 16 terms
       // the wrong way round: H200, --decomposed-tiles --seed 1110).
       auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order, int beside_blocks) -> std::string {
-        const std::string e = prepasses(false, beside_blocks);
+        const std::string e = prepasses(false, beside_blocks, IsPointwiseTile(tile));
         return e.empty() ? launch(tile, k_order, beside_blocks > 0) : e;
       };
       const bool may_beside = beside_fits && options.halo_beside != GpuBeside::kOff;
@@ -592,12 +655,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       !(error = TmaTileFits(options.tile, s, l.slice_bytes)).empty()) {
     return error;
   }
+  if (IsPointwiseTile(plan.tile) && !(error = PointwiseFits(s, d.terms)).empty()) return error;
   if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
   if (options.halo_beside != GpuBeside::kAuto) {
     plan.beside_blocks = options.halo_beside == GpuBeside::kOn ? kBesideInputBlocksPerSm : 0;
   }
   const int beside_blocks = plan.tile == GpuDecomposedTile::kTileHalo && beside_fits ? plan.beside_blocks : 0;
-  if (!(error = prepasses(true, beside_blocks)).empty()) return error;
+  if (!(error = prepasses(true, beside_blocks, IsPointwiseTile(plan.tile))).empty()) return error;
   if (!(error = launch(plan.tile, plan.k_order, beside_blocks > 0)).empty()) return error;
   return mark(6);
 }

@@ -97,7 +97,12 @@ enum class GpuDecomposedTile : int {
   // Rectangles of one image's output pixels, A read from their input halo in shared memory, all of the
   // filter's K kept there (conv_gpu_decomposed_halo.cuh): only where that fits (GpuDecomposedTileFits).
   kTileHalo = 10,
-  kCount = 11,
+  // 1x1 filters of one group, 16-256 input channels (a multiple of 16), no padding, at most 16 terms
+  // (conv_gpu_decomposed_pointwise.cuh): one launch that quantizes the input itself and looks A up into
+  // wgmma's registers, no planes written; 128 or 64 pixels x 256 channels a block. sm_90a, as the wgmma tiles.
+  kTilePointwise128x256 = 11,
+  kTilePointwise64x256 = 12,
+  kCount = 13,
 };
 const char* GpuDecomposedTileName(GpuDecomposedTile tile);
 // "" where `tile` can run on the current device, else why not (the wgmma tiles need a CC 9.0 device and

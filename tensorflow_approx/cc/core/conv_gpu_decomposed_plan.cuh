@@ -82,9 +82,13 @@ constexpr bool TilesInEnumOrder() {
 }
 static_assert(kGemmTiles == static_cast<int>(GpuDecomposedTile::kTileHalo) && TilesInEnumOrder(),
               "kTiles[t] is tile t, for every tile of DecomposedGemmKernel (the halo tile is the last)");
+bool IsPointwiseTile(GpuDecomposedTile tile) {
+  return tile == GpuDecomposedTile::kTilePointwise128x256 || tile == GpuDecomposedTile::kTilePointwise64x256;
+}
+// The tiles that need sm_90a: the wgmma GEMM tiles and the pointwise tiles.
 bool IsWgmmaTile(GpuDecomposedTile tile) {
   const int t = static_cast<int>(tile);
-  return t >= 0 && t < kGemmTiles && kTiles[t].wgmma;
+  return (t >= 0 && t < kGemmTiles && kTiles[t].wgmma) || IsPointwiseTile(tile);
 }
 bool IsTmaTile(GpuDecomposedTile tile) {
   const int t = static_cast<int>(tile);
@@ -149,7 +153,14 @@ bool HaloPreferred(const ConvShape& s, int terms) {
   return fits && (npg <= 32 || (terms <= 1 && s.filter_depth <= 64));
 }
 
+// The pointwise tile pw128x256 first, where it fits and the decomposition has two or more terms: the tile
+// table had it ahead of every other tile there, the halo tile included (H200, --decomposed-tiles --seed 5032,
+// G LUT-MAC/s, pw128x256 against the best other tile, 5 / 16 terms): 1x1 56x56 64->256 20.2 / 16.3 T against
+// 18.0 / 10.9 T, ResNet-20's 1x1 stride-2 16->32 1.52 / 1.33 T against 1.19 / 0.67 T, its 32->64 3.55 / 2.89 T
+// against 2.59 / 1.53 T; pw64x256 trailed it or tied. With the exact table the halo tile led where it fits (1x1
+// 56x56 28.4 T against 23.2 T) and the tiles were even on the 32->64 projection (3.86 against 3.79 T).
 GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_available) {
+  if (wgmma_available && terms >= 2 && PointwiseFits(s, terms).empty()) return GpuDecomposedTile::kTilePointwise128x256;
   if (HaloPreferred(s, terms)) return GpuDecomposedTile::kTileHalo;
   const bool wgmma = wgmma_available && s.filter_h * s.filter_w > 1;
   const Layout l = MakeLayout(s, std::max(terms, 1));
@@ -337,8 +348,8 @@ bool StreamCanWait(cudaStream_t stream) {
 
 // Times `launch` (a whole call with one plan, on the stream) and returns the fastest plan in *best: every
 // tile that runs here and takes the shape (GpuDecomposedTileFits), with the rule's K order, then the other
-// order with the fastest tile where that tile reads K in an order (KOrderApplies; the halo tile keeps every
-// tap's K at once). A plan's time is the least of kRuns calls after one untimed call;
+// order with the fastest tile where that tile reads K in an order (KOrderApplies, GEMM tiles only: the halo tile keeps
+// every tap's K at once, the pointwise tiles have one tap). A plan's time is the least of kRuns calls after one untimed call;
 // a plan whose launch fails is passed over. The host waits for the timings. Returns "" or a CUDA error of
 // the events, or the last launch error where no plan ran.
 // launch(tile, order, beside_blocks) runs a whole call (TunedPlan::beside_blocks); `halo_beside`: whether
@@ -403,7 +414,7 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
       }
     }
   }
-  if (error.empty() && best_ms >= 0 && best->tile != GpuDecomposedTile::kTileHalo &&
+  if (error.empty() && best_ms >= 0 && static_cast<int>(best->tile) < kGemmTiles &&
       KOrderApplies(static_cast<int>(s.filter_h * s.filter_w), l.slice_bytes, kTiles[static_cast<int>(best->tile)].bk)) {
     const GpuKOrder other = rule_order == GpuKOrder::kTapsInner ? GpuKOrder::kTapsOuter : GpuKOrder::kTapsInner;
     float ms = 0;

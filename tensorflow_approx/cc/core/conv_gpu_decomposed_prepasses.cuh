@@ -5,6 +5,7 @@
 #define TENSORFLOW_APPROX_CC_CORE_CONV_GPU_DECOMPOSED_PREPASSES_CUH_
 
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "tensorflow_approx/cc/core/conv_gpu_common.cuh"
@@ -25,6 +26,36 @@ constexpr int kInputCodesPerBlock = 8192;
 // Words of Layout::ready before the per-chunk flags: the filter blocks done, the input blocks done.
 constexpr int kReadyFilterBlocks = 0, kReadyInputChunks = 1, kReadyChunks = 2;
 
+// The pointwise tiles (conv_gpu_decomposed_pointwise.cuh): where they take a shape, and their filter planes.
+constexpr int kPointwiseMaxChannels = 256;  // input channels: a block's codes sit in shared memory
+constexpr int kPointwiseMaxTerms = 16;
+
+// Terms a code's row of the A table holds: whole 4-byte registers.
+__host__ __device__ inline int PointwiseTerms(int terms) { return (terms + 3) / 4 * 4; }
+
+// "" where the pointwise tiles take the shape, else why not.
+inline std::string PointwiseFits(const ConvShape& s, int terms) {
+  if (s.filter_h != 1 || s.filter_w != 1) return "ApproxConvGpuDecomposed: the pointwise tile takes 1x1 filters only";
+  if (s.groups() != 1) return "ApproxConvGpuDecomposed: the pointwise tile takes one group only";
+  if (s.pad_top != 0 || s.pad_left != 0 || (s.out_h - 1) * s.stride_h >= s.in_h || (s.out_w - 1) * s.stride_w >= s.in_w) {
+    return "ApproxConvGpuDecomposed: the pointwise tile takes no padding";
+  }
+  if (s.in_depth % 16 != 0 || s.in_depth > kPointwiseMaxChannels) {
+    return "ApproxConvGpuDecomposed: the pointwise tile takes 16 to " + std::to_string(kPointwiseMaxChannels) +
+           " input channels, a multiple of 16";
+  }
+  if (terms > kPointwiseMaxTerms) {
+    return "ApproxConvGpuDecomposed: the pointwise tile takes at most " + std::to_string(kPointwiseMaxTerms) + " terms";
+  }
+  return "";
+}
+
+// Bytes of the filter's planes in the pointwise order ([out_depth][in_depth * PointwiseTerms]), where the
+// tile takes the shape; else 0 (Layout::pointwise_filter).
+inline int64_t PointwiseFilterBytes(const ConvShape& s, int terms) {
+  return PointwiseFits(s, terms).empty() ? s.out_depth * s.in_depth * PointwiseTerms(terms) : 0;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Workspace layout (offsets 16-byte aligned, so the planes take 16-byte copies).
 struct Layout {
@@ -41,6 +72,7 @@ struct Layout {
   size_t filter = 0;        // int8 [out_depth][k_padded]: v planes
   size_t channel_sums = 0;  // uint64 [2][out_depth]: beta sums, then filter code sums (modular adds)
   size_t filter_codes = 0;  // uint8 [out_depth][taps]: the filter codes, K-contiguous (FilterSumsKernel)
+  size_t pointwise_filter = 0;  // int8: the pointwise tiles' B (PointwiseFilterBytes; none where they do not fit)
   // The fused pre-pass's progress, which the halo GEMM launched beside it waits on (WaitHaloInputs).
   int64_t input_slices = 0;  // slices a block of the fused input pass takes (0: no fused pass for this shape)
   int64_t input_blocks = 0;  // its blocks: (items + groups) / input_slices rounded up
@@ -73,6 +105,8 @@ inline Layout MakeLayout(const ConvShape& s, int terms) {
   at = Align16(at + static_cast<size_t>(s.out_depth) * 2 * sizeof(unsigned long long));
   l.filter_codes = at;
   at = Align16(at + static_cast<size_t>(s.filter_elements()));
+  l.pointwise_filter = at;
+  at = Align16(at + static_cast<size_t>(PointwiseFilterBytes(s, terms)));
   if (s.filter_depth >= 1 && s.filter_depth <= kInputCodesPerBlock) {
     l.input_slices = kInputCodesPerBlock / s.filter_depth;
     l.input_blocks = (l.items + s.groups() + l.input_slices - 1) / l.input_slices;
@@ -856,6 +890,29 @@ __global__ void __launch_bounds__(kPrepThreads)
       }
     }
     *reinterpret_cast<uint4*>(b_planes + i * kChunk) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+// B for the pointwise tiles: b[co][c * R + r] = v[r][code(co, c)] (0 for r >= terms), from the codes
+// FilterSumsKernel wrote ([co][c] for a 1x1 filter of one group). One thread a 4-byte word, v read through
+// the read-only cache (a filter is small: staging v in shared memory first cost each block a chain of
+// dependent loads, most of the launch's 10 us).
+__global__ void __launch_bounds__(kPrepThreads)
+    PointwiseFilterPlanesKernel(const uint8_t* __restrict__ f_codes, GpuGeometry g, GpuDecomposition d,
+                                int8_t* __restrict__ b_planes) {
+  const int quads = PointwiseTerms(d.terms) / 4;
+  const int64_t words = static_cast<int64_t>(g.out_depth) * g.cg * quads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t entry = i / quads;  // co * cg + c
+    const int r0 = static_cast<int>(i - entry * quads) * 4;
+    const int code = __ldg(f_codes + entry);
+    uint32_t word = 0;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      if (r0 + b < d.terms) word |= static_cast<uint32_t>(static_cast<uint8_t>(__ldg(d.v + (r0 + b) * 256 + code))) << (8 * b);
+    }
+    reinterpret_cast<uint32_t*>(b_planes)[i] = word;
   }
 }
 

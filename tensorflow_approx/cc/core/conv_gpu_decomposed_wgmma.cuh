@@ -1,6 +1,6 @@
 // Hopper warpgroup MMA (PTX wgmma.mma_async, sm_90a) for the decomposed GEMM's wgmma tiles
-// (DecomposedGemmKernel with kWgmma; conv_gpu_decomposed_gemm.cuh). Internal: included by
-// conv_gpu_decomposed_gemm.cuh only.
+// (DecomposedGemmKernel with kWgmma; conv_gpu_decomposed_gemm.cuh) and the pointwise tile
+// (conv_gpu_decomposed_pointwise.cuh). Internal: included by those two only.
 //
 // Why: mma.sync m16n8k32 with ldmatrix tops out far below the H200's int8 peak (220 T MAC/s measured
 // with 16 terms against ~990 T dense with wgmma): every operand byte passes through registers, and a
@@ -146,6 +146,37 @@ __device__ __forceinline__ void WgmmaS8(int (&d)[16][4], uint64_t a_desc, uint64
                     TFAPPROX_WGMMA_ACC(7), TFAPPROX_WGMMA_ACC(8), TFAPPROX_WGMMA_ACC(9), TFAPPROX_WGMMA_ACC(10),
                     TFAPPROX_WGMMA_ACC(11), TFAPPROX_WGMMA_ACC(12), TFAPPROX_WGMMA_ACC(13), TFAPPROX_WGMMA_ACC(14),
                     TFAPPROX_WGMMA_ACC(15));
+#endif
+}
+// d (64 x 256 int32 of the warpgroup) += A (64 x 32 int8 from registers) * B (32 x 256 int8, K-major, b_desc):
+// the pointwise tile's wgmma (conv_gpu_decomposed_pointwise.cuh), whose A is looked up in registers. A's
+// register fragment (PTX ISA, wgmma .m64nNk32 with A in registers, 8-bit types) is mma.m16n8k32's for warp w's
+// 16 rows 16w .. 16w + 15: with g = lane / 4 and t = lane % 4, a[0]: row g, k 4t .. 4t + 3; a[1]: row g + 8,
+// the same k; a[2], a[3]: the same rows, k 16 + 4t .. + 3. The accumulators as in the overloads above.
+// The registers of `a` must keep their values until the wgmma has completed (WgmmaWait): the caller
+// double-buffers them.
+__device__ __forceinline__ void WgmmaS8(int (&d)[32][4], const uint32_t (&a)[4], uint64_t b_desc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, {%128, %129, %130, %131}, %132, p;\n}\n"
+      : TFAPPROX_WGMMA_ACC(0), TFAPPROX_WGMMA_ACC(1), TFAPPROX_WGMMA_ACC(2), TFAPPROX_WGMMA_ACC(3),
+        TFAPPROX_WGMMA_ACC(4), TFAPPROX_WGMMA_ACC(5), TFAPPROX_WGMMA_ACC(6), TFAPPROX_WGMMA_ACC(7),
+        TFAPPROX_WGMMA_ACC(8), TFAPPROX_WGMMA_ACC(9), TFAPPROX_WGMMA_ACC(10), TFAPPROX_WGMMA_ACC(11),
+        TFAPPROX_WGMMA_ACC(12), TFAPPROX_WGMMA_ACC(13), TFAPPROX_WGMMA_ACC(14), TFAPPROX_WGMMA_ACC(15),
+        TFAPPROX_WGMMA_ACC(16), TFAPPROX_WGMMA_ACC(17), TFAPPROX_WGMMA_ACC(18), TFAPPROX_WGMMA_ACC(19),
+        TFAPPROX_WGMMA_ACC(20), TFAPPROX_WGMMA_ACC(21), TFAPPROX_WGMMA_ACC(22), TFAPPROX_WGMMA_ACC(23),
+        TFAPPROX_WGMMA_ACC(24), TFAPPROX_WGMMA_ACC(25), TFAPPROX_WGMMA_ACC(26), TFAPPROX_WGMMA_ACC(27),
+        TFAPPROX_WGMMA_ACC(28), TFAPPROX_WGMMA_ACC(29), TFAPPROX_WGMMA_ACC(30), TFAPPROX_WGMMA_ACC(31)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
 #endif
 }
 #undef TFAPPROX_WGMMA_S8

@@ -111,6 +111,16 @@ int main() {
   Check(65535 * max_taps <= INT32_MAX && 65535 * (max_taps + 1) > INT32_MAX,
         "NarrowSumsFit's bound is not the largest taps whose sums fit an int32");
   Check(tfapprox::NarrowSumsFit(Layer(64, 7, 512, 512, 3, 1).taps()), "7x7 512->512 without 32-bit sums");
+  // Every tile has its own name (the trace and the harness's tables name tiles by it).
+  {
+    std::vector<std::string> names;
+    for (int t = 0; t < static_cast<int>(tfapprox::GpuDecomposedTile::kCount); ++t) {
+      const std::string name = tfapprox::GpuDecomposedTileName(static_cast<tfapprox::GpuDecomposedTile>(t));
+      Check(name != "?", "tile " + std::to_string(t) + " has no name");
+      for (const std::string& other : names) Check(name != other, "two tiles named " + name);
+      names.push_back(name);
+    }
+  }
   // No GPU here, so nothing was tuned: the rules' plan.
   const tfapprox::GpuDecomposedPlan plan =
       tfapprox::GpuDecomposedPlanFor(Layer(64, 56, 64, 64, 3, 1), 5, tfapprox::GpuDtype::kFloat);
