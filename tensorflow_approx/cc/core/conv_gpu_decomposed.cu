@@ -23,9 +23,10 @@
 //
 // By concern: conv_gpu_decomposed_prepasses.cuh (the workspace layout and the pre-passes),
 // conv_gpu_decomposed_gemm.cuh (the GEMM and its epilogue), conv_gpu_decomposed_halo.cuh (the GEMM
-// reading A from input halos in shared memory), conv_gpu_decomposed_plan.cuh (the tiles, the rules that
-// choose among them and the lookups, the tuned plans), this file (the decomposition's device form, the
-// launches and the entry point).
+// reading A from input halos in shared memory), conv_gpu_decomposed_pointwise.cuh (1x1 filters: the
+// GEMM quantizing its input itself, A looked up into registers), conv_gpu_decomposed_plan.cuh (the
+// tiles, the rules that choose among them and the lookups, the tuned plans), this file (the
+// decomposition's device form, the launches and the entry point).
 #include "tensorflow_approx/cc/core/conv_gpu_decomposed.h"
 
 #include <algorithm>
