@@ -37,10 +37,12 @@ __host__ __device__ inline int PointwiseTerms(int terms) { return (terms + 3) / 
 inline std::string PointwiseFits(const ConvShape& s, int terms) {
   if (s.filter_h != 1 || s.filter_w != 1) return "ApproxConvGpuDecomposed: the pointwise tile takes 1x1 filters only";
   if (s.groups() != 1) return "ApproxConvGpuDecomposed: the pointwise tile takes one group only";
-  if (s.pad_top != 0 || s.pad_left != 0 || (s.out_h - 1) * s.stride_h >= s.in_h || (s.out_w - 1) * s.stride_w >= s.in_w) {
+  // (Padding at the bottom or right shows as outputs whose input pixel lies past the input.)
+  if (s.pad_top != 0 || s.pad_left != 0 || (s.out_h - 1) * s.stride_h >= s.in_h ||
+      (s.out_w - 1) * s.stride_w >= s.in_w) {
     return "ApproxConvGpuDecomposed: the pointwise tile takes no padding";
   }
-  if (s.in_depth % 16 != 0 || s.in_depth > kPointwiseMaxChannels) {
+  if (s.in_depth < 16 || s.in_depth % 16 != 0 || s.in_depth > kPointwiseMaxChannels) {
     return "ApproxConvGpuDecomposed: the pointwise tile takes 16 to " + std::to_string(kPointwiseMaxChannels) +
            " input channels, a multiple of 16";
   }
