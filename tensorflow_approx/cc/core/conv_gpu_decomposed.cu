@@ -267,7 +267,8 @@ std::string LaunchPointwiseBlock(const PointwiseArgs& base, const int8_t* b_plan
   const int64_t k_bytes = static_cast<int64_t>(g.cg) * PointwiseTerms(args.terms);  // a multiple of 64
   args.k_tiles = static_cast<int>(k_bytes / kPointwiseBK);
   CUtensorMap b_map = {};
-  const std::string encoded = EncodeFilterPlanesTiled(b_planes, g.out_depth, k_bytes, kPointwiseBN, kPointwiseBK, &b_map);
+  const std::string encoded =
+      EncodeFilterPlanesTiled(b_planes, g.out_depth, k_bytes, kPointwiseBN, kPointwiseBK, &b_map);
   if (!encoded.empty()) return encoded;
   constexpr int smem = PointwiseSmemBytes<kWarpgroups, typename RealOf<T>::type>();
   static_assert((2 / kWarpgroups) * (smem + 1024) <= 228 * 1024, "the blocks fit a multiprocessor's shared memory");
@@ -513,13 +514,16 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     e = cudaGetLastError();
     if (e != cudaSuccess) return CudaError("the channel sums' zeroing launch", e);
     if (!(err = mark_if(record, 1)).empty()) return err;
-    if (pointwise) {
-      if (!(err = mark_if(record, 2)).empty() || !(err = mark_if(record, 3)).empty()) return err;
+    // The filter's codes and sums by their own launch (the separate pre-passes, the pointwise tiles).
+    auto filter_sums = [&]() -> std::string {
       FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
           filter, g, d, quant, channel_sums, filter_codes);
-      e = cudaGetLastError();
-      if (e != cudaSuccess) return CudaError("the filter sums launch", e);
-      if (!(err = mark_if(record, 4)).empty()) return err;
+      const cudaError_t r = cudaGetLastError();
+      return r == cudaSuccess ? "" : CudaError("the filter sums launch", r);
+    };
+    if (pointwise) {
+      if (!(err = mark_if(record, 2)).empty() || !(err = mark_if(record, 3)).empty()) return err;
+      if (!(err = filter_sums()).empty() || !(err = mark_if(record, 4)).empty()) return err;
       const int64_t words = s.out_depth * s.in_depth * PointwiseTerms(d.terms) / 4;
       PointwiseFilterPlanesKernel<<<PrepBlocks(words, dev.sms), kPrepThreads, 0, stream>>>(
           filter_codes, g, d, reinterpret_cast<int8_t*>(ws + l.pointwise_filter));
@@ -572,12 +576,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
     }
     if (!(err = mark_if(record, 3)).empty()) return err;
     // The filter sums and codes before its planes: FilterPlanesKernel reads the codes.
-    if (!fused) {
-      FilterSumsKernel<T><<<static_cast<unsigned>(FilterSumsBlocks(g)), kPrepThreads, 0, stream>>>(
-          filter, g, d, quant, channel_sums, filter_codes);
-      e = cudaGetLastError();
-      if (e != cudaSuccess) return CudaError("the filter sums launch", e);
-    }
+    if (!fused && !(err = filter_sums()).empty()) return err;
     if (!(err = mark_if(record, 4)).empty()) return err;
     if (!fused || !FilterPlanesInline(g)) {
       const int64_t b_chunks = l.k_padded / kChunk * s.out_depth;
@@ -651,12 +650,12 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   }
   if (plan.tile == GpuDecomposedTile::kAuto) plan.tile = ChooseTile(s, d.terms, dev.sms, wgmma_error.empty());
   if (IsWgmmaTile(plan.tile) && !wgmma_error.empty()) return wgmma_error;
-  // An explicit TMA tile must take the shape (tuned plans and the rules take it only where it does).
-  if (options.tile != GpuDecomposedTile::kAuto && IsTmaTile(options.tile) &&
-      !(error = TmaTileFits(options.tile, s, l.slice_bytes)).empty()) {
+  // An explicit TMA or pointwise tile must take the shape (tuned plans and the rules take them only where they
+  // do; the halo tile's launch refuses a shape itself).
+  if (options.tile != GpuDecomposedTile::kAuto && (IsTmaTile(options.tile) || IsPointwiseTile(options.tile)) &&
+      !(error = GpuDecomposedTileFits(options.tile, s, d.terms)).empty()) {
     return error;
   }
-  if (IsPointwiseTile(plan.tile) && !(error = PointwiseFits(s, d.terms)).empty()) return error;
   if (plan.k_order == GpuKOrder::kAuto) plan.k_order = ChooseGpuKOrder(s, d.terms);
   if (options.halo_beside != GpuBeside::kAuto) {
     plan.beside_blocks = options.halo_beside == GpuBeside::kOn ? kBesideInputBlocksPerSm : 0;

@@ -160,7 +160,9 @@ bool HaloPreferred(const ConvShape& s, int terms) {
 // against 2.59 / 1.53 T; pw64x256 trailed it or tied. With the exact table the halo tile led where it fits (1x1
 // 56x56 28.4 T against 23.2 T) and the tiles were even on the 32->64 projection (3.86 against 3.79 T).
 GpuDecomposedTile ChooseTile(const ConvShape& s, int terms, int sms, bool wgmma_available) {
-  if (wgmma_available && terms >= 2 && PointwiseFits(s, terms).empty()) return GpuDecomposedTile::kTilePointwise128x256;
+  if (wgmma_available && terms >= 2 && PointwiseFits(s, terms).empty()) {
+    return GpuDecomposedTile::kTilePointwise128x256;
+  }
   if (HaloPreferred(s, terms)) return GpuDecomposedTile::kTileHalo;
   const bool wgmma = wgmma_available && s.filter_h * s.filter_w > 1;
   const Layout l = MakeLayout(s, std::max(terms, 1));
@@ -348,10 +350,10 @@ bool StreamCanWait(cudaStream_t stream) {
 
 // Times `launch` (a whole call with one plan, on the stream) and returns the fastest plan in *best: every
 // tile that runs here and takes the shape (GpuDecomposedTileFits), with the rule's K order, then the other
-// order with the fastest tile where that tile reads K in an order (KOrderApplies, GEMM tiles only: the halo tile keeps
-// every tap's K at once, the pointwise tiles have one tap). A plan's time is the least of kRuns calls after one untimed call;
-// a plan whose launch fails is passed over. The host waits for the timings. Returns "" or a CUDA error of
-// the events, or the last launch error where no plan ran.
+// order with the fastest tile where that tile reads K in an order (KOrderApplies, GEMM tiles only: the halo
+// tile keeps every tap's K at once, the pointwise tiles have one tap). A plan's time is the least of kRuns
+// calls after one untimed call; a plan whose launch fails is passed over. The host waits for the timings.
+// Returns "" or a CUDA error of the events, or the last launch error where no plan ran.
 // launch(tile, order, beside_blocks) runs a whole call (TunedPlan::beside_blocks); `halo_beside`: whether
 // the halo GEMM may run beside the pre-pass (then it is timed after it and beside it with
 // kBesideInputBlocksPerSm and kBesideInputBlocksMax input blocks a multiprocessor).

@@ -260,8 +260,9 @@ __global__ void __launch_bounds__(kWarpgroups * 128, 2 / kWarpgroups)
     // block j's channels n0 + 8j + 2t, + 1 of rows row0 and row0 + 8. The common case unrolled (its
     // accumulators stay in registers): 32-bit sums, pair stores, the tile's channels inside the layer whole
     // n8 blocks. The rest (debug sums, 64-bit sums, other channel counts, element stores) from a copy of the
-    // accumulators in local memory, one loop body: unrolled, both cases made the kernel's code so long that fetching it was
-    // most of its stalls (ncu on 1x1 56x56 64->256: "no instruction" 8 of 13 cycles a warp between issues).
+    // accumulators in local memory, one loop body: unrolled, both cases made the kernel's code so long that
+    // fetching it was most of its stalls (ncu on 1x1 56x56 64->256: "no instruction" 8 of 13 cycles a warp
+    // between issues).
     const int tile_channels = min(BN, g.out_depth - n0);
     if (args.narrow_sums && args.pair_stores && epi.debug_acc == nullptr && tile_channels % 8 == 0) {
       T* out_row[2];
@@ -308,7 +309,9 @@ __global__ void __launch_bounds__(kWarpgroups * 128, 2 / kWarpgroups)
         const ChannelEpilogue<Real>& ch = s_channel[c0 + e % 2];
         const int64_t net = static_cast<int64_t>(spilled[j][e]) + s_alpha[row] + ch.net_offset;
         StoreOutput(g, output, p, co, FromReal<T>(ch.terms.Combine(net, s_act[row], ch.filter_term)));
-        if (epi.debug_acc != nullptr) epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = net + ch.terms.acc_offset;
+        if (epi.debug_acc != nullptr) {
+          epi.debug_acc[static_cast<int64_t>(p) * g.out_depth + co] = net + ch.terms.acc_offset;
+        }
       }
     }
   }

@@ -1,5 +1,6 @@
 // Hopper's tensor memory accelerator (TMA) for the decomposed GEMM's TMA tiles (DecomposedGemmKernel with
-// kTma; conv_gpu_decomposed_gemm.cuh): A in im2col mode, B (the filter's planes) in tiles. Internal:
+// kTma; conv_gpu_decomposed_gemm.cuh): A in im2col mode, B (the filter's planes) in tiles; the pointwise
+// tiles (conv_gpu_decomposed_pointwise.cuh) load their B with the same tiled loads and mbarriers. Internal:
 // included by conv_gpu_decomposed_gemm.cuh only.
 //
 // Why: on the wgmma tiles every thread gathered A's 16-byte chunks itself (cp.async, an address and a
@@ -180,8 +181,8 @@ inline std::string EncodePlanesIm2col(const int8_t* planes, const GpuGeometry& g
                                  std::to_string(static_cast<int>(r)) + ")";
 }
 
-// The filter's planes (Layout::filter: out_depth rows of k_padded bytes) as a 2-D map of boxes of bn rows x
-// bk bytes, in the same swizzle. Returns "" or what failed.
+// A filter's planes (`rows` rows of k_padded bytes: Layout::filter, or Layout::pointwise_filter for the
+// pointwise tiles) as a 2-D map of boxes of bn rows x bk bytes, in the same swizzle. Returns "" or what failed.
 inline std::string EncodeFilterPlanesTiled(const int8_t* b_planes, int64_t rows, int64_t k_padded, int bn, int bk,
                                            CUtensorMap* map) {
   static const auto encode = DriverEntryPoint<PFN_cuTensorMapEncodeTiled_v12000>("cuTensorMapEncodeTiled");
