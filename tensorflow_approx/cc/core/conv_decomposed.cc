@@ -41,6 +41,9 @@ constexpr int kMaxVectors = 4;     // vectors of channels per micro-tile (4: eac
 constexpr int kPanel = kMaxVectors * kChannelBlock;  // channels of one micro-tile (a panel of B)
 constexpr int64_t kChunk = 65536;  // reduction entries whose 32-bit sums are exact (see above)
 constexpr int kTile = 48;          // pixels gathered at a time (a multiple of kPixelBlock)
+constexpr int kAmxRows = 16;       // pixels of an AMX tile of A and of sums (the direct path's GEMM on AMX)
+constexpr int kAmxMaxRows = 64;    // pixels AmxPanel computes at a time (up to four blocks of kAmxRows)
+constexpr int kAmxBytes = 64;      // reduction entries of an AMX tile of A (16 steps of B)
 // The least batch whose direct path builds its images one at a time beside their GEMM (DirectImagesAccumulate):
 // its parallel parts are whole images, so fewer images would leave threads idle.
 constexpr int64_t kImagesPerRegion = 16;
@@ -63,7 +66,8 @@ DecomposedIsa BestIsa(bool portable) {
 // constant its sums take: -128 * (sum of B, the + 128 correction) + (sum of beta over its weights) +
 // taps * c0.
 struct PackedFilter {
-  // R * K (tap-major: R * spatial taps * DirectDepth), padded to a multiple of 4 (zeros in B)
+  // R * K (tap-major: R * spatial taps * DirectDepth), padded to a multiple of 4 (zeros in B); AMX's: each
+  // run padded to whole tiles (PadRunsForAmx)
   int64_t reduction = 0;
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
   std::unique_ptr<int8_t[]> b;  // [groups][panels][reduction / 4][width][4]
@@ -725,6 +729,113 @@ TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMa
   }
 }
 
+// AMX (Sapphire Rapids on): the direct path's GEMM on the tile unit. One tdpbusd multiplies a tile of 16
+// rows of 64 unsigned bytes (A: 16 pixels, 64 reduction entries) by one of 16 rows of 16 x 4 signed bytes
+// (B: 16 steps of 16 channels, as PackedFilter's panels hold them, 4 * width bytes apart) into 16 x 16
+// int32 sums, vpdpbusd's arithmetic (no saturation), 16384 products where vpdpbusd does 64. A tile's rows
+// lie a constant stride apart: at strides 1 (along the width; UsesAmx) consecutive pixels of the padded
+// image, so the tiles are loaded straight from the image for a range of pixels that covers the tile's (the
+// image's pixels between two output rows give sums that are dropped). B's runs are padded to whole tiles
+// (PadRunsForAmx).
+static_assert(kPanel == 4 * kAmxRows, "a panel in AMX tiles");
+
+// Every tile 16 rows of 64 bytes (palette 1). A thread's tile configuration is its own: set at the start of
+// each parallel part that uses the tiles and released at its end.
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+TFAPPROX_AMX void ConfigureAmx() {
+  AmxConfig config;
+  for (int t = 0; t < 8; ++t) config.colsb[t] = kAmxBytes, config.rows[t] = kAmxRows;
+  _tile_loadconfig(&config);
+}
+TFAPPROX_AMX void ReleaseAmx() { _tile_release(); }
+
+// c (row r at r * kPanel, int32) = rows [0, pixel_blocks * 16) of A (row r at a + r * a_stride) times a
+// panel of B (b: PadRunsForAmx's, NB * 16 channels), over `runs` runs of run_tiles tiles: run j of row r
+// starts at a + r * a_stride + offsets[j]. Four sums tiles at a time (tiles 0-3), of PB = 4 / NB blocks of
+// 16 pixels (up to 3 x 16 rows past pixel_blocks' are computed: c and A must have them): with one block of
+// 16 channels and one of pixels, each tdpbusd waited for the previous one's sums. A's and B's tiles
+// alternate between two registers each (4-5 and 6-7), so that a load need not wait for the tdpbusd before
+// it; a tile needed again in the same step is not loaded again. (GCC's tile intrinsics take the tile's
+// number as a literal, hence the cases spelled out.)
+template <int NB>
+TFAPPROX_AMX void AmxPanel(const uint8_t* a, int64_t a_stride, const int64_t* offsets, int64_t runs, int64_t run_tiles,
+                           int64_t pixel_blocks, const int8_t* b, int32_t* c) {
+  constexpr int PB = NB == 1 ? 4 : NB == 2 ? 2 : 1, kSums = PB * NB;
+  constexpr int64_t kBStride = NB * kAmxRows * 4;  // a step of the panel: NB * 16 channels x 4 bytes
+  // Sums tile i's first row and channel in c.
+  constexpr auto at = [](int i) { return (i / NB) * kAmxRows * kPanel + (i % NB) * kAmxRows; };
+  for (int64_t block = 0; block < pixel_blocks; block += PB) {
+    const uint8_t* const a_block = a + block * kAmxRows * a_stride;
+    const int8_t* bp = b;
+    _tile_zero(0);
+    if (kSums > 1) _tile_zero(1);
+    if (kSums > 2) _tile_zero(2);
+    if (kSums > 3) _tile_zero(3);
+    for (int64_t j = 0; j < runs; ++j) {
+      for (int64_t t = 0; t < run_tiles; ++t, bp += kAmxRows * kBStride) {
+        const uint8_t* const ap = a_block + offsets[j] + t * kAmxBytes;
+        const int64_t a_next = kAmxRows * a_stride;  // the next block of pixels
+        if (NB == 1) {
+          _tile_loadd(4, ap, a_stride);
+          _tile_loadd(6, bp, kBStride);
+          _tile_dpbusd(0, 4, 6);
+          _tile_loadd(5, ap + a_next, a_stride);
+          _tile_dpbusd(1, 5, 6);
+          _tile_loadd(4, ap + 2 * a_next, a_stride);
+          _tile_dpbusd(2, 4, 6);
+          _tile_loadd(5, ap + 3 * a_next, a_stride);
+          _tile_dpbusd(3, 5, 6);
+        } else if (NB == 2) {
+          _tile_loadd(4, ap, a_stride);
+          _tile_loadd(6, bp, kBStride);
+          _tile_dpbusd(0, 4, 6);
+          _tile_loadd(7, bp + 64, kBStride);
+          _tile_dpbusd(1, 4, 7);
+          _tile_loadd(5, ap + a_next, a_stride);
+          _tile_dpbusd(2, 5, 6);
+          _tile_dpbusd(3, 5, 7);
+        } else {
+          _tile_loadd(4, ap, a_stride);
+          _tile_loadd(6, bp, kBStride);
+          _tile_dpbusd(0, 4, 6);
+          _tile_loadd(7, bp + 64, kBStride);
+          _tile_dpbusd(1, 4, 7);
+          _tile_loadd(6, bp + 128, kBStride);
+          _tile_dpbusd(2, 4, 6);
+          if (NB > 3) {
+            _tile_loadd(7, bp + 192, kBStride);
+            _tile_dpbusd(3, 4, 7);
+          }
+        }
+      }
+    }
+    int32_t* const cp = c + block * kAmxRows * kPanel;
+    _tile_stored(0, cp + at(0), kPanel * 4);
+    if (kSums > 1) _tile_stored(1, cp + at(1), kPanel * 4);
+    if (kSums > 2) _tile_stored(2, cp + at(2), kPanel * 4);
+    if (kSums > 3) _tile_stored(3, cp + at(3), kPanel * 4);
+  }
+}
+using AmxPanelKernel = decltype(&AmxPanel<1>);
+constexpr AmxPanelKernel kAmxPanels[kMaxVectors] = {AmxPanel<1>, AmxPanel<2>, AmxPanel<3>, AmxPanel<4>};
+
+// MicroKernelOutputsVnni's outputs for one block of kPixelBlock pixels from AmxPanel's sums (rows: each
+// pixel's row of them).
+template <int NV>
+TFAPPROX_AMX void AmxBlockOutputs(const int32_t* const* rows, const BlockOutputs& outputs) {
+  __m512i acc[kPixelBlock][kMaxVectors];
+  for (int i = 0; i < kPixelBlock; ++i)
+    for (int n = 0; n < kMaxVectors; ++n) acc[i][n] = n < NV ? _mm512_loadu_si512(rows[i] + n * 16) : __m512i{};
+  StoreOutputsVnni<NV>(acc, outputs);
+}
+using AmxOutputKernel = decltype(&AmxBlockOutputs<1>);
+constexpr AmxOutputKernel kAmxOutputs[kMaxVectors] = {AmxBlockOutputs<1>, AmxBlockOutputs<2>, AmxBlockOutputs<3>,
+                                                      AmxBlockOutputs<4>};
+
 // AVX2's micro-tile (the direct path without VNNI): the sums of kPixelBlock pixels and the eight channels
 // of B16 at b (a panel's chunk: b16 + c0 * reduction + chunk * 32), from the int16 image (DirectImage::
 // entry_bytes 2); rows, offsets and steps as MicroKernelVnni's. A step's four entries of a pixel are one
@@ -923,6 +1034,54 @@ bool DirectApplies(const ConvShape& s, int terms, DecomposedIsa isa) {
   return isa != DecomposedIsa::kPortable && s.groups() == 1 && s.filter_h * s.filter_w * terms * DirectDepth(s) <= kChunk;
 }
 
+// The direct path's reduction as the micro-kernels read it: `runs` runs of run_steps steps (four entries),
+// each contiguous in the image and in B. With dilation_w 1 a filter row's taps are adjacent pixels of the
+// image and consecutive in B (tap-major), so one run per filter row (ResNet-20's stem: 3 runs of 3 steps,
+// not 9 of one, whose row pointers were most of its micro-kernel's work); else one per tap.
+struct DirectRunCount {
+  int64_t runs = 0, run_steps = 0;
+};
+DirectRunCount DirectRuns(const ConvShape& s, int terms) {
+  const int64_t taps_per_run = s.dilation_w == 1 ? s.filter_w : 1;
+  return {s.filter_h * s.filter_w / taps_per_run, taps_per_run * terms * DirectDepth(s) / 4};
+}
+
+// Whether the direct path's GEMM runs on AMX (AmxPanel) rather than VNNI: at strides 1 along the width
+// (AmxPanel's rows are consecutive image pixels) from 4 terms on 128+ taps, 16 on fewer. Measured on 2 cores
+// of a Sapphire Rapids (a driver outside the repository, ApproxConvCpu with each, medians of 7), VNNI's time
+// over AMX's by terms 1 / 4 / 8 / 16, N = 8 for the big layers, 64 for ResNet-20's: 3x3 56x56 64->64 1.03 /
+// 1.27 / 1.59 / 1.80, 28x28 128->128 1.12 / 1.24 / 1.26 / 1.22, 14x14 256->256 1.07 / 1.15 / 1.27 / 0.98,
+// 7x7 512->512 1.05 / 1.00 / 1.28 / -, 3x3 32x32 16->16 0.83 / 1.33 / 1.73 / 1.93, 16x16 32->32 0.92 / 1.23 /
+// 1.40 / 1.43, 8x8 64->64 0.95 / 1.11 / 1.09 / 1.39; fewer taps: 1x1 56x56 64->256 0.86 / 0.87 / 1.11 /
+// 1.61, ResNet-20's 1x1 16->32 (strides 1 over the pixels it reads) 0.78 / 0.83 / 0.84 / 1.42, its 3->16
+// stem 0.69 / 0.85 / 0.90 / 1.31; at stride 2 (A's rows copied to a staging buffer first, 3x3 s2 16->32)
+// 0.71 / 0.85 / 0.93 / 0.90. (With one term the GEMM is a small part of the call; the sums' round trip
+// through memory costs more than VNNI saves.) VNNI at 16 terms: the lookups' time, as PreferDecomposed
+// keeps them there.
+bool UsesAmx(const ConvShape& s, int terms) {
+  return HasAmx() && DirectApplies(s, terms, DecomposedIsa::kVnni) && s.stride_w == 1 &&
+         terms >= (s.taps() >= 128 ? 4 : 16);
+}
+
+// B for AMX: each run's steps padded with zero steps to whole tiles of kAmxRows steps, so that a tile of A
+// (64 entries of each of 16 pixels) never spans two runs and can be loaded straight from the image, where
+// a pixel's runs do not follow one another (AmxPanel). The tiles of A then read up to 63 bytes past a run
+// (the image's slack, MakeDirectImage), which meet these zeros.
+void PadRunsForAmx(const DirectRunCount& r, PackedFilter* f) {
+  const int64_t run_tiles = (r.run_steps + kAmxRows - 1) / kAmxRows, reduction = r.runs * run_tiles * kAmxBytes;
+  std::unique_ptr<int8_t[]> b(new int8_t[static_cast<size_t>(reduction * f->channels)]());
+  for (int64_t c0 = 0; c0 < f->channels; c0 += kPanel) {
+    const int64_t step_bytes = f->PanelWidth(c0) * 4;
+    for (int64_t j = 0; j < r.runs; ++j) {
+      std::memcpy(b.get() + c0 * reduction + j * run_tiles * kAmxRows * step_bytes,
+                  f->b.get() + c0 * f->reduction + j * r.run_steps * step_bytes,
+                  static_cast<size_t>(r.run_steps * step_bytes));
+    }
+  }
+  f->b = std::move(b);
+  f->reduction = reduction;
+}
+
 // out[c] = sum of rows[j][c] over j < count, for c < n.
 TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int64_t n, int64_t* out) {
   for (int64_t c = 0; c < n; c += 8) {
@@ -956,7 +1115,9 @@ std::unique_ptr<DirectImage> MakeDirectImage(const QuantizedConv& conv, int term
   m.ph = std::max(rows, s.pad_top + s.in_h);
   m.pw = std::max(cols, s.pad_left + s.in_w);
   const int64_t pixels = s.batch * m.ph * m.pw;
-  m.bytes.resize(static_cast<size_t>(pixels * m.pixel_bytes));
+  // (Slack for AMX: AmxPanel's tiles of A read up to kAmxMaxRows pixels past a tile's last one and 63 bytes
+  // past a run: bytes that meet B's zeros or sums that are dropped.)
+  m.bytes.resize(static_cast<size_t>(pixels * m.pixel_bytes + kAmxMaxRows * m.pixel_bytes + kAmxBytes));
   m.code_sums.resize(static_cast<size_t>(pixels));
   m.alpha_sums.resize(static_cast<size_t>(pixels));
   for (int64_t kh = 0; kh < s.filter_h; ++kh) {
@@ -1070,6 +1231,7 @@ struct DecomposedPlan {
   int terms = 0;
   DecomposedIsa isa = DecomposedIsa::kPortable;
   bool direct = false;  // the direct path (DirectApplies; B then tap-major)
+  bool amx = false;     // the direct path's GEMM on AMX (HasAmx; B's reduction in whole tiles)
   // Its image, built once for conv.input's codes (`input`), or null where each call builds images one
   // at a time beside their GEMM (PrepareDecomposed's whole_images); input_rows: where the codes come from
   // for `input`, if not from it.
@@ -1151,6 +1313,9 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
   const bool strided = shape.stride_h > 1 || shape.stride_w > 1;
   const bool direct = DirectApplies(shape, terms, isa);
   if (isa == DecomposedIsa::kAvx2) return direct && terms <= (taps < 128 ? 9 : 16);
+  // (With AMX, where UsesAmx: the decomposed kernel 1.2-2.0x faster than the lookups with 16 terms in the
+  // measurements there, up to 3.6x with 4, but 0.97x with 16 on 14x14 256->256, 36864 entries.)
+  if (UsesAmx(shape, terms)) return terms <= 16 && taps * terms <= (terms <= 8 ? 36864 : 18432);
   if (taps < 128) return direct && terms <= (strided ? 1 : 8);
   if (direct) return terms <= 8;
   if (per_group < 32) return terms <= 6 || (terms <= 8 && !strided);
@@ -1159,10 +1324,11 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
 
 bool DecomposedWritesOutputs(const DecomposedPlan& plan) { return plan.direct; }
 
-const char* DecomposedKernelName(bool portable) {
-  switch (BestIsa(portable)) {
+const char* DecomposedKernelName(const ConvShape& shape, int terms, bool portable) {
+  const DecomposedIsa isa = BestIsa(portable);
+  switch (isa) {
     case DecomposedIsa::kVnni:
-      return "avx512vnni-decomposed";
+      return UsesAmx(shape, terms) ? "amx-decomposed" : "avx512vnni-decomposed";
     case DecomposedIsa::kAvx2:
       return "avx2-decomposed";
     default:
@@ -1180,7 +1346,9 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
   auto plan = std::make_shared<DecomposedPlan>();
   const DecomposedIsa isa = BestIsa(portable);
   const bool direct = DirectApplies(conv.shape, d.terms, isa);
+  const bool amx = direct && isa == DecomposedIsa::kVnni && UsesAmx(conv.shape, d.terms);
   plan->filter = PackFilter(conv, d, parallel_for, isa == DecomposedIsa::kVnni, direct);
+  if (amx) PadRunsForAmx(DirectRuns(conv.shape, d.terms), &plan->filter);
   if (direct && isa == DecomposedIsa::kAvx2) {  // vpmaddwd's int16 operands
     PackedFilter& f = plan->filter;
     const size_t size = static_cast<size_t>(f.reduction * f.channels);
@@ -1195,6 +1363,7 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
   for (size_t i = 0; i < plan->u_plus.size(); ++i) plan->u_plus[i] = static_cast<uint8_t>(d.u[i] + 128);
   plan->isa = isa;
   plan->direct = direct;
+  plan->amx = amx;
   plan->input = conv.input;
   plan->input_rows = rows;
   if (direct && !(whole_images && conv.shape.batch >= kImagesPerRegion)) {
@@ -1220,12 +1389,11 @@ DirectSetup MakeDirectSetup(const QuantizedConv& conv, const DecomposedPlan& pla
   const PackedFilter& f = plan.filter;
   const int64_t spatial_taps = s.filter_h * s.filter_w, per_group = s.out_depth_per_group(), taps = s.taps();
   DirectSetup d;
-  // The micro-kernel's runs: with dilation_w 1 a filter row's taps are adjacent pixels of the image and
-  // consecutive in B (tap-major), so one run per filter row (ResNet-20's stem: 3 runs of 3 steps, not 9 of
-  // one, whose row pointers were most of its micro-kernel's work); else one per tap.
-  for (int64_t t = 0; t < spatial_taps; t += s.dilation_w == 1 ? s.filter_w : 1) d.run_bytes.push_back(m.tap_bytes[t]);
-  d.runs = static_cast<int64_t>(d.run_bytes.size());
-  d.run_steps = spatial_taps / d.runs * m.PixelSteps();
+  // The micro-kernel's runs (DirectRuns), each from its first tap.
+  const DirectRunCount runs = DirectRuns(s, plan.terms);
+  d.runs = runs.runs;
+  d.run_steps = runs.run_steps;
+  for (int64_t t = 0; t < spatial_taps; t += spatial_taps / d.runs) d.run_bytes.push_back(m.tap_bytes[t]);
   // The outputs from int32 sums (BlockOutputs) where both of an output's integers are bounded within
   // int32 (|sum of (u + 128) v| <= reduction * 255 * 128, |alpha sum| <= taps * max |alpha|, code sums <=
   // taps * 255) with every channel's offsets: then so are the int32 per-pixel and per-channel addends.
@@ -1271,7 +1439,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   // (Locals: act_sum's stores could alias the image's vectors as the compiler sees them.)
   const int64_t* code_sums = m.code_sums.data();
   const int64_t* tap_pixels = m.tap_pixels.data();
-  const bool avx2 = plan.isa == DecomposedIsa::kAvx2;
+  const bool avx2 = plan.isa == DecomposedIsa::kAvx2, amx = plan.amx;
   // AVX2 with outputs from int32 sums: the reduction split by spatial tap (MicroChunkAvx2's carry) where a
   // block's rows over all taps would not stay in L1 (about 24 KB of 32).
   const int64_t tap_steps = m.PixelSteps();
@@ -1294,6 +1462,11 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     int32_t* const carry = carry_buffer == nullptr ? nullptr : reinterpret_cast<int32_t*>(
         (reinterpret_cast<uintptr_t>(carry_buffer.get()) + 31) & ~uintptr_t{31});  // 32-byte aligned
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
+    // AMX: a panel's int32 sums (AmxPanel's) and each pixel's row of them.
+    const int64_t run_tiles = amx ? f.reduction / kAmxBytes / runs : 0;
+    std::vector<int32_t> amx_sums;
+    const int32_t* sum_rows[kTile];
+    if (amx) ConfigureAmx();
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
       const int64_t p = pixel_begin + first;
@@ -1356,6 +1529,17 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       }
       const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
       for (int64_t i = count; i < blocks * kPixelBlock; ++i) pixel_rows[i] = pixel_rows[count - 1];
+      // AMX: A's rows are the image's pixels from the tile's first pixel's to its last (at[]: their indices
+      // in the image), amx_blocks blocks of kAmxRows; pixel i's sums are row at[i] - at[0] of them.
+      const uint8_t* const amx_a = amx ? m.bytes.data() + at[0] * m.pixel_bytes : nullptr;
+      const int64_t amx_blocks = amx ? (at[count - 1] - at[0]) / kAmxRows + 1 : 0;
+      if (amx) {
+        const size_t sums_size = static_cast<size_t>((amx_blocks * kAmxRows + kAmxMaxRows) * kPanel);
+        if (amx_sums.size() < sums_size) amx_sums.resize(sums_size);
+        for (int64_t i = 0; i < blocks * kPixelBlock; ++i) {
+          sum_rows[i] = amx_sums.data() + (at[std::min(i, count - 1)] - at[0]) * kPanel;
+        }
+      }
       if (!channel_add.empty()) {
         for (int64_t i = 0; i < count; ++i) {
           pixel_add32[i] = static_cast<int32_t>(alpha_sums[i]);
@@ -1408,9 +1592,17 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           c0 += width;
           continue;
         }
+        if (amx) {
+          kAmxPanels[width / kChannelBlock - 1](amx_a, m.pixel_bytes, run_bytes.data(), runs, run_tiles, amx_blocks,
+                                                f.b.get() + c0 * f.reduction, amx_sums.data());
+        }
         for (int64_t block = 0; block < blocks; ++block) {
           const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;
           const int64_t real_width = std::min(width, per_group - c0);
+          if (!channel_add.empty() && amx) {
+            kAmxOutputs[width / kChannelBlock - 1](sum_rows + i0, block_outputs(block, c0, width));
+            continue;
+          }
           if (!channel_add.empty()) {
             kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
                                                           run_steps, f.b.get() + c0 * f.reduction, width,
@@ -1421,6 +1613,9 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           if (avx2) {
             MicroKernelAvx2(pixel_rows + block * kPixelBlock, run_bytes.data(), runs, run_steps,
                             f.b16.get() + c0 * f.reduction, width, sums);
+          } else if (amx) {
+            for (int i = 0; i < kPixelBlock; ++i)
+              for (int64_t c = 0; c < width; ++c) sums[i][c] = sum_rows[i0 + i][c];
           } else {
             kVnniKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
                                                     run_steps, f.b.get() + c0 * f.reduction, width, true, sums);
@@ -1442,6 +1637,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
         c0 += width;
       }
     }
+    if (amx) ReleaseAmx();
   });
 }
 

@@ -149,9 +149,10 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
 // Whether DecomposedConvAccumulate with `outputs` writes them itself for this plan (the direct path): then
 // it neither reads nor writes acc and act_sum, which may be null.
 bool DecomposedWritesOutputs(const DecomposedPlan& plan);
-// "avx512vnni-decomposed", "avx2-decomposed" (no AVX-512: the direct path with int16 products) or
-// "decomposed-portable".
-const char* DecomposedKernelName(bool portable = false);
+// The decomposed kernel that runs this shape with this many terms: "amx-decomposed" (the direct path's GEMM
+// on AMX tiles), "avx512vnni-decomposed", "avx2-decomposed" (no AVX-512: the direct path with int16
+// products) or "decomposed-portable".
+const char* DecomposedKernelName(const ConvShape& shape, int terms, bool portable = false);
 // Whether the decomposed kernel beats the lookups on this shape with this many terms (it needs VNNI, or AVX2
 // for one group).
 bool PreferDecomposed(const ConvShape& shape, int terms);

@@ -539,7 +539,7 @@ void TestDecomposedKernelMatchesReference() {
     for (bool portable : {false, true}) {
       std::vector<int64_t> acc(n * s.out_depth, -7), sum(n * s.groups(), -7);
       DecomposedConvAccumulate(conv, t.d, begin, end, ThreadedFor(1 + iter % 3), acc.data(), sum.data(), portable);
-      EXPECT(acc == ref_acc, "decomposed acc differs (%s, %d terms, portable %d): %s", DecomposedKernelName(portable),
+      EXPECT(acc == ref_acc, "decomposed acc differs (%s, %d terms, portable %d): %s", DecomposedKernelName(s, t.d.terms, portable),
              t.d.terms, int(portable), c.name.c_str());
       EXPECT(sum == ref_sum, "decomposed act_sum differs (portable %d): %s", int(portable), c.name.c_str());
     }
@@ -1111,11 +1111,19 @@ void RunAll() {
 }  // namespace tfapprox
 
 int main() {
-  // Where the processor has AVX-512, everything again as on one without (its AVX2 and portable paths).
-  for (const bool without_avx512 : {false, true}) {
-    if (without_avx512 && !tfapprox::HasAvx512F()) break;
-    tfapprox::WithoutAvx512().store(without_avx512);
-    if (without_avx512) std::fprintf(stderr, "note: again without AVX-512\n");
+  // Where the processor has AMX, everything again without it (the direct path's GEMM on VNNI); where it has
+  // AVX-512, again as on one without (its AVX2 and portable paths).
+  const bool amx = tfapprox::HasAmx();
+  if (amx) std::fprintf(stderr, "note: with AMX\n");
+  tfapprox::RunAll();
+  if (amx) {
+    tfapprox::WithoutAmx().store(true);
+    std::fprintf(stderr, "note: again without AMX\n");
+    tfapprox::RunAll();
+  }
+  if (tfapprox::HasAvx512F()) {
+    tfapprox::WithoutAvx512().store(true);
+    std::fprintf(stderr, "note: again without AVX-512\n");
     tfapprox::RunAll();
   }
   if (tfapprox::failures) {

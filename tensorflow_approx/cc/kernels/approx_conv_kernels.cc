@@ -64,7 +64,7 @@ class ApproxConv2DCpuOp : public ApproxConv2DOpBase<T> {
     if (this->Tracing()) {
       this->Trace(shape, "CPU",
                   tfapprox::UseDecomposed(shape, decomposition)
-                      ? tfapprox::DecomposedKernelName()
+                      ? tfapprox::DecomposedKernelName(tfapprox::FastKernelShape(shape), decomposition->terms)
                       : tfapprox::CpuKernelName(tfapprox::FastKernelShape(shape)),
                   false);
     }
