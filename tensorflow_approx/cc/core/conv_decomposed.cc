@@ -70,7 +70,7 @@ struct PackedFilter {
   // run padded to whole tiles (PadRunsForAmx)
   int64_t reduction = 0;
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
-  std::unique_ptr<int8_t[]> b;  // [groups][panels][reduction / 4][width][4]
+  UninitializedVector<int8_t> b;  // [groups][panels][reduction / 4][width][4]
   std::unique_ptr<int16_t[]> b16;  // AVX2's direct path: b's entries widened, the same layout
   std::vector<int64_t> offset;  // [out_depth]
 
@@ -100,7 +100,7 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
   f.channels = (per_group + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
   // Not zeroed here: the blocks below write every byte, padding included (a serial memset of B was a
   // few ms on the large layers).
-  f.b.reset(new int8_t[static_cast<size_t>(groups * f.reduction * f.channels)]);
+  f.b.resize(static_cast<size_t>(groups * f.reduction * f.channels));
   f.offset.assign(static_cast<size_t>(s.out_depth), 0);
   // sum over the terms of v[r][w], for the + 128 correction.
   int64_t v_sum[256] = {};
@@ -116,7 +116,7 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
       const int64_t g = block / blocks_per_group, j0 = block % blocks_per_group * kChannelBlock;
       const int64_t panel0 = j0 / kPanel * kPanel, width = f.PanelWidth(panel0);
       const int64_t count = std::min<int64_t>(kChannelBlock, per_group - j0);  // real channels
-      int8_t* lanes = f.b.get() + g * f.reduction * f.channels + panel0 * f.reduction + (j0 - panel0) * 4;
+      int8_t* lanes = f.b.data() + g * f.reduction * f.channels + panel0 * f.reduction + (j0 - panel0) * 4;
       const uint8_t* rows = conv.filter + (g * per_group + j0) * taps;
       // A whole block, taps a multiple of 4 (each step within one term) and 16 * taps an int32 offset.
       const bool vector = fast && count == kChannelBlock && (tap_major ? cg : taps) % 4 == 0 && taps < (int64_t{1} << 26);
@@ -1069,12 +1069,12 @@ bool UsesAmx(const ConvShape& s, int terms) {
 // (the image's slack, MakeDirectImage), which meet these zeros.
 void PadRunsForAmx(const DirectRunCount& r, PackedFilter* f) {
   const int64_t run_tiles = (r.run_steps + kAmxRows - 1) / kAmxRows, reduction = r.runs * run_tiles * kAmxBytes;
-  std::unique_ptr<int8_t[]> b(new int8_t[static_cast<size_t>(reduction * f->channels)]());
+  UninitializedVector<int8_t> b(static_cast<size_t>(reduction * f->channels), 0);
   for (int64_t c0 = 0; c0 < f->channels; c0 += kPanel) {
     const int64_t step_bytes = f->PanelWidth(c0) * 4;
     for (int64_t j = 0; j < r.runs; ++j) {
-      std::memcpy(b.get() + c0 * reduction + j * run_tiles * kAmxRows * step_bytes,
-                  f->b.get() + c0 * f->reduction + j * r.run_steps * step_bytes,
+      std::memcpy(b.data() + c0 * reduction + j * run_tiles * kAmxRows * step_bytes,
+                  f->b.data() + c0 * f->reduction + j * r.run_steps * step_bytes,
                   static_cast<size_t>(r.run_steps * step_bytes));
     }
   }
@@ -1353,8 +1353,8 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
     PackedFilter& f = plan->filter;
     const size_t size = static_cast<size_t>(f.reduction * f.channels);
     f.b16.reset(new int16_t[size]);
-    std::copy(f.b.get(), f.b.get() + size, f.b16.get());
-    f.b.reset();
+    std::copy(f.b.data(), f.b.data() + size, f.b16.get());
+    f.b = UninitializedVector<int8_t>();
   }
   plan->alpha.assign(d.alpha, d.alpha + 256);
   plan->alpha_planes = AlphaPlanes(d.alpha);
@@ -1464,7 +1464,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
     // AMX: a panel's int32 sums (AmxPanel's) and each pixel's row of them.
     const int64_t run_tiles = amx ? f.reduction / kAmxBytes / runs : 0;
-    std::vector<int32_t> amx_sums;
+    UninitializedVector<int32_t> amx_sums;
     const int32_t* sum_rows[kTile];
     if (amx) ConfigureAmx();
     for (int64_t tile = begin; tile < end; ++tile) {
@@ -1594,7 +1594,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
         }
         if (amx) {
           kAmxPanels[width / kChannelBlock - 1](amx_a, m.pixel_bytes, run_bytes.data(), runs, run_tiles, amx_blocks,
-                                                f.b.get() + c0 * f.reduction, amx_sums.data());
+                                                f.b.data() + c0 * f.reduction, amx_sums.data());
         }
         for (int64_t block = 0; block < blocks; ++block) {
           const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;
@@ -1605,7 +1605,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           }
           if (!channel_add.empty()) {
             kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
-                                                          run_steps, f.b.get() + c0 * f.reduction, width,
+                                                          run_steps, f.b.data() + c0 * f.reduction, width,
                                                           block_outputs(block, c0, width));
             continue;
           }
@@ -1618,7 +1618,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
               for (int64_t c = 0; c < width; ++c) sums[i][c] = sum_rows[i0 + i][c];
           } else {
             kVnniKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
-                                                    run_steps, f.b.get() + c0 * f.reduction, width, true, sums);
+                                                    run_steps, f.b.data() + c0 * f.reduction, width, true, sums);
           }
           if (outputs != nullptr) {  // the block's sums, then its outputs
             int64_t block_acc[kPixelBlock][kPanel];
@@ -1729,7 +1729,7 @@ bool DecomposedConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& p
         sum_codes(codes.data(), count, taps, plan.alpha.data(), plan.alpha_planes, code_sums.data(), alpha_sums.data());
         translate(codes.data(), height, taps, plan.u_plus.data(), plan.terms, taps, f.reduction, rows.data());
         for (int64_t i = 0; i < count; ++i) act_sum[(first + i) * groups + g] = code_sums[i];
-        const int8_t* group_b = f.b.get() + g * f.reduction * f.channels;
+        const int8_t* group_b = f.b.data() + g * f.reduction * f.channels;
         for (int64_t c0 = 0; c0 < per_group;) {
           const int64_t width = f.PanelWidth(c0);
           const int vectors = static_cast<int>(width / kChannelBlock);

@@ -659,6 +659,59 @@ void TestLargeKExactSum() {
 
 // The whole pipeline (quantize, accumulate, dequantize into NHWC or NCHW) gives identical outputs with
 // the reference and the fast kernel, for both float and double.
+// Shapes whose direct path runs its GEMM on AMX where the processor has it (UsesAmx: strides 1 along the
+// width, 4+ terms on 128+ taps, 16 terms on fewer; elsewhere VNNI's, AVX2's or the portable kernel runs
+// them): every panel width (16, 32, 48 and 64 + 8 channels), tiles whose pixels span output rows and
+// images, dilation 2 (a run per tap), stride 2 along the height, a 1x1 filter with 16 terms, 16 images
+// (built one at a time beside their GEMM). The integer sums (DecomposedConvAccumulate) and the float32
+// outputs (ApproxConvCpu, the kernel writing them from int32 sums) against the reference.
+void TestDecomposedAmxShapes() {
+  std::mt19937 rng(4242);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  struct Shape {
+    int64_t n, h, w, ci, co, k, stride_h, dilation;
+    int terms;
+  };
+  const Shape shapes[] = {{2, 7, 9, 16, 16, 3, 1, 1, 4},  {3, 8, 8, 16, 32, 3, 1, 1, 5},  {2, 6, 11, 24, 48, 3, 1, 1, 4},
+                          {1, 9, 9, 32, 72, 3, 2, 1, 6},  {2, 9, 10, 16, 64, 3, 1, 2, 4}, {2, 5, 7, 32, 24, 1, 1, 1, 16},
+                          {16, 6, 6, 16, 16, 3, 1, 1, 8}};
+  for (const Shape& sh : shapes) {
+    ConvAttrs attrs;
+    attrs.strides = {1, sh.stride_h, 1, 1};
+    attrs.dilations = {1, sh.dilation, sh.dilation, 1};
+    attrs.padding = Padding::kSame;
+    const int64_t in_dims[4] = {sh.n, sh.h, sh.w, sh.ci}, f_dims[4] = {sh.k, sh.k, sh.ci, sh.co};
+    ConvShape s;
+    const std::string error = ComputeConvShape(in_dims, f_dims, attrs, &s);
+    EXPECT(error.empty(), "%s", error.c_str());
+    const DecomposedTable t = MakeDecomposedTable(rng, sh.terms, false);
+    const std::string name = std::to_string(sh.ci) + "->" + std::to_string(sh.co) + ", " + std::to_string(sh.terms) +
+                             " terms, " + DecomposedKernelName(s, sh.terms);
+    if (HasAmx()) EXPECT(name.find("amx") != std::string::npos, "AMX should run %s", name.c_str());
+    std::vector<uint8_t> input(s.input_elements()), filter(s.filter_elements());
+    for (auto& v : input) v = static_cast<uint8_t>(rng());
+    for (auto& v : filter) v = static_cast<uint8_t>(rng());
+    const QuantizedConv conv{s, input.data(), filter.data(), static_cast<uint8_t>(rng()), t.lut.data()};
+    const int64_t pixels = s.out_pixels();
+    std::vector<int64_t> ref_acc(pixels * s.out_depth), ref_sum(pixels), acc(pixels * s.out_depth, -7), sum(pixels, -7);
+    ReferenceConvAccumulate(conv, 0, pixels, ref_acc.data(), ref_sum.data());
+    DecomposedConvAccumulate(conv, t.d, 0, pixels, ThreadedFor(2), acc.data(), sum.data());
+    EXPECT(acc == ref_acc && sum == ref_sum, "decomposed sums differ: %s", name.c_str());
+    std::vector<float> x(s.input_elements()), f(s.filter_elements());
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : f) v = 0.3f * normal(rng);
+    QuantParams in_q, f_q;
+    EXPECT(MakeQuantParams(-1.5f, 2.f, 8, "a", "b", &in_q).empty(), "range");
+    EXPECT(MakeQuantParams(-0.7f, 0.5f, 8, "a", "b", &f_q).empty(), "range");
+    std::vector<float> ref(s.output_elements(), -1.f), fast(s.output_elements(), -2.f);
+    ApproxConvCpu<float>(s, x.data(), f.data(), in_q, f_q, t.lut.data(), SerialFor(), ref.data(), CpuKernel::kReference);
+    ApproxConvCpu<float>(s, x.data(), f.data(), in_q, f_q, t.lut.data(), ThreadedFor(2), fast.data(), CpuKernel::kFast,
+                         0, &t.d);
+    EXPECT(std::memcmp(ref.data(), fast.data(), ref.size() * sizeof(float)) == 0, "decomposed outputs differ: %s",
+           name.c_str());
+  }
+}
+
 template <typename T>
 void TestPipelineKernelsAgree() {
   std::mt19937 rng(99);
@@ -1101,6 +1154,7 @@ void RunAll() {
   TestWholeOpExactSums();
   TestFastKernelMatchesReference();
   TestDecomposedKernelMatchesReference();
+  TestDecomposedAmxShapes();
   TestPipelineKernelsAgree<float>();
   TestPipelineKernelsAgree<double>();
   TestSubsampledPipeline<float>();
