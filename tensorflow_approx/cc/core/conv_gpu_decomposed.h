@@ -204,6 +204,9 @@ GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDty
 // few outputs for their K and terms, many terms), so that an auto-chosen decomposed call is never slower
 // than the lookups would be.
 bool GpuPreferDecomposed(const ConvShape& shape, int terms);
+// The same with `pointwise` saying whether the pointwise tiles run this shape and terms on the device
+// (GpuDecomposedTileFits; the one-argument form asks the current device).
+bool GpuPreferDecomposed(const ConvShape& shape, int terms, bool pointwise);
 
 // Runs the op on `stream` with the decomposed table: T is float, double, __half or __nv_bfloat16; input
 // in shape.data_format, filter HWIO, quant the call's quantization (device memory, quant->channels

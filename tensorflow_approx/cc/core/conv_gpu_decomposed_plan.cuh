@@ -502,9 +502,20 @@ GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms) {
 // were at least 2x faster (14x14 and 7x7 at batch 1 exact, the stride-2 and 32->32 layers at batch 15-62
 // with 16 terms). A default call in TensorFlow takes this rule; the harness's "auto" columns and its
 // "wrong pick" counts check it against each run.
-bool GpuPreferDecomposed(const ConvShape& s, int terms) {
+// The pointwise tiles (sm_90a) came later and changed the 1x1 layers: `--decomposed-batches --runs 5 --seed
+// 5301` (H200, tuned plans; the decomposed call's time over the lookups', exact / 4 / 8 / 16 terms, batches
+// 250 / 62 / 15): ResNet-20's 1x1 stride-2 32->64 projection 0.51 / 0.54 / 0.76 / 0.68, 0.46 / 0.48 / 0.56 /
+// 0.70, 0.47 / 0.47 / 0.57 / 0.66, where the rule above left it to the lookups (m of 16); the 16->32 one up
+// to 1.18. So where those tiles run the shape (`pointwise`: GpuDecomposedTileFits), 1x1 layers of 32+ input
+// and 64+ output channels with 2-16 terms (the pointwise tiles' rule plan; exact tables keep other tiles)
+// and as many outputs as the 32->64 projection at batch 15 (61,440) take the decomposed kernel too.
+bool GpuPreferDecomposed(const ConvShape& s, int terms, bool pointwise) {
   if (!GpuDecomposedSupports(s, terms).empty()) return false;
   if (terms > 16 || s.groups() != 1 || s.data_format != DataFormat::kNHWC) return false;
+  if (pointwise && terms >= 2 && s.filter_h == 1 && s.filter_w == 1 && s.in_depth >= 32 && s.out_depth >= 64 &&
+      s.output_elements() >= 61440) {
+    return true;
+  }
   const int64_t k = s.taps();
   const int64_t input_elements = s.input_elements();
   if (input_elements <= 0) return false;
@@ -521,6 +532,11 @@ bool GpuPreferDecomposed(const ConvShape& s, int terms) {
   if (!shape_ok) return false;
   const double per_k = static_cast<double>(s.output_elements()) / (static_cast<double>(k) * measured_terms);
   return per_k >= 16 && (s.lut_macs() >= int64_t{400000000} || (k >= 64 && per_k >= 32));
+}
+
+bool GpuPreferDecomposed(const ConvShape& s, int terms) {
+  return GpuPreferDecomposed(s, terms,
+                             GpuDecomposedTileFits(GpuDecomposedTile::kTilePointwise128x256, s, terms).empty());
 }
 
 }  // namespace tfapprox

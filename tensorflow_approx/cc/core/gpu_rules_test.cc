@@ -77,19 +77,48 @@ constexpr Measured kMeasured[] = {
     {"R20 3x3 s2 16->32", 62, 32, 16, 32, 3, 2, 4, 0.22},
 };
 
+// Where the pointwise tiles run (sm_90a; GpuPreferDecomposed's `pointwise`): H200, tuned plans, gpu_harness
+// --decomposed-batches --runs 5 --seed 5301 (f7aaca8's build), exact / 4 / 8 / 16 terms at batches 250, 62, 15.
+constexpr Measured kMeasuredPointwise[] = {
+    {"R20 1x1 s2 32->64", 250, 16, 32, 64, 1, 2, 4, 0.54},  {"R20 1x1 s2 32->64", 250, 16, 32, 64, 1, 2, 8, 0.76},
+    {"R20 1x1 s2 32->64", 250, 16, 32, 64, 1, 2, 16, 0.68}, {"R20 1x1 s2 32->64", 62, 16, 32, 64, 1, 2, 4, 0.48},
+    {"R20 1x1 s2 32->64", 62, 16, 32, 64, 1, 2, 8, 0.56},   {"R20 1x1 s2 32->64", 62, 16, 32, 64, 1, 2, 16, 0.70},
+    {"R20 1x1 s2 32->64", 15, 16, 32, 64, 1, 2, 4, 0.47},   {"R20 1x1 s2 32->64", 15, 16, 32, 64, 1, 2, 8, 0.57},
+    {"R20 1x1 s2 32->64", 15, 16, 32, 64, 1, 2, 16, 0.66},  {"R20 1x1 s2 16->32", 250, 32, 16, 32, 1, 2, 8, 1.05},
+    {"R20 1x1 s2 16->32", 250, 32, 16, 32, 1, 2, 16, 1.18}, {"R20 1x1 s2 16->32", 62, 32, 16, 32, 1, 2, 16, 1.03},
+    {"R20 1x1 s2 16->32", 15, 32, 16, 32, 1, 2, 4, 0.67},   {"1x1 56x56 64->256", 16, 56, 64, 256, 1, 1, 16, 0.27},
+    {"1x1 56x56 64->256", 1, 56, 64, 256, 1, 1, 16, 0.42},  {"1x1 56x56 64->256", 1, 56, 64, 256, 1, 1, 4, 0.28},
+};
+
+ConvShape Shape(const Measured& m) { return Layer(m.batch, m.hw, m.cin, m.cout, m.k, m.stride); }
+
+// A measured call's pick: never where it was slower than the lookups, always where it took under half
+// their time. Returns the pick.
+bool HoldToMeasured(const Measured& m, bool pick, const char* where) {
+  const std::string row = std::string(m.name) + " batch " + std::to_string(m.batch) + ", " + std::to_string(m.terms) +
+                          " terms" + where + " (measured " + std::to_string(m.ratio) + "x the lookups' time)";
+  if (m.ratio > 1.0) Check(!pick, "picked though slower: " + row);
+  if (m.ratio < 0.5) Check(pick, "not picked though far faster: " + row);
+  return pick;
+}
+
 }  // namespace
 
 int main() {
   int picks = 0;
-  for (const Measured& m : kMeasured) {
-    const ConvShape s = Layer(m.batch, m.hw, m.cin, m.cout, m.k, m.stride);
-    const bool pick = tfapprox::GpuPreferDecomposed(s, m.terms);
-    const std::string row = std::string(m.name) + " batch " + std::to_string(m.batch) + ", " +
-                            std::to_string(m.terms) + " terms (measured " + std::to_string(m.ratio) + "x the lookups' time)";
-    if (m.ratio > 1.0) Check(!pick, "picked though slower: " + row);
-    if (m.ratio < 0.5) Check(pick, "not picked though far faster: " + row);
-    picks += pick;
+  for (const Measured& m : kMeasured) picks += HoldToMeasured(m, tfapprox::GpuPreferDecomposed(Shape(m), m.terms), "");
+  // With the pointwise tiles: the measured 1x1 rows held the same way; the 32->64 projection (the rule's
+  // smallest call, batch 15) is picked with 2-16 terms there and not without them.
+  for (const Measured& m : kMeasuredPointwise) {
+    HoldToMeasured(m, tfapprox::GpuPreferDecomposed(Shape(m), m.terms, /*pointwise=*/true), " on the pointwise tiles");
   }
+  const ConvShape projection = Layer(15, 16, 32, 64, 1, 2);
+  for (int terms : {2, 5, 16}) {
+    Check(tfapprox::GpuPreferDecomposed(projection, terms, true), "32->64 projection not picked with the pointwise tiles");
+    Check(!tfapprox::GpuPreferDecomposed(projection, terms, false), "32->64 projection picked without the pointwise tiles");
+  }
+  Check(!tfapprox::GpuPreferDecomposed(Layer(14, 16, 32, 64, 1, 2), 4, true), "a 32->64 projection below batch 15 picked");
+  Check(!tfapprox::GpuPreferDecomposed(projection, 1, true), "the exact table picked for a pointwise tile");
   // ResNet-20 at batch 128 with a 5-term table (mul8u_125K): every 3x3 layer but the stem takes the kernel.
   struct R20Layer {
     int hw, cin, cout, stride;
