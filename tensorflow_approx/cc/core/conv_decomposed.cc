@@ -1346,7 +1346,7 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
   auto plan = std::make_shared<DecomposedPlan>();
   const DecomposedIsa isa = BestIsa(portable);
   const bool direct = DirectApplies(conv.shape, d.terms, isa);
-  const bool amx = direct && isa == DecomposedIsa::kVnni && UsesAmx(conv.shape, d.terms);
+  const bool amx = isa == DecomposedIsa::kVnni && UsesAmx(conv.shape, d.terms);  // (UsesAmx implies direct)
   plan->filter = PackFilter(conv, d, parallel_for, isa == DecomposedIsa::kVnni, direct);
   if (amx) PadRunsForAmx(DirectRuns(conv.shape, d.terms), &plan->filter);
   if (direct && isa == DecomposedIsa::kAvx2) {  // vpmaddwd's int16 operands
@@ -1599,14 +1599,14 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
         for (int64_t block = 0; block < blocks; ++block) {
           const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;
           const int64_t real_width = std::min(width, per_group - c0);
-          if (!channel_add.empty() && amx) {
-            kAmxOutputs[width / kChannelBlock - 1](sum_rows + i0, block_outputs(block, c0, width));
-            continue;
-          }
           if (!channel_add.empty()) {
-            kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
-                                                          run_steps, f.b.data() + c0 * f.reduction, width,
-                                                          block_outputs(block, c0, width));
+            if (amx) {
+              kAmxOutputs[width / kChannelBlock - 1](sum_rows + i0, block_outputs(block, c0, width));
+            } else {
+              kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
+                                                            run_steps, f.b.data() + c0 * f.reduction, width,
+                                                            block_outputs(block, c0, width));
+            }
             continue;
           }
           Sums sums;

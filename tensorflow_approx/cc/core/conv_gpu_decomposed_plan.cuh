@@ -508,14 +508,17 @@ GpuKOrder ChooseGpuKOrder(const ConvShape& s, int terms) {
 // 0.70, 0.47 / 0.47 / 0.57 / 0.66, where the rule above left it to the lookups (m of 16); the 16->32 one up
 // to 1.18. So where those tiles run the shape (`pointwise`: GpuDecomposedTileFits), 1x1 layers of 32+ input
 // and 64+ output channels with 2-16 terms (the pointwise tiles' rule plan; exact tables keep other tiles)
-// and as many outputs as the 32->64 projection at batch 15 (61,440) take the decomposed kernel too.
+// and as many outputs as the 32->64 projection at batch 15 (61,440) take the decomposed kernel too
+// (PointwiseRuleShape: the shape's side of that, cheap, asked before the device's).
+bool PointwiseRuleShape(const ConvShape& s, int terms) {
+  return terms >= 2 && s.filter_h == 1 && s.filter_w == 1 && s.in_depth >= 32 && s.out_depth >= 64 &&
+         s.output_elements() >= 61440;
+}
+
 bool GpuPreferDecomposed(const ConvShape& s, int terms, bool pointwise) {
   if (!GpuDecomposedSupports(s, terms).empty()) return false;
   if (terms > 16 || s.groups() != 1 || s.data_format != DataFormat::kNHWC) return false;
-  if (pointwise && terms >= 2 && s.filter_h == 1 && s.filter_w == 1 && s.in_depth >= 32 && s.out_depth >= 64 &&
-      s.output_elements() >= 61440) {
-    return true;
-  }
+  if (pointwise && PointwiseRuleShape(s, terms)) return true;
   const int64_t k = s.taps();
   const int64_t input_elements = s.input_elements();
   if (input_elements <= 0) return false;
@@ -534,9 +537,12 @@ bool GpuPreferDecomposed(const ConvShape& s, int terms, bool pointwise) {
   return per_k >= 16 && (s.lut_macs() >= int64_t{400000000} || (k >= 64 && per_k >= 32));
 }
 
+// (Every op call asks: the device's answer, a few CUDA queries, only for the shapes the pointwise rule
+// would take.)
 bool GpuPreferDecomposed(const ConvShape& s, int terms) {
-  return GpuPreferDecomposed(s, terms,
-                             GpuDecomposedTileFits(GpuDecomposedTile::kTilePointwise128x256, s, terms).empty());
+  const bool pointwise = PointwiseRuleShape(s, terms) &&
+                         GpuDecomposedTileFits(GpuDecomposedTile::kTilePointwise128x256, s, terms).empty();
+  return GpuPreferDecomposed(s, terms, pointwise);
 }
 
 }  // namespace tfapprox

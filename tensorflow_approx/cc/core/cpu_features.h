@@ -65,8 +65,10 @@ inline bool HasVnni() {
 // For the tests and benchmarks: while set, HasAmx() says no (the decomposed kernel's direct path then runs
 // on VNNI). Set at start-up by TFAPPROX_NO_AMX=1 in the environment. Process-wide.
 inline std::atomic<bool>& WithoutAmx() {
-  static std::atomic<bool> on{std::getenv("TFAPPROX_NO_AMX") != nullptr &&
-                              std::getenv("TFAPPROX_NO_AMX")[0] == '1'};
+  static std::atomic<bool> on{[] {
+    const char* value = std::getenv("TFAPPROX_NO_AMX");
+    return value != nullptr && value[0] == '1';
+  }()};
   return on;
 }
 

@@ -1,7 +1,7 @@
 // A std::vector whose resize and sized constructor leave new elements uninitialized (default-initialized),
-// its storage aligned to 64 bytes, for buffers that are written whole before they are read: value-initialization is a memset of every
-// byte on the calling thread, before the parallel work that overwrites it (1-3.5 MB a call on ResNet-20's
-// small layers, where the op takes 1-2 ms).
+// its storage aligned to 64 bytes, for buffers that are written whole before they are read:
+// value-initialization is a memset of every byte on the calling thread, before the parallel work that
+// overwrites it (1-3.5 MB a call on ResNet-20's small layers, where the op takes 1-2 ms).
 #ifndef TENSORFLOW_APPROX_CC_CORE_UNINITIALIZED_VECTOR_H_
 #define TENSORFLOW_APPROX_CC_CORE_UNINITIALIZED_VECTOR_H_
 
