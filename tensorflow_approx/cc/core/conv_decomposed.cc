@@ -67,7 +67,7 @@ DecomposedIsa BestIsa(bool portable) {
 // taps * c0.
 struct PackedFilter {
   // R * K (tap-major: R * spatial taps * DirectDepth), padded to a multiple of 4 (zeros in B); AMX's: each
-  // run padded to whole tiles (PadRunsForAmx)
+  // run padded to whole tiles (PackFilter's `amx`)
   int64_t reduction = 0;
   int64_t channels = 0;   // out_depth_per_group, padded to a multiple of kChannelBlock
   UninitializedVector<int8_t> b;  // [groups][panels][reduction / 4][width][4]
@@ -86,17 +86,40 @@ TFAPPROX_VNNI void PackTermVbmi(const uint8_t* rows, int64_t row_stride, int64_t
 // step (a 3-channel stem takes 4).
 int64_t DirectDepth(const ConvShape& s) { return (s.filter_depth + 3) / 4 * 4; }
 
+// The direct path's reduction as the micro-kernels read it: `runs` runs of run_steps steps (four entries),
+// each contiguous in the image and in B. With dilation_w 1 a filter row's taps are adjacent pixels of the
+// image and consecutive in B (tap-major), so one run per filter row (ResNet-20's stem: 3 runs of 3 steps,
+// not 9 of one, whose row pointers were most of its micro-kernel's work); else one per tap.
+struct DirectRunCount {
+  int64_t runs = 0, run_steps = 0;
+};
+DirectRunCount DirectRuns(const ConvShape& s, int terms) {
+  const int64_t taps_per_run = s.dilation_w == 1 ? s.filter_w : 1;
+  return {s.filter_h * s.filter_w / taps_per_run, taps_per_run * terms * DirectDepth(s) / 4};
+}
+
 // `fast`: pack with PackTermVbmi where it applies. `tap_major`: the reduction in the direct path's order
 // (DirectImage), spatial tap, then term, then channel: entry (t * terms + r) * depth + ci with depth =
 // DirectDepth (zeros for ci >= cg), where the gather path's is term-major, r * K + k (k = t * cg + ci).
 // With one term and depth = cg both are k.
+// `amx` (tap-major only): AMX's layout, each of DirectRuns' runs followed by zero steps up to whole tiles of
+// kAmxRows steps, so that a tile of A (64 entries of each of 16 pixels) never spans two runs and can be
+// loaded straight from the image, where a pixel's runs do not follow one another (AmxPanel). The tiles of A
+// then read up to 63 bytes past a run (the image's slack, MakeDirectImage), which meet these zeros. (Packed
+// in place: a second pass that copied the packed runs into the padded layout took 16 ms of 3x3 512->512's
+// 52 ms with 8 terms on a Sapphire Rapids, a fresh 19 MB buffer's page faults included.)
 PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, const ParallelFor& parallel_for,
-                        bool fast, bool tap_major) {
+                        bool fast, bool tap_major, bool amx) {
   const ConvShape& s = conv.shape;
   const int64_t taps = s.taps(), groups = s.groups(), per_group = s.out_depth_per_group();
   const int64_t cg = s.filter_depth, depth = tap_major ? DirectDepth(s) : cg;
   PackedFilter f;
-  f.reduction = (taps / cg * depth * d.terms + 3) / 4 * 4;
+  // Step e / 4 of the reduction lies at step step_at(e / 4) of B: past each run's padding with AMX.
+  const DirectRunCount runs = amx ? DirectRuns(s, d.terms) : DirectRunCount{1, 0};
+  const int64_t run_tiles = amx ? (runs.run_steps + kAmxRows - 1) / kAmxRows : 0;
+  const int64_t run_pad = amx ? run_tiles * kAmxRows - runs.run_steps : 0;  // zero steps after each run
+  const auto step_at = [&](int64_t step) { return amx ? step + step / runs.run_steps * run_pad : step; };
+  f.reduction = amx ? runs.runs * run_tiles * kAmxBytes : (taps / cg * depth * d.terms + 3) / 4 * 4;
   f.channels = (per_group + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
   // Not zeroed here: the blocks below write every byte, padding included (a serial memset of B was a
   // few ms on the large layers).
@@ -120,8 +143,13 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
       const uint8_t* rows = conv.filter + (g * per_group + j0) * taps;
       // A whole block, taps a multiple of 4 (each step within one term) and 16 * taps an int32 offset.
       const bool vector = fast && count == kChannelBlock && (tap_major ? cg : taps) % 4 == 0 && taps < (int64_t{1} << 26);
-      if (depth != cg) {  // the entries past each tap's cg stay zero: the loop below writes only the others
+      // Zero steps first where the loop below leaves some: the entries past each tap's cg, AMX's padding.
+      if (depth != cg) {
         for (int64_t e = 0; e < f.reduction; e += 4) std::memset(lanes + (e / 4) * width * 4, 0, kChannelBlock * 4);
+      } else if (run_pad > 0) {
+        for (int64_t j = 0; j < runs.runs; ++j)
+          for (int64_t st = j * run_tiles * kAmxRows + runs.run_steps; st < (j + 1) * run_tiles * kAmxRows; ++st)
+            std::memset(lanes + st * width * 4, 0, kChannelBlock * 4);
       }
       for (int r = 0; r < d.terms; ++r) {
         const int8_t* v = d.v + r * 256;
@@ -129,15 +157,15 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
           PackTermVbmi(rows, taps, taps, v, width, lanes + r * taps / 4 * width * 4);
           continue;
         }
-        if (vector) {  // term r's cg entries of each spatial tap t
+        if (vector) {  // term r's cg entries of each spatial tap t (within one run)
           for (int64_t t = 0; t < taps / cg; ++t) {
-            PackTermVbmi(rows + t * cg, taps, cg, v, width, lanes + (t * d.terms + r) * cg / 4 * width * 4);
+            PackTermVbmi(rows + t * cg, taps, cg, v, width, lanes + step_at((t * d.terms + r) * cg / 4) * width * 4);
           }
           continue;
         }
         for (int64_t k = 0; k < taps; ++k) {
           const int64_t e = tap_major ? (k / cg * d.terms + r) * depth + k % cg : r * taps + k;
-          int8_t* out = lanes + (e / 4) * width * 4 + e % 4;
+          int8_t* out = lanes + step_at(e / 4) * width * 4 + e % 4;
           if (count == kChannelBlock) {
             for (int64_t j = 0; j < kChannelBlock; ++j) out[j * 4] = v[rows[j * taps + k]];
           } else {
@@ -145,8 +173,10 @@ PackedFilter PackFilter(const QuantizedConv& conv, const TableDecomposition& d, 
           }
         }
       }
-      for (int64_t e = entries; e < f.reduction; ++e)
-        for (int64_t j = 0; j < kChannelBlock; ++j) lanes[(e / 4) * width * 4 + e % 4 + j * 4] = 0;
+      if (!amx) {  // the entries up to a multiple of 4 (AMX's padding is zeroed above)
+        for (int64_t e = entries; e < f.reduction; ++e)
+          for (int64_t j = 0; j < kChannelBlock; ++j) lanes[(e / 4) * width * 4 + e % 4 + j * 4] = 0;
+      }
       for (int64_t j = 0; j < count; ++j) {
         int64_t b_sum = 0, beta_sum = 0;
         for (int64_t k = 0; k < taps; ++k) {
@@ -736,7 +766,7 @@ TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMa
 // lie a constant stride apart: at strides 1 (along the width; UsesAmx) consecutive pixels of the padded
 // image, so the tiles are loaded straight from the image for a range of pixels that covers the tile's (the
 // image's pixels between two output rows give sums that are dropped). B's runs are padded to whole tiles
-// (PadRunsForAmx).
+// (PackFilter's `amx`).
 static_assert(kPanel == 4 * kAmxRows, "a panel in AMX tiles");
 
 // Every tile 16 rows of 64 bytes (palette 1). A thread's tile configuration is its own: set at the start of
@@ -754,10 +784,10 @@ TFAPPROX_AMX void ConfigureAmx() {
 TFAPPROX_AMX void ReleaseAmx() { _tile_release(); }
 
 // c (row r at r * kPanel, int32) = rows [0, pixel_blocks * 16) of A (row r at a + r * a_stride) times a
-// panel of B (b: PadRunsForAmx's, NB * 16 channels), over `runs` runs of run_tiles tiles: run j of row r
-// starts at a + r * a_stride + offsets[j]. Four sums tiles at a time (tiles 0-3), of PB = 4 / NB blocks of
-// 16 pixels (up to 3 x 16 rows past pixel_blocks' are computed: c and A must have them): with one block of
-// 16 channels and one of pixels, each tdpbusd waited for the previous one's sums. A's and B's tiles
+// panel of B (b: PackFilter's with `amx`, NB * 16 channels), over `runs` runs of run_tiles tiles: run j of
+// row r starts at a + r * a_stride + offsets[j]. Four sums tiles at a time (tiles 0-3), of PB = 4 / NB
+// blocks of 16 pixels (up to 3 x 16 rows past pixel_blocks' are computed: c and A must have them): with one
+// block of 16 channels and one of pixels, each tdpbusd waited for the previous one's sums. A's and B's tiles
 // alternate between two registers each (4-5 and 6-7), so that a load need not wait for the tdpbusd before
 // it; a tile needed again in the same step is not loaded again. (GCC's tile intrinsics take the tile's
 // number as a literal, hence the cases spelled out.)
@@ -1034,18 +1064,6 @@ bool DirectApplies(const ConvShape& s, int terms, DecomposedIsa isa) {
   return isa != DecomposedIsa::kPortable && s.groups() == 1 && s.filter_h * s.filter_w * terms * DirectDepth(s) <= kChunk;
 }
 
-// The direct path's reduction as the micro-kernels read it: `runs` runs of run_steps steps (four entries),
-// each contiguous in the image and in B. With dilation_w 1 a filter row's taps are adjacent pixels of the
-// image and consecutive in B (tap-major), so one run per filter row (ResNet-20's stem: 3 runs of 3 steps,
-// not 9 of one, whose row pointers were most of its micro-kernel's work); else one per tap.
-struct DirectRunCount {
-  int64_t runs = 0, run_steps = 0;
-};
-DirectRunCount DirectRuns(const ConvShape& s, int terms) {
-  const int64_t taps_per_run = s.dilation_w == 1 ? s.filter_w : 1;
-  return {s.filter_h * s.filter_w / taps_per_run, taps_per_run * terms * DirectDepth(s) / 4};
-}
-
 // Whether the direct path's GEMM runs on AMX (AmxPanel) rather than VNNI: at strides 1 along the width
 // (AmxPanel's rows are consecutive image pixels) from 4 terms on 128+ taps, 16 on fewer. Measured on 2 cores
 // of a Sapphire Rapids (a driver outside the repository, ApproxConvCpu with each, medians of 7), VNNI's time
@@ -1061,25 +1079,6 @@ DirectRunCount DirectRuns(const ConvShape& s, int terms) {
 bool UsesAmx(const ConvShape& s, int terms) {
   return HasAmx() && DirectApplies(s, terms, DecomposedIsa::kVnni) && s.stride_w == 1 &&
          terms >= (s.taps() >= 128 ? 4 : 16);
-}
-
-// B for AMX: each run's steps padded with zero steps to whole tiles of kAmxRows steps, so that a tile of A
-// (64 entries of each of 16 pixels) never spans two runs and can be loaded straight from the image, where
-// a pixel's runs do not follow one another (AmxPanel). The tiles of A then read up to 63 bytes past a run
-// (the image's slack, MakeDirectImage), which meet these zeros.
-void PadRunsForAmx(const DirectRunCount& r, PackedFilter* f) {
-  const int64_t run_tiles = (r.run_steps + kAmxRows - 1) / kAmxRows, reduction = r.runs * run_tiles * kAmxBytes;
-  UninitializedVector<int8_t> b(static_cast<size_t>(reduction * f->channels), 0);
-  for (int64_t c0 = 0; c0 < f->channels; c0 += kPanel) {
-    const int64_t step_bytes = f->PanelWidth(c0) * 4;
-    for (int64_t j = 0; j < r.runs; ++j) {
-      std::memcpy(b.data() + c0 * reduction + j * run_tiles * kAmxRows * step_bytes,
-                  f->b.data() + c0 * f->reduction + j * r.run_steps * step_bytes,
-                  static_cast<size_t>(r.run_steps * step_bytes));
-    }
-  }
-  f->b = std::move(b);
-  f->reduction = reduction;
 }
 
 // out[c] = sum of rows[j][c] over j < count, for c < n.
@@ -1347,8 +1346,7 @@ std::shared_ptr<const DecomposedPlan> PrepareDecomposed(const QuantizedConv& con
   const DecomposedIsa isa = BestIsa(portable);
   const bool direct = DirectApplies(conv.shape, d.terms, isa);
   const bool amx = isa == DecomposedIsa::kVnni && UsesAmx(conv.shape, d.terms);  // (UsesAmx implies direct)
-  plan->filter = PackFilter(conv, d, parallel_for, isa == DecomposedIsa::kVnni, direct);
-  if (amx) PadRunsForAmx(DirectRuns(conv.shape, d.terms), &plan->filter);
+  plan->filter = PackFilter(conv, d, parallel_for, isa == DecomposedIsa::kVnni, direct, amx);
   if (direct && isa == DecomposedIsa::kAvx2) {  // vpmaddwd's int16 operands
     PackedFilter& f = plan->filter;
     const size_t size = static_cast<size_t>(f.reduction * f.channels);

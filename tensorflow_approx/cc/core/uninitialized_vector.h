@@ -11,6 +11,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace tfapprox {
 
 template <typename T>
@@ -24,9 +28,22 @@ struct UninitializedAllocator : std::allocator<T> {
   UninitializedAllocator(const UninitializedAllocator<U>&) noexcept {}  // NOLINT: rebinding, implicitly
   // Aligned to a cache line: the AMX tile loads of the decomposed kernel's image and filter (64-byte rows)
   // each split two lines otherwise, and ran at half their rate or less.
-  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kAlignment))); }
-  void deallocate(T* p, std::size_t n) noexcept { ::operator delete(p, n * sizeof(T), std::align_val_t(kAlignment)); }
-  static constexpr std::size_t kAlignment = 64;
+  // Buffers of kHugeBytes and more (the decomposed kernel's packed filter: 19 MB on a 3x3 512->512 layer
+  // with 8 terms) in transparent huge pages where Linux gives them on request: their first touch took a page
+  // fault every 4 KB, and building that layer's plan 8.4 ms on two cores of a Sapphire Rapids (2.7 ms so).
+  T* allocate(std::size_t n) {
+    const std::size_t bytes = n * sizeof(T);
+    void* p = ::operator new(bytes, std::align_val_t(Alignment(bytes)));
+#ifdef MADV_HUGEPAGE
+    if (bytes >= kHugeBytes) madvise(p, bytes, MADV_HUGEPAGE);  // (advice: failure is harmless)
+#endif
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    ::operator delete(p, n * sizeof(T), std::align_val_t(Alignment(n * sizeof(T))));
+  }
+  static constexpr std::size_t kAlignment = 64, kHugePage = std::size_t{2} << 20, kHugeBytes = 2 * kHugePage;
+  static constexpr std::size_t Alignment(std::size_t bytes) { return bytes >= kHugeBytes ? kHugePage : kAlignment; }
   template <typename U>
   void construct(U* p) noexcept {
     ::new (static_cast<void*>(p)) U;
