@@ -663,7 +663,7 @@ void TestLargeKExactSum() {
 // width, 4+ terms on 128+ taps, 16 terms on fewer; elsewhere VNNI's, AVX2's or the portable kernel runs
 // them): every panel width (16, 32, 48 and 64 + 8 channels), tiles whose pixels span output rows and
 // images, dilation 2 (a run per tap), stride 2 along the height, a 1x1 filter with 16 terms, 16 images
-// (built one at a time beside their GEMM). The integer sums (DecomposedConvAccumulate) and the float32
+// (built one at a time beside their GEMM), pixels of 1024 bytes (8 terms x 128 channels, 16 x 64). The integer sums (DecomposedConvAccumulate) and the float32
 // outputs (ApproxConvCpu, the kernel writing them from int32 sums) against the reference.
 void TestDecomposedAmxShapes() {
   std::mt19937 rng(4242);
@@ -674,7 +674,7 @@ void TestDecomposedAmxShapes() {
   };
   const Shape shapes[] = {{2, 7, 9, 16, 16, 3, 1, 1, 4},  {3, 8, 8, 16, 32, 3, 1, 1, 5},  {2, 6, 11, 24, 48, 3, 1, 1, 4},
                           {1, 9, 9, 32, 72, 3, 2, 1, 6},  {2, 9, 10, 16, 64, 3, 1, 2, 4}, {2, 5, 7, 32, 24, 1, 1, 1, 16},
-                          {16, 6, 6, 16, 16, 3, 1, 1, 8}};
+                          {16, 6, 6, 16, 16, 3, 1, 1, 8}, {2, 6, 7, 128, 48, 3, 1, 1, 8},  {1, 7, 6, 64, 80, 3, 2, 2, 16}};
   for (const Shape& sh : shapes) {
     ConvAttrs attrs;
     attrs.strides = {1, sh.stride_h, 1, 1};
