@@ -663,8 +663,9 @@ void TestLargeKExactSum() {
 // width, 4+ terms on 128+ taps, 16 terms on fewer; elsewhere VNNI's, AVX2's or the portable kernel runs
 // them): every panel width (16, 32, 48 and 64 + 8 channels), tiles whose pixels span output rows and
 // images, dilation 2 (a run per tap), stride 2 along the height, a 1x1 filter with 16 terms, 16 images
-// (built one at a time beside their GEMM), pixels of 1024 bytes (8 terms x 128 channels, 16 x 64). The integer sums (DecomposedConvAccumulate) and the float32
-// outputs (ApproxConvCpu, the kernel writing them from int32 sums) against the reference.
+// (built one at a time beside their GEMM), pixels of 1024 bytes (8 terms x 128 channels, 16 x 64). The
+// integer sums (DecomposedConvAccumulate) and the float32 outputs (ApproxConvCpu, the kernel writing them
+// from int32 sums) against the reference.
 void TestDecomposedAmxShapes() {
   std::mt19937 rng(4242);
   std::normal_distribution<float> normal(0.f, 1.f);
