@@ -783,23 +783,26 @@ TFAPPROX_AMX void ConfigureAmx() {
 }
 TFAPPROX_AMX void ReleaseAmx() { _tile_release(); }
 
-// c (row r at r * kPanel, int32) = rows [0, pixel_blocks * 16) of A (row r at a + r * a_stride) times a
-// panel of B (b: PackFilter's with `amx`, NB * 16 channels), over `runs` runs of run_tiles tiles: run j of
-// row r starts at a + r * a_stride + offsets[j]. Four sums tiles at a time (tiles 0-3), of PB = 4 / NB
-// blocks of 16 pixels (up to 3 x 16 rows past pixel_blocks' are computed: c and A must have them): with one
-// block of 16 channels and one of pixels, each tdpbusd waited for the previous one's sums. A's and B's tiles
+// c (row r at r * kPanel, int32) = pixel_blocks blocks of 16 rows of A (block k's row r at blocks[k] + r *
+// a_stride) times a panel of B (b: PackFilter's with `amx`, NB * 16 channels), over `runs` runs of run_tiles
+// tiles: run j of a row starts offsets[j] past it. Four sums tiles at a time (tiles 0-3), of PB = 4 / NB
+// blocks of 16 pixels (up to 3 blocks past pixel_blocks are computed: blocks, c and A must have them): with
+// one block of 16 channels and one of pixels, each tdpbusd waited for the previous one's sums. A's and B's tiles
 // alternate between two registers each (4-5 and 6-7), so that a load need not wait for the tdpbusd before
 // it; a tile needed again in the same step is not loaded again. (GCC's tile intrinsics take the tile's
 // number as a literal, hence the cases spelled out.)
 template <int NB>
-TFAPPROX_AMX void AmxPanel(const uint8_t* a, int64_t a_stride, const int64_t* offsets, int64_t runs, int64_t run_tiles,
-                           int64_t pixel_blocks, const int8_t* b, int32_t* c) {
+TFAPPROX_AMX void AmxPanel(const uint8_t* const* blocks, int64_t a_stride, const int64_t* offsets, int64_t runs,
+                           int64_t run_tiles, int64_t pixel_blocks, const int8_t* b, int32_t* c) {
   constexpr int PB = NB == 1 ? 4 : NB == 2 ? 2 : 1, kSums = PB * NB;
   constexpr int64_t kBStride = NB * kAmxRows * 4;  // a step of the panel: NB * 16 channels x 4 bytes
   // Sums tile i's first row and channel in c.
   constexpr auto at = [](int i) { return (i / NB) * kAmxRows * kPanel + (i % NB) * kAmxRows; };
   for (int64_t block = 0; block < pixel_blocks; block += PB) {
-    const uint8_t* const a_block = a + block * kAmxRows * a_stride;
+    const uint8_t* const a0 = blocks[block];
+    const uint8_t* const a1 = PB > 1 ? blocks[block + 1] : nullptr;
+    const uint8_t* const a2 = PB > 2 ? blocks[block + 2] : nullptr;
+    const uint8_t* const a3 = PB > 3 ? blocks[block + 3] : nullptr;
     const int8_t* bp = b;
     _tile_zero(0);
     if (kSums > 1) _tile_zero(1);
@@ -807,29 +810,28 @@ TFAPPROX_AMX void AmxPanel(const uint8_t* a, int64_t a_stride, const int64_t* of
     if (kSums > 3) _tile_zero(3);
     for (int64_t j = 0; j < runs; ++j) {
       for (int64_t t = 0; t < run_tiles; ++t, bp += kAmxRows * kBStride) {
-        const uint8_t* const ap = a_block + offsets[j] + t * kAmxBytes;
-        const int64_t a_next = kAmxRows * a_stride;  // the next block of pixels
+        const int64_t k = offsets[j] + t * kAmxBytes;  // the tile's first byte in each row
         if (NB == 1) {
-          _tile_loadd(4, ap, a_stride);
+          _tile_loadd(4, a0 + k, a_stride);
           _tile_loadd(6, bp, kBStride);
           _tile_dpbusd(0, 4, 6);
-          _tile_loadd(5, ap + a_next, a_stride);
+          _tile_loadd(5, a1 + k, a_stride);
           _tile_dpbusd(1, 5, 6);
-          _tile_loadd(4, ap + 2 * a_next, a_stride);
+          _tile_loadd(4, a2 + k, a_stride);
           _tile_dpbusd(2, 4, 6);
-          _tile_loadd(5, ap + 3 * a_next, a_stride);
+          _tile_loadd(5, a3 + k, a_stride);
           _tile_dpbusd(3, 5, 6);
         } else if (NB == 2) {
-          _tile_loadd(4, ap, a_stride);
+          _tile_loadd(4, a0 + k, a_stride);
           _tile_loadd(6, bp, kBStride);
           _tile_dpbusd(0, 4, 6);
           _tile_loadd(7, bp + 64, kBStride);
           _tile_dpbusd(1, 4, 7);
-          _tile_loadd(5, ap + a_next, a_stride);
+          _tile_loadd(5, a1 + k, a_stride);
           _tile_dpbusd(2, 5, 6);
           _tile_dpbusd(3, 5, 7);
         } else {
-          _tile_loadd(4, ap, a_stride);
+          _tile_loadd(4, a0 + k, a_stride);
           _tile_loadd(6, bp, kBStride);
           _tile_dpbusd(0, 4, 6);
           _tile_loadd(7, bp + 64, kBStride);
@@ -1064,8 +1066,11 @@ bool DirectApplies(const ConvShape& s, int terms, DecomposedIsa isa) {
   return isa != DecomposedIsa::kPortable && s.groups() == 1 && s.filter_h * s.filter_w * terms * DirectDepth(s) <= kChunk;
 }
 
-// Whether the direct path's GEMM runs on AMX (AmxPanel) rather than VNNI: at strides 1 along the width
-// (AmxPanel's rows are consecutive image pixels) from 4 terms on 128+ taps, 16 on fewer. Measured on 2 cores
+// Whether the direct path's GEMM runs on AMX (AmxPanel) rather than VNNI: from 4 terms on 128+ taps, 16 on
+// fewer, at strides 1 along the width (a block of AmxPanel's rows: consecutive image pixels) or at strides of
+// 2-4 where output rows are whole blocks (16 pixels, 32, ...: a block's rows are one output row's pixels,
+// stride_w pixels apart; ResNet-20's 3x3 s2 16->32, VNNI's time over AMX's 1.15 with 8 terms, 1.00-1.02 with
+// 4, where a staging copy of the rows had lost, below; the stride-1 layers as before). Measured on 2 cores
 // of a Sapphire Rapids (a driver outside the repository, ApproxConvCpu with each, medians of 7), VNNI's time
 // over AMX's by terms 1 / 4 / 8 / 16, N = 8 for the big layers, 64 for ResNet-20's: 3x3 56x56 64->64 1.03 /
 // 1.27 / 1.59 / 1.80, 28x28 128->128 1.12 / 1.24 / 1.26 / 1.22, 14x14 256->256 1.07 / 1.15 / 1.27 / 0.98,
@@ -1077,8 +1082,8 @@ bool DirectApplies(const ConvShape& s, int terms, DecomposedIsa isa) {
 // through memory costs more than VNNI saves.) VNNI at 16 terms: the lookups' time, as PreferDecomposed
 // keeps them there.
 bool UsesAmx(const ConvShape& s, int terms) {
-  return HasAmx() && DirectApplies(s, terms, DecomposedIsa::kVnni) && s.stride_w == 1 &&
-         terms >= (s.taps() >= 128 ? 4 : 16);
+  const bool rows_fit = s.stride_w == 1 || (s.stride_w * kAmxRows <= kAmxMaxRows && s.out_w % kAmxRows == 0);
+  return HasAmx() && DirectApplies(s, terms, DecomposedIsa::kVnni) && rows_fit && terms >= (s.taps() >= 128 ? 4 : 16);
 }
 
 // out[c] = sum of rows[j][c] over j < count, for c < n.
@@ -1314,7 +1319,7 @@ bool PreferDecomposed(const ConvShape& shape, int terms) {
   if (isa == DecomposedIsa::kAvx2) return direct && terms <= (taps < 128 ? 9 : 16);
   // (With AMX, where UsesAmx: the decomposed kernel 1.2-2.0x faster than the lookups with 16 terms in the
   // measurements there, up to 3.6x with 4, but 0.97x with 16 on 14x14 256->256, 36864 entries.)
-  if (UsesAmx(shape, terms)) return terms <= 16 && taps * terms <= (terms <= 8 ? 36864 : 18432);
+  if (UsesAmx(shape, terms) && shape.stride_w == 1) return terms <= 16 && taps * terms <= (terms <= 8 ? 36864 : 18432);
   if (taps < 128) return direct && terms <= (strided ? 1 : 8);
   if (direct) return terms <= 8;
   if (per_group < 32) return terms <= 6 || (terms <= 8 && !strided);
@@ -1460,10 +1465,11 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     int32_t* const carry = carry_buffer == nullptr ? nullptr : reinterpret_cast<int32_t*>(
         (reinterpret_cast<uintptr_t>(carry_buffer.get()) + 31) & ~uintptr_t{31});  // 32-byte aligned
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
-    // AMX: a panel's int32 sums (AmxPanel's) and each pixel's row of them.
+    // AMX: a panel's int32 sums (AmxPanel's), each pixel's row of them, A's blocks of kAmxRows rows.
     const int64_t run_tiles = amx ? f.reduction / kAmxBytes / runs : 0;
     UninitializedVector<int32_t> amx_sums;
     const int32_t* sum_rows[kTile];
+    std::vector<const uint8_t*> amx_a;
     if (amx) ConfigureAmx();
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
@@ -1527,15 +1533,34 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
       }
       const int64_t blocks = (count + kPixelBlock - 1) / kPixelBlock;
       for (int64_t i = count; i < blocks * kPixelBlock; ++i) pixel_rows[i] = pixel_rows[count - 1];
-      // AMX: A's rows are the image's pixels from the tile's first pixel's to its last (at[]: their indices
-      // in the image), amx_blocks blocks of kAmxRows; pixel i's sums are row at[i] - at[0] of them.
-      const uint8_t* const amx_a = amx ? m.bytes.data() + at[0] * m.pixel_bytes : nullptr;
-      const int64_t amx_blocks = amx ? (at[count - 1] - at[0]) / kAmxRows + 1 : 0;
+      // AMX: A's rows (AmxPanel's blocks of kAmxRows, s.stride_w pixels apart) and each pixel's row of
+      // sums. At stride 1 the image's pixels from the tile's first pixel's to its last (at[]: their indices
+      // in the image; pixel i's sums are row at[i] - at[0]); at larger strides (UsesAmx: rows of a multiple
+      // of kAmxRows outputs) each output row's pixels, kAmxRows at a time.
+      int64_t amx_blocks = 0;
       if (amx) {
+        amx_a.clear();
+        int64_t sums_row[kTile];  // pixel i's row of sums
+        if (s.stride_w == 1) {
+          amx_blocks = (at[count - 1] - at[0]) / kAmxRows + 1;
+          for (int64_t b = 0; b < amx_blocks; ++b) amx_a.push_back(pixel_rows[0] + b * kAmxRows * m.pixel_bytes);
+          for (int64_t i = 0; i < count; ++i) sums_row[i] = at[i] - at[0];
+        } else {
+          for (int64_t k = 0; k < segments; ++k) {
+            for (int64_t i = seg_start[k]; i < seg_start[k + 1]; ++i) {
+              const int64_t in_block = (i - seg_start[k]) % kAmxRows;
+              if (in_block == 0) amx_a.push_back(pixel_rows[i]);
+              sums_row[i] = static_cast<int64_t>(amx_a.size() - 1) * kAmxRows + in_block;
+            }
+          }
+          amx_blocks = static_cast<int64_t>(amx_a.size());
+        }
+        // AmxPanel's blocks past amx_blocks (up to PB - 1), whose sums are dropped.
+        for (int b = 0; b < kAmxMaxRows / kAmxRows; ++b) amx_a.push_back(amx_a.back());
         const size_t sums_size = static_cast<size_t>((amx_blocks * kAmxRows + kAmxMaxRows) * kPanel);
         if (amx_sums.size() < sums_size) amx_sums.resize(sums_size);
         for (int64_t i = 0; i < blocks * kPixelBlock; ++i) {
-          sum_rows[i] = amx_sums.data() + (at[std::min(i, count - 1)] - at[0]) * kPanel;
+          sum_rows[i] = amx_sums.data() + sums_row[std::min(i, count - 1)] * kPanel;
         }
       }
       if (!channel_add.empty()) {
@@ -1591,8 +1616,8 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           continue;
         }
         if (amx) {
-          kAmxPanels[width / kChannelBlock - 1](amx_a, m.pixel_bytes, run_bytes.data(), runs, run_tiles, amx_blocks,
-                                                f.b.data() + c0 * f.reduction, amx_sums.data());
+          kAmxPanels[width / kChannelBlock - 1](amx_a.data(), s.stride_w * m.pixel_bytes, run_bytes.data(), runs,
+                                                run_tiles, amx_blocks, f.b.data() + c0 * f.reduction, amx_sums.data());
         }
         for (int64_t block = 0; block < blocks; ++block) {
           const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;

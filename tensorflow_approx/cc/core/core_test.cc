@@ -663,22 +663,27 @@ void TestLargeKExactSum() {
 // width, 4+ terms on 128+ taps, 16 terms on fewer; elsewhere VNNI's, AVX2's or the portable kernel runs
 // them): every panel width (16, 32, 48 and 64 + 8 channels), tiles whose pixels span output rows and
 // images, dilation 2 (a run per tap), stride 2 along the height, a 1x1 filter with 16 terms, 16 images
-// (built one at a time beside their GEMM), pixels of 1024 bytes (8 terms x 128 channels, 16 x 64). The
-// integer sums (DecomposedConvAccumulate) and the float32 outputs (ApproxConvCpu, the kernel writing them
-// from int32 sums) against the reference.
+// (built one at a time beside their GEMM), pixels of 1024 bytes (8 terms x 128 channels, 16 x 64), strides
+// 2 and 4 along the width (output rows of 16, 32 and 16 pixels). The integer sums (DecomposedConvAccumulate,
+// all pixels and a range cut inside output rows) and the float32 outputs (ApproxConvCpu, the kernel writing
+// them from int32 sums) against the reference.
 void TestDecomposedAmxShapes() {
   std::mt19937 rng(4242);
   std::normal_distribution<float> normal(0.f, 1.f);
   struct Shape {
     int64_t n, h, w, ci, co, k, stride_h, dilation;
     int terms;
+    int64_t stride_w = 1;
   };
-  const Shape shapes[] = {{2, 7, 9, 16, 16, 3, 1, 1, 4},  {3, 8, 8, 16, 32, 3, 1, 1, 5},  {2, 6, 11, 24, 48, 3, 1, 1, 4},
-                          {1, 9, 9, 32, 72, 3, 2, 1, 6},  {2, 9, 10, 16, 64, 3, 1, 2, 4}, {2, 5, 7, 32, 24, 1, 1, 1, 16},
-                          {16, 6, 6, 16, 16, 3, 1, 1, 8}, {2, 6, 7, 128, 48, 3, 1, 1, 8},  {1, 7, 6, 64, 80, 3, 2, 2, 16}};
+  const Shape shapes[] = {{2, 7, 9, 16, 16, 3, 1, 1, 4},      {3, 8, 8, 16, 32, 3, 1, 1, 5},
+                          {2, 6, 11, 24, 48, 3, 1, 1, 4},     {1, 9, 9, 32, 72, 3, 2, 1, 6},
+                          {2, 9, 10, 16, 64, 3, 1, 2, 4},     {2, 5, 7, 32, 24, 1, 1, 1, 16},
+                          {16, 6, 6, 16, 16, 3, 1, 1, 8},     {2, 6, 7, 128, 48, 3, 1, 1, 8},
+                          {1, 7, 6, 64, 80, 3, 2, 2, 16},     {3, 6, 32, 16, 32, 3, 2, 1, 8, 2},
+                          {1, 5, 64, 24, 48, 3, 1, 1, 4, 2},  {2, 4, 64, 16, 16, 3, 2, 2, 6, 4}};
   for (const Shape& sh : shapes) {
     ConvAttrs attrs;
-    attrs.strides = {1, sh.stride_h, 1, 1};
+    attrs.strides = {1, sh.stride_h, sh.stride_w, 1};
     attrs.dilations = {1, sh.dilation, sh.dilation, 1};
     attrs.padding = Padding::kSame;
     const int64_t in_dims[4] = {sh.n, sh.h, sh.w, sh.ci}, f_dims[4] = {sh.k, sh.k, sh.ci, sh.co};
@@ -698,6 +703,14 @@ void TestDecomposedAmxShapes() {
     ReferenceConvAccumulate(conv, 0, pixels, ref_acc.data(), ref_sum.data());
     DecomposedConvAccumulate(conv, t.d, 0, pixels, ThreadedFor(2), acc.data(), sum.data());
     EXPECT(acc == ref_acc && sum == ref_sum, "decomposed sums differ: %s", name.c_str());
+    // A range that starts and ends inside output rows (blocks of A cut short).
+    const int64_t begin = 7, end = pixels - 5;
+    std::vector<int64_t> part((end - begin) * s.out_depth, -7), part_sum(end - begin, -7);
+    DecomposedConvAccumulate(conv, t.d, begin, end, ThreadedFor(2), part.data(), part_sum.data());
+    EXPECT(std::equal(part.begin(), part.end(), ref_acc.begin() + begin * s.out_depth) &&
+               std::equal(part_sum.begin(), part_sum.end(), ref_sum.begin() + begin),
+           "decomposed sums of pixels %lld..%lld differ: %s", static_cast<long long>(begin),
+           static_cast<long long>(end), name.c_str());
     std::vector<float> x(s.input_elements()), f(s.filter_elements());
     for (auto& v : x) v = normal(rng);
     for (auto& v : f) v = 0.3f * normal(rng);
