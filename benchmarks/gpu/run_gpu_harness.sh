@@ -17,7 +17,7 @@ export GPU_TABLES=${GPU_TABLES:-.gpu_tables}
 mkdir -p "$build"
 
 core=tensorflow_approx/cc/core
-sources=("$core/quantize.cc" "$core/lut.cc" "$core/conv_shape.cc" "$core/conv_reference.cc" "$core/conv_cpu.cc" "$core/conv_cpu_columns.cc" "$core/conv_cpu_epilogue.cc" "$core/conv_decomposed.cc"
+sources=("$core/quantize.cc" "$core/lut.cc" "$core/conv_shape.cc" "$core/conv_reference.cc" "$core/conv_cpu.cc" "$core/conv_cpu_columns.cc" "$core/conv_cpu_epilogue.cc" "$core/conv_decomposed.cc" "$core/conv_decomposed_avx2.cc" "$core/conv_decomposed_avx512.cc"
          "$core/conv_gpu.cu" "$core/conv_gpu_decomposed.cu" "$core/nan_gpu.cu" "$core/range_gpu.cu" "$core/quant_gpu.cu" benchmarks/gpu/gpu_harness.cu)
 # -fmad=false and -ffp-contract=off: the codes and outputs must round exactly as the CPU build does.
 flags=(-std=c++17 -O3 -I. -fmad=false -Xcompiler -ffp-contract=off
