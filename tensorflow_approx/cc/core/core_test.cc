@@ -7,6 +7,7 @@
 #include <array>
 #include <cctype>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -20,6 +21,7 @@
 #include "tensorflow_approx/cc/core/cpu_features.h"
 #include "tensorflow_approx/cc/core/lut.h"
 #include "tensorflow_approx/cc/core/quantize.h"
+#include "tensorflow_approx/cc/core/uninitialized_vector.h"
 
 namespace tfapprox {
 namespace {
@@ -1062,6 +1064,27 @@ void ExpectQuotes(const std::string& error, const char* argument, int64_t value,
 
 // Values whose sums or products overflow int64: each is a clear error naming the argument, never a
 // wrapped number or a wrong shape; the largest accepted values still give the right geometry.
+// UninitializedVector's storage: 64-byte aligned (AMX's tile rows), 2 MB aligned from kHugeBytes on (whole
+// huge pages for the advice), with its elements kept across a reallocation from one to the other.
+void TestUninitializedVectorAlignment() {
+  using Allocator = UninitializedAllocator<int32_t>;
+  const auto aligned = [](const void* p, std::size_t alignment) {
+    return reinterpret_cast<std::uintptr_t>(p) % alignment == 0;
+  };
+  UninitializedVector<int32_t> v(1000);
+  for (int i = 0; i < 1000; ++i) v[i] = i * 7;
+  EXPECT(aligned(v.data(), Allocator::kAlignment), "a small buffer is not 64-byte aligned");
+  v.resize(Allocator::kHugeBytes / sizeof(int32_t) + 5);
+  EXPECT(aligned(v.data(), Allocator::kHugePage), "a buffer of %zu bytes is not 2 MB aligned", v.size() * 4);
+  bool kept = true;
+  for (int i = 0; i < 1000; ++i) kept = kept && v[i] == i * 7;
+  EXPECT(kept, "the elements changed when the buffer moved to huge pages");
+  v.back() = 5;
+  EXPECT(v.back() == 5, "the last element of the big buffer");
+  UninitializedVector<uint8_t> bytes(Allocator::kHugeBytes - 1);
+  EXPECT(aligned(bytes.data(), Allocator::kAlignment), "a buffer just under kHugeBytes is not 64-byte aligned");
+}
+
 void TestHugeShapeValues() {
   const int64_t big = int64_t{1} << 62, max = INT64_MAX, limit = kMaxTensorElements;
   for (DataFormat format : {DataFormat::kNHWC, DataFormat::kNCHW}) {
@@ -1158,6 +1181,7 @@ void RunAll() {
   TestLutFiles();
   TestShapeErrors();
   TestHugeShapeValues();
+  TestUninitializedVectorAlignment();
   TestLargeKExactSum();
   TestQuantizeCodesVectorized();
   TestDequantizeRowMatchesTerms();
