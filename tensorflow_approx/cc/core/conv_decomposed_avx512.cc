@@ -2,6 +2,7 @@
 // where BestIsa is kVnni, AMX's where UsesAmx).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -400,26 +401,46 @@ TFAPPROX_AMX void ReleaseAmx() { _tile_release(); }
 // alternate between two registers each (4-5 and 6-7), so that a load need not wait for the tdpbusd before
 // it; a tile needed again in the same step is not loaded again. (GCC's tile intrinsics take the tile's
 // number as a literal, hence the cases spelled out.)
+// The reduction is taken kAmxSliceSteps tiles at a time over all the blocks, the sums stored to c and loaded
+// back between slices: every block of the call then reads a slice's share of B (NB KB a step, 512 KB for
+// 64 channels) from L2, where over the whole reduction each block read the panel from beyond L2 once it was
+// over L2's 2 MB (3x3 7x7 512->512 with 8 terms: 2.4 MB, read once per block of 16 pixels).
+constexpr int64_t kAmxSliceSteps = 128;
 template <int NB>
 TFAPPROX_AMX void AmxPanel(const uint8_t* const* blocks, int64_t a_stride, const int64_t* offsets, int64_t runs,
                            int64_t run_tiles, int64_t pixel_blocks, const int8_t* b, int32_t* c) {
   constexpr int PB = NB == 1 ? 4 : NB == 2 ? 2 : 1, kSums = PB * NB;
   constexpr int64_t kBStride = NB * kAmxRows * 4;  // a step of the panel: NB * 16 channels x 4 bytes
+  constexpr int64_t kCStride = kPanel * 4;         // a row of c
   // Sums tile i's first row and channel in c.
   constexpr auto at = [](int i) { return (i / NB) * kAmxRows * kPanel + (i % NB) * kAmxRows; };
-  for (int64_t block = 0; block < pixel_blocks; block += PB) {
-    const uint8_t* const a0 = blocks[block];
-    const uint8_t* const a1 = PB > 1 ? blocks[block + 1] : nullptr;
-    const uint8_t* const a2 = PB > 2 ? blocks[block + 2] : nullptr;
-    const uint8_t* const a3 = PB > 3 ? blocks[block + 3] : nullptr;
-    const int8_t* bp = b;
-    _tile_zero(0);
-    if (kSums > 1) _tile_zero(1);
-    if (kSums > 2) _tile_zero(2);
-    if (kSums > 3) _tile_zero(3);
-    for (int64_t j = 0; j < runs; ++j) {
-      for (int64_t t = 0; t < run_tiles; ++t, bp += kAmxRows * kBStride) {
+  const int64_t steps = runs * run_tiles;
+  const int64_t slices = std::max<int64_t>(1, (steps + kAmxSliceSteps - 1) / kAmxSliceSteps);
+  for (int64_t slice = 0; slice < slices; ++slice) {
+    const int64_t first = slice * kAmxSliceSteps, last = std::min(steps, first + kAmxSliceSteps);
+    for (int64_t block = 0; block < pixel_blocks; block += PB) {
+      const uint8_t* const a0 = blocks[block];
+      const uint8_t* const a1 = PB > 1 ? blocks[block + 1] : nullptr;
+      const uint8_t* const a2 = PB > 2 ? blocks[block + 2] : nullptr;
+      const uint8_t* const a3 = PB > 3 ? blocks[block + 3] : nullptr;
+      int32_t* const cp = c + block * kAmxRows * kPanel;
+      if (first == 0) {
+        _tile_zero(0);
+        if (kSums > 1) _tile_zero(1);
+        if (kSums > 2) _tile_zero(2);
+        if (kSums > 3) _tile_zero(3);
+      } else {
+        _tile_loadd(0, cp + at(0), kCStride);
+        if (kSums > 1) _tile_loadd(1, cp + at(1), kCStride);
+        if (kSums > 2) _tile_loadd(2, cp + at(2), kCStride);
+        if (kSums > 3) _tile_loadd(3, cp + at(3), kCStride);
+      }
+      // Step `step` is tile t of run j.
+      int64_t j = run_tiles > 0 ? first / run_tiles : 0, t = first - j * run_tiles;
+      const int8_t* bp = b + first * kAmxRows * kBStride;
+      for (int64_t step = first; step < last; ++step, bp += kAmxRows * kBStride) {
         const int64_t k = offsets[j] + t * kAmxBytes;  // the tile's first byte in each row
+        if (++t == run_tiles) t = 0, ++j;
         if (NB == 1) {
           _tile_loadd(4, a0 + k, a_stride);
           _tile_loadd(6, bp, kBStride);
@@ -453,12 +474,11 @@ TFAPPROX_AMX void AmxPanel(const uint8_t* const* blocks, int64_t a_stride, const
           }
         }
       }
+      _tile_stored(0, cp + at(0), kCStride);
+      if (kSums > 1) _tile_stored(1, cp + at(1), kCStride);
+      if (kSums > 2) _tile_stored(2, cp + at(2), kCStride);
+      if (kSums > 3) _tile_stored(3, cp + at(3), kCStride);
     }
-    int32_t* const cp = c + block * kAmxRows * kPanel;
-    _tile_stored(0, cp + at(0), kPanel * 4);
-    if (kSums > 1) _tile_stored(1, cp + at(1), kPanel * 4);
-    if (kSums > 2) _tile_stored(2, cp + at(2), kPanel * 4);
-    if (kSums > 3) _tile_stored(3, cp + at(3), kPanel * 4);
   }
 }
 const AmxPanelKernel kAmxPanels[kMaxVectors] = {AmxPanel<1>, AmxPanel<2>, AmxPanel<3>, AmxPanel<4>};

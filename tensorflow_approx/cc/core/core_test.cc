@@ -666,7 +666,8 @@ void TestLargeKExactSum() {
 // them): every panel width (16, 32, 48 and 64 + 8 channels), tiles whose pixels span output rows and
 // images, dilation 2 (a run per tap), stride 2 along the height, a 1x1 filter with 16 terms, 16 images
 // (built one at a time beside their GEMM), pixels of 1024 bytes (8 terms x 128 channels, 16 x 64), strides
-// 2 and 4 along the width (output rows of 16, 32 and 16 pixels). The integer sums (DecomposedConvAccumulate,
+// 2 and 4 along the width (output rows of 16, 32 and 16 pixels), reductions of more than one of AmxPanel's
+// slices (9216 and 18432 bytes). The integer sums (DecomposedConvAccumulate,
 // all pixels and a range cut inside output rows) and the float32 outputs (ApproxConvCpu, the kernel writing
 // them from int32 sums) against the reference.
 void TestDecomposedAmxShapes() {
@@ -682,7 +683,9 @@ void TestDecomposedAmxShapes() {
                           {2, 9, 10, 16, 64, 3, 1, 2, 4},     {2, 5, 7, 32, 24, 1, 1, 1, 16},
                           {16, 6, 6, 16, 16, 3, 1, 1, 8},     {2, 6, 7, 128, 48, 3, 1, 1, 8},
                           {1, 7, 6, 64, 80, 3, 2, 2, 16},     {3, 6, 32, 16, 32, 3, 2, 1, 8, 2},
-                          {1, 5, 64, 24, 48, 3, 1, 1, 4, 2},  {2, 4, 64, 16, 16, 3, 2, 2, 6, 4}};
+                          {1, 5, 64, 24, 48, 3, 1, 1, 4, 2},  {2, 4, 64, 16, 16, 3, 2, 2, 6, 4},
+                          // 288 tiles of reduction: AmxPanel's slices of 128 (two whole, one partial).
+                          {2, 5, 6, 256, 64, 3, 1, 1, 8}};
   for (const Shape& sh : shapes) {
     ConvAttrs attrs;
     attrs.strides = {1, sh.stride_h, sh.stride_w, 1};
