@@ -655,6 +655,10 @@ DirectSetup MakeDirectSetup(const QuantizedConv& conv, const DecomposedPlan& pla
   return d;
 }
 
+// Bytes of a panel of B (reduction x width) from which the direct path's VNNI GEMM takes the reduction in
+// slices (vnni_slices in DirectConvAccumulate).
+constexpr int64_t kVnniSliceBytes = int64_t{512} << 10;
+
 // DecomposedConvAccumulate's direct path (DirectImage): tiles of kTile pixels in parallel, each in blocks
 // of kPixelBlock consecutive pixels (the last one of a tile partial), with acc or, given `outputs`, the
 // float32 outputs written block by block. setup: MakeDirectSetup's for this plan, m and outputs.
@@ -679,6 +683,11 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
   // block's rows over all taps would not stay in L1 (about 24 KB of 32).
   const int64_t tap_steps = m.PixelSteps();
   const bool tap_slices = avx2 && spatial_taps > 1 && kPixelBlock * spatial_taps * m.pixel_bytes > 24 * 1024;
+  // VNNI where a panel of B is larger than kVnniSliceBytes: the reduction run by run (a filter row's taps) over
+  // all the tile's blocks, each block's int32 sums kept in a row per pixel between runs, then the outputs
+  // from them. Over the whole reduction block by block, each block of 6 pixels read the panel from beyond
+  // L2 once it was over L2's share (3x3 7x7 512->512 with 8 terms: 2.4 MB a panel).
+  const bool vnni_slices = plan.isa == DecomposedIsa::kVnni && !amx && runs > 1;
   const auto add_rows = avx2 ? AddRowsPortable : AddRowsAvx512;
   const auto write_sums = avx2 ? WriteSumsPortable : WriteSumsAvx512;
   const int64_t tiles = (pixels + kTile - 1) / kTile;
@@ -702,6 +711,10 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     UninitializedVector<int32_t> amx_sums;
     const int32_t* sum_rows[kTile];
     std::vector<const uint8_t*> amx_a;
+    // VNNI over slices of the reduction (vnni_slices): each pixel's row of int32 sums.
+    UninitializedVector<int32_t> slice_sums(vnni_slices ? static_cast<size_t>(kTile * kPanel) : 0);
+    int32_t* slice_rows[kTile];
+    for (int i = 0; vnni_slices && i < kTile; ++i) slice_rows[i] = slice_sums.data() + i * kPanel;
     if (amx) ConfigureAmx();
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
@@ -847,6 +860,21 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           c0 += width;
           continue;
         }
+        if (vnni_slices && !channel_add.empty() && f.reduction * width > kVnniSliceBytes) {
+          const int v = static_cast<int>(width / kChannelBlock) - 1;
+          for (int64_t j = 0; j < runs; ++j) {
+            const int8_t* run_b = f.b.data() + c0 * f.reduction + j * run_steps * width * 4;
+            for (int64_t block = 0; block < blocks; ++block) {
+              kVnniRowKernels[v](pixel_rows + block * kPixelBlock, &run_bytes[j], 1, run_steps, run_b, width, j == 0,
+                                 slice_rows + block * kPixelBlock);
+            }
+          }
+          for (int64_t block = 0; block < blocks; ++block) {
+            kSumRowsOutputs[v](slice_rows + block * kPixelBlock, block_outputs(block, c0, width));
+          }
+          c0 += width;
+          continue;
+        }
         if (amx) {
           kAmxPanels[width / kChannelBlock - 1](amx_a.data(), s.stride_w * m.pixel_bytes, run_bytes.data(), runs,
                                                 run_tiles, amx_blocks, f.b.data() + c0 * f.reduction, amx_sums.data());
@@ -856,7 +884,7 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           const int64_t real_width = std::min(width, per_group - c0);
           if (!channel_add.empty()) {
             if (amx) {
-              kAmxOutputs[width / kChannelBlock - 1](sum_rows + i0, block_outputs(block, c0, width));
+              kSumRowsOutputs[width / kChannelBlock - 1](sum_rows + i0, block_outputs(block, c0, width));
             } else {
               kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
                                                             run_steps, f.b.data() + c0 * f.reduction, width,

@@ -272,10 +272,12 @@ template <int NV>
 TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMaxVectors], const BlockOutputs& o);
 
 static_assert(kPixelBlock == 6 && kMaxVectors == 4, "MicroKernelVnni spells out a 6 x 4 tile");
+// The tile's sums go to `outputs` (StoreOutputsVnni), else to int32 `sum_rows` (a row per pixel: set with
+// `first`, else added to), else to `sums`.
 template <int NV>
 TFAPPROX_VNNI __attribute__((always_inline)) inline void MicroTileVnni(
     const uint8_t* const* rows, const int64_t* offsets, int64_t segments, int64_t segment_steps, const int8_t* b,
-    int64_t width, bool first, Sums* sums, const BlockOutputs* outputs) {
+    int64_t width, bool first, Sums* sums, const BlockOutputs* outputs, int32_t* const* sum_rows = nullptr) {
   const __m512i zero = _mm512_setzero_si512();
   __m512i s00 = zero, s01 = zero, s02 = zero, s03 = zero, s10 = zero, s11 = zero, s12 = zero, s13 = zero,
           s20 = zero, s21 = zero, s22 = zero, s23 = zero, s30 = zero, s31 = zero, s32 = zero, s33 = zero,
@@ -312,6 +314,15 @@ TFAPPROX_VNNI __attribute__((always_inline)) inline void MicroTileVnni(
                                                  {s20, s21, s22, s23}, {s30, s31, s32, s33},
                                                  {s40, s41, s42, s43}, {s50, s51, s52, s53}};
   if (outputs != nullptr) return StoreOutputsVnni<NV>(acc, *outputs);
+  if (sum_rows != nullptr) {
+    for (int i = 0; i < kPixelBlock; ++i) {
+      for (int n = 0; n < NV; ++n) {
+        int32_t* const row = sum_rows[i] + n * kChannelBlock;
+        _mm512_storeu_si512(row, first ? acc[i][n] : _mm512_add_epi32(_mm512_loadu_si512(row), acc[i][n]));
+      }
+    }
+    return;
+  }
   for (int i = 0; i < kPixelBlock; ++i) {
     for (int n = 0; n < NV; ++n) {
       alignas(64) int32_t lanes[kChannelBlock];
@@ -337,10 +348,19 @@ TFAPPROX_VNNI void MicroKernelOutputsVnni(const uint8_t* const* rows, const int6
   MicroTileVnni<NV>(rows, offsets, segments, segment_steps, b, width, true, nullptr, &outputs);
 }
 
+template <int NV>
+TFAPPROX_VNNI void MicroKernelRowsVnni(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
+                                       int64_t segment_steps, const int8_t* b, int64_t width, bool first,
+                                       int32_t* const* sum_rows) {
+  MicroTileVnni<NV>(rows, offsets, segments, segment_steps, b, width, first, nullptr, nullptr, sum_rows);
+}
+
 const MicroKernel kVnniKernels[kMaxVectors] = {MicroKernelVnni<1>, MicroKernelVnni<2>, MicroKernelVnni<3>,
                                                MicroKernelVnni<4>};
 const MicroKernelOutputs kVnniOutputKernels[kMaxVectors] = {MicroKernelOutputsVnni<1>, MicroKernelOutputsVnni<2>,
                                                             MicroKernelOutputsVnni<3>, MicroKernelOutputsVnni<4>};
+const MicroKernelRows kVnniRowKernels[kMaxVectors] = {MicroKernelRowsVnni<1>, MicroKernelRowsVnni<2>,
+                                                      MicroKernelRowsVnni<3>, MicroKernelRowsVnni<4>};
 
 template <int NV>
 TFAPPROX_VNNI inline void StoreOutputsVnni(const __m512i (&acc)[kPixelBlock][kMaxVectors], const BlockOutputs& o) {
@@ -485,17 +505,17 @@ TFAPPROX_AMX void AmxPanel(const uint8_t* const* blocks, int64_t a_stride, const
 }
 const AmxPanelKernel kAmxPanels[kMaxVectors] = {AmxPanel<1>, AmxPanel<2>, AmxPanel<3>, AmxPanel<4>};
 
-// MicroKernelOutputsVnni's outputs for one block of kPixelBlock pixels from AmxPanel's sums (rows: each
-// pixel's row of them).
+// MicroKernelOutputsVnni's outputs for one block of kPixelBlock pixels from int32 sums (rows: each pixel's
+// row of them): AmxPanel's, or MicroKernelRowsVnni's added up over slices of the reduction.
 template <int NV>
-TFAPPROX_AMX void AmxBlockOutputs(const int32_t* const* rows, const BlockOutputs& outputs) {
+TFAPPROX_VNNI void SumRowsOutputs(const int32_t* const* rows, const BlockOutputs& outputs) {
   __m512i acc[kPixelBlock][kMaxVectors];
   for (int i = 0; i < kPixelBlock; ++i)
     for (int n = 0; n < kMaxVectors; ++n) acc[i][n] = n < NV ? _mm512_loadu_si512(rows[i] + n * 16) : __m512i{};
   StoreOutputsVnni<NV>(acc, outputs);
 }
-const AmxOutputKernel kAmxOutputs[kMaxVectors] = {AmxBlockOutputs<1>, AmxBlockOutputs<2>, AmxBlockOutputs<3>,
-                                                      AmxBlockOutputs<4>};
+const SumRowsOutputKernel kSumRowsOutputs[kMaxVectors] = {SumRowsOutputs<1>, SumRowsOutputs<2>, SumRowsOutputs<3>,
+                                                          SumRowsOutputs<4>};
 
 // The same, 8 at a time. Written as a scalar loop in the tile loop, where the compiler could not keep
 // its operands in registers (acc may alias them), this took more time than the GEMM on 64-channel layers.

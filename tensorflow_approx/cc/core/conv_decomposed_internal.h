@@ -95,12 +95,16 @@ inline bool NarrowPixelsApply(int64_t cg) { return cg <= 4 || cg == 8 || cg == 1
 constexpr int kWideTranslateTerms = 4;
 
 // The micro-kernels by the vectors of channels they take (index NV - 1): kVnniKernels (with `first`, sums
-// set, else added to) and kPortableKernels; kVnniOutputKernels writing the float32 outputs (BlockOutputs).
+// set, else added to) and kPortableKernels; kVnniOutputKernels writing the float32 outputs (BlockOutputs);
+// kVnniRowKernels adding int32 sums into a row per pixel (with `first`, setting them), for kSumRowsOutputs.
 using MicroKernel = void (*)(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
                              int64_t segment_steps, const int8_t* b, int64_t width, bool first, Sums& sums);
 using MicroKernelOutputs = void (*)(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
                                     int64_t segment_steps, const int8_t* b, int64_t width,
                                     const BlockOutputs& outputs);
+using MicroKernelRows = void (*)(const uint8_t* const* rows, const int64_t* offsets, int64_t segments,
+                                 int64_t segment_steps, const int8_t* b, int64_t width, bool first,
+                                 int32_t* const* sum_rows);
 
 // conv_decomposed_avx512.cc: VBMI and VNNI (BestIsa's kVnni), AMX (UsesAmx).
 TFAPPROX_VNNI void CopyTapsAvx512(const uint8_t* const* taps, int64_t count, int64_t depth, uint8_t zero_code,
@@ -115,6 +119,10 @@ TFAPPROX_VNNI void TranslateVbmi(const uint8_t* codes, int64_t n, int64_t taps, 
                                  int64_t term_stride, int64_t reduction, uint8_t* rows);
 extern const MicroKernel kVnniKernels[kMaxVectors];
 extern const MicroKernelOutputs kVnniOutputKernels[kMaxVectors];
+extern const MicroKernelRows kVnniRowKernels[kMaxVectors];
+// The float32 outputs of a block of kPixelBlock pixels from int32 sums, a row per pixel (SumRowsOutputs<NV>).
+using SumRowsOutputKernel = void (*)(const int32_t* const* rows, const BlockOutputs& outputs);
+extern const SumRowsOutputKernel kSumRowsOutputs[kMaxVectors];
 TFAPPROX_VNNI void WriteSumsAvx512(const int64_t* sums, int64_t alpha_sum, const int64_t* offset, int64_t n,
                                    int64_t* out);
 TFAPPROX_VNNI void AddRowsAvx512(const int64_t* const* rows, int64_t count, int64_t n, int64_t* out);
@@ -123,8 +131,6 @@ TFAPPROX_AMX void ReleaseAmx();
 using AmxPanelKernel = void (*)(const uint8_t* const* blocks, int64_t a_stride, const int64_t* offsets, int64_t runs,
                                 int64_t run_tiles, int64_t pixel_blocks, const int8_t* b, int32_t* c);
 extern const AmxPanelKernel kAmxPanels[kMaxVectors];  // AmxPanel<NB> by its 16-channel blocks NB
-using AmxOutputKernel = void (*)(const int32_t* const* rows, const BlockOutputs& outputs);
-extern const AmxOutputKernel kAmxOutputs[kMaxVectors];  // AmxBlockOutputs<NV>
 
 // conv_decomposed_avx2.cc: AVX2's direct path (BestIsa's kAvx2).
 TFAPPROX_AVX2 void TranslateWideAvx2(const uint8_t* codes, int64_t n, int64_t cg, const uint8_t* u_plus,
