@@ -706,15 +706,13 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
     int32_t* const carry = carry_buffer == nullptr ? nullptr : reinterpret_cast<int32_t*>(
         (reinterpret_cast<uintptr_t>(carry_buffer.get()) + 31) & ~uintptr_t{31});  // 32-byte aligned
     std::vector<const int64_t*> tap_sums(static_cast<size_t>(spatial_taps));
-    // AMX: a panel's int32 sums (AmxPanel's), each pixel's row of them, A's blocks of kAmxRows rows.
+    // A panel's int32 sums where a GEMM leaves them in memory for kSumRowsOutputs (AmxPanel's, or VNNI's over
+    // slices), each pixel's row of them; AMX: A's blocks of kAmxRows rows.
     const int64_t run_tiles = amx ? f.reduction / kAmxBytes / runs : 0;
-    UninitializedVector<int32_t> amx_sums;
-    const int32_t* sum_rows[kTile];
+    UninitializedVector<int32_t> row_sums(vnni_slices ? static_cast<size_t>(kTile * kPanel) : 0);
+    int32_t* sum_rows[kTile];
+    for (int i = 0; vnni_slices && i < kTile; ++i) sum_rows[i] = row_sums.data() + i * kPanel;
     std::vector<const uint8_t*> amx_a;
-    // VNNI over slices of the reduction (vnni_slices): each pixel's row of int32 sums.
-    UninitializedVector<int32_t> slice_sums(vnni_slices ? static_cast<size_t>(kTile * kPanel) : 0);
-    int32_t* slice_rows[kTile];
-    for (int i = 0; vnni_slices && i < kTile; ++i) slice_rows[i] = slice_sums.data() + i * kPanel;
     if (amx) ConfigureAmx();
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t first = tile * kTile, count = std::min<int64_t>(kTile, pixels - first);
@@ -803,9 +801,9 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
         // AmxPanel's blocks past amx_blocks (up to PB - 1), whose sums are dropped.
         for (int b = 0; b < kAmxMaxRows / kAmxRows; ++b) amx_a.push_back(amx_a.back());
         const size_t sums_size = static_cast<size_t>((amx_blocks * kAmxRows + kAmxMaxRows) * kPanel);
-        if (amx_sums.size() < sums_size) amx_sums.resize(sums_size);
+        if (row_sums.size() < sums_size) row_sums.resize(sums_size);
         for (int64_t i = 0; i < blocks * kPixelBlock; ++i) {
-          sum_rows[i] = amx_sums.data() + sums_row[std::min(i, count - 1)] * kPanel;
+          sum_rows[i] = row_sums.data() + sums_row[std::min(i, count - 1)] * kPanel;
         }
       }
       if (!channel_add.empty()) {
@@ -860,30 +858,25 @@ void DirectConvAccumulate(const QuantizedConv& conv, const DecomposedPlan& plan,
           c0 += width;
           continue;
         }
-        if (vnni_slices && !channel_add.empty() && f.reduction * width > kVnniSliceBytes) {
-          const int v = static_cast<int>(width / kChannelBlock) - 1;
+        // VNNI's sums over slices (vnni_slices), for the float outputs of a panel over kVnniSliceBytes.
+        const bool sliced = vnni_slices && !channel_add.empty() && f.reduction * width > kVnniSliceBytes;
+        if (amx) {
+          kAmxPanels[width / kChannelBlock - 1](amx_a.data(), s.stride_w * m.pixel_bytes, run_bytes.data(), runs,
+                                                run_tiles, amx_blocks, f.b.data() + c0 * f.reduction, row_sums.data());
+        } else if (sliced) {
           for (int64_t j = 0; j < runs; ++j) {
             const int8_t* run_b = f.b.data() + c0 * f.reduction + j * run_steps * width * 4;
             for (int64_t block = 0; block < blocks; ++block) {
-              kVnniRowKernels[v](pixel_rows + block * kPixelBlock, &run_bytes[j], 1, run_steps, run_b, width, j == 0,
-                                 slice_rows + block * kPixelBlock);
+              kVnniRowKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, &run_bytes[j], 1, run_steps,
+                                                         run_b, width, j == 0, sum_rows + block * kPixelBlock);
             }
           }
-          for (int64_t block = 0; block < blocks; ++block) {
-            kSumRowsOutputs[v](slice_rows + block * kPixelBlock, block_outputs(block, c0, width));
-          }
-          c0 += width;
-          continue;
-        }
-        if (amx) {
-          kAmxPanels[width / kChannelBlock - 1](amx_a.data(), s.stride_w * m.pixel_bytes, run_bytes.data(), runs,
-                                                run_tiles, amx_blocks, f.b.data() + c0 * f.reduction, amx_sums.data());
         }
         for (int64_t block = 0; block < blocks; ++block) {
           const int64_t i0 = block * kPixelBlock, n = std::min(count, i0 + kPixelBlock) - i0;
           const int64_t real_width = std::min(width, per_group - c0);
           if (!channel_add.empty()) {
-            if (amx) {
+            if (amx || sliced) {
               kSumRowsOutputs[width / kChannelBlock - 1](sum_rows + i0, block_outputs(block, c0, width));
             } else {
               kVnniOutputKernels[width / kChannelBlock - 1](pixel_rows + block * kPixelBlock, run_bytes.data(), runs,
