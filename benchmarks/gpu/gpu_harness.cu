@@ -1750,11 +1750,12 @@ bool CheckDecomposedCase(const ConvShape& s, const std::vector<T>& input, const 
   if (counts->failures <= 10) {
     const GpuDecomposedTile tile =
         opts.tile == GpuDecomposedTile::kAuto ? ChooseGpuDecomposedTile(s, decomposition.terms) : opts.tile;
-    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s%s%s]: %s\n", label.c_str(), TypeName<T>(),
+    std::printf("FAIL decomposed %s [%s, %s %d terms, %s%s%s%s%s]: %s\n", label.c_str(), TypeName<T>(),
                 decomposition.name.c_str(), decomposition.terms, GpuDecomposedTileName(tile),
                 opts.plain_fragment_loads ? ", plain loads" : "",
                 opts.separate_prepasses ? ", separate pre-passes" : "",
-                opts.halo_beside == GpuBeside::kOn ? ", halo beside" : "", err.c_str());
+                opts.halo_beside == GpuBeside::kOn ? ", halo beside" : "",
+                opts.halo_streaming == GpuBeside::kOn ? ", streaming" : "", err.c_str());
   }
   return false;
 }
@@ -1858,8 +1859,10 @@ bool RandomDecomposedCase(std::mt19937_64& rng, const std::vector<DecomposedTabl
   }
   opts.plain_fragment_loads = ri(0, 4) == 0;
   opts.separate_prepasses = ri(0, 3) == 0;  // the first version's pre-passes, still held to the reference
-  // The halo GEMM beside the pre-pass (where it fits), after it, or as tuned.
+  // The halo GEMM beside the pre-pass (where it fits), after it, or as tuned; beside it, with streaming hints
+  // (float32) or without, or as tuned.
   opts.halo_beside = static_cast<GpuBeside>(ri(0, 2));
+  opts.halo_streaming = static_cast<GpuBeside>(ri(0, 2));
   char label[256];
   std::snprintf(label, sizeof(label), "%s N%d %dx%dx%d g%d f%dx%dx%dx%d s%d,%d d%d,%d pad%d,%d b%d%s %s",
                 nchw ? "NCHW" : "NHWC", batch, in_h, in_w, groups * cg, groups, kernel, kernel, cg, groups * npg, sh,
@@ -2119,6 +2122,10 @@ bool UploadTermColumns(std::mt19937_64& rng, BenchDecompositions* decs, Counts* 
 // the exact product as one term, then synthetic decompositions of 4, 8 and 16 terms. Rates in G
 // LUT-MAC/s: table lookups replaced per second (N * OH * OW * OC * taps), not int8 MACs. Every timed
 // output is also compared bit for bit with the lookups' on the same table.
+// --halo-streaming: the decomposed benchmark's calls with GpuDecomposedOptions::halo_streaming so (kOff against
+// the default kAuto, in two runs, times what the tuning's choice of the streaming hints gains).
+GpuBeside g_bench_streaming = GpuBeside::kAuto;
+
 void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
@@ -2126,7 +2133,8 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   if (!UploadTermColumns(rng, &decs, counts)) return;
   std::printf("\nDecomposed (int8 tensor cores): G LUT-MAC/s (table lookups replaced per second), float32 NHWC, "
               "realistic data, median of %d runs;\nlookups = ApproxConvGpu (kAuto) on the exact table; "
-              "every call timed whole (quantization and planes included)\n", runs);
+              "every call timed whole (quantization and planes included); streaming hints %s\n", runs,
+              g_bench_streaming == GpuBeside::kAuto ? "as tuned" : g_bench_streaming == GpuBeside::kOn ? "on" : "off");
   std::printf("%-20s %12s %12s %12s %12s %12s %-11s %8s %5s\n", "shape", "lookups", "exact 1 term", "4 terms",
               "8 terms", "16 terms", "tile", "speedup", "auto");
   std::vector<std::string> wrong_picks;
@@ -2149,7 +2157,9 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
     }
     double rates[4];
     for (size_t i = 0; i < decs.host.size(); ++i) {
-      rates[i] = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, GpuDecomposedOptions(), runs, counts,
+      GpuDecomposedOptions bench_opts;
+      bench_opts.halo_streaming = g_bench_streaming;
+      rates[i] = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, bench_opts, runs, counts,
                                     std::string(b.name) + " (" + decs.host[i].name + ")");
     }
     std::printf("%-20s %12.0f", b.name, lookup_rate);
@@ -2160,7 +2170,10 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
         std::printf(" %12.0f", r);
       }
     }
-    std::printf(" %-11s", GpuDecomposedTileName(GpuDecomposedPlanFor(s, 1, GpuDtype::kFloat).tile));
+    // The exact table's plan: its tile, "+b" beside the pre-pass, "+bs" with the streaming hints.
+    const GpuDecomposedPlan exact_plan = GpuDecomposedPlanFor(s, 1, GpuDtype::kFloat);
+    std::printf(" %-11s", (std::string(GpuDecomposedTileName(exact_plan.tile)) +
+                           (exact_plan.streaming ? "+bs" : exact_plan.beside ? "+b" : "")).c_str());
     if (rates[0] < 0) {
       std::printf(" %8s", "n/a");
     } else {
@@ -2544,10 +2557,18 @@ int main(int argc, char** argv) {
     else if (a == "--decomposed-batches") batches_only = true;
     else if (a == "--decomposed-orders") orders_only = true;
     else if (a == "--decomposed-cases") decomposed_cases = std::max(0, std::atoi(next()));
-    else {
+    else if (a == "--halo-streaming") {
+      const std::string v = next();
+      if (v != "auto" && v != "off" && v != "on") {
+        std::fprintf(stderr, "--halo-streaming takes auto, off or on, not %s\n", v.c_str());
+        return 2;
+      }
+      g_bench_streaming = v == "auto" ? GpuBeside::kAuto : v == "off" ? GpuBeside::kOff : GpuBeside::kOn;
+    } else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
                    "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] [--decomposed-orders] "
-                   "[--decomposed-batches] [--profile LAYER [--kernel K | --terms N [--tile T]]]\n",
+                   "[--decomposed-batches] [--halo-streaming auto|off|on] "
+                   "[--profile LAYER [--kernel K | --terms N [--tile T]]]\n",
                    argv[0]);
       return 2;
     }

@@ -191,7 +191,7 @@ def check_decomposed(rng, trace_path):
     (the decomposition rearranged for shifted codes). Returns (cases, outputs, mismatches, GPU
     configurations the trace names the decomposed kernel for, of them with a wgmma tile, with the halo
     tile, with a plan the first call tuned, with the halo tile beside the pre-pass, with the TMA tile, with
-    a pointwise tile)."""
+    a pointwise tile, beside the pre-pass with the streaming hints)."""
     tables = []
     for name in ("exact", "drum4", "optrunc3", "coltrunc8", "etm3"):
         lut = np.asarray(mx.get(name).lut, np.uint16)
@@ -227,7 +227,7 @@ def check_decomposed(rng, trace_path):
     return (cases, outputs, mismatches, len(picked), sum(any(t in line for t in sm90a) for line in picked),
             sum("-halo" in line for line in picked), sum("-tuned\t" in line for line in picked),
             sum("-halo-beside-" in line for line in picked), sum("-tma" in line for line in picked),
-            sum("-pw" in line for line in picked))
+            sum("-pw" in line for line in picked), sum("-beside-streaming-" in line for line in picked))
 
 
 def check_invalid_ranges():
@@ -440,7 +440,8 @@ def main():
           f"GPU configurations, {decomposed[4]} of them with a wgmma tile (sm_90a; expected on compute "
           f"capability 9.0: {hopper}; {decomposed[8]} of them loaded by TMA), {decomposed[5]} with the halo tile "
           f"({decomposed[7]} of them beside the "
-          f"pre-pass), {decomposed[9]} with a pointwise tile, {decomposed[6]} with a tuned plan |")
+          f"pre-pass, {decomposed[10]} of those with streaming hints), "
+          f"{decomposed[9]} with a pointwise tile, {decomposed[6]} with a tuned plan |")
     print(f"| refused ranges (reversed, zero width, inf, NaN) | GPU all NaN and CPU error: {ranges_ok} |")
     print(f"| Keras predict GPU == CPU over 4 set_multiplier swaps (first layer per-channel) | {keras_same} |")
     print(f"| layer tables are host variables | {lut_on_host} |")

@@ -129,6 +129,7 @@ struct DeviceInfo {
   int ordinal = 0;
   int sms = 0;
   int smem_optin = 0;
+  int l2_bytes = 0;
 };
 
 inline std::string GetDeviceInfo(DeviceInfo* info) {
@@ -139,6 +140,8 @@ inline std::string GetDeviceInfo(DeviceInfo* info) {
   e = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
   e = cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
+  e = cudaDeviceGetAttribute(&info->l2_bytes, cudaDevAttrL2CacheSize, device);
   if (e != cudaSuccess) return CudaError("cudaDeviceGetAttribute", e);
   return "";
 }

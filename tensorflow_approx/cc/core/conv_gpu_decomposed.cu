@@ -206,10 +206,12 @@ cudaError_t LaunchAfter(void (*kernel)(Params...), dim3 grid, int threads, size_
 }
 
 // ready: where the pre-pass was launched just before with its Layout::ready words (PrepassKernel), which
-// this launch then runs beside; else null. filter_blocks: the pre-pass's.
+// this launch then runs beside; else null. filter_blocks: the pre-pass's. streaming: beside it, the build
+// with evict-first output stores (float32 only; TunedPlan::streaming).
 template <typename T, int BM, int BN>
 std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const GpuGeometry& g, const Epilogue& epi,
-                            T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks) {
+                            T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks,
+                            bool streaming) {
   HaloArgs h = plan.h;
   const int m_tiles = h.gemm.m_tiles, n_tiles = h.gemm.n_tiles;
   h.gemm = base;
@@ -219,7 +221,10 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
   h.filter_blocks = filter_blocks;
   if (ready != nullptr) h.zero_chunks = ZeroChunksOf(base.l, g.groups);
   const int smem = static_cast<int>(HaloSmemBytes(BM, BN, static_cast<int>(sizeof(typename RealOf<T>::type)), h));
-  const auto kernel = ready != nullptr ? DecomposedHaloKernel<T, BM, BN, true> : DecomposedHaloKernel<T, BM, BN, false>;
+  auto kernel = ready != nullptr ? DecomposedHaloKernel<T, BM, BN, true> : DecomposedHaloKernel<T, BM, BN, false>;
+  if constexpr (std::is_same<T, float>::value) {
+    if (ready != nullptr && streaming) kernel = DecomposedHaloKernel<T, BM, BN, true, true>;
+  }
   int per_sm = 0;
   const std::string setup = SetUpKernel(reinterpret_cast<const void*>(kernel), smem, 128, &per_sm);
   if (!setup.empty()) return setup;
@@ -235,12 +240,13 @@ std::string LaunchHaloBlock(const HaloPlan& plan, const GemmArgs& base, const Gp
 
 template <typename T>
 std::string LaunchHalo(const HaloPlan& plan, const GemmArgs& args, const GpuGeometry& g, const Epilogue& epi,
-                       T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks) {
+                       T* output, int sms, cudaStream_t stream, const uint32_t* ready, int filter_blocks,
+                       bool streaming) {
   if (plan.bm == 0) return plan.why;
   const bool tall = plan.bm == 128;
 #define TFAPPROX_HALO_CASE(bn)                                                                          \
-  return tall ? LaunchHaloBlock<T, 128, bn>(plan, args, g, epi, output, sms, stream, ready, filter_blocks) \
-              : LaunchHaloBlock<T, 64, bn>(plan, args, g, epi, output, sms, stream, ready, filter_blocks)
+  return tall ? LaunchHaloBlock<T, 128, bn>(plan, args, g, epi, output, sms, stream, ready, filter_blocks, streaming) \
+              : LaunchHaloBlock<T, 64, bn>(plan, args, g, epi, output, sms, stream, ready, filter_blocks, streaming)
   switch (plan.bn) {
     case 16:
       TFAPPROX_HALO_CASE(16);
@@ -367,9 +373,10 @@ GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDty
   TunedPlan tuned{};
   if (!TuningOff() && GetDeviceInfo(&dev).empty() &&
       FindTunedPlan(MakeTuningKey(shape, terms, dtype, dev.ordinal), &tuned)) {
-    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true, tuned.beside_blocks > 0};
+    return GpuDecomposedPlan{tuned.tile, tuned.k_order, true, tuned.beside_blocks > 0,
+                             tuned.beside_blocks > 0 && tuned.streaming};
   }
-  return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false, false};
+  return GpuDecomposedPlan{ChooseGpuDecomposedTile(shape, terms), ChooseGpuKOrder(shape, terms), false, false, false};
 }
 
 std::string GpuDecompositionPack(const TableDecomposition& host, std::vector<unsigned char>* bytes) {
@@ -457,6 +464,10 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       options.halo_beside != GpuBeside::kOn) {
     return "ApproxConvGpuDecomposed: options.halo_beside is not a GpuBeside";
   }
+  if (options.halo_streaming != GpuBeside::kAuto && options.halo_streaming != GpuBeside::kOff &&
+      options.halo_streaming != GpuBeside::kOn) {
+    return "ApproxConvGpuDecomposed: options.halo_streaming is not a GpuBeside";
+  }
   if (options.tile != GpuDecomposedTile::kAuto &&
       (static_cast<int>(options.tile) < 0 || static_cast<int>(options.tile) >= static_cast<int>(GpuDecomposedTile::kCount))) {
     return "ApproxConvGpuDecomposed: unknown tile";
@@ -491,13 +502,18 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   // the halo GEMM, where one pre-pass launch writes all it reads (the fused pass, the filter's planes
   // inline). (Its flags are read in 32-bit arithmetic: the slices' count must fit.)
   const bool beside_fits = fused && FilterPlanesInline(g) && s.input_elements() > 0 && l.items + s.groups() <= INT_MAX;
+  // Whether the tuning also times the halo GEMM beside the pre-pass with evict-first hints (TunedPlan::streaming):
+  // float32 outputs of at least 3/4 of L2, which cannot wait there for their reader anyway.
+  const bool streaming_fits = std::is_same<T, float>::value &&
+                              4 * s.output_elements() * static_cast<int64_t>(sizeof(T)) >= 3 * int64_t{dev.l2_bytes};
 
   // The pre-passes: the input pass, the filter's codes, sums and planes (and, with `record`, the phase
   // events before each); with `beside_blocks` input blocks a multiprocessor (not 0), for the halo GEMM
   // launched beside them.
   // `pointwise`: for a pointwise tile, which reads the input itself: the sums' zeroing, the filter's codes and
   // sums, its planes in the pointwise order (phases 0, 3 and 4; the input phases record zero time).
-  auto prepasses = [&](bool record, int beside_blocks, bool pointwise) -> std::string {
+  // `streaming`: beside the GEMM, the input read evict-first (float32; TunedPlan::streaming).
+  auto prepasses = [&](bool record, int beside_blocks, bool pointwise, bool streaming) -> std::string {
     const bool beside = beside_blocks > 0;
     std::string err;
     if (!(err = mark_if(record, 0)).empty()) return err;
@@ -558,8 +574,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
                           static_cast<size_t>(per_block) * static_cast<size_t>(s.filter_depth);
       // The build with whole-sector stores where InputPassBlock can take them.
       const bool pair_stores = PairStoresApply(static_cast<int>(s.filter_depth), d.terms);
-      const auto prepass = beside ? (pair_stores ? PrepassKernel<T, true, true> : PrepassKernel<T, false, true>)
-                                  : (pair_stores ? PrepassKernel<T, true, false> : PrepassKernel<T, false, false>);
+      auto prepass = beside ? (pair_stores ? PrepassKernel<T, true, true> : PrepassKernel<T, false, true>)
+                            : (pair_stores ? PrepassKernel<T, true, false> : PrepassKernel<T, false, false>);
+      if constexpr (std::is_same<T, float>::value) {
+        if (beside && streaming) {
+          prepass = pair_stores ? PrepassKernel<T, true, true, true> : PrepassKernel<T, false, true, true>;
+        }
+      }
       // Launched beside ZeroSumsKernel: its filter blocks wait for it.
       e = LaunchAfter(prepass, dim3(static_cast<unsigned>(blocks)), kPrepThreads, smem, stream, true, input, filter,
                       g, l, d, quant, per_block, lanes, static_cast<int>(filter_blocks), planes, alpha_sums,
@@ -604,13 +625,14 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   args.narrow_sums = NarrowSumsFit(s.taps());
   args.padded_taps = PaddedTaps(g);
   const Epilogue epi{quant, options.debug_acc, options.debug_act_sum};
-  // beside: the halo GEMM beside the pre-pass (which prepasses() launched for it).
-  auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside) -> std::string {
+  // beside: the halo GEMM beside the pre-pass (which prepasses() launched for it); streaming: its build with
+  // evict-first stores.
+  auto launch = [&](GpuDecomposedTile tile, GpuKOrder k_order, bool beside, bool streaming) -> std::string {
     GemmArgs a = args;
     a.taps_inner = k_order == GpuKOrder::kTapsInner;
     if (tile == GpuDecomposedTile::kTileHalo) {
       return LaunchHalo<T>(MakeHaloPlan(s, d.terms), a, g, epi, output, dev.sms, stream, beside ? ready : nullptr,
-                           static_cast<int>(FilterSumsBlocks(g)));
+                           static_cast<int>(FilterSumsBlocks(g)), streaming);
     }
     if (IsPointwiseTile(tile)) {
       PointwiseArgs pw;
@@ -631,7 +653,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   };
   // Whether the wgmma tiles can run here, asked once a call: for the choice, and for an explicit tile.
   const std::string wgmma_error = WgmmaAvailable();
-  TunedPlan plan{options.tile, options.k_order, 0};
+  TunedPlan plan{options.tile, options.k_order, 0, false};
   if (plan.tile == GpuDecomposedTile::kAuto && plan.k_order == GpuKOrder::kAuto && options.tune &&
       options.debug_acc == nullptr && options.debug_act_sum == nullptr && !TuningOff()) {
     const TuningKey key = MakeTuningKey(s, d.terms, GpuDtypeOf<T>(), dev.ordinal);
@@ -639,12 +661,13 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
       // Whole calls are timed: the input pass leaves the planes' last bytes in L2, which the GEMM's order
       // of reading them meets (GEMMs timed back to back had the K orders of 28x28 128->128 with 16 terms
       // the wrong way round: H200, --decomposed-tiles --seed 1110).
-      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order, int beside_blocks) -> std::string {
-        const std::string e = prepasses(false, beside_blocks, IsPointwiseTile(tile));
-        return e.empty() ? launch(tile, k_order, beside_blocks > 0) : e;
+      auto call = [&](GpuDecomposedTile tile, GpuKOrder k_order, int beside_blocks, bool streaming) -> std::string {
+        const std::string e = prepasses(false, beside_blocks, IsPointwiseTile(tile), streaming);
+        return e.empty() ? launch(tile, k_order, beside_blocks > 0, streaming) : e;
       };
       const bool may_beside = beside_fits && options.halo_beside != GpuBeside::kOff;
-      if (!(error = TunePlan(s, d.terms, l, call, may_beside, stream, &plan)).empty()) return error;
+      const bool may_stream = streaming_fits && options.halo_streaming != GpuBeside::kOff;
+      if (!(error = TunePlan(s, d.terms, l, call, may_beside, may_stream, stream, &plan)).empty()) return error;
       StoreTunedPlan(key, plan);
     }
   }
@@ -660,9 +683,11 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   if (options.halo_beside != GpuBeside::kAuto) {
     plan.beside_blocks = options.halo_beside == GpuBeside::kOn ? kBesideInputBlocksPerSm : 0;
   }
+  if (options.halo_streaming != GpuBeside::kAuto) plan.streaming = options.halo_streaming == GpuBeside::kOn;
   const int beside_blocks = plan.tile == GpuDecomposedTile::kTileHalo && beside_fits ? plan.beside_blocks : 0;
-  if (!(error = prepasses(true, beside_blocks, IsPointwiseTile(plan.tile))).empty()) return error;
-  if (!(error = launch(plan.tile, plan.k_order, beside_blocks > 0)).empty()) return error;
+  const bool streaming = beside_blocks > 0 && plan.streaming && std::is_same<T, float>::value;
+  if (!(error = prepasses(true, beside_blocks, IsPointwiseTile(plan.tile), streaming)).empty()) return error;
+  if (!(error = launch(plan.tile, plan.k_order, beside_blocks > 0, streaming)).empty()) return error;
   return mark(6);
 }
 

@@ -129,8 +129,8 @@ struct GpuDecomposedOptions {
   GpuKOrder k_order = GpuKOrder::kAuto;
   // With tile and k_order kAuto (and no debug outputs): the first call for a shape, number of terms and
   // element type on a device times itself with every tile that takes it (the halo tile after the pre-pass
-  // and beside it with four or five input blocks a multiprocessor, see halo_beside; then the other K order
-  // with the fastest) on its own data,
+  // and beside it with four or five input blocks a multiprocessor, see halo_beside, those two with
+  // streaming hints where halo_streaming allows; then the other K order with the fastest) on its own data,
   // waiting for the timings, and keeps the fastest plan for every later call.
   // false, or the environment's TFAPPROX_GPU_TUNING=0, takes the rules (ChooseGpuDecomposedTile,
   // ChooseGpuKOrder); so does a call on a stream being captured into a CUDA graph, which cannot wait, where
@@ -141,6 +141,11 @@ struct GpuDecomposedOptions {
   // rules: after), kOn where the shape allows (the fused pre-pass with the filter's planes inline: input
   // channels per group a multiple of 16), kOff never. Either gives the same outputs, bit for bit.
   GpuBeside halo_beside = GpuBeside::kAuto;
+  // With the halo GEMM beside the pre-pass, float32: whether the pre-pass reads the input and the GEMM stores
+  // the outputs evict-first (ld/st.global.cs), which keeps the planes the GEMM reads again in L2 where the
+  // input and outputs are too many to wait there. kAuto takes the tuned plan's choice (timed where the outputs
+  // fill at least 3/4 of L2; the rules: plain), kOn where the GEMM runs beside, kOff never. The same outputs.
+  GpuBeside halo_streaming = GpuBeside::kAuto;
   // Fragments read from shared memory with plain 32-bit loads instead of ldmatrix: slower, for telling a
   // fragment-layout fault of one from the other.
   bool plain_fragment_loads = false;
@@ -193,7 +198,8 @@ struct GpuDecomposedPlan {
   GpuDecomposedTile tile;
   GpuKOrder k_order;
   bool tuned;
-  bool beside;  // the halo GEMM beside the pre-pass (GpuDecomposedOptions::halo_beside)
+  bool beside;     // the halo GEMM beside the pre-pass (GpuDecomposedOptions::halo_beside)
+  bool streaming;  // and with evict-first hints (GpuDecomposedOptions::halo_streaming)
 };
 GpuDecomposedPlan GpuDecomposedPlanFor(const ConvShape& shape, int terms, GpuDtype dtype);
 

@@ -122,6 +122,17 @@ __device__ __forceinline__ void StorePair(__half* p, __half a, __half b) {
 __device__ __forceinline__ void StorePair(__nv_bfloat16* p, __nv_bfloat16 a, __nv_bfloat16 b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __halves2bfloat162(a, b);
 }
+// StorePair, evict-first (st.global.cs) where kStreaming: the halo GEMM's streaming build (TunedPlan::streaming),
+// whose outputs are too many to wait in L2 for their reader. Only float32 has that build.
+template <bool kStreaming, typename T>
+__device__ __forceinline__ void StorePairHinted(T* p, T a, T b) {
+  if constexpr (kStreaming) {
+    static_assert(std::is_same<T, float>::value, "streaming stores are built for float32 outputs");
+    __stcs(reinterpret_cast<float2*>(p), make_float2(a, b));
+  } else {
+    StorePair(p, a, b);
+  }
+}
 
 // An output channel's share of the dequantization: its DequantizeTerms, the integers added to every acc
 // (beta sum + taps * c0 - acc_offset) and the filter codes' term (FilterTerm).
@@ -171,7 +182,7 @@ struct NarrowRows {
     alpha[mt][half] = static_cast<int>(alpha_sum);
     act[mt][half] = code_act;
   }
-  template <int NT>
+  template <bool kStreaming = false, int NT>
   __device__ __forceinline__ void Store(const int (&acc)[MT][NT][4], int nt, const ChannelEpilogue<Real>& ch0,
                                         const ChannelEpilogue<Real>& ch1) const {
 #pragma unroll
@@ -180,7 +191,7 @@ struct NarrowRows {
       for (int half = 0; half < 2; ++half) {
         const T v0 = NarrowOutput<T>(acc[mt][nt][2 * half], alpha[mt][half], act[mt][half], ch0);
         const T v1 = NarrowOutput<T>(acc[mt][nt][2 * half + 1], alpha[mt][half], act[mt][half], ch1);
-        if (ok[mt][half]) StorePair(out[mt][half] + nt * 8, v0, v1);
+        if (ok[mt][half]) StorePairHinted<kStreaming>(out[mt][half] + nt * 8, v0, v1);
       }
   }
 };

@@ -148,8 +148,9 @@ constexpr int HaloBlocksPerSm() {
 }
 
 // kBeside: launched beside the pre-pass (HaloArgs::ready), waiting for what it reads (WaitHaloInputs). A
-// build of its own: the waits cost the kernel registers (spills where it is at its cap).
-template <typename T, int BM, int BN, bool kBeside>
+// build of its own: the waits cost the kernel registers (spills where it is at its cap). kStreaming (float32
+// beside the pre-pass only; TunedPlan::streaming): the outputs stored evict-first (StorePairHinted).
+template <typename T, int BM, int BN, bool kBeside, bool kStreaming = false>
 __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
     DecomposedHaloKernel(HaloArgs h, GpuGeometry g, Epilogue epi, T* __restrict__ output) {
   constexpr int kThreads = 128, kWarps = 4;
@@ -412,7 +413,8 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
         }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        rows.Store(acc, nt, s_channel[nt * 8 + 2 * in_group], s_channel[nt * 8 + 2 * in_group + 1]);
+        rows.template Store<kStreaming>(acc, nt, s_channel[nt * 8 + 2 * in_group],
+                                        s_channel[nt * 8 + 2 * in_group + 1]);
       }
       continue;
     }
@@ -448,7 +450,7 @@ __global__ void __launch_bounds__(128, HaloBlocksPerSm<BN>())
           const T v0 = FromReal<T>(ch0.terms.Combine(net0, act, ch0.filter_term));
           const T v1 = FromReal<T>(ch1.terms.Combine(net1, act, ch1.filter_term));
           if (second && args.pair_stores) {
-            StorePair(output + static_cast<int64_t>(p) * g.out_depth + co0, v0, v1);
+            StorePairHinted<kStreaming>(output + static_cast<int64_t>(p) * g.out_depth + co0, v0, v1);
           } else {
             StoreOutput(g, output, p, co0, v0);
             if (second) StoreOutput(g, output, p, co0 + 1, v1);

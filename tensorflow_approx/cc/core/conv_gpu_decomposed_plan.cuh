@@ -310,6 +310,8 @@ struct TunedPlan {
   // The pre-pass's input blocks a multiprocessor with the halo GEMM beside it (GpuDecomposedOptions::
   // halo_beside); 0: the GEMM after the pre-pass.
   int beside_blocks;
+  // Beside it: the input read and the outputs stored evict-first (GpuDecomposedOptions::halo_streaming).
+  bool streaming;
 };
 // At most this many plans are kept (a few hundred bytes each); shapes past it take the rules.
 constexpr size_t kMaxTunedPlans = 1 << 14;
@@ -354,12 +356,13 @@ bool StreamCanWait(cudaStream_t stream) {
 // tile keeps every tap's K at once, the pointwise tiles have one tap). A plan's time is the least of kRuns
 // calls after one untimed call; a plan whose launch fails is passed over. The host waits for the timings.
 // Returns "" or a CUDA error of the events, or the last launch error where no plan ran.
-// launch(tile, order, beside_blocks) runs a whole call (TunedPlan::beside_blocks); `halo_beside`: whether
+// launch(tile, order, beside_blocks, streaming) runs a whole call (TunedPlan's fields); `halo_beside`: whether
 // the halo GEMM may run beside the pre-pass (then it is timed after it and beside it with
-// kBesideInputBlocksPerSm and kBesideInputBlocksMax input blocks a multiprocessor).
+// kBesideInputBlocksPerSm and kBesideInputBlocksMax input blocks a multiprocessor); halo_streaming: beside it,
+// those two also with the streaming hints (TunedPlan::streaming).
 std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
-                     const std::function<std::string(GpuDecomposedTile, GpuKOrder, int)>& launch, bool halo_beside,
-                     cudaStream_t stream, TunedPlan* best) {
+                     const std::function<std::string(GpuDecomposedTile, GpuKOrder, int, bool)>& launch,
+                     bool halo_beside, bool halo_streaming, cudaStream_t stream, TunedPlan* best) {
   constexpr int kRuns = 3;
   cudaEvent_t events[kRuns + 1] = {};
   std::string error;
@@ -373,15 +376,15 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
   float best_ms = -1;
   std::string launch_error;
   // The plan's time in *ms, or false where its launch failed (launch_error) or an event did (error).
-  auto time_plan = [&](GpuDecomposedTile tile, GpuKOrder order, int beside, float* ms) -> bool {
-    std::string e = launch(tile, order, beside);
+  auto time_plan = [&](GpuDecomposedTile tile, GpuKOrder order, int beside, bool streaming, float* ms) -> bool {
+    std::string e = launch(tile, order, beside, streaming);
     for (int r = 0; r < kRuns && e.empty(); ++r) {
       const cudaError_t ev = cudaEventRecord(events[r], stream);
       if (ev != cudaSuccess) {
         error = CudaError("cudaEventRecord for tuning", ev);
         return false;
       }
-      e = launch(tile, order, beside);
+      e = launch(tile, order, beside, streaming);
     }
     if (!e.empty()) {
       launch_error = e;
@@ -405,14 +408,17 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
   for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount) && error.empty(); ++t) {
     const GpuDecomposedTile tile = static_cast<GpuDecomposedTile>(t);
     if (!GpuDecomposedTileFits(tile, s, terms).empty()) continue;
-    constexpr int kBesideChoices[] = {0, kBesideInputBlocksPerSm, kBesideInputBlocksMax};  // 0: after it
-    const int choices = tile == GpuDecomposedTile::kTileHalo && halo_beside ? 3 : 1;
+    // After the pre-pass (0), beside it with either count of input blocks, and those with streaming hints.
+    constexpr int kBesideChoices[] = {0, kBesideInputBlocksPerSm, kBesideInputBlocksMax,
+                                      kBesideInputBlocksPerSm, kBesideInputBlocksMax};
+    const int choices = tile != GpuDecomposedTile::kTileHalo || !halo_beside ? 1 : halo_streaming ? 5 : 3;
     for (int i = 0; i < choices; ++i) {
       const int beside = kBesideChoices[i];
+      const bool streaming = i >= 3;
       float ms = 0;
-      if (time_plan(tile, rule_order, beside, &ms) && (best_ms < 0 || ms < best_ms)) {
+      if (time_plan(tile, rule_order, beside, streaming, &ms) && (best_ms < 0 || ms < best_ms)) {
         best_ms = ms;
-        *best = TunedPlan{tile, rule_order, beside};
+        *best = TunedPlan{tile, rule_order, beside, streaming};
       }
     }
   }
@@ -420,7 +426,7 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
       KOrderApplies(static_cast<int>(s.filter_h * s.filter_w), l.slice_bytes, kTiles[static_cast<int>(best->tile)].bk)) {
     const GpuKOrder other = rule_order == GpuKOrder::kTapsInner ? GpuKOrder::kTapsOuter : GpuKOrder::kTapsInner;
     float ms = 0;
-    if (time_plan(best->tile, other, 0, &ms) && ms < best_ms) best->k_order = other;
+    if (time_plan(best->tile, other, 0, false, &ms) && ms < best_ms) best->k_order = other;
   }
   for (cudaEvent_t e : events) {
     if (e != nullptr) cudaEventDestroy(e);

@@ -297,7 +297,8 @@ __device__ __forceinline__ uint4 ShuffleXor(uint4 v, int mask) {
 
 // `pass(chunk)` runs the pass over chunk `chunk` of per_block slices; each(pass) calls it for the block's
 // one chunk, or (PrepassKernel beside the halo GEMM) for several chunks in turn after one set-up.
-template <typename T, bool kPairStores, typename Each>
+// kStreaming: float32 NHWC input read evict-first (ld.global.cs), for the streaming build (TunedPlan::streaming).
+template <typename T, bool kPairStores, bool kStreaming, typename Each>
 __device__ void InputPassBlock(const T* __restrict__ input, const GpuGeometry& g, const Layout& l,
                                const GpuDecomposition& d, const GpuQuant* __restrict__ quant, int per_block,
                                int lanes, int8_t* __restrict__ planes, long long* __restrict__ alpha_sums,
@@ -361,7 +362,11 @@ __device__ void InputPassBlock(const T* __restrict__ input, const GpuGeometry& g
 #pragma unroll
           for (int k = 0; k < kLoads; ++k) {
             const int e = e0 + k * kPrepThreads;
-            if (e < real4) v[k] = __ldg(src + e);
+            if constexpr (kStreaming) {
+              if (e < real4) v[k] = __ldcs(src + e);
+            } else {
+              if (e < real4) v[k] = __ldg(src + e);
+            }
           }
 #pragma unroll
           for (int k = 0; k < kLoads; ++k) {
@@ -802,7 +807,9 @@ __device__ __forceinline__ int InputChunk(ZeroChunks z, int index) {
   return index < zeros ? z.first + index : index - zeros;
 }
 
-template <typename T, bool kPairStores, bool kBeside>
+// kStreaming (beside the halo GEMM only): the input read evict-first (InputPassBlock), with the GEMM's outputs
+// stored so (DecomposedHaloKernel's kStreaming).
+template <typename T, bool kPairStores, bool kBeside, bool kStreaming = false>
 __global__ void __launch_bounds__(kPrepThreads, kBeside ? kBesideInputBlocksMax : 6)
     PrepassKernel(const T* __restrict__ input, const T* __restrict__ filter, GpuGeometry g, Layout l,
                   GpuDecomposition d, const GpuQuant* __restrict__ quant, int per_block, int lanes,
@@ -823,15 +830,15 @@ __global__ void __launch_bounds__(kPrepThreads, kBeside ? kBesideInputBlocksMax 
     return;
   }
   if (!kBeside) {
-    InputPassBlock<T, kPairStores>(input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums,
-                                   [&](auto pass) { pass(block - filter_blocks); });
+    InputPassBlock<T, kPairStores, false>(input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums,
+                                          [&](auto pass) { pass(block - filter_blocks); });
     return;
   }
   // Beside the halo GEMM: persistent input blocks, which take the chunks block, block + their count, ...
   // (InputChunk's order) after one set-up, and mark each ready.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  InputPassBlock<T, kPairStores>(input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums,
-                                 [&](auto pass) {
+  InputPassBlock<T, kPairStores, kStreaming>(input, g, l, d, quant, per_block, lanes, planes, alpha_sums, code_sums,
+                                             [&](auto pass) {
     const int input_grid = static_cast<int>(gridDim.x) - filter_blocks;
     for (int b = block - filter_blocks; b < l.input_blocks; b += input_grid) {
       const int chunk = InputChunk(zero_chunks, b);

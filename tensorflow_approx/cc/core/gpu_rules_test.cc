@@ -156,9 +156,10 @@ int main() {
   Check(!plan.tuned, "a plan reported tuned without a tuning call");
   // Only a tuned plan runs the halo GEMM beside the pre-pass (GpuDecomposedOptions::halo_beside).
   Check(!plan.beside, "the rules' plan runs the halo GEMM beside the pre-pass");
-  // A call's options are checked before any device work: an out-of-range halo_beside is refused by name.
-  // (Host buffers stand in for the device pointers; the call returns before reading them.)
-  {
+  Check(!plan.streaming, "the rules' plan takes the streaming hints (GpuDecomposedOptions::halo_streaming)");
+  // A call's options are checked before any device work: an out-of-range halo_beside or halo_streaming is
+  // refused by name. (Host buffers stand in for the device pointers; the call returns before reading them.)
+  for (const char* field : {"halo_beside", "halo_streaming"}) {
     const ConvShape s = Layer(1, 8, 16, 16, 3, 1);
     std::vector<int8_t> uv(256, 0);
     std::vector<int32_t> free_terms(256, 0);
@@ -172,12 +173,13 @@ int main() {
     std::vector<float> data(static_cast<size_t>(s.input_elements() + s.filter_elements() + s.output_elements()));
     tfapprox::GpuQuant quant;
     tfapprox::GpuDecomposedOptions options;
-    options.halo_beside = static_cast<tfapprox::GpuBeside>(7);
+    const bool beside = std::string(field) == "halo_beside";
+    (beside ? options.halo_beside : options.halo_streaming) = static_cast<tfapprox::GpuBeside>(7);
     const std::string error = tfapprox::ApproxConvGpuDecomposed<float>(
         s, data.data(), data.data() + s.input_elements(), &quant, d,
         data.data() + s.input_elements() + s.filter_elements(), nullptr, aligned, bytes, options);
-    Check(error.find("options.halo_beside") != std::string::npos,
-          "an out-of-range options.halo_beside was not refused: " + error);
+    Check(error.find(std::string("options.") + field) != std::string::npos,
+          std::string("an out-of-range options.") + field + " was not refused: " + error);
   }
   std::printf("gpu_rules_test: %zu measured calls, %d picked; %d failures\n", sizeof(kMeasured) / sizeof(kMeasured[0]),
               picks, failures);

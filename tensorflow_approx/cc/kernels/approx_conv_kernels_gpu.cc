@@ -251,7 +251,8 @@ class ApproxConv2DGpuOp : public ApproxConv2DOpBase<T> {
             tfapprox::GpuDecomposedPlanFor(shape, decomposition.terms, dtype);
         const std::string name =
             absl::StrCat("tensor-cores-decomposed-", decomposition.terms, "-terms-",
-                         tfapprox::GpuDecomposedTileName(plan.tile), plan.beside ? "-beside-" : "-",
+                         tfapprox::GpuDecomposedTileName(plan.tile),
+                         plan.streaming ? "-beside-streaming-" : plan.beside ? "-beside-" : "-",
                          tfapprox::GpuKOrderName(plan.k_order), plan.tuned ? "-tuned" : "-rule");
         this->Trace(shape, "GPU", name.c_str(), false);
       }
