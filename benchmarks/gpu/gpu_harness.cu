@@ -2122,11 +2122,9 @@ bool UploadTermColumns(std::mt19937_64& rng, BenchDecompositions* decs, Counts* 
 // the exact product as one term, then synthetic decompositions of 4, 8 and 16 terms. Rates in G
 // LUT-MAC/s: table lookups replaced per second (N * OH * OW * OC * taps), not int8 MACs. Every timed
 // output is also compared bit for bit with the lookups' on the same table.
-// --halo-streaming: the decomposed benchmark's calls with GpuDecomposedOptions::halo_streaming so (kOff against
-// the default kAuto, in two runs, times what the tuning's choice of the streaming hints gains).
-GpuBeside g_bench_streaming = GpuBeside::kAuto;
-
-void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
+// streaming: the calls' GpuDecomposedOptions::halo_streaming (--halo-streaming; kOff against the default kAuto,
+// in two runs, times what the tuning's choice of the streaming hints gains).
+void DecomposedBench(std::mt19937_64& rng, int runs, GpuBeside streaming, Counts* counts) {
   QuantParams qi, qf;
   BenchQuantParams(&qi, &qf);
   BenchDecompositions decs;
@@ -2134,7 +2132,7 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
   std::printf("\nDecomposed (int8 tensor cores): G LUT-MAC/s (table lookups replaced per second), float32 NHWC, "
               "realistic data, median of %d runs;\nlookups = ApproxConvGpu (kAuto) on the exact table; "
               "every call timed whole (quantization and planes included); streaming hints %s\n", runs,
-              g_bench_streaming == GpuBeside::kAuto ? "as tuned" : g_bench_streaming == GpuBeside::kOn ? "on" : "off");
+              streaming == GpuBeside::kAuto ? "as tuned" : streaming == GpuBeside::kOn ? "on" : "off");
   std::printf("%-20s %12s %12s %12s %12s %12s %-11s %8s %5s\n", "shape", "lookups", "exact 1 term", "4 terms",
               "8 terms", "16 terms", "tile", "speedup", "auto");
   std::vector<std::string> wrong_picks;
@@ -2158,7 +2156,7 @@ void DecomposedBench(std::mt19937_64& rng, int runs, Counts* counts) {
     double rates[4];
     for (size_t i = 0; i < decs.host.size(); ++i) {
       GpuDecomposedOptions bench_opts;
-      bench_opts.halo_streaming = g_bench_streaming;
+      bench_opts.halo_streaming = streaming;
       rates[i] = layer.TimeAndCheck(decs.d[i]->d, decs.luts[i]->ptr, bench_opts, runs, counts,
                                     std::string(b.name) + " (" + decs.host[i].name + ")");
     }
@@ -2531,6 +2529,7 @@ int main(int argc, char** argv) {
   int profile_terms = 0;  // with --profile: the decomposed kernel with this many terms
   GpuDecomposedTile profile_tile = GpuDecomposedTile::kAuto;  // with --terms: this tile (its enum value)
   GpuKernel kernel = GpuKernel::kAuto;
+  GpuBeside bench_streaming = GpuBeside::kAuto;  // --halo-streaming (DecomposedBench)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -2563,7 +2562,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--halo-streaming takes auto, off or on, not %s\n", v.c_str());
         return 2;
       }
-      g_bench_streaming = v == "auto" ? GpuBeside::kAuto : v == "off" ? GpuBeside::kOff : GpuBeside::kOn;
+      bench_streaming = v == "auto" ? GpuBeside::kAuto : v == "off" ? GpuBeside::kOff : GpuBeside::kOn;
     } else {
       std::fprintf(stderr, "usage: %s [--tables DIR] [--cases N] [--seed S] [--runs R] [--no-bench] [--sweep] "
                    "[--decomposed-only | --lookups-only] [--decomposed-cases N] [--decomposed-phases] [--decomposed-tiles] [--decomposed-orders] "
@@ -2634,7 +2633,7 @@ int main(int argc, char** argv) {
   if (bench) {
     if (!decomposed_only) Bench(rng, tables, runs, sweep, &counts);
     if (!lookups_only) {
-      DecomposedBench(rng, runs, &counts);
+      DecomposedBench(rng, runs, bench_streaming, &counts);
       DecomposedPhases(rng, runs, &counts);
     }
   }

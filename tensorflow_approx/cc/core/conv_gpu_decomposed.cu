@@ -685,7 +685,7 @@ std::string ApproxConvGpuDecomposed(const ConvShape& s, const T* input, const T*
   }
   if (options.halo_streaming != GpuBeside::kAuto) plan.streaming = options.halo_streaming == GpuBeside::kOn;
   const int beside_blocks = plan.tile == GpuDecomposedTile::kTileHalo && beside_fits ? plan.beside_blocks : 0;
-  const bool streaming = beside_blocks > 0 && plan.streaming && std::is_same<T, float>::value;
+  const bool streaming = beside_blocks > 0 && plan.streaming;  // (float32 only: the other types have no such build)
   if (!(error = prepasses(true, beside_blocks, IsPointwiseTile(plan.tile), streaming)).empty()) return error;
   if (!(error = launch(plan.tile, plan.k_order, beside_blocks > 0, streaming)).empty()) return error;
   return mark(6);

@@ -408,17 +408,23 @@ std::string TunePlan(const ConvShape& s, int terms, const Layout& l,
   for (int t = 0; t < static_cast<int>(GpuDecomposedTile::kCount) && error.empty(); ++t) {
     const GpuDecomposedTile tile = static_cast<GpuDecomposedTile>(t);
     if (!GpuDecomposedTileFits(tile, s, terms).empty()) continue;
-    // After the pre-pass (0), beside it with either count of input blocks, and those with streaming hints.
-    constexpr int kBesideChoices[] = {0, kBesideInputBlocksPerSm, kBesideInputBlocksMax,
-                                      kBesideInputBlocksPerSm, kBesideInputBlocksMax};
+    // After the pre-pass (0), beside it with either count of input blocks, then those two with streaming hints.
+    struct Choice {
+      int beside_blocks;
+      bool streaming;
+    };
+    constexpr Choice kChoices[] = {{0, false},
+                                   {kBesideInputBlocksPerSm, false},
+                                   {kBesideInputBlocksMax, false},
+                                   {kBesideInputBlocksPerSm, true},
+                                   {kBesideInputBlocksMax, true}};
     const int choices = tile != GpuDecomposedTile::kTileHalo || !halo_beside ? 1 : halo_streaming ? 5 : 3;
     for (int i = 0; i < choices; ++i) {
-      const int beside = kBesideChoices[i];
-      const bool streaming = i >= 3;
+      const Choice c = kChoices[i];
       float ms = 0;
-      if (time_plan(tile, rule_order, beside, streaming, &ms) && (best_ms < 0 || ms < best_ms)) {
+      if (time_plan(tile, rule_order, c.beside_blocks, c.streaming, &ms) && (best_ms < 0 || ms < best_ms)) {
         best_ms = ms;
-        *best = TunedPlan{tile, rule_order, beside, streaming};
+        *best = TunedPlan{tile, rule_order, c.beside_blocks, c.streaming};
       }
     }
   }
